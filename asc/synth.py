@@ -1,0 +1,527 @@
+"""A synthetic multi-device acoustic scene dataset, written in the DCASE2019 Task 1B layout.
+
+Why synthetic: tests, the demo and the benchmarks need a set with the real one's structure (10 scenes,
+cities and locations, a train / evaluate split by location, a reference device A and devices B and C
+recording some segments in parallel) that any machine can make in seconds without a download.
+
+How a clip is made (every step seeded from the dataset seed and the clip's name, so a set is the same
+whichever process writes which clip):
+
+1. **Scene content** (``SCENE_PROFILES``): coloured background noise (a spectral slope plus broad
+   bumps, slowly modulated), tonal components (engine hum, music) and events (voices, footsteps,
+   bird chirps, car pass-bys, chimes, brake squeal, rumble) at scene-typical rates. Every *location*
+   draws its own variation of its scene's profile (colour, level, event rates, hum pitch,
+   reverberation), so classifying unseen locations is not trivial.
+2. **Room**: an exponentially decaying noise tail with a scene- and location-dependent RT60 (the
+   high band decays faster), convolved with the dry mix. Reverberation is a scene cue, as the paper
+   says, and it is convolutional like the device.
+3. **Devices** (``DEVICE_PROFILES``): the same reverberant signal is "recorded" by device A (flat,
+   quiet) and, for parallel segments, by B and C, each with its own frequency response (low-frequency
+   roll-off, resonance, microphone-port notch, high-frequency roll-off; within the ranges Android's
+   compatibility rules allow and phone measurements show), plus a small non-linearity (soft clipping
+   on B, slow automatic gain control on C) and a noise floor. The response multiplies the spectrum, so
+   in the log-Mel domain the device adds a near-constant vector per band: the paper's eq. (4).
+
+Proportions follow the real fold 1: per scene a few locations, two thirds of them (and their
+segments) in train and one third in evaluate; A-only segments far outnumber the parallel ones in
+train (B and C are each ~7% of the training clips; 5% in the real fold), and two thirds of the parallel
+A/B/C groups are in evaluate, so that accuracy on B and C is measured on enough clips.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import scipy.fft
+import scipy.signal
+import soundfile
+from tqdm import tqdm
+
+from asc import REFERENCE_DEVICE, SCENES
+from asc.dataset import Dataset, read_development
+from asc.errors import AscError
+
+CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    segments_per_scene: int = 40  # device-A segments per scene; 400 A clips, a few minutes of CPU to train on
+    parallel_per_scene: int = 6  # of those, also recorded by B and C; real fold 1: 1080 of 13370 A segments
+    seconds: float = 10.0  # the real set's clip length
+    sample_rate: int = 44100  # the real set's rate
+    seed: int = 0
+    locations_per_scene: int = 6  # two thirds to train, one third to evaluate, as the real fold splits locations
+    devices: tuple[str, ...] = ("a", "b", "c")  # the 2019 set's; A is the reference and must come first
+
+    def __post_init__(self):
+        problems = []
+        if self.segments_per_scene < 2:
+            problems.append("--segments-per-scene must be at least 2 (one train, one evaluate)")
+        if not 0 <= self.parallel_per_scene <= self.segments_per_scene:
+            problems.append("--parallel-per-scene must be between 0 and --segments-per-scene")
+        if self.seconds <= 0:
+            problems.append("--seconds must be positive")
+        if self.sample_rate < 8000:
+            problems.append("--sample-rate must be at least 8000 Hz")
+        if self.locations_per_scene < 2:
+            problems.append("locations_per_scene must be at least 2")
+        if not self.devices or self.devices[0] != REFERENCE_DEVICE:
+            problems.append(f"devices must start with the reference device {REFERENCE_DEVICE!r}")
+        unknown = [d for d in self.devices if d not in DEVICE_PROFILES]
+        if unknown:
+            problems.append(f"devices {unknown} have no profile (known: {sorted(DEVICE_PROFILES)})")
+        if problems:
+            raise AscError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenes: what is heard. Levels in dBFS RMS of device A's recording; rates in events per second.
+# The pairs bus / tram / metro, street_traffic / street_pedestrian / public_square and airport /
+# shopping_mall / metro_station share most ingredients and differ in colour, level and reverberation,
+# as the real classes are confused with each other.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SceneProfile:
+    level_db: float  # RMS of the clip on device A
+    slope_db_per_octave: float  # background colour (re 1 kHz)
+    bumps: tuple[tuple[float, float, float], ...]  # (centre Hz, width octaves, gain dB) on the background
+    modulation: tuple[float, float]  # background amplitude modulation (rate Hz, depth 0..1)
+    rt60: float  # seconds
+    events: dict = field(default_factory=dict)  # event kind -> rate per second (relative level in EVENT_LEVELS)
+    hum: tuple[float, float] | None = None  # (fundamental Hz, level dB re background) engine / motor hum
+    music: float | None = None  # level dB re background of a sequence of harmonic notes
+
+
+SCENE_PROFILES: dict[str, SceneProfile] = {
+    "airport": SceneProfile(-28, -4.0, ((500, 1.5, 6), (4000, 1.0, -4)), (0.05, 0.2), 1.6,
+                            {"voice": 0.9, "chime": 0.04, "passby": 0.03, "impulse": 0.3}),
+    "bus": SceneProfile(-24, -6.0, ((80, 1.0, 12), (1500, 1.5, -3)), (0.2, 0.3), 0.45,
+                        {"rumble": 0.35, "voice": 0.25, "impulse": 0.2, "beep": 0.03}, hum=(45, 6)),
+    "metro": SceneProfile(-20, -5.0, ((150, 1.2, 10), (2000, 1.0, 3)), (0.1, 0.4), 0.5,
+                          {"squeal": 0.08, "rumble": 0.5, "voice": 0.1, "beep": 0.02}, hum=(70, 3)),
+    "metro_station": SceneProfile(-27, -4.0, ((400, 2.0, 4), (3000, 1.0, -2)), (0.05, 0.3), 1.8,
+                                  {"voice": 0.45, "chime": 0.08, "passby": 0.04, "squeal": 0.03, "impulse": 0.4}),
+    "park": SceneProfile(-38, -7.0, ((4000, 1.0, 6), (150, 1.0, 4)), (0.1, 0.4), 0.1,
+                         {"chirp": 1.5, "voice": 0.06, "passby": 0.02}),
+    "public_square": SceneProfile(-30, -5.0, ((600, 2.0, 3),), (0.1, 0.2), 0.6,
+                                  {"voice": 0.5, "impulse": 0.6, "passby": 0.1, "chirp": 0.2}),
+    "shopping_mall": SceneProfile(-28, -4.0, ((350, 1.5, 5), (2500, 1.0, 2)), (0.05, 0.1), 1.3,
+                                  {"voice": 0.6, "impulse": 0.3, "beep": 0.02}, music=0.0),
+    "street_pedestrian": SceneProfile(-29, -5.0, ((250, 1.5, 4),), (0.1, 0.2), 0.4,
+                                      {"voice": 0.6, "impulse": 1.2, "passby": 0.05}),
+    "street_traffic": SceneProfile(-22, -6.0, ((100, 1.5, 10), (1000, 2.0, 2)), (0.15, 0.5), 0.2,
+                                   {"passby": 0.35, "rumble": 0.2, "beep": 0.03, "impulse": 0.05}),
+    "tram": SceneProfile(-24, -5.0, ((200, 1.5, 8), (1200, 1.0, 2)), (0.15, 0.3), 0.5,
+                         {"squeal": 0.1, "chime": 0.05, "rumble": 0.3, "voice": 0.2}, hum=(55, 0)),
+}
+
+EVENT_LEVELS = {  # dB of an event's RMS over its duration relative to the background RMS
+    "voice": 6, "impulse": 12, "chirp": 6, "passby": 8, "chime": 8, "beep": 4, "squeal": 4, "rumble": 6,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices: how it is heard. Gains in dB; frequencies in Hz.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceProfile:
+    low_cut: tuple[float, int] | None  # (corner Hz, Butterworth order): roll-off of 6 dB/octave per order
+    peaks: tuple[tuple[float, float, float], ...]  # (centre Hz, Q, gain dB): resonances (+) and notches (-)
+    high_cut: tuple[float, int] | None  # (corner Hz, order)
+    gain_db: float  # overall sensitivity relative to device A
+    noise_db: float  # self-noise floor, dBFS RMS (white)
+    soft_clip: float = 0.0  # tanh drive: 0 = linear; y = tanh(k x) / k
+    agc: tuple[float, float] | None = None  # (threshold dBFS, ratio): slow compressor
+
+
+DEVICE_PROFILES: dict[str, DeviceProfile] = {
+    # Soundman OKM II binaural microphones into a Zoom F8: 20 Hz - 20 kHz within a dB.
+    "a": DeviceProfile(low_cut=(15, 1), peaks=(), high_cut=(21000, 2), gain_db=0.0, noise_db=-90),
+    # Samsung Galaxy S7-like: gentle bass roll-off, a presence resonance, a port notch, HF roll-off.
+    "b": DeviceProfile(low_cut=(120, 2), peaks=((2500, 1.2, 6.0), (6500, 3.0, -15.0), (350, 1.0, -3.0)),
+                       high_cut=(11000, 3), gain_db=-4.0, noise_db=-78, soft_clip=2.0),
+    # iPhone SE-like: high-pass near 200 Hz, low-mid resonance, falls above 2 kHz, early HF cut, AGC.
+    "c": DeviceProfile(low_cut=(220, 3), peaks=((1200, 1.5, 7.0), (4500, 2.0, -12.0), (9000, 2.0, 5.0)),
+                       high_cut=(8000, 4), gain_db=3.0, noise_db=-74, agc=(-26.0, 2.0)),
+    # Beyond 2019: room for more devices (DCASE 2020 added s1..s6); add profiles here.
+}
+
+
+def device_response_db(device: str, frequencies: np.ndarray) -> np.ndarray:
+    """Gain of ``device`` in dB at ``frequencies`` (Hz).
+
+    Butterworth magnitudes for the roll-offs and Lorentzian bumps (peak gain at the centre,
+    bandwidth centre / Q) for resonances and notches: smooth in frequency, so the impulse response
+    is short.
+    """
+    profile = DEVICE_PROFILES[device]
+    f = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-3)
+    gain_db = np.full(f.shape, profile.gain_db)
+    if profile.low_cut is not None:
+        fc, order = profile.low_cut
+        gain_db -= 10 * np.log10(1 + (fc / f) ** (2 * order))
+    if profile.high_cut is not None:
+        fc, order = profile.high_cut
+        gain_db -= 10 * np.log10(1 + (f / fc) ** (2 * order))
+    for centre, q, peak_db in profile.peaks:
+        gain_db += peak_db / (1 + ((f - centre) / (centre / q / 2)) ** 2)
+    return gain_db
+
+
+@lru_cache(maxsize=32)
+def device_response(device: str, n_fft: int, sample_rate: int) -> np.ndarray:
+    """Magnitude response of ``device`` on the ``n_fft // 2 + 1`` rFFT bins (zero phase), float32."""
+    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    return (10 ** (device_response_db(device, f) / 20)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthesis
+# --------------------------------------------------------------------------------------------------
+def _rng(*keys) -> np.random.Generator:
+    """A generator seeded from strings and ints: the same keys give the same stream in any process."""
+    digest = hashlib.sha256("\x1f".join(map(str, keys)).encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest[:16], dtype=np.uint32))
+
+
+@dataclass(frozen=True)
+class Location:
+    """One recording location: its scene's profile as drawn for this place."""
+
+    scene: str
+    city: str
+    location: str
+    split: str
+    level_db: float
+    slope: float
+    bumps: tuple
+    rt60: float
+    event_scale: float
+    hum_scale: float
+
+
+def draw_location(scene: str, city: str, location: str, split: str, seed: int) -> Location:
+    """Perturb the scene profile for one place (level, colour, reverberation, how busy, hum pitch)."""
+    base = SCENE_PROFILES[scene]
+    rng = _rng(seed, "location", scene, city, location)
+    bumps = tuple((c * 2 ** rng.uniform(-0.4, 0.4), w, g + rng.uniform(-4, 4)) for c, w, g in base.bumps)
+    return Location(
+        scene=scene, city=city, location=location, split=split,
+        level_db=base.level_db + rng.uniform(-5, 5),
+        slope=base.slope_db_per_octave + rng.uniform(-1.5, 1.5),
+        bumps=bumps,
+        rt60=base.rt60 * 2 ** rng.uniform(-0.6, 0.6),
+        event_scale=2 ** rng.uniform(-0.8, 0.8),
+        hum_scale=2 ** rng.uniform(-0.25, 0.25),
+    )
+
+
+def _envelope_db(f: np.ndarray, slope: float, bumps) -> np.ndarray:
+    octaves = np.log2(np.maximum(f, 20.0) / 1000.0)
+    db = slope * octaves
+    for centre, width, gain in bumps:
+        db += gain * np.exp(-0.5 * ((octaves - math.log2(centre / 1000.0)) / (width / 2)) ** 2)
+    return db
+
+
+def _shaped_noise(rng, n: int, sr: int, slope: float, bumps) -> np.ndarray:
+    """Gaussian noise of ``n`` samples with a spectral envelope, unit RMS.
+
+    Made in the frequency domain at a power-of-two length (pocketfft caches one plan per length,
+    and random lengths would make a new plan every time), then cut to ``n``.
+    """
+    size = 1 << max(n - 1, 1).bit_length()
+    re = rng.standard_normal(size // 2 + 1, dtype=np.float32)
+    im = rng.standard_normal(size // 2 + 1, dtype=np.float32)
+    f = np.fft.rfftfreq(size, 1.0 / sr).astype(np.float32)
+    x = scipy.fft.irfft((re + 1j * im) * 10 ** (_envelope_db(f, slope, bumps) / 20), size)[:n]
+    return (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
+
+
+def _hann(n: int) -> np.ndarray:
+    return np.hanning(max(n, 2)).astype(np.float32)
+
+
+def _event(kind: str, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """One event of ``kind``, unit RMS over its length."""
+    if kind == "voice":  # a syllable: harmonic complex through two formants
+        n = int(sr * rng.uniform(0.15, 0.5))
+        t = np.arange(n, dtype=np.float32) / sr
+        f0 = rng.uniform(95, 250) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+        phase = 2 * np.pi * np.cumsum(f0) / sr
+        formants = rng.choice(np.array([[700, 1200], [400, 2000], [300, 900], [500, 1700], [600, 1000]]))
+        k = np.arange(1, 16, dtype=np.float32)[:, None]
+        fk = k * f0.mean()
+        amp = sum(np.exp(-0.5 * ((fk - fm) / 150.0) ** 2) for fm in formants) + 0.05
+        x = (amp * np.sin(k * phase)).sum(0) * _hann(n)
+    elif kind == "impulse":  # footstep, door, luggage: a short decaying broadband burst
+        n = int(sr * rng.uniform(0.03, 0.09))
+        x = rng.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / (sr * rng.uniform(0.004, 0.02)))
+        x = np.diff(x, prepend=0.0) if rng.random() < 0.5 else x
+    elif kind == "chirp":  # bird: a fast downward or upward sweep
+        n = int(sr * rng.uniform(0.05, 0.25))
+        f1, f2 = rng.uniform(2000, min(8000, sr / 2.5), size=2)
+        f = np.linspace(f1, f2, n, dtype=np.float32)
+        x = np.sin(2 * np.pi * np.cumsum(f) / sr) * _hann(n)
+    elif kind in ("passby", "rumble"):  # car / train pass-by, low rumble: a swell of low-passed noise
+        seconds = rng.uniform(2, 6) if kind == "passby" else rng.uniform(0.5, 2)
+        n = int(sr * seconds)
+        corner = rng.uniform(300, 1500) if kind == "passby" else rng.uniform(60, 200)
+        x = _shaped_noise(rng, n, sr, -3.0, ((corner, 2.0, 12.0),))
+        x *= np.exp(-0.5 * ((np.arange(n) - n / 2) / (n / 6)) ** 2).astype(np.float32)
+    elif kind in ("chime", "beep"):  # announcement chime (2-3 notes) or a single beep
+        notes = rng.integers(2, 4) if kind == "chime" else 1
+        parts = []
+        for _ in range(notes):
+            n = int(sr * rng.uniform(0.12, 0.45))
+            t = np.arange(n, dtype=np.float32) / sr
+            f0 = rng.uniform(400, 1800)
+            tone = np.sin(2 * np.pi * f0 * t) + 0.3 * np.sin(4 * np.pi * f0 * t)
+            parts.append(tone * np.exp(-t / rng.uniform(0.08, 0.3)))
+        x = np.concatenate(parts)
+    elif kind == "squeal":  # brake squeal: a high tone with vibrato
+        n = int(sr * rng.uniform(0.3, 1.5))
+        t = np.arange(n, dtype=np.float32) / sr
+        f = rng.uniform(2500, min(7000, sr / 2.5)) * (1 + 0.01 * np.sin(2 * np.pi * 6 * t))
+        x = np.sin(2 * np.pi * np.cumsum(f) / sr) * _hann(n)
+    else:
+        raise ValueError(f"unknown event kind {kind!r}")
+    x = x.astype(np.float32)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
+
+
+def _harmonic_tone(rng, n: int, sr: int, f0: float, harmonics: int) -> np.ndarray:
+    t = np.arange(n, dtype=np.float32) / sr
+    drift = 1 + 0.02 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 6.3))
+    phase = 2 * np.pi * np.cumsum(f0 * drift, dtype=np.float64).astype(np.float32) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, harmonics + 1))
+    return (x / np.sqrt(np.mean(x**2))).astype(np.float32)
+
+
+def _music(rng, n: int, sr: int) -> np.ndarray:
+    """Background music: a sequence of harmonic notes on a pentatonic scale."""
+    out = np.zeros(n, dtype=np.float32)
+    start, root = 0, rng.uniform(180, 330)
+    while start < n:
+        length = int(sr * rng.choice([0.25, 0.5, 0.75]))
+        length = min(length, n - start)
+        f0 = root * 2 ** (rng.choice([0, 2, 4, 7, 9, 12]) / 12)
+        t = np.arange(length, dtype=np.float32) / sr
+        note = sum(np.sin(2 * np.pi * k * f0 * t) * 0.6**k for k in range(1, 5))
+        out[start:start + length] = note * np.exp(-t / 0.4)
+        start += length
+    return out / (np.sqrt(np.mean(out**2)) + 1e-12)
+
+
+def dry_scene(place: Location, segment: str, n: int, sr: int, seed: int) -> np.ndarray:
+    """The sound at the place, before the room and the microphone: ``n`` samples, background RMS 1."""
+    profile = SCENE_PROFILES[place.scene]
+    rng = _rng(seed, "segment", place.scene, place.city, place.location, segment)
+    x = _shaped_noise(rng, n, sr, place.slope, place.bumps)
+    rate, depth = profile.modulation
+    t = np.arange(n, dtype=np.float32) / sr
+    x *= 1 + depth * np.sin(2 * np.pi * rate * 2 ** rng.uniform(-1, 1) * t + rng.uniform(0, 2 * np.pi))
+    if profile.hum is not None:
+        f0, level = profile.hum
+        x += 10 ** (level / 20) * _harmonic_tone(rng, n, sr, f0 * place.hum_scale, 6)
+    if profile.music is not None:
+        x += 10 ** ((profile.music + rng.uniform(-6, 3)) / 20) * _music(rng, n, sr)
+    for kind, rate in sorted(profile.events.items()):
+        for _ in range(rng.poisson(rate * place.event_scale * n / sr)):
+            event = _event(kind, rng, sr)[: n]
+            start = rng.integers(0, n - len(event) + 1)
+            x[start:start + len(event)] += 10 ** ((EVENT_LEVELS[kind] + rng.uniform(-8, 4)) / 20) * event
+    return x
+
+
+def room_response(rt60: float, n_fft: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """rFFT of a room impulse response: the direct sound plus an exponentially decaying noise tail.
+
+    The tail's high band (one-pole split near 2 kHz) decays twice as fast as its low band (air and
+    surfaces absorb high frequencies); the tail's energy relative to the direct sound grows with
+    RT60, as in bigger, harder rooms.
+    """
+    length = min(int(sr * rt60 * 1.2), n_fft // 4)
+    t = np.arange(length, dtype=np.float32) / sr
+    pole = math.exp(-2 * math.pi * 2000 / sr)
+    low = scipy.signal.lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
+    high = rng.standard_normal(length) - scipy.signal.lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
+    tail = low * np.exp(-6.9 * t / rt60) + high * np.exp(-6.9 * t / (rt60 / 2))
+    direct_to_reverb_db = 6 + 8 * math.log10(1 + rt60 * 4)
+    tail *= 10 ** (-direct_to_reverb_db / 20) / (np.sqrt(np.sum(tail**2)) + 1e-12)
+    response = np.zeros(n_fft, dtype=np.float32)
+    response[0] = 1.0
+    delay = int(sr * 0.005)  # the tail starts 5 ms after the direct sound
+    response[delay:delay + length] += tail[: n_fft - delay]
+    return scipy.fft.rfft(response)
+
+
+def record(spectrum: np.ndarray, device: str, start: int, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """What ``device`` records of the sound whose rFFT is ``spectrum``: samples ``start:start + n``."""
+    profile = DEVICE_PROFILES[device]
+    n_fft = 2 * (len(spectrum) - 1)
+    y = scipy.fft.irfft(spectrum * device_response(device, n_fft, sr), n_fft)[start:start + n]
+    if profile.agc is not None:  # slow compressor: gain follows a 0.3 s RMS envelope
+        threshold_db, ratio = profile.agc
+        a = 1.0 / (0.3 * sr)
+        power = scipy.signal.lfilter([a], [1, a - 1], y.astype(np.float64) ** 2)
+        level_db = 10 * np.log10(np.maximum(power, 1e-12))
+        gain_db = -(1 - 1 / ratio) * np.maximum(level_db - threshold_db, 0)
+        y *= (10 ** (gain_db / 20)).astype(np.float32)
+    if profile.soft_clip:
+        y = np.tanh(profile.soft_clip * y) / profile.soft_clip
+    y += 10 ** (profile.noise_db / 20) * rng.standard_normal(n).astype(np.float32)
+    return np.clip(y, -1.0, 1.0 - 2.0**-23)
+
+
+PREROLL_MAX_SECONDS = 1.5  # reverberation tails longer than this are cut (RT60 up to ~2.5 s)
+
+
+def fft_length(config: SynthConfig) -> int:
+    """The one FFT length a config's clips are made with (a fast length, planned once per process)."""
+    n = int(round(config.seconds * config.sample_rate))
+    length = scipy.fft.next_fast_len(n + 2 * int(PREROLL_MAX_SECONDS * config.sample_rate), real=True)
+    while length % 2:  # record() recovers the length from an rFFT's size, which needs it even
+        length = scipy.fft.next_fast_len(length + 1, real=True)
+    return length
+
+
+def synthesize_group(place: Location, segment: str, devices: tuple[str, ...], config: SynthConfig) -> dict[str, np.ndarray]:
+    """The segment as recorded by each of ``devices`` at the same moment: ``{device: samples}``."""
+    sr = config.sample_rate
+    n = int(round(config.seconds * sr))
+    n_fft = fft_length(config)
+    # Start the scene before the clip, so that the reverberation is built up at its first sample.
+    preroll = min(int(sr * place.rt60 * 1.2), int(PREROLL_MAX_SECONDS * sr))
+    dry = dry_scene(place, segment, n + preroll, sr, config.seed)
+    rng = _rng(config.seed, "room", place.scene, place.city, place.location, segment)
+    spectrum = scipy.fft.rfft(dry, n_fft) * room_response(place.rt60, n_fft, sr, rng)
+    # Scale to the place's level on device A (before A's own, nearly flat, response). Parseval's
+    # theorem gives the RMS without going back to the time domain.
+    power = (2 * np.vdot(spectrum, spectrum).real - abs(spectrum[0]) ** 2) / n_fft**2
+    level_db = place.level_db + rng.uniform(-2, 2)
+    spectrum *= np.float32(10 ** (level_db / 20) / (np.sqrt(power * n_fft / len(dry)) + 1e-12))
+    return {d: record(spectrum, d, preroll, n, sr, _rng(config.seed, "device", d, segment)) for d in devices}
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataset plan and the writer
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Segment:
+    place: Location
+    segment: str
+    devices: tuple[str, ...]
+
+    def filename(self, device: str) -> str:
+        p = self.place
+        return f"audio/{p.scene}-{p.city}-{p.location}-{self.segment}-{device}.wav"
+
+
+def plan(config: SynthConfig) -> list[Segment]:
+    """Which segments exist, where they were recorded, which split and which devices they have."""
+    segments: list[Segment] = []
+    location_id = segment_id = 0
+    n_train_locations = max(1, round(config.locations_per_scene * 2 / 3))
+    for s, scene in enumerate(SCENES):
+        places = []
+        for k in range(config.locations_per_scene):
+            split = "train" if k < n_train_locations else "evaluate"
+            city = CITIES[(s + k) % len(CITIES)]
+            places.append(draw_location(scene, city, str(location_id), split, config.seed))
+            location_id += 1
+        # Segments go round-robin over the train locations and over the evaluate ones, two to one.
+        n_train = max(1, min(config.segments_per_scene - 1, round(config.segments_per_scene * 2 / 3)))
+        # A third of the parallel groups train, two thirds evaluate: B and C are then ~7% each of the
+        # training clips (real fold 1: 5%) while the evaluation has enough of them to measure.
+        n_parallel_train = round(config.parallel_per_scene / 3)
+        by_split = {"train": [p for p in places if p.split == "train"],
+                    "evaluate": [p for p in places if p.split == "evaluate"]}
+        for split, count, n_parallel in (
+            ("train", n_train, n_parallel_train),
+            ("evaluate", config.segments_per_scene - n_train, config.parallel_per_scene - n_parallel_train),
+        ):
+            for i in range(count):
+                place = by_split[split][i % len(by_split[split])]
+                devices = config.devices if i < n_parallel else (REFERENCE_DEVICE,)
+                segments.append(Segment(place, str(segment_id), devices))
+                segment_id += 1
+    return segments
+
+
+def _write_segment(segment: Segment, config: SynthConfig, root: str) -> list[str]:
+    audio = synthesize_group(segment.place, segment.segment, segment.devices, config)
+    names = []
+    for device, samples in audio.items():
+        name = segment.filename(device)
+        soundfile.write(os.path.join(root, name), samples, config.sample_rate, subtype="PCM_24")
+        names.append(name)
+    return names
+
+
+def _write_tables(root: Path, segments: list[Segment]) -> None:
+    rows = sorted(
+        (seg.filename(d), seg.place.scene, f"{seg.place.city}-{seg.place.location}", d, seg.place.split)
+        for seg in segments
+        for d in seg.devices
+    )
+    setup = root / "evaluation_setup"
+    setup.mkdir()
+    with open(root / "meta.csv", "w") as f:
+        f.write("filename\tscene_label\tidentifier\tsource_label\n")
+        f.writelines(f"{name}\t{scene}\t{ident}\t{device}\n" for name, scene, ident, device, _ in rows)
+    for split in ("train", "evaluate"):
+        with open(setup / f"fold1_{split}.csv", "w") as f:
+            f.write("filename\tscene_label\n")
+            f.writelines(f"{r[0]}\t{r[1]}\n" for r in rows if r[4] == split)
+    with open(setup / "fold1_test.csv", "w") as f:
+        f.write("filename\n")
+        f.writelines(f"{r[0]}\n" for r in rows if r[4] == "evaluate")
+
+
+def write_dataset(out: str | Path, config: SynthConfig = SynthConfig(), workers: int | None = None,
+                  progress: bool = False) -> Dataset:
+    """Write the synthetic set to ``out`` and return it as read back by :func:`read_development`.
+
+    The set is written into a temporary folder beside ``out`` and renamed into place at the end, so
+    an interrupted run leaves nothing at ``out``. ``out`` must not exist or be an empty folder.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AscError(f"{out}: already exists and is not an empty folder; choose a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    segments = plan(config)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        (tmp / "audio").mkdir()
+        workers = workers or os.cpu_count() or 1
+        bar = tqdm(total=sum(len(s.devices) for s in segments), desc="synthesizing", unit="clip",
+                   file=sys.stderr, disable=not progress)
+        if workers == 1 or len(segments) < 8:
+            for seg in segments:
+                bar.update(len(_write_segment(seg, config, str(tmp))))
+        else:
+            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+                futures = [pool.submit(_write_segment, seg, config, str(tmp)) for seg in segments]
+                for future in concurrent.futures.as_completed(futures):
+                    bar.update(len(future.result()))
+        bar.close()
+        _write_tables(tmp, segments)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_development(out)
