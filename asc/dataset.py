@@ -150,7 +150,7 @@ def read_table(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list
     if not path.is_file():
         raise AscError(f"{path}: missing (expected a tab-separated file with columns {', '.join(columns)})")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     except (OSError, UnicodeDecodeError) as exc:
         raise AscError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
@@ -167,6 +167,12 @@ def read_table(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list
                 f"({', '.join(columns)}), found {fields!r}"
             )
         yield number, fields
+
+
+def _header(path: Path) -> tuple[str, ...]:
+    """The column names of a tab-separated file's first line (stripped, without a UTF-8 BOM)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return tuple(h.strip() for h in f.readline().rstrip("\r\n").split("\t"))
 
 
 def _audio_files(root: Path) -> set[str]:
@@ -257,15 +263,14 @@ def read_unlabeled(root: str | Path) -> Dataset:
             raise AscError(f"{root}: no meta.csv, no evaluation_setup/*test.csv and no .wav files in audio/")
         return Dataset(root=root, clips=tuple(Clip(filename=n, split=TEST) for n in names), labeled=False)
 
-    with open(listing, encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
+    header = _header(listing)
+    if "filename" not in header:
+        raise AscError(f"{listing}:1: no 'filename' column in header {chr(9).join(header)!r}")
+    column = header.index("filename")
     seen: dict[str, str] = {}
     # Extra columns (e.g. a scene_label of an evaluation meta.csv) are not needed: read filename only.
-    for number, fields in read_table(listing, tuple(h.strip() for h in header)):
-        filename = fields[header.index("filename")] if "filename" in header else None
-        where = f"{listing}:{number}"
-        if filename is None:
-            raise AscError(f"{listing}:1: no 'filename' column in header {header!r}")
+    for number, fields in read_table(listing, header):
+        filename, where = fields[column], f"{listing}:{number}"
         _check_unique(seen, filename, where)
         if filename not in present:
             raise AscError(f"{root / filename}: listed in {where} but missing")
@@ -283,11 +288,9 @@ def read_dataset(root: str | Path, fold: int = 1) -> Dataset:
     if not root.is_dir():
         raise AscError(f"{root}: no such dataset folder")
     meta = root / "meta.csv"
-    if meta.is_file():
-        with open(meta, encoding="utf-8", errors="replace") as f:
-            development = "scene_label" in f.readline().split("\t")
-    else:
-        development = any((root / "evaluation_setup").glob("fold*_train.csv"))
+    development = any((root / "evaluation_setup").glob("fold*_train.csv"))
+    if meta.is_file() and not development:
+        development = "scene_label" in _header(meta)
     return read_development(root, fold) if development else read_unlabeled(root)
 
 

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
-import scipy.signal
 import soundfile
 from tqdm import tqdm
 
@@ -147,13 +146,13 @@ class DeviceProfile:
 
 DEVICE_PROFILES: dict[str, DeviceProfile] = {
     # Soundman OKM II binaural microphones into a Zoom F8: 20 Hz - 20 kHz within a dB.
-    "a": DeviceProfile(low_cut=(15, 1), peaks=(), high_cut=(21000, 2), gain_db=0.0, noise_db=-90),
+    "a": DeviceProfile(low_cut=(15, 1), peaks=(), high_cut=(21000, 2), gain_db=0.0, noise_db=-96),
     # Samsung Galaxy S7-like: gentle bass roll-off, a presence resonance, a port notch, HF roll-off.
     "b": DeviceProfile(low_cut=(120, 2), peaks=((2500, 1.2, 6.0), (6500, 3.0, -15.0), (350, 1.0, -3.0)),
-                       high_cut=(11000, 3), gain_db=-4.0, noise_db=-78, soft_clip=2.0),
+                       high_cut=(11000, 3), gain_db=-4.0, noise_db=-88, soft_clip=2.0),
     # iPhone SE-like: high-pass near 200 Hz, low-mid resonance, falls above 2 kHz, early HF cut, AGC.
     "c": DeviceProfile(low_cut=(220, 3), peaks=((1200, 1.5, 7.0), (4500, 2.0, -12.0), (9000, 2.0, 5.0)),
-                       high_cut=(8000, 4), gain_db=3.0, noise_db=-74, agc=(-26.0, 2.0)),
+                       high_cut=(8000, 4), gain_db=3.0, noise_db=-84, agc=(-20.0, 1.5)),
     # Beyond 2019: room for more devices (DCASE 2020 added s1..s6); add profiles here.
 }
 
@@ -352,11 +351,13 @@ def room_response(rt60: float, n_fft: int, sr: int, rng: np.random.Generator) ->
     surfaces absorb high frequencies); the tail's energy relative to the direct sound grows with
     RT60, as in bigger, harder rooms.
     """
+    from scipy.signal import lfilter  # importing scipy.signal costs ~1.7 s: only where it is used
+
     length = min(int(sr * rt60 * 1.2), n_fft // 4)
     t = np.arange(length, dtype=np.float32) / sr
     pole = math.exp(-2 * math.pi * 2000 / sr)
-    low = scipy.signal.lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
-    high = rng.standard_normal(length) - scipy.signal.lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
+    low = lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
+    high = rng.standard_normal(length) - lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
     tail = low * np.exp(-6.9 * t / rt60) + high * np.exp(-6.9 * t / (rt60 / 2))
     direct_to_reverb_db = 6 + 8 * math.log10(1 + rt60 * 4)
     tail *= 10 ** (-direct_to_reverb_db / 20) / (np.sqrt(np.sum(tail**2)) + 1e-12)
@@ -367,32 +368,41 @@ def room_response(rt60: float, n_fft: int, sr: int, rng: np.random.Generator) ->
     return scipy.fft.rfft(response)
 
 
-def record(spectrum: np.ndarray, device: str, start: int, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """What ``device`` records of the sound whose rFFT is ``spectrum``: samples ``start:start + n``."""
-    profile = DEVICE_PROFILES[device]
+def capture(spectrum: np.ndarray, device: str, start: int, n: int, sr: int) -> np.ndarray:
+    """The linear part of a recording: the sound whose rFFT is ``spectrum`` through ``device``'s
+    frequency response, samples ``start:start + n``."""
     n_fft = 2 * (len(spectrum) - 1)
-    y = scipy.fft.irfft(spectrum * device_response(device, n_fft, sr), n_fft)[start:start + n]
-    if profile.agc is not None:  # slow compressor: gain follows a 0.3 s RMS envelope
+    return scipy.fft.irfft(spectrum * device_response(device, n_fft, sr), n_fft)[start:start + n]
+
+
+def finish(y: np.ndarray, device: str, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """The rest of a recording: ``device``'s gain control, soft clipping and self-noise, then the
+    converter's full scale."""
+    profile = DEVICE_PROFILES[device]
+    if profile.agc is not None:  # slow compressor: gain follows a 1 s RMS envelope
+        from scipy.signal import lfilter
+
         threshold_db, ratio = profile.agc
-        a = 1.0 / (0.3 * sr)
-        power = scipy.signal.lfilter([a], [1, a - 1], y.astype(np.float64) ** 2)
+        a = 1.0 / sr
+        power = lfilter([a], [1, a - 1], y.astype(np.float64) ** 2)
         level_db = 10 * np.log10(np.maximum(power, 1e-12))
         gain_db = -(1 - 1 / ratio) * np.maximum(level_db - threshold_db, 0)
-        y *= (10 ** (gain_db / 20)).astype(np.float32)
+        y = y * (10 ** (gain_db / 20)).astype(np.float32)
     if profile.soft_clip:
         y = np.tanh(profile.soft_clip * y) / profile.soft_clip
-    y += 10 ** (profile.noise_db / 20) * rng.standard_normal(n).astype(np.float32)
-    return np.clip(y, -1.0, 1.0 - 2.0**-23)
+    y = y + 10 ** (profile.noise_db / 20) * rng.standard_normal(len(y)).astype(np.float32)
+    return np.clip(y, -1.0, 1.0 - 2.0**-23).astype(np.float32)
 
 
 PREROLL_MAX_SECONDS = 1.5  # reverberation tails longer than this are cut (RT60 up to ~2.5 s)
+PEAK_DBFS = -6.0  # device A's loudest sample at most; leaves B and C (up to +7 dB resonances) room
 
 
 def fft_length(config: SynthConfig) -> int:
     """The one FFT length a config's clips are made with (a fast length, planned once per process)."""
     n = int(round(config.seconds * config.sample_rate))
     length = scipy.fft.next_fast_len(n + 2 * int(PREROLL_MAX_SECONDS * config.sample_rate), real=True)
-    while length % 2:  # record() recovers the length from an rFFT's size, which needs it even
+    while length % 2:  # capture() recovers the length from an rFFT's size, which needs it even
         length = scipy.fft.next_fast_len(length + 1, real=True)
     return length
 
@@ -412,7 +422,15 @@ def synthesize_group(place: Location, segment: str, devices: tuple[str, ...], co
     power = (2 * np.vdot(spectrum, spectrum).real - abs(spectrum[0]) ** 2) / n_fft**2
     level_db = place.level_db + rng.uniform(-2, 2)
     spectrum *= np.float32(10 ** (level_db / 20) / (np.sqrt(power * n_fft / len(dry)) + 1e-12))
-    return {d: record(spectrum, d, preroll, n, sr, _rng(config.seed, "device", d, segment)) for d in devices}
+    # Headroom: the loudest moment on device A peaks at PEAK_DBFS (A is linear, so scale afterwards).
+    reference = capture(spectrum, REFERENCE_DEVICE, preroll, n, sr)
+    scale = np.float32(min(1.0, 10 ** (PEAK_DBFS / 20) / (np.abs(reference).max() + 1e-12)))
+    spectrum *= scale
+    return {
+        d: finish(reference * scale if d == REFERENCE_DEVICE else capture(spectrum, d, preroll, n, sr),
+                  d, sr, _rng(config.seed, "device", d, segment))
+        for d in devices
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""``python -m search``: the project's main entry point.
+
+``demo`` runs the main job on the embedded defaults. Today that is the part that exists: generate the
+synthetic multi-device dataset (once) and describe it; it grows with the project into feature
+preparation, a search and fusion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from asc.errors import AscError
+
+DEFAULT_WORKDIR = Path("asc-demo")  # everything the demo writes lives here (git-ignored)
+
+
+def _demo(args) -> None:
+    from asc.dataset import read_development
+    from asc.describe import format_summary, summarize
+    from asc.synth import SynthConfig, write_dataset
+
+    data = args.workdir / "data"
+    config = SynthConfig(segments_per_scene=args.segments_per_scene, parallel_per_scene=args.parallel_per_scene,
+                         seconds=args.seconds, seed=args.seed)
+    start = time.perf_counter()
+    if (data / "meta.csv").exists():
+        print(f"[1/1] synthetic dataset: {data} exists, reusing it (delete it to regenerate)")
+        dataset = read_development(data)
+    else:
+        print(f"[1/1] synthetic dataset: writing {data}")
+        dataset = write_dataset(data, config, progress=True)
+    print(f"      {len(dataset)} clips in {time.perf_counter() - start:.1f} s\n")
+    print(format_summary(summarize(dataset)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from asc.synth import SynthConfig
+
+    defaults = SynthConfig()
+    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run the main job on the embedded defaults")
+    demo.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="(default %(default)s)")
+    demo.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene)
+    demo.add_argument("--parallel-per-scene", type=int, default=defaults.parallel_per_scene)
+    demo.add_argument("--seconds", type=float, default=defaults.seconds)
+    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except AscError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
