@@ -142,6 +142,10 @@ class DeviceProfile:
     noise_db: float  # self-noise floor, dBFS RMS (white)
     soft_clip: float = 0.0  # tanh drive: 0 = linear; y = tanh(k x) / k
     agc: tuple[float, float] | None = None  # (threshold dBFS, ratio): slow compressor
+    # How one recording differs from the next (the phone held, pocketed or placed differently):
+    # dB of random tilt across the band and of change in each peak; centres move by a tenth as many
+    # octaves. Constant within a recording, so still additive in log-Mel.
+    variation_db: float = 0.0
 
 
 DEVICE_PROFILES: dict[str, DeviceProfile] = {
@@ -149,16 +153,16 @@ DEVICE_PROFILES: dict[str, DeviceProfile] = {
     "a": DeviceProfile(low_cut=(15, 1), peaks=(), high_cut=(21000, 2), gain_db=0.0, noise_db=-96),
     # Samsung Galaxy S7-like: gentle bass roll-off, a presence resonance, a port notch, HF roll-off.
     "b": DeviceProfile(low_cut=(120, 2), peaks=((2500, 1.2, 6.0), (6500, 3.0, -15.0), (350, 1.0, -3.0)),
-                       high_cut=(11000, 3), gain_db=-4.0, noise_db=-88, soft_clip=2.0),
+                       high_cut=(11000, 3), gain_db=-4.0, noise_db=-88, soft_clip=2.0, variation_db=3.0),
     # iPhone SE-like: high-pass near 200 Hz, low-mid resonance, falls above 2 kHz, early HF cut, AGC.
     "c": DeviceProfile(low_cut=(220, 3), peaks=((1200, 1.5, 7.0), (4500, 2.0, -12.0), (9000, 2.0, 5.0)),
-                       high_cut=(8000, 4), gain_db=3.0, noise_db=-84, agc=(-20.0, 1.5)),
+                       high_cut=(8000, 4), gain_db=3.0, noise_db=-84, agc=(-20.0, 1.5), variation_db=3.0),
     # Beyond 2019: room for more devices (DCASE 2020 added s1..s6); add profiles here.
 }
 
 
-def device_response_db(device: str, frequencies: np.ndarray) -> np.ndarray:
-    """Gain of ``device`` in dB at ``frequencies`` (Hz).
+def device_response_db(device: str, frequencies: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Gain of ``device`` in dB at ``frequencies`` (Hz); with ``rng``, one recording's variation of it.
 
     Butterworth magnitudes for the roll-offs and Lorentzian bumps (peak gain at the centre,
     bandwidth centre / Q) for resonances and notches: smooth in frequency, so the impulse response
@@ -167,6 +171,9 @@ def device_response_db(device: str, frequencies: np.ndarray) -> np.ndarray:
     profile = DEVICE_PROFILES[device]
     f = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-3)
     gain_db = np.full(f.shape, profile.gain_db)
+    vary = rng is not None and profile.variation_db > 0
+    if vary:  # a tilt of +-variation_db between 100 Hz and 10 kHz
+        gain_db += rng.normal(0, profile.variation_db) * np.clip(np.log10(f / 1000.0), -1, 1)
     if profile.low_cut is not None:
         fc, order = profile.low_cut
         gain_db -= 10 * np.log10(1 + (fc / f) ** (2 * order))
@@ -174,6 +181,9 @@ def device_response_db(device: str, frequencies: np.ndarray) -> np.ndarray:
         fc, order = profile.high_cut
         gain_db -= 10 * np.log10(1 + (f / fc) ** (2 * order))
     for centre, q, peak_db in profile.peaks:
+        if vary:
+            centre *= 2 ** rng.normal(0, profile.variation_db / 30)
+            peak_db += rng.normal(0, profile.variation_db)
         gain_db += peak_db / (1 + ((f - centre) / (centre / q / 2)) ** 2)
     return gain_db
 
@@ -183,6 +193,19 @@ def device_response(device: str, n_fft: int, sample_rate: int) -> np.ndarray:
     """Magnitude response of ``device`` on the ``n_fft // 2 + 1`` rFFT bins (zero phase), float32."""
     f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     return (10 ** (device_response_db(device, f) / 20)).astype(np.float32)
+
+
+def recording_response(device: str, n_fft: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """One recording's magnitude response on the rFFT bins: :func:`device_response` varied by ``rng``.
+
+    Evaluated on a 4096-point grid and interpolated: the response is smooth, and evaluating it on
+    every one of ~300k bins for every clip would cost more than the FFTs.
+    """
+    if DEVICE_PROFILES[device].variation_db <= 0:
+        return device_response(device, n_fft, sample_rate)
+    grid = np.linspace(0, sample_rate / 2, 4096)
+    gain_db = np.interp(np.fft.rfftfreq(n_fft, 1.0 / sample_rate), grid, device_response_db(device, grid, rng))
+    return (10 ** (gain_db / 20)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,11 +237,11 @@ def draw_location(scene: str, city: str, location: str, split: str, seed: int) -
     """Perturb the scene profile for one place (level, colour, reverberation, how busy, hum pitch)."""
     base = SCENE_PROFILES[scene]
     rng = _rng(seed, "location", scene, city, location)
-    bumps = tuple((c * 2 ** rng.uniform(-0.4, 0.4), w, g + rng.uniform(-4, 4)) for c, w, g in base.bumps)
+    bumps = tuple((c * 2 ** rng.uniform(-0.25, 0.25), w, g + rng.uniform(-2.5, 2.5)) for c, w, g in base.bumps)
     return Location(
         scene=scene, city=city, location=location, split=split,
-        level_db=base.level_db + rng.uniform(-5, 5),
-        slope=base.slope_db_per_octave + rng.uniform(-1.5, 1.5),
+        level_db=base.level_db + rng.uniform(-4, 4),
+        slope=base.slope_db_per_octave + rng.uniform(-1.0, 1.0),
         bumps=bumps,
         rt60=base.rt60 * 2 ** rng.uniform(-0.6, 0.6),
         event_scale=2 ** rng.uniform(-0.8, 0.8),
@@ -368,11 +391,11 @@ def room_response(rt60: float, n_fft: int, sr: int, rng: np.random.Generator) ->
     return scipy.fft.rfft(response)
 
 
-def capture(spectrum: np.ndarray, device: str, start: int, n: int, sr: int) -> np.ndarray:
-    """The linear part of a recording: the sound whose rFFT is ``spectrum`` through ``device``'s
-    frequency response, samples ``start:start + n``."""
+def capture(spectrum: np.ndarray, device: str, start: int, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """The linear part of a recording: the sound whose rFFT is ``spectrum`` through this recording's
+    response of ``device``, samples ``start:start + n``."""
     n_fft = 2 * (len(spectrum) - 1)
-    return scipy.fft.irfft(spectrum * device_response(device, n_fft, sr), n_fft)[start:start + n]
+    return scipy.fft.irfft(spectrum * recording_response(device, n_fft, sr, rng), n_fft)[start:start + n]
 
 
 def finish(y: np.ndarray, device: str, sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -423,12 +446,13 @@ def synthesize_group(place: Location, segment: str, devices: tuple[str, ...], co
     level_db = place.level_db + rng.uniform(-2, 2)
     spectrum *= np.float32(10 ** (level_db / 20) / (np.sqrt(power * n_fft / len(dry)) + 1e-12))
     # Headroom: the loudest moment on device A peaks at PEAK_DBFS (A is linear, so scale afterwards).
-    reference = capture(spectrum, REFERENCE_DEVICE, preroll, n, sr)
+    rngs = {d: _rng(config.seed, "device", d, segment) for d in devices}
+    reference = capture(spectrum, REFERENCE_DEVICE, preroll, n, sr, rngs[REFERENCE_DEVICE])
     scale = np.float32(min(1.0, 10 ** (PEAK_DBFS / 20) / (np.abs(reference).max() + 1e-12)))
     spectrum *= scale
     return {
-        d: finish(reference * scale if d == REFERENCE_DEVICE else capture(spectrum, d, preroll, n, sr),
-                  d, sr, _rng(config.seed, "device", d, segment))
+        d: finish(reference * scale if d == REFERENCE_DEVICE else capture(spectrum, d, preroll, n, sr, rngs[d]),
+                  d, sr, rngs[d])
         for d in devices
     }
 
