@@ -36,6 +36,17 @@ def _demo(args) -> None:
     print(format_summary(summarize(dataset)))
 
 
+def _prepare(args) -> None:
+    from asc.features import FeatureConfig
+    from search.prepare import format_report, prepare
+
+    configs = [FeatureConfig(n_mels=n, dtype=args.dtype, resample=args.resample,
+                             spectrum_correction=args.spectrum_correction) for n in args.n_mels]
+    report = prepare(args.data_dir, args.store, configs, address=args.address, num_cpus=args.num_cpus,
+                     shard_size=args.shard_size)
+    print(format_report(report))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asc.synth import SynthConfig
 
@@ -50,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=defaults.seconds)
     demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.set_defaults(run=_demo)
+
+    prep = commands.add_parser("prepare", help="extract log-Mel features into the shared Arrow store (Ray tasks)")
+    prep.add_argument("data_dir", help="a DCASE2019 Task 1B development folder or an unlabeled set")
+    prep.add_argument("--store", required=True, help="store root: a local or shared (NFS) folder")
+    prep.add_argument("--n-mels", type=int, nargs="+", default=[128],
+                      help="Mel-band counts; one STFT per clip serves them all (default 128)")
+    prep.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    prep.add_argument("--spectrum-correction", action="store_true",
+                      help="per-device spectrum correction from the training split's parallel pairs")
+    prep.add_argument("--resample", action="store_true", help="resample clips not at 44.1 kHz instead of refusing them")
+    prep.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    prep.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    prep.add_argument("--shard-size", type=int, default=32, help="clips per Ray task (default %(default)s)")
+    prep.set_defaults(run=_prepare)
     return parser
 
 

@@ -1,0 +1,167 @@
+"""Log-Mel spectrograms (and spectrum-corrected ones) as pure functions over arrays.
+
+The paper's features: librosa's Mel spectrogram with a 4096-point frame, a 1024-sample hop, 128 Mel
+bands up to 22050 Hz, power 2, the natural log of (S + float32 eps), and the last of 431 frames
+dropped, giving 128 x 430 for a 10 s, 44.1 kHz clip.
+
+Several Mel-band counts share one STFT (:func:`log_mels`): the STFT is most of the cost, so asking for
+64, 128 and 256 bands costs little more than asking for one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from asc.errors import AscError
+
+EPS = float(np.finfo(np.float32).eps)  # the paper's code: np.log(S + np.finfo(np.float32).eps)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """One feature configuration: one folder of the store."""
+
+    sample_rate: int = 44100  # the real set's rate; another rate is an error unless resample is on
+    n_fft: int = 4096  # paper: 4096-point frames (93 ms)
+    hop_length: int = 1024  # paper: 1024-sample hop -> 431 frames for 10 s
+    n_mels: int = 128  # paper: 128 bands (more bands keep a device's response flat within each band)
+    fmin: float = 0.0  # librosa's default
+    fmax: float | None = 22050.0  # paper: up to 22050 Hz; None = sample_rate / 2
+    power: float = 2.0  # paper / librosa: power spectrogram
+    drop_last_frame: bool = True  # paper's code: fea[:, :-1] -> 430 frames
+    dtype: str = "float32"  # storage type; "float16" halves the store
+    resample: bool = False  # resample clips at another rate instead of refusing them
+    spectrum_correction: bool = False  # DCASE2019 1B winner: per-device STFT correction from parallel pairs
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "float16"):
+            raise AscError(f"dtype must be float32 or float16, not {self.dtype!r}")
+        if self.n_mels < 1 or self.n_fft < 16 or self.hop_length < 1:
+            raise AscError("n_mels, n_fft and hop_length must be positive (n_fft at least 16)")
+        if self.fmax is not None and self.fmax > self.sample_rate / 2:
+            raise AscError(f"fmax {self.fmax} Hz is above the Nyquist frequency of {self.sample_rate} Hz audio")
+
+    def frames(self, samples: int) -> int:
+        """Frames a clip of ``samples`` samples gives (librosa's centred STFT, minus the dropped one)."""
+        return 1 + samples // self.hop_length - int(self.drop_last_frame)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """A short stable hash of the configuration."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def stft_key(self) -> tuple:
+        """Configurations with the same key can share one STFT."""
+        return (self.sample_rate, self.n_fft, self.hop_length, self.power, self.resample, self.spectrum_correction)
+
+
+def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np.ndarray:
+    """Read a clip as float32 mono at ``sample_rate``.
+
+    A file at another rate is an AscError naming it unless ``resample`` (librosa's default
+    resampler); a file that cannot be decoded is an AscError naming it. Multichannel files are
+    averaged to mono.
+    """
+    try:
+        y, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+        raise AscError(f"{path}: not a readable audio file ({str(exc).splitlines()[0]})") from None
+    y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
+    if len(y) == 0:
+        raise AscError(f"{path}: audio file holds no samples")
+    if sr != sample_rate:
+        if not resample:
+            raise AscError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (ask for resampling to convert)")
+        import librosa
+
+        y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+@lru_cache(maxsize=16)
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    """librosa's Slaney Mel filterbank, ``[n_mels, 1 + n_fft // 2]``, float32 as librosa makes it."""
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+
+
+def stft_magnitude(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """``|STFT|`` as librosa's melspectrogram computes it (Hann window, centred, zero padding).
+
+    y : np.ndarray [shape=(..., samples)] -> [shape=(..., 1 + n_fft // 2, frames)]
+    """
+    import librosa
+
+    return np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True, pad_mode="constant"))
+
+
+def log_mel_from_power(power: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Mel projection, log and frame drop of a power spectrogram (``|STFT| ** config.power``).
+
+    power : np.ndarray [shape=(..., 1 + n_fft // 2, frames)] -> [shape=(..., n_mels, frames')]
+    """
+    basis = mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
+    mel = np.matmul(basis, power)  # one BLAS call per clip; as librosa's einsum, in float32
+    if config.drop_last_frame:
+        mel = mel[..., :-1]
+    out = np.log(mel + np.float32(EPS), out=mel)
+    return out.astype(config.dtype, copy=False)
+
+
+def log_mel(y: np.ndarray, config: FeatureConfig = FeatureConfig(), correction: np.ndarray | None = None) -> np.ndarray:
+    """The paper's log-Mel spectrogram of ``y``.
+
+    y : np.ndarray [shape=(..., samples)]
+    correction : np.ndarray [shape=(1 + n_fft // 2,)], optional; multiplies the STFT magnitude
+    Returns np.ndarray [shape=(..., n_mels, frames)]
+    """
+    return log_mels(y, [config], correction)[0]
+
+
+def log_mels(y: np.ndarray, configs: list[FeatureConfig], correction: np.ndarray | None = None) -> list[np.ndarray]:
+    """Log-Mel spectrograms of ``y`` for several configurations, one STFT per distinct STFT setting."""
+    powers: dict[tuple, np.ndarray] = {}
+    out = []
+    for config in configs:
+        key = config.stft_key()
+        if key not in powers:
+            magnitude = stft_magnitude(y, config)
+            if correction is not None:
+                magnitude *= correction[:, None]
+            powers[key] = magnitude if config.power == 1 else magnitude**config.power
+        out.append(log_mel_from_power(powers[key], config))
+    return out
+
+
+def mean_magnitude_spectrum(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """A clip's STFT magnitude averaged over frames: ``[1 + n_fft // 2]`` (float64)."""
+    return stft_magnitude(y, config).mean(axis=-1, dtype=np.float64)
+
+
+def correction_coefficients(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Spectrum correction coefficients (Kosmider, DCASE2019 Task 1B winner).
+
+    pairs : {device: [(reference mean magnitude spectrum, device mean magnitude spectrum), ...]}
+        one entry per parallel pair of the training split.
+    Returns {device: coefficients [shape=(1 + n_fft // 2,)]}: the mean over pairs of the reference's
+    spectrum divided by the device's, float32. Multiplied onto the device's STFT magnitude it brings
+    the device's mean spectrum onto the reference's.
+    """
+    coefficients = {}
+    for device, members in pairs.items():
+        if not members:
+            continue
+        ratios = [ref / np.maximum(dev, 1e-12) for ref, dev in members]
+        coefficients[device] = np.mean(ratios, axis=0).astype(np.float32)
+    return coefficients

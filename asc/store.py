@@ -1,0 +1,449 @@
+"""The feature store: log-Mel spectrograms in Arrow IPC files that every trial memory-maps.
+
+Layout of a store root (a local or shared, e.g. NFS, folder)::
+
+    STORE/
+      logmel128-<hash>/             one folder per feature configuration x dataset fingerprint
+        _manifest.json              configuration, fingerprint, counts, shape, dtype, training statistics
+        part-00000.arrow ...        Arrow IPC files, one record batch each: a row per clip
+        _correction.npy             spectrum correction coefficients (spectrum-corrected stores only)
+        _derived/<name>/part-*.arrow enhanced copies cached for trials (e.g. median-filtered)
+      .staging/                     stores being written (never read)
+      .locks/                       one lock file per store name
+
+Columns: ``filename`` (as in meta.csv), ``scene``, ``city``, ``location``, ``segment``, ``device``,
+``split``, ``group`` (strings, null where unknown) and ``logmel``, an ``arrow.fixed_shape_tensor`` of
+float32 (or float16) with shape ``[n_mels, frames]``. ``pyarrow.dataset.dataset(folder, format="arrow")``
+reads a store with nothing from this project.
+
+A store is written under ``.staging`` and renamed into place, under a per-name file lock: a reader
+never sees half a store, a killed build leaves nothing visible, and two builds of the same store end
+with one good copy. Its name hashes the configuration and the dataset's fingerprint (every audio
+file's name, size and modification time, and every clip's labels and split), so changed, added or
+removed audio gives a new name and a rebuild, and an unchanged dataset gives the same name and no work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+from filelock import FileLock
+
+from asc import REFERENCE_DEVICE
+from asc.dataset import Clip, Dataset
+from asc.errors import AscError
+from asc.features import FeatureConfig, correction_coefficients, load_audio, log_mels, mean_magnitude_spectrum
+
+FORMAT_VERSION = 1
+MANIFEST = "_manifest.json"  # "_" prefixes: pyarrow.dataset skips them when reading the folder
+META_COLUMNS = ("filename", "scene", "city", "location", "segment", "device", "split", "group")
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------------
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """Hash of what a store's content depends on: every clip's file (name, size, mtime) and labels.
+
+    Size and modification time, as make and rsync use, instead of the audio bytes: hashing 40 GB of
+    WAVs would cost more than extracting the features.
+    """
+    h = hashlib.sha256()
+    for clip in dataset.clips:
+        stat = os.stat(dataset.path(clip))
+        h.update(f"{clip.filename}\t{stat.st_size}\t{stat.st_mtime_ns}\t{clip.split}\t{clip.scene}\n".encode())
+    return h.hexdigest()
+
+
+def store_name(config: FeatureConfig, fingerprint: str) -> str:
+    digest = hashlib.sha256(json.dumps([config.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
+    prefix = "logmel-sc" if config.spectrum_correction else "logmel"
+    return f"{prefix}{config.n_mels}-{digest[:16]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Shards: the unit of work of a build (one Ray task, or one loop iteration without Ray)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardTask:
+    """Extract one shard of clips for several configurations (one STFT per clip)."""
+
+    index: int
+    data_root: str
+    clips: tuple[Clip, ...]
+    configs: tuple[FeatureConfig, ...]
+    out_dirs: tuple[str, ...]  # one staging folder per config
+    corrections: dict  # {device: coefficients} for spectrum-corrected configs, else {}
+
+    @property
+    def file_name(self) -> str:
+        return f"part-{self.index:05d}.arrow"
+
+
+def _tensor_type(config: FeatureConfig, frames: int) -> pa.DataType:
+    return pa.fixed_shape_tensor(pa.from_numpy_dtype(np.dtype(config.dtype)), [config.n_mels, frames])
+
+
+def write_table_file(path: str | Path, clips: Sequence[Clip], features: np.ndarray) -> None:
+    """One Arrow IPC file, one record batch: metadata columns plus the ``logmel`` tensor column."""
+    columns = {name: pa.array([getattr(c, name) for c in clips], pa.string()) for name in META_COLUMNS}
+    columns["logmel"] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(features))
+    batch = pa.record_batch(columns)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+
+
+def run_shard(task: ShardTask) -> dict:
+    """Extract and write one shard. Returns per-config training-split sums for the band statistics.
+
+    Returns {"clips": n, "seconds": s, "stats": [(sum[n_mels], sum of squares[n_mels], frames) per config]}.
+    """
+    start = time.perf_counter()
+    configs, root = task.configs, Path(task.data_root)
+    reference = configs[0]
+    features = [[] for _ in configs]
+    for clip in task.clips:
+        path = root / clip.filename
+        y = load_audio(path, reference.sample_rate, reference.resample)
+        plain = [i for i, c in enumerate(configs) if not c.spectrum_correction]
+        corrected = [i for i, c in enumerate(configs) if c.spectrum_correction]
+        for group, correction in ((plain, None), (corrected, task.corrections.get(clip.device))):
+            if not group:
+                continue
+            for i, x in zip(group, log_mels(y, [configs[i] for i in group], correction)):
+                if features[i] and x.shape != features[i][0].shape:
+                    raise AscError(
+                        f"{path}: {len(y) / reference.sample_rate:.2f} s gives {x.shape[-1]} frames, but "
+                        f"{task.clips[0].filename} gives {features[i][0].shape[-1]}: a store's clips must have one length"
+                    )
+                features[i].append(x)
+    stats = []
+    is_train = np.array([c.split == "train" for c in task.clips])
+    for config, out_dir, xs in zip(configs, task.out_dirs, features):
+        x = np.stack(xs)
+        write_table_file(Path(out_dir) / task.file_name, task.clips, x)
+        train = x[is_train].astype(np.float64)
+        stats.append((train.sum(axis=(0, 2)), (train**2).sum(axis=(0, 2)), train.shape[0] * train.shape[2], x.shape[1:]))
+    return {"clips": len(task.clips), "seconds": time.perf_counter() - start, "stats": stats}
+
+
+def run_pair_spectra(data_root: str, pairs: Sequence[tuple[Clip, Clip]], config: FeatureConfig) -> list:
+    """Mean magnitude spectra of parallel (reference, device) pairs: ``[(device, ref, dev), ...]``."""
+    out = []
+    for ref, dev in pairs:
+        spectra = [mean_magnitude_spectrum(load_audio(Path(data_root) / c.filename, config.sample_rate, config.resample),
+                                           config) for c in (ref, dev)]
+        out.append((dev.device, *spectra))
+    return out
+
+
+def serial_map(fn: Callable, items: Sequence, progress: Callable[[object], None] | None = None) -> list:
+    """Run ``fn`` over ``items`` in this process (the default executor; ``search`` passes Ray's)."""
+    results = []
+    for item in items:
+        results.append(fn(item))
+        if progress:
+            progress(results[-1])
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Build and publish
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class BuildReport:
+    built: list[str]  # store folders written by this call
+    up_to_date: list[str]  # store folders that already existed
+    clips: int  # clips extracted (0 when everything was up to date)
+    seconds: float
+
+
+def shard_clips(clips: Sequence[Clip], shard_size: int) -> list[tuple[Clip, ...]]:
+    return [tuple(clips[i:i + shard_size]) for i in range(0, len(clips), shard_size)]
+
+
+def build_stores(
+    dataset: Dataset,
+    configs: Iterable[FeatureConfig],
+    store_root: str | Path,
+    map_fn: Callable = serial_map,
+    shard_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> BuildReport:
+    """Extract ``dataset`` for every configuration not already in ``store_root`` and publish each store.
+
+    ``map_fn(fn, items, on_result)`` runs shard tasks (in this process by default; over Ray tasks
+    from ``search.prepare``) and ``progress(clips)`` is called as shards finish. Clips are extracted
+    once for all the configurations that share an STFT.
+    """
+    start = time.perf_counter()
+    root = Path(store_root)
+    configs = list(dict.fromkeys(configs))
+    if not configs:
+        raise AscError("no feature configuration asked for")
+    rates = {(c.sample_rate, c.resample) for c in configs}
+    if len(rates) > 1:
+        raise AscError("one build reads the audio once: every configuration needs the same sample rate")
+    for sub in (".staging", ".locks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    fingerprint = dataset_fingerprint(dataset)
+    names = [store_name(c, fingerprint) for c in configs]
+    locks = [FileLock(str(root / ".locks" / f"{name}.lock")) for name in names]
+    report = BuildReport([], [], 0, 0.0)
+    held: list[FileLock] = []
+    try:
+        todo = []
+        for config, name, lock in zip(configs, names, locks):
+            lock.acquire()  # a concurrent build of the same store finishes first; then ours is a no-op
+            held.append(lock)
+            if (root / name / MANIFEST).is_file():
+                report.up_to_date.append(str(root / name))
+                continue
+            for stale in (root / ".staging").glob(f"{name}-*"):  # left by a killed build (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
+            todo.append((config, name))
+        if todo:
+            report.clips = len(dataset)
+            report.built = _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress)
+    finally:
+        for lock in held:
+            lock.release()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> list[str]:
+    configs = [c for c, _ in todo]
+    staging = [root / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}" for _, name in todo]
+    try:
+        for folder in staging:
+            folder.mkdir()
+        corrections = {}
+        if any(c.spectrum_correction for c in configs):
+            corrections = spectrum_corrections(dataset, configs[0], map_fn, shard_size)
+        tasks = [
+            ShardTask(i, str(dataset.root), clips, tuple(configs), tuple(map(str, staging)), corrections)
+            for i, clips in enumerate(shard_clips(dataset.clips, shard_size))
+        ]
+        results = map_fn(run_shard, tasks, (lambda r: progress(r["clips"])) if progress else None)
+        published = []
+        for j, ((config, name), folder) in enumerate(zip(todo, staging)):
+            if config.spectrum_correction:
+                np.save(folder / "_correction.npy", np.stack([corrections.get(d, np.ones(config.n_fft // 2 + 1, np.float32))
+                                                             for d in dataset.devices]))
+            manifest = _manifest(dataset, config, name, fingerprint, tasks, [r["stats"][j] for r in results],
+                                 sum(r["seconds"] for r in results))
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            try:
+                os.rename(folder, root / name)  # atomic on one filesystem: all of the store or none
+            except OSError:
+                if not (root / name / MANIFEST).is_file():
+                    raise
+                shutil.rmtree(folder, ignore_errors=True)  # someone else published it: theirs stands
+            published.append(str(root / name))
+        return published
+    except BaseException:
+        for folder in staging:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def spectrum_corrections(dataset: Dataset, config: FeatureConfig, map_fn=serial_map, shard_size: int = 64) -> dict:
+    """Per-device correction coefficients from the training split's parallel pairs."""
+    pairs = [(members[REFERENCE_DEVICE], clip)
+             for members in dataset.parallel_groups("train").values()
+             for device, clip in sorted(members.items()) if device != REFERENCE_DEVICE]
+    if not pairs:
+        raise AscError(f"{dataset.root}: spectrum correction needs parallel A / device pairs in the training split; found none")
+    chunks = [pairs[i:i + shard_size] for i in range(0, len(pairs), shard_size)]
+    spectra = [row for chunk in map_fn(_PairSpectra(str(dataset.root), config), chunks) for row in chunk]
+    by_device: dict[str, list] = {}
+    for device, ref, dev in spectra:
+        by_device.setdefault(device, []).append((ref, dev))
+    return correction_coefficients(by_device)
+
+
+@dataclass(frozen=True)
+class _PairSpectra:
+    """Picklable callable for map_fn: the mean spectra of one chunk of pairs."""
+
+    data_root: str
+    config: FeatureConfig
+
+    def __call__(self, pairs):
+        return run_pair_spectra(self.data_root, pairs, self.config)
+
+
+def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds) -> dict:
+    total, squares, frames = (sum(s[k] for s in stats) for k in range(3))
+    shape = stats[0][3]
+    counts: dict[str, dict[str, int]] = {}
+    for clip in dataset.clips:
+        counts.setdefault(clip.split, {}).setdefault(clip.device or "?", 0)
+        counts[clip.split][clip.device or "?"] += 1
+    mean = total / max(frames, 1)
+    std = np.sqrt(np.maximum(squares / max(frames, 1) - mean**2, 0))
+    return {
+        "format": FORMAT_VERSION,
+        "name": name,
+        "config": config.to_dict(),
+        "dataset": {"root": str(dataset.root), "fingerprint": fingerprint, "labeled": dataset.labeled,
+                    "devices": dataset.devices, "scenes": dataset.scenes},
+        "clips": len(dataset),
+        "counts": counts,
+        "shape": list(shape),
+        "dtype": config.dtype,
+        "shards": [{"file": t.file_name, "rows": len(t.clips)} for t in tasks],
+        # GMS / GMSVN statistics over every frame of every training clip, per Mel band.
+        "train_mean": mean.tolist() if frames else None,
+        "train_std": std.tolist() if frames else None,
+        "train_frames": int(frames),
+        "extraction_seconds": round(seconds, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+def read_table_file(path: Path) -> tuple[list[Clip], np.ndarray]:
+    """Memory-map one shard: its clips and a zero-copy ``[rows, n_mels, frames]`` view of its features."""
+    try:
+        batch = pa.ipc.open_file(pa.memory_map(str(path), "r")).get_batch(0)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise AscError(f"{path}: not a readable Arrow feature file ({exc})") from None
+    meta = {name: batch.column(name).to_pylist() for name in META_COLUMNS}
+    clips = [Clip(filename=f, split=s, scene=sc, city=ci, location=lo, segment=se, device=d)
+             for f, s, sc, ci, lo, se, d in zip(meta["filename"], meta["split"], meta["scene"], meta["city"],
+                                               meta["location"], meta["segment"], meta["device"])]
+    return clips, batch.column("logmel").to_numpy_ndarray()
+
+
+class FeatureStore:
+    """A published store, memory-mapped: clips, features by index, training statistics.
+
+    Nothing is read into memory until a batch is gathered; the pages of the files are shared by
+    every process on a node that opens the same store.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise AscError(f"{self.path}: not a feature store (no {MANIFEST}; run `python -m search prepare`)")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise AscError(f"{manifest_path}: corrupt manifest ({exc})") from None
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise AscError(f"{manifest_path}: store format {self.manifest.get('format')}, this code reads {FORMAT_VERSION}")
+        self.config = FeatureConfig(**self.manifest["config"])
+        self.clips: list[Clip] = []
+        self._parts: list[np.ndarray] = []
+        shard_of, row_of = [], []
+        for k, shard in enumerate(self.manifest["shards"]):
+            clips, features = read_table_file(self.path / shard["file"])
+            self.clips += clips
+            self._parts.append(features)
+            shard_of += [k] * len(clips)
+            row_of += range(len(clips))
+        self._shard_of, self._row_of = np.array(shard_of), np.array(row_of)
+        self._index = {c.filename: i for i, c in enumerate(self.clips)}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.manifest["shape"])
+
+    @property
+    def train_mean(self) -> np.ndarray:
+        return np.asarray(self.manifest["train_mean"], dtype=np.float32)
+
+    @property
+    def train_std(self) -> np.ndarray:
+        return np.asarray(self.manifest["train_std"], dtype=np.float32)
+
+    def index_of(self, filename: str) -> int:
+        return self._index[filename]
+
+    def select(self, split: str | None = None, devices: Iterable[str] | None = None) -> np.ndarray:
+        """Indices of the clips of ``split`` (and of ``devices``), in store order."""
+        devices = set(devices) if devices is not None else None
+        return np.array([i for i, c in enumerate(self.clips)
+                         if (split is None or c.split == split) and (devices is None or c.device in devices)], dtype=np.int64)
+
+    def features(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``[len(indices), n_mels, frames]`` features (a copy of just these rows)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(self._parts) == 1:
+            return self._parts[0][indices]
+        out = np.empty((len(indices), *self.shape), dtype=self._parts[0].dtype)
+        for k, part in enumerate(self._parts):
+            mask = self._shard_of[indices] == k
+            if mask.any():
+                out[mask] = part[self._row_of[indices[mask]]]
+        return out
+
+    def parts(self) -> list[np.ndarray]:
+        """The memory-mapped shard arrays themselves (zero-copy views)."""
+        return list(self._parts)
+
+    def derived(self, name: str, transform: Callable[[np.ndarray], np.ndarray], map_fn: Callable = serial_map) -> "FeatureStore":
+        """This store with ``transform`` applied to every shard, cached under ``_derived/<name>``.
+
+        Built once (file-locked, written aside and renamed into place) by the first caller; every
+        later caller, in any process, memory-maps the cached files. ``transform`` maps a batch
+        ``[rows, n_mels, frames]`` to one of the same shape and must be picklable for ``map_fn``.
+        """
+        target = self.path / "_derived" / name
+        if not (target / MANIFEST).is_file():
+            (self.path / "_derived").mkdir(exist_ok=True)
+            with FileLock(str(self.path / "_derived" / f".{name}.lock")):
+                if not (target / MANIFEST).is_file():
+                    staging = self.path / "_derived" / f".{name}-{uuid.uuid4().hex[:8]}"
+                    staging.mkdir()
+                    try:
+                        jobs = [_DeriveShard(str(self.path / s["file"]), str(staging / s["file"]), transform)
+                                for s in self.manifest["shards"]]
+                        map_fn(_run_derive, jobs)
+                        (staging / MANIFEST).write_text(json.dumps({**self.manifest, "derived": name}, indent=1))
+                        os.rename(staging, target)
+                    except BaseException:
+                        shutil.rmtree(staging, ignore_errors=True)
+                        raise
+        return FeatureStore(target)
+
+
+@dataclass(frozen=True)
+class _DeriveShard:
+    source: str
+    target: str
+    transform: Callable
+
+
+def _run_derive(job: _DeriveShard) -> int:
+    clips, features = read_table_file(Path(job.source))
+    write_table_file(job.target, clips, np.asarray(job.transform(features), dtype=features.dtype))
+    return len(clips)
+
+
+def find_store(store_root: str | Path, config: FeatureConfig, dataset: Dataset) -> FeatureStore:
+    """The published store of ``config`` for the current state of ``dataset`` (an AscError if absent)."""
+    name = store_name(config, dataset_fingerprint(dataset))
+    path = Path(store_root) / name
+    if not (path / MANIFEST).is_file():
+        raise AscError(f"{path}: no store for n_mels={config.n_mels} on the current {dataset.root} "
+                       "(run `python -m search prepare` first; changed audio needs a new one)")
+    return FeatureStore(path)

@@ -1,0 +1,104 @@
+"""Fill the feature store with Ray tasks: one task per shard of clips, on every core of every node.
+
+``asc.store.build_stores`` owns what a store is (layout, statistics, atomic publish, locks); this
+module only gives it an executor that spreads the shard tasks over a Ray cluster (local by default).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import ray
+from tqdm import tqdm
+
+import asc
+from asc.dataset import read_dataset
+from asc.errors import AscError
+from asc.features import FeatureConfig
+from asc.store import MANIFEST, BuildReport, build_stores
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` (a running cluster) or start a private local Ray instance.
+
+    ``address="local"`` is used instead of Ray's default so that a stale ``ray start`` cluster on
+    this machine is not silently joined. The ``asc`` package travels to the workers with the job, so
+    cluster nodes need only the requirements installed.
+    """
+    if ray.is_initialized():
+        return
+    runtime_env = {"py_modules": [os.path.dirname(asc.__file__)],
+                   "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+    kwargs = dict(runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+
+
+@ray.remote(num_cpus=1)
+def _call(fn: Callable, item):
+    return fn(item)
+
+
+def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, address: str | None = None,
+            num_cpus: int | None = None) -> list:
+    """``[fn(item) for item in items]`` as Ray tasks (one CPU each), results in the items' order.
+
+    A task that failed on bad input re-raises its AscError here, so the user sees one line. Ray is
+    started (or joined, with ``address``) on the first call, so that a build with nothing to do
+    costs no Ray start-up.
+    """
+    init_ray(address, num_cpus)
+    refs = [_call.remote(fn, item) for item in items]
+    position = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[position[ref]] = ray.get(ref)
+                if on_result:
+                    on_result(results[position[ref]])
+    except ray.exceptions.RayTaskError as exc:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if isinstance(exc.cause, AscError):
+            raise AscError(str(exc.cause)) from None
+        raise
+    return results
+
+
+def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureConfig], address: str | None = None,
+            num_cpus: int | None = None, shard_size: int = 32, progress: bool = True) -> BuildReport:
+    """Build (or find up to date) one store per configuration for the dataset in ``data_dir``."""
+    dataset = read_dataset(data_dir)
+    map_fn = functools.partial(ray_map, address=address, num_cpus=num_cpus)
+    bar = tqdm(total=len(dataset), desc="extracting", unit="clip", file=sys.stderr, disable=not progress)
+    try:
+        return build_stores(dataset, configs, store, map_fn=map_fn, shard_size=shard_size, progress=bar.update)
+    finally:
+        bar.close()
+
+
+def format_report(report: BuildReport) -> str:
+    import json
+
+    lines = [f"{'store':<40}{'n_mels':>7}{'shape':>12}{'dtype':>9}  status"]
+    for status, paths in (("built", report.built), ("up to date", report.up_to_date)):
+        for path in paths:
+            manifest = json.loads((Path(path) / MANIFEST).read_text())
+            shape = "x".join(map(str, manifest["shape"]))
+            lines.append(f"{Path(path).name:<40}{manifest['config']['n_mels']:>7}{shape:>12}{manifest['dtype']:>9}  {status}")
+    if report.built:
+        rate = report.clips / report.seconds if report.seconds else 0.0
+        lines.append(f"extracted {report.clips} clips in {report.seconds:.1f} s ({rate:.1f} clips/s)")
+    else:
+        lines.append("nothing to do: every store is up to date with the audio")
+    return "\n".join(lines)
