@@ -69,6 +69,10 @@ class SynthConfig:
             problems.append("--segments-per-scene must be at least 2 (one train, one evaluate)")
         if not 0 <= self.parallel_per_scene <= self.segments_per_scene:
             problems.append("--parallel-per-scene must be between 0 and --segments-per-scene")
+        elif self.segments_per_scene - self.train_segments < self.parallel_per_scene - self.train_parallel:
+            problems.append(f"--parallel-per-scene {self.parallel_per_scene} needs "
+                            f"{self.parallel_per_scene - self.train_parallel} evaluate segments per scene, but "
+                            f"--segments-per-scene {self.segments_per_scene} gives {self.segments_per_scene - self.train_segments}")
         if self.seconds <= 0:
             problems.append("--seconds must be positive")
         if self.sample_rate < 8000:
@@ -82,6 +86,17 @@ class SynthConfig:
             problems.append(f"devices {unknown} have no profile (known: {sorted(DEVICE_PROFILES)})")
         if problems:
             raise AscError("; ".join(problems))
+
+    @property
+    def train_segments(self) -> int:
+        """A segments per scene in train locations: two thirds, as the real fold (at least one each side)."""
+        return max(1, min(self.segments_per_scene - 1, round(self.segments_per_scene * 2 / 3)))
+
+    @property
+    def train_parallel(self) -> int:
+        """Parallel groups per scene in train: a third. B and C are then ~7% each of the training
+        clips (real fold 1: 5%) while the evaluation has enough of them to measure."""
+        return round(self.parallel_per_scene / 3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,10 +499,7 @@ def plan(config: SynthConfig) -> list[Segment]:
             places.append(draw_location(scene, city, str(location_id), split, config.seed))
             location_id += 1
         # Segments go round-robin over the train locations and over the evaluate ones, two to one.
-        n_train = max(1, min(config.segments_per_scene - 1, round(config.segments_per_scene * 2 / 3)))
-        # A third of the parallel groups train, two thirds evaluate: B and C are then ~7% each of the
-        # training clips (real fold 1: 5%) while the evaluation has enough of them to measure.
-        n_parallel_train = round(config.parallel_per_scene / 3)
+        n_train, n_parallel_train = config.train_segments, config.train_parallel
         by_split = {"train": [p for p in places if p.split == "train"],
                     "evaluate": [p for p in places if p.split == "evaluate"]}
         for split, count, n_parallel in (

@@ -25,3 +25,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+
+
+# A small synthetic development set shared by the feature, store and training tests: 1 s clips at
+# 22.05 kHz, 4 A segments per scene (3 train, 1 evaluate; one parallel A/B/C group in each): 80 clips.
+SMALL_SYNTH = dict(segments_per_scene=4, parallel_per_scene=2, seconds=1.0, sample_rate=22050, seed=3)
+
+
+@pytest.fixture(scope="session")
+def synth_set(tmp_path_factory):
+    """Path of the shared small synthetic set (read-only: copy it before changing anything)."""
+    from asc.synth import SynthConfig, write_dataset
+
+    out = tmp_path_factory.mktemp("data") / "small"
+    write_dataset(out, SynthConfig(**SMALL_SYNTH), workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fast_config():
+    """Feature settings scaled to the small set (the paper's are for 10 s at 44.1 kHz)."""
+    from asc.features import FeatureConfig
+
+    return FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)

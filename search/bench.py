@@ -1,0 +1,413 @@
+"""``python -m search bench-features``: this project's feature figures beside the references, in one run.
+
+Everything is measured on the same synthetic 10 s, 44.1 kHz, 24-bit clips (``asc.synth``), in this
+order, so that a figure and its reference come from the same machine, clips and page cache:
+
+1. Extraction, clips/s. References, one process each, before Ray starts: decoding only (soundfile,
+   the floor) and the paper's per-file loop (``librosa.load`` + ``melspectrogram`` + ``log``, one
+   BLAS thread so that it is one core's rate; numba warmed up on one clip first). This project:
+   ``search.prepare.prepare`` with 128 Mel bands, then with 64, 128 and 256 into a fresh store,
+   wall clock around the call, after Ray was started and its workers warmed up on a tiny separate
+   dataset (Ray's start-up is not in the figure).
+2. Median filter (7 x 21) on the store's 128 x 430 features, ms/clip. Reference: the paper's loader,
+   ``scipy.signal.medfilt2d`` on every clip in every epoch. This project: GMS-normalised,
+   median-filtered features cached once in the store (``FeatureStore.derived``, built with Ray's
+   ``ray_map`` on every core, and serially for comparison), then read each epoch; against an epoch
+   of the un-filtered features.
+3. Store read, GB/s: an epoch of the store's features in shuffled batches of 32 (page-cached, after
+   one warm-up pass), against ``np.copyto`` of the same number of bytes in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from asc.errors import AscError
+
+PAPER_EPS = np.finfo(np.float32).eps
+MEDIAN_SIZE = (7, 21)
+BATCH = 32
+REPEATS = 3  # best of, for the in-memory reads and the copy
+MEDFILT_REFERENCE_CLIPS = 256  # medfilt2d costs ~90 ms a clip: time at most this many
+SUBDIRS = ("data", "warmup-data", "warmup-store", "store-1", "store-3")
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def synth_config_for(clips: int, seed: int = 0, seconds: float = 10.0):
+    """The smallest synthetic set with at least ``clips`` clips, with SynthConfig's default share of
+    parallel A/B/C segments (6 of 40). Returns (config, exact clip count)."""
+    from asc.synth import SynthConfig, plan
+
+    segments = 2
+    while True:
+        config = SynthConfig(segments_per_scene=segments, parallel_per_scene=round(segments * 6 / 40),
+                             seconds=seconds, seed=seed)
+        count = sum(len(s.devices) for s in plan(config))
+        if count >= clips:
+            return config, count
+        segments += 1
+
+
+def machine_info() -> dict:
+    import librosa
+    import pyarrow
+    import ray
+    import scipy
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    blas = "unknown"
+    try:
+        from threadpoolctl import threadpool_info
+
+        infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if infos:
+            i = infos[0]
+            blas = f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+    except ImportError:
+        pass
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS") if k in os.environ}
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "librosa": librosa.__version__, "pyarrow": pyarrow.__version__,
+            "ray": ray.__version__, "blas": blas, "env": env}
+
+
+def _paper_features(path: str) -> np.ndarray:
+    """The paper's per-file extraction, as its code does it."""
+    import librosa
+
+    y, sr = librosa.load(path, sr=None)
+    S = librosa.feature.melspectrogram(y=y, sr=44100, n_fft=4096, hop_length=1024, n_mels=128, fmax=22050)
+    return np.log(S + PAPER_EPS)
+
+
+def _blas_threads(n: int | None):
+    """A context limiting BLAS to ``n`` threads (no-op for None or without threadpoolctl)."""
+    import contextlib
+
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def epoch_seconds(store, order: np.ndarray, batch: int = BATCH, repeats: int = REPEATS) -> float:
+    """Best time of ``repeats`` epochs gathering ``store.features`` in batches, after one warm-up epoch."""
+    def one_epoch():
+        for i in range(0, len(order), batch):
+            store.features(order[i:i + batch])
+
+    one_epoch()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        one_epoch()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def copy_seconds(nbytes_shape: tuple, dtype, repeats: int = REPEATS) -> float:
+    src = np.random.default_rng(1).standard_normal(nbytes_shape, dtype=np.float32).astype(dtype, copy=False)
+    dst = np.zeros_like(src)  # pages touched before timing
+    np.copyto(dst, src)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# --------------------------------------------------------------------------------------------------
+# The measurements
+# --------------------------------------------------------------------------------------------------
+def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
+    import ray
+    import scipy.signal
+    import soundfile
+
+    from asc.enhance import CachedMedianFilter, Enhancement
+    from asc.features import FeatureConfig
+    from asc.store import FeatureStore
+    from asc.synth import SynthConfig, write_dataset
+    from search.prepare import init_ray, prepare, ray_map
+
+    fig: dict = {}
+
+    # ---- data -------------------------------------------------------------------------------------
+    config, expected = synth_config_for(clips)
+    _log(f"[1/7] synthesizing {expected} clips (segments_per_scene={config.segments_per_scene}, "
+         f"parallel_per_scene={config.parallel_per_scene}) into {work / 'data'}")
+    start = time.perf_counter()
+    dataset = write_dataset(work / "data", config)
+    warm = write_dataset(work / "warmup-data", SynthConfig(segments_per_scene=2, parallel_per_scene=0, seconds=2.0, seed=1))
+    n = len(dataset)
+    fig["clips"] = n
+    fig["synth_seconds"] = time.perf_counter() - start
+    fig["synth_config"] = {"segments_per_scene": config.segments_per_scene,
+                           "parallel_per_scene": config.parallel_per_scene, "seed": config.seed}
+    paths = [str(dataset.path(c)) for c in dataset.clips]
+    info = soundfile.info(paths[0])
+    fig["clip_format"] = f"{info.duration:.1f} s, {info.samplerate} Hz, {info.subtype}"
+
+    # ---- 1a decode floor --------------------------------------------------------------------------
+    _log("[2/7] references: decoding and the paper's per-file loop (one process)")
+    soundfile.read(paths[0], dtype="float32")
+    start = time.perf_counter()
+    for p in paths:
+        soundfile.read(p, dtype="float32")
+    fig["decode_seconds"] = time.perf_counter() - start
+    fig["decode_clips_per_s"] = n / fig["decode_seconds"]
+
+    # ---- 1b paper loop ----------------------------------------------------------------------------
+    paper_first = _paper_features(paths[0])  # numba / librosa warm-up, not timed
+    for key, threads in (("paper", 1), ("paper_default_blas", None)):
+        with _blas_threads(threads):
+            start = time.perf_counter()
+            for p in paths:
+                _paper_features(p)
+            fig[f"{key}_seconds"] = time.perf_counter() - start
+        fig[f"{key}_clips_per_s"] = n / fig[f"{key}_seconds"]
+
+    # ---- Ray start and warm-up (not timed) --------------------------------------------------------
+    _log(f"[3/7] starting Ray on {cpus} cpus and warming its workers up on {len(warm)} short clips")
+    start = time.perf_counter()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    init_ray(None, cpus)
+    three = [FeatureConfig(n_mels=m) for m in (64, 128, 256)]
+    warm_report = prepare(work / "warmup-data", work / "warmup-store", three, num_cpus=cpus, shard_size=2, progress=False)
+    warm_store = next(FeatureStore(p) for p in warm_report.built if FeatureStore(p).config.n_mels == 128)
+    enhancement = Enhancement(normalization="gms", median_filter=MEDIAN_SIZE)
+    warm_store.derived(enhancement.cache_key,
+                       CachedMedianFilter(enhancement, tuple(warm_store.train_mean), tuple(warm_store.train_std)),
+                       map_fn=ray_map)
+    fig["ray_warmup_seconds"] = time.perf_counter() - start
+
+    # ---- 1c / 1d prepare --------------------------------------------------------------------------
+    _log(f"[4/7] prepare: 128 Mel bands, then 64 + 128 + 256 (shard size {shard_size})")
+    for key, configs, folder in (("prepare1", [FeatureConfig(n_mels=128)], "store-1"), ("prepare3", three, "store-3")):
+        start = time.perf_counter()
+        report = prepare(work / "data", work / folder, configs, num_cpus=cpus, shard_size=shard_size, progress=False)
+        seconds = time.perf_counter() - start
+        if len(report.built) != len(configs) or report.clips != n:
+            raise AscError(f"{work / folder}: prepare built {len(report.built)} stores of {report.clips} clips, "
+                           f"expected {len(configs)} of {n}")
+        fig[f"{key}_seconds"] = seconds
+        fig[f"{key}_report_seconds"] = report.seconds
+        fig[f"{key}_clips_per_s"] = n / seconds
+        if key == "prepare1":
+            store_path = report.built[0]
+    shards = [min(shard_size, n - i) for i in range(0, n, shard_size)]
+    fig["shards"] = shards
+
+    store = FeatureStore(store_path)
+    first = store.features([store.index_of(dataset.clips[0].filename)])[0]
+    fig["feature_shape"] = list(first.shape)
+    fig["store_vs_paper_max_abs_diff"] = float(np.abs(first - paper_first[:, :-1]).max())
+
+    # ---- 2 median filter: the cache built with Ray -----------------------------------------------
+    _log("[5/7] median filter: building the cached copy with Ray")
+    transform = CachedMedianFilter(enhancement, tuple(store.train_mean), tuple(store.train_std))
+    start = time.perf_counter()
+    filtered = store.derived(enhancement.cache_key, transform, map_fn=ray_map)
+    fig["cache_build_ray_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
+    ray.shutdown()  # the rest runs in this process, with no Ray processes beside it
+
+    # ---- 2 median filter: references and serial build, in this process ---------------------------
+    _log("[6/7] median filter: scipy.signal.medfilt2d per clip, serial cache build, epoch reads")
+    m = min(n, MEDFILT_REFERENCE_CLIPS)
+    x = store.features(np.arange(m))
+    scipy.signal.medfilt2d(x[0], MEDIAN_SIZE)
+    start = time.perf_counter()
+    for i in range(m):
+        scipy.signal.medfilt2d(x[i], MEDIAN_SIZE)
+    fig["medfilt2d_ms_per_clip"] = (time.perf_counter() - start) * 1000 / m
+    fig["medfilt2d_clips_timed"] = m
+
+    normalized = first - store.train_mean[:, None]
+    expected_filtered = normalized - scipy.signal.medfilt2d(normalized, MEDIAN_SIZE)
+    got = filtered.features([filtered.index_of(dataset.clips[0].filename)])[0]
+    fig["cache_vs_medfilt2d_max_abs_diff"] = float(np.abs(got - expected_filtered).max())
+
+    transform(x[:1])  # imports scipy.ndimage in this process
+    start = time.perf_counter()
+    store.derived(enhancement.cache_key + "-serial", transform)
+    fig["cache_build_serial_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
+
+    order = np.random.default_rng(0).permutation(n)
+    fig["epoch_filtered_ms_per_clip"] = epoch_seconds(filtered, order) * 1000 / n
+    fig["epoch_plain_ms_per_clip"] = epoch_seconds(store, order) * 1000 / n
+
+    # ---- 3 store read vs memory copy --------------------------------------------------------------
+    _log("[7/7] store read vs an in-memory copy")
+    fresh = FeatureStore(store_path)
+    shape = (n, *fresh.shape)
+    dtype = np.dtype(fresh.config.dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    fig["epoch_bytes"] = nbytes
+    fig["store_read_gb_per_s"] = nbytes / epoch_seconds(fresh, order) / 1e9
+    fig["copy_gb_per_s"] = nbytes / copy_seconds(shape, dtype) / 1e9
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------
+def rows(fig: dict, cpus: int) -> list[dict]:
+    def row(measure, ours, ref, goal=None, check=None, fmt="{:.1f}", ratio_fmt="{:.2f}"):
+        ratio = ours / ref if ref else math.nan
+        met = "-" if check is None else ("yes" if check(ratio) else "NO")
+        return {"measure": measure, "this_project": ours, "reference": ref, "ratio": ratio, "goal": goal or "-",
+                "met": met, "fmt": fmt, "ratio_fmt": ratio_fmt}
+
+    c, b = fig["prepare1_clips_per_s"], fig["paper_clips_per_s"]
+    speedup_goal = round(0.9 * cpus, 2)
+    return [
+        row(f"extraction 128 Mel, clips/s: prepare on {cpus} cpus | paper loop, 1 core", c, b,
+            f">= {speedup_goal:g}", lambda r: r >= speedup_goal),
+        row("parallel efficiency: prepare clips/s per cpu | paper loop, 1 core", c / cpus, b,
+            ">= 0.90", lambda r: r >= 0.90),
+        row("three Mel counts vs one, s: prepare 64+128+256 | prepare 128", fig["prepare3_seconds"],
+            fig["prepare1_seconds"], "<= 1.5", lambda r: r <= 1.5, fmt="{:.2f}"),
+        row("extraction 64+128+256 Mel, clips/s: prepare | paper loop (128 only)", fig["prepare3_clips_per_s"], b),
+        row("paper loop, clips/s: 1 core | 1 process, default BLAS threads", b, fig["paper_default_blas_clips_per_s"]),
+        row("decode floor, clips/s: prepare per cpu | soundfile.read, 1 core", c / cpus, fig["decode_clips_per_s"]),
+        row("median filter per epoch, ms/clip: cached read | medfilt2d", fig["epoch_filtered_ms_per_clip"],
+            fig["medfilt2d_ms_per_clip"], fmt="{:.3f}", ratio_fmt="{:.5f}"),
+        row("epoch with / without median filter, ms/clip: cached | plain read", fig["epoch_filtered_ms_per_clip"],
+            fig["epoch_plain_ms_per_clip"], "<= 2", lambda r: r <= 2, fmt="{:.3f}"),
+        row(f"median cache build once, ms/clip: ray_map on {cpus} cpus | medfilt2d",
+            fig["cache_build_ray_ms_per_clip"], fig["medfilt2d_ms_per_clip"]),
+        row("median cache build once, ms/clip: serial, 1 process | medfilt2d",
+            fig["cache_build_serial_ms_per_clip"], fig["medfilt2d_ms_per_clip"]),
+        row("store read, GB/s: store.features, batches of 32 | np.copyto", fig["store_read_gb_per_s"],
+            fig["copy_gb_per_s"], ">= 0.5", lambda r: r >= 0.5, fmt="{:.2f}"),
+    ]
+
+
+def format_table(fig: dict, machine: dict, table: list[dict], cpus: int) -> str:
+    env = " ".join(f"{k}={v}" for k, v in machine["env"].items()) or "no OPENBLAS_*/OMP_NUM_THREADS set"
+    lines = [
+        f"machine: {machine['cpu']}, {machine['cores']} cores (benchmark uses {cpus}); python {machine['python']}, "
+        f"numpy {machine['numpy']}, scipy {machine['scipy']}, librosa {machine['librosa']}, "
+        f"pyarrow {machine['pyarrow']}, ray {machine['ray']}",
+        f"blas: {machine['blas']}; {env}",
+        f"clips: {fig['clips']} ({fig['clip_format']}; segments_per_scene={fig['synth_config']['segments_per_scene']}, "
+        f"parallel_per_scene={fig['synth_config']['parallel_per_scene']}, seed={fig['synth_config']['seed']}); "
+        f"features {'x'.join(map(str, fig['feature_shape']))}; prepare shards {'+'.join(map(str, fig['shards']))}",
+        "",
+    ]
+    header = ["measure", "this project", "reference", "ratio", "goal", "met?"]
+    cells = [[r["measure"], r["fmt"].format(r["this_project"]), r["fmt"].format(r["reference"]),
+              r["ratio_fmt"].format(r["ratio"]), r["goal"], r["met"]] for r in table]
+    widths = [max(len(x[i]) for x in [header, *cells]) for i in range(len(header))]
+    align = ["<", ">", ">", ">", "<", "<"]
+
+    def fmt_row(values):
+        return " | ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()
+
+    lines.append(fmt_row(header))
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [fmt_row(c) for c in cells]
+    lines += [
+        "",
+        "'this project | reference' in a measure names the two columns; ratio = this project / reference.",
+        f"paper loop = librosa.load + melspectrogram + log per file, one process, BLAS limited to one thread; "
+        f"prepare = search.prepare.prepare, wall clock, Ray started and warmed up beforehand.",
+        f"medfilt2d = scipy.signal.medfilt2d(x, (7, 21)) per clip, as the paper's loader pays every epoch "
+        f"(timed on {fig['medfilt2d_clips_timed']} clips); cached = FeatureStore.derived(GMS + median filter), "
+        f"built once, then read in batches of {BATCH} (best of {REPEATS} epochs).",
+        f"checks: store features vs paper's [:, :-1] max |diff| {fig['store_vs_paper_max_abs_diff']:.2e}; "
+        f"cached filter vs GMS + medfilt2d max |diff| {fig['cache_vs_medfilt2d_max_abs_diff']:.2e}",
+        f"not in the figures: synthesis {fig['synth_seconds']:.1f} s, Ray start + warm-up {fig['ray_warmup_seconds']:.1f} s.",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search bench-features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=64,
+                        help="about this many clips (the smallest synthetic set with at least as many; default %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the clips and stores go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep what the benchmark wrote")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs for Ray (default: all, %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=32, help="clips per prepare task (prepare's default, %(default)s)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.clips < 1 or args.cpus < 1 or args.shard_size < 1:
+        print("error: --clips, --cpus and --shard-size must be positive", file=sys.stderr)
+        return 2
+    created = args.workdir is None or not args.workdir.exists()
+    work = Path(tempfile.mkdtemp(prefix="asc-bench-")) if args.workdir is None else args.workdir
+    clash = [str(work / d) for d in SUBDIRS if (work / d).exists()]
+    if clash:
+        print(f"error: {', '.join(clash)} already exist; choose another --workdir", file=sys.stderr)
+        return 2
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        fig = run(work, args.clips, args.cpus, args.shard_size)
+        machine = machine_info()
+        table = rows(fig, args.cpus)
+        print(format_table(fig, machine, table, args.cpus), flush=True)
+        if args.json:
+            out = {"machine": machine, "cpus": args.cpus, "figures": fig,
+                   "table": [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in table]}
+            args.json.write_text(json.dumps(out, indent=1))
+        return 0
+    except AscError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+        if args.keep:
+            _log(f"kept {work}")
+        elif created:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            for d in SUBDIRS:
+                shutil.rmtree(work / d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The Arrow feature store: content, memory-mapping, statistics, publishing, rebuilds and failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset
+import pytest
+
+from asc import AscError
+from asc.dataset import read_development
+from asc.enhance import CachedMedianFilter, Enhancement
+from asc.features import load_audio, log_mel
+from asc.store import MANIFEST, FeatureStore, build_stores, dataset_fingerprint, find_store, store_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(synth_set, fast_config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    report = build_stores(read_development(synth_set), [fast_config], root, shard_size=16)
+    assert len(report.built) == 1
+    return FeatureStore(report.built[0])
+
+
+@pytest.fixture
+def data_copy(synth_set, tmp_path):
+    out = tmp_path / "data"
+    shutil.copytree(synth_set, out)
+    return out
+
+
+def _published(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.exists() else []
+
+
+def test_rows_columns_and_values(store, synth_set, fast_config):
+    dataset = read_development(synth_set)
+    assert len(store) == len(dataset) == 80
+    assert [c.filename for c in store.clips] == [c.filename for c in dataset.clips]
+    assert store.clips == list(dataset.clips)  # metadata columns round-trip exactly
+    i = store.index_of("audio/" + Path(dataset.clips[7].filename).name)
+    expected = log_mel(load_audio(synth_set / dataset.clips[7].filename, 22050), fast_config)
+    np.testing.assert_array_equal(store.features([i])[0], expected)
+    assert store.shape == expected.shape == (32, 86)
+
+
+def test_plain_pyarrow_reads_the_store(store):
+    table = pyarrow.dataset.dataset(store.path, format="arrow").to_table()
+    assert table.num_rows == 80
+    assert {"filename", "scene", "city", "location", "segment", "device", "split", "group", "logmel"} <= set(table.column_names)
+    assert isinstance(table.schema.field("logmel").type, pa.FixedShapeTensorType)
+    assert table.schema.field("logmel").type.shape == [32, 86]
+
+
+def test_trials_memory_map_without_copying(store):
+    for part in store.parts():
+        assert not part.flags.owndata and not part.flags.writeable  # a view of the mapped file
+    again = FeatureStore(store.path)
+    np.testing.assert_array_equal(again.features(np.arange(5)), store.features(np.arange(5)))
+
+
+def test_manifest(store, synth_set, fast_config):
+    m = store.manifest
+    assert m["config"] == fast_config.to_dict()
+    assert m["dataset"]["fingerprint"] == dataset_fingerprint(read_development(synth_set))
+    assert m["counts"] == {"train": {"a": 30, "b": 10, "c": 10}, "evaluate": {"a": 10, "b": 10, "c": 10}}
+    assert m["shape"] == [32, 86] and m["dtype"] == "float32"
+    assert sum(s["rows"] for s in m["shards"]) == 80
+
+
+def test_statistics_come_from_the_training_split_only(store):
+    train = store.features(store.select("train")).astype(np.float64)
+    np.testing.assert_allclose(store.train_mean, train.mean(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(store.train_std, train.std(axis=(0, 2)), rtol=1e-4, atol=1e-4)
+    everything = store.features(np.arange(len(store))).astype(np.float64)
+    assert not np.allclose(store.train_mean, everything.mean(axis=(0, 2)), atol=1e-3)
+
+
+def test_select_and_gather_across_shards(store):
+    bc = store.select("evaluate", devices=["b", "c"])
+    assert len(bc) == 20 and all(store.clips[i].device in "bc" for i in bc)
+    idx = np.array([79, 0, 33, 17, 16])  # across shards of 16, out of order
+    np.testing.assert_array_equal(store.features(idx), np.stack([store.features([i])[0] for i in idx]))
+
+
+def test_rerun_is_a_no_op_and_changes_rebuild(data_copy, fast_config, tmp_path):
+    root = tmp_path / "store"
+    first = build_stores(read_development(data_copy), [fast_config], root)
+    again = build_stores(read_development(data_copy), [fast_config], root)
+    assert again.built == [] and again.up_to_date == first.built
+    # changed audio: a new fingerprint, a new store
+    wav = next((data_copy / "audio").glob("*-a.wav"))
+    os.utime(wav, ns=(time.time_ns(), time.time_ns() + 10**9))
+    changed = build_stores(read_development(data_copy), [fast_config], root)
+    assert len(changed.built) == 1 and changed.built != first.built
+    # removed audio (and its rows): rebuilt again, with one clip fewer
+    meta = (data_copy / "meta.csv").read_text().splitlines()
+    victim = meta[-1].split("\t")[0]
+    (data_copy / "meta.csv").write_text("\n".join(meta[:-1]) + "\n")
+    for fold in ("fold1_train.csv", "fold1_evaluate.csv", "fold1_test.csv"):
+        path = data_copy / "evaluation_setup" / fold
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if not line.startswith(victim)))
+    (data_copy / victim).unlink()
+    removed = build_stores(read_development(data_copy), [fast_config], root)
+    assert len(FeatureStore(removed.built[0])) == 79
+
+
+def test_failed_build_leaves_no_store_and_earlier_stores_untouched(data_copy, fast_config, tmp_path):
+    root = tmp_path / "store"
+    good = build_stores(read_development(data_copy), [fast_config], root).built[0]
+    before = {p.name: p.stat().st_mtime_ns for p in Path(good).iterdir()}
+    bad = data_copy / read_development(data_copy).clips[50].filename
+    bad.write_bytes(b"RIFF....WAVEgarbage")
+    other = fast_config.__class__(**{**fast_config.to_dict(), "n_mels": 40})
+    with pytest.raises(AscError, match=bad.name):
+        build_stores(read_development(data_copy), [other], root, shard_size=8)
+    assert _published(root) == [Path(good).name]
+    assert list((root / ".staging").iterdir()) == []
+    assert {p.name: p.stat().st_mtime_ns for p in Path(good).iterdir()} == before
+    FeatureStore(good).features([0])
+
+
+def test_wrong_sample_rate_names_the_file(data_copy, fast_config, tmp_path):
+    import soundfile
+
+    clip = read_development(data_copy).clips[3].filename
+    y, _ = soundfile.read(data_copy / clip)
+    soundfile.write(data_copy / clip, y, 16000, subtype="PCM_24")
+    with pytest.raises(AscError, match=f"{Path(clip).name}: sample rate 16000 Hz, expected 22050"):
+        build_stores(read_development(data_copy), [fast_config], tmp_path / "store")
+    assert _published(tmp_path / "store") == []
+
+
+def test_interrupted_build_is_invisible(synth_set, fast_config, tmp_path):
+    calls = []
+
+    def dying_map(fn, items, on_result=None):
+        out = []
+        for item in items:
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # as a Ctrl-C in the middle of the shards
+            calls.append(item)
+            out.append(fn(item))
+        return out
+
+    with pytest.raises(KeyboardInterrupt):
+        build_stores(read_development(synth_set), [fast_config], tmp_path / "store", map_fn=dying_map, shard_size=8)
+    assert _published(tmp_path / "store") == []
+    assert list((tmp_path / "store" / ".staging").iterdir()) == []
+
+
+BUILD = """
+import sys
+from asc.dataset import read_development
+from asc.features import FeatureConfig
+from asc.store import build_stores
+config = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)
+r = build_stores(read_development(sys.argv[1]), [config], sys.argv[2], shard_size=4,
+                 progress=lambda n: print("shard", flush=True))
+print("built" if r.built else "up to date", flush=True)
+"""
+
+
+def test_killed_build_is_invisible_and_the_next_one_cleans_up(synth_set, tmp_path):
+    root = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(synth_set), str(root)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "shard"  # well into the build
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _published(root) == []
+    assert list((root / ".staging").iterdir())  # the half-written store is there, but not visible
+    run = subprocess.run([sys.executable, "-c", BUILD, str(synth_set), str(root)], cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip().endswith("built"), run.stderr
+    assert len(_published(root)) == 1 and list((root / ".staging").iterdir()) == []
+
+
+def test_concurrent_builds_end_with_one_good_store(synth_set, tmp_path):
+    root = tmp_path / "store"
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(synth_set), str(root)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outputs]
+    last_lines = sorted(o[0].strip().splitlines()[-1] for o in outputs)
+    assert last_lines == ["built", "up to date"]
+    assert len(_published(root)) == 1
+    assert len(FeatureStore(root / _published(root)[0])) == 80
+
+
+def test_median_filter_cache_equals_on_the_fly_and_is_built_once(store):
+    enhancement = Enhancement("gms", median_filter=(7, 21))
+    transform = CachedMedianFilter(enhancement, tuple(store.train_mean), tuple(store.train_std))
+    cached = store.derived(enhancement.cache_key, transform)
+    idx = np.arange(0, 80, 7)
+    expected = enhancement(store.features(idx), store.train_mean, store.train_std)
+    np.testing.assert_allclose(cached.features(idx), expected, atol=1e-5)
+    stamp = (cached.path / MANIFEST).stat().st_mtime_ns
+    assert (store.derived(enhancement.cache_key, transform).path / MANIFEST).stat().st_mtime_ns == stamp
+    assert [c.filename for c in cached.clips] == [c.filename for c in store.clips]
+
+
+def test_find_store_and_missing_store(store, synth_set, fast_config, tmp_path):
+    assert find_store(store.path.parent, fast_config, read_development(synth_set)).path == store.path
+    with pytest.raises(AscError, match="prepare"):
+        find_store(tmp_path, fast_config, read_development(synth_set))
+    with pytest.raises(AscError, match="not a feature store"):
+        FeatureStore(tmp_path)
+
+
+def test_spectrum_correction_brings_device_spectra_onto_a(synth_set, fast_config, tmp_path):
+    corrected_config = fast_config.__class__(**{**fast_config.to_dict(), "spectrum_correction": True})
+    report = build_stores(read_development(synth_set), [fast_config, corrected_config], tmp_path)
+    plain, corrected = (FeatureStore(p) for p in sorted(report.built, key=lambda p: "-sc" in p))
+    assert "-sc" in corrected.path.name and (corrected.path / "_correction.npy").is_file()
+    dataset = read_development(synth_set)
+    for device in ("b", "c"):
+        gaps = {}
+        for name, s in (("plain", plain), ("corrected", corrected)):
+            diffs = []
+            for members in dataset.parallel_groups().values():  # evaluate pairs were not used to fit
+                a, d = (s.features([s.index_of(members[k].filename)])[0] for k in ("a", device))
+                diffs.append(d.mean(axis=1) - a.mean(axis=1))  # per-band log-Mel offset of the device
+            gaps[name] = np.abs(np.mean(diffs, axis=0))[2:-2].mean()  # skip the outermost bands
+        assert gaps["corrected"] < 0.35 * gaps["plain"], gaps
+    # A clips are untouched by the correction
+    a = dataset.split("train")[0].filename
+    np.testing.assert_array_equal(plain.features([plain.index_of(a)]), corrected.features([corrected.index_of(a)]))
+
+
+def test_prepare_cli_with_ray(tmp_path):
+    """The real path: `python -m search prepare` on a local Ray instance, twice."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "asc", "synth", str(data), "--segments-per-scene", "2",
+                    "--parallel-per-scene", "1", "--seconds", "1"], cwd=REPO, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "search", "prepare", str(data), "--store", str(tmp_path / "store"),
+           "--n-mels", "64", "128", "--num-cpus", "2", "--shard-size", "8"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "extracted 40 clips" in first.stdout and first.stdout.count(" built") == 2
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert second.returncode == 0 and "nothing to do" in second.stdout and second.stdout.count("up to date") == 3
+    stores = sorted((tmp_path / "store").glob("logmel*"))
+    assert [json.loads((p / MANIFEST).read_text())["shape"] for p in stores] == [[128, 43], [64, 43]]
+
+
+def test_prepare_cli_bad_input_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "search", "prepare", str(tmp_path / "nope"), "--store", str(tmp_path / "s")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("error:") and run.stderr.count("\n") == 1
