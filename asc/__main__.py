@@ -34,6 +34,62 @@ def _synth(args) -> None:
     print(f"wrote {len(dataset)} clips to {args.out} in {seconds:.1f} s ({len(dataset) / seconds:.0f} clips/s)")
 
 
+def resolve_store(path: str, n_mels: int | None = None) -> str:
+    """A store folder, or the one store under a store root (of ``n_mels`` bands when there are several)."""
+    from pathlib import Path
+
+    from asc.store import MANIFEST
+
+    root = Path(path)
+    if (root / MANIFEST).is_file():
+        return str(root)
+    candidates = sorted(p for p in root.glob("logmel*") if (p / MANIFEST).is_file()) if root.is_dir() else []
+    if n_mels is not None:
+        candidates = [p for p in candidates if json.loads((p / MANIFEST).read_text())["config"]["n_mels"] == n_mels]
+    if len(candidates) == 1:
+        return str(candidates[0])
+    if not candidates:
+        raise AscError(f"{root}: no feature store here (run `python -m search prepare DATA_DIR --store {root}`)")
+    raise AscError(f"{root}: {len(candidates)} stores ({', '.join(p.name for p in candidates)}); "
+                   "name one folder or pass --n-mels")
+
+
+def _train(args) -> None:
+    import dataclasses
+
+    from asc.enhance import Enhancement
+    from asc.models import ModelConfig
+    from asc.systems import get_system, selection_metric
+    from asc.train import TrainConfig, train, write_json
+
+    system = get_system(args.system)
+    model = ModelConfig(name=args.model, pretrained=system.pretrained and args.model == "msxception",
+                        weights=args.weights, allow_download=args.allow_download)
+    config = TrainConfig(
+        store=resolve_store(args.store, args.n_mels), model=model,
+        enhancement=Enhancement(system.normalization, system.mean_subtraction, system.median_filter),
+        mixup_alpha=system.mixup_alpha, epochs=args.epochs, selection=selection_metric(args.system),
+        protocol=args.protocol, seed=args.seed, device=args.device, bf16=args.bf16,
+        channels_last=args.channels_last, num_workers=args.workers, checkpoint_dir=args.checkpoint_dir,
+    )
+    if args.model == "cnn" and system.pretrained:
+        print(f"note: {args.system.upper()} is pretrained in the paper; the small CNN has no ImageNet weights")
+    print(f"{args.system.upper()}: {args.model}, {system.normalization}"
+          + (", mean subtraction" if system.mean_subtraction else "")
+          + (f", median filter {system.median_filter}" if system.median_filter else "")
+          + (f", mixup alpha {system.mixup_alpha}" if system.mixup_alpha else "")
+          + f"; {args.epochs} epochs, best by {config.selection}, {config.protocol} protocol")
+    result = train(config, log=print)
+    result["system"] = args.system.upper()
+    best = result["test"]
+    print(f"best epoch {result['best_epoch']}: A {best['acc_a']:.3f}  B&C {best['acc_bc']:.3f}  "
+          f"gap {best['device_gap']:+.3f}  Metric A {best['metric_a']:.3f}  Metric B {best['metric_b']:.3f}"
+          f"  ({result['seconds']:.0f} s)")
+    if args.json_out:
+        write_json(result, args.json_out)
+        print(f"result written to {args.json_out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asc.synth import SynthConfig
 
@@ -59,6 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     synth.set_defaults(run=_synth)
+
+    tr = commands.add_parser("train", help="train one of the paper's systems (A1-A7, B1-B7) without Ray")
+    tr.add_argument("--store", required=True, help="a feature store folder, or a store root holding one")
+    tr.add_argument("--system", required=True, help="A1-A7 (best epoch by Metric A) or B1-B7 (Metric B)")
+    tr.add_argument("--model", choices=("msxception", "cnn"), default="msxception")
+    tr.add_argument("--epochs", type=int, default=80, help="(paper: %(default)s)")
+    tr.add_argument("--weights", default=None, help="ImageNet Xception weights file (default: pretrainedmodels' cache)")
+    tr.add_argument("--allow-download", action="store_true", help="let pretrainedmodels download missing weights")
+    tr.add_argument("--n-mels", type=int, default=None, help="pick the store with this many bands under a root")
+    tr.add_argument("--protocol", choices=("paper", "validation"), default="paper",
+                    help="paper: select the epoch on evaluate; validation: on held-out training locations")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    tr.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    tr.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+    tr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    tr.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here; rerun to resume")
+    tr.add_argument("--json-out", default=None, help="write the result (best epoch, every metric) as JSON")
+    tr.set_defaults(run=_train)
     return parser
 
 

@@ -1,8 +1,8 @@
 """``python -m search``: the project's main entry point.
 
 ``demo`` runs the main job on the embedded defaults. Today that is the part that exists: generate the
-synthetic multi-device dataset (once) and describe it; it grows with the project into feature
-preparation, a search and fusion.
+synthetic multi-device dataset (once), describe it, and extract its features into the store; it grows
+with the project into a search and fusion.
 """
 
 from __future__ import annotations
@@ -20,20 +20,26 @@ DEFAULT_WORKDIR = Path("asc-demo")  # everything the demo writes lives here (git
 def _demo(args) -> None:
     from asc.dataset import read_development
     from asc.describe import format_summary, summarize
+    from asc.features import FeatureConfig
     from asc.synth import SynthConfig, write_dataset
+    from search.prepare import format_report, prepare
 
-    data = args.workdir / "data"
+    data, store = args.workdir / "data", args.workdir / "store"
     config = SynthConfig(segments_per_scene=args.segments_per_scene, parallel_per_scene=args.parallel_per_scene,
                          seconds=args.seconds, seed=args.seed)
     start = time.perf_counter()
     if (data / "meta.csv").exists():
-        print(f"[1/1] synthetic dataset: {data} exists, reusing it (delete it to regenerate)")
+        print(f"[1/2] synthetic dataset: {data} exists, reusing it (delete it to regenerate)")
         dataset = read_development(data)
     else:
-        print(f"[1/1] synthetic dataset: writing {data}")
+        print(f"[1/2] synthetic dataset: writing {data}")
         dataset = write_dataset(data, config, progress=True)
     print(f"      {len(dataset)} clips in {time.perf_counter() - start:.1f} s\n")
     print(format_summary(summarize(dataset)))
+
+    print(f"\n[2/2] feature store: log-Mel with the paper's settings into {store} (Ray tasks)")
+    report = prepare(data, store, [FeatureConfig(n_mels=n) for n in args.n_mels])
+    print(format_report(report))
 
 
 def _prepare(args) -> None:
@@ -60,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--parallel-per-scene", type=int, default=defaults.parallel_per_scene)
     demo.add_argument("--seconds", type=float, default=defaults.seconds)
     demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument("--n-mels", type=int, nargs="+", default=[128], help="Mel-band counts to prepare")
     demo.set_defaults(run=_demo)
 
     prep = commands.add_parser("prepare", help="extract log-Mel features into the shared Arrow store (Ray tasks)")

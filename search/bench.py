@@ -83,10 +83,12 @@ def machine_info() -> dict:
     try:
         from threadpoolctl import threadpool_info
 
+        import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, if it has one)
+
         infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
         if infos:
-            i = infos[0]
-            blas = f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+            blas = ", ".join(f"{Path(i['filepath']).parent.name}: {i.get('internal_api')} {i.get('version')} "
+                             f"{i.get('architecture')} x{i.get('num_threads')}" for i in infos)
     except ImportError:
         pass
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS") if k in os.environ}
@@ -144,10 +146,91 @@ def copy_seconds(nbytes_shape: tuple, dtype, repeats: int = REPEATS) -> float:
     return best
 
 
+class CpuMeter:
+    """CPU used by other processes on the machine while a section ran, in cores.
+
+    The machine's busy time (/proc/stat) less that of this process and its descendants (Ray's
+    processes included), over the section's wall clock: a benchmark on a shared machine says how
+    quiet the machine was instead of silently reporting a contended figure.
+    """
+
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    QUIET = 0.1  # cores: less than this used by others counts as a quiet machine
+
+    def __init__(self, wait_budget: float = 0.0):
+        self.sections: dict[str, float] = {}
+        self.wait_budget = wait_budget  # seconds in all to wait for a quiet machine before sections
+        self.waited = 0.0
+
+    def others_now(self, seconds: float = 0.5) -> float:
+        machine, tree = self._machine_busy(), self._tree_busy()
+        time.sleep(seconds)
+        return max((self._machine_busy() - machine) - (self._tree_busy() - tree), 0.0) / seconds
+
+    def wait_quiet(self) -> None:
+        """Wait, within what is left of the budget, until other processes leave the CPUs alone."""
+        while self.waited < self.wait_budget:
+            start = time.perf_counter()
+            quiet = self.others_now() < self.QUIET
+            self.waited += time.perf_counter() - start
+            if quiet:
+                return
+
+    @classmethod
+    def _machine_busy(cls) -> float:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return math.nan
+        return (sum(v) - v[3] - v[4]) / cls.TICK  # less idle and iowait
+
+    @classmethod
+    def _tree_busy(cls) -> float:
+        parent, ticks = {}, {}
+        try:
+            pids = [d for d in os.listdir("/proc") if d.isdigit()]
+        except OSError:
+            return math.nan
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            rest = text[text.rindex(")") + 2:].split()
+            parent[int(pid)] = int(rest[1])
+            ticks[int(pid)] = sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        total, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            total += ticks.get(pid, 0)
+            todo += children.get(pid, [])
+        return total / cls.TICK
+
+    def measure(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def section():
+            self.wait_quiet()
+            machine, tree, start = self._machine_busy(), self._tree_busy(), time.perf_counter()
+            yield
+            wall = time.perf_counter() - start
+            others = (self._machine_busy() - machine) - (self._tree_busy() - tree)
+            self.sections[name] = max(others, 0.0) / wall if wall > 0 else math.nan
+
+        return section()
+
+
 # --------------------------------------------------------------------------------------------------
 # The measurements
 # --------------------------------------------------------------------------------------------------
-def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
+def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float = 0.0) -> dict:
     import ray
     import scipy.signal
     import soundfile
@@ -159,6 +242,10 @@ def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
     from search.prepare import init_ray, prepare, ray_map
 
     fig: dict = {}
+    meter = CpuMeter()
+    with meter.measure("before start (1 s idle)"):
+        time.sleep(1.0)
+    meter.wait_budget = wait_budget
 
     # ---- data -------------------------------------------------------------------------------------
     config, expected = synth_config_for(clips)
@@ -179,16 +266,17 @@ def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
     # ---- 1a decode floor --------------------------------------------------------------------------
     _log("[2/7] references: decoding and the paper's per-file loop (one process)")
     soundfile.read(paths[0], dtype="float32")
-    start = time.perf_counter()
-    for p in paths:
-        soundfile.read(p, dtype="float32")
-    fig["decode_seconds"] = time.perf_counter() - start
+    with meter.measure("decode"):
+        start = time.perf_counter()
+        for p in paths:
+            soundfile.read(p, dtype="float32")
+        fig["decode_seconds"] = time.perf_counter() - start
     fig["decode_clips_per_s"] = n / fig["decode_seconds"]
 
     # ---- 1b paper loop ----------------------------------------------------------------------------
     paper_first = _paper_features(paths[0])  # numba / librosa warm-up, not timed
     for key, threads in (("paper", 1), ("paper_default_blas", None)):
-        with _blas_threads(threads):
+        with _blas_threads(threads), meter.measure(key):
             start = time.perf_counter()
             for p in paths:
                 _paper_features(p)
@@ -212,9 +300,10 @@ def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
     # ---- 1c / 1d prepare --------------------------------------------------------------------------
     _log(f"[4/7] prepare: 128 Mel bands, then 64 + 128 + 256 (shard size {shard_size})")
     for key, configs, folder in (("prepare1", [FeatureConfig(n_mels=128)], "store-1"), ("prepare3", three, "store-3")):
-        start = time.perf_counter()
-        report = prepare(work / "data", work / folder, configs, num_cpus=cpus, shard_size=shard_size, progress=False)
-        seconds = time.perf_counter() - start
+        with meter.measure(key):
+            start = time.perf_counter()
+            report = prepare(work / "data", work / folder, configs, num_cpus=cpus, shard_size=shard_size, progress=False)
+            seconds = time.perf_counter() - start
         if len(report.built) != len(configs) or report.clips != n:
             raise AscError(f"{work / folder}: prepare built {len(report.built)} stores of {report.clips} clips, "
                            f"expected {len(configs)} of {n}")
@@ -234,9 +323,10 @@ def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
     # ---- 2 median filter: the cache built with Ray -----------------------------------------------
     _log("[5/7] median filter: building the cached copy with Ray")
     transform = CachedMedianFilter(enhancement, tuple(store.train_mean), tuple(store.train_std))
-    start = time.perf_counter()
-    filtered = store.derived(enhancement.cache_key, transform, map_fn=ray_map)
-    fig["cache_build_ray_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
+    with meter.measure("cache_build_ray"):
+        start = time.perf_counter()
+        filtered = store.derived(enhancement.cache_key, transform, map_fn=ray_map)
+        fig["cache_build_ray_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
     ray.shutdown()  # the rest runs in this process, with no Ray processes beside it
 
     # ---- 2 median filter: references and serial build, in this process ---------------------------
@@ -244,10 +334,11 @@ def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
     m = min(n, MEDFILT_REFERENCE_CLIPS)
     x = store.features(np.arange(m))
     scipy.signal.medfilt2d(x[0], MEDIAN_SIZE)
-    start = time.perf_counter()
-    for i in range(m):
-        scipy.signal.medfilt2d(x[i], MEDIAN_SIZE)
-    fig["medfilt2d_ms_per_clip"] = (time.perf_counter() - start) * 1000 / m
+    with meter.measure("medfilt2d"):
+        start = time.perf_counter()
+        for i in range(m):
+            scipy.signal.medfilt2d(x[i], MEDIAN_SIZE)
+        fig["medfilt2d_ms_per_clip"] = (time.perf_counter() - start) * 1000 / m
     fig["medfilt2d_clips_timed"] = m
 
     normalized = first - store.train_mean[:, None]
@@ -256,23 +347,31 @@ def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
     fig["cache_vs_medfilt2d_max_abs_diff"] = float(np.abs(got - expected_filtered).max())
 
     transform(x[:1])  # imports scipy.ndimage in this process
-    start = time.perf_counter()
-    store.derived(enhancement.cache_key + "-serial", transform)
-    fig["cache_build_serial_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
+    with meter.measure("cache_build_serial"):
+        start = time.perf_counter()
+        store.derived(enhancement.cache_key + "-serial", transform)
+        fig["cache_build_serial_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
 
     order = np.random.default_rng(0).permutation(n)
+    meter.wait_quiet()
     fig["epoch_filtered_ms_per_clip"] = epoch_seconds(filtered, order) * 1000 / n
     fig["epoch_plain_ms_per_clip"] = epoch_seconds(store, order) * 1000 / n
 
     # ---- 3 store read vs memory copy --------------------------------------------------------------
     _log("[7/7] store read vs an in-memory copy")
     fresh = FeatureStore(store_path)
+    meter.wait_quiet()
     shape = (n, *fresh.shape)
     dtype = np.dtype(fresh.config.dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     fig["epoch_bytes"] = nbytes
     fig["store_read_gb_per_s"] = nbytes / epoch_seconds(fresh, order) / 1e9
     fig["copy_gb_per_s"] = nbytes / copy_seconds(shape, dtype) / 1e9
+    meter.wait_budget = 0.0
+    with meter.measure("after the end (1 s idle)"):
+        time.sleep(1.0)
+    fig["other_processes_cores"] = {k: round(v, 3) for k, v in meter.sections.items()}
+    fig["waited_for_quiet_seconds"] = round(meter.waited, 1)
     return fig
 
 
@@ -280,32 +379,41 @@ def run(work: Path, clips: int, cpus: int, shard_size: int) -> dict:
 # The table
 # --------------------------------------------------------------------------------------------------
 def rows(fig: dict, cpus: int) -> list[dict]:
-    def row(measure, ours, ref, goal=None, check=None, fmt="{:.1f}", ratio_fmt="{:.2f}"):
+    others = fig["other_processes_cores"]
+
+    def row(measure, ours, ref, goal=None, check=None, fmt="{:.1f}", ratio_fmt="{:.2f}", sections=()):
         ratio = ours / ref if ref else math.nan
         met = "-" if check is None else ("yes" if check(ratio) else "NO")
+        contended = [k for k in sections if others.get(k, 0.0) >= CpuMeter.QUIET]
+        if contended:
+            met += "*"
         return {"measure": measure, "this_project": ours, "reference": ref, "ratio": ratio, "goal": goal or "-",
-                "met": met, "fmt": fmt, "ratio_fmt": ratio_fmt}
+                "met": met, "contended": contended, "fmt": fmt, "ratio_fmt": ratio_fmt}
 
     c, b = fig["prepare1_clips_per_s"], fig["paper_clips_per_s"]
     speedup_goal = round(0.9 * cpus, 2)
     return [
         row(f"extraction 128 Mel, clips/s: prepare on {cpus} cpus | paper loop, 1 core", c, b,
-            f">= {speedup_goal:g}", lambda r: r >= speedup_goal),
+            f">= {speedup_goal:g}", lambda r: r >= speedup_goal, sections=("prepare1", "paper")),
         row("parallel efficiency: prepare clips/s per cpu | paper loop, 1 core", c / cpus, b,
-            ">= 0.90", lambda r: r >= 0.90),
+            ">= 0.90", lambda r: r >= 0.90, sections=("prepare1", "paper")),
         row("three Mel counts vs one, s: prepare 64+128+256 | prepare 128", fig["prepare3_seconds"],
-            fig["prepare1_seconds"], "<= 1.5", lambda r: r <= 1.5, fmt="{:.2f}"),
-        row("extraction 64+128+256 Mel, clips/s: prepare | paper loop (128 only)", fig["prepare3_clips_per_s"], b),
-        row("paper loop, clips/s: 1 core | 1 process, default BLAS threads", b, fig["paper_default_blas_clips_per_s"]),
-        row("decode floor, clips/s: prepare per cpu | soundfile.read, 1 core", c / cpus, fig["decode_clips_per_s"]),
+            fig["prepare1_seconds"], "<= 1.5", lambda r: r <= 1.5, fmt="{:.2f}", sections=("prepare1", "prepare3")),
+        row("extraction 64+128+256 Mel, clips/s: prepare | paper loop (128 only)", fig["prepare3_clips_per_s"], b,
+            sections=("prepare3", "paper")),
+        row("paper loop, clips/s: 1 core | 1 process, default BLAS threads", b, fig["paper_default_blas_clips_per_s"],
+            sections=("paper", "paper_default_blas")),
+        row("decode floor, clips/s: prepare per cpu | soundfile.read, 1 core", c / cpus, fig["decode_clips_per_s"],
+            sections=("prepare1", "decode")),
         row("median filter per epoch, ms/clip: cached read | medfilt2d", fig["epoch_filtered_ms_per_clip"],
-            fig["medfilt2d_ms_per_clip"], fmt="{:.3f}", ratio_fmt="{:.5f}"),
+            fig["medfilt2d_ms_per_clip"], fmt="{:.3f}", ratio_fmt="{:.5f}", sections=("medfilt2d",)),
         row("epoch with / without median filter, ms/clip: cached | plain read", fig["epoch_filtered_ms_per_clip"],
             fig["epoch_plain_ms_per_clip"], "<= 2", lambda r: r <= 2, fmt="{:.3f}"),
         row(f"median cache build once, ms/clip: ray_map on {cpus} cpus | medfilt2d",
-            fig["cache_build_ray_ms_per_clip"], fig["medfilt2d_ms_per_clip"]),
+            fig["cache_build_ray_ms_per_clip"], fig["medfilt2d_ms_per_clip"], sections=("cache_build_ray", "medfilt2d")),
         row("median cache build once, ms/clip: serial, 1 process | medfilt2d",
-            fig["cache_build_serial_ms_per_clip"], fig["medfilt2d_ms_per_clip"]),
+            fig["cache_build_serial_ms_per_clip"], fig["medfilt2d_ms_per_clip"],
+            sections=("cache_build_serial", "medfilt2d")),
         row("store read, GB/s: store.features, batches of 32 | np.copyto", fig["store_read_gb_per_s"],
             fig["copy_gb_per_s"], ">= 0.5", lambda r: r >= 0.5, fmt="{:.2f}"),
     ]
@@ -345,9 +453,22 @@ def format_table(fig: dict, machine: dict, table: list[dict], cpus: int) -> str:
         f"built once, then read in batches of {BATCH} (best of {REPEATS} epochs).",
         f"checks: store features vs paper's [:, :-1] max |diff| {fig['store_vs_paper_max_abs_diff']:.2e}; "
         f"cached filter vs GMS + medfilt2d max |diff| {fig['cache_vs_medfilt2d_max_abs_diff']:.2e}",
+        _contention_line(fig),
         f"not in the figures: synthesis {fig['synth_seconds']:.1f} s, Ray start + warm-up {fig['ray_warmup_seconds']:.1f} s.",
     ]
     return "\n".join(lines)
+
+
+def _contention_line(fig: dict) -> str:
+    others = fig["other_processes_cores"]
+    worst = max(others, key=lambda k: others[k] if not math.isnan(others[k]) else -1)
+    text = (f"other processes' CPU, in cores: worst {others[worst]:.2f} ({worst}); "
+            + ", ".join(f"{k} {v:.2f}" for k, v in others.items()))
+    if others[worst] >= CpuMeter.QUIET:
+        text = ("* = other processes used >= 0.1 core while that figure was measured: it is contended. " + text)
+    if fig.get("waited_for_quiet_seconds"):
+        text += f"; waited {fig['waited_for_quiet_seconds']:.0f} s in all for a quiet machine"
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep what the benchmark wrote")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs for Ray (default: all, %(default)s)")
     parser.add_argument("--shard-size", type=int, default=32, help="clips per prepare task (prepare's default, %(default)s)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="seconds in all to wait for other processes to leave the CPUs before timed sections "
+                             "(default %(default)s; 0: never wait)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser
 
@@ -380,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work.mkdir(parents=True, exist_ok=True)
     try:
-        fig = run(work, args.clips, args.cpus, args.shard_size)
+        fig = run(work, args.clips, args.cpus, args.shard_size, args.quiet_wait)
         machine = machine_info()
         table = rows(fig, args.cpus)
         print(format_table(fig, machine, table, args.cpus), flush=True)

@@ -1,0 +1,53 @@
+"""Device-wise metrics of the paper: accuracy per device, acc_bc, Metric A, Metric B, device gap.
+
+- ``acc_<device>``: accuracy on each device's clips;
+- ``acc_bc``: accuracy on every non-reference device's clips pooled (B and C in 2019);
+- ``metric_a``: accuracy over all clips, ignoring the device (the paper's Metric A);
+- ``metric_b``: the mean of the reference device's accuracy and ``acc_bc`` (the paper's Metric B);
+- ``device_gap``: ``acc_<reference> - acc_bc``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from asc import REFERENCE_DEVICE
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """``[n_classes, n_classes]`` counts, rows = true class, columns = predicted."""
+    return np.bincount(np.asarray(y_true) * n_classes + np.asarray(y_pred), minlength=n_classes**2).reshape(
+        n_classes, n_classes)
+
+
+def _accuracy(mask: np.ndarray, correct: np.ndarray) -> float:
+    return float(correct[mask].mean()) if mask.any() else math.nan
+
+
+def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequence[str], n_classes: int,
+                   reference: str = REFERENCE_DEVICE) -> dict:
+    """Every metric above from true and predicted class indices and each clip's device.
+
+    Returns a flat dict of floats (``nan`` where a group has no clips) plus ``class_acc`` (list per
+    class) and ``confusion`` ({device: matrix as nested lists}).
+    """
+    y_true, y_pred, devices = np.asarray(y_true), np.asarray(y_pred), np.asarray(devices)
+    correct = y_true == y_pred
+    out: dict = {"metric_a": float(correct.mean()) if len(correct) else math.nan}
+    for device in sorted(set(devices.tolist()), key=lambda d: (d != reference, d)):
+        out[f"acc_{device}"] = _accuracy(devices == device, correct)
+    out["acc_bc"] = _accuracy(devices != reference, correct)
+    acc_ref = out.get(f"acc_{reference}", math.nan)
+    present = [a for a in (acc_ref, out["acc_bc"]) if not math.isnan(a)]
+    out["metric_b"] = float(np.mean(present)) if present else math.nan
+    out["device_gap"] = acc_ref - out["acc_bc"]
+    out["class_acc"] = [_accuracy(y_true == k, correct) for k in range(n_classes)]
+    out["confusion"] = {d: confusion(y_true[devices == d], y_pred[devices == d], n_classes).tolist()
+                        for d in sorted(set(devices.tolist()))}
+    return out
+
+
+SELECTION_METRICS = ("metric_a", "metric_b")

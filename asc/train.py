@@ -1,0 +1,370 @@
+"""``train(config, report) -> result``: the one training loop, the paper's protocol.
+
+Adam, batch 32, ReduceLROnPlateau (max, factor 0.5, patience 3) on the selection metric, N epochs,
+mixup on two independently shuffled streams, features memory-mapped from the store with the
+configured normalisation and enhancement. After every epoch it evaluates per device, keeps the best
+epoch by Metric A or B, writes a checkpoint that resumes to the same result, and calls
+``report(epoch, metrics, checkpoint_dir)`` so that a search can prune the run.
+
+Protocols: ``paper`` selects the epoch on the evaluation split (as the paper did); ``validation``
+selects on training locations held out from training and reports the evaluation split only at the
+end, for the selected epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asc.enhance import CachedMedianFilter, Enhancement
+from asc.errors import AscError
+from asc.metrics import SELECTION_METRICS, device_metrics
+from asc.models import ModelConfig, build_model
+from asc.store import FeatureStore
+
+Report = Callable[[int, dict, str | None], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    store: str  # a feature store folder (made by `python -m search prepare`)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    enhancement: Enhancement = field(default_factory=Enhancement)
+    mixup_alpha: float = 0.0  # paper: 0.3 (systems 5-7); 0 = no mixup
+    epochs: int = 80  # paper
+    batch_size: int = 32  # paper
+    lr: float = 1e-3  # paper: Adam, 1e-3
+    lr_factor: float = 0.5  # paper: ReduceLROnPlateau factor on the selection metric
+    lr_patience: int = 3  # paper
+    selection: str = "metric_a"  # paper: metric_a (systems A*) or metric_b (systems B*)
+    protocol: str = "paper"  # "paper": select on evaluate; "validation": select on held-out train locations
+    validation_share: float = 0.2  # validation protocol: share of the training locations held out
+    seed: int = 0
+    device: str = "auto"  # "auto": CUDA when there is one, else CPU
+    bf16: bool = False  # bf16 autocast (GPU)
+    channels_last: bool = False  # memory format for convolutions (GPU)
+    num_workers: int = 0  # DataLoader worker processes (GPU nodes: several keep the GPU fed)
+    checkpoint_dir: str | None = None  # where to checkpoint every epoch and resume from
+
+    def __post_init__(self):
+        if self.selection not in SELECTION_METRICS:
+            raise AscError(f"selection must be one of {SELECTION_METRICS}, not {self.selection!r}")
+        if self.protocol not in ("paper", "validation"):
+            raise AscError(f"protocol must be 'paper' or 'validation', not {self.protocol!r}")
+        if self.mixup_alpha < 0 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise AscError("mixup_alpha must be >= 0; epochs, batch_size and lr positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["model"] = ModelConfig(**d.get("model", {}))
+        enhancement = dict(d.get("enhancement", {}))
+        if enhancement.get("median_filter") is not None:
+            enhancement["median_filter"] = tuple(enhancement["median_filter"])
+        d["enhancement"] = Enhancement(**enhancement)
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+class FeatureView:
+    """The store's features as a trial sees them: normalised and enhanced, with class labels.
+
+    The median filter is read from the store's cache (built on first use), so an epoch with it costs
+    what one without does; normalisation and mean subtraction are cheap and run per batch. Pickles
+    as its path (DataLoader workers reopen the memory map instead of copying the features).
+    """
+
+    def __init__(self, store: str, enhancement: Enhancement):
+        self.store_path, self.enhancement = store, enhancement
+        self._open()
+
+    def _open(self):
+        base = FeatureStore(self.store_path)
+        self.mean, self.std = base.train_mean, base.train_std
+        if base.manifest.get("train_mean") is None and self.enhancement.normalization != "none":
+            raise AscError(f"{self.store_path}: no training clips, so no statistics to normalise with")
+        if self.enhancement.cache_key:
+            transform = CachedMedianFilter(self.enhancement, tuple(self.mean.tolist()), tuple(self.std.tolist()))
+            self.source = base.derived(self.enhancement.cache_key, transform)
+            self._post = (lambda x: x - x.mean(axis=-1, keepdims=True)) if self.enhancement.mean_subtraction else (
+                lambda x: x)
+        else:
+            self.source = base
+            self._post = lambda x: self.enhancement(x, self.mean, self.std)
+        self.clips = base.clips
+        self.classes = list(base.manifest["dataset"]["scenes"])
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        self.labels = np.array([lookup.get(c.scene, -1) for c in self.clips], dtype=np.int64)
+
+    def __getstate__(self):
+        return {"store_path": self.store_path, "enhancement": self.enhancement}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._post(self.source.features(np.sort(indices)).astype(np.float32, copy=False))
+        order = np.argsort(np.argsort(indices))  # sorted reads are sequential in the file; restore order
+        return torch.from_numpy(np.ascontiguousarray(x[order])), torch.from_numpy(self.labels[indices])
+
+
+class _Steps(torch.utils.data.Dataset):
+    """One item per optimisation step: a batch from each of the (one or two) shuffled streams."""
+
+    def __init__(self, view: FeatureView, streams: list[np.ndarray], batch_size: int):
+        self.view, self.streams, self.batch_size = view, streams, batch_size
+
+    def __len__(self):
+        return len(self.streams[0]) // self.batch_size  # the paper's loader drops the last partial batch
+
+    def __getitem__(self, step):
+        rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
+        return [t for stream in self.streams for t in self.view.batch(stream[rows])]
+
+
+def split_indices(view: FeatureView, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(train, selection, final-test) indices. The validation protocol holds out whole locations."""
+    train = np.array([i for i, c in enumerate(view.clips) if c.split == "train"], dtype=np.int64)
+    evaluate = np.array([i for i, c in enumerate(view.clips) if c.split == "evaluate"], dtype=np.int64)
+    if len(train) == 0 or len(evaluate) == 0:
+        raise AscError(f"{config.store}: needs clips in both the train and the evaluate split")
+    if config.protocol == "paper":
+        return train, evaluate, None
+    locations = sorted({view.clips[i].identifier for i in train})
+    rng = np.random.default_rng(config.seed)
+    n_val = max(1, round(len(locations) * config.validation_share))
+    held = set(rng.choice(locations, size=n_val, replace=False).tolist())
+    val_mask = np.array([view.clips[i].identifier in held for i in train])
+    if val_mask.all():
+        raise AscError(f"{config.store}: too few training locations to hold some out for validation")
+    return train[~val_mask], train[val_mask], evaluate
+
+
+# --------------------------------------------------------------------------------------------------
+# Loop
+# --------------------------------------------------------------------------------------------------
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def mix(x1: torch.Tensor, x2: torch.Tensor, lam: float) -> torch.Tensor:
+    """The paper's eq. 7 on inputs: lambda * x1 + (1 - lambda) * x2 (new tensor)."""
+    return lam * x1 + (1 - lam) * x2
+
+
+def mixup_loss(logits: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, lam: float) -> torch.Tensor:
+    """The paper's mixup loss: lambda * CE(y1) + (1 - lambda) * CE(y2)."""
+    return lam * F.cross_entropy(logits, y1) + (1 - lam) * F.cross_entropy(logits, y2)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, view: FeatureView, indices: np.ndarray, device: torch.device,
+            config: TrainConfig, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities ``[len(indices), n_classes]`` (model in eval mode)."""
+    model.eval()
+    out = []
+    for start in range(0, len(indices), batch_size):
+        x, _ = view.batch(indices[start:start + batch_size])
+        x = x.to(device)
+        if config.channels_last:
+            x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            out.append(torch.softmax(model(x).float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(view.classes)), np.float32)
+
+
+def evaluate(model, view: FeatureView, indices: np.ndarray, device, config: TrainConfig) -> tuple[dict, np.ndarray]:
+    probs = predict(model, view, indices, device, config)
+    labels = view.labels[indices]
+    metrics = device_metrics(labels, probs.argmax(1), [view.clips[i].device for i in indices], len(view.classes))
+    metrics["loss"] = float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
+    return metrics, probs
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig):
+    """The paper's Adam and its ReduceLROnPlateau on the (maximised) selection metric."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
+                                                           patience=config.lr_patience)
+    return optimizer, scheduler
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint whole
+
+
+def scalars(metrics: dict) -> dict:
+    """The float entries of a metrics dict (what goes into tables, reports and trackers)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+def train(config: TrainConfig, report: Report | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Train one model; returns the result of the best epoch (see module docstring).
+
+    ``log`` receives one formatted table line per epoch (the CLI prints them).
+    """
+    start_time = time.perf_counter()
+    _seed_everything(config.seed)
+    device = _device(config)
+    view = FeatureView(config.store, config.enhancement)
+    train_idx, select_idx, test_idx = split_indices(view, config)
+    model_config = dataclasses.replace(config.model, n_classes=len(view.classes))
+    model = build_model(model_config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = make_optimizer(model, config)
+    ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    history: list[dict] = []
+    best = {"epoch": 0, "value": -math.inf}
+    first_epoch = 1
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if (ckpt_dir / "last.pt").is_file():
+            state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+            if state["config"] != config.to_dict():
+                raise AscError(f"{ckpt_dir / 'last.pt'}: a checkpoint of another configuration; use another checkpoint_dir")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
+            random.setstate(state["python_rng"])
+            history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
+
+    if log:
+        log(_header(view))
+    for epoch in range(first_epoch, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        # Each epoch's shuffles and mixup coefficients come from (seed, epoch): a resumed run draws
+        # exactly what the uninterrupted one would have.
+        rng = np.random.default_rng([config.seed, epoch])
+        streams = [rng.permutation(train_idx)]
+        if config.mixup_alpha > 0:
+            streams.append(rng.permutation(train_idx))
+        loader = torch.utils.data.DataLoader(
+            _Steps(view, streams, config.batch_size), batch_size=None, shuffle=False,
+            num_workers=config.num_workers, pin_memory=device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
+        model.train()
+        total_loss, steps, waited = 0.0, 0, 0.0
+        fetch_start = time.perf_counter()
+        for batch in loader:
+            waited += time.perf_counter() - fetch_start
+            x1, y1 = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+            if len(batch) == 4:
+                lam = float(rng.beta(config.mixup_alpha, config.mixup_alpha))
+                x2, y2 = batch[2].to(device, non_blocking=True), batch[3].to(device, non_blocking=True)
+                x = mix(x1, x2, lam)
+            else:
+                lam, x, y2 = 1.0, x1, y1
+            if config.channels_last:
+                x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(x)
+            loss = mixup_loss(logits.float(), y1, y2, lam)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            steps += 1
+            fetch_start = time.perf_counter()
+        train_seconds = time.perf_counter() - epoch_start
+        metrics, probs = evaluate(model, view, select_idx, device, config)
+        value = metrics[config.selection]
+        scheduler.step(value)
+        row = {"epoch": epoch, "train_loss": total_loss / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - epoch_start, "train_seconds": train_seconds,
+               "data_wait_share": waited / train_seconds if train_seconds else 0.0,
+               "train_clips_per_s": steps * config.batch_size / train_seconds if train_seconds else 0.0,
+               **scalars(metrics)}
+        history.append(row)
+        improved = value > best["value"]
+        if improved:
+            best = {"epoch": epoch, "value": value}
+        if ckpt_dir is not None:
+            if improved:
+                _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
+                              "classes": view.classes, "epoch": epoch, "metrics": metrics,
+                              "enhancement": dataclasses.asdict(config.enhancement), "store": config.store}, ckpt_dir / "best.pt")
+                np.savez(ckpt_dir / "best_probs.npz", probs=probs,
+                         filenames=np.array([view.clips[i].filename for i in select_idx]))
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                          "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                          "history": history, "best": best, "epoch": epoch, "config": config.to_dict()},
+                         ckpt_dir / "last.pt")
+        if log:
+            log(_row(row, view, improved))
+        if report is not None:
+            report(epoch, {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"]},
+                   str(ckpt_dir) if ckpt_dir else None)
+
+    best_row = next(r for r in history if r["epoch"] == best["epoch"])
+    result = {
+        "best_epoch": best["epoch"],
+        "selection": config.selection,
+        "protocol": config.protocol,
+        "best": {k: v for k, v in best_row.items() if k not in ("epoch",)},
+        "history": history,
+        "classes": view.classes,
+        "config": config.to_dict(),
+        "seconds": time.perf_counter() - start_time,
+        "checkpoint": str(ckpt_dir / "best.pt") if ckpt_dir else None,
+    }
+    if test_idx is not None:
+        if ckpt_dir is None:
+            raise AscError("the validation protocol needs a checkpoint_dir to report the selected epoch on evaluate")
+        model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)["model"])
+        test_metrics, _ = evaluate(model, view, test_idx, device, config)
+        result["test"] = scalars(test_metrics)
+    else:
+        result["test"] = result["best"]
+    return result
+
+
+DEVICE_COLUMNS = ("acc_a", "acc_b", "acc_c", "acc_bc", "metric_a", "metric_b", "device_gap")
+
+
+def _header(view: FeatureView) -> str:
+    return (f"{'epoch':>5} {'loss':>7} " + " ".join(f"{c:>8}" for c in DEVICE_COLUMNS)
+            + f" {'lr':>8} {'s':>6}")
+
+
+def _row(row: dict, view: FeatureView, improved: bool) -> str:
+    cells = " ".join(f"{row.get(c, math.nan):>8.3f}" for c in DEVICE_COLUMNS)
+    return (f"{row['epoch']:>5} {row['train_loss']:>7.3f} {cells} {row['lr']:>8.1e} {row['seconds']:>6.1f}"
+            + (" *" if improved else ""))
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    os.replace(tmp, path)
