@@ -1,0 +1,148 @@
+"""The training loop: it learns, it resumes to the same result, mixup and the LR schedule are the
+paper's, the CLI writes its result, and the validation protocol keeps evaluate for the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asc import AscError
+from asc.enhance import Enhancement
+from asc.models import ModelConfig
+from asc.store import build_stores
+from asc.synth import SynthConfig, write_dataset
+from asc.dataset import read_development
+from asc.train import FeatureView, TrainConfig, make_optimizer, mix, mixup_loss, split_indices, train
+
+REPO = Path(__file__).resolve().parents[1]
+CNN = ModelConfig(name="cnn")
+
+
+@pytest.fixture(scope="module")
+def small_store(synth_set, fast_config, tmp_path_factory):
+    return build_stores(read_development(synth_set), [fast_config], tmp_path_factory.mktemp("store")).built[0]
+
+
+@pytest.fixture(scope="module")
+def learnable_store(fast_config, tmp_path_factory):
+    """240 clips: enough to learn something in a few CPU seconds (40 evaluate clips per device)."""
+    root = tmp_path_factory.mktemp("learn")
+    dataset = write_dataset(root / "data", SynthConfig(segments_per_scene=12, parallel_per_scene=6, seconds=1.0,
+                                                       sample_rate=22050, seed=5), workers=1)
+    return build_stores(dataset, [fast_config], root / "store").built[0]
+
+
+def _config(store, **kw) -> TrainConfig:
+    return TrainConfig(**{"store": store, "model": CNN, "epochs": 4, "batch_size": 8, **kw})
+
+
+def test_a_few_epochs_beat_chance_on_every_device(learnable_store):
+    result = train(_config(learnable_store, epochs=6, enhancement=Enhancement("gmsvn")))
+    best = result["best"]
+    for device in ("acc_a", "acc_b", "acc_c"):
+        assert best[device] > 0.2, best  # chance is 0.1 with 10 scenes
+    assert result["best_epoch"] == max(range(1, 7), key=lambda e: result["history"][e - 1]["metric_a"])
+    assert len(result["history"]) == 6 and result["test"] == result["best"]
+
+
+def test_resume_from_a_mid_run_checkpoint_equals_the_uninterrupted_run(small_store, tmp_path):
+    base = dict(mixup_alpha=0.3, enhancement=Enhancement("gms", mean_subtraction=True))
+    whole = train(_config(small_store, checkpoint_dir=str(tmp_path / "whole"), **base))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(epoch, metrics, checkpoint_dir):
+        if epoch == 2:
+            raise Crash
+
+    config = _config(small_store, checkpoint_dir=str(tmp_path / "resumed"), **base)
+    with pytest.raises(Crash):
+        train(config, report=crash_after_two)
+    epochs_seen = []
+    resumed = train(config, report=lambda e, m, c: epochs_seen.append(e))
+    assert epochs_seen == [3, 4]
+    for a, b in zip(whole["history"], resumed["history"]):
+        for key in ("train_loss", "metric_a", "metric_b", "acc_a", "acc_bc", "loss", "lr"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    w, r = (torch.load(tmp_path / d / "best.pt", weights_only=False)["model"] for d in ("whole", "resumed"))
+    assert all(torch.allclose(w[k].float(), r[k].float(), atol=1e-6) for k in w)
+
+
+def test_deterministic_for_a_seed(small_store):
+    one, two = (train(_config(small_store, epochs=2, mixup_alpha=0.3)) for _ in range(2))
+    assert [h["train_loss"] for h in one["history"]] == [h["train_loss"] for h in two["history"]]
+
+
+def test_checkpoint_of_another_configuration_is_refused(small_store, tmp_path):
+    train(_config(small_store, epochs=1, checkpoint_dir=str(tmp_path)))
+    with pytest.raises(AscError, match="another configuration"):
+        train(_config(small_store, epochs=1, lr=0.01, checkpoint_dir=str(tmp_path)))
+
+
+def test_mixup_mixture_and_loss():
+    x1, x2 = torch.zeros(2, 3, 4), torch.ones(2, 3, 4)
+    assert torch.equal(mix(x1, x2, 0.25), torch.full((2, 3, 4), 0.75))
+    logits = torch.randn(5, 4)
+    y1, y2 = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([1, 1, 0, 2, 3])
+    lam = 0.3
+    soft = lam * F.one_hot(y1, 4) + (1 - lam) * F.one_hot(y2, 4)
+    expected = -(soft * F.log_softmax(logits, dim=1)).sum(1).mean()
+    assert torch.allclose(mixup_loss(logits, y1, y2, lam), expected)
+    assert torch.allclose(mixup_loss(logits, y1, y2, 1.0), F.cross_entropy(logits, y1))
+
+
+def test_plateau_schedule_halves_after_three_epochs_without_improvement(small_store):
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = make_optimizer(model, _config(small_store))
+    lrs = []
+    for value in [0.5, 0.6, 0.6, 0.59, 0.6, 0.6, 0.55, 0.7, 0.7]:
+        scheduler.step(value)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    # best 0.6 at step 2; steps 3, 4, 5 do not improve (patience 3); step 6 is the 4th: halve
+    assert lrs == [1e-3] * 5 + [5e-4] * 4
+
+
+def test_validation_protocol_holds_out_training_locations(small_store, tmp_path):
+    config = _config(small_store, epochs=2, protocol="validation", checkpoint_dir=str(tmp_path))
+    view = FeatureView(small_store, config.enhancement)
+    train_idx, select_idx, test_idx = split_indices(view, config)
+    places = lambda idx: {view.clips[i].identifier for i in idx}  # noqa: E731
+    assert not places(train_idx) & places(select_idx)
+    assert all(view.clips[i].split == "train" for i in select_idx)
+    assert all(view.clips[i].split == "evaluate" for i in test_idx)
+    result = train(config)
+    assert set(result["test"]) >= {"acc_a", "acc_bc", "metric_a", "metric_b", "device_gap"}
+
+
+def test_median_filter_trains_from_the_store_cache(small_store):
+    train(_config(small_store, epochs=1, enhancement=Enhancement("gms", median_filter=(7, 21))))
+    assert (Path(small_store) / "_derived" / "gms-medfilt7x21" / "_manifest.json").is_file()
+
+
+def test_cli_trains_a_paper_system_and_writes_json(small_store, tmp_path):
+    out = tmp_path / "a6.json"
+    run = subprocess.run([sys.executable, "-m", "asc", "train", "--store", str(Path(small_store).parent),
+                          "--system", "A6", "--model", "cnn", "--epochs", "2", "--json-out", str(out)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "acc_bc" in run.stdout and "best epoch" in run.stdout
+    result = json.loads(out.read_text())
+    assert result["system"] == "A6" and result["selection"] == "metric_a"
+    assert result["config"]["mixup_alpha"] == 0.3 and result["config"]["enhancement"]["mean_subtraction"]
+    assert {"acc_a", "acc_b", "acc_c", "acc_bc", "metric_a", "metric_b", "device_gap"} <= set(result["best"])
+
+
+def test_cli_without_weights_names_the_path(small_store, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "asc", "train", "--store", small_store, "--system", "B2",
+                          "--weights", str(tmp_path / "missing.pth"), "--epochs", "1"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and "missing.pth" in run.stderr and run.stderr.count("\n") == 1
