@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, module in BENCHMARKS.items():
+        commands.add_parser(name, help=f"benchmark (see python -m search {name} --help)", add_help=False)
     demo = commands.add_parser("demo", help="run the main job on the embedded defaults")
     demo.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="(default %(default)s)")
     demo.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene)
@@ -85,7 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in BENCHMARKS:  # benchmarks own their options
+        import importlib
+
+        return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
