@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from asc.errors import AscError
+from asc.errors import AscError, run_command
 
 
 def _describe(args) -> None:
@@ -191,13 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except AscError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,3 +7,17 @@ anything else is a bug and keeps its traceback.
 
 class AscError(Exception):
     """Bad input: the message names the file (and line) or option at fault and what would be right."""
+
+
+def run_command(args) -> int:
+    """Run a parsed command-line command (``args.run(args)``) as every entry point does: bad input
+    (an AscError) becomes one ``error:`` line on stderr and exit status 2; anything else is a bug and
+    keeps its traceback."""
+    import sys
+
+    try:
+        args.run(args)
+    except AscError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

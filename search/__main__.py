@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from asc.errors import AscError
+from asc.errors import run_command
 
 DEFAULT_WORKDIR = Path("asc-demo")  # everything the demo writes lives here (git-ignored)
 
@@ -96,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except AscError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
