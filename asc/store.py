@@ -65,6 +65,14 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
+def _local_root(store_root: str | Path) -> Path:
+    """The store root as a local path. Atomic publish needs a directory rename, which object stores
+    (s3://, gs://) do not have, so they are refused instead of half-supported."""
+    if "://" in str(store_root):
+        raise AscError(f"{store_root}: object-store URIs are not supported; use a local or shared (NFS) folder")
+    return Path(store_root)
+
+
 def store_name(config: FeatureConfig, fingerprint: str) -> str:
     digest = hashlib.sha256(json.dumps([config.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
     prefix = "logmel-sc" if config.spectrum_correction else "logmel"
@@ -187,7 +195,7 @@ def build_stores(
     once for all the configurations that share an STFT.
     """
     start = time.perf_counter()
-    root = Path(store_root)
+    root = _local_root(store_root)
     configs = list(dict.fromkeys(configs))
     if not configs:
         raise AscError("no feature configuration asked for")

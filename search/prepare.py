@@ -80,11 +80,19 @@ def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureCo
     """Build (or find up to date) one store per configuration for the dataset in ``data_dir``."""
     dataset = read_dataset(data_dir)
     map_fn = functools.partial(ray_map, address=address, num_cpus=num_cpus)
-    bar = tqdm(total=len(dataset), desc="extracting", unit="clip", file=sys.stderr, disable=not progress)
+    bar = None
+
+    def advance(clips: int) -> None:  # the bar appears with the first finished shard, i.e. only if there is work
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=len(dataset), desc="extracting", unit="clip", file=sys.stderr, disable=not progress)
+        bar.update(clips)
+
     try:
-        return build_stores(dataset, configs, store, map_fn=map_fn, shard_size=shard_size, progress=bar.update)
+        return build_stores(dataset, configs, store, map_fn=map_fn, shard_size=shard_size, progress=advance)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def format_report(report: BuildReport) -> str:
