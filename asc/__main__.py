@@ -39,14 +39,13 @@ def resolve_store(path: str, n_mels: int | None = None) -> str:
     """A store folder, or the one store under a store root (of ``n_mels`` bands when there are several)."""
     from pathlib import Path
 
-    from asc.store import MANIFEST
+    from asc.store import MANIFEST, current_stores
 
     root = Path(path)
     if (root / MANIFEST).is_file():
         return str(root)
-    candidates = sorted(p for p in root.glob("logmel*") if (p / MANIFEST).is_file()) if root.is_dir() else []
-    if n_mels is not None:
-        candidates = [p for p in candidates if json.loads((p / MANIFEST).read_text())["config"]["n_mels"] == n_mels]
+    newest = current_stores(root)
+    candidates = [p for p, m in newest if n_mels is None or m["config"]["n_mels"] == n_mels]
     if len(candidates) == 1:
         return str(candidates[0])
     if not candidates:

@@ -149,11 +149,15 @@ def read_table(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list
     """
     if not path.is_file():
         raise AscError(f"{path}: missing (expected a tab-separated file with columns {', '.join(columns)})")
+    reader = None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            lines = list(reader)
     except (OSError, UnicodeDecodeError) as exc:
         raise AscError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    except csv.Error as exc:  # e.g. a field over csv's size limit: not a DCASE table
+        raise AscError(f"{path}:{reader.line_num if reader else 1}: malformed line ({exc})") from None
     if not lines or [h.strip() for h in lines[0]] != list(columns):
         found = "an empty file" if not lines else "\t".join(lines[0])
         raise AscError(f"{path}:1: expected header {chr(9).join(columns)!r} (tab-separated), found {found!r}")

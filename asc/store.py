@@ -205,13 +205,15 @@ def build_stores(
     for sub in (".staging", ".locks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     fingerprint = dataset_fingerprint(dataset)
-    names = [store_name(c, fingerprint) for c in configs]
-    locks = [FileLock(str(root / ".locks" / f"{name}.lock")) for name in names]
+    # Locks are taken in name order, whatever order the user listed the configurations in: two
+    # builds asking for the same stores in different orders would otherwise deadlock.
+    named = sorted(((store_name(c, fingerprint), c) for c in configs), key=lambda pair: pair[0])
     report = BuildReport([], [], 0, 0.0)
     held: list[FileLock] = []
     try:
         todo = []
-        for config, name, lock in zip(configs, names, locks):
+        for name, config in named:
+            lock = FileLock(str(root / ".locks" / f"{name}.lock"))
             lock.acquire()  # a concurrent build of the same store finishes first; then ours is a no-op
             held.append(lock)
             if (root / name / MANIFEST).is_file():
@@ -244,6 +246,7 @@ def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> li
             for i, clips in enumerate(shard_clips(dataset.clips, shard_size))
         ]
         results = map_fn(run_shard, tasks, (lambda r: progress(r["clips"])) if progress else None)
+        _check_one_shape(tasks, results, len(configs))
         published = []
         for j, ((config, name), folder) in enumerate(zip(todo, staging)):
             if config.spectrum_correction:
@@ -264,6 +267,19 @@ def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> li
         for folder in staging:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def _check_one_shape(tasks, results, n_configs) -> None:
+    """Every shard's arrays must share one shape: a reader stacks rows across shards."""
+    for j in range(n_configs):
+        first = results[0]["stats"][j][3]
+        for task, result in zip(tasks, results):
+            shape = result["stats"][j][3]
+            if shape != first:
+                raise AscError(
+                    f"{task.data_root}/{task.clips[0].filename}: gives {shape[-1]} frames, but "
+                    f"{tasks[0].clips[0].filename} gives {first[-1]}: a store's clips must have one length"
+                )
 
 
 def spectrum_corrections(dataset: Dataset, config: FeatureConfig, map_fn=serial_map, shard_size: int = 64) -> dict:
@@ -404,6 +420,21 @@ class FeatureStore:
             out[j] = self._parts[k][r]
         return out
 
+    def band_statistics(self, indices: Sequence[int] | np.ndarray, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band mean and std over every frame of the clips ``indices`` (the manifest's
+        ``train_mean`` / ``train_std`` are these over the training split)."""
+        indices = np.sort(np.asarray(indices, dtype=np.int64))
+        if len(indices) == 0:
+            raise AscError(f"{self.path}: band statistics of no clips")
+        total = np.zeros(self.shape[0]); squares = np.zeros(self.shape[0])
+        for start in range(0, len(indices), chunk):
+            x = self.features(indices[start:start + chunk]).astype(np.float64)
+            total += x.sum(axis=(0, 2))
+            squares += (x**2).sum(axis=(0, 2))
+        frames = len(indices) * self.shape[1]
+        mean = total / frames
+        return mean.astype(np.float32), np.sqrt(np.maximum(squares / frames - mean**2, 0)).astype(np.float32)
+
     def parts(self) -> list[np.ndarray]:
         """The memory-mapped shard arrays themselves (zero-copy views)."""
         return list(self._parts)
@@ -445,6 +476,29 @@ def _run_derive(job: _DeriveShard) -> int:
     clips, features = read_table_file(Path(job.source))
     write_table_file(job.target, clips, np.asarray(job.transform(features), dtype=features.dtype))
     return len(clips)
+
+
+def current_stores(store_root: str | Path) -> list[tuple[Path, dict]]:
+    """The published stores under a root with their manifests, the newest per feature configuration.
+
+    When the audio changes, ``prepare`` publishes a new store beside the old one (a search may still
+    be reading it); the old one is superseded, not an alternative to choose from.
+    """
+    root = Path(store_root)
+    newest: dict[str, tuple[int, Path, dict]] = {}
+    for path in sorted(root.glob("logmel*")) if root.is_dir() else []:
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            continue
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AscError(f"{manifest_path}: corrupt manifest ({exc})") from None
+        key = json.dumps([manifest.get("config"), manifest.get("dataset", {}).get("root")], sort_keys=True)
+        age = manifest_path.stat().st_mtime_ns
+        if key not in newest or age >= newest[key][0]:
+            newest[key] = (age, path, manifest)
+    return sorted(((path, manifest) for _, path, manifest in newest.values()), key=lambda pair: pair[0].name)
 
 
 def find_store(store_root: str | Path, config: FeatureConfig, dataset: Dataset) -> FeatureStore:

@@ -566,10 +566,13 @@ def write_dataset(out: str | Path, config: SynthConfig = SynthConfig(), workers:
             for seg in segments:
                 bar.update(len(_write_segment(seg, config, str(tmp))))
         else:
-            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            pool = concurrent.futures.ProcessPoolExecutor(workers)
+            try:
                 futures = [pool.submit(_write_segment, seg, config, str(tmp)) for seg in segments]
                 for future in concurrent.futures.as_completed(futures):
                     bar.update(len(future.result()))
+            finally:  # on a failure or Ctrl-C, do not write the remaining clips before giving up
+                pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         _write_tables(tmp, segments)
         if out.exists():

@@ -13,7 +13,9 @@ end, for the selected epoch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -90,18 +92,27 @@ class FeatureView:
     as its path (DataLoader workers reopen the memory map instead of copying the features).
     """
 
-    def __init__(self, store: str, enhancement: Enhancement):
+    def __init__(self, store: str, enhancement: Enhancement, stats_rows: np.ndarray | None = None):
+        """``stats_rows``: the clips whose frames give the normalisation statistics (default: the
+        store's whole training split, from its manifest)."""
         self.store_path, self.enhancement = store, enhancement
+        self.mean = self.std = None
+        if stats_rows is not None and enhancement.normalization != "none":
+            self.mean, self.std = FeatureStore(store).band_statistics(stats_rows)
         self._open()
 
     def _open(self):
         base = FeatureStore(self.store_path)
-        self.mean, self.std = base.train_mean, base.train_std
-        if base.manifest.get("train_mean") is None and self.enhancement.normalization != "none":
-            raise AscError(f"{self.store_path}: no training clips, so no statistics to normalise with")
-        if self.enhancement.cache_key:
+        cache_key = self.enhancement.cache_key
+        if self.mean is None:
+            self.mean, self.std = base.train_mean, base.train_std
+            if base.manifest.get("train_mean") is None and self.enhancement.normalization != "none":
+                raise AscError(f"{self.store_path}: no training clips, so no statistics to normalise with")
+        elif cache_key:  # statistics of a subset: the cached filter output depends on them
+            cache_key += "-" + hashlib.sha1(self.mean.tobytes() + self.std.tobytes()).hexdigest()[:10]
+        if cache_key:
             transform = CachedMedianFilter(self.enhancement, tuple(self.mean.tolist()), tuple(self.std.tolist()))
-            self.source = base.derived(self.enhancement.cache_key, transform)
+            self.source = base.derived(cache_key, transform)
             self._post = (lambda x: x - x.mean(axis=-1, keepdims=True)) if self.enhancement.mean_subtraction else (
                 lambda x: x)
         else:
@@ -113,7 +124,7 @@ class FeatureView:
         self.labels = np.array([lookup.get(c.scene, -1) for c in self.clips], dtype=np.int64)
 
     def __getstate__(self):
-        return {"store_path": self.store_path, "enhancement": self.enhancement}
+        return {"store_path": self.store_path, "enhancement": self.enhancement, "mean": self.mean, "std": self.std}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -139,20 +150,32 @@ class _Steps(torch.utils.data.Dataset):
         return [t for stream in self.streams for t in self.view.batch(stream[rows])]
 
 
-def split_indices(view: FeatureView, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(train, selection, final-test) indices. The validation protocol holds out whole locations."""
-    train = np.array([i for i, c in enumerate(view.clips) if c.split == "train"], dtype=np.int64)
-    evaluate = np.array([i for i, c in enumerate(view.clips) if c.split == "evaluate"], dtype=np.int64)
+def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(train, selection, final-test) indices into ``clips``.
+
+    The validation protocol holds out whole recording locations of the training split (a location's
+    clips share its acoustics, so holding out single clips would leak), the same share of each
+    scene's locations so that every scene is validated.
+    """
+    train = np.array([i for i, c in enumerate(clips) if c.split == "train"], dtype=np.int64)
+    evaluate = np.array([i for i, c in enumerate(clips) if c.split == "evaluate"], dtype=np.int64)
     if len(train) == 0 or len(evaluate) == 0:
         raise AscError(f"{config.store}: needs clips in both the train and the evaluate split")
     if config.protocol == "paper":
         return train, evaluate, None
-    locations = sorted({view.clips[i].identifier for i in train})
+    by_scene: dict[str, set] = {}
+    for i in train:
+        by_scene.setdefault(clips[i].scene, set()).add(clips[i].identifier)
     rng = np.random.default_rng(config.seed)
-    n_val = max(1, round(len(locations) * config.validation_share))
-    held = set(rng.choice(locations, size=n_val, replace=False).tolist())
-    val_mask = np.array([view.clips[i].identifier in held for i in train])
-    if val_mask.all():
+    held: set = set()
+    for scene in sorted(by_scene):
+        locations = sorted(by_scene[scene])
+        if len(locations) < 2:
+            continue  # a scene's only location stays in training
+        n_val = min(len(locations) - 1, max(1, round(len(locations) * config.validation_share)))
+        held.update(rng.choice(locations, size=n_val, replace=False).tolist())
+    val_mask = np.array([clips[i].identifier in held for i in train])
+    if not val_mask.any():
         raise AscError(f"{config.store}: too few training locations to hold some out for validation")
     return train[~val_mask], train[val_mask], evaluate
 
@@ -220,6 +243,15 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint whole
 
 
+# Settings that change where or how fast a run goes, not what it computes: a checkpoint resumes
+# across them (more epochs, another folder, more loader workers, another GPU).
+RUNTIME_FIELDS = ("checkpoint_dir", "num_workers", "device", "epochs")
+
+
+def _run_defining(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+
+
 def scalars(metrics: dict) -> dict:
     """The float entries of a metrics dict (what goes into tables, reports and trackers)."""
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
@@ -233,8 +265,9 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
     start_time = time.perf_counter()
     _seed_everything(config.seed)
     device = _device(config)
-    view = FeatureView(config.store, config.enhancement)
-    train_idx, select_idx, test_idx = split_indices(view, config)
+    train_idx, select_idx, test_idx = split_indices(FeatureStore(config.store).clips, config)
+    # The validation protocol normalises with the statistics of the clips it trains on only.
+    view = FeatureView(config.store, config.enhancement, train_idx if test_idx is not None else None)
     model_config = dataclasses.replace(config.model, n_classes=len(view.classes))
     model = build_model(model_config).to(device)
     if config.channels_last:
@@ -243,12 +276,13 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     history: list[dict] = []
     best = {"epoch": 0, "value": -math.inf}
+    best_state: dict | None = None
     first_epoch = 1
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if (ckpt_dir / "last.pt").is_file():
             state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
-            if state["config"] != config.to_dict():
+            if _run_defining(state["config"]) != _run_defining(config.to_dict()):
                 raise AscError(f"{ckpt_dir / 'last.pt'}: a checkpoint of another configuration; use another checkpoint_dir")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -256,6 +290,8 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             torch.set_rng_state(state["torch_rng"])
             np.random.set_state(state["numpy_rng"])
             random.setstate(state["python_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
 
     if log:
@@ -308,6 +344,8 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
         improved = value > best["value"]
         if improved:
             best = {"epoch": epoch, "value": value}
+            if test_idx is not None and ckpt_dir is None:  # no best.pt to come back to: keep it here
+                best_state = copy.deepcopy(model.state_dict())
         if ckpt_dir is not None:
             if improved:
                 _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
@@ -318,6 +356,7 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                           "history": history, "best": best, "epoch": epoch, "config": config.to_dict()},
                          ckpt_dir / "last.pt")
         if log:
@@ -339,9 +378,9 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
         "checkpoint": str(ckpt_dir / "best.pt") if ckpt_dir else None,
     }
     if test_idx is not None:
-        if ckpt_dir is None:
-            raise AscError("the validation protocol needs a checkpoint_dir to report the selected epoch on evaluate")
-        model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)["model"])
+        if ckpt_dir is not None:
+            best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
+        model.load_state_dict(best_state)
         test_metrics, _ = evaluate(model, view, test_idx, device, config)
         result["test"] = scalars(test_metrics)
     else:

@@ -7,7 +7,9 @@ module only gives it an executor that spreads the shard tasks over a Ray cluster
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,13 +34,37 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     if ray.is_initialized():
         return
-    runtime_env = {"py_modules": [os.path.dirname(asc.__file__)],
+    # Both packages travel with the job (tasks unpickle functions from either).
+    runtime_env = {"py_modules": [os.path.dirname(asc.__file__), os.path.dirname(os.path.abspath(__file__))],
                    "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
     kwargs = dict(runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
+    # ray_map re-raises the first failed task's error as one line; the failures of its siblings
+    # (cancelled or already failed) are the same story and must not print tracebacks at exit.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if address:
-        ray.init(address=address, **kwargs)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise AscError(f"Ray cluster at {address!r}: {(str(exc) or type(exc).__name__).splitlines()[0]}") from None
     else:
+        # Ray enables token authentication by default for a local instance and says so at WARNING
+        # level on every start; that is the behaviour we want, so the notice is not news to print.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    if address == "auto" or "://" in address:
+        return  # Ray resolves these itself
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise AscError(f"Ray address {address!r}: expected HOST:PORT of the head node's GCS (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise AscError(f"Ray cluster at {address!r} not reachable: {exc.strerror or exc}") from None
 
 
 @ray.remote(num_cpus=1)

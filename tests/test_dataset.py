@@ -443,6 +443,10 @@ def _text_as_wav(root):
     (root / "audio/airport-barcelona-0-1-a.wav").write_text("this is not audio\n")
 
 
+def _meta_huge_field(root):
+    _append(root / "meta.csv", "x" * 200_000 + "\tairport\tbarcelona-0\ta")  # line 18: over csv's field limit
+
+
 def _empty_wav(root):
     write_wav(root / "audio/airport-barcelona-0-1-a.wav", frames=0)
 
@@ -480,6 +484,7 @@ BAD = [
     Bad("fold-duplicate", _fold_duplicate, "evaluation_setup/fold1_evaluate.csv", 7),
     Bad("test-fold-duplicate", _test_fold_duplicate, "evaluation_setup/fold1_test.csv", 7),
     Bad("meta-malformed-line", _meta_malformed, "meta.csv", 7, cli=True),
+    Bad("meta-huge-field", _meta_huge_field, "meta.csv", 18, cli=True),
     Bad("meta-space-separated-line", _meta_space_separated, "meta.csv", 7),
     Bad("fold-malformed-line", _fold_malformed, "evaluation_setup/fold1_train.csv", 3),
     Bad("meta-wrong-header", _meta_wrong_header, "meta.csv", 1),

@@ -142,6 +142,17 @@ def test_wrong_sample_rate_names_the_file(data_copy, fast_config, tmp_path):
     assert _published(tmp_path / "store") == []
 
 
+def test_clips_of_another_length_in_another_shard_name_the_clip(data_copy, fast_config, tmp_path):
+    import soundfile
+
+    clip = read_development(data_copy).clips[50].filename
+    y, rate = soundfile.read(data_copy / clip)
+    soundfile.write(data_copy / clip, y[: len(y) // 2], rate, subtype="PCM_24")
+    with pytest.raises(AscError, match=f"{Path(clip).name}: gives 43 frames.*one length"):
+        build_stores(read_development(data_copy), [fast_config], tmp_path / "store", shard_size=1)
+    assert _published(tmp_path / "store") == []
+
+
 def test_interrupted_build_is_invisible(synth_set, fast_config, tmp_path):
     calls = []
 
@@ -161,22 +172,25 @@ def test_interrupted_build_is_invisible(synth_set, fast_config, tmp_path):
 
 
 BUILD = """
-import sys
+import sys, time
 from asc.dataset import read_development
 from asc.features import FeatureConfig
 from asc.store import build_stores
-config = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)
-r = build_stores(read_development(sys.argv[1]), [config], sys.argv[2], shard_size=4,
-                 progress=lambda n: print("shard", flush=True))
+# argv: DATA STORE [seconds to pause after each shard] [Mel-band counts, comma-separated]
+pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+mels = [int(n) for n in sys.argv[4].split(",")] if len(sys.argv) > 4 else [32]
+configs = [FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=n, fmax=11025.0) for n in mels]
+r = build_stores(read_development(sys.argv[1]), configs, sys.argv[2], shard_size=4,
+                 progress=lambda n: (print("shard", flush=True), time.sleep(pause)))
 print("built" if r.built else "up to date", flush=True)
 """
 
 
 def test_killed_build_is_invisible_and_the_next_one_cleans_up(synth_set, tmp_path):
     root = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(synth_set), str(root)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(synth_set), str(root), "60"], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "shard"  # well into the build
+    assert proc.stdout.readline().strip() == "shard"  # one shard written, the build paused in the middle
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _published(root) == []
@@ -187,16 +201,20 @@ def test_killed_build_is_invisible_and_the_next_one_cleans_up(synth_set, tmp_pat
     assert len(_published(root)) == 1 and list((root / ".staging").iterdir()) == []
 
 
-def test_concurrent_builds_end_with_one_good_store(synth_set, tmp_path):
+@pytest.mark.parametrize("orders", [("32", "32"), ("32,40", "40,32")], ids=["same", "reversed"])
+def test_concurrent_builds_end_with_one_good_store(synth_set, tmp_path, orders):
+    """Two builds of the same stores at once, listing the configurations in the same or in opposite
+    orders (which would deadlock if locks were taken in the order given)."""
     root = tmp_path / "store"
-    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(synth_set), str(root)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(synth_set), str(root), "0", mels], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for mels in orders]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outputs]
     last_lines = sorted(o[0].strip().splitlines()[-1] for o in outputs)
     assert last_lines == ["built", "up to date"]
-    assert len(_published(root)) == 1
-    assert len(FeatureStore(root / _published(root)[0])) == 80
+    assert len(_published(root)) == len(orders[0].split(","))
+    for name in _published(root):
+        assert len(FeatureStore(root / name)) == 80
 
 
 def test_median_filter_cache_equals_on_the_fly_and_is_built_once(store):
@@ -229,7 +247,7 @@ def test_spectrum_correction_brings_device_spectra_onto_a(synth_set, fast_config
         gaps = {}
         for name, s in (("plain", plain), ("corrected", corrected)):
             diffs = []
-            for members in dataset.parallel_groups().values():  # evaluate pairs were not used to fit
+            for members in dataset.parallel_groups("evaluate").values():  # not the pairs it was fitted on
                 a, d = (s.features([s.index_of(members[k].filename)])[0] for k in ("a", device))
                 diffs.append(d.mean(axis=1) - a.mean(axis=1))  # per-band log-Mel offset of the device
             gaps[name] = np.abs(np.mean(diffs, axis=0))[2:-2].mean()  # skip the outermost bands
@@ -259,3 +277,43 @@ def test_prepare_cli_bad_input_is_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "search", "prepare", str(tmp_path / "nope"), "--store", str(tmp_path / "s")],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith("error:") and run.stderr.count("\n") == 1
+
+
+def test_prepare_cli_bad_audio_through_ray_is_one_line(tmp_path):
+    """A corrupt WAV fails its Ray task; the user sees one line naming it (no task tracebacks, no Ray
+    start-up notices) and no store."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "asc", "synth", str(data), "--segments-per-scene", "2",
+                    "--parallel-per-scene", "1", "--seconds", "1"], cwd=REPO, check=True, capture_output=True)
+    bad = sorted((data / "audio").glob("*.wav"))[5]
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
+    run = subprocess.run([sys.executable, "-m", "search", "prepare", str(data), "--store", str(tmp_path / "store"),
+                          "--num-cpus", "2", "--shard-size", "4"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: ") and bad.name in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert _published(tmp_path / "store") == []
+
+
+def test_prepare_cli_unreachable_cluster_is_one_line(synth_set, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "search", "prepare", str(synth_set), "--store", str(tmp_path / "s"),
+                          "--address", f"127.0.0.1:{port}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and f"127.0.0.1:{port}" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_a_store_root_resolves_to_the_current_store_after_the_audio_changed(data_copy, fast_config, tmp_path):
+    from asc.__main__ import resolve_store
+
+    root = tmp_path / "store"
+    old = build_stores(read_development(data_copy), [fast_config], root).built[0]
+    wav = next((data_copy / "audio").glob("*-a.wav"))
+    os.utime(wav, ns=(time.time_ns(), time.time_ns() + 10**9))
+    new = build_stores(read_development(data_copy), [fast_config], root).built[0]
+    assert resolve_store(str(root)) == new != old  # the old one is superseded, not a second choice
+    (Path(new) / MANIFEST).write_text("{not json")
+    with pytest.raises(AscError, match="corrupt manifest"):
+        resolve_store(str(root))

@@ -3,6 +3,7 @@ paper's, the CLI writes its result, and the validation protocol keeps evaluate f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,11 +16,11 @@ import torch.nn.functional as F
 
 from asc import AscError
 from asc.enhance import Enhancement
-from asc.models import ModelConfig
-from asc.store import build_stores
+from asc.models import ModelConfig, build_model
+from asc.store import FeatureStore, build_stores
 from asc.synth import SynthConfig, write_dataset
 from asc.dataset import read_development
-from asc.train import FeatureView, TrainConfig, make_optimizer, mix, mixup_loss, split_indices, train
+from asc.train import FeatureView, TrainConfig, evaluate, make_optimizer, mix, mixup_loss, split_indices, train
 
 REPO = Path(__file__).resolve().parents[1]
 CNN = ModelConfig(name="cnn")
@@ -111,21 +112,62 @@ def test_plateau_schedule_halves_after_three_epochs_without_improvement(small_st
     assert lrs == [1e-3] * 5 + [5e-4] * 4
 
 
-def test_validation_protocol_holds_out_training_locations(small_store, tmp_path):
-    config = _config(small_store, epochs=2, protocol="validation", checkpoint_dir=str(tmp_path))
-    view = FeatureView(small_store, config.enhancement)
-    train_idx, select_idx, test_idx = split_indices(view, config)
-    places = lambda idx: {view.clips[i].identifier for i in idx}  # noqa: E731
+def test_validation_protocol_holds_out_training_locations_of_every_scene(small_store):
+    clips = FeatureStore(small_store).clips
+    train_idx, select_idx, test_idx = split_indices(clips, _config(small_store, protocol="validation"))
+    places = lambda idx: {clips[i].identifier for i in idx}  # noqa: E731
     assert not places(train_idx) & places(select_idx)
-    assert all(view.clips[i].split == "train" for i in select_idx)
-    assert all(view.clips[i].split == "evaluate" for i in test_idx)
+    assert all(clips[i].split == "train" for i in select_idx)
+    assert all(clips[i].split == "evaluate" for i in test_idx)
+    scenes_with_two_places = {c.scene for c in clips if c.split == "train"
+                              and len({d.identifier for d in clips if d.split == "train" and d.scene == c.scene}) > 1}
+    assert scenes_with_two_places and {clips[i].scene for i in select_idx} == scenes_with_two_places
+
+
+def test_validation_protocol_selects_on_held_out_and_reports_evaluate_for_that_epoch(small_store, tmp_path):
+    config = _config(small_store, epochs=3, protocol="validation", checkpoint_dir=str(tmp_path),
+                     enhancement=Enhancement("gmsvn"))
     result = train(config)
-    assert set(result["test"]) >= {"acc_a", "acc_bc", "metric_a", "metric_b", "device_gap"}
+    train_idx, select_idx, test_idx = split_indices(FeatureStore(small_store).clips, config)
+    view = FeatureView(small_store, config.enhancement, train_idx)
+    # normalisation statistics of the clips it trains on, not of the whole training split
+    mean, std = FeatureStore(small_store).band_statistics(train_idx)
+    np.testing.assert_array_equal(view.mean, mean)
+    assert not np.allclose(view.mean, FeatureStore(small_store).train_mean)
+    model = build_model(ModelConfig(name="cnn", n_classes=len(view.classes)))
+    model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=False)["model"])
+    selected, _ = evaluate(model, view, select_idx, torch.device("cpu"), config)
+    tested, _ = evaluate(model, view, test_idx, torch.device("cpu"), config)
+    assert selected["metric_a"] == pytest.approx(result["best"]["metric_a"])
+    assert tested["metric_a"] == pytest.approx(result["test"]["metric_a"])
+    # without a checkpoint folder, the best epoch is kept in memory: the same result
+    no_ckpt = train(dataclasses.replace(config, checkpoint_dir=None))
+    assert no_ckpt["test"] == result["test"] and no_ckpt["best_epoch"] == result["best_epoch"]
+
+
+def test_band_statistics_over_the_training_split_are_the_manifests(small_store):
+    store = FeatureStore(small_store)
+    mean, std = store.band_statistics(store.select("train"))
+    np.testing.assert_allclose(mean, store.train_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std, store.train_std, rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_resumes_with_more_epochs(small_store, tmp_path):
+    short = train(_config(small_store, epochs=2, checkpoint_dir=str(tmp_path)))
+    longer = train(_config(small_store, epochs=3, checkpoint_dir=str(tmp_path)))
+    assert longer["history"][:2] == short["history"] and len(longer["history"]) == 3
 
 
 def test_median_filter_trains_from_the_store_cache(small_store):
-    train(_config(small_store, epochs=1, enhancement=Enhancement("gms", median_filter=(7, 21))))
+    enhancement = Enhancement("gms", mean_subtraction=True, median_filter=(7, 21))
+    train(_config(small_store, epochs=1, enhancement=enhancement))
     assert (Path(small_store) / "_derived" / "gms-medfilt7x21" / "_manifest.json").is_file()
+    view, store = FeatureView(small_store, enhancement), FeatureStore(small_store)
+    idx = np.array([41, 3, 17, 60])  # unsorted, as a shuffled batch is
+    x, y = view.batch(idx)
+    expected = enhancement(store.features(idx), store.train_mean, store.train_std)  # the paper's loader, on the fly
+    np.testing.assert_allclose(x.numpy(), expected, atol=1e-5)
+    assert y.tolist() == [view.classes.index(store.clips[i].scene) for i in idx]
 
 
 def test_cli_trains_a_paper_system_and_writes_json(small_store, tmp_path):
