@@ -51,7 +51,7 @@ def resolve_store(path: str, n_mels: int | None = None) -> str:
     if not candidates:
         raise AscError(f"{root}: no feature store here (run `python -m search prepare DATA_DIR --store {root}`)")
     raise AscError(f"{root}: {len(candidates)} stores ({', '.join(p.name for p in candidates)}); "
-                   "name one folder or pass --n-mels")
+                   "name one folder" + ("" if n_mels is not None else " or pass --n-mels"))
 
 
 def _system_config(args, system_id: str, checkpoint_dir: str | None):

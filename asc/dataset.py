@@ -175,8 +175,11 @@ def read_table(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list
 
 def _header(path: Path) -> tuple[str, ...]:
     """The column names of a tab-separated file's first line (stripped, without a UTF-8 BOM)."""
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        return tuple(h.strip() for h in f.readline().rstrip("\r\n").split("\t"))
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return tuple(h.strip() for h in f.readline().rstrip("\r\n").split("\t"))
+    except OSError as exc:
+        raise AscError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _audio_files(root: Path) -> set[str]:
@@ -184,7 +187,10 @@ def _audio_files(root: Path) -> set[str]:
     folder = root / "audio"
     if not folder.is_dir():
         raise AscError(f"{folder}: missing audio folder")
-    return {f"audio/{entry.name}" for entry in os.scandir(folder) if entry.is_file()}
+    try:
+        return {f"audio/{entry.name}" for entry in os.scandir(folder) if entry.is_file()}
+    except OSError as exc:
+        raise AscError(f"{folder}: cannot be listed ({exc.strerror or exc})") from None
 
 
 def _check_unique(seen: dict[str, str], filename: str, where: str) -> None:

@@ -43,6 +43,7 @@ from asc import REFERENCE_DEVICE
 from asc.dataset import Clip, Dataset
 from asc.errors import AscError
 from asc.features import FeatureConfig, correction_coefficients, load_audio, log_mels, mean_magnitude_spectrum
+from asc.parallel import serial_map
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"  # "_" prefixes: pyarrow.dataset skips them when reading the folder
@@ -155,16 +156,6 @@ def run_pair_spectra(data_root: str, pairs: Sequence[tuple[Clip, Clip]], config:
     return out
 
 
-def serial_map(fn: Callable, items: Sequence, progress: Callable[[object], None] | None = None) -> list:
-    """Run ``fn`` over ``items`` in this process (the default executor; ``search`` passes Ray's)."""
-    results = []
-    for item in items:
-        results.append(fn(item))
-        if progress:
-            progress(results[-1])
-    return results
-
-
 # --------------------------------------------------------------------------------------------------
 # Build and publish
 # --------------------------------------------------------------------------------------------------
@@ -239,8 +230,12 @@ def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> li
         for folder in staging:
             folder.mkdir()
         corrections = {}
-        if any(c.spectrum_correction for c in configs):
-            corrections = spectrum_corrections(dataset, configs[0], map_fn, shard_size)
+        corrected = [c for c in configs if c.spectrum_correction]
+        if corrected:
+            if len({c.n_fft for c in corrected}) > 1:
+                raise AscError("spectrum correction works on one STFT size per build: "
+                               f"n_fft {sorted({c.n_fft for c in corrected})} asked together")
+            corrections = spectrum_corrections(dataset, corrected[0], map_fn, shard_size)
         tasks = [
             ShardTask(i, str(dataset.root), clips, tuple(configs), tuple(map(str, staging)), corrections)
             for i, clips in enumerate(shard_clips(dataset.clips, shard_size))

@@ -30,7 +30,7 @@ A/B/C groups are in evaluate, so that accuracy on B and C is measured on enough 
 
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import hashlib
 import math
 import os
@@ -49,6 +49,7 @@ from tqdm import tqdm
 from asc import REFERENCE_DEVICE, SCENES
 from asc.dataset import Dataset, read_development
 from asc.errors import AscError
+from asc.parallel import process_map
 
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 
@@ -559,20 +560,10 @@ def write_dataset(out: str | Path, config: SynthConfig = SynthConfig(), workers:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         (tmp / "audio").mkdir()
-        workers = workers or os.cpu_count() or 1
         bar = tqdm(total=sum(len(s.devices) for s in segments), desc="synthesizing", unit="clip",
                    file=sys.stderr, disable=not progress)
-        if workers == 1 or len(segments) < 8:
-            for seg in segments:
-                bar.update(len(_write_segment(seg, config, str(tmp))))
-        else:
-            pool = concurrent.futures.ProcessPoolExecutor(workers)
-            try:
-                futures = [pool.submit(_write_segment, seg, config, str(tmp)) for seg in segments]
-                for future in concurrent.futures.as_completed(futures):
-                    bar.update(len(future.result()))
-            finally:  # on a failure or Ctrl-C, do not write the remaining clips before giving up
-                pool.shutdown(wait=True, cancel_futures=True)
+        process_map(functools.partial(_write_segment, config=config, root=str(tmp)), segments,
+                    lambda written: bar.update(len(written)), workers=workers if len(segments) >= 8 else 1)
         bar.close()
         _write_tables(tmp, segments)
         if out.exists():

@@ -33,6 +33,7 @@ from asc.enhance import CachedMedianFilter, Enhancement
 from asc.errors import AscError
 from asc.metrics import SELECTION_METRICS, device_metrics
 from asc.models import ModelConfig, build_model
+from asc.parallel import process_map
 from asc.store import FeatureStore
 
 Report = Callable[[int, dict, str | None], None]
@@ -52,6 +53,9 @@ class TrainConfig:
     selection: str = "metric_a"  # paper: metric_a (systems A*) or metric_b (systems B*)
     protocol: str = "paper"  # "paper": select on evaluate; "validation": select on held-out train locations
     validation_share: float = 0.2  # validation protocol: share of the training locations held out
+    # Which locations are held out. Not the trial's seed: every trial of a search must be selected on
+    # the same clips (and share one median-filter cache, whose statistics come from the rest).
+    validation_seed: int = 0
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when there is one, else CPU
     bf16: bool = False  # bf16 autocast (GPU)
@@ -97,7 +101,8 @@ class FeatureView:
         store's whole training split, from its manifest)."""
         self.store_path, self.enhancement = store, enhancement
         self.mean = self.std = None
-        if stats_rows is not None and enhancement.normalization != "none":
+        self.subset_stats = stats_rows is not None and enhancement.normalization != "none"
+        if self.subset_stats:
             self.mean, self.std = FeatureStore(store).band_statistics(stats_rows)
         self._open()
 
@@ -108,11 +113,11 @@ class FeatureView:
             self.mean, self.std = base.train_mean, base.train_std
             if base.manifest.get("train_mean") is None and self.enhancement.normalization != "none":
                 raise AscError(f"{self.store_path}: no training clips, so no statistics to normalise with")
-        elif cache_key:  # statistics of a subset: the cached filter output depends on them
+        elif cache_key and self.subset_stats:  # the cached filter output depends on the statistics
             cache_key += "-" + hashlib.sha1(self.mean.tobytes() + self.std.tobytes()).hexdigest()[:10]
         if cache_key:
             transform = CachedMedianFilter(self.enhancement, tuple(self.mean.tolist()), tuple(self.std.tolist()))
-            self.source = base.derived(cache_key, transform)
+            self.source = base.derived(cache_key, transform, map_fn=process_map)
             self._post = (lambda x: x - x.mean(axis=-1, keepdims=True)) if self.enhancement.mean_subtraction else (
                 lambda x: x)
         else:
@@ -124,7 +129,8 @@ class FeatureView:
         self.labels = np.array([lookup.get(c.scene, -1) for c in self.clips], dtype=np.int64)
 
     def __getstate__(self):
-        return {"store_path": self.store_path, "enhancement": self.enhancement, "mean": self.mean, "std": self.std}
+        return {"store_path": self.store_path, "enhancement": self.enhancement, "mean": self.mean, "std": self.std,
+                "subset_stats": self.subset_stats}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -162,11 +168,11 @@ def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndar
     if len(train) == 0 or len(evaluate) == 0:
         raise AscError(f"{config.store}: needs clips in both the train and the evaluate split")
     if config.protocol == "paper":
-        return train, evaluate, None
+        return _enough(train, config), evaluate, None
     by_scene: dict[str, set] = {}
     for i in train:
         by_scene.setdefault(clips[i].scene, set()).add(clips[i].identifier)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.validation_seed)
     held: set = set()
     for scene in sorted(by_scene):
         locations = sorted(by_scene[scene])
@@ -177,7 +183,13 @@ def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndar
     val_mask = np.array([clips[i].identifier in held for i in train])
     if not val_mask.any():
         raise AscError(f"{config.store}: too few training locations to hold some out for validation")
-    return train[~val_mask], train[val_mask], evaluate
+    return _enough(train[~val_mask], config), train[val_mask], evaluate
+
+
+def _enough(train: np.ndarray, config: TrainConfig) -> np.ndarray:
+    if len(train) < config.batch_size:  # the loader drops partial batches: an epoch would train nothing
+        raise AscError(f"{config.store}: {len(train)} training clips, fewer than one batch of {config.batch_size}")
+    return train
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +198,13 @@ def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndar
 def _device(config: TrainConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError as exc:
+        raise AscError(f"device {config.device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AscError(f"device {config.device!r}: no CUDA device here (use 'auto' or 'cpu')")
+    return device
 
 
 def mix(x1: torch.Tensor, x2: torch.Tensor, lam: float) -> torch.Tensor:
@@ -243,6 +261,12 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint whole
 
 
+def _atomic_savez(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 # Settings that change where or how fast a run goes, not what it computes: a checkpoint resumes
 # across them (more epochs, another folder, more loader workers, another GPU).
 RUNTIME_FIELDS = ("checkpoint_dir", "num_workers", "device", "epochs")
@@ -281,7 +305,11 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if (ckpt_dir / "last.pt").is_file():
-            state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+            try:
+                state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+            except Exception as exc:  # torch raises several types for a truncated or foreign file
+                raise AscError(f"{ckpt_dir / 'last.pt'}: not a readable checkpoint ({type(exc).__name__}); "
+                               "delete it to start over") from None
             if _run_defining(state["config"]) != _run_defining(config.to_dict()):
                 raise AscError(f"{ckpt_dir / 'last.pt'}: a checkpoint of another configuration; use another checkpoint_dir")
             model.load_state_dict(state["model"])
@@ -339,7 +367,7 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
                "seconds": time.perf_counter() - epoch_start, "train_seconds": train_seconds,
                "data_wait_share": waited / train_seconds if train_seconds else 0.0,
                "train_clips_per_s": steps * config.batch_size / train_seconds if train_seconds else 0.0,
-               **scalars(metrics)}
+               **scalars(metrics), "class_acc": dict(zip(view.classes, metrics["class_acc"]))}
         history.append(row)
         improved = value > best["value"]
         if improved:
@@ -351,8 +379,8 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
                 _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
                               "classes": view.classes, "epoch": epoch, "metrics": metrics,
                               "enhancement": dataclasses.asdict(config.enhancement), "store": config.store}, ckpt_dir / "best.pt")
-                np.savez(ckpt_dir / "best_probs.npz", probs=probs,
-                         filenames=np.array([view.clips[i].filename for i in select_idx]))
+                _atomic_savez(ckpt_dir / "best_probs.npz", probs=probs,
+                              filenames=np.array([view.clips[i].filename for i in select_idx]))
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
@@ -382,7 +410,8 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
         model.load_state_dict(best_state)
         test_metrics, _ = evaluate(model, view, test_idx, device, config)
-        result["test"] = scalars(test_metrics)
+        result["test"] = {**scalars(test_metrics), "class_acc": dict(zip(view.classes, test_metrics["class_acc"])),
+                          "confusion": test_metrics["confusion"]}
     else:
         result["test"] = result["best"]
     return result
@@ -402,8 +431,19 @@ def _row(row: dict, view: FeatureView, improved: bool) -> str:
             + (" *" if improved else ""))
 
 
+def _json_safe(value):
+    """NaN (a device with no clips) as null: strict JSON readers reject the bare NaN token."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_json(result: dict, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
+    tmp.write_text(json.dumps(_json_safe(result), indent=1, default=float, allow_nan=False))
     os.replace(tmp, path)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from asc.errors import run_command
+from asc.errors import run_command, run_main
 
 DEFAULT_WORKDIR = Path("asc-demo")  # everything the demo writes lives here (git-ignored)
 
@@ -47,8 +47,11 @@ def _prepare(args) -> None:
     from asc.store import MANIFEST, current_stores
     from search.prepare import format_report, prepare
 
-    configs = [FeatureConfig(n_mels=n, dtype=args.dtype, resample=args.resample,
-                             spectrum_correction=args.spectrum_correction) for n in args.n_mels]
+    fmax = args.fmax if args.fmax is not None else args.sample_rate / 2
+    configs = [FeatureConfig(sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length, n_mels=n,
+                             fmin=args.fmin, fmax=fmax, power=args.power, drop_last_frame=not args.keep_last_frame,
+                             dtype=args.dtype, resample=args.resample, spectrum_correction=args.spectrum_correction)
+               for n in args.n_mels]
     report = prepare(args.data_dir, args.store, configs, address=args.address, num_cpus=args.num_cpus,
                      shard_size=args.shard_size)
     print(format_report(report))
@@ -58,6 +61,7 @@ def _prepare(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from asc.features import FeatureConfig
     from asc.synth import SynthConfig
 
     defaults = SynthConfig()
@@ -80,10 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--store", required=True, help="store root: a local or shared (NFS) folder")
     prep.add_argument("--n-mels", type=int, nargs="+", default=[128],
                       help="Mel-band counts; one STFT per clip serves them all (default 128)")
+    paper = FeatureConfig()
+    prep.add_argument("--sample-rate", type=int, default=paper.sample_rate, help="Hz (default %(default)s)")
+    prep.add_argument("--n-fft", type=int, default=paper.n_fft, help="(default %(default)s)")
+    prep.add_argument("--hop-length", type=int, default=paper.hop_length, help="(default %(default)s)")
+    prep.add_argument("--fmin", type=float, default=paper.fmin, help="Hz (default %(default)s)")
+    prep.add_argument("--fmax", type=float, default=None, help="Hz (default: half the sample rate)")
+    prep.add_argument("--power", type=float, default=paper.power, help="(default %(default)s: power spectrogram)")
+    prep.add_argument("--keep-last-frame", action="store_true", help="keep the STFT's last frame (the paper drops it)")
     prep.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     prep.add_argument("--spectrum-correction", action="store_true",
                       help="per-device spectrum correction from the training split's parallel pairs")
-    prep.add_argument("--resample", action="store_true", help="resample clips not at 44.1 kHz instead of refusing them")
+    prep.add_argument("--resample", action="store_true", help="resample clips at another rate instead of refusing them")
     prep.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     prep.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     prep.add_argument("--shard-size", type=int, default=32, help="clips per Ray task (default %(default)s)")
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in BENCHMARKS:  # benchmarks own their options
         import importlib
 
-        return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+        return run_main(lambda: importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]))
     return run_command(build_parser().parse_args(argv))
 
 

@@ -317,3 +317,11 @@ def test_a_store_root_resolves_to_the_current_store_after_the_audio_changed(data
     (Path(new) / MANIFEST).write_text("{not json")
     with pytest.raises(AscError, match="corrupt manifest"):
         resolve_store(str(root))
+
+
+def test_prepare_cli_takes_every_extraction_setting(synth_set, fast_config, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "search", "prepare", str(synth_set), "--store", str(tmp_path),
+                          "--sample-rate", "22050", "--n-fft", "1024", "--hop-length", "256", "--n-mels", "32",
+                          "--num-cpus", "2"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert _published(tmp_path) == [store_name(fast_config, dataset_fingerprint(read_development(synth_set)))]

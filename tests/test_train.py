@@ -188,3 +188,35 @@ def test_cli_without_weights_names_the_path(small_store, tmp_path):
                           "--weights", str(tmp_path / "missing.pth"), "--epochs", "1"],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2 and "missing.pth" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_a_pickled_view_reads_the_same_cache(small_store):
+    """DataLoader workers that spawn get the view by pickle: same features, no second cache."""
+    import pickle
+
+    view = FeatureView(small_store, Enhancement("gms", median_filter=(3, 5)))
+    copy = pickle.loads(pickle.dumps(view))
+    idx = np.array([5, 1, 9])
+    np.testing.assert_array_equal(copy.batch(idx)[0].numpy(), view.batch(idx)[0].numpy())
+    assert sorted(p.name for p in (Path(small_store) / "_derived").iterdir() if p.name.startswith("gms-medfilt3x5")) == ["gms-medfilt3x5"]
+
+
+def test_bad_run_settings_are_one_line_errors(small_store, tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(AscError, match="no CUDA device"):
+            train(_config(small_store, device="cuda"))
+    with pytest.raises(AscError, match="fewer than one batch"):
+        train(_config(small_store, batch_size=1000))
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AscError, match="last.pt: not a readable checkpoint"):
+        train(_config(small_store, checkpoint_dir=str(tmp_path)))
+
+
+def test_result_json_has_class_accuracy_and_no_nan_tokens(small_store, tmp_path):
+    from asc.train import write_json
+
+    result = train(_config(small_store, epochs=1))
+    assert set(result["best"]["class_acc"]) == set(FeatureStore(small_store).manifest["dataset"]["scenes"])
+    write_json({**result, "missing": float("nan")}, tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and json.loads(text)["missing"] is None

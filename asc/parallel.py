@@ -1,0 +1,43 @@
+"""Executors with one signature, ``map_fn(fn, items, on_result=None) -> [fn(item) for item in items]``.
+
+The library takes one as an argument wherever work splits into independent pieces (store shards,
+cache shards, synthetic clips): ``serial_map`` in this process, ``process_map`` over this machine's
+cores, and ``search.prepare.ray_map`` over a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from typing import Callable, Sequence
+
+
+def serial_map(fn: Callable, items: Sequence, progress: Callable[[object], None] | None = None) -> list:
+    """Run ``fn`` over ``items`` in this process (the default executor; ``search`` passes Ray's)."""
+    results = []
+    for item in items:
+        results.append(fn(item))
+        if progress:
+            progress(results[-1])
+    return results
+
+
+def process_map(fn: Callable, items: Sequence, progress: Callable[[object], None] | None = None,
+                workers: int | None = None) -> list:
+    """``serial_map`` over this machine's cores (or ``workers`` processes), for work started outside
+    Ray: the synthetic set, the median-filter cache that the first trial needing it builds. Processes
+    are spawned, not forked, so that a caller's threads (torch's, BLAS's) are not copied mid-state."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(items), workers or cores)
+    if workers <= 1:
+        return serial_map(fn, items, progress)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        if progress:
+            for future in concurrent.futures.as_completed(futures):
+                progress(future.result())
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
