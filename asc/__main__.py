@@ -55,21 +55,12 @@ def resolve_store(path: str, n_mels: int | None = None) -> str:
 
 
 def _system_config(args, system_id: str, checkpoint_dir: str | None):
-    from asc.enhance import Enhancement
-    from asc.models import ModelConfig
-    from asc.systems import get_system, selection_metric
-    from asc.train import TrainConfig
+    from asc.systems import get_system, system_config
 
-    system = get_system(system_id)
-    model = ModelConfig(name=args.model, pretrained=system.pretrained and args.model == "msxception",
-                        weights=args.weights, allow_download=args.allow_download)
-    return system, TrainConfig(
-        store=resolve_store(args.store, args.n_mels), model=model,
-        enhancement=Enhancement(system.normalization, system.mean_subtraction, system.median_filter),
-        mixup_alpha=system.mixup_alpha, epochs=args.epochs, selection=selection_metric(system_id),
-        protocol=args.protocol, seed=args.seed, device=args.device, bf16=args.bf16,
-        channels_last=args.channels_last, num_workers=args.workers, checkpoint_dir=checkpoint_dir,
-    )
+    return get_system(system_id), system_config(
+        system_id, resolve_store(args.store, args.n_mels), args.model, args.weights, args.allow_download,
+        epochs=args.epochs, protocol=args.protocol, seed=args.seed, device=args.device, bf16=args.bf16,
+        channels_last=args.channels_last, num_workers=args.workers, checkpoint_dir=checkpoint_dir)
 
 
 def _describe_system(system_id, system, config) -> str:
@@ -100,6 +91,7 @@ def _train(args) -> None:
 
 def _compare(args) -> None:
     """Several systems, one after the other, and their device table beside the paper's."""
+    from asc.systems import format_comparison
     from asc.train import train, write_json
 
     rows = []
@@ -116,18 +108,6 @@ def _compare(args) -> None:
     print(format_comparison(rows))
     if args.json_out:
         write_json({"systems": {sid: result for sid, _, result in rows}, "table": format_comparison(rows)}, args.json_out)
-
-
-def format_comparison(rows) -> str:
-    head = (f"{'system':<7}{'A':>7}{'B':>7}{'C':>7}{'B&C':>7}{'gap':>7}  |  paper (MSXception, real data):"
-            f"{'A':>6}{'B':>6}{'C':>6}{'B&C':>6}{'gap':>6}")
-    lines = [head, "-" * len(head)]
-    for sid, system, result in rows:
-        t = result["test"]
-        ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap"))
-        paper = "".join(f"{v:>6.1f}" for v in system.paper)
-        lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
-    return "\n".join(lines)
 
 
 def _training_options(parser: argparse.ArgumentParser) -> None:

@@ -51,3 +51,33 @@ def get_system(system_id: str) -> System:
     if key not in SYSTEMS:
         raise AscError(f"unknown system {system_id!r}: choose one of {', '.join(SYSTEMS)}")
     return SYSTEMS[key]
+
+
+def system_config(system_id: str, store: str, model_name: str = "msxception", weights: str | None = None,
+                  allow_download: bool = False, **train_settings):
+    """The ``TrainConfig`` of a paper system on ``store``: its enhancement, mixup and selection metric,
+    MSXception pretrained where the paper's system is (the small CNN never is); ``train_settings``
+    (epochs, seed, protocol, device, checkpoint_dir, ...) fill in the rest."""
+    from asc.enhance import Enhancement
+    from asc.models import ModelConfig
+    from asc.train import TrainConfig
+
+    system = get_system(system_id)
+    model = ModelConfig(name=model_name, pretrained=system.pretrained and model_name == "msxception",
+                        weights=weights, allow_download=allow_download)
+    return TrainConfig(store=store, model=model,
+                       enhancement=Enhancement(system.normalization, system.mean_subtraction, system.median_filter),
+                       mixup_alpha=system.mixup_alpha, selection=selection_metric(system_id), **train_settings)
+
+
+def format_comparison(rows) -> str:
+    """``rows`` of (system id, System, train() result): the device table beside the paper's."""
+    head = (f"{'system':<7}{'A':>7}{'B':>7}{'C':>7}{'B&C':>7}{'gap':>7}  |  paper (MSXception, real data):"
+            f"{'A':>6}{'B':>6}{'C':>6}{'B&C':>6}{'gap':>6}")
+    lines = [head, "-" * len(head)]
+    for sid, system, result in rows:
+        t = result["test"]
+        ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap"))
+        paper = "".join(f"{v:>6.1f}" for v in system.paper)
+        lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
+    return "\n".join(lines)

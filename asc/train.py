@@ -125,6 +125,7 @@ class FeatureView:
             self._post = lambda x: self.enhancement(x, self.mean, self.std)
         self.clips = base.clips
         self.classes = list(base.manifest["dataset"]["scenes"])
+        self.devices = list(base.manifest["dataset"]["devices"])
         lookup = {c: i for i, c in enumerate(self.classes)}
         self.labels = np.array([lookup.get(c.scene, -1) for c in self.clips], dtype=np.int64)
 
@@ -417,16 +418,18 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
     return result
 
 
-DEVICE_COLUMNS = ("acc_a", "acc_b", "acc_c", "acc_bc", "metric_a", "metric_b", "device_gap")
+def _columns(view: FeatureView) -> list[str]:
+    """Accuracy of every device the store has (a, b, c in 2019; later sets add more), then the summaries."""
+    return [f"acc_{d}" for d in view.devices] + ["acc_bc", "metric_a", "metric_b", "device_gap"]
 
 
 def _header(view: FeatureView) -> str:
-    return (f"{'epoch':>5} {'loss':>7} " + " ".join(f"{c:>8}" for c in DEVICE_COLUMNS)
+    return (f"{'epoch':>5} {'loss':>7} " + " ".join(f"{c:>8}" for c in _columns(view))
             + f" {'lr':>8} {'s':>6}")
 
 
 def _row(row: dict, view: FeatureView, improved: bool) -> str:
-    cells = " ".join(f"{row.get(c, math.nan):>8.3f}" for c in DEVICE_COLUMNS)
+    cells = " ".join(f"{row.get(c, math.nan):>8.3f}" for c in _columns(view))
     return (f"{row['epoch']:>5} {row['train_loss']:>7.3f} {cells} {row['lr']:>8.1e} {row['seconds']:>6.1f}"
             + (" *" if improved else ""))
 

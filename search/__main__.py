@@ -1,8 +1,9 @@
 """``python -m search``: the project's main entry point.
 
 ``demo`` runs the main job on the embedded defaults. Today that is the part that exists: generate the
-synthetic multi-device dataset (once), describe it, and extract its features into the store; it grows
-with the project into a search and fusion.
+synthetic multi-device dataset (once), describe it, extract its features into the store, and train
+two of the paper's systems (no enhancement, and mean subtraction + mixup) with the small CNN to show
+the device gap; it grows with the project into a search and fusion.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ def _demo(args) -> None:
     from asc.dataset import read_development
     from asc.describe import format_summary, summarize
     from asc.features import FeatureConfig
+    from tqdm import tqdm
+
+    from asc.store import find_store
     from asc.synth import SynthConfig, write_dataset
+    from asc.systems import format_comparison, get_system, system_config
+    from asc.train import train
     from search.prepare import format_report, prepare
 
     data, store = args.workdir / "data", args.workdir / "store"
@@ -29,17 +35,31 @@ def _demo(args) -> None:
                          seconds=args.seconds, seed=args.seed)
     start = time.perf_counter()
     if (data / "meta.csv").exists():
-        print(f"[1/2] synthetic dataset: {data} exists, reusing it (delete it to regenerate)")
+        print(f"[1/3] synthetic dataset: {data} exists, reusing it (delete it to regenerate)")
         dataset = read_development(data)
     else:
-        print(f"[1/2] synthetic dataset: writing {data}")
+        print(f"[1/3] synthetic dataset: writing {data}")
         dataset = write_dataset(data, config, progress=True)
     print(f"      {len(dataset)} clips in {time.perf_counter() - start:.1f} s\n")
     print(format_summary(summarize(dataset)))
 
-    print(f"\n[2/2] feature store: log-Mel with the paper's settings into {store} (Ray tasks)")
+    print(f"\n[2/3] feature store: log-Mel with the paper's settings into {store} (Ray tasks)")
     report = prepare(data, store, [FeatureConfig(n_mels=n) for n in args.n_mels])
     print(format_report(report))
+
+    trained_on = find_store(store, FeatureConfig(n_mels=args.n_mels[0]), dataset)
+    runs = args.workdir / "runs" / trained_on.path.name  # new audio, new store, new runs
+    print(f"\n[3/3] the paper's systems {', '.join(args.systems)} with the small CNN, {args.epochs} epochs each "
+          f"(checkpoints in {runs}: a rerun resumes)")
+    rows = []
+    for system_id in args.systems:
+        train_config = system_config(system_id, str(trained_on.path), "cnn", epochs=args.epochs,
+                                     checkpoint_dir=str(runs / system_id.upper()))
+        bar = tqdm(total=args.epochs, desc=system_id.upper(), unit="epoch", file=sys.stderr)
+        result = train(train_config, report=lambda epoch, metrics, ckpt: bar.update(epoch - bar.n))  # resumed: jumps
+        bar.close()
+        rows.append((system_id.upper(), get_system(system_id), result))
+    print(format_comparison(rows))
 
 
 def _prepare(args) -> None:
@@ -77,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=defaults.seconds)
     demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.add_argument("--n-mels", type=int, nargs="+", default=[128], help="Mel-band counts to prepare")
+    demo.add_argument("--systems", nargs="+", default=["A2", "A6"], help="paper systems to train (default %(default)s)")
+    demo.add_argument("--epochs", type=int, default=8, help="epochs per system (default %(default)s)")
     demo.set_defaults(run=_demo)
 
     prep = commands.add_parser("prepare", help="extract log-Mel features into the shared Arrow store (Ray tasks)")
