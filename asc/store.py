@@ -316,7 +316,7 @@ def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds) -> dict
         "format": FORMAT_VERSION,
         "name": name,
         "config": config.to_dict(),
-        "dataset": {"root": str(dataset.root), "fingerprint": fingerprint, "labeled": dataset.labeled,
+        "dataset": {"root": str(Path(dataset.root).resolve()), "fingerprint": fingerprint, "labeled": dataset.labeled,
                     "devices": dataset.devices, "scenes": dataset.scenes},
         "clips": len(dataset),
         "counts": counts,
@@ -335,6 +335,16 @@ def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds) -> dict
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise AscError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise AscError(f"{path}: corrupt manifest (not a JSON object)")
+    return manifest
+
+
 def read_table_file(path: Path) -> tuple[list[Clip], np.ndarray]:
     """Memory-map one shard: its clips and a zero-copy ``[rows, n_mels, frames]`` view of its features."""
     try:
@@ -360,10 +370,7 @@ class FeatureStore:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise AscError(f"{self.path}: not a feature store (no {MANIFEST}; run `python -m search prepare`)")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise AscError(f"{manifest_path}: corrupt manifest ({exc})") from None
+        self.manifest = read_manifest(manifest_path)
         if self.manifest.get("format") != FORMAT_VERSION:
             raise AscError(f"{manifest_path}: store format {self.manifest.get('format')}, this code reads {FORMAT_VERSION}")
         self.config = FeatureConfig(**self.manifest["config"])
@@ -474,26 +481,43 @@ def _run_derive(job: _DeriveShard) -> int:
 
 
 def current_stores(store_root: str | Path) -> list[tuple[Path, dict]]:
-    """The published stores under a root with their manifests, the newest per feature configuration.
+    """The published stores under a root with their manifests, one per feature configuration and dataset.
 
     When the audio changes, ``prepare`` publishes a new store beside the old one (a search may still
-    be reading it); the old one is superseded, not an alternative to choose from.
+    be reading it); the old one is superseded, not an alternative to choose from. Where several
+    stores share a configuration and a dataset, the current one is the store whose fingerprint
+    matches the audio as it is now (when the dataset can be read from here), else the newest.
     """
     root = Path(store_root)
-    newest: dict[str, tuple[int, Path, dict]] = {}
+    groups: dict[str, list[tuple[int, Path, dict]]] = {}
     for path in sorted(root.glob("logmel*")) if root.is_dir() else []:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             continue
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AscError(f"{manifest_path}: corrupt manifest ({exc})") from None
+        manifest = read_manifest(manifest_path)
         key = json.dumps([manifest.get("config"), manifest.get("dataset", {}).get("root")], sort_keys=True)
-        age = manifest_path.stat().st_mtime_ns
-        if key not in newest or age >= newest[key][0]:
-            newest[key] = (age, path, manifest)
-    return sorted(((path, manifest) for _, path, manifest in newest.values()), key=lambda pair: pair[0].name)
+        groups.setdefault(key, []).append((manifest_path.stat().st_mtime_ns, path, manifest))
+    current = []
+    for members in groups.values():
+        members.sort(key=lambda m: m[0])
+        chosen = members[-1]
+        if len(members) > 1:
+            fingerprint = _fingerprint_now(members[-1][2].get("dataset", {}).get("root"))
+            chosen = next((m for m in reversed(members) if m[2]["dataset"].get("fingerprint") == fingerprint), chosen)
+        current.append(chosen[1:])
+    return sorted(current, key=lambda pair: pair[0].name)
+
+
+def _fingerprint_now(data_root: str | None) -> str | None:
+    """The fingerprint of the dataset at ``data_root`` as it is now; None when it cannot be read here."""
+    from asc.dataset import read_dataset
+
+    if not data_root or not Path(data_root).is_dir():
+        return None
+    try:
+        return dataset_fingerprint(read_dataset(data_root))
+    except AscError:
+        return None
 
 
 def find_store(store_root: str | Path, config: FeatureConfig, dataset: Dataset) -> FeatureStore:

@@ -311,16 +311,21 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             except Exception as exc:  # torch raises several types for a truncated or foreign file
                 raise AscError(f"{ckpt_dir / 'last.pt'}: not a readable checkpoint ({type(exc).__name__}); "
                                "delete it to start over") from None
+            if not isinstance(state, dict) or "config" not in state or "history" not in state:
+                raise AscError(f"{ckpt_dir / 'last.pt'}: not a training checkpoint of this project; delete it to start over")
             if _run_defining(state["config"]) != _run_defining(config.to_dict()):
                 raise AscError(f"{ckpt_dir / 'last.pt'}: a checkpoint of another configuration; use another checkpoint_dir")
+            if state["epoch"] > config.epochs:
+                raise AscError(f"{ckpt_dir / 'last.pt'}: already {state['epoch']} epochs, more than the {config.epochs} "
+                               "asked for; ask for as many or more, or use another checkpoint_dir")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             np.random.set_state(state["numpy_rng"])
             random.setstate(state["python_rng"])
-            if state.get("cuda_rng") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            if state.get("cuda_rng") is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
             history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
 
     if log:
@@ -385,7 +390,7 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                          "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                           "history": history, "best": best, "epoch": epoch, "config": config.to_dict()},
                          ckpt_dir / "last.pt")
         if log:

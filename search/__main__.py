@@ -64,6 +64,7 @@ def _demo(args) -> None:
 
 def _prepare(args) -> None:
     from asc.features import FeatureConfig
+    from asc.errors import AscError
     from asc.store import MANIFEST, current_stores
     from search.prepare import format_report, prepare
 
@@ -75,9 +76,14 @@ def _prepare(args) -> None:
     report = prepare(args.data_dir, args.store, configs, address=args.address, num_cpus=args.num_cpus,
                      shard_size=args.shard_size)
     print(format_report(report))
-    current = {path for path, _ in current_stores(args.store)}
+    try:
+        current = {path for path, _ in current_stores(args.store)}
+    except AscError as exc:  # another store's problem: this prepare succeeded
+        print(f"note: could not look for superseded stores: {exc}")
+        return
     for old in sorted(p for p in Path(args.store).glob("logmel*") if (p / MANIFEST).is_file() and p not in current):
-        print(f"superseded by a newer store of the same configuration: {old} (delete it once no search reads it)")
+        print(f"superseded by a store of the same configuration on the current audio: {old} "
+              "(delete it once no search reads it)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,6 +59,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     if address == "auto" or "://" in address:
         return  # Ray resolves these itself
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
     if not host or not port.isdigit():
         raise AscError(f"Ray address {address!r}: expected HOST:PORT of the head node's GCS (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT")
     try:

@@ -208,7 +208,11 @@ def test_concurrent_builds_end_with_one_good_store(synth_set, tmp_path, orders):
     root = tmp_path / "store"
     procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(synth_set), str(root), "0", mels], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for mels in orders]
-    outputs = [p.communicate(timeout=300) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]  # a deadlock would wait here for ever
+    finally:
+        for p in procs:
+            p.kill()
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outputs]
     last_lines = sorted(o[0].strip().splitlines()[-1] for o in outputs)
     assert last_lines == ["built", "up to date"]
@@ -311,10 +315,14 @@ def test_a_store_root_resolves_to_the_current_store_after_the_audio_changed(data
     root = tmp_path / "store"
     old = build_stores(read_development(data_copy), [fast_config], root).built[0]
     wav = next((data_copy / "audio").glob("*-a.wav"))
+    original = (wav.stat().st_atime_ns, wav.stat().st_mtime_ns)
     os.utime(wav, ns=(time.time_ns(), time.time_ns() + 10**9))
     new = build_stores(read_development(data_copy), [fast_config], root).built[0]
     assert resolve_store(str(root)) == new != old  # the old one is superseded, not a second choice
-    (Path(new) / MANIFEST).write_text("{not json")
+    os.utime(wav, ns=original)  # the audio as it was
+    assert build_stores(read_development(data_copy), [fast_config], root).up_to_date == [old]
+    assert resolve_store(str(root)) == old  # the store of the audio as it is, not the newest
+    (Path(new) / MANIFEST).write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(AscError, match="corrupt manifest"):
         resolve_store(str(root))
 
@@ -325,3 +333,21 @@ def test_prepare_cli_takes_every_extraction_setting(synth_set, fast_config, tmp_
                           "--num-cpus", "2"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert _published(tmp_path) == [store_name(fast_config, dataset_fingerprint(read_development(synth_set)))]
+
+
+@pytest.mark.parametrize("family, host", [("AF_INET", "127.0.0.1"), ("AF_INET6", "[::1]")])
+def test_cluster_address_check_accepts_a_listening_head(family, host):
+    import socket
+
+    from search.prepare import _check_reachable
+
+    try:
+        server = socket.socket(getattr(socket, family))
+        server.bind((host.strip("[]"), 0))
+    except OSError:
+        pytest.skip(f"no {family} loopback here")
+    with server:
+        server.listen()
+        _check_reachable(f"{host}:{server.getsockname()[1]}")  # no error: somebody listens
+    with pytest.raises(AscError, match="HOST:PORT"):
+        _check_reachable("head-without-port")

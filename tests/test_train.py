@@ -153,9 +153,14 @@ def test_band_statistics_over_the_training_split_are_the_manifests(small_store):
 
 
 def test_a_run_resumes_with_more_epochs(small_store, tmp_path):
-    short = train(_config(small_store, epochs=2, checkpoint_dir=str(tmp_path)))
-    longer = train(_config(small_store, epochs=3, checkpoint_dir=str(tmp_path)))
+    short = train(_config(small_store, epochs=2, mixup_alpha=0.3, checkpoint_dir=str(tmp_path / "r")))
+    longer = train(_config(small_store, epochs=3, mixup_alpha=0.3, checkpoint_dir=str(tmp_path / "r")))
     assert longer["history"][:2] == short["history"] and len(longer["history"]) == 3
+    whole = train(_config(small_store, epochs=3, mixup_alpha=0.3))  # epoch 3 as if never interrupted
+    for key in ("train_loss", "metric_a", "loss", "lr"):
+        assert longer["history"][2][key] == pytest.approx(whole["history"][2][key], abs=1e-6), key
+    with pytest.raises(AscError, match="already 3 epochs, more than the 2"):
+        train(_config(small_store, epochs=2, mixup_alpha=0.3, checkpoint_dir=str(tmp_path / "r")))
 
 
 def test_median_filter_trains_from_the_store_cache(small_store):
@@ -194,11 +199,15 @@ def test_a_pickled_view_reads_the_same_cache(small_store):
     """DataLoader workers that spawn get the view by pickle: same features, no second cache."""
     import pickle
 
-    view = FeatureView(small_store, Enhancement("gms", median_filter=(3, 5)))
-    copy = pickle.loads(pickle.dumps(view))
+    enhancement = Enhancement("gms", median_filter=(3, 5))
+    train_idx, _, _ = split_indices(FeatureStore(small_store).clips, _config(small_store, protocol="validation"))
     idx = np.array([5, 1, 9])
-    np.testing.assert_array_equal(copy.batch(idx)[0].numpy(), view.batch(idx)[0].numpy())
-    assert sorted(p.name for p in (Path(small_store) / "_derived").iterdir() if p.name.startswith("gms-medfilt3x5")) == ["gms-medfilt3x5"]
+    for view in (FeatureView(small_store, enhancement), FeatureView(small_store, enhancement, train_idx)):
+        copy = pickle.loads(pickle.dumps(view))
+        np.testing.assert_array_equal(copy.mean, view.mean)
+        np.testing.assert_array_equal(copy.batch(idx)[0].numpy(), view.batch(idx)[0].numpy())
+    caches = sorted(p.name for p in (Path(small_store) / "_derived").iterdir() if p.name.startswith("gms-medfilt3x5"))
+    assert len(caches) == 2 and caches[0] == "gms-medfilt3x5"  # the store's statistics, the subset's
 
 
 def test_bad_run_settings_are_one_line_errors(small_store, tmp_path):
@@ -209,6 +218,9 @@ def test_bad_run_settings_are_one_line_errors(small_store, tmp_path):
         train(_config(small_store, batch_size=1000))
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(AscError, match="last.pt: not a readable checkpoint"):
+        train(_config(small_store, checkpoint_dir=str(tmp_path)))
+    torch.save({"model": {}}, tmp_path / "last.pt")  # e.g. a best.pt copied over it
+    with pytest.raises(AscError, match="last.pt: not a training checkpoint"):
         train(_config(small_store, checkpoint_dir=str(tmp_path)))
 
 
