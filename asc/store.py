@@ -131,10 +131,8 @@ def run_shard(task: ShardTask) -> dict:
                 continue
             for i, x in zip(group, log_mels(y, [configs[i] for i in group], correction)):
                 if features[i] and x.shape != features[i][0].shape:
-                    raise AscError(
-                        f"{path}: {len(y) / reference.sample_rate:.2f} s gives {x.shape[-1]} frames, but "
-                        f"{task.clips[0].filename} gives {features[i][0].shape[-1]}: a store's clips must have one length"
-                    )
+                    raise _length_error(f"{path}: {len(y) / reference.sample_rate:.2f} s", x.shape[-1],
+                                        task.clips[0].filename, features[i][0].shape[-1])
                 features[i].append(x)
     stats = []
     is_train = np.array([c.split == "train" for c in task.clips])
@@ -264,6 +262,16 @@ def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> li
         raise
 
 
+def _mean_std(total: np.ndarray, squares: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std from sums over ``frames`` frames (the manifest's and a subset's statistics)."""
+    mean = total / max(frames, 1)
+    return mean, np.sqrt(np.maximum(squares / max(frames, 1) - mean**2, 0))
+
+
+def _length_error(where: str, frames: int, first: str, first_frames: int) -> AscError:
+    return AscError(f"{where} gives {frames} frames, but {first} gives {first_frames}: a store's clips must have one length")
+
+
 def _check_one_shape(tasks, results, n_configs) -> None:
     """Every shard's arrays must share one shape: a reader stacks rows across shards."""
     for j in range(n_configs):
@@ -271,10 +279,8 @@ def _check_one_shape(tasks, results, n_configs) -> None:
         for task, result in zip(tasks, results):
             shape = result["stats"][j][3]
             if shape != first:
-                raise AscError(
-                    f"{task.data_root}/{task.clips[0].filename}: gives {shape[-1]} frames, but "
-                    f"{tasks[0].clips[0].filename} gives {first[-1]}: a store's clips must have one length"
-                )
+                raise _length_error(f"{task.data_root}/{task.clips[0].filename}:", shape[-1],
+                                    tasks[0].clips[0].filename, first[-1])
 
 
 def spectrum_corrections(dataset: Dataset, config: FeatureConfig, map_fn=serial_map, shard_size: int = 64) -> dict:
@@ -310,8 +316,7 @@ def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds) -> dict
     for clip in dataset.clips:
         counts.setdefault(clip.split, {}).setdefault(clip.device or "?", 0)
         counts[clip.split][clip.device or "?"] += 1
-    mean = total / max(frames, 1)
-    std = np.sqrt(np.maximum(squares / max(frames, 1) - mean**2, 0))
+    mean, std = _mean_std(total, squares, frames)
     return {
         "format": FORMAT_VERSION,
         "name": name,
@@ -433,9 +438,8 @@ class FeatureStore:
             x = self.features(indices[start:start + chunk]).astype(np.float64)
             total += x.sum(axis=(0, 2))
             squares += (x**2).sum(axis=(0, 2))
-        frames = len(indices) * self.shape[1]
-        mean = total / frames
-        return mean.astype(np.float32), np.sqrt(np.maximum(squares / frames - mean**2, 0)).astype(np.float32)
+        mean, std = _mean_std(total, squares, len(indices) * self.shape[1])
+        return mean.astype(np.float32), std.astype(np.float32)
 
     def parts(self) -> list[np.ndarray]:
         """The memory-mapped shard arrays themselves (zero-copy views)."""
