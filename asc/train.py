@@ -282,10 +282,14 @@ def scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
 
-def train(config: TrainConfig, report: Report | None = None, log: Callable[[str], None] | None = None) -> dict:
+def train(config: TrainConfig, report: Report | None = None, log: Callable[[str], None] | None = None,
+          evaluate_best: bool = False) -> dict:
     """Train one model; returns the result of the best epoch (see module docstring).
 
-    ``log`` receives one formatted table line per epoch (the CLI prints them).
+    ``log`` receives one formatted table line per epoch (the CLI prints them). ``evaluate_best``
+    (the validation protocol, for a search that may stop the run at any epoch): whenever the
+    selected epoch changes, also evaluate it on the evaluation split, report those figures as
+    ``best_test`` and keep its probabilities in ``best_probs.npz`` (never used to select).
     """
     start_time = time.perf_counter()
     _seed_everything(config.seed)
@@ -376,17 +380,22 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
                **scalars(metrics), "class_acc": dict(zip(view.classes, metrics["class_acc"]))}
         history.append(row)
         improved = value > best["value"]
+        test_probs = None
         if improved:
-            best = {"epoch": epoch, "value": value}
+            best = {"epoch": epoch, "value": value, "metrics": scalars(metrics)}
             if test_idx is not None and ckpt_dir is None:  # no best.pt to come back to: keep it here
                 best_state = copy.deepcopy(model.state_dict())
+            if evaluate_best and test_idx is not None:
+                test_metrics, test_probs = evaluate(model, view, test_idx, device, config)
+                best["test"] = scalars(test_metrics)
         if ckpt_dir is not None:
             if improved:
                 _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
                               "classes": view.classes, "epoch": epoch, "metrics": metrics,
                               "enhancement": dataclasses.asdict(config.enhancement), "store": config.store}, ckpt_dir / "best.pt")
-                _atomic_savez(ckpt_dir / "best_probs.npz", probs=probs,
-                              filenames=np.array([view.clips[i].filename for i in select_idx]))
+                _atomic_savez(ckpt_dir / "best_probs.npz", classes=np.array(view.classes),
+                              **_prediction_arrays(view, select_idx, probs),
+                              **({} if test_probs is None else _prediction_arrays(view, test_idx, test_probs, "test_")))
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
@@ -396,7 +405,8 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
         if log:
             log(_row(row, view, improved))
         if report is not None:
-            report(epoch, {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"]},
+            report(epoch, {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"],
+                           "best_metrics": best.get("metrics", {}), "best_test": best.get("test", best.get("metrics", {}))},
                    str(ckpt_dir) if ckpt_dir else None)
 
     best_row = next(r for r in history if r["epoch"] == best["epoch"])
@@ -421,6 +431,13 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
     else:
         result["test"] = result["best"]
     return result
+
+
+def _prediction_arrays(view: FeatureView, indices: np.ndarray, probs: np.ndarray, prefix: str = "") -> dict:
+    """What fusion needs of a prediction: clip names, devices, true labels and probabilities."""
+    return {prefix + "probs": probs, prefix + "filenames": np.array([view.clips[i].filename for i in indices]),
+            prefix + "devices": np.array([view.clips[i].device for i in indices]),
+            prefix + "labels": view.labels[indices]}
 
 
 def _columns(view: FeatureView) -> list[str]:

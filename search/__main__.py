@@ -86,6 +86,25 @@ def _prepare(args) -> None:
               "(delete it once no search reads it)")
 
 
+def _run(args) -> None:
+    import shlex
+
+    from search.tuner import SearchSettings, run_search
+
+    settings = SearchSettings(space=args.space, store=args.store, name=args.name, data=args.data,
+                              num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                              cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                              address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage, seed=args.seed,
+                              overrides=args.set or [], max_failures=args.max_failures, top=args.top)
+    run_search(settings, command=" ".join(["python -m search"] + [shlex.quote(a) for a in sys.argv[1:]]))
+
+
+def _resume(args) -> None:
+    from search.tuner import resume_search
+
+    resume_search(args.name, storage=args.storage, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asc.features import FeatureConfig
     from asc.synth import SynthConfig
@@ -128,6 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     prep.add_argument("--shard-size", type=int, default=32, help="clips per Ray task (default %(default)s)")
     prep.set_defaults(run=_prepare)
+
+    run = commands.add_parser("run", help="run a search (Ray Tune + Optuna + ASHA, every trial in MLflow)")
+    run.add_argument("space", help="a search space YAML file (see spaces/README.md)")
+    run.add_argument("--store", required=True, help="feature store root (made by `prepare`, or with --data)")
+    run.add_argument("--data", default=None, help="dataset folder: prepare the stores the space needs first")
+    run.add_argument("--name", default=None, help="search name: MLflow experiment and STORAGE/NAME (default: the space's)")
+    run.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's num_samples)")
+    run.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
+    run.add_argument("--cpus-per-trial", type=float, default=1.0, help="(default %(default)s)")
+    run.add_argument("--gpus-per-trial", type=float, default=0.0,
+                     help="fraction of a GPU per trial, e.g. 0.25 packs four trials on a GPU (default %(default)s)")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray instance)")
+    run.add_argument("--mlflow-uri", default=None,
+                     help="tracking URI, e.g. http://HEAD:5000 (default: sqlite:///STORAGE/mlflow.db)")
+    run.add_argument("--storage", default=None,
+                     help="Tune's experiment state and checkpoints; shared (NFS) on a cluster (default: ./runs)")
+    run.add_argument("--seed", type=int, default=None, help="sampler seed (default: the space's)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a space key, e.g. --set epochs=3 --set scheduler.grace_period=1 (repeatable)")
+    run.add_argument("--max-failures", type=int, default=3, help="retries of a trial whose worker died (default %(default)s)")
+    run.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default %(default)s)")
+    run.set_defaults(run=_run)
+
+    resume = commands.add_parser("resume", help="continue a search whose driver died")
+    resume.add_argument("name", help="the search's name (--name of `run`)")
+    resume.add_argument("--storage", default=None, help="the --storage it ran with (default: ./runs)")
+    resume.add_argument("--address", default=None, help="Ray cluster address (default: the one it ran with)")
+    resume.set_defaults(run=_resume)
     return parser
 
 

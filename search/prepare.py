@@ -37,10 +37,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Both packages travel with the job (tasks unpickle functions from either).
     runtime_env = {"py_modules": [os.path.dirname(asc.__file__), os.path.dirname(os.path.abspath(__file__))],
                    "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
-    kwargs = dict(runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
+    # WARNING in the workers too: Tune's per-checkpoint INFO lines would drown the search's progress.
+    kwargs = dict(runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING",
+                  logging_config=ray.LoggingConfig(log_level="WARNING"))
     # ray_map re-raises the first failed task's error as one line; the failures of its siblings
     # (cancelled or already failed) are the same story and must not print tracebacks at exit.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # Ray starts its workers at nice 15; beside any busy process they crawl (DESIGN.md). Only a
+    # locally started instance reads this; a cluster's nodes set it at `ray start`.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if address:
         _check_reachable(address)
         try:

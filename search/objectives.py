@@ -1,0 +1,78 @@
+"""Device-gap-aware objectives: one pure function of the metrics dict that ``asc.train`` reports.
+
+The trainable, ASHA, Optuna, the summary table and fusion all call :func:`objective_values`, so they
+all rank trials by the same number. Every objective is maximised except ``objective_abs_gap`` (the second half
+of the Pareto pair), which is minimised.
+
+- ``metric_a``: accuracy over all clips (the paper's Metric A);
+- ``metric_b``: mean of device A's accuracy and B&C's pooled accuracy (the paper's Metric B);
+- ``acc_bc``: accuracy on the non-reference devices pooled;
+- ``worst_device``: the lowest per-device accuracy (a device with no clips is left out);
+- ``gap_penalized``: ``metric_b - lambda * |device_gap|`` (lambda from the space);
+- ``pareto``: the pair (``acc_bc`` max, ``|device_gap|`` min), for multi-objective search, reported as
+  ``objective_acc_bc`` and ``objective_abs_gap``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from asc.errors import AscError
+
+SINGLE = ("metric_a", "metric_b", "acc_bc", "worst_device", "gap_penalized")
+OBJECTIVES = SINGLE + ("pareto",)
+PARETO = (("objective_acc_bc", "max"), ("objective_abs_gap", "min"))
+_SUMMARY_KEYS = ("acc_bc", "metric_a", "metric_b", "device_gap")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str = "metric_b"  # what the search optimises (one of OBJECTIVES)
+    gap_lambda: float | None = None  # gap_penalized only: the weight of |device_gap|
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVES:
+            raise AscError(f"objective {self.name!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.name == "gap_penalized" and (self.gap_lambda is None or not self.gap_lambda >= 0):
+            raise AscError("objective gap_penalized needs lambda >= 0")
+
+    @property
+    def multi(self) -> bool:
+        return self.name == "pareto"
+
+    @property
+    def metrics(self) -> list[str]:
+        """The names the values are reported under (Tune results, Optuna, MLflow)."""
+        return [m for m, _ in PARETO] if self.multi else ["objective"]
+
+    @property
+    def modes(self) -> list[str]:
+        return [m for _, m in PARETO] if self.multi else ["max"]
+
+    def label(self) -> str:
+        if self.name == "gap_penalized":
+            return f"metric_b - {self.gap_lambda:g} * |gap|"
+        return "(acc_bc max, |gap| min)" if self.multi else self.name
+
+    def values(self, metrics: dict) -> dict[str, float]:
+        """The objective's value(s) from one epoch's metrics, keyed as :attr:`metrics`."""
+        if self.multi:
+            return {"objective_acc_bc": _get(metrics, "acc_bc"), "objective_abs_gap": abs(_get(metrics, "device_gap"))}
+        if self.name == "worst_device":
+            devices = [v for k, v in metrics.items() if k.startswith("acc_") and k != "acc_bc"
+                       and isinstance(v, float) and not math.isnan(v)]
+            return {"objective": min(devices) if devices else math.nan}
+        if self.name == "gap_penalized":
+            return {"objective": _get(metrics, "metric_b") - self.gap_lambda * abs(_get(metrics, "device_gap"))}
+        return {"objective": _get(metrics, self.name)}
+
+
+def _get(metrics: dict, key: str) -> float:
+    value = metrics.get(key, math.nan)
+    return float(value) if value is not None else math.nan
+
+
+def summary(metrics: dict, devices: list[str]) -> dict[str, float]:
+    """The device columns every table shows: ``acc_<device>`` for each device, acc_bc, Metric A and B, gap."""
+    return {k: _get(metrics, k) for k in [f"acc_{d}" for d in devices] + list(_SUMMARY_KEYS)}

@@ -1,0 +1,497 @@
+"""Search spaces as data: ``spaces/*.yaml`` -> a validated :class:`Space` -> Optuna define-by-run.
+
+The schema is documented in ``spaces/README.md``. Everything is checked before Ray starts; a mistake
+is one :class:`AscError` line naming the file and the key (``spaces/x.yaml: params.lr: ...``).
+
+A trial's parameters are a flat dict of the keys in :data:`PARAMS`; :meth:`Space.train_config` turns
+one into the ``asc.train.TrainConfig`` the trial runs, and :meth:`Space.feature_config` names the
+feature store it reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asc.errors import AscError
+from asc.features import FeatureConfig
+from asc.metrics import SELECTION_METRICS
+from search.objectives import OBJECTIVES, Objective
+
+ENHANCEMENTS = ("none", "mean_subtraction", "median_filter", "spectrum_correction")
+NORMALIZATIONS = ("auto", "none", "gms", "gmsvn")
+MODELS = ("cnn", "msxception")
+SAMPLERS = ("tpe", "random", "grid", "nsga2", "points")
+SCHEDULERS = ("asha", "none")
+
+
+@dataclass(frozen=True)
+class Param:
+    """What a parameter may be: its type, an allowed set or a lower bound, and its default."""
+
+    kind: type  # int, float, bool or str
+    default: Any
+    choices: tuple | None = None  # allowed values (strings)
+    low: float | None = None  # smallest allowed value
+    low_open: bool = False  # low itself not allowed
+    high: float | None = None  # largest allowed value (open)
+    odd: bool = False  # median-filter sizes: odd only
+    help: str = ""
+
+
+# Every key a space's `params` (or a point) may set, with the paper's default where it has one.
+PARAMS: dict[str, Param] = {
+    "enhancement": Param(str, "none", ENHANCEMENTS, help="paper sections 3.1-3.2; spectrum correction: 1B winner"),
+    "median_filter_bands": Param(int, 7, low=1, odd=True, help="median filter height (Mel bands); paper 7"),
+    "median_filter_frames": Param(int, 21, low=1, odd=True, help="median filter width (frames); paper 21"),
+    "normalization": Param(str, "auto", NORMALIZATIONS, help="auto: GMS with mean subtraction / median filter, else GMSVN"),
+    "n_mels": Param(int, 128, low=1, help="Mel bands (one store each); paper 128"),
+    "mixup_alpha": Param(float, 0.0, low=0.0, help="Beta(alpha, alpha); 0 = no mixup; paper 0.3"),
+    "lr": Param(float, 1e-3, low=0.0, low_open=True, help="Adam learning rate; paper 1e-3"),
+    "lr_factor": Param(float, 0.5, low=0.0, low_open=True, high=1.0, help="ReduceLROnPlateau factor; paper 0.5"),
+    "lr_patience": Param(int, 3, low=0, help="ReduceLROnPlateau patience (epochs); paper 3"),
+    "batch_size": Param(int, 32, low=1, help="paper 32"),
+    "dropout": Param(float, 0.3, low=0.0, high=1.0, help="before each linear layer; paper's code 0.3"),
+    "model": Param(str, "msxception", MODELS, help="msxception (paper, GPU) or cnn (small, CPU)"),
+    "pretrained": Param(bool, True, help="ImageNet weights for MSXception (ignored by the cnn)"),
+    "weights": Param(str, None, help="ImageNet Xception weights file (default: pretrainedmodels' cache file)"),
+    "width": Param(int, 16, low=1, help="small CNN: channels of its first block"),
+    "selection": Param(str, "metric_a", SELECTION_METRICS, help="epoch kept by Metric A or B"),
+    "protocol": Param(str, "validation", ("paper", "validation"), help="select on held-out train locations or on evaluate"),
+    "epochs": Param(int, 80, low=1, help="paper 80"),
+    "seed": Param(int, 0, low=0, help="training seed"),
+    "bf16": Param(bool, False, help="bf16 autocast (GPU)"),
+    "channels_last": Param(bool, False, help="channels_last memory format (GPU)"),
+    "num_workers": Param(int, 0, low=0, help="DataLoader worker processes per trial"),
+}
+MEDIAN_KEYS = ("median_filter_bands", "median_filter_frames")  # sampled only when the median filter is chosen
+# Feature settings every store of a search shares (n_mels and spectrum correction vary per trial).
+FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "power", "drop_last_frame", "dtype", "resample")
+TOP_KEYS = ("description", "sampler", "objective", "lambda", "num_samples", "max_concurrent", "seed",
+            "scheduler", "features", "params", "points")
+SCHEDULER_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A searched parameter: ``choice`` (values), or ``int`` / ``float`` over [low, high]."""
+
+    kind: str  # "choice", "int" or "float"
+    values: tuple = ()  # choice
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+
+    def suggest(self, trial, name: str):
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.values))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def grid(self) -> list:
+        """Every value (for the grid sampler): choices, or an int range with its step."""
+        if self.kind == "choice":
+            return list(self.values)
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        raise AscError("a float range has no grid")
+
+    def extremes(self) -> list:
+        return list(self.values) if self.kind == "choice" else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    name: str = "asha"  # "asha" or "none" (every trial runs its full epochs)
+    max_t: int = 0  # ASHA: the most epochs a trial runs (default: the space's largest epochs)
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: float = 3.0  # ASHA: keep 1 / reduction_factor at each rung
+
+
+@dataclass(frozen=True)
+class Space:
+    path: str
+    name: str
+    description: str
+    sampler: str
+    objective: Objective
+    num_samples: int
+    max_concurrent: int
+    seed: int
+    scheduler: Scheduler
+    features: dict  # FeatureConfig fields shared by every store
+    fixed: dict  # key -> value
+    searched: dict  # key -> Dist
+    points: tuple = ()  # sampler "points": (id, params) pairs, params over `fixed`
+    text: str = ""  # the YAML as read (logged with the search)
+
+    # ---- sampling -------------------------------------------------------------------------------
+    def suggest(self, trial) -> dict:
+        """Optuna define-by-run: sample the searched keys (the median filter's size only when the
+        median filter is chosen) and return the fixed ones, so that Tune's config holds them all."""
+        if self.sampler == "points":
+            point = trial.suggest_categorical("point", [pid for pid, _ in self.points])
+            return {k: v for k, v in self.resolve({**self.fixed, **dict(self.points)[point]}).items() if k != "point"}
+        values = dict(self.fixed)
+        order = sorted(self.searched, key=lambda k: k in MEDIAN_KEYS)  # the enhancement first
+        for key in order:
+            if key in MEDIAN_KEYS and values.get("enhancement") != "median_filter":
+                continue
+            values[key] = self.searched[key].suggest(trial, key)
+        return {k: v for k, v in self.resolve(values).items() if k not in trial.params}
+
+    def __call__(self, trial) -> dict:  # OptunaSearch takes a callable define-by-run space
+        return self.suggest(trial)
+
+    def resolve(self, values: dict) -> dict:
+        """Defaults filled in, the median filter's size dropped unless it is used."""
+        out = {k: values.get(k, p.default) for k, p in PARAMS.items()}
+        if out["enhancement"] != "median_filter":
+            for key in MEDIAN_KEYS:
+                out.pop(key)
+        return out
+
+    def grid(self) -> dict:
+        """The grid sampler's search space: every searched key's values."""
+        return {k: d.grid() for k, d in self.searched.items()}
+
+    # ---- what a trial runs ----------------------------------------------------------------------
+    def feature_config(self, params: dict) -> FeatureConfig:
+        p = self.resolve(params)
+        return FeatureConfig(n_mels=p["n_mels"], spectrum_correction=p["enhancement"] == "spectrum_correction",
+                             **self.features)
+
+    def feature_configs(self) -> list[FeatureConfig]:
+        """Every store a trial of this space can ask for (each Mel-band count, with or without correction)."""
+        if self.sampler == "points":
+            candidates = [self.resolve({**self.fixed, **p}) for _, p in self.points]
+        else:
+            n_mels = self.searched["n_mels"].grid() if "n_mels" in self.searched else [self.resolve(self.fixed)["n_mels"]]
+            enh = self.searched["enhancement"].values if "enhancement" in self.searched else [
+                self.resolve(self.fixed)["enhancement"]]
+            candidates = [{"n_mels": n, "enhancement": e} for n in n_mels for e in enh]
+        unique = {self.feature_config(c).key(): self.feature_config(c) for c in candidates}
+        return sorted(unique.values(), key=lambda c: (c.spectrum_correction, c.n_mels))
+
+    def train_config(self, params: dict, store: str, checkpoint_dir: str | None = None, **runtime):
+        from asc.enhance import Enhancement
+        from asc.models import ModelConfig
+        from asc.train import TrainConfig
+
+        p = self.resolve(params)
+        enhancement = p["enhancement"]
+        median = (p["median_filter_bands"], p["median_filter_frames"]) if enhancement == "median_filter" else None
+        norm = p["normalization"]
+        if norm == "auto":  # the paper: GMS whenever mean subtraction or the median filter is on
+            norm = "gms" if enhancement in ("mean_subtraction", "median_filter") else "gmsvn"
+        model = ModelConfig(name=p["model"], pretrained=p["pretrained"] and p["model"] == "msxception",
+                            weights=p["weights"], dropout=p["dropout"], width=p["width"])
+        return TrainConfig(store=store, model=model,
+                           enhancement=Enhancement(norm, enhancement == "mean_subtraction", median),
+                           mixup_alpha=p["mixup_alpha"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
+                           lr_factor=p["lr_factor"], lr_patience=p["lr_patience"], selection=p["selection"],
+                           protocol=p["protocol"], seed=p["seed"], bf16=p["bf16"], channels_last=p["channels_last"],
+                           num_workers=p["num_workers"], checkpoint_dir=checkpoint_dir, **runtime)
+
+    def max_epochs(self) -> int:
+        if "epochs" in self.searched:
+            return int(max(self.searched["epochs"].extremes()))
+        if self.sampler == "points":
+            return max(self.resolve({**self.fixed, **p})["epochs"] for _, p in self.points)
+        return self.resolve(self.fixed)["epochs"]
+
+    def check_frames(self, frames: int) -> None:
+        """The median filter must fit the spectrogram: at most ``frames`` wide (its height is checked
+        against the Mel-band counts when the space is read)."""
+        for key in ("median_filter_frames",):
+            values = self.searched[key].extremes() if key in self.searched else [self.fixed.get(key)]
+            values += [self.resolve({**self.fixed, **p}).get(key) for _, p in self.points]
+            for v in values:
+                if v is not None and v > frames:
+                    raise AscError(f"{self.path}: params.{key}: {v} is wider than the spectrogram ({frames} frames)")
+
+    def describe(self, params: dict) -> str:
+        """A short name a person scanning a runs table reads: ``mean-sub a=0.3 128mel``."""
+        p = self.resolve(params)
+        enh = {"none": "plain", "mean_subtraction": "mean-sub", "spectrum_correction": "spec-corr",
+               "median_filter": f"medfilt{p.get('median_filter_bands')}x{p.get('median_filter_frames')}"}[p["enhancement"]]
+        parts = [params["point"]] if "point" in params else []
+        parts += [enh, f"a={p['mixup_alpha']:.2g}", f"{p['n_mels']}mel"]
+        if "lr" in self.searched:
+            parts.append(f"lr={p['lr']:.1e}")
+        if p["model"] != "cnn":
+            parts.append(p["model"])
+        return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and validating
+# --------------------------------------------------------------------------------------------------
+def load_space(path: str | Path, overrides: list[str] | tuple = ()) -> Space:
+    """Read and validate a space file; ``overrides`` are ``KEY=VALUE`` strings (VALUE in YAML):
+    a parameter name sets ``params.KEY``, a dotted key (``scheduler.grace_period``) sets that key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise AscError(f"{path}: cannot read the space file ({exc.strerror or exc})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise AscError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(doc, dict):
+        raise AscError(f"{path}: a space is a YAML mapping with a 'params' key (see spaces/README.md)")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AscError(f"--set {item!r}: expected KEY=VALUE")
+        parts = key.split(".") if "." in key else (["params", key] if key in PARAMS or key not in TOP_KEYS else [key])
+        node = doc
+        for part in parts[:-1]:
+            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        node[parts[-1]] = yaml.safe_load(value)
+    return parse_space(doc, str(path), text)
+
+
+def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
+    def fail(key: str, message: str):
+        raise AscError(f"{path}: {key}: {message}")
+
+    unknown = [k for k in doc if k not in TOP_KEYS]
+    if unknown:
+        fail(unknown[0], f"unknown key (known: {', '.join(TOP_KEYS)})")
+    params = doc.get("params") or {}
+    if not isinstance(params, dict):
+        fail("params", "a mapping of parameter -> value or distribution")
+    fixed, searched = {}, {}
+    for key, spec in params.items():
+        if key not in PARAMS:
+            fail(f"params.{key}", f"unknown parameter (known: {', '.join(PARAMS)})")
+        if isinstance(spec, dict):
+            searched[key] = _dist(spec, PARAMS[key], f"params.{key}", fail)
+        else:
+            fixed[key] = _value(spec, PARAMS[key], f"params.{key}", fail)
+
+    sampler = doc.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        fail("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+    points: list = []
+    if sampler == "points":
+        points = _points(doc.get("points"), fixed, searched, fail)
+    elif doc.get("points") is not None:
+        fail("points", "only the 'points' sampler runs fixed points")
+    if sampler == "grid":
+        for key, dist in searched.items():
+            if dist.kind == "float":
+                fail(f"params.{key}", "the grid sampler needs a choice or an int range, not a float range")
+
+    _check_median(fixed, searched, points, fail)
+
+    objective_spec = doc.get("objective", "metric_b")
+    if objective_spec not in OBJECTIVES:
+        fail("objective", f"{objective_spec!r} is not one of {', '.join(OBJECTIVES)}")
+    gap_lambda = doc.get("lambda")
+    if objective_spec == "gap_penalized":
+        if isinstance(gap_lambda, bool) or not isinstance(gap_lambda, (int, float)) or not gap_lambda >= 0:
+            fail("lambda", f"gap_penalized needs lambda, a number >= 0 (metric_b - lambda * |gap|), not {gap_lambda!r}")
+    elif gap_lambda is not None:
+        fail("lambda", f"only the gap_penalized objective uses lambda, not {objective_spec}")
+    objective = Objective(objective_spec, float(gap_lambda) if gap_lambda is not None else None)
+
+    scheduler = _scheduler(doc.get("scheduler", "asha" if sampler != "points" else "none"), fail)
+    if objective.multi and scheduler.name == "asha":
+        fail("scheduler", "ASHA is single-objective and cannot stop trials on a Pareto pair: use scheduler: none")
+
+    features = doc.get("features") or {}
+    if not isinstance(features, dict):
+        fail("features", "a mapping of feature settings")
+    for key in features:
+        if key not in FEATURE_KEYS:
+            fail(f"features.{key}", f"unknown feature setting (known: {', '.join(FEATURE_KEYS)}; n_mels and "
+                 "spectrum correction are params)")
+    try:
+        FeatureConfig(**features)
+    except (AscError, TypeError) as exc:
+        fail("features", str(exc))
+
+    ints = {}
+    for key, default, low in (("num_samples", len(points) if points else 10, 1), ("max_concurrent", 2, 1),
+                              ("seed", 0, 0)):
+        value = doc.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            fail(key, f"an integer >= {low}, not {value!r}")
+        ints[key] = value
+    description = doc.get("description", "")
+    space = Space(path=path, name=Path(path).stem, description=str(description), sampler=sampler, objective=objective,
+                  scheduler=scheduler, features=dict(features), fixed=fixed, searched=searched, points=tuple(points),
+                  text=text, **ints)
+    max_epochs = space.max_epochs()
+    if scheduler.name == "asha":
+        max_t = scheduler.max_t or max_epochs
+        if max_t < max_epochs:
+            fail("scheduler.max_t", f"{max_t} is below the space's largest epochs ({max_epochs}): ASHA would stop "
+                 "every trial before its end")
+        if scheduler.grace_period > max_t:
+            fail("scheduler.grace_period", f"{scheduler.grace_period} is above max_t ({max_t})")
+        space = dataclasses.replace(space, scheduler=dataclasses.replace(scheduler, max_t=max_t))
+    return space
+
+
+def _value(value, param: Param, key: str, fail):
+    if param.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if param.kind is str and param.default is None and value is None:
+        return None
+    if not isinstance(value, param.kind) or (param.kind is int and isinstance(value, bool)):
+        fail(key, f"expected {'true or false' if param.kind is bool else 'a ' + param.kind.__name__}, not {value!r}")
+    if param.choices is not None and value not in param.choices:
+        fail(key, f"{value!r} is not one of {', '.join(map(str, param.choices))}")
+    if param.kind in (int, float):
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(key, f"{value!r} is not a finite number")
+        if param.low is not None and (value < param.low or (param.low_open and value == param.low)):
+            fail(key, f"{value!r} must be {'>' if param.low_open else '>='} {param.low:g}")
+        if param.high is not None and value >= param.high:
+            fail(key, f"{value!r} must be < {param.high:g}")
+        if param.odd and value % 2 == 0:
+            fail(key, f"{value!r} is even: a median filter's size is odd (paper: 7 bands x 21 frames)")
+    return value
+
+
+DIST_KEYS = {"choice": ("choice",), "int": ("int", "step", "log"), "float": ("float", "step", "log")}
+
+
+def _dist(spec: dict, param: Param, key: str, fail) -> Dist:
+    kinds = [k for k in DIST_KEYS if k in spec]
+    if len(kinds) != 1:
+        fail(key, "a distribution has exactly one of choice: [...], int: [low, high], float: [low, high]")
+    kind = kinds[0]
+    extra = [k for k in spec if k not in DIST_KEYS[kind]]
+    if extra:
+        fail(f"{key}.{extra[0]}", f"unknown key for a {kind} distribution (known: {', '.join(DIST_KEYS[kind])})")
+    if kind == "choice":
+        values = spec["choice"]
+        if not isinstance(values, list) or not values:
+            fail(f"{key}.choice", "a non-empty list of values")
+        values = [_value(v, param, f"{key}.choice", fail) for v in values]
+        if len(set(map(repr, values))) != len(values):
+            fail(f"{key}.choice", "lists a value twice")
+        return Dist("choice", values=tuple(values))
+    if param.kind is not (int if kind == "int" else float) and not (param.kind is float and kind == "int"):
+        fail(key, f"{'an integer' if param.kind is int else 'this'} parameter cannot take a {kind} range"
+             + (" (use int)" if param.kind is int else " (use choice)"))
+    bounds = spec[kind]
+    if (not isinstance(bounds, list) or len(bounds) != 2
+            or any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in bounds)):
+        fail(f"{key}.{kind}", "expected [low, high], two numbers")
+    low, high = (_value(int(b) if kind == "int" else float(b), dataclasses.replace(param, kind=int if kind == "int" else float),
+                        f"{key}.{kind}", fail) for b in bounds)
+    if not low < high:
+        fail(f"{key}.{kind}", f"low {low} must be below high {high}")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        fail(f"{key}.log", "true or false")
+    if log and low <= 0:
+        fail(f"{key}.log", f"a log range needs low > 0, not {low}")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or (kind == "int" and step != int(step)):
+            fail(f"{key}.step", f"a positive {'integer' if kind == 'int' else 'number'}, not {step!r}")
+        if log:
+            fail(f"{key}.step", "a log range takes no step")
+    if param.odd and (step is None or step % 2):
+        fail(f"{key}.step", "an odd size needs an even step (e.g. int: [3, 11], step: 2), else even sizes come up")
+    return Dist(kind, low=low, high=high, step=step, log=log)
+
+
+def _points(points, fixed: dict, searched: dict, fail) -> list:
+    """``points``: a list of paper system ids (A1-A7, B1-B7) or mappings of params (with an ``id``)."""
+    from asc.systems import SYSTEMS, selection_metric
+
+    if not isinstance(points, list) or not points:
+        fail("points", "the points sampler needs a non-empty list of paper systems (A1..B7) or parameter mappings")
+    if searched:
+        fail(f"params.{next(iter(searched))}", "the points sampler runs fixed points: params must be fixed values")
+    out = []
+    for i, point in enumerate(points):
+        if isinstance(point, str):
+            system = SYSTEMS.get(point.upper())
+            if system is None:
+                fail(f"points[{i}]", f"unknown system {point!r} (paper systems: {', '.join(SYSTEMS)})")
+            enhancement = ("mean_subtraction" if system.mean_subtraction else
+                           "median_filter" if system.median_filter else "none")
+            params = {"pretrained": system.pretrained, "normalization": system.normalization,
+                      "enhancement": enhancement, "mixup_alpha": system.mixup_alpha,
+                      "selection": selection_metric(point)}
+            if system.median_filter:
+                params.update(zip(MEDIAN_KEYS, system.median_filter))
+            out.append((point.upper(), params))
+        elif isinstance(point, dict):
+            pid = point.get("id", f"p{i}")
+            params = {}
+            for key, value in point.items():
+                if key == "id":
+                    continue
+                if key not in PARAMS:
+                    fail(f"points[{i}].{key}", f"unknown parameter (known: {', '.join(PARAMS)})")
+                params[key] = _value(value, PARAMS[key], f"points[{i}].{key}", fail)
+            out.append((str(pid), params))
+        else:
+            fail(f"points[{i}]", "a paper system id or a mapping of parameters")
+    ids = [pid for pid, _ in out]
+    if len(set(ids)) != len(ids):
+        fail("points", "two points share an id")
+    return out
+
+
+def _check_median(fixed: dict, searched: dict, points: list, fail) -> None:
+    enh = searched["enhancement"].values if "enhancement" in searched else [fixed.get("enhancement", "none")]
+    enh = list(enh) + [p.get("enhancement", fixed.get("enhancement", "none")) for _, p in points]
+    for key in MEDIAN_KEYS:
+        if (key in fixed or key in searched) and "median_filter" not in enh:
+            fail(f"params.{key}", "set, but no enhancement here is median_filter")
+    # The filter's height must fit the smallest Mel-band count it can meet.
+    n_mels = searched["n_mels"].extremes() if "n_mels" in searched else [fixed.get("n_mels", PARAMS["n_mels"].default)]
+    n_mels += [p["n_mels"] for _, p in points if "n_mels" in p]
+    bands = searched["median_filter_bands"].extremes() if "median_filter_bands" in searched else [
+        fixed.get("median_filter_bands")]
+    bands += [p.get("median_filter_bands") for _, p in points]
+    for b in bands:
+        if b is not None and b > min(n_mels):
+            fail("params.median_filter_bands", f"{b} is taller than the spectrogram ({min(n_mels)} Mel bands)")
+
+
+def _scheduler(spec, fail) -> Scheduler:
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict):
+        fail("scheduler", "asha, none, or a mapping with name, max_t, grace_period, reduction_factor")
+    for key in spec:
+        if key not in SCHEDULER_KEYS:
+            fail(f"scheduler.{key}", f"unknown key (known: {', '.join(SCHEDULER_KEYS)})")
+    name = spec.get("name", "asha")
+    if name not in SCHEDULERS:
+        fail("scheduler.name", f"{name!r} is not one of {', '.join(SCHEDULERS)}")
+    if name == "none" and len(spec) > 1:
+        fail(f"scheduler.{next(k for k in spec if k != 'name')}", "only ASHA takes settings")
+    values = {}
+    for key, low in (("max_t", 1), ("grace_period", 1)):
+        if key in spec:
+            v = spec[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                fail(f"scheduler.{key}", f"an integer >= {low} (epochs), not {v!r}")
+            values[key] = v
+    if "reduction_factor" in spec:
+        v = spec["reduction_factor"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1:
+            fail("scheduler.reduction_factor", f"a number > 1, not {v!r}")
+        values["reduction_factor"] = float(v)
+    return Scheduler(name=name, **values)

@@ -1,0 +1,320 @@
+"""MLflow: one experiment per search, a parent run for the search, one nested run per trial.
+
+Only the driver writes (a Tune ``Callback``): it creates the experiment and the parent run before any
+trial starts, opens a trial's run when Tune starts the trial, logs each result in one batched call at
+step = epoch, and at the end logs the selected epoch's model, its predictions (Parquet, for fusion)
+and a confusion matrix per device, then closes the run with the status the trial ended with. One
+writer keeps a SQLite store safe however many trials run at once. A trial's run is found again by
+its ``tune_trial_id`` tag, so a retried trial (killed worker) or a resumed search continues its run
+instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from asc.errors import AscError
+
+TRIAL_TAG = "tune_trial_id"
+SEARCH_TAG = "search"
+ROLE_TAG = "role"  # "search" (the parent run) or "trial"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when a tracking server does not answer (MLflow itself retries
+    for minutes), or when a local store cannot be written."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise OSError(f"HTTP {response.status}")
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise AscError(f"MLflow tracking server {uri}: not reachable ({reason})") from None
+    elif parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist")
+    elif parsed.scheme in ("", "file"):
+        raise AscError(f"MLflow tracking URI {uri!r}: use a database (sqlite:///PATH.db) or a server "
+                       "(http://HOST:5000); MLflow 3 refuses new file stores")
+
+
+def default_uri(folder: Path) -> str:
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict) -> tuple[str, str]:
+    """Create (or find) the search's experiment and its parent run; returns (experiment id, run id)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
+        experiment_id = client.create_experiment(name, artifact_location=location,
+                                                 tags={"space": space.path, "objective": space.objective.label()})
+    else:
+        experiment_id = experiment.experiment_id
+    run = client.create_run(experiment_id, run_name=f"search {name}",
+                            tags={SEARCH_TAG: name, ROLE_TAG: "search", "command": command,
+                                  "mlflow.note.content": f"{space.description}\n\n`{command}`"})
+    run_id = run.info.run_id
+    params = {"space": Path(space.path).name, "sampler": space.sampler, "objective": space.objective.label(),
+              "scheduler": space.scheduler.name, **{k: str(v) for k, v in settings.items()}}
+    if space.scheduler.name == "asha":
+        params.update(asha_max_t=space.scheduler.max_t, asha_grace_period=space.scheduler.grace_period,
+                      asha_reduction_factor=space.scheduler.reduction_factor)
+    _log_params(client, run_id, params)
+    client.log_text(run_id, space.text, Path(space.path).name)
+    client.log_text(run_id, command + "\n", "command.txt")
+    return experiment_id, run_id
+
+
+def _log_params(client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+
+def _clean(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+try:
+    from ray.tune import Callback
+except ImportError:  # tracking helpers stay importable without Ray
+    Callback = object
+
+
+class MlflowTracker(Callback):
+    """The Tune callback that writes every trial to MLflow (see the module docstring)."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, search: str, space, stores: dict[str, str]):
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.search, self.space, self.stores = search, space, stores
+        self.runs: dict[str, str] = {}
+        self._client = None
+
+    def __getstate__(self):  # pickled with the experiment state: keep no connection
+        return {**self.__dict__, "_client": None, "runs": {}}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    # ---- runs -------------------------------------------------------------------------------------
+    def run_name(self, trial) -> str:
+        return f"{trial_label(trial)} {self.space.describe(trial.config)}"
+
+    def run_id(self, trial) -> str:
+        """The trial's run: the one opened before (also by an earlier driver), else a new one."""
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}'",
+                                        max_results=2)
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "resumed", "true")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags={
+                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SEARCH_TAG: self.search,
+                ROLE_TAG: "trial", "description": self.space.describe(trial.config)})
+            run_id = run.info.run_id
+            _log_params(self.client, run_id, {**trial.config, "store": self.stores.get(
+                self.space.feature_config(trial.config).key(), "")})
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_id(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.run_id(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, "retries", str(int(trial.num_failures)))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        step, now = int(result["epoch"]), int(time.time() * 1000)
+        keys = [k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and k not in ("epoch", "epochs", "training_iteration", "timestamp", "pid", "time_this_iter_s",
+                              "time_total_s", "time_since_restore", "iterations_since_restore")]
+        metrics = [Metric(k, _clean(result[k]), now, step) for k in keys if _clean(result[k]) is not None]
+        self.client.log_batch(self.run_id(trial), metrics=metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        reached, epochs = int(result.get("epoch", 0)), int(result.get("epochs", 0))
+        self.client.set_tag(run_id, "epoch_reached", str(reached))
+        self.client.set_tag(run_id, "stopped_early", str(reached < epochs).lower())
+        try:
+            if trial.checkpoint is not None:
+                with trial.checkpoint.as_directory() as folder:
+                    log_trial_artifacts(self.client, self.uri, run_id, Path(folder), trial_label(trial))
+        except Exception as exc:  # a bug or a full disk here must not fail the trial, which is done
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"warning: {trial_label(trial)}: could not log its artifacts to MLflow ({message})", file=sys.stderr)
+            self.client.set_tag(run_id, "artifact_error", message[:4000])
+        finally:
+            self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        if trial.error_file and os.path.isfile(trial.error_file):
+            self.client.set_tag(run_id, "error", Path(trial.error_file).read_text()[-4000:])
+        self.client.set_terminated(run_id, "FAILED")
+
+
+def trial_label(trial_or_name) -> str:
+    """``t007`` for Tune's seventh trial: the number Tune puts in front of its experiment tag
+    (``7_enhancement=...``) and in its folder name (``run_trial_<id>_7_...``)."""
+    text = trial_or_name if isinstance(trial_or_name, str) else f"x_{trial_or_name.trial_id}_{trial_or_name.experiment_tag}"
+    match = re.match(r"^.*?_[0-9a-f]{5,}_(\d+)(?:_|$)", text)
+    return f"t{int(match.group(1)):03d}" if match else text
+
+
+# --------------------------------------------------------------------------------------------------
+# Artifacts of a finished trial
+# --------------------------------------------------------------------------------------------------
+def predictions_table(probs_file: Path):
+    """The selected epoch's predictions as an Arrow table: split, filename, device, label and one
+    probability column per class (``p_<class>``), selection clips and evaluation clips."""
+    import pyarrow as pa
+
+    data = np.load(probs_file)
+    classes = [str(c) for c in data["classes"]]
+    parts = []
+    for prefix, split in (("", "selection"), ("test_", "evaluation")):
+        if prefix + "probs" not in data:
+            continue
+        probs = data[prefix + "probs"]
+        columns = {"split": [split] * len(probs), "filename": data[prefix + "filenames"].astype(str),
+                   "device": data[prefix + "devices"].astype(str),
+                   "label": [classes[i] for i in data[prefix + "labels"]]}
+        columns.update({f"p_{c}": probs[:, k].astype(np.float32) for k, c in enumerate(classes)})
+        parts.append(pa.table(columns))
+    return pa.concat_tables(parts), classes
+
+
+def confusion_figure(table, classes: list[str], split: str, title: str):
+    """One confusion matrix per device (rows: true scene, columns: predicted), accuracy in each title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asc.metrics import confusion
+
+    rows = table.filter(np.array(table.column("split").to_pylist()) == split)
+    devices = sorted(set(rows.column("device").to_pylist()), key=lambda d: (d != "a", d))
+    probs = np.stack([rows.column(f"p_{c}").to_numpy() for c in classes], axis=1)
+    truth = np.array([classes.index(x) for x in rows.column("label").to_pylist()])
+    pred = probs.argmax(1)
+    device_of = np.array(rows.column("device").to_pylist())
+    fig, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 4.4), squeeze=False)
+    for ax, device in zip(axes[0], devices):
+        mask = device_of == device
+        matrix = confusion(truth[mask], pred[mask], len(classes))
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), n in np.ndenumerate(matrix):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=6,
+                        color="white" if n > matrix.max() / 2 else "black")
+        ax.set_title(f"device {device.upper()}: {100 * (pred[mask] == truth[mask]).mean():.1f}% of {mask.sum()}")
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(classes)), classes if ax is axes[0][0] else [], fontsize=6)
+        ax.set_xlabel("predicted")
+    axes[0][0].set_ylabel("true")
+    fig.suptitle(f"{title}: {split} clips")
+    fig.tight_layout()
+    return fig
+
+
+def log_trial_artifacts(client, uri: str, run_id: str, folder: Path, title: str) -> None:
+    """Predictions (Parquet), confusion matrices and the selected epoch's model from a checkpoint folder."""
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+
+    probs_file = folder / "best_probs.npz"
+    if probs_file.is_file():
+        table, classes = predictions_table(probs_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            pq.write_table(table, Path(tmp) / "predictions.parquet")
+            client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
+        for split in sorted(set(table.column("split").to_pylist())):
+            fig = confusion_figure(table, classes, split, title)
+            client.log_figure(run_id, fig, f"confusion_{split}.png")
+            plt.close(fig)
+    if (folder / "best.pt").is_file():
+        log_model(uri, run_id, folder / "best.pt")
+
+
+def log_model(uri: str, run_id: str, best_file: Path) -> None:
+    """The selected epoch's network as an MLflow PyTorch model, with its feature and enhancement
+    configuration in the model's metadata (what ``predict`` needs to feed it the right features)."""
+    import dataclasses
+
+    import mlflow
+    import torch
+
+    from asc.models import ModelConfig, build_model
+    from asc.store import MANIFEST, read_manifest
+
+    best = torch.load(best_file, map_location="cpu", weights_only=False)
+    config = dataclasses.replace(ModelConfig(**best["model_config"]), pretrained=False)  # the weights are below
+    model = build_model(config)
+    model.load_state_dict(best["model"])
+    model.eval()
+    features = {}
+    manifest = Path(best["store"]) / MANIFEST
+    if manifest.is_file():
+        features = read_manifest(manifest)["config"]
+    metadata = {"features": features, "enhancement": best["enhancement"], "classes": list(best["classes"]),
+                "store": best["store"], "epoch": best["epoch"], "model_config": dataclasses.asdict(config)}
+    import asc
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        mlflow.pytorch.log_model(model, name="model", metadata=json.loads(json.dumps(metadata, default=str)),
+                                 code_paths=[os.path.dirname(asc.__file__)], serialization_format="pickle",
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+def close_dangling_runs(uri: str, experiment_id: str, trial_status: dict[str, str]) -> int:
+    """After a search: any trial run still RUNNING (its driver died before it could close it) gets the
+    status its trial ended with. Returns how many were closed."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    closed = 0
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        trial_id = run.data.tags.get(TRIAL_TAG)
+        if trial_id is None:
+            continue
+        status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial_status.get(trial_id, ""), "KILLED")
+        client.set_terminated(run.info.run_id, status)
+        closed += 1
+    return closed

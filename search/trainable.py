@@ -1,0 +1,73 @@
+"""The Tune trainable: a thin adapter that runs ``asc.train.train`` for one trial's parameters.
+
+It turns the sampled parameters into a ``TrainConfig`` (``Space.train_config``) on the store they
+need, resumes from ``tune.get_checkpoint()`` when Tune restarts the trial (a killed worker, a resumed
+search), and reports every epoch to Tune with the epoch's checkpoint folder (``last.pt`` to resume,
+``best.pt`` and ``best_probs.npz`` of the selected epoch for MLflow and fusion).
+
+What it reports, per epoch: the epoch's own metrics on the selection clips (``acc_a`` ... ``loss``),
+the selected epoch's (``sel_*``, on the selection clips, which the objective is computed from) and
+the same epoch's figures on the evaluation split (``eval_*``, reported beside, never used to choose).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from search.objectives import Objective
+from search.space import Space
+
+TRACKED = ("acc_bc", "metric_a", "metric_b", "device_gap", "loss")  # besides every acc_<device>
+
+
+def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
+    """One Tune result from what ``train`` reports for an epoch (floats only: Tune, Optuna and
+    MLflow all take them as they are)."""
+    def pick(m: dict) -> dict:
+        return {k: float(v) for k, v in m.items() if isinstance(v, float) and (k.startswith("acc_") or k in TRACKED)}
+
+    selected, evaluation = metrics.get("best_metrics", {}), metrics.get("best_test", {})
+    result = {"epoch": int(metrics["epoch"]), "epochs": int(epochs), "best_epoch": int(metrics["best_epoch"]),
+              **pick(metrics), "train_loss": float(metrics["train_loss"]), "lr": float(metrics["lr"]),
+              "epoch_seconds": float(metrics["seconds"]),
+              **{f"sel_{k}": v for k, v in pick(selected).items()},
+              **{f"eval_{k}": v for k, v in pick(evaluation).items()},
+              **objective.values(selected)}
+    if not objective.multi:
+        result["epoch_objective"] = objective.values(metrics)["objective"]
+    return result
+
+
+def run_trial(config: dict, space: Space, stores: dict[str, str], device: str = "auto") -> None:
+    """Tune function trainable. ``config``: the trial's parameters; ``stores``: feature-config key ->
+    store folder, resolved by the driver before any trial starts."""
+    from ray import tune
+
+    from asc.train import train
+
+    params = {k: v for k, v in config.items()}
+    store = stores[space.feature_config(params).key()]
+    work = Path(tune.get_context().get_trial_dir()) / "work"
+    shutil.rmtree(work, ignore_errors=True)  # a reused actor or a retried trial starts from Tune's checkpoint only
+    work.mkdir(parents=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copytree(saved, work, dirs_exist_ok=True)
+    train_config = space.train_config(params, store, checkpoint_dir=str(work), device=device)
+
+    def report(epoch: int, metrics: dict, ckpt_dir: str | None) -> None:
+        result = flatten_report(metrics, train_config.epochs, space.objective)
+        # Tune copies the folder into the trial's storage now, so the next epoch may overwrite it.
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+
+    try:
+        train(train_config, report, evaluate_best=train_config.protocol == "validation")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,606 @@
+"""The search: Ray Tune runs the trials, Optuna proposes them, ASHA stops weak ones, MLflow records.
+
+``run_search`` validates the space, checks the tracking URI, finds (or with ``data`` prepares) every
+feature store the space can ask for, creates the MLflow experiment and the search's parent run, then
+fits a ``tune.Tuner``. ``resume_search`` restores a search whose driver died from its folder
+(``STORAGE/NAME``): Tune's experiment state (finished trials are not rerun, unfinished ones continue
+from their last epoch checkpoint) and the Optuna study, which lives in ``optuna.db`` there.
+
+Wiring (see ../shared/DESIGN.md, "Known traps"):
+- metric and mode are given to the searcher and the scheduler, never also to TuneConfig;
+- ASHA's time attribute is the epoch; a trial it stops is told to Optuna as PRUNED at the epoch it
+  reached, with its intermediate values (Ray's OptunaSearch would tell COMPLETE);
+- a lost worker's trial is retried from its last checkpoint (FailureConfig), into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asc.errors import AscError
+from search.space import Space, load_space
+from search.tracking import TRIAL_TAG, MlflowTracker, check_tracking_uri, close_dangling_runs, default_uri, \
+    start_search, trial_label
+
+SEARCH_FILE = "search.json"  # what `resume` needs: settings, stores, MLflow ids
+SPACE_FILE = "space.yaml"  # the space as run (overrides applied)
+STUDY_FILE = "optuna.db"
+DEFAULT_STORAGE = Path("runs")
+
+
+@dataclass
+class SearchSettings:
+    space: str
+    store: str
+    name: str | None = None
+    data: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    mlflow_uri: str | None = None
+    storage: str | None = None
+    seed: int | None = None
+    overrides: list = field(default_factory=list)
+    max_failures: int = 3  # retries of a trial whose worker died, each from its last checkpoint
+    reuse_actors: bool = True  # about 1.3 s instead of 3 s per trial on 2 cores (DESIGN.md)
+    top: int = 10  # rows of the best-trials table
+
+
+# --------------------------------------------------------------------------------------------------
+# Optuna
+# --------------------------------------------------------------------------------------------------
+def make_sampler(space: Space, seed: int):
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if space.sampler == "tpe":
+        # group: the median filter's size exists only in some trials (define-by-run, conditional);
+        # constant_liar: concurrent trials do not all propose the same point.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, space.num_samples // 3)))
+    if space.sampler == "points":
+        return optuna.samplers.GridSampler({"point": [pid for pid, _ in space.points]}, seed=seed)
+    return optuna.samplers.GridSampler(space.grid(), seed=seed)
+
+
+def study_storage(search_dir: Path):
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{(search_dir / STUDY_FILE).resolve()}")
+
+
+def _searcher_class():
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PrunedAwareOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells the study what happened: a trial ASHA stopped is PRUNED at the epoch
+        it reached (its intermediate values reported at step = epoch), not COMPLETE with a low-budget
+        value; each Optuna trial carries its Tune trial id, and a restored searcher reloads the study
+        from its database rather than trusting the pickled copy."""
+
+        def suggest(self, trial_id):
+            params = super().suggest(trial_id)
+            self._ot_trials[trial_id].set_user_attr(TRIAL_TAG, trial_id)
+            return params
+
+        def on_trial_result(self, trial_id, result):
+            if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            value = result.get(self.metric)
+            if isinstance(value, float) and math.isfinite(value):
+                self._ot_trials[trial_id].report(value, int(result["epoch"]))
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            if not error and result and int(result.get("epoch", 0)) < int(result.get("epochs", 0)):
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result, error)
+
+        def restore(self, checkpoint_path):
+            import optuna
+
+            super().restore(checkpoint_path)
+            # The database holds every trial the study had, also those asked after the pickle was saved.
+            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                               sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+            self._ot_trials, self._completed_trials = {}, set()
+            for frozen in self._ot_study.get_trials(deepcopy=False):
+                tune_id = frozen.user_attrs.get(TRIAL_TAG)
+                if tune_id is None:
+                    continue
+                if frozen.state == TrialState.RUNNING:
+                    self._ot_trials[tune_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+                else:
+                    self._completed_trials.add(tune_id)
+
+    return PrunedAwareOptunaSearch
+
+
+# --------------------------------------------------------------------------------------------------
+# Stores
+# --------------------------------------------------------------------------------------------------
+def resolve_stores(space: Space, store_root: str, data: str | None = None, address: str | None = None) -> dict[str, str]:
+    """feature-config key -> store folder, for every store a trial of ``space`` can ask for.
+
+    With ``data`` the stores are prepared first (over the Ray cluster at ``address``); without it a
+    missing one is an error naming the ``prepare`` command that makes it.
+    """
+    from asc.store import MANIFEST, current_stores, read_manifest
+
+    configs = space.feature_configs()
+    if str(store_root).startswith(("s3://", "gs://")):
+        raise AscError(f"--store {store_root}: a file system folder (local or NFS), not an object store")
+    if data is not None:
+        from search.prepare import format_report, prepare
+
+        print(f"preparing the {len(configs)} feature store(s) the space needs from {data}")
+        print(format_report(prepare(data, store_root, configs, address=address)))
+    current = current_stores(store_root)
+    stores = {}
+    for config in configs:
+        matches = [path for path, manifest in current if manifest.get("config") == config.to_dict()]
+        if data is not None:  # of several datasets in one root, the one just prepared
+            matches = [p for p in matches if Path(read_manifest(p / MANIFEST)["dataset"]["root"]) == Path(data).resolve()] or matches
+        if not matches:
+            raise AscError(f"{store_root}: no feature store for n_mels={config.n_mels}"
+                           f"{' with spectrum correction' if config.spectrum_correction else ''}; make it with "
+                           f"`{prepare_command(config, store_root)}` (or pass --data DATA_DIR)")
+        if len(matches) > 1:
+            raise AscError(f"{store_root}: several datasets have a store for n_mels={config.n_mels} "
+                           f"({', '.join(p.name for p in matches)}): give a store root that holds one dataset's")
+        stores[config.key()] = str(matches[0].resolve())
+    from asc.store import FeatureStore
+
+    space.check_frames(min(FeatureStore(p).shape[1] for p in stores.values()))
+    return stores
+
+
+def prepare_command(config, store_root) -> str:
+    from asc.features import FeatureConfig
+
+    default = FeatureConfig()
+    flags = [f"--n-mels {config.n_mels}"]
+    for key, flag in (("sample_rate", "--sample-rate"), ("n_fft", "--n-fft"), ("hop_length", "--hop-length"),
+                      ("fmin", "--fmin"), ("fmax", "--fmax"), ("power", "--power"), ("dtype", "--dtype")):
+        if getattr(config, key) != getattr(default, key):
+            flags.append(f"{flag} {getattr(config, key):g}" if isinstance(getattr(config, key), float)
+                         else f"{flag} {getattr(config, key)}")
+    for key, flag in (("spectrum_correction", "--spectrum-correction"), ("resample", "--resample")):
+        if getattr(config, key):
+            flags.append(flag)
+    if not config.drop_last_frame:
+        flags.append("--keep-last-frame")
+    return f"python -m search prepare DATA_DIR --store {store_root} {' '.join(flags)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------------
+def _progress_class():
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per trial-epoch (readable in a terminal and in a CI log alike)."""
+
+        def __init__(self, space: Space, devices: list[str]):
+            self.space, self.devices = space, devices
+
+        def _name(self, trial) -> str:
+            return f"{trial_label(trial)} {self.space.describe(trial.config)}"
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            cells = " ".join(f"{d.upper()} {_pct(result.get(f'acc_{d}'))}" for d in self.devices)
+            if self.space.objective.multi:
+                obj = f"B&C {_pct(result.get('sel_acc_bc'))} |gap| {_pct(result.get('objective_abs_gap'))}"
+            else:
+                obj = f"objective {result.get('objective', math.nan):.3f}"
+            print(f"{self._name(trial):<44} epoch {result['epoch']:>3}/{result['epochs']:<3} {cells} "
+                  f"B&C {_pct(result.get('acc_bc'))} gap {_pct(result.get('device_gap'))} | selected epoch "
+                  f"{result['best_epoch']}: {obj}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            how = "finished" if r.get("epoch", 0) >= r.get("epochs", 0) else f"stopped by ASHA at epoch {r.get('epoch')}"
+            print(f"{self._name(trial):<44} {how}", flush=True)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            print(f"{self._name(trial):<44} lost its worker; retrying from its last checkpoint", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"{self._name(trial):<44} FAILED (see {trial.error_file})", flush=True)
+
+    return Progress
+
+
+def _pct(value) -> str:
+    return "  -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:5.1f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Run and resume
+# --------------------------------------------------------------------------------------------------
+def _trainable(space: Space, stores: dict, cpus: float, gpus: float):
+    from ray import tune
+
+    from search.trainable import run_trial
+
+    return tune.with_resources(tune.with_parameters(run_trial, space=space, stores=stores), {"cpu": cpus, "gpu": gpus})
+
+
+def _devices(stores: dict) -> list[str]:
+    from asc.store import MANIFEST, read_manifest
+
+    return list(read_manifest(Path(next(iter(stores.values()))) / MANIFEST)["dataset"]["devices"])
+
+
+def run_search(settings: SearchSettings, command: str = "") -> dict:
+    import yaml
+
+    space = load_space(settings.space, settings.overrides)
+    storage = Path(settings.storage or DEFAULT_STORAGE).resolve()
+    name = settings.name or space.name
+    search_dir = storage / name
+    if (search_dir / SEARCH_FILE).exists():
+        raise AscError(f"{search_dir}: a search named {name!r} exists; continue it with "
+                       f"`python -m search resume {name} --storage {storage}` or give another --name")
+    storage.mkdir(parents=True, exist_ok=True)
+    _quiet_tune()
+    mlflow_uri = settings.mlflow_uri or default_uri(storage)
+    check_tracking_uri(mlflow_uri)
+    num_samples = settings.num_samples or space.num_samples
+    max_concurrent = settings.max_concurrent or space.max_concurrent
+    seed = space.seed if settings.seed is None else settings.seed
+    if settings.gpus_per_trial < 0 or settings.cpus_per_trial <= 0 or num_samples < 1 or max_concurrent < 1:
+        raise AscError("--cpus-per-trial must be > 0, --gpus-per-trial >= 0, --num-samples and --max-concurrent >= 1")
+
+    from search.prepare import init_ray
+
+    stores = resolve_stores(space, settings.store, settings.data, settings.address)
+    init_ray(settings.address)
+    _check_resources(settings)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    (search_dir / SPACE_FILE).write_text(yaml.safe_dump(_space_doc(space), sort_keys=False))
+    local_artifacts = None if mlflow_uri.startswith(("http://", "https://")) else storage / "mlartifacts"
+    options = {"num_samples": num_samples, "max_concurrent": max_concurrent, "seed": seed,
+               "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
+               "store": str(Path(settings.store).resolve()), "storage": str(storage)}
+    experiment_id, parent_run = start_search(mlflow_uri, name, local_artifacts, space, command, options)
+    info = {"name": name, "space_path": space.path, "stores": stores, "mlflow_uri": mlflow_uri,
+            "experiment_id": experiment_id, "parent_run_id": parent_run, "address": settings.address,
+            "command": command, **options, "max_failures": settings.max_failures,
+            "reuse_actors": settings.reuse_actors, "top": settings.top}
+    _write_json(search_dir / SEARCH_FILE, info)
+    tuner = _new_tuner(space, info, storage)
+    return _fit_and_report(tuner, space, info, search_dir)
+
+
+def _space_doc(space: Space) -> dict:
+    """The space as run (its YAML with the overrides applied), for `resume` to read back."""
+    doc = {"description": space.description, "sampler": space.sampler, "objective": space.objective.name,
+           "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": space.seed,
+           "scheduler": {"name": space.scheduler.name} if space.scheduler.name == "none" else {
+               "name": "asha", "max_t": space.scheduler.max_t, "grace_period": space.scheduler.grace_period,
+               "reduction_factor": space.scheduler.reduction_factor}}
+    if space.objective.gap_lambda is not None:
+        doc["lambda"] = space.objective.gap_lambda
+    if space.features:
+        doc["features"] = dict(space.features)
+    params = dict(space.fixed)
+    for key, dist in space.searched.items():
+        if dist.kind == "choice":
+            params[key] = {"choice": list(dist.values)}
+        else:
+            params[key] = {dist.kind: [dist.low, dist.high], **({"step": dist.step} if dist.step else {}),
+                           **({"log": True} if dist.log else {})}
+    doc["params"] = params
+    if space.points:
+        doc["points"] = [{"id": pid, **p} for pid, p in space.points]
+    return doc
+
+
+def _check_resources(settings: SearchSettings) -> None:
+    import ray
+
+    total = ray.cluster_resources()
+    if settings.gpus_per_trial > 0 and total.get("GPU", 0) < settings.gpus_per_trial:
+        raise AscError(f"--gpus-per-trial {settings.gpus_per_trial:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
+    if total.get("CPU", 0) < settings.cpus_per_trial:
+        raise AscError(f"--cpus-per-trial {settings.cpus_per_trial:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _quiet_tune() -> None:
+    """Tune's own console output off (the Progress callback prints a line per trial-epoch instead),
+    and the libraries' INFO chatter (table creation, study creation, pickle notices) with it."""
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # "pickle needs caution": we load our own
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0
+    # A snapshot of the experiment state after every epoch checkpoint is what lets `resume` lose at
+    # most one epoch; Tune warns about it as a bottleneck, which at epochs of seconds it is not.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def _new_tuner(space: Space, info: dict, storage: Path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    objective = space.objective
+    metric = objective.metrics if objective.multi else objective.metrics[0]
+    mode = objective.modes if objective.multi else objective.modes[0]
+    searcher = _searcher_class()(space=space, metric=metric, mode=mode, sampler=make_sampler(space, info["seed"]),
+                                 study_name=info["name"], storage=study_storage(storage / info["name"]))
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=info["max_concurrent"])
+    if space.scheduler.name == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=space.scheduler.max_t,
+                                  grace_period=space.scheduler.grace_period,
+                                  reduction_factor=space.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        _trainable(space, info["stores"], info["cpus_per_trial"], info["gpus_per_trial"]),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=info["num_samples"],
+                                    reuse_actors=info["reuse_actors"]),
+        run_config=tune.RunConfig(
+            name=info["name"], storage_path=str(storage), verbose=0,
+            callbacks=_callbacks(space, info),
+            failure_config=tune.FailureConfig(max_failures=info["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def _callbacks(space: Space, info: dict) -> list:
+    tracker = MlflowTracker(info["mlflow_uri"], info["experiment_id"], info["parent_run_id"], info["name"], space,
+                            info["stores"])
+    return [tracker, _progress_class()(space, _devices(info["stores"]))]
+
+
+def resume_search(name: str, storage: str | None = None, address: str | None = None) -> dict:
+    """Continue the search ``name`` whose driver died (or was stopped)."""
+    from ray import tune
+
+    from search.prepare import init_ray
+
+    storage_path = Path(storage or DEFAULT_STORAGE).resolve()
+    search_dir = storage_path / name
+    if not (search_dir / SEARCH_FILE).is_file():
+        raise AscError(f"{search_dir}: no search named {name!r} here (no {SEARCH_FILE}); "
+                       "give the --storage it was started with")
+    info = json.loads((search_dir / SEARCH_FILE).read_text())
+    from search.space import parse_space
+
+    import yaml
+
+    space = parse_space(yaml.safe_load((search_dir / SPACE_FILE).read_text()), info["space_path"],
+                        (search_dir / SPACE_FILE).read_text())
+    check_tracking_uri(info["mlflow_uri"])
+    if not tune.Tuner.can_restore(str(search_dir)):
+        raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
+                       "with another --name")
+    init_ray(address or info.get("address"))
+    print(f"resuming search {name!r} from {search_dir}")
+    tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(space, info["stores"], info["cpus_per_trial"],
+                                                                     info["gpus_per_trial"]),
+                               resume_unfinished=True, resume_errored=True)
+    return _fit_and_report(tuner, space, info, search_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# The end of a search: summary table, Pareto front, plots, MLflow parent run
+# --------------------------------------------------------------------------------------------------
+def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    _quiet_tune()
+    start = time.perf_counter()
+    note = ("ASHA is off: it is single-objective and cannot stop trials on a Pareto pair; every trial runs "
+            "its full epochs" if space.objective.multi else "")
+    if note:
+        print(f"note: {note}")
+    results = tuner.fit()
+    trials = _trial_rows(results, space)
+    client = MlflowClient(info["mlflow_uri"])
+    closed = close_dangling_runs(info["mlflow_uri"], info["experiment_id"], {t["trial_id"]: t["status"] for t in trials})
+    study = _finish_study(search_dir, info["name"])
+    table = format_trials(trials, space, _devices(info["stores"]), info["top"])
+    front = pareto_front(study, trials) if space.objective.multi else []
+    print("\n" + table)
+    if front:
+        print("\nPareto front (B&C accuracy up, |device gap| down) on the selection clips:\n"
+              + format_trials(front, space, _devices(info["stores"]), len(front)))
+    parent = info["parent_run_id"]
+    client.log_text(parent, table + "\n", "best_trials.txt")
+    client.log_text(parent, json.dumps(trials, indent=1, default=str), "trials.json")
+    if front:
+        client.log_text(parent, format_trials(front, space, _devices(info["stores"]), len(front)) + "\n", "pareto_front.txt")
+    _log_plots(client, parent, study, space)
+    counts = {s: sum(t["state"] == s for t in trials) for s in ("finished", "stopped", "failed")}
+    client.log_batch(parent, metrics=_parent_metrics(trials, space, counts))
+    if note:
+        client.set_tag(parent, "note", note)
+    client.set_terminated(parent, "FAILED" if counts["failed"] == len(trials) and trials else "FINISHED")
+    print(f"\n{len(trials)} trials: {counts['finished']} finished, {counts['stopped']} stopped by ASHA, "
+          f"{counts['failed']} failed; {closed} dangling MLflow run(s) closed; {time.perf_counter() - start:.0f} s")
+    print(f"browse them: {ui_command(info['mlflow_uri'], info['experiment_id'])}")
+    return {"trials": trials, "front": front, "experiment_id": info["experiment_id"], "parent_run_id": parent}
+
+
+def _finish_study(search_dir: Path, name: str):
+    """The study as the search left it; trials the driver asked for but never ran (it died between
+    asking and starting them) are marked FAIL so that nothing stays RUNNING."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=study_storage(search_dir))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return study
+
+
+def _trial_rows(results, space: Space) -> list[dict]:
+    rows = []
+    for result in results:
+        m = result.metrics or {}
+        trial_id = m.get("trial_id") or (Path(result.path).name if result.path else "?")
+        reached, epochs = int(m.get("epoch", 0)), int(m.get("epochs", 0) or 0)
+        if result.error is not None:
+            state, status = "failed", "ERROR"
+        else:
+            state, status = ("finished" if reached >= epochs and epochs else "stopped"), "TERMINATED"
+        row = {"trial_id": trial_id, "label": trial_label(Path(result.path).name if result.path else trial_id), "state": state, "status": status,
+               "epoch": reached, "epochs": epochs, "best_epoch": m.get("best_epoch"),
+               "params": {k: v for k, v in (result.config or {}).items()},
+               "describe": space.describe(result.config or {}) if result.config else ""}
+        row.update({k: v for k, v in m.items() if k.startswith(("sel_", "eval_", "objective"))})
+        rows.append(row)
+    return rows
+
+
+def _rank_key(space: Space):
+    def key(row):
+        if space.objective.multi:
+            v = row.get("objective_acc_bc")
+        else:
+            v = row.get("objective")
+        return -(v if isinstance(v, float) and math.isfinite(v) else -math.inf)
+    return key
+
+
+def format_trials(rows: list[dict], space: Space, devices: list[str], top: int) -> str:
+    """The best trials: parameters, the selection clips' device columns at the selected epoch, the
+    objective, the evaluation split beside them, and the epoch each reached."""
+    shown = sorted(rows, key=_rank_key(space))[:top]
+    searched = [k for k in space.searched] + (["point"] if space.sampler == "points" else [])
+    cols = [f"acc_{d}" for d in devices] + ["acc_bc", "device_gap", "metric_a", "metric_b"]
+    heads = [d.upper() for d in devices] + ["B&C", "gap", "MA", "MB"]
+    obj_cols = space.objective.metrics
+    obj_heads = ["B&C*", "|gap|*"] if space.objective.multi else ["objective"]
+    lines = []
+    width_params = max([len(_params_cell(r, searched)) for r in shown] + [10])
+    head = (f"{'trial':<6}{'parameters':<{width_params + 2}}{'state':<12}{'epochs':>7}{'sel':>5}  "
+            + "".join(f"{h:>7}" for h in heads) + "  " + "".join(f"{h:>10}" for h in obj_heads)
+            + "  | eval:" + "".join(f"{h:>7}" for h in heads))
+    lines.append(f"best {len(shown)} of {len(rows)} trials by {space.objective.label()} on the selection clips "
+                 f"(% at the selected epoch; eval = the evaluation split at that epoch, never used to choose)")
+    lines.append(head)
+    lines.append("-" * len(head))
+    for r in shown:
+        state = {"finished": "done", "stopped": f"ASHA@{r['epoch']}", "failed": "FAILED"}[r["state"]]
+        sel = "".join(f"{_pct(r.get('sel_' + c)):>7}" for c in cols)
+        ev = "".join(f"{_pct(r.get('eval_' + c)):>7}" for c in cols)
+        objs = "".join(f"{_num(r.get(c), pct=space.objective.multi):>10}" for c in obj_cols)
+        lines.append(f"{r['label']:<6}{_params_cell(r, searched):<{width_params + 2}}{state:<12}"
+                     f"{r['epoch']:>3}/{r['epochs']:<3}{str(r.get('best_epoch') or '-'):>5}  {sel}  {objs}  | eval:{ev}")
+    return "\n".join(lines)
+
+
+def _params_cell(row: dict, keys: list[str]) -> str:
+    params = row["params"]
+    cells = []
+    for k in keys:
+        if k not in params:
+            continue
+        v = params[k]
+        cells.append(f"{_short(k)}={v:.3g}" if isinstance(v, float) else f"{_short(k)}={v}")
+    if "median_filter_bands" in params and "median_filter_bands" not in keys:
+        cells.append(f"mf={params['median_filter_bands']}x{params['median_filter_frames']}")
+    return " ".join(cells) or row["describe"]
+
+
+_SHORT = {"enhancement": "enh", "median_filter_bands": "mf_b", "median_filter_frames": "mf_f", "normalization": "norm",
+          "mixup_alpha": "alpha", "mean_subtraction": "ms"}
+
+
+def _short(key: str) -> str:
+    return _SHORT.get(key, key)
+
+
+def _num(value, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.1f}" if pct else f"{value:.4f}"
+
+
+def pareto_front(study, rows: list[dict]) -> list[dict]:
+    """The study's Pareto-optimal trials, as rows of the trials table."""
+    by_tune_id = {r["trial_id"]: r for r in rows}
+    return [by_tune_id[t.user_attrs[TRIAL_TAG]] for t in study.best_trials if t.user_attrs.get(TRIAL_TAG) in by_tune_id]
+
+
+def _parent_metrics(trials, space: Space, counts: dict):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    out = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
+    ranked = sorted(trials, key=_rank_key(space))
+    if ranked:
+        for key in space.objective.metrics + ["sel_metric_b", "sel_acc_bc", "sel_device_gap", "eval_metric_b"]:
+            v = ranked[0].get(key)
+            if isinstance(v, float) and math.isfinite(v):
+                out.append(Metric(f"best_{key}", v, now, 0))
+    return out
+
+
+def _log_plots(client, run_id: str, study, space: Space) -> None:
+    """Optuna's plots of the study (matplotlib backend) as images of the search's parent run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ov
+
+    target = {}
+    if space.objective.multi:
+        target = {"target": lambda t: t.values[0], "target_name": "B&C accuracy"}
+    plots = {"optuna_history.png": lambda: ov.plot_optimization_history(study, **target),
+             "optuna_importance.png": lambda: ov.plot_param_importances(study, **target),
+             "optuna_parallel_coordinate.png": lambda: ov.plot_parallel_coordinate(study, **target)}
+    if space.objective.multi:
+        plots["optuna_pareto_front.png"] = lambda: ov.plot_pareto_front(study, target_names=["B&C accuracy", "|device gap|"])
+    for name, make in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = make()
+        except Exception as exc:  # a study too small for a plot (one trial, one value of every parameter)
+            print(f"note: no {name} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+            continue
+        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        fig.set_size_inches(10, 6)
+        fig.tight_layout()
+        client.log_figure(run_id, fig, name)
+        plt.close(fig)
+
+
+def ui_command(uri: str, experiment_id: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return (f"{shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, "
+            f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
