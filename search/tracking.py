@@ -107,10 +107,13 @@ class MlflowTracker(Callback):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
         self.search, self.space, self.stores = search, space, stores
         self.runs: dict[str, str] = {}
+        # The last epoch logged per trial: a trial retried from its last registered checkpoint may
+        # report an epoch again (with the same figures: resuming reproduces them); it is logged once.
+        self.logged: dict[str, int] = {}
         self._client = None
 
     def __getstate__(self):  # pickled with the experiment state: keep no connection
-        return {**self.__dict__, "_client": None, "runs": {}}
+        return {**self.__dict__, "_client": None, "runs": {}, "logged": {}}
 
     @property
     def client(self):
@@ -134,6 +137,8 @@ class MlflowTracker(Callback):
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "resumed", "true")
+            self.logged[trial.trial_id] = max((m.step for m in self.client.get_metric_history(run_id, "acc_bc")),
+                                              default=0)
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags={
                 "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SEARCH_TAG: self.search,
@@ -158,11 +163,15 @@ class MlflowTracker(Callback):
         from mlflow.entities import Metric
 
         step, now = int(result["epoch"]), int(time.time() * 1000)
+        run_id = self.run_id(trial)
+        if step <= self.logged.get(trial.trial_id, 0):
+            return
+        self.logged[trial.trial_id] = step
         keys = [k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                 and k not in ("epoch", "epochs", "training_iteration", "timestamp", "pid", "time_this_iter_s",
                               "time_total_s", "time_since_restore", "iterations_since_restore")]
         metrics = [Metric(k, _clean(result[k]), now, step) for k in keys if _clean(result[k]) is not None]
-        self.client.log_batch(self.run_id(trial), metrics=metrics)
+        self.client.log_batch(run_id, metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)

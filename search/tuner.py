@@ -107,6 +107,8 @@ def _searcher_class():
         def on_trial_complete(self, trial_id, result=None, error=False):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
+            if result and not error:  # Tune hands the last result to this hook only
+                self.on_trial_result(trial_id, result)
             if not error and result and int(result.get("epoch", 0)) < int(result.get("epochs", 0)):
                 self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
@@ -316,13 +318,21 @@ def _space_doc(space: Space) -> dict:
 
 
 def _check_resources(settings: SearchSettings) -> None:
+    """A trial that asks for more than the machine has would wait forever: refuse it on the local
+    instance. A cluster's autoscaler may still add the nodes, so there it is a note."""
     import ray
 
     total = ray.cluster_resources()
-    if settings.gpus_per_trial > 0 and total.get("GPU", 0) < settings.gpus_per_trial:
-        raise AscError(f"--gpus-per-trial {settings.gpus_per_trial:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
-    if total.get("CPU", 0) < settings.cpus_per_trial:
-        raise AscError(f"--cpus-per-trial {settings.cpus_per_trial:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs")
+    for flag, key, asked in (("--gpus-per-trial", "GPU", settings.gpus_per_trial),
+                             ("--cpus-per-trial", "CPU", settings.cpus_per_trial)):
+        if asked > 0 and total.get(key, 0) < asked:
+            message = f"{flag} {asked:g}: the Ray cluster has {total.get(key, 0):g} {key}s now"
+            if settings.address is None:
+                raise AscError(message)
+            print(f"note: {message}; trials wait until the autoscaler adds nodes that have them")
+    if settings.address is not None and settings.storage is None:
+        print("note: --storage defaults to ./runs on this machine; trials on other nodes need a shared path "
+              "(NFS) to checkpoint to and resume from")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -367,12 +377,17 @@ def _new_tuner(space: Space, info: dict, storage: Path):
     return tune.Tuner(
         _trainable(space, info["stores"], info["cpus_per_trial"], info["gpus_per_trial"]),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=info["num_samples"],
-                                    reuse_actors=info["reuse_actors"]),
+                                    reuse_actors=info["reuse_actors"], trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=info["name"], storage_path=str(storage), verbose=0,
             callbacks=_callbacks(space, info),
             failure_config=tune.FailureConfig(max_failures=info["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def trial_dirname(trial) -> str:
+    """``t007_<trial id>``: the run's label first, instead of Tune's folder named after every parameter."""
+    return f"{trial_label(trial)}_{trial.trial_id}"
 
 
 def _callbacks(space: Space, info: dict) -> list:
@@ -474,7 +489,7 @@ def _trial_rows(results, space: Space) -> list[dict]:
             state, status = "failed", "ERROR"
         else:
             state, status = ("finished" if reached >= epochs and epochs else "stopped"), "TERMINATED"
-        row = {"trial_id": trial_id, "label": trial_label(Path(result.path).name if result.path else trial_id), "state": state, "status": status,
+        row = {"trial_id": trial_id, "label": Path(result.path).name.split("_")[0] if result.path else trial_id, "state": state, "status": status,
                "epoch": reached, "epochs": epochs, "best_epoch": m.get("best_epoch"),
                "params": {k: v for k, v in (result.config or {}).items()},
                "describe": space.describe(result.config or {}) if result.config else ""}

@@ -1,0 +1,383 @@
+"""The search on real components: `python -m search run` / `resume` as a user runs them, on a local
+Ray instance, on a two-node Ray cluster started on loopback, with a trial's worker killed, with the
+driver killed, and against a real `mlflow server`; then what MLflow and the Optuna study hold.
+
+Every search here is spaces/smoke.yaml shrunk with --set (tiny clips, a few epochs), so that the
+whole module takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL_SYNTH
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "spaces" / "smoke.yaml"
+# The small set's feature settings (conftest's fast_config) and a batch its training split fills.
+SHRINK = ["features.sample_rate=22050", "features.n_fft=1024", "features.hop_length=256", "features.fmax=11025",
+          "n_mels=32", "batch_size=8", "width=8"]
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO),
+       "RAY_worker_niceness": "0"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A feature store of a small synthetic set with enough training locations to hold some out."""
+    from asc.dataset import read_development
+    from asc.features import FeatureConfig
+    from asc.store import build_stores
+    from asc.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("search")
+    write_dataset(root / "data", SynthConfig(**{**SMALL_SYNTH, "segments_per_scene": 6}), workers=1)
+    config = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)
+    build_stores(read_development(root / "data"), [config], root / "store")
+    return root / "store"
+
+
+def search_cmd(store: Path, storage: Path, name: str, *extra: str, sets: list[str] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", "search", "run", str(SMOKE), "--store", str(store), "--storage", str(storage),
+           "--name", name, *extra]
+    for item in [*SHRINK, *sets]:
+        cmd += ["--set", item]
+    return cmd
+
+
+def run(cmd, timeout=420, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=kw.pop("cwd", REPO), env=kw.pop("env", ENV), capture_output=True, text=True,
+                          timeout=timeout, **kw)
+    return done
+
+
+def mlflow_runs(uri: str, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no experiment {name}"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parent = [r for r in runs if r.data.tags.get("role") == "search"]
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    return client, experiment, parent, trials
+
+
+def study(storage: Path, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
+
+
+def tune_results(storage: Path, name: str) -> dict[str, list[dict]]:
+    """trial id -> the results Tune recorded for it (one per reported epoch)."""
+    out = {}
+    for f in (storage / name).glob("t*_*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
+    """What every search must leave: one finished MLflow run per trial, nested under the search's run,
+    with its per-epoch metrics, predictions, confusion matrices and model; a study that agrees."""
+    import pyarrow.parquet as pq
+
+    client, experiment, parent, trials = mlflow_runs(uri, name)
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    parent_artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {"smoke.yaml", "command.txt", "best_trials.txt", "optuna_history.png"} <= parent_artifacts
+    ids = [r.data.tags["tune_trial_id"] for r in trials]
+    assert len(ids) == len(set(ids)) == n_trials, "exactly one run per trial"
+    results = tune_results(storage, name)
+    assert set(results) == set(ids)
+    for r in trials:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+        assert r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert r.info.run_name.startswith("t0") and "mel" in r.info.run_name
+        rows = results[r.data.tags["tune_trial_id"]]
+        history = client.get_metric_history(r.info.run_id, "acc_a")
+        assert [m.step for m in history] == [row["epoch"] for row in rows] == list(range(1, rows[-1]["epoch"] + 1))
+        assert int(r.data.tags["epoch_reached"]) == rows[-1]["epoch"]
+        for key in ("acc_b", "acc_c", "acc_bc", "device_gap", "metric_a", "metric_b", "loss", "objective",
+                    "eval_metric_b"):
+            assert key in r.data.metrics, key
+        assert r.data.params["n_mels"] == "32" and "enhancement" in r.data.params
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"predictions.parquet", "confusion_selection.png", "confusion_evaluation.png"} <= artifacts
+        table = pq.read_table(client.download_artifacts(r.info.run_id, "predictions.parquet"))
+        assert {"split", "filename", "device", "label", "p_airport", "p_tram"} <= set(table.column_names)
+        probs = np.stack([table.column(c).to_numpy() for c in table.column_names if c.startswith("p_")], axis=1)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+        assert set(table.column("split").to_pylist()) == {"selection", "evaluation"}
+        models = client.search_logged_models([experiment.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
+        assert len(models) == 1 and models[0].name == "model"
+    return {"client": client, "trials": trials, "results": results}
+
+
+def check_study(storage: Path, name: str, results: dict[str, list[dict]]) -> None:
+    """Optuna holds every trial with what really happened: COMPLETE at full budget, PRUNED (with its
+    intermediate values up to the epoch it reached) when ASHA stopped it."""
+    from optuna.trial import TrialState
+
+    trials = study(storage, name).get_trials()
+    assert len(trials) == len(results)
+    for t in trials:
+        rows = results[t.user_attrs["tune_trial_id"]]
+        reached, epochs = rows[-1]["epoch"], rows[-1]["epochs"]
+        assert t.state == (TrialState.COMPLETE if reached == epochs else TrialState.PRUNED), (t.number, t.state)
+        assert sorted(t.intermediate_values) == list(range(1, reached + 1))
+        assert t.intermediate_values[reached] == pytest.approx(rows[-1]["objective"])
+
+
+# --------------------------------------------------------------------------------------------------
+def test_smoke_search_on_local_ray_records_every_trial_and_prunes_honestly(store, tmp_path):
+    # A reduction factor of 4 at a grace period of 1 keeps only the best quarter past epoch 1: with
+    # one trial at a time, ASHA stops some of the six, and Optuna must hear PRUNED for them.
+    cmd = search_cmd(store, tmp_path / "runs", "smoke", "--num-samples", "6", "--max-concurrent", "1",
+                     sets=["epochs=3", "scheduler.reduction_factor=4", "lr={float: [0.0001, 0.01], log: true}"])
+    done = run(cmd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "best 6 of 6 trials by metric_b" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "epoch   1/3" in out and "B&C" in out
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    records = check_records(uri, tmp_path / "runs", "smoke", 6)
+    check_study(tmp_path / "runs", "smoke", records["results"])
+    stopped = [rows for rows in records["results"].values() if rows[-1]["epoch"] < rows[-1]["epochs"]]
+    assert stopped, "ASHA stopped no trial: the pruned path went untested"
+    stopped_runs = [r for r in records["trials"] if r.data.tags["stopped_early"] == "true"]
+    assert len(stopped_runs) == len(stopped) and all(r.info.status == "FINISHED" for r in stopped_runs)
+
+    # The same seed proposes the same configurations (a second search, same space and seed).
+    again = run(search_cmd(store, tmp_path / "runs", "smoke-again", "--num-samples", "2", "--max-concurrent", "1",
+                           sets=["epochs=1", "scheduler.reduction_factor=4", "lr={float: [0.0001, 0.01], log: true}"]))
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = sorted(study(tmp_path / "runs", "smoke").trials, key=lambda t: t.number)[:2]
+    second = sorted(study(tmp_path / "runs", "smoke-again").trials, key=lambda t: t.number)
+    assert [t.params for t in first] == [t.params for t in second]
+
+    # A search of the same name is refused (resume continues it), naming what to run.
+    dup = run(cmd, timeout=120)
+    assert dup.returncode == 2 and "resume smoke" in dup.stderr and len(dup.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_trial(store, tmp_path):
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    start = time.perf_counter()
+    done = run(search_cmd(store, tmp_path / "runs", "x", "--mlflow-uri", f"http://127.0.0.1:{port}"), timeout=120)
+    assert done.returncode == 2 and f"127.0.0.1:{port}" in done.stderr and "not reachable" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and time.perf_counter() - start < 60
+    assert not (tmp_path / "runs" / "x").exists()
+    missing = run(search_cmd(store, tmp_path / "runs", "y", sets=["n_mels=40"]), timeout=120)
+    assert missing.returncode == 2 and "python -m search prepare DATA_DIR" in missing.stderr
+    assert "--n-mels 40" in missing.stderr and "--sample-rate 22050" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "y").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, seconds: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {seconds} s")
+
+
+def test_search_on_a_two_node_ray_cluster_with_a_real_mlflow_server(store, tmp_path):
+    """Head 127.0.0.2 and worker 127.0.0.3 (`ray start`, one CPU each) and `mlflow server` on
+    loopback; trials run on both nodes and every record goes through the server."""
+    port, mlflow_port = _free_port(), _free_port()
+    env = {**ENV, "RAY_AUTH_MODE": "token"}
+    procs = []
+    try:
+        mlflow_server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+             "--port", str(mlflow_port), "--workers", "1"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(mlflow_server)
+        # --block keeps each node's Ray processes in the process group of the `ray start` we started,
+        # so that the test stops exactly them (never `ray stop`, which would stop every Ray here).
+        procs.append(subprocess.Popen(["ray", "start", "--block", "--head", "--node-ip-address=127.0.0.2",
+                                       f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                                       "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        _wait_for(lambda: _listening("127.0.0.2", port), 120, "the Ray head", procs[-1])
+        procs.append(subprocess.Popen(["ray", "start", "--block", f"--address=127.0.0.2:{port}",
+                                       "--node-ip-address=127.0.0.3", "--num-cpus=1"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        _wait_for(lambda: _nodes(f"127.0.0.2:{port}", env) == 2, 120, "the worker node to join", procs[-1])
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", 90)
+        uri = f"http://127.0.0.1:{mlflow_port}"
+        done = run(search_cmd(store, tmp_path / "runs", "cluster", "--num-samples", "2", "--max-concurrent", "2",
+                              "--address", f"127.0.0.2:{port}", "--mlflow-uri", uri, sets=["epochs=2"]), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"open {uri}/#/experiments/" in done.stdout
+        records = check_records(uri, tmp_path / "runs", "cluster", 2)
+        nodes = {row["node_ip"] for rows in records["results"].values() for row in rows}
+        assert nodes == {"127.0.0.2", "127.0.0.3"}, nodes
+        assert any((tmp_path / "server-artifacts").rglob("predictions.parquet"))  # stored by the server
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+            except ProcessLookupError:
+                pass
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _nodes(address: str, env: dict) -> int:
+    status = subprocess.run(["ray", "status", f"--address={address}"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    active = status.stdout.split("Active:")[-1].split("Pending:")[0]
+    return sum(" node_" in line for line in active.splitlines())
+
+
+def _wait_for(predicate, seconds: float, what: str, proc=None):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the search ended before {what}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _epochs_done(storage: Path, name: str) -> dict[str, int]:
+    """trial id -> epochs checkpointed so far (Tune keeps only the newest checkpoint folder)."""
+    done = {}
+    for folder in (storage / name).glob("t*_*/checkpoint_*"):
+        trial_id = folder.parent.name.split("_", 1)[1]
+        done[trial_id] = max(done.get(trial_id, 0), int(folder.name.rsplit("_", 1)[1]) + 1)
+    return done
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def _trial_workers() -> list[int]:
+    """Pids of the Ray actor processes that run trials (their title is ``ray::ImplicitFunc...``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline.startswith("ray::ImplicitFunc") or cmdline.startswith("ray::run_trial"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_killed_worker_trial_resumes_from_its_checkpoint_to_the_uninterrupted_result(store, tmp_path):
+    from search.space import load_space
+
+    storage = tmp_path / "runs"
+    cmd = search_cmd(store, storage, "kill", "--num-samples", "2", "--max-concurrent", "1",
+                     sets=["epochs=5", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: any(n >= 2 for n in _epochs_done(storage, "kill").values()), 300,
+                  "the first trial's second epoch", proc)
+        workers = _trial_workers()
+        assert workers, "no trial worker process found"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert "lost its worker; retrying from its last checkpoint" in out
+    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "kill", 2)
+    retried = [r for r in records["trials"] if r.data.tags.get("retries") == "1"]
+    assert len(retried) == 1
+    trial_id = retried[0].data.tags["tune_trial_id"]
+    rows = records["results"][trial_id]
+    assert rows[-1]["epoch"] == 5 and rows[-1]["iterations_since_restore"] < 5  # resumed, not restarted
+
+    # The resumed trial ends where an uninterrupted run of the same configuration ends.
+    from asc.train import train
+
+    space = load_space(storage / "kill" / "space.yaml")
+    info = json.loads((storage / "kill" / "search.json").read_text())
+    config = next(json.loads(line)["config"] for line in
+                  (next((storage / "kill").glob(f"t*_{trial_id}")) / "result.json").read_text().splitlines()[:1])
+    store_path = info["stores"][space.feature_config(config).key()]
+    uninterrupted = train(space.train_config(config, store_path, checkpoint_dir=str(tmp_path / "ref")),
+                          evaluate_best=True)
+    assert rows[-1]["best_epoch"] == uninterrupted["best_epoch"]
+    assert rows[-1]["sel_metric_b"] == pytest.approx(uninterrupted["best"]["metric_b"])
+    assert rows[-1]["loss"] == pytest.approx(uninterrupted["history"][-1]["loss"], rel=1e-5)
+    assert rows[-1]["eval_metric_b"] == pytest.approx(uninterrupted["test"]["metric_b"])
+
+
+def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(store, tmp_path):
+    storage = tmp_path / "runs"
+    cmd = search_cmd(store, storage, "crash", "--num-samples", "3", "--max-concurrent", "1",
+                     sets=["epochs=4", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        # Kill the driver (and the Ray instance it started: its whole process group) once one trial
+        # has finished and the next is part-way through.
+        _wait_for(lambda: sorted(_epochs_done(storage, "crash").values())[-2:] in ([2, 4], [3, 4]),
+                  300, "one finished trial and one half-way", proc)
+    finally:
+        _kill_group(proc)
+    finished_before = {tid for tid, n in _epochs_done(storage, "crash").items() if n == 4}
+    results_before = tune_results(storage, "crash")
+
+    done = run([sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming search 'crash'" in done.stdout and "3 trials: 3 finished" in done.stdout
+    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "crash", 3)
+    check_study(storage, "crash", records["results"])
+    for trial_id in finished_before:  # not run again: no epoch reported twice
+        assert [r["epoch"] for r in records["results"][trial_id]] == [r["epoch"] for r in results_before[trial_id]]
+    resumed = [rows for tid, rows in records["results"].items() if tid in results_before and tid not in finished_before]
+    assert resumed and all(rows[-1]["iterations_since_restore"] < rows[-1]["epoch"] for rows in resumed)
+
+    again = run([sys.executable, "-m", "search", "resume", "nope", "--storage", str(storage)], timeout=120)
+    assert again.returncode == 2 and "no search named 'nope'" in again.stderr
