@@ -446,14 +446,16 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
     table = format_trials(trials, space, _devices(info["stores"]), info["top"])
     front = pareto_front(study, trials) if space.objective.multi else []
     print("\n" + table)
+    front_table = format_trials(front, space, _devices(info["stores"]), len(front), title=(
+        f"Pareto front: {len(front)} of {len(trials)} trials that no other beats on both B&C accuracy (up) and "
+        "|device gap| (down), on the selection clips")) if front else ""
     if front:
-        print("\nPareto front (B&C accuracy up, |device gap| down) on the selection clips:\n"
-              + format_trials(front, space, _devices(info["stores"]), len(front)))
+        print("\n" + front_table)
     parent = info["parent_run_id"]
     client.log_text(parent, table + "\n", "best_trials.txt")
     client.log_text(parent, json.dumps(trials, indent=1, default=str), "trials.json")
     if front:
-        client.log_text(parent, format_trials(front, space, _devices(info["stores"]), len(front)) + "\n", "pareto_front.txt")
+        client.log_text(parent, front_table + "\n", "pareto_front.txt")
     _log_plots(client, parent, study, space)
     counts = {s: sum(t["state"] == s for t in trials) for s in ("finished", "stopped", "failed")}
     client.log_batch(parent, metrics=_parent_metrics(trials, space, counts))
@@ -508,7 +510,7 @@ def _rank_key(space: Space):
     return key
 
 
-def format_trials(rows: list[dict], space: Space, devices: list[str], top: int) -> str:
+def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, title: str | None = None) -> str:
     """The best trials: parameters, the selection clips' device columns at the selected epoch, the
     objective, the evaluation split beside them, and the epoch each reached."""
     shown = sorted(rows, key=_rank_key(space))[:top]
@@ -519,11 +521,15 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int) 
     obj_heads = ["B&C*", "|gap|*"] if space.objective.multi else ["objective"]
     lines = []
     width_params = max([len(_params_cell(r, searched)) for r in shown] + [10])
-    head = (f"{'trial':<6}{'parameters':<{width_params + 2}}{'state':<12}{'epochs':>7}{'sel':>5}  "
-            + "".join(f"{h:>7}" for h in heads) + "  " + "".join(f"{h:>10}" for h in obj_heads)
-            + "  | eval:" + "".join(f"{h:>7}" for h in heads))
-    lines.append(f"best {len(shown)} of {len(rows)} trials by {space.objective.label()} on the selection clips "
-                 f"(% at the selected epoch; eval = the evaluation split at that epoch, never used to choose)")
+    group = f"{'':<6}{'':<{width_params + 2}}{'':<12}{'':>7}{'':>7}"
+    cells = len(heads) * 7
+    group += f" |{'selection clips (%)':^{cells}} |{'':>{10 * len(obj_heads)}} |{'evaluation split (%)':^{cells}}"
+    head = (f"{'trial':<6}{'parameters':<{width_params + 2}}{'state':<12}{'epochs':>7}{'chosen':>7} |"
+            + "".join(f"{h:>7}" for h in heads) + " |" + "".join(f"{h:>10}" for h in obj_heads)
+            + " |" + "".join(f"{h:>7}" for h in heads))
+    lines.append(title or f"best {len(shown)} of {len(rows)} trials by {space.objective.label()} on the selection "
+                 "clips, at each trial's chosen epoch (the evaluation split beside it is never used to choose)")
+    lines.append(group.rstrip())
     lines.append(head)
     lines.append("-" * len(head))
     for r in shown:
@@ -532,7 +538,7 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int) 
         ev = "".join(f"{_pct(r.get('eval_' + c)):>7}" for c in cols)
         objs = "".join(f"{_num(r.get(c), pct=space.objective.multi):>10}" for c in obj_cols)
         lines.append(f"{r['label']:<6}{_params_cell(r, searched):<{width_params + 2}}{state:<12}"
-                     f"{r['epoch']:>3}/{r['epochs']:<3}{str(r.get('best_epoch') or '-'):>5}  {sel}  {objs}  | eval:{ev}")
+                     f"{r['epoch']:>3}/{r['epochs']:<3}{str(r.get('best_epoch') or '-'):>7} |{sel} |{objs} |{ev}")
     return "\n".join(lines)
 
 
