@@ -12,7 +12,6 @@ the same epoch's figures on the evaluation split (``eval_*``, reported beside, n
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -68,6 +67,3 @@ def run_trial(config: dict, space: Space, stores: dict[str, str], device: str = 
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
