@@ -1,6 +1,6 @@
 """Device-gap-aware objectives: one pure function of the metrics dict that ``asc.train`` reports.
 
-The trainable, ASHA, Optuna, the summary table and fusion all call :func:`objective_values`, so they
+The trainable, ASHA, Optuna, the summary table and fusion all call :meth:`Objective.values`, so they
 all rank trials by the same number. Every objective is maximised except ``objective_abs_gap`` (the second half
 of the Pareto pair), which is minimised.
 

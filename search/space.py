@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,15 @@ FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "power", "
 TOP_KEYS = ("description", "sampler", "objective", "lambda", "num_samples", "max_concurrent", "seed",
             "scheduler", "features", "params", "points")
 SCHEDULER_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-3`` is a float as in YAML 1.2 (YAML 1.1 needs ``1.0e-3``, and
+    reads ``lr: 1e-3`` or ``--set lr=3e-4`` as a string)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
 
 
 @dataclass(frozen=True)
@@ -210,12 +220,19 @@ class Space:
     def check_frames(self, frames: int) -> None:
         """The median filter must fit the spectrogram: at most ``frames`` wide (its height is checked
         against the Mel-band counts when the space is read)."""
-        for key in ("median_filter_frames",):
-            values = self.searched[key].extremes() if key in self.searched else [self.fixed.get(key)]
-            values += [self.resolve({**self.fixed, **p}).get(key) for _, p in self.points]
-            for v in values:
-                if v is not None and v > frames:
-                    raise AscError(f"{self.path}: params.{key}: {v} is wider than the spectrogram ({frames} frames)")
+        key = "median_filter_frames"
+        if self.points:  # per point: its own width, the fixed one, or the default
+            values = [(f"points[{i}].{key}" if key in p else f"params.{key}",
+                       self.resolve({**self.fixed, **p}).get(key)) for i, (_, p) in enumerate(self.points)]
+        elif "median_filter" in _enhancements(self.fixed, self.searched):
+            widths = self.searched[key].extremes() if key in self.searched else [self.resolve({
+                **self.fixed, "enhancement": "median_filter"})[key]]
+            values = [(f"params.{key}", v) for v in widths]
+        else:
+            values = []
+        for where, v in values:
+            if v is not None and v > frames:
+                raise AscError(f"{self.path}: {where}: {v} is wider than the spectrogram ({frames} frames)")
 
     def describe(self, params: dict) -> str:
         """A short name a person scanning a runs table reads: ``mean-sub a=0.3 128mel``."""
@@ -243,7 +260,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple = ()) -> Space:
     except OSError as exc:
         raise AscError(f"{path}: cannot read the space file ({exc.strerror or exc})") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -252,13 +269,23 @@ def load_space(path: str | Path, overrides: list[str] | tuple = ()) -> Space:
         raise AscError(f"{path}: a space is a YAML mapping with a 'params' key (see spaces/README.md)")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise AscError(f"--set {item!r}: expected KEY=VALUE")
+        if not sep or not key or "" in key.split("."):
+            raise AscError(f"{path}: --set {item!r}: expected KEY=VALUE (e.g. lr=3e-4, scheduler.grace_period=2)")
         parts = key.split(".") if "." in key else (["params", key] if key in PARAMS or key not in TOP_KEYS else [key])
         node = doc
-        for part in parts[:-1]:
-            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
-        node[parts[-1]] = yaml.safe_load(value)
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            elif part == "scheduler" and i == 0 and isinstance(node[part], str):
+                node[part] = {"name": node[part]}  # `scheduler: asha` takes settings as the mapping form
+            if not isinstance(node[part], dict):
+                raise AscError(f"{path}: --set {item!r}: {'.'.join(parts[:i + 1])} is {node[part]!r}, not a mapping")
+            node = node[part]
+        try:
+            node[parts[-1]] = yaml.load(value, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            raise AscError(f"{path}: --set {item!r}: the value is not valid YAML "
+                           f"({getattr(exc, 'problem', None) or exc})") from None
     return parse_space(doc, str(path), text)
 
 
@@ -301,13 +328,14 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
         fail("objective", f"{objective_spec!r} is not one of {', '.join(OBJECTIVES)}")
     gap_lambda = doc.get("lambda")
     if objective_spec == "gap_penalized":
-        if isinstance(gap_lambda, bool) or not isinstance(gap_lambda, (int, float)) or not gap_lambda >= 0:
+        if isinstance(gap_lambda, bool) or not isinstance(gap_lambda, (int, float)) or not 0 <= gap_lambda < math.inf:
             fail("lambda", f"gap_penalized needs lambda, a number >= 0 (metric_b - lambda * |gap|), not {gap_lambda!r}")
     elif gap_lambda is not None:
         fail("lambda", f"only the gap_penalized objective uses lambda, not {objective_spec}")
     objective = Objective(objective_spec, float(gap_lambda) if gap_lambda is not None else None)
 
-    scheduler = _scheduler(doc.get("scheduler", "asha" if sampler != "points" else "none"), fail)
+    # ASHA by default, except where it cannot run: fixed points, a Pareto pair (single-objective)
+    scheduler = _scheduler(doc.get("scheduler", "none" if sampler == "points" or objective.multi else "asha"), fail)
     if objective.multi and scheduler.name == "asha":
         fail("scheduler", "ASHA is single-objective and cannot stop trials on a Pareto pair: use scheduler: none")
 
@@ -346,13 +374,16 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
     return space
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _value(value, param: Param, key: str, fail):
     if param.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if param.kind is str and param.default is None and value is None:
         return None
     if not isinstance(value, param.kind) or (param.kind is int and isinstance(value, bool)):
-        fail(key, f"expected {'true or false' if param.kind is bool else 'a ' + param.kind.__name__}, not {value!r}")
+        fail(key, f"expected {_KIND_NAMES[param.kind]}, not {value!r}")
     if param.choices is not None and value not in param.choices:
         fail(key, f"{value!r} is not one of {', '.join(map(str, param.choices))}")
     if param.kind in (int, float):
@@ -387,12 +418,15 @@ def _dist(spec: dict, param: Param, key: str, fail) -> Dist:
             fail(f"{key}.choice", "lists a value twice")
         return Dist("choice", values=tuple(values))
     if param.kind is not (int if kind == "int" else float) and not (param.kind is float and kind == "int"):
-        fail(key, f"{'an integer' if param.kind is int else 'this'} parameter cannot take a {kind} range"
+        fail(key, f"{'an integer' if param.kind is int else 'this'} parameter cannot take "
+             f"{'an int' if kind == 'int' else 'a float'} range"
              + (" (use int)" if param.kind is int else " (use choice)"))
     bounds = spec[kind]
     if (not isinstance(bounds, list) or len(bounds) != 2
             or any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in bounds)):
         fail(f"{key}.{kind}", "expected [low, high], two numbers")
+    if kind == "int" and any(b != int(b) for b in bounds):
+        fail(f"{key}.int", f"expected [low, high], two integers, not {bounds}")
     low, high = (_value(int(b) if kind == "int" else float(b), dataclasses.replace(param, kind=int if kind == "int" else float),
                         f"{key}.{kind}", fail) for b in bounds)
     if not low < high:
@@ -452,21 +486,38 @@ def _points(points, fixed: dict, searched: dict, fail) -> list:
     return out
 
 
+def _enhancements(fixed: dict, searched: dict) -> list:
+    """The enhancements a (non-points) trial can run."""
+    return list(searched["enhancement"].values) if "enhancement" in searched else [
+        fixed.get("enhancement", PARAMS["enhancement"].default)]
+
+
 def _check_median(fixed: dict, searched: dict, points: list, fail) -> None:
-    enh = searched["enhancement"].values if "enhancement" in searched else [fixed.get("enhancement", "none")]
-    enh = list(enh) + [p.get("enhancement", fixed.get("enhancement", "none")) for _, p in points]
+    def get(p: dict, key: str):
+        return p.get(key, fixed.get(key, PARAMS[key].default))
+
+    enh = [get(p, "enhancement") for _, p in points] if points else _enhancements(fixed, searched)
     for key in MEDIAN_KEYS:
         if (key in fixed or key in searched) and "median_filter" not in enh:
             fail(f"params.{key}", "set, but no enhancement here is median_filter")
-    # The filter's height must fit the smallest Mel-band count it can meet.
-    n_mels = searched["n_mels"].extremes() if "n_mels" in searched else [fixed.get("n_mels", PARAMS["n_mels"].default)]
-    n_mels += [p["n_mels"] for _, p in points if "n_mels" in p]
-    bands = searched["median_filter_bands"].extremes() if "median_filter_bands" in searched else [
-        fixed.get("median_filter_bands")]
-    bands += [p.get("median_filter_bands") for _, p in points]
-    for b in bands:
-        if b is not None and b > min(n_mels):
-            fail("params.median_filter_bands", f"{b} is taller than the spectrogram ({min(n_mels)} Mel bands)")
+        for i, (_, p) in enumerate(points):
+            if key in p and get(p, "enhancement") != "median_filter":
+                fail(f"points[{i}].{key}", "set, but this point's enhancement is not median_filter")
+    # The filter's height (given, or the default) must fit the smallest Mel-band count it can meet.
+    if points:
+        for i, (_, p) in enumerate(points):
+            b, n = get(p, "median_filter_bands"), get(p, "n_mels")
+            if get(p, "enhancement") == "median_filter" and b > n:
+                where = f"points[{i}]." if "median_filter_bands" in p else "params."
+                fail(where + "median_filter_bands", f"{b} is taller than the spectrogram ({n} Mel bands)")
+        return
+    if "median_filter" not in enh:
+        return
+    n_mels = min(searched["n_mels"].extremes() if "n_mels" in searched else [get({}, "n_mels")])
+    bands = max(searched["median_filter_bands"].extremes() if "median_filter_bands" in searched else [
+        get({}, "median_filter_bands")])
+    if bands > n_mels:
+        fail("params.median_filter_bands", f"{bands} is taller than the spectrogram ({n_mels} Mel bands)")
 
 
 def _scheduler(spec, fail) -> Scheduler:
