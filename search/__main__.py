@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train"}
+BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train", "bench-search": "search.bench_search"}
 
 
 def main(argv: list[str] | None = None) -> int:

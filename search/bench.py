@@ -419,6 +419,21 @@ def rows(fig: dict, cpus: int) -> list[dict]:
     ]
 
 
+def table_lines(table: list[dict]) -> list[str]:
+    """The benchmark table (measure | this project | reference | ratio | goal | met?) as aligned lines;
+    every benchmark command prints its figures through this."""
+    header = ["measure", "this project", "reference", "ratio", "goal", "met?"]
+    cells = [[r["measure"], r["fmt"].format(r["this_project"]), r["fmt"].format(r["reference"]),
+              r["ratio_fmt"].format(r["ratio"]), r["goal"], r["met"]] for r in table]
+    widths = [max(len(x[i]) for x in [header, *cells]) for i in range(len(header))]
+    align = ["<", ">", ">", ">", "<", "<"]
+
+    def fmt_row(values):
+        return " | ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()
+
+    return [fmt_row(header), "-+-".join("-" * w for w in widths), *[fmt_row(c) for c in cells]]
+
+
 def format_table(fig: dict, machine: dict, table: list[dict], cpus: int) -> str:
     env = " ".join(f"{k}={v}" for k, v in machine["env"].items()) or "no OPENBLAS_*/OMP_NUM_THREADS set"
     lines = [
@@ -431,18 +446,7 @@ def format_table(fig: dict, machine: dict, table: list[dict], cpus: int) -> str:
         f"features {'x'.join(map(str, fig['feature_shape']))}; prepare shards {'+'.join(map(str, fig['shards']))}",
         "",
     ]
-    header = ["measure", "this project", "reference", "ratio", "goal", "met?"]
-    cells = [[r["measure"], r["fmt"].format(r["this_project"]), r["fmt"].format(r["reference"]),
-              r["ratio_fmt"].format(r["ratio"]), r["goal"], r["met"]] for r in table]
-    widths = [max(len(x[i]) for x in [header, *cells]) for i in range(len(header))]
-    align = ["<", ">", ">", ">", "<", "<"]
-
-    def fmt_row(values):
-        return " | ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()
-
-    lines.append(fmt_row(header))
-    lines.append("-+-".join("-" * w for w in widths))
-    lines += [fmt_row(c) for c in cells]
+    lines += table_lines(table)
     lines += [
         "",
         "'this project | reference' in a measure names the two columns; ratio = this project / reference.",

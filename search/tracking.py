@@ -111,9 +111,13 @@ class MlflowTracker(Callback):
         # report an epoch again (with the same figures: resuming reproduces them); it is logged once.
         self.logged: dict[str, int] = {}
         self._client = None
+        # A finished trial's artifacts (model, predictions, plots: 1-2 s) are logged on one background
+        # thread, so that Tune starts the next trial meanwhile; the run is closed after them.
+        self._executor = None
+        self._pending: list = []
 
-    def __getstate__(self):  # pickled with the experiment state: keep no connection
-        return {**self.__dict__, "_client": None, "runs": {}, "logged": {}}
+    def __getstate__(self):  # pickled with the experiment state: keep no connection, no thread
+        return {**self.__dict__, "_client": None, "runs": {}, "logged": {}, "_executor": None, "_pending": []}
 
     @property
     def client(self):
@@ -179,16 +183,32 @@ class MlflowTracker(Callback):
         reached, epochs = int(result.get("epoch", 0)), int(result.get("epochs", 0))
         self.client.set_tag(run_id, "epoch_reached", str(reached))
         self.client.set_tag(run_id, "stopped_early", str(reached < epochs).lower())
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
+        self._pending.append(self._executor.submit(self._finish, run_id, trial.checkpoint, trial_label(trial)))
+
+    def _finish(self, run_id: str, checkpoint, label: str) -> None:
         try:
-            if trial.checkpoint is not None:
-                with trial.checkpoint.as_directory() as folder:
-                    log_trial_artifacts(self.client, self.uri, run_id, Path(folder), trial_label(trial))
-        except Exception as exc:  # a bug or a full disk here must not fail the trial, which is done
+            if checkpoint is not None:
+                with checkpoint.as_directory() as folder:
+                    log_trial_artifacts(self.client, self.uri, run_id, Path(folder), label)
+        except Exception as exc:  # a bug or a full disk here must not fail the search: the trial is done
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(f"warning: {trial_label(trial)}: could not log its artifacts to MLflow ({message})", file=sys.stderr)
+            print(f"warning: {label}: could not log its artifacts to MLflow ({message})", file=sys.stderr)
             self.client.set_tag(run_id, "artifact_error", message[:4000])
         finally:
             self.client.set_terminated(run_id, "FINISHED")
+
+    def wait(self) -> None:
+        """Block until every finished trial's artifacts are logged and its run closed."""
+        for future in self._pending:
+            future.result()
+        self._pending = []
+
+    def on_experiment_end(self, trials, **info):
+        self.wait()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)

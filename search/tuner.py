@@ -100,9 +100,10 @@ def _searcher_class():
         def on_trial_result(self, trial_id, result):
             if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
-            value = result.get(self.metric)
-            if isinstance(value, float) and math.isfinite(value):
-                self._ot_trials[trial_id].report(value, int(result["epoch"]))
+            value, step = result.get(self.metric), int(result["epoch"])
+            reported = self._ot_trials[trial_id].storage.get_trial(self._ot_trials[trial_id]._trial_id).intermediate_values
+            if isinstance(value, float) and math.isfinite(value) and step not in reported:
+                self._ot_trials[trial_id].report(value, step)
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
