@@ -406,7 +406,9 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             log(_row(row, view, improved))
         if report is not None:
             report(epoch, {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"],
-                           "best_metrics": best.get("metrics", {}), "best_test": best.get("test", best.get("metrics", {}))},
+                           "best_metrics": best.get("metrics", {}),
+                           # the paper protocol selects on the evaluation split: its figures are the same
+                           "best_test": best.get("metrics", {}) if test_idx is None else best.get("test", {})},
                    str(ckpt_dir) if ckpt_dir else None)
 
     best_row = next(r for r in history if r["epoch"] == best["epoch"])

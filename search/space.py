@@ -286,6 +286,9 @@ def load_space(path: str | Path, overrides: list[str] | tuple = ()) -> Space:
         except yaml.YAMLError as exc:
             raise AscError(f"{path}: --set {item!r}: the value is not valid YAML "
                            f"({getattr(exc, 'problem', None) or exc})") from None
+    if overrides:  # the space as run: what the search logs and what `resume` reads back
+        text = (f"# {path} with --set {' --set '.join(overrides)}\n"
+                + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
     return parse_space(doc, str(path), text)
 
 

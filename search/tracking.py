@@ -58,17 +58,16 @@ def default_uri(folder: Path) -> str:
 
 
 def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict) -> tuple[str, str]:
-    """Create (or find) the search's experiment and its parent run; returns (experiment id, run id)."""
+    """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
-        experiment_id = client.create_experiment(name, artifact_location=location,
-                                                 tags={"space": space.path, "objective": space.objective.label()})
-    else:
-        experiment_id = experiment.experiment_id
+    if client.get_experiment_by_name(name) is not None:
+        raise AscError(f"MLflow at {uri} already has an experiment named {name!r} (another search of that name): "
+                       "give another --name")
+    location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
+    experiment_id = client.create_experiment(name, artifact_location=location,
+                                             tags={"space": space.path, "objective": space.objective.label()})
     run = client.create_run(experiment_id, run_name=f"search {name}",
                             tags={SEARCH_TAG: name, ROLE_TAG: "search", "command": command,
                                   "mlflow.note.content": f"{space.description}\n\n`{command}`"})
@@ -98,6 +97,21 @@ try:
     from ray.tune import Callback
 except ImportError:  # tracking helpers stay importable without Ray
     Callback = object
+
+
+def _tolerant(hook):
+    """A tracking failure (a tracking server's hiccup) is a warning, never the end of the search:
+    Tune would turn an exception in a callback into a failed experiment."""
+    import functools
+
+    @functools.wraps(hook)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as exc:
+            print(f"warning: MLflow {hook.__name__}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                  file=sys.stderr)
+    return wrapper
 
 
 class MlflowTracker(Callback):
@@ -141,7 +155,7 @@ class MlflowTracker(Callback):
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "resumed", "true")
-            self.logged[trial.trial_id] = max((m.step for m in self.client.get_metric_history(run_id, "acc_bc")),
+            self.logged[trial.trial_id] = max((m.step for m in self.client.get_metric_history(run_id, "train_loss")),
                                               default=0)
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags={
@@ -153,16 +167,20 @@ class MlflowTracker(Callback):
         self.runs[trial.trial_id] = run_id
         return run_id
 
+    @_tolerant
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_id(trial)
 
+    @_tolerant
     def on_trial_restore(self, iteration, trials, trial, **info):
         self.run_id(trial)
 
+    @_tolerant
     def on_trial_recover(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, "retries", str(int(trial.num_failures)))
 
+    @_tolerant
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
@@ -177,6 +195,7 @@ class MlflowTracker(Callback):
         metrics = [Metric(k, _clean(result[k]), now, step) for k in keys if _clean(result[k]) is not None]
         self.client.log_batch(run_id, metrics=metrics)
 
+    @_tolerant
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         result = trial.last_result or {}
@@ -210,6 +229,7 @@ class MlflowTracker(Callback):
     def on_experiment_end(self, trials, **info):
         self.wait()
 
+    @_tolerant
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         if trial.error_file and os.path.isfile(trial.error_file):
@@ -332,18 +352,23 @@ def log_model(uri: str, run_id: str, best_file: Path) -> None:
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
-def close_dangling_runs(uri: str, experiment_id: str, trial_status: dict[str, str]) -> int:
-    """After a search: any trial run still RUNNING (its driver died before it could close it) gets the
-    status its trial ended with. Returns how many were closed."""
+def close_dangling_runs(uri: str, experiment_id: str, parent_run_id: str, trials: dict) -> int:
+    """After a search: a trial run of this search still RUNNING (its driver died before closing it)
+    gets its artifacts from the trial's checkpoint if the trial finished, and the status its trial
+    ended with. ``trials``: Tune trial id -> (Tune status, checkpoint or None). Returns how many."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     closed = 0
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+    for run in client.search_runs([experiment_id], filter_string=(
+            f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{parent_run_id}'")):
         trial_id = run.data.tags.get(TRIAL_TAG)
         if trial_id is None:
             continue
-        status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial_status.get(trial_id, ""), "KILLED")
-        client.set_terminated(run.info.run_id, status)
+        status, checkpoint = trials.get(trial_id, ("", None))
+        if status == "TERMINATED" and checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                log_trial_artifacts(client, uri, run.info.run_id, Path(folder), run.info.run_name.split(" ")[0])
+        client.set_terminated(run.info.run_id, {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "KILLED"))
         closed += 1
     return closed

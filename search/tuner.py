@@ -18,12 +18,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
 
 from asc.errors import AscError
 from search.space import Space, load_space
@@ -59,7 +63,7 @@ class SearchSettings:
 # --------------------------------------------------------------------------------------------------
 # Optuna
 # --------------------------------------------------------------------------------------------------
-def make_sampler(space: Space, seed: int):
+def make_sampler(space: Space, seed: int, num_samples: int):
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -70,7 +74,7 @@ def make_sampler(space: Space, seed: int):
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if space.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, space.num_samples // 3)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
     if space.sampler == "points":
         return optuna.samplers.GridSampler({"point": [pid for pid, _ in space.points]}, seed=seed)
     return optuna.samplers.GridSampler(space.grid(), seed=seed)
@@ -82,57 +86,68 @@ def study_storage(search_dir: Path):
     return optuna.storages.RDBStorage(f"sqlite:///{(search_dir / STUDY_FILE).resolve()}")
 
 
-def _searcher_class():
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
+# The folder of the search `resume` continues (the study's database is there, wherever the pickled
+# searcher thought it was: the folder may have moved, or be an NFS mount at another path).
+_RESUMING: dict = {}
 
-    class PrunedAwareOptunaSearch(OptunaSearch):
-        """OptunaSearch that tells the study what happened: a trial ASHA stopped is PRUNED at the epoch
-        it reached (its intermediate values reported at step = epoch), not COMPLETE with a low-budget
-        value; each Optuna trial carries its Tune trial id, and a restored searcher reloads the study
-        from its database rather than trusting the pickled copy."""
 
-        def suggest(self, trial_id):
-            params = super().suggest(trial_id)
-            self._ot_trials[trial_id].set_user_attr(TRIAL_TAG, trial_id)
-            return params
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells the study what happened: a trial ASHA stopped is PRUNED at the epoch
+    it reached (its intermediate values reported at step = epoch), not COMPLETE with a low-budget
+    value; each Optuna trial carries its Tune trial id, and a restored searcher reloads the study
+    from its database rather than trusting the pickled copy."""
 
-        def on_trial_result(self, trial_id, result):
-            if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            value, step = result.get(self.metric), int(result["epoch"])
-            reported = self._ot_trials[trial_id].storage.get_trial(self._ot_trials[trial_id]._trial_id).intermediate_values
-            if isinstance(value, float) and math.isfinite(value) and step not in reported:
-                self._ot_trials[trial_id].report(value, step)
+    def suggest(self, trial_id):
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(TRIAL_TAG, trial_id)
+        return params
 
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            if result and not error:  # Tune hands the last result to this hook only
-                self.on_trial_result(trial_id, result)
-            if not error and result and int(result.get("epoch", 0)) < int(result.get("epochs", 0)):
+    def on_trial_result(self, trial_id, result):
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, step = result.get(self.metric), int(result["epoch"])
+        reported = self.__dict__.setdefault("_reported", {})
+        if isinstance(value, float) and math.isfinite(value) and step > reported.get(trial_id, 0):
+            self._ot_trials[trial_id].report(value, step)
+            reported[trial_id] = step
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and not error:  # a trial the scheduler stopped: Tune hands its last result only here
+            self.on_trial_result(trial_id, result)
+        if not error and result and int(result.get("epoch", 0)) < int(result.get("epochs", 0)):
+            self._completed_trials.add(trial_id)
+            try:
                 self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-                self._completed_trials.add(trial_id)
-                return
-            super().on_trial_complete(trial_id, result, error)
+            except RuntimeError:  # GridSampler stops the study after its last point: told all the same
+                pass
+            return
+        super().on_trial_complete(trial_id, result, error)
 
-        def restore(self, checkpoint_path):
-            import optuna
+    def restore(self, checkpoint_path):
+        import optuna
 
-            super().restore(checkpoint_path)
-            # The database holds every trial the study had, also those asked after the pickle was saved.
-            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
-                                               sampler=self._sampler, pruner=optuna.pruners.NopPruner())
-            self._ot_trials, self._completed_trials = {}, set()
-            for frozen in self._ot_study.get_trials(deepcopy=False):
-                tune_id = frozen.user_attrs.get(TRIAL_TAG)
-                if tune_id is None:
-                    continue
-                if frozen.state == TrialState.RUNNING:
-                    self._ot_trials[tune_id] = optuna.Trial(self._ot_study, frozen._trial_id)
-                else:
-                    self._completed_trials.add(tune_id)
+        super().restore(checkpoint_path)
+        # The study's database holds every trial it had, also those asked after the pickle was saved;
+        # `resume` names where it is now (the folder may have moved, or be mounted elsewhere).
+        if _RESUMING.get("search_dir") is not None:
+            self._storage = study_storage(_RESUMING["search_dir"])
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                           sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+        self._ot_trials, self._completed_trials, self._reported = {}, set(), {}
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            tune_id = frozen.user_attrs.get(TRIAL_TAG)
+            if tune_id is None:
+                continue
+            if frozen.state == TrialState.RUNNING:
+                self._ot_trials[tune_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+                self._reported[tune_id] = max(frozen.intermediate_values, default=0)
+            else:
+                self._completed_trials.add(tune_id)
 
+
+def _searcher_class():
     return PrunedAwareOptunaSearch
 
 
@@ -145,7 +160,7 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
     With ``data`` the stores are prepared first (over the Ray cluster at ``address``); without it a
     missing one is an error naming the ``prepare`` command that makes it.
     """
-    from asc.store import MANIFEST, current_stores, read_manifest
+    from asc.store import MANIFEST, FeatureStore, current_stores, read_manifest
 
     configs = space.feature_configs()
     if str(store_root).startswith(("s3://", "gs://")):
@@ -155,31 +170,68 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
 
         print(f"preparing the {len(configs)} feature store(s) the space needs from {data}")
         print(format_report(prepare(data, store_root, configs, address=address)))
+    if not Path(store_root).is_dir():
+        raise AscError(f"--store {store_root}: no such folder (make the stores with `python -m search prepare "
+                       "DATA_DIR --store ...`, or pass --data DATA_DIR)")
     current = current_stores(store_root)
-    stores = {}
+    stores, missing = {}, []
     for config in configs:
         matches = [path for path, manifest in current if manifest.get("config") == config.to_dict()]
         if data is not None:  # of several datasets in one root, the one just prepared
             matches = [p for p in matches if Path(read_manifest(p / MANIFEST)["dataset"]["root"]) == Path(data).resolve()] or matches
         if not matches:
-            raise AscError(f"{store_root}: no feature store for n_mels={config.n_mels}"
-                           f"{' with spectrum correction' if config.spectrum_correction else ''}; make it with "
-                           f"`{prepare_command(config, store_root)}` (or pass --data DATA_DIR)")
+            missing.append(config)
+            continue
         if len(matches) > 1:
             raise AscError(f"{store_root}: several datasets have a store for n_mels={config.n_mels} "
                            f"({', '.join(p.name for p in matches)}): give a store root that holds one dataset's")
         stores[config.key()] = str(matches[0].resolve())
-    from asc.store import FeatureStore
-
+    if missing:
+        what = ", ".join(f"n_mels={c.n_mels}{' with spectrum correction' if c.spectrum_correction else ''}"
+                         for c in missing)
+        commands = " and ".join(f"`{prepare_command(group, store_root)}`" for group in
+                                ([c for c in missing if not c.spectrum_correction], [c for c in missing if c.spectrum_correction])
+                                if group)
+        raise AscError(f"{store_root}: no feature store for {what}; make them with {commands} (or pass --data DATA_DIR)")
     space.check_frames(min(FeatureStore(p).shape[1] for p in stores.values()))
+    _check_selection_devices(space, next(iter(stores.values())))
     return stores
 
 
-def prepare_command(config, store_root) -> str:
+NEEDS_OTHER_DEVICES = ("metric_b", "acc_bc", "gap_penalized", "pareto")  # acc_bc is part of each
+
+
+def _check_selection_devices(space: Space, store: str) -> None:
+    """An objective on B&C needs B or C clips among the clips each protocol selects on; without
+    them every trial's objective is NaN (ASHA cannot stop such trials, Optuna records them FAIL)."""
+    from asc import REFERENCE_DEVICE
+    from asc.store import FeatureStore
+    from asc.train import split_indices
+
+    if space.objective.name not in NEEDS_OTHER_DEVICES:
+        return
+    if "protocol" in space.searched:
+        protocols = list(space.searched["protocol"].values)
+    else:
+        protocols = sorted({space.resolve({**space.fixed, **p})["protocol"] for _, p in space.points} or
+                           {space.resolve(space.fixed)["protocol"]})
+    clips = FeatureStore(store).clips
+    for protocol in protocols:
+        config = space.train_config({**space.fixed, "protocol": protocol}, store)
+        _, select, _ = split_indices(clips, config)
+        devices = sorted({clips[i].device for i in select})
+        if not set(devices) - {REFERENCE_DEVICE}:
+            raise AscError(f"{space.path}: objective: {space.objective.name} needs clips of devices other than "
+                           f"{REFERENCE_DEVICE.upper()} among the selection clips, but the {protocol} protocol selects "
+                           f"on {len(select)} clips of device {', '.join(d.upper() for d in devices)} only ({store})")
+
+
+def prepare_command(configs: list, store_root) -> str:
+    """The `prepare` command line that makes the stores of ``configs`` (which differ only in n_mels)."""
     from asc.features import FeatureConfig
 
-    default = FeatureConfig()
-    flags = [f"--n-mels {config.n_mels}"]
+    default, config = FeatureConfig(), configs[0]
+    flags = [f"--n-mels {' '.join(str(c.n_mels) for c in configs)}"]
     for key, flag in (("sample_rate", "--sample-rate"), ("n_fft", "--n-fft"), ("hop_length", "--hop-length"),
                       ("fmin", "--fmin"), ("fmax", "--fmax"), ("power", "--power"), ("dtype", "--dtype")):
         if getattr(config, key) != getattr(default, key):
@@ -254,24 +306,31 @@ def _devices(stores: dict) -> list[str]:
 
 
 def run_search(settings: SearchSettings, command: str = "") -> dict:
-    import yaml
-
     space = load_space(settings.space, settings.overrides)
-    storage = Path(settings.storage or DEFAULT_STORAGE).resolve()
+    num_samples = space.num_samples if settings.num_samples is None else settings.num_samples
+    max_concurrent = space.max_concurrent if settings.max_concurrent is None else settings.max_concurrent
+    seed = space.seed if settings.seed is None else settings.seed
+    for flag, value, ok in (("--num-samples", num_samples, num_samples >= 1),
+                            ("--max-concurrent", max_concurrent, max_concurrent >= 1),
+                            ("--cpus-per-trial", settings.cpus_per_trial, settings.cpus_per_trial > 0),
+                            ("--gpus-per-trial", settings.gpus_per_trial, settings.gpus_per_trial >= 0)):
+        if not ok:
+            raise AscError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-trial' else '> 0'}")
     name = settings.name or space.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise AscError(f"--name {name!r}: letters, digits, '.', '_' and '-' only (it names a folder and an experiment)")
+    storage = Path(settings.storage or DEFAULT_STORAGE).resolve()
     search_dir = storage / name
     if (search_dir / SEARCH_FILE).exists():
         raise AscError(f"{search_dir}: a search named {name!r} exists; continue it with "
                        f"`python -m search resume {name} --storage {storage}` or give another --name")
-    storage.mkdir(parents=True, exist_ok=True)
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
     _quiet_tune()
-    mlflow_uri = settings.mlflow_uri or default_uri(storage)
+    mlflow_uri = absolute_uri(settings.mlflow_uri) if settings.mlflow_uri else default_uri(storage)
     check_tracking_uri(mlflow_uri)
-    num_samples = settings.num_samples or space.num_samples
-    max_concurrent = settings.max_concurrent or space.max_concurrent
-    seed = space.seed if settings.seed is None else settings.seed
-    if settings.gpus_per_trial < 0 or settings.cpus_per_trial <= 0 or num_samples < 1 or max_concurrent < 1:
-        raise AscError("--cpus-per-trial must be > 0, --gpus-per-trial >= 0, --num-samples and --max-concurrent >= 1")
 
     from search.prepare import init_ray
 
@@ -279,7 +338,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     init_ray(settings.address)
     _check_resources(settings)
     search_dir.mkdir(parents=True, exist_ok=True)
-    (search_dir / SPACE_FILE).write_text(yaml.safe_dump(_space_doc(space), sort_keys=False))
+    (search_dir / SPACE_FILE).write_text(space.text)
     local_artifacts = None if mlflow_uri.startswith(("http://", "https://")) else storage / "mlartifacts"
     options = {"num_samples": num_samples, "max_concurrent": max_concurrent, "seed": seed,
                "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
@@ -294,28 +353,11 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     return _fit_and_report(tuner, space, info, search_dir)
 
 
-def _space_doc(space: Space) -> dict:
-    """The space as run (its YAML with the overrides applied), for `resume` to read back."""
-    doc = {"description": space.description, "sampler": space.sampler, "objective": space.objective.name,
-           "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": space.seed,
-           "scheduler": {"name": space.scheduler.name} if space.scheduler.name == "none" else {
-               "name": "asha", "max_t": space.scheduler.max_t, "grace_period": space.scheduler.grace_period,
-               "reduction_factor": space.scheduler.reduction_factor}}
-    if space.objective.gap_lambda is not None:
-        doc["lambda"] = space.objective.gap_lambda
-    if space.features:
-        doc["features"] = dict(space.features)
-    params = dict(space.fixed)
-    for key, dist in space.searched.items():
-        if dist.kind == "choice":
-            params[key] = {"choice": list(dist.values)}
-        else:
-            params[key] = {dist.kind: [dist.low, dist.high], **({"step": dist.step} if dist.step else {}),
-                           **({"log": True} if dist.log else {})}
-    doc["params"] = params
-    if space.points:
-        doc["points"] = [{"id": pid, **p} for pid, p in space.points]
-    return doc
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///relative.db`` as an absolute path, so that `resume` from another folder finds it."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
 
 
 def _check_resources(settings: SearchSettings) -> None:
@@ -366,7 +408,7 @@ def _new_tuner(space: Space, info: dict, storage: Path):
     objective = space.objective
     metric = objective.metrics if objective.multi else objective.metrics[0]
     mode = objective.modes if objective.multi else objective.modes[0]
-    searcher = _searcher_class()(space=space, metric=metric, mode=mode, sampler=make_sampler(space, info["seed"]),
+    searcher = _searcher_class()(space=space, metric=metric, mode=mode, sampler=make_sampler(space, info["seed"], info["num_samples"]),
                                  study_name=info["name"], storage=study_storage(storage / info["name"]))
     searcher = ConcurrencyLimiter(searcher, max_concurrent=info["max_concurrent"])
     if space.scheduler.name == "asha":
@@ -408,14 +450,19 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     if not (search_dir / SEARCH_FILE).is_file():
         raise AscError(f"{search_dir}: no search named {name!r} here (no {SEARCH_FILE}); "
                        "give the --storage it was started with")
-    info = json.loads((search_dir / SEARCH_FILE).read_text())
-    from search.space import parse_space
-
-    import yaml
-
-    space = parse_space(yaml.safe_load((search_dir / SPACE_FILE).read_text()), info["space_path"],
-                        (search_dir / SPACE_FILE).read_text())
+    try:
+        info = json.loads((search_dir / SEARCH_FILE).read_text())
+        missing = [k for k in ("name", "stores", "mlflow_uri", "experiment_id", "parent_run_id", "storage",
+                               "num_samples", "max_concurrent", "seed", "cpus_per_trial", "gpus_per_trial")
+                   if k not in info]
+    except (OSError, ValueError) as exc:
+        raise AscError(f"{search_dir / SEARCH_FILE}: unreadable ({exc}); the search cannot be resumed") from None
+    if missing:
+        raise AscError(f"{search_dir / SEARCH_FILE}: lacks {', '.join(missing)}; the search cannot be resumed")
+    info["storage"] = str(storage_path)  # where it is now (the folder may have moved)
+    space = load_space(search_dir / SPACE_FILE)
     check_tracking_uri(info["mlflow_uri"])
+    _RESUMING["search_dir"] = search_dir
     if not tune.Tuner.can_restore(str(search_dir)):
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
                        "with another --name")
@@ -423,7 +470,7 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     print(f"resuming search {name!r} from {search_dir}")
     tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(space, info["stores"], info["cpus_per_trial"],
                                                                      info["gpus_per_trial"]),
-                               resume_unfinished=True, resume_errored=True)
+                               resume_unfinished=True, resume_errored=False)
     return _fit_and_report(tuner, space, info, search_dir)
 
 
@@ -439,10 +486,26 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
             "its full epochs" if space.objective.multi else "")
     if note:
         print(f"note: {note}")
-    results = tuner.fit()
-    trials = _trial_rows(results, space)
     client = MlflowClient(info["mlflow_uri"])
-    closed = close_dangling_runs(info["mlflow_uri"], info["experiment_id"], {t["trial_id"]: t["status"] for t in trials})
+    parent = info["parent_run_id"]
+    resume = f"python -m search resume {info['name']} --storage {info['storage']}"
+    try:
+        results = tuner.fit()
+    except BaseException:  # a crash of the driver's own: leave nothing RUNNING, say how to continue
+        close_dangling_runs(info["mlflow_uri"], info["experiment_id"], parent, {})
+        client.set_terminated(parent, "KILLED")
+        print(f"the search stopped; continue it with `{resume}`", file=sys.stderr)
+        raise
+    tune_trials = {t.trial_id: (t.status, t.checkpoint) for t in results._experiment_analysis.trials}
+    unfinished = _unfinished(search_dir, info, space, tune_trials)
+    if unfinished:  # Ctrl-C: Tune saved its state and returned; the study and the runs stay resumable
+        tune_trials = {tid: ("" if tid in unfinished else status, ckpt) for tid, (status, ckpt) in tune_trials.items()}
+        close_dangling_runs(info["mlflow_uri"], info["experiment_id"], parent, tune_trials)
+        client.set_terminated(parent, "KILLED")
+        raise AscError(f"search {info['name']!r} interrupted with {len(unfinished)} unfinished trial(s); "
+                       f"continue it with `{resume}`")
+    trials = _trial_rows(results, space)
+    closed = close_dangling_runs(info["mlflow_uri"], info["experiment_id"], parent, tune_trials)
     study = _finish_study(search_dir, info["name"])
     table = format_trials(trials, space, _devices(info["stores"]), info["top"])
     front = pareto_front(study, trials) if space.objective.multi else []
@@ -452,7 +515,6 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
         "|device gap| (down), on the selection clips")) if front else ""
     if front:
         print("\n" + front_table)
-    parent = info["parent_run_id"]
     client.log_text(parent, table + "\n", "best_trials.txt")
     client.log_text(parent, json.dumps(trials, indent=1, default=str), "trials.json")
     if front:
@@ -467,6 +529,25 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
           f"{counts['failed']} failed; {closed} dangling MLflow run(s) closed; {time.perf_counter() - start:.0f} s")
     print(f"browse them: {ui_command(info['mlflow_uri'], info['experiment_id'])}")
     return {"trials": trials, "front": front, "experiment_id": info["experiment_id"], "parent_run_id": parent}
+
+
+def _unfinished(search_dir: Path, info: dict, space: Space, tune_trials: dict) -> list[str]:
+    """The trials a Ctrl-C left unfinished. Tune marks them TERMINATED as it stops, so the searcher is
+    the judge: it tells Optuna about every trial that ended (finished, stopped by ASHA, failed), and a
+    trial it has not told about is still RUNNING in the study. A search stopped between two trials
+    has fewer trials than it asked for (a grid or points space: fewer than its points)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=info["name"], storage=study_storage(search_dir))
+    running = {t.user_attrs.get(TRIAL_TAG) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    unfinished = [tid for tid in tune_trials if tid in running]
+    expected = info["num_samples"]
+    if space.sampler in ("grid", "points"):
+        expected = min(expected, math.prod(len(v) for v in make_sampler(space, 0, 1)._search_space.values()))
+    if not unfinished and len(tune_trials) < expected:
+        unfinished = ["(not started)"]
+    return unfinished
 
 
 def _finish_study(search_dir: Path, name: str):
@@ -624,5 +705,5 @@ def _log_plots(client, run_id: str, study, space: Space) -> None:
 def ui_command(uri: str, experiment_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-    return (f"{shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, "
-            f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+    return (f"{shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
+            f"  then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")

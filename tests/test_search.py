@@ -150,6 +150,7 @@ def test_smoke_search_on_local_ray_records_every_trial_and_prunes_honestly(store
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "best 6 of 6 trials by metric_b" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "then open http://127.0.0.1:5000/#/experiments/" in out
     assert "epoch   1/3" in out and "B&C" in out
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     records = check_records(uri, tmp_path / "runs", "smoke", 6)
@@ -381,3 +382,75 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(sto
 
     again = run([sys.executable, "-m", "search", "resume", "nope", "--storage", str(storage)], timeout=120)
     assert again.returncode == 2 and "no search named 'nope'" in again.stderr
+
+
+def test_interrupted_search_says_how_to_continue_and_resume_keeps_the_study_right(store, tmp_path):
+    """Ctrl-C: Tune saves its state and returns; the search must not close the study as if it were
+    over (its unfinished trial would end FAIL in Optuna), but say which command continues it."""
+    storage = tmp_path / "runs"
+    cmd = search_cmd(store, storage, "ctrlc", "--num-samples", "2", "--max-concurrent", "1",
+                     sets=["epochs=4", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: any(n >= 1 for n in _epochs_done(storage, "ctrlc").values()), 300, "a first epoch", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 2, err[-3000:]
+    assert f"python -m search resume ctrlc --storage {storage}" in err.strip().splitlines()[-1]
+    _, _, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "ctrlc")
+    assert all(r.info.status != "RUNNING" for r in parent + trials)
+
+    done = run([sys.executable, "-m", "search", "resume", "ctrlc", "--storage", str(storage)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "ctrlc", 2)
+    check_study(storage, "ctrlc", records["results"])
+
+
+def test_pareto_search_prints_and_records_its_front(store, tmp_path):
+    storage = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "search", "run", str(REPO / "spaces" / "pareto.yaml"), "--store", str(store),
+           "--storage", str(storage), "--num-samples", "3", "--max-concurrent", "1"]
+    for item in [*SHRINK, "model=cnn", "epochs=1", "enhancement={choice: [none, mean_subtraction]}"]:
+        cmd += ["--set", item]
+    done = run(cmd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ASHA is off: it is single-objective" in done.stdout and "Pareto front:" in done.stdout
+    client, _, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "pareto")
+    assert len(trials) == 3 and parent[0].data.tags["note"].startswith("ASHA is off")
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {"pareto_front.txt", "optuna_pareto_front.png"} <= artifacts
+    front = study(storage, "pareto").best_trials
+    assert front and all(len(t.values) == 2 for t in front)
+    assert all("objective_acc_bc" in r.data.metrics and "objective_abs_gap" in r.data.metrics for r in trials)
+
+
+def test_searcher_tells_optuna_pruned_with_intermediate_values_also_for_a_grid(tmp_path):
+    """The Optuna side alone, with a real RDB study: an ASHA-stopped trial (last epoch < epochs) is
+    PRUNED with its intermediate values; a finished one COMPLETE; the grid sampler's end-of-grid stop
+    does not turn a PRUNED tell into an error."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.space import parse_space
+    from search.tuner import _searcher_class, make_sampler, study_storage
+
+    space = parse_space({"sampler": "grid", "objective": "metric_a", "scheduler": {"name": "asha", "max_t": 3},
+                         "params": {"model": "cnn", "epochs": 3, "mixup_alpha": {"choice": [0.0, 0.3]}}}, "g.yaml")
+    searcher = _searcher_class()(space=space, metric="objective", mode="max", sampler=make_sampler(space, 0, 2),
+                                 study_name="g", storage=study_storage(tmp_path))
+    configs = [searcher.suggest("t1"), searcher.suggest("t2")]
+    assert sorted(c["mixup_alpha"] for c in configs) == [0.0, 0.3] and configs[0]["model"] == "cnn"
+    for epoch in (1, 2, 3):
+        searcher.on_trial_result("t1", {"objective": 0.1 * epoch, "epoch": epoch, "epochs": 3})
+    searcher.on_trial_complete("t1", {"objective": 0.3, "epoch": 3, "epochs": 3})
+    searcher.on_trial_result("t2", {"objective": 0.05, "epoch": 1, "epochs": 3})
+    searcher.on_trial_complete("t2", {"objective": 0.05, "epoch": 1, "epochs": 3})
+    trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(
+        study_name="g", storage=study_storage(tmp_path)).get_trials()}
+    assert trials["t1"].state == TrialState.COMPLETE and trials["t1"].value == pytest.approx(0.3)
+    assert trials["t1"].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
+    assert trials["t2"].state == TrialState.PRUNED and trials["t2"].intermediate_values == {1: 0.05}
