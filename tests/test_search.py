@@ -280,6 +280,12 @@ def _wait_for(predicate, seconds: float, what: str, proc=None):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _start(cmd: list[str]) -> subprocess.Popen:
+    """A search in the background, in a process group of its own (its Ray instance included)."""
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
 def _epochs_done(storage: Path, name: str) -> dict[str, int]:
     """trial id -> epochs checkpointed so far (Tune keeps only the newest checkpoint folder)."""
     done = {}
@@ -316,8 +322,7 @@ def test_killed_worker_trial_resumes_from_its_checkpoint_to_the_uninterrupted_re
     storage = tmp_path / "runs"
     cmd = search_cmd(store, storage, "kill", "--num-samples", "2", "--max-concurrent", "1",
                      sets=["epochs=5", "scheduler=none"])
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = _start(cmd)
     try:
         _wait_for(lambda: any(n >= 2 for n in _epochs_done(storage, "kill").values()), 300,
                   "the first trial's second epoch", proc)
@@ -358,8 +363,7 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(sto
     storage = tmp_path / "runs"
     cmd = search_cmd(store, storage, "crash", "--num-samples", "3", "--max-concurrent", "1",
                      sets=["epochs=4", "scheduler=none"])
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = _start(cmd)
     try:
         # Kill the driver (and the Ray instance it started: its whole process group) once one trial
         # has finished and the next is part-way through.
@@ -390,8 +394,7 @@ def test_interrupted_search_says_how_to_continue_and_resume_keeps_the_study_righ
     storage = tmp_path / "runs"
     cmd = search_cmd(store, storage, "ctrlc", "--num-samples", "2", "--max-concurrent", "1",
                      sets=["epochs=4", "scheduler=none"])
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = _start(cmd)
     try:
         _wait_for(lambda: any(n >= 1 for n in _epochs_done(storage, "ctrlc").values()), 300, "a first epoch", proc)
         proc.send_signal(signal.SIGINT)
