@@ -387,7 +387,7 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
                 best_state = copy.deepcopy(model.state_dict())
             if evaluate_best and test_idx is not None:
                 test_metrics, test_probs = evaluate(model, view, test_idx, device, config)
-                best["test"] = scalars(test_metrics)
+                best["test"] = _test_summary(test_metrics, view)
         if ckpt_dir is not None:
             if improved:
                 _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
@@ -408,7 +408,7 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             report(epoch, {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"],
                            "best_metrics": best.get("metrics", {}),
                            # the paper protocol selects on the evaluation split: its figures are the same
-                           "best_test": best.get("metrics", {}) if test_idx is None else best.get("test", {})},
+                           "best_test": best.get("metrics", {}) if test_idx is None else scalars(best.get("test", {}))},
                    str(ckpt_dir) if ckpt_dir else None)
 
     best_row = next(r for r in history if r["epoch"] == best["epoch"])
@@ -423,16 +423,23 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
         "seconds": time.perf_counter() - start_time,
         "checkpoint": str(ckpt_dir / "best.pt") if ckpt_dir else None,
     }
-    if test_idx is not None:
+    if test_idx is not None and "test" in best:  # evaluated when the epoch was selected (evaluate_best)
+        result["test"] = best["test"]
+    elif test_idx is not None:
         if ckpt_dir is not None:
             best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
         model.load_state_dict(best_state)
         test_metrics, _ = evaluate(model, view, test_idx, device, config)
-        result["test"] = {**scalars(test_metrics), "class_acc": dict(zip(view.classes, test_metrics["class_acc"])),
-                          "confusion": test_metrics["confusion"]}
+        result["test"] = _test_summary(test_metrics, view)
     else:
         result["test"] = result["best"]
     return result
+
+
+def _test_summary(metrics: dict, view: FeatureView) -> dict:
+    """The evaluation split's figures of the selected epoch, as a result holds them."""
+    return {**scalars(metrics), "class_acc": dict(zip(view.classes, metrics["class_acc"])),
+            "confusion": metrics["confusion"]}
 
 
 def _prediction_arrays(view: FeatureView, indices: np.ndarray, probs: np.ndarray, prefix: str = "") -> dict:

@@ -39,14 +39,14 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
     return result
 
 
-def run_trial(config: dict, space: Space, stores: dict[str, str], device: str = "auto") -> None:
+def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     """Tune function trainable. ``config``: the trial's parameters; ``stores``: feature-config key ->
     store folder, resolved by the driver before any trial starts."""
     from ray import tune
 
     from asc.train import train
 
-    params = {k: v for k, v in config.items()}
+    params = dict(config)
     store = stores[space.feature_config(params).key()]
     work = Path(tune.get_context().get_trial_dir()) / "work"
     shutil.rmtree(work, ignore_errors=True)  # a reused actor or a retried trial starts from Tune's checkpoint only
@@ -55,7 +55,7 @@ def run_trial(config: dict, space: Space, stores: dict[str, str], device: str = 
     if checkpoint is not None:
         with checkpoint.as_directory() as saved:
             shutil.copytree(saved, work, dirs_exist_ok=True)
-    train_config = space.train_config(params, store, checkpoint_dir=str(work), device=device)
+    train_config = space.train_config(params, store, checkpoint_dir=str(work))
 
     def report(epoch: int, metrics: dict, ckpt_dir: str | None) -> None:
         result = flatten_report(metrics, train_config.epochs, space.objective)
