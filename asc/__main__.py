@@ -35,8 +35,9 @@ def _synth(args) -> None:
     print(f"wrote {len(dataset)} clips to {args.out} in {seconds:.1f} s ({len(dataset) / seconds:.0f} clips/s)")
 
 
-def resolve_store(path: str, n_mels: int | None = None) -> str:
-    """A store folder, or the one store under a store root (of ``n_mels`` bands when there are several)."""
+def resolve_store(path: str, n_mels: int | None = None, spectrum_correction: bool | None = None) -> str:
+    """A store folder, or the one store under a store root (of ``n_mels`` bands when there are several;
+    spectrum-corrected or not when ``spectrum_correction`` says)."""
     from pathlib import Path
 
     from asc.store import MANIFEST, current_stores
@@ -45,11 +46,14 @@ def resolve_store(path: str, n_mels: int | None = None) -> str:
     if (root / MANIFEST).is_file():
         return str(root)
     newest = current_stores(root)
-    candidates = [p for p, m in newest if n_mels is None or m["config"]["n_mels"] == n_mels]
+    candidates = [p for p, m in newest if (n_mels is None or m["config"]["n_mels"] == n_mels)
+                  and (spectrum_correction is None or m["config"].get("spectrum_correction", False) == spectrum_correction)]
     if len(candidates) == 1:
         return str(candidates[0])
     if not candidates:
-        raise AscError(f"{root}: no feature store here (run `python -m search prepare DATA_DIR --store {root}`)")
+        what = "spectrum-corrected feature store" if spectrum_correction else "feature store"
+        option = " --spectrum-correction" if spectrum_correction else ""
+        raise AscError(f"{root}: no {what} here (run `python -m search prepare DATA_DIR --store {root}{option}`)")
     raise AscError(f"{root}: {len(candidates)} stores ({', '.join(p.name for p in candidates)}); "
                    "name one folder" + ("" if n_mels is not None else " or pass --n-mels"))
 
@@ -57,8 +61,9 @@ def resolve_store(path: str, n_mels: int | None = None) -> str:
 def _system_config(args, system_id: str, checkpoint_dir: str | None):
     from asc.systems import get_system, system_config
 
-    return get_system(system_id), system_config(
-        system_id, resolve_store(args.store, args.n_mels), args.model, args.weights, args.allow_download,
+    system = get_system(system_id)
+    return system, system_config(
+        system_id, resolve_store(args.store, args.n_mels, system.spectrum_correction), args.model, args.weights, args.allow_download,
         epochs=args.epochs, protocol=args.protocol, seed=args.seed, device=args.device, bf16=args.bf16,
         channels_last=args.channels_last, num_workers=args.workers, checkpoint_dir=checkpoint_dir)
 
@@ -68,6 +73,7 @@ def _describe_system(system_id, system, config) -> str:
             + (", mean subtraction" if system.mean_subtraction else "")
             + (f", median filter {system.median_filter}" if system.median_filter else "")
             + (f", mixup alpha {system.mixup_alpha}" if system.mixup_alpha else "")
+            + (", spectrum correction" if system.spectrum_correction else "")
             + f"; {config.epochs} epochs, best by {config.selection}, {config.protocol} protocol")
 
 

@@ -16,16 +16,42 @@ whichever process writes which clip):
    high band decays faster), convolved with the dry mix. Reverberation is a scene cue, as the paper
    says, and it is convolutional like the device.
 3. **Devices** (``DEVICE_PROFILES``): the same reverberant signal is "recorded" by device A (flat,
-   quiet) and, for parallel segments, by B and C, each with its own frequency response (low-frequency
-   roll-off, resonance, microphone-port notch, high-frequency roll-off; within the ranges Android's
-   compatibility rules allow and phone measurements show), plus a small non-linearity (soft clipping
-   on B, slow automatic gain control on C) and a noise floor. The response multiplies the spectrum, so
-   in the log-Mel domain the device adds a near-constant vector per band: the paper's eq. (4).
+   quiet, linear) and, for parallel segments, by B and C, the way DCASE 2020 Task 1A simulated its
+   devices S1-S6 (a device impulse response, then device-specific dynamic range compression;
+   Heittola et al., DCASE 2020) and with the figures DESIGN.md gathers for real phones:
 
-Proportions follow the real fold 1: per scene a few locations, two thirds of them (and their
-segments) in train and one third in evaluate; A-only segments far outnumber the parallel ones in
-train (B and C are each ~7% of the training clips; 5% in the real fold), and two thirds of the parallel
-A/B/C groups are in evaluate, so that accuracy on B and C is measured on enough clips.
+   - *impulse response*: a low-frequency roll-off, resonances, a microphone-port notch and a steep
+     high-frequency roll-off (the band limit), within what Android's compatibility rules allow
+     (+-10 dB 100 Hz - 7 kHz, +-30 dB above) and phone measurements show (about 8 dB per octave
+     below ~90 Hz, port notches up to 21 dB, one phone -24 dB at 5 kHz; iOS's high-pass near 200 Hz);
+   - *self-noise* of the microphone and preamplifier (white, with 1/f-like noise below ~200 Hz),
+     added after the response: a MEMS microphone's ~30 dB(A) SPL against a quiet park's ~40 puts the
+     floor 10-25 dB under quiet scenes. It masks quiet bands differently from frame to frame (an
+     event lifts a band out of it), and above the band limit the recording holds the floor only:
+     information lost, not rescaled;
+   - *clipping* of B's converter on loud events (B is 6 dB more sensitive than A with less headroom);
+   - *dynamics*: B's fast 2:1 compressor and C's automatic gain control (iOS applies AGC unless an
+     app asks for measurement mode), fast enough (5-20 ms attack, 80-300 ms release) to follow a voice
+     or a pass-by within the clip, so that loud frames are lowered more than quiet ones and C's
+     pauses are lifted, its noise floor with them;
+   - *per-recording variation* (``Take``; handling, pocket, orientation): each recording draws its
+     own tilt and resonance changes, sensitivity (which moves the clipping and the dynamics'
+     operating point), self-noise level and dynamics threshold, so that no single per-device
+     correction fits every clip.
+
+   The response is a constant vector per band in the log-Mel domain (the paper's eq. 4), which
+   spectrogram-wise mean subtraction removes; the rest depends on the level and is not: on the
+   parallel pairs, 30-45% of the RMS log-Mel difference is left after per-clip mean subtraction
+   (about 10% with the response alone; ``tests/test_synth.py`` bounds it).
+
+Proportions follow the real fold 1: per scene 6 locations, two thirds of them (and their segments)
+in train and one third in evaluate; A-only segments far outnumber the parallel ones, and the
+parallel A/B/C groups are split half and half between train and evaluate as in the real fold. The
+default set (1320 clips of 3 s: 670 A + 80 B + 80 C in train, 330 + 80 + 80 in evaluate) makes B
+and C 10% each of the training clips (5% in the real fold) and puts 2 parallel groups in every
+training location, so that the validation protocol's held-out locations hold 20 clips of B and of C.
+Clips are 3 s (the real set's are 10 s; ``--seconds 10`` writes those) so that the default set is
+written in seconds and a search on it trains in minutes on two cores.
 """
 
 from __future__ import annotations
@@ -56,9 +82,9 @@ CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris",
 
 @dataclass(frozen=True)
 class SynthConfig:
-    segments_per_scene: int = 40  # device-A segments per scene; 400 A clips, a few minutes of CPU to train on
-    parallel_per_scene: int = 6  # of those, also recorded by B and C; real fold 1: 1080 of 13370 A segments
-    seconds: float = 10.0  # the real set's clip length
+    segments_per_scene: int = 100  # device-A segments per scene: 67 train, 33 evaluate
+    parallel_per_scene: int = 16  # of those, also recorded by B and C: half train (2 a train location), half evaluate
+    seconds: float = 3.0  # the real set's clips are 10 s; 3 s keeps the default set quick to write and to train on
     sample_rate: int = 44100  # the real set's rate
     seed: int = 0
     locations_per_scene: int = 6  # two thirds to train, one third to evaluate, as the real fold splits locations
@@ -95,9 +121,11 @@ class SynthConfig:
 
     @property
     def train_parallel(self) -> int:
-        """Parallel groups per scene in train: a third. B and C are then ~7% each of the training
-        clips (real fold 1: 5%) while the evaluation has enough of them to measure."""
-        return round(self.parallel_per_scene / 3)
+        """Parallel groups per scene in train: half, as in the real fold 1 (540 B clips in train, 540 in
+        evaluate). With the defaults B and C are 10% each of the training clips (real fold 1: 5%) and
+        every training location holds 2 parallel groups, so that the validation protocol's held-out
+        locations hold 20 clips of B and of C."""
+        return self.parallel_per_scene // 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,40 +169,127 @@ SCENE_PROFILES: dict[str, SceneProfile] = {
                          {"squeal": 0.1, "chime": 0.05, "rumble": 0.3, "voice": 0.2}, hum=(55, 0)),
 }
 
+# Events come EVENT_DENSITY times as often as the profiles' rates, so that a 3 s clip holds several:
+# what identifies a scene once mean subtraction has removed its long-term spectrum.
+EVENT_DENSITY = 1.5
 EVENT_LEVELS = {  # dB of an event's RMS over its duration relative to the background RMS
-    "voice": 6, "impulse": 12, "chirp": 6, "passby": 8, "chime": 8, "beep": 4, "squeal": 4, "rumble": 6,
+    "voice": 9, "impulse": 15, "chirp": 9, "passby": 11, "chime": 11, "beep": 7, "squeal": 7, "rumble": 9,
 }
 
 
 # --------------------------------------------------------------------------------------------------
-# Devices: how it is heard. Gains in dB; frequencies in Hz.
+# Devices: how it is heard. Gains in dB; frequencies in Hz; levels in dBFS (RMS unless named a peak).
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Dynamics:
+    """A feed-forward dynamics processor: a phone's dynamic range compressor or automatic gain control.
+
+    The level is the RMS over ``window_ms`` blocks; the static curve asks for
+    ``(1 / ratio - 1) * (level - threshold_db)`` dB, bounded to ``[min_gain_db, max_gain_db]``: a
+    compressor (ratio 2-4, max_gain_db 0) lowers only what exceeds the threshold; an AGC (a large
+    ratio, max_gain_db > 0) steers every passage towards the threshold, raising quiet ones. The gain
+    then moves towards that target with a one-pole smoother, ``attack_ms`` while it falls and
+    ``release_ms`` while it rises, so it follows an event that lasts longer than the attack.
+    """
+
+    threshold_db: float
+    ratio: float
+    attack_ms: float
+    release_ms: float
+    max_gain_db: float = 0.0
+    min_gain_db: float = -40.0
+    makeup_db: float = 0.0
+    window_ms: float = 10.0
+
+    def gain_db(self, level_db: np.ndarray, block_ms: float, threshold_shift_db: float = 0.0) -> np.ndarray:
+        """The smoothed gain, per block, for the block levels ``level_db``."""
+        target = np.clip((1 / self.ratio - 1) * (level_db - self.threshold_db - threshold_shift_db),
+                         self.min_gain_db, self.max_gain_db)
+        attack, release = math.exp(-block_ms / self.attack_ms), math.exp(-block_ms / self.release_ms)
+        # Written out: the smoother's coefficient depends on the direction the gain moves, which no
+        # linear filter (scipy.signal.lfilter) expresses. Blocks of 10 ms: 300 steps for a 3 s clip.
+        out = np.empty_like(target)
+        gain = float(target[0])
+        for i, want in enumerate(target.tolist()):
+            coefficient = attack if want < gain else release
+            gain = coefficient * gain + (1 - coefficient) * want
+            out[i] = gain
+        return out + self.makeup_db
+
+    def __call__(self, y: np.ndarray, sr: int, threshold_shift_db: float = 0.0) -> np.ndarray:
+        hop = max(1, int(sr * self.window_ms / 1000))
+        blocks = -(-len(y) // hop)
+        padded = np.zeros(blocks * hop, dtype=np.float32)
+        padded[: len(y)] = y
+        level_db = 10 * np.log10(np.mean(padded.reshape(blocks, hop) ** 2, axis=1, dtype=np.float64) + 1e-12)
+        gain_db = self.gain_db(level_db, 1000 * hop / sr, threshold_shift_db)
+        centres = np.arange(blocks) * hop + hop / 2
+        return y * (10 ** (np.interp(np.arange(len(y)), centres, gain_db) / 20)).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
+    """One recording device, in the order the sound meets it: the acoustic and analogue response
+    (the device impulse response), the microphone's and preamplifier's self-noise, the converter's
+    clipping, then the phone's dynamics processing. Device A is linear and quiet."""
+
     low_cut: tuple[float, int] | None  # (corner Hz, Butterworth order): roll-off of 6 dB/octave per order
     peaks: tuple[tuple[float, float, float], ...]  # (centre Hz, Q, gain dB): resonances (+) and notches (-)
-    high_cut: tuple[float, int] | None  # (corner Hz, order)
-    gain_db: float  # overall sensitivity relative to device A
-    noise_db: float  # self-noise floor, dBFS RMS (white)
-    soft_clip: float = 0.0  # tanh drive: 0 = linear; y = tanh(k x) / k
-    agc: tuple[float, float] | None = None  # (threshold dBFS, ratio): slow compressor
-    # How one recording differs from the next (the phone held, pocketed or placed differently):
-    # dB of random tilt across the band and of change in each peak; centres move by a tenth as many
-    # octaves. Constant within a recording, so still additive in log-Mel.
+    high_cut: tuple[float, int] | None  # (corner Hz, order); a steep one is the band limit
+    gain_db: float  # analogue sensitivity relative to device A (sets how hard the clip and the dynamics work)
+    noise_db: float  # self-noise, dBFS RMS over the whole band, added after the response
+    noise_low_db: float = 0.0  # extra self-noise below ~200 Hz (1/f noise, handling rumble)
+    tilt_db_per_octave: float = 0.0  # broad brightness (+) or darkness (-) re 1 kHz, from 125 Hz to 16 kHz
+    clip_dbfs: float | None = None  # the converter's full scale at this gain: hard clipping above it
+    dynamics: Dynamics | None = None  # the phone's DRC or AGC, after the converter
+    # How one recording differs from the next (the phone held, pocketed or placed differently), as
+    # standard deviations: dB of tilt across the band and of change in each peak (centres move by a
+    # tenth as many octaves); dB of sensitivity (moves the clip and the dynamics' operating point);
+    # dB of self-noise; dB of the dynamics' threshold.
     variation_db: float = 0.0
+    gain_variation_db: float = 0.0
+    noise_variation_db: float = 0.0
+    threshold_variation_db: float = 0.0
 
 
 DEVICE_PROFILES: dict[str, DeviceProfile] = {
-    # Soundman OKM II binaural microphones into a Zoom F8: 20 Hz - 20 kHz within a dB.
+    # Soundman OKM II binaural microphones into a Zoom F8: 20 Hz - 20 kHz within a dB, a quiet recorder.
     "a": DeviceProfile(low_cut=(15, 1), peaks=(), high_cut=(21000, 2), gain_db=0.0, noise_db=-96),
-    # Samsung Galaxy S7-like: gentle bass roll-off, a presence resonance, a port notch, HF roll-off.
+    # Samsung Galaxy S7-like: bass roll-off, a presence resonance, a port notch, bright (+3 dB per
+    # octave), a band limit near 12 kHz; 6 dB more sensitive than A with less headroom, so loud
+    # events clip; a fast 2:1 DRC.
     "b": DeviceProfile(low_cut=(120, 2), peaks=((2500, 1.2, 6.0), (6500, 3.0, -15.0), (350, 1.0, -3.0)),
-                       high_cut=(11000, 3), gain_db=-4.0, noise_db=-88, soft_clip=2.0, variation_db=3.0),
-    # iPhone SE-like: high-pass near 200 Hz, low-mid resonance, falls above 2 kHz, early HF cut, AGC.
+                       high_cut=(12000, 6), gain_db=6.0, tilt_db_per_octave=3.0, noise_db=-74, noise_low_db=10.0,
+                       clip_dbfs=-3.0,
+                       dynamics=Dynamics(threshold_db=-30.0, ratio=2.0, attack_ms=5.0, release_ms=80.0, makeup_db=3.0),
+                       variation_db=3.0, gain_variation_db=3.0, noise_variation_db=2.0, threshold_variation_db=2.0),
+    # iPhone SE-like: high-pass near 200 Hz, low-mid resonance, a dip above 4 kHz, dark (-3 dB per
+    # octave), a band limit near 9 kHz; noisier, and an AGC that pulls every passage towards
+    # -26 dBFS within +-8 dB, fast enough (20 ms down, 300 ms up) to duck under a voice or a
+    # pass-by and lift the pauses.
     "c": DeviceProfile(low_cut=(220, 3), peaks=((1200, 1.5, 7.0), (4500, 2.0, -12.0), (9000, 2.0, 5.0)),
-                       high_cut=(8000, 4), gain_db=3.0, noise_db=-84, agc=(-20.0, 1.5), variation_db=3.0),
+                       high_cut=(9000, 6), gain_db=3.0, tilt_db_per_octave=-3.0, noise_db=-70, noise_low_db=6.0,
+                       dynamics=Dynamics(threshold_db=-26.0, ratio=20.0, attack_ms=20.0, release_ms=300.0,
+                                         max_gain_db=8.0, min_gain_db=-8.0),
+                       variation_db=3.0, gain_variation_db=3.0, noise_variation_db=2.0, threshold_variation_db=2.0),
     # Beyond 2019: room for more devices (DCASE 2020 added s1..s6); add profiles here.
 }
+
+
+@dataclass(frozen=True)
+class Take:
+    """One recording's draw of its device's variation (all zero: the device's nominal behaviour)."""
+
+    gain_db: float = 0.0
+    noise_db: float = 0.0
+    threshold_db: float = 0.0
+
+
+def draw_take(device: str, rng: np.random.Generator) -> Take:
+    profile = DEVICE_PROFILES[device]
+    return Take(gain_db=rng.normal(0, profile.gain_variation_db) if profile.gain_variation_db else 0.0,
+                noise_db=rng.normal(0, profile.noise_variation_db) if profile.noise_variation_db else 0.0,
+                threshold_db=rng.normal(0, profile.threshold_variation_db) if profile.threshold_variation_db else 0.0)
 
 
 def device_response_db(device: str, frequencies: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -186,7 +301,7 @@ def device_response_db(device: str, frequencies: np.ndarray, rng: np.random.Gene
     """
     profile = DEVICE_PROFILES[device]
     f = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-3)
-    gain_db = np.full(f.shape, profile.gain_db)
+    gain_db = profile.gain_db + profile.tilt_db_per_octave * np.clip(np.log2(f / 1000.0), -3, 4)
     vary = rng is not None and profile.variation_db > 0
     if vary:  # a tilt of +-variation_db between 100 Hz and 10 kHz
         gain_db += rng.normal(0, profile.variation_db) * np.clip(np.log10(f / 1000.0), -1, 1)
@@ -273,17 +388,24 @@ def _envelope_db(f: np.ndarray, slope: float, bumps) -> np.ndarray:
     return db
 
 
-def _shaped_noise(rng, n: int, sr: int, slope: float, bumps) -> np.ndarray:
+@lru_cache(maxsize=256)
+def _envelope(size: int, sr: int, slope: float, bumps) -> np.ndarray:
+    """The amplitude envelope of :func:`_envelope_db` on the rFFT bins of ``size`` (cached: a place's
+    background has the same envelope in every segment)."""
+    f = np.fft.rfftfreq(size, 1.0 / sr).astype(np.float32)
+    return (10 ** (_envelope_db(f, slope, bumps) / 20)).astype(np.float32)
+
+
+def _shaped_noise(rng, n: int, sr: int, slope: float, bumps, size: int | None = None) -> np.ndarray:
     """Gaussian noise of ``n`` samples with a spectral envelope, unit RMS.
 
-    Made in the frequency domain at a power-of-two length (pocketfft caches one plan per length,
-    and random lengths would make a new plan every time), then cut to ``n``.
+    Made in the frequency domain at ``size`` samples (default: the next power of two; pocketfft
+    caches one plan per length, and random lengths would make a new plan every time), then cut to ``n``.
     """
-    size = 1 << max(n - 1, 1).bit_length()
+    size = size or 1 << max(n - 1, 1).bit_length()
     re = rng.standard_normal(size // 2 + 1, dtype=np.float32)
     im = rng.standard_normal(size // 2 + 1, dtype=np.float32)
-    f = np.fft.rfftfreq(size, 1.0 / sr).astype(np.float32)
-    x = scipy.fft.irfft((re + 1j * im) * 10 ** (_envelope_db(f, slope, bumps) / 20), size)[:n]
+    x = scipy.fft.irfft((re + 1j * im) * _envelope(size, sr, slope, bumps), size)[:n]
     return (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
 
 
@@ -291,13 +413,14 @@ def _hann(n: int) -> np.ndarray:
     return np.hanning(max(n, 2)).astype(np.float32)
 
 
-def _event(kind: str, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """One event of ``kind``, unit RMS over its length."""
+def _event(kind: str, rng: np.random.Generator, sr: int, longest: int) -> np.ndarray:
+    """One event of ``kind``, unit RMS over its length, at most ``longest`` samples (the middle of a
+    longer one)."""
     if kind == "voice":  # a syllable: harmonic complex through two formants
         n = int(sr * rng.uniform(0.15, 0.5))
         t = np.arange(n, dtype=np.float32) / sr
         f0 = rng.uniform(95, 250) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(2, 5) * t))
-        phase = 2 * np.pi * np.cumsum(f0) / sr
+        phase = (2 * np.pi * np.cumsum(f0) / sr).astype(np.float32)  # float32 sines: the voice is the costliest event
         formants = rng.choice(np.array([[700, 1200], [400, 2000], [300, 900], [500, 1700], [600, 1000]]))
         k = np.arange(1, 16, dtype=np.float32)[:, None]
         fk = k * f0.mean()
@@ -316,8 +439,9 @@ def _event(kind: str, rng: np.random.Generator, sr: int) -> np.ndarray:
         seconds = rng.uniform(2, 6) if kind == "passby" else rng.uniform(0.5, 2)
         n = int(sr * seconds)
         corner = rng.uniform(300, 1500) if kind == "passby" else rng.uniform(60, 200)
-        x = _shaped_noise(rng, n, sr, -3.0, ((corner, 2.0, 12.0),))
-        x *= np.exp(-0.5 * ((np.arange(n) - n / 2) / (n / 6)) ** 2).astype(np.float32)
+        kept = min(n, longest)
+        x = _shaped_noise(rng, kept, sr, -3.0, ((round(corner, -1), 2.0, 12.0),))
+        x *= np.exp(-0.5 * ((np.arange(kept) + (n - kept) / 2 - n / 2) / (n / 6)) ** 2).astype(np.float32)
     elif kind in ("chime", "beep"):  # announcement chime (2-3 notes) or a single beep
         notes = rng.integers(2, 4) if kind == "chime" else 1
         parts = []
@@ -362,11 +486,12 @@ def _music(rng, n: int, sr: int) -> np.ndarray:
     return out / (np.sqrt(np.mean(out**2)) + 1e-12)
 
 
-def dry_scene(place: Location, segment: str, n: int, sr: int, seed: int) -> np.ndarray:
-    """The sound at the place, before the room and the microphone: ``n`` samples, background RMS 1."""
+def dry_scene(place: Location, segment: str, n: int, sr: int, seed: int, size: int | None = None) -> np.ndarray:
+    """The sound at the place, before the room and the microphone: ``n`` samples, background RMS 1
+    (its noise made at ``size`` samples: one FFT length for every segment of a set)."""
     profile = SCENE_PROFILES[place.scene]
     rng = _rng(seed, "segment", place.scene, place.city, place.location, segment)
-    x = _shaped_noise(rng, n, sr, place.slope, place.bumps)
+    x = _shaped_noise(rng, n, sr, place.slope, place.bumps, size)
     rate, depth = profile.modulation
     t = np.arange(n, dtype=np.float32) / sr
     x *= 1 + depth * np.sin(2 * np.pi * rate * 2 ** rng.uniform(-1, 1) * t + rng.uniform(0, 2 * np.pi))
@@ -376,11 +501,22 @@ def dry_scene(place: Location, segment: str, n: int, sr: int, seed: int) -> np.n
     if profile.music is not None:
         x += 10 ** ((profile.music + rng.uniform(-6, 3)) / 20) * _music(rng, n, sr)
     for kind, rate in sorted(profile.events.items()):
-        for _ in range(rng.poisson(rate * place.event_scale * n / sr)):
-            event = _event(kind, rng, sr)[: n]
+        for _ in range(rng.poisson(EVENT_DENSITY * rate * place.event_scale * n / sr)):
+            event = _event(kind, rng, sr, n)[: n]
             start = rng.integers(0, n - len(event) + 1)
             x[start:start + len(event)] += 10 ** ((EVENT_LEVELS[kind] + rng.uniform(-8, 4)) / 20) * event
     return x
+
+
+def one_pole_lowpass(x: np.ndarray, sr: int, corner: float) -> np.ndarray:
+    """``x`` through a one-pole low-pass (``y[i] = (1 - p) x[i] + p y[i - 1]``), applied in the
+    frequency domain with enough padding for its tail: scipy.signal.lfilter does the same, but
+    importing scipy.signal costs each synthesis process ~1.5 s."""
+    pole = math.exp(-2 * math.pi * corner / sr)
+    size = scipy.fft.next_fast_len(len(x) + int(20 * sr / (2 * math.pi * corner)), real=True)  # 20 time constants
+    f = np.fft.rfftfreq(size, 1.0 / sr)
+    response = (1 - pole) / (1 - pole * np.exp(-2j * np.pi * f / sr))
+    return scipy.fft.irfft(scipy.fft.rfft(x, size) * response, size)[: len(x)]
 
 
 def room_response(rt60: float, n_fft: int, sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -390,13 +526,10 @@ def room_response(rt60: float, n_fft: int, sr: int, rng: np.random.Generator) ->
     surfaces absorb high frequencies); the tail's energy relative to the direct sound grows with
     RT60, as in bigger, harder rooms.
     """
-    from scipy.signal import lfilter  # importing scipy.signal costs ~1.7 s: only where it is used
-
     length = min(int(sr * rt60 * 1.2), n_fft // 4)
     t = np.arange(length, dtype=np.float32) / sr
-    pole = math.exp(-2 * math.pi * 2000 / sr)
-    low = lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
-    high = rng.standard_normal(length) - lfilter([1 - pole], [1, -pole], rng.standard_normal(length))
+    low = one_pole_lowpass(rng.standard_normal(length), sr, 2000)
+    high = rng.standard_normal(length) - one_pole_lowpass(rng.standard_normal(length), sr, 2000)
     tail = low * np.exp(-6.9 * t / rt60) + high * np.exp(-6.9 * t / (rt60 / 2))
     direct_to_reverb_db = 6 + 8 * math.log10(1 + rt60 * 4)
     tail *= 10 ** (-direct_to_reverb_db / 20) / (np.sqrt(np.sum(tail**2)) + 1e-12)
@@ -407,34 +540,60 @@ def room_response(rt60: float, n_fft: int, sr: int, rng: np.random.Generator) ->
     return scipy.fft.rfft(response)
 
 
-def capture(spectrum: np.ndarray, device: str, start: int, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+@lru_cache(maxsize=128)
+def location_room(place: Location, n_fft: int, sr: int, seed: int) -> np.ndarray:
+    """The room response of ``place`` (every segment of a place is heard in the same room): computed
+    once per place and process."""
+    return room_response(place.rt60, n_fft, sr, _rng(seed, "room", place.scene, place.city, place.location))
+
+
+def capture(spectrum: np.ndarray, device: str, start: int, n: int, sr: int, rng: np.random.Generator,
+            take: Take = Take()) -> np.ndarray:
     """The linear part of a recording: the sound whose rFFT is ``spectrum`` through this recording's
-    response of ``device``, samples ``start:start + n``."""
+    response of ``device`` (the device impulse response, with this take's sensitivity), samples
+    ``start:start + n``."""
     n_fft = 2 * (len(spectrum) - 1)
-    return scipy.fft.irfft(spectrum * recording_response(device, n_fft, sr, rng), n_fft)[start:start + n]
+    response = recording_response(device, n_fft, sr, rng) * np.float32(10 ** (take.gain_db / 20))
+    return scipy.fft.irfft(spectrum * response, n_fft)[start:start + n]
 
 
-def finish(y: np.ndarray, device: str, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """The rest of a recording: ``device``'s gain control, soft clipping and self-noise, then the
-    converter's full scale."""
+@lru_cache(maxsize=8)
+def _self_noise_shape(size: int, sr: int, low_db: float) -> np.ndarray:
+    """Amplitude on the rFFT bins of white noise plus a one-pole low-pass (200 Hz) of it ``low_db``
+    stronger: the spectrum of a microphone's white and 1/f-like noise."""
+    f = np.fft.rfftfreq(size, 1.0 / sr)
+    return np.sqrt(1 + 10 ** (low_db / 10) / (1 + (f / 200.0) ** 2)).astype(np.float32)
+
+
+def self_noise(device: str, n: int, sr: int, rng: np.random.Generator, take: Take = Take()) -> np.ndarray:
+    """The microphone's and preamplifier's noise, ``n`` samples at the profile's level (dBFS RMS):
+    white, plus 1/f-like noise ``noise_low_db`` stronger below ~200 Hz (made in the frequency domain)."""
     profile = DEVICE_PROFILES[device]
-    if profile.agc is not None:  # slow compressor: gain follows a 1 s RMS envelope
-        from scipy.signal import lfilter
+    sigma = np.float32(10 ** ((profile.noise_db + take.noise_db) / 20))
+    if not profile.noise_low_db:
+        return sigma * rng.standard_normal(n, dtype=np.float32)
+    size = scipy.fft.next_fast_len(n, real=True)
+    half = size // 2 + 1
+    spectrum = rng.standard_normal(half, dtype=np.float32) + 1j * rng.standard_normal(half, dtype=np.float32)
+    noise = scipy.fft.irfft(spectrum * _self_noise_shape(size, sr, profile.noise_low_db), size)[:n]
+    return (noise * (sigma / (np.sqrt(np.mean(noise**2)) + 1e-12))).astype(np.float32)
 
-        threshold_db, ratio = profile.agc
-        a = 1.0 / sr
-        power = lfilter([a], [1, a - 1], y.astype(np.float64) ** 2)
-        level_db = 10 * np.log10(np.maximum(power, 1e-12))
-        gain_db = -(1 - 1 / ratio) * np.maximum(level_db - threshold_db, 0)
-        y = y * (10 ** (gain_db / 20)).astype(np.float32)
-    if profile.soft_clip:
-        y = np.tanh(profile.soft_clip * y) / profile.soft_clip
-    y = y + 10 ** (profile.noise_db / 20) * rng.standard_normal(len(y)).astype(np.float32)
+
+def finish(y: np.ndarray, device: str, sr: int, rng: np.random.Generator, take: Take = Take()) -> np.ndarray:
+    """The rest of a recording after the linear response: self-noise, the converter's clipping, the
+    phone's dynamics, then the file's full scale."""
+    profile = DEVICE_PROFILES[device]
+    y = y + self_noise(device, len(y), sr, rng, take)
+    if profile.clip_dbfs is not None:
+        limit = 10 ** (profile.clip_dbfs / 20)
+        y = np.clip(y, -limit, limit)
+    if profile.dynamics is not None:
+        y = profile.dynamics(y, sr, take.threshold_db)
     return np.clip(y, -1.0, 1.0 - 2.0**-23).astype(np.float32)
 
 
-PREROLL_MAX_SECONDS = 1.5  # reverberation tails longer than this are cut (RT60 up to ~2.5 s)
-PEAK_DBFS = -6.0  # device A's loudest sample at most; leaves B and C (up to +7 dB resonances) room
+PREROLL_MAX_SECONDS = 1.0  # reverberation tails longer than this are cut (at RT60 2 s the tail is 30 dB down)
+PEAK_DBFS = -6.0  # device A's loudest sample at most
 
 
 def fft_length(config: SynthConfig) -> int:
@@ -453,22 +612,23 @@ def synthesize_group(place: Location, segment: str, devices: tuple[str, ...], co
     n_fft = fft_length(config)
     # Start the scene before the clip, so that the reverberation is built up at its first sample.
     preroll = min(int(sr * place.rt60 * 1.2), int(PREROLL_MAX_SECONDS * sr))
-    dry = dry_scene(place, segment, n + preroll, sr, config.seed)
-    rng = _rng(config.seed, "room", place.scene, place.city, place.location, segment)
-    spectrum = scipy.fft.rfft(dry, n_fft) * room_response(place.rt60, n_fft, sr, rng)
+    dry = dry_scene(place, segment, n + preroll, sr, config.seed,
+                    scipy.fft.next_fast_len(n + int(PREROLL_MAX_SECONDS * sr), real=True))
+    spectrum = scipy.fft.rfft(dry, n_fft) * location_room(place, n_fft, sr, config.seed)
     # Scale to the place's level on device A (before A's own, nearly flat, response). Parseval's
     # theorem gives the RMS without going back to the time domain.
     power = (2 * np.vdot(spectrum, spectrum).real - abs(spectrum[0]) ** 2) / n_fft**2
-    level_db = place.level_db + rng.uniform(-2, 2)
+    level_db = place.level_db + _rng(config.seed, "level", segment).uniform(-2, 2)
     spectrum *= np.float32(10 ** (level_db / 20) / (np.sqrt(power * n_fft / len(dry)) + 1e-12))
     # Headroom: the loudest moment on device A peaks at PEAK_DBFS (A is linear, so scale afterwards).
     rngs = {d: _rng(config.seed, "device", d, segment) for d in devices}
+    takes = {d: draw_take(d, rngs[d]) for d in devices}
     reference = capture(spectrum, REFERENCE_DEVICE, preroll, n, sr, rngs[REFERENCE_DEVICE])
     scale = np.float32(min(1.0, 10 ** (PEAK_DBFS / 20) / (np.abs(reference).max() + 1e-12)))
     spectrum *= scale
     return {
-        d: finish(reference * scale if d == REFERENCE_DEVICE else capture(spectrum, d, preroll, n, sr, rngs[d]),
-                  d, sr, rngs[d])
+        d: finish(reference * scale if d == REFERENCE_DEVICE else capture(spectrum, d, preroll, n, sr, rngs[d], takes[d]),
+                  d, sr, rngs[d], takes[d])
         for d in devices
     }
 

@@ -1,12 +1,17 @@
-"""The paper's systems A1-A7 (selected by Metric A) and B1-B7 (Metric B), Tables 2 and 3.
+"""The paper's systems A1-A7 (selected by Metric A) and B1-B7 (Metric B), Tables 2 and 3, and SC.
 
 Each is a partial training configuration: pretraining, global normalisation, mean subtraction,
-median filter and mixup alpha. ``system_config`` fills in the rest.
+median filter, mixup alpha and spectrum correction. ``system_config`` fills in the rest. SC is not
+the paper's: A2 on spectrum-corrected features (the DCASE2019 Task 1B winner's enhancement, Kosmider
+2019), selected by Metric A, for comparing the winner's direction with the paper's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from asc.errors import AscError
 
@@ -18,7 +23,8 @@ class System:
     mean_subtraction: bool
     median_filter: tuple[int, int] | None
     mixup_alpha: float
-    paper: tuple[float, float, float, float, float]  # the paper's A, B, C, B&C, gap (%) for comparison
+    paper: tuple[float, float, float, float, float] | None  # the paper's A, B, C, B&C, gap (%) for comparison
+    spectrum_correction: bool = False  # trains on a spectrum-corrected store
 
 
 _TABLE = {  # id: (pretrained, norm, mean sub, median filter, mixup alpha), Table 2 (A) / Table 3 (B) results
@@ -38,12 +44,13 @@ _PAPER = {
     "B4": (71.6, 59.6, 61.7, 60.6, 11.0), "B5": (76.7, 64.3, 67.0, 65.6, 11.1), "B6": (69.6, 67.2, 67.6, 67.4, 2.2),
     "B7": (74.0, 60.2, 65.6, 62.9, 11.1),
 }
-SYSTEMS: dict[str, System] = {sid: System(*_TABLE[sid[1]], _PAPER[sid]) for sid in _PAPER}
+PAPER_SYSTEMS: dict[str, System] = {sid: System(*_TABLE[sid[1]], _PAPER[sid]) for sid in _PAPER}
+SYSTEMS: dict[str, System] = {**PAPER_SYSTEMS, "SC": System(*_TABLE["2"], paper=None, spectrum_correction=True)}
 
 
 def selection_metric(system_id: str) -> str:
-    """A systems keep the epoch with the best Metric A, B systems the best Metric B."""
-    return "metric_a" if system_id.upper().startswith("A") else "metric_b"
+    """B systems keep the epoch with the best Metric B, the others (A1-A7, SC) the best Metric A."""
+    return "metric_b" if system_id.upper().startswith("B") else "metric_a"
 
 
 def get_system(system_id: str) -> System:
@@ -78,6 +85,38 @@ def format_comparison(rows) -> str:
     for sid, system, result in rows:
         t = result["test"]
         ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap"))
-        paper = "".join(f"{v:>6.1f}" for v in system.paper)
+        paper = "".join(f"{v:>6.1f}" for v in system.paper) if system.paper else f"{'-':>6}" * 5
         lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
     return "\n".join(lines)
+
+
+def parallel_mask(filenames, devices) -> np.ndarray:
+    """Which clips belong to a segment that more than one device recorded (a parallel group): the same
+    recordings on every device, where a device gap is the device's and not the recordings'."""
+    stems = [str(f).rsplit("-", 1)[0] for f in filenames]  # audio/scene-city-location-segment
+    groups: dict[str, set] = {}
+    for stem, device in zip(stems, devices):
+        groups.setdefault(stem, set()).add(str(device))
+    return np.array([len(groups[s]) > 1 for s in stems])
+
+
+def prediction_metrics(probs: np.ndarray, labels: np.ndarray, devices, filenames) -> dict:
+    """Device metrics of one set of predictions on all its clips and on its parallel groups alone."""
+    from asc.metrics import device_metrics
+
+    pred, devices = np.asarray(probs).argmax(axis=1), np.asarray(devices)
+    n_classes = np.asarray(probs).shape[1]
+    mask = parallel_mask(filenames, devices)
+    out = {"all": device_metrics(labels, pred, devices, n_classes)}
+    if mask.any():
+        out["parallel"] = device_metrics(np.asarray(labels)[mask], pred[mask], devices[mask], n_classes)
+    return {part: {k: v for k, v in m.items() if isinstance(v, float)} for part, m in out.items()}
+
+
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n); nan for one value)."""
+    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if not len(values):
+        return math.nan, math.nan
+    sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return float(values.mean()), sem

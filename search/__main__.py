@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train", "bench-search": "search.bench_search"}
+BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train", "bench-search": "search.bench_search",
+              "bench-devices": "search.bench_devices"}
 
 
 def main(argv: list[str] | None = None) -> int:

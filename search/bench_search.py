@@ -114,10 +114,10 @@ class Scale:
 
 SCALES = {
     # 10 s, 44.1 kHz clips and the paper's 128 x 430 log-Mel features; the smoke space's CNN. The
-    # efficiency set is the demo's (SynthConfig's defaults, 520 clips: the set spaces/smoke.yaml is for).
+    # efficiency set is the demo's (SynthConfig's defaults, 1320 clips of 3 s: the set spaces/smoke.yaml is for).
     "full": Scale(synth={"seconds": 10.0, "sample_rate": 44100, "seed": 0}, default_clips=260, features={},
                   n_mels=128, batch_size=32, width=8, smoke_epochs=3,
-                  efficiency_synth={"segments_per_scene": 40, "parallel_per_scene": 6, "seed": 0},
+                  efficiency_synth={"seed": 0},
                   grid={"enhancement": ["none", "mean_subtraction"], "mixup_alpha": [0.0, 0.3],
                         "lr": [0.0003, 0.001, 0.003]}, efficiency_epochs=12),
     # The tests' sizes: 1 s clips at 22.05 kHz, 32 Mel bands; minutes in all on 2 cores.

@@ -450,11 +450,11 @@ def _dist(spec: dict, param: Param, key: str, fail) -> Dist:
 
 
 def _points(points, fixed: dict, searched: dict, fail) -> list:
-    """``points``: a list of paper system ids (A1-A7, B1-B7) or mappings of params (with an ``id``)."""
+    """``points``: a list of system ids (the paper's A1-A7, B1-B7, and SC) or mappings of params (with an ``id``)."""
     from asc.systems import SYSTEMS, selection_metric
 
     if not isinstance(points, list) or not points:
-        fail("points", "the points sampler needs a non-empty list of paper systems (A1..B7) or parameter mappings")
+        fail("points", "the points sampler needs a non-empty list of systems (A1..B7, SC) or parameter mappings")
     if searched:
         fail(f"params.{next(iter(searched))}", "the points sampler runs fixed points: params must be fixed values")
     out = []
@@ -462,9 +462,10 @@ def _points(points, fixed: dict, searched: dict, fail) -> list:
         if isinstance(point, str):
             system = SYSTEMS.get(point.upper())
             if system is None:
-                fail(f"points[{i}]", f"unknown system {point!r} (paper systems: {', '.join(SYSTEMS)})")
+                fail(f"points[{i}]", f"unknown system {point!r} (systems: {', '.join(SYSTEMS)})")
             enhancement = ("mean_subtraction" if system.mean_subtraction else
-                           "median_filter" if system.median_filter else "none")
+                           "median_filter" if system.median_filter else
+                           "spectrum_correction" if system.spectrum_correction else "none")
             params = {"pretrained": system.pretrained, "normalization": system.normalization,
                       "enhancement": enhancement, "mixup_alpha": system.mixup_alpha,
                       "selection": selection_metric(point)}

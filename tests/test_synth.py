@@ -95,26 +95,27 @@ def _log_mel(path: Path) -> np.ndarray:
     return np.log(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=512, n_mels=64) + 1e-10)
 
 
-def test_device_shows_as_a_constant_vector_in_log_mel(small_set):
-    """The paper's eq. (4): log-Mel(B) - log-Mel(A) is about constant over time in each band."""
+def test_mean_subtraction_leaves_a_share_of_the_device_effect(small_set):
+    """Per-clip mean subtraction removes a device's response (a constant per band in log-Mel, the
+    paper's eq. 4) but not what depends on the level: compression and gain control that follow the
+    events, the noise floor, clipping. Of the RMS log-Mel difference between a parallel pair, the
+    share left after subtracting each clip's mean per band is stated: 0.2 to 0.7 on average (a
+    linear device leaves about 0.1, which is the frames at the clip's edges and the noise)."""
     dataset = read_development(small_set)
-    ratios = []
+    shares = {"b": [], "c": []}
     for members in dataset.parallel_groups().values():
-        reference = _log_mel(dataset.path(members["a"]))
-        for device in ("b", "c"):
-            diff = _log_mel(dataset.path(members[device])) - reference
-            # Frames within half a window of either end are half zero padding: the strong
-            # low-frequency content of A leaks across bands there, so they are left out.
-            diff = diff[:, 2:-2]
-            over_frames = diff.std(axis=1)  # per band: how much the difference moves in time
-            over_bands = diff.mean(axis=1).std()  # how different the constant is from band to band
-            assert np.median(over_frames) < 0.25 * over_bands, (members[device].filename, over_frames, over_bands)
-            ratios.append(over_frames.mean() / over_bands)
-    assert np.mean(ratios) < 0.15
+        reference = _log_mel(dataset.path(members["a"]))[:, 2:-2]  # edge frames are half padding
+        for device in shares:
+            diff = _log_mel(dataset.path(members[device]))[:, 2:-2] - reference
+            residual = diff - diff.mean(axis=1, keepdims=True)
+            shares[device].append(np.sqrt(np.mean(residual**2) / np.mean(diff**2)))
+    for device, values in shares.items():
+        assert 0.2 < np.mean(values) < 0.7, (device, np.mean(values))
 
 
-def test_long_term_spectrum_ratio_is_the_device_response(small_set):
-    """Averaged over a parallel pair, B's power spectrum over A's is |H_B / H_A|^2 in the mid band."""
+def test_long_term_spectrum_ratio_follows_the_device_response(small_set):
+    """Averaged over a parallel pair, B's power spectrum over A's has the shape of |H_B / H_A|^2 in
+    the mid band, up to a level: the dynamics and each take's sensitivity move the whole spectrum."""
     dataset = read_development(small_set)
     n_fft, sr = 2048, SMALL.sample_rate
     freqs = np.fft.rfftfreq(n_fft, 1 / sr)
@@ -126,10 +127,102 @@ def test_long_term_spectrum_ratio_is_the_device_response(small_set):
         for device in ("a", "b"):
             y, _ = soundfile.read(str(dataset.path(members[device])), dtype="float64")
             power[device] = (np.abs(librosa.stft(y, n_fft=n_fft, hop_length=512)) ** 2).mean(axis=1)
-        measured.append(10 * np.log10(power["b"] / power["a"]))
+        ratio = 10 * np.log10(power["b"] / power["a"])
+        measured.append(ratio - np.median(ratio[mid] - expected[mid]))
     error = np.median(measured, axis=0)[mid] - expected[mid]
-    assert np.median(np.abs(error)) < 1.0
-    assert np.percentile(np.abs(error), 90) < 2.5
+    assert np.median(np.abs(error)) < 1.5
+    assert np.percentile(np.abs(error), 90) < 4.0
+
+
+def _tone_bursts(sr: int, quiet_db: float, loud_db: float) -> np.ndarray:
+    """1 s of a quiet 1 kHz tone, 1 s of the same tone loud, 1 s quiet again (levels in dBFS RMS)."""
+    t = np.arange(3 * sr) / sr
+    level = np.where((t >= 1) & (t < 2), loud_db, quiet_db)
+    return (np.sqrt(2) * 10 ** (level / 20) * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+
+
+def _segment_gain_db(y_in: np.ndarray, y_out: np.ndarray, sr: int, part: slice) -> float:
+    """Output over input level, in dB, over the middle half of each second (past the attack)."""
+    rms = lambda y: np.sqrt(np.mean(y[part].astype(np.float64) ** 2))
+    return 20 * np.log10(rms(y_out) / rms(y_in))
+
+
+@pytest.mark.parametrize("device", ["b", "c"])
+def test_dynamics_lower_loud_passages_more_than_quiet_ones(device):
+    dynamics = asc.synth.DEVICE_PROFILES[device].dynamics
+    sr = 16000
+    y = _tone_bursts(sr, -45.0, -10.0)
+    out = dynamics(y, sr)
+    quiet = _segment_gain_db(y, out, sr, slice(int(0.25 * sr), int(0.75 * sr)))
+    loud = _segment_gain_db(y, out, sr, slice(int(1.25 * sr), int(1.75 * sr)))
+    assert loud < quiet - 10, (quiet, loud)  # 35 dB in, at most 25 dB out
+    # After the burst the gain comes back within a few release times (300 ms for C's AGC).
+    assert _segment_gain_db(y, out, sr, slice(int(2.8 * sr), int(3.0 * sr))) == pytest.approx(quiet, abs=2.0)
+
+
+def test_agc_raises_quiet_passages():
+    dynamics = asc.synth.DEVICE_PROFILES["c"].dynamics
+    sr = 16000
+    y = _tone_bursts(sr, -45.0, -45.0)
+    assert _segment_gain_db(y, dynamics(y, sr), sr, slice(sr, 2 * sr)) == pytest.approx(dynamics.max_gain_db, abs=0.5)
+
+
+@pytest.mark.parametrize("device", ["b", "c"])
+def test_noise_floor_fills_quiet_bands(device):
+    """A phone's recording of near silence is its self-noise, and a band whose signal lies under that
+    floor carries the floor, not the signal scaled: a 10 dB change of a quiet tone moves the band by
+    far less than 10 dB on the phone (and by 10 dB on device A).
+    Levels: the tone in dBFS RMS, the floor over the whole band (so -20 dB in a 200 Hz band)."""
+    sr = 44100
+    rng = np.random.default_rng(0)
+    silence = asc.synth.finish(np.zeros(sr, dtype=np.float32), device, sr, rng)
+    profile = asc.synth.DEVICE_PROFILES[device]
+    floor_db = 20 * np.log10(np.sqrt(np.mean(silence.astype(np.float64) ** 2)))
+    # The AGC lifts silence by up to its maximum gain; the compressor leaves it alone.
+    lift = profile.dynamics.max_gain_db + profile.dynamics.makeup_db
+    assert floor_db == pytest.approx(profile.noise_db + lift, abs=1.5)
+
+    t = np.arange(sr) / sr
+    def band_db(dev: str, tone_db: float) -> float:
+        tone = (np.sqrt(2) * 10 ** (tone_db / 20) * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+        y = asc.synth.finish(tone, dev, sr, np.random.default_rng(1))
+        spectrum = np.abs(np.fft.rfft(y.astype(np.float64))) ** 2
+        return 10 * np.log10(spectrum[900:1101].sum())  # 900-1100 Hz
+    # Tones that reach the device's floor in that band (the floor is white: -20.4 dB in 200 Hz), and
+    # 10 dB under it. ``finish`` takes the signal after the response, so the tone is set there.
+    at_floor = profile.noise_db - 10 * np.log10(sr / 2 / 200)
+    assert band_db(device, at_floor) - band_db(device, at_floor - 10) < 3.0
+    assert band_db("a", at_floor) - band_db("a", at_floor - 10) == pytest.approx(10.0, abs=0.5)
+
+
+def test_clipping_bounds_the_samples_of_the_device_with_less_headroom():
+    sr = 44100
+    loud = _tone_bursts(sr, -6.0, -3.0) * 2.0  # peaks above 0 dBFS before the converter
+    profile = asc.synth.DEVICE_PROFILES["b"]
+    limit = 10 ** (profile.clip_dbfs / 20) * 10 ** (profile.dynamics.makeup_db / 20)
+    out = asc.synth.finish(loud, "b", sr, np.random.default_rng(0))
+    assert np.abs(out).max() <= limit * 1.01
+    # Clipped, not scaled: the waveform's crest factor falls from a sine's sqrt(2) towards a square's 1.
+    middle = out[int(1.25 * sr):int(1.75 * sr)].astype(np.float64)
+    assert np.abs(middle).max() / np.sqrt(np.mean(middle**2)) < 1.25
+
+
+def test_held_out_training_locations_measure_every_device():
+    """The default set's validation protocol holds out at least 20 B and 20 C clips, whichever
+    locations its seed holds out, while B and C each stay 5-10% of the training clips."""
+    from asc.dataset import Clip
+    from asc.train import TrainConfig, split_indices
+
+    segments = plan(SynthConfig())
+    clips = [Clip(filename=seg.filename(d), split=seg.place.split, scene=seg.place.scene, city=seg.place.city,
+                  location=seg.place.location, segment=seg.segment, device=d) for seg in segments for d in seg.devices]
+    train = [c for c in clips if c.split == "train"]
+    for device in ("b", "c"):
+        assert 0.05 <= sum(c.device == device for c in train) / len(train) <= 0.10
+    for validation_seed in range(5):
+        _, held, _ = split_indices(clips, TrainConfig(store="default", protocol="validation", validation_seed=validation_seed))
+        for device in ("b", "c"):
+            assert sum(clips[i].device == device for i in held) >= 20
 
 
 def test_existing_folder_is_refused_and_left_alone(tmp_path):
@@ -177,3 +270,14 @@ def test_plan_proportions_follow_the_real_fold():
     b_share = sum("b" in s.devices for s in train) / clips
     assert 0.03 < b_share < 0.1  # real fold 1: 540 of 10265 training clips are B (5%)
     assert sum(len(s.devices) == 1 for s in train) > 5 * sum(len(s.devices) > 1 for s in train)
+
+
+def test_one_pole_lowpass_is_the_recursive_filter():
+    """The frequency-domain one-pole (no scipy.signal import in the synthesis processes) is the
+    recursion y[i] = (1 - p) x[i] + p y[i - 1] that scipy.signal.lfilter computes."""
+    from scipy.signal import lfilter
+
+    x = np.random.default_rng(0).standard_normal(4000)
+    pole = np.exp(-2 * np.pi * 200 / 16000)
+    expected = lfilter([1 - pole], [1, -pole], x)
+    assert np.allclose(asc.synth.one_pole_lowpass(x, 16000, 200), expected, atol=1e-9)

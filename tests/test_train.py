@@ -188,6 +188,18 @@ def test_cli_trains_a_paper_system_and_writes_json(small_store, tmp_path):
     assert {"acc_a", "acc_b", "acc_c", "acc_bc", "metric_a", "metric_b", "device_gap"} <= set(result["best"])
 
 
+def test_spectrum_correction_system_needs_its_own_store(small_store):
+    """SC (A2 on spectrum-corrected features) picks the corrected store under a root; a root without
+    one is a one-line error naming the prepare option that makes it."""
+    from asc.systems import get_system, selection_metric
+
+    assert get_system("sc").spectrum_correction and selection_metric("SC") == "metric_a"
+    run = subprocess.run([sys.executable, "-m", "asc", "train", "--store", str(Path(small_store).parent),
+                          "--system", "SC", "--model", "cnn", "--epochs", "1"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1
+    assert "spectrum-corrected" in run.stderr and "--spectrum-correction" in run.stderr
+
+
 def test_cli_without_weights_names_the_path(small_store, tmp_path):
     run = subprocess.run([sys.executable, "-m", "asc", "train", "--store", small_store, "--system", "B2",
                           "--weights", str(tmp_path / "missing.pth"), "--epochs", "1"],
