@@ -41,8 +41,9 @@ whichever process writes which clip):
 
    The response is a constant vector per band in the log-Mel domain (the paper's eq. 4), which
    spectrogram-wise mean subtraction removes; the rest depends on the level and is not: on the
-   parallel pairs, 30-45% of the RMS log-Mel difference is left after per-clip mean subtraction
-   (about 10% with the response alone; ``tests/test_synth.py`` bounds it).
+   parallel pairs of the default set, 24% (B) and 41% (C) of the RMS log-Mel difference is left
+   after per-clip mean subtraction (about 10% with the response alone; ``tests/test_synth.py``
+   bounds it).
 
 Proportions follow the real fold 1: per scene 6 locations, two thirds of them (and their segments)
 in train and one third in evaluate; A-only segments far outnumber the parallel ones, and the
