@@ -1,0 +1,91 @@
+"""Fusion maths on hand-made probabilities, where the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asc import AscError
+from asc.fusion import average, best_per_group, greedy_selection, top_k
+from asc.metrics import device_metrics
+
+# Four clips, two on the reference device and two on B; two classes.
+LABELS = np.array([0, 1, 0, 1])
+DEVICES = np.array(["a", "a", "b", "b"])
+
+
+def metric_b(probs: np.ndarray) -> float:
+    return device_metrics(LABELS, probs.argmax(1), DEVICES, 2)["metric_b"]
+
+
+def confident(right: list[bool], sure: float) -> np.ndarray:
+    """Probabilities that put ``sure`` on the true class where ``right``, else on the other one."""
+    out = np.empty((len(LABELS), 2))
+    for i, (label, ok) in enumerate(zip(LABELS, right)):
+        out[i, label if ok else 1 - label] = sure
+        out[i, 1 - label if ok else label] = 1 - sure
+    return out
+
+
+# The A specialist is sure where it is right and unsure where it is wrong; the B specialist likewise;
+# averaged they are right everywhere. The third candidate is wrong everywhere.
+A_EXPERT = confident([True, True, False, False], 0.9)
+A_EXPERT[2:] = confident([True, True, False, False], 0.6)[2:]
+B_EXPERT = confident([False, False, True, True], 0.9)
+B_EXPERT[:2] = confident([False, False, True, True], 0.6)[:2]
+WRONG = confident([False, False, False, False], 0.8)
+CANDIDATES = [A_EXPERT, B_EXPERT, WRONG]
+
+
+def test_average_is_the_weighted_mean():
+    fused = average([A_EXPERT, WRONG], weights=[3, 1])
+    np.testing.assert_allclose(fused, 0.75 * A_EXPERT + 0.25 * WRONG)
+    np.testing.assert_allclose(fused.sum(1), 1.0)
+    with pytest.raises(AscError, match="shape"):
+        average([A_EXPERT, A_EXPERT[:2]])
+    with pytest.raises(AscError, match="weights"):
+        average([A_EXPERT, WRONG], weights=[0, 0])
+
+
+def test_fused_metrics_against_a_hand_computation():
+    fused = average([A_EXPERT, B_EXPERT])
+    # Clip 0: (0.9 + 0.4) / 2 = 0.65 on class 0 (right); clip 2: (0.4 + 0.9) / 2 = 0.65 on class 0 (right).
+    assert fused[0, 0] == pytest.approx(0.65) and fused[2, 0] == pytest.approx(0.65)
+    m = device_metrics(LABELS, fused.argmax(1), DEVICES, 2)
+    assert (m["acc_a"], m["acc_b"], m["metric_b"], m["device_gap"]) == (1.0, 1.0, 1.0, 0.0)
+    assert metric_b(A_EXPERT) == metric_b(B_EXPERT) == 0.5 and metric_b(WRONG) == 0.0
+
+
+def test_greedy_finds_the_complementary_pair_and_stops_at_its_best_step():
+    selection = greedy_selection(CANDIDATES, metric_b, steps=5)
+    assert selection.members == (0, 1) and selection.weights == pytest.approx((0.5, 0.5))
+    assert selection.score == 1.0
+    assert selection.history[:2] == (0.5, 1.0) and len(selection.history) == 6  # 5 steps tried, truncated at 1
+    np.testing.assert_allclose(selection.fuse(CANDIDATES), average([A_EXPERT, B_EXPERT]))
+
+
+def test_greedy_adds_with_replacement_when_repeating_a_member_helps():
+    """One clip whose best fused probability of class 0 is 2/3: the ensemble S, W, S (weights 2:1)."""
+    s_model, w_model = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    score = lambda p: -abs(float(p[0, 0]) - 2 / 3)
+    selection = greedy_selection([s_model, w_model], score, steps=4)
+    assert selection.members == (0, 1) and selection.weights == pytest.approx((2 / 3, 1 / 3))
+    assert selection.score == pytest.approx(0.0)
+    assert selection.history[:3] == pytest.approx((-1 / 3, -1 / 6, 0.0)) and max(selection.history[3:]) < 0
+
+
+def test_bagging_pools_weights_and_is_reproducible():
+    first = greedy_selection(CANDIDATES, metric_b, steps=3, bags=10, bag_fraction=0.67, seed=1)
+    again = greedy_selection(CANDIDATES, metric_b, steps=3, bags=10, bag_fraction=0.67, seed=1)
+    assert first == again and sum(first.weights) == pytest.approx(1.0)
+    assert 2 not in first.members or first.weights[first.members.index(2)] < 0.5
+
+
+def test_top_k_and_best_per_group():
+    assert top_k(CANDIDATES, metric_b, 2).members == (0, 1)
+    by_group = best_per_group(CANDIDATES, ["mean_subtraction", "none", "none"], metric_b)
+    assert set(by_group.members) == {0, 1} and by_group.weights == pytest.approx((0.5, 0.5))
+    with pytest.raises(AscError, match="k must be"):
+        top_k(CANDIDATES, metric_b, 4)
+    with pytest.raises(AscError, match="init"):
+        greedy_selection(CANDIDATES, metric_b, init=0)
