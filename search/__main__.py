@@ -39,7 +39,7 @@ def _demo(args) -> None:
         dataset = read_development(data)
     else:
         print(f"[1/3] synthetic dataset: writing {data}")
-        dataset = write_dataset(data, config, progress=True)
+        dataset = write_dataset(data, config, progress=sys.stderr.isatty())
     print(f"      {len(dataset)} clips in {time.perf_counter() - start:.1f} s\n")
     print(format_summary(summarize(dataset)))
 

@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                                 progress=sys.stderr.isatty())
         synth_seconds = time.perf_counter() - t
         print(f"synthetic set: {len(dataset)} clips written to {data} in {synth_seconds:.1f} s")
-    print(format_report(prepare(data, store, [FeatureConfig(), FeatureConfig(spectrum_correction=True)],
-                                progress=sys.stderr.isatty())))
+    print(format_report(prepare(data, store, [FeatureConfig(), FeatureConfig(spectrum_correction=True)])))
     seeds = list(range(args.seeds))
     print(f"\nsmall CNN, {args.epochs} epochs, best epoch by Metric A on the evaluation split, seeds {seeds}, "
           f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()}")

@@ -108,8 +108,13 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
 
 
 def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureConfig], address: str | None = None,
-            num_cpus: int | None = None, shard_size: int = 32, progress: bool = True) -> BuildReport:
-    """Build (or find up to date) one store per configuration for the dataset in ``data_dir``."""
+            num_cpus: int | None = None, shard_size: int = 32, progress: bool | None = None) -> BuildReport:
+    """Build (or find up to date) one store per configuration for the dataset in ``data_dir``.
+
+    ``progress``: a bar on stderr; by default only when stderr is a terminal (piped into a log, tqdm
+    writes a line per update, and an error would no longer be the one line on stderr)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
     dataset = read_dataset(data_dir)
     map_fn = functools.partial(ray_map, address=address, num_cpus=num_cpus)
     bar = None
