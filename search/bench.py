@@ -488,11 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep what the benchmark wrote")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs for Ray (default: all, %(default)s)")
     parser.add_argument("--shard-size", type=int, default=32, help="clips per prepare task (prepare's default, %(default)s)")
-    parser.add_argument("--quiet-wait", type=float, default=60.0,
-                        help="seconds in all to wait for other processes to leave the CPUs before timed sections "
-                             "(default %(default)s; 0: never wait)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    add_report_options(parser, quiet_wait=60.0)
     return parser
+
+
+def add_report_options(parser: argparse.ArgumentParser, quiet_wait: float | None = None) -> None:
+    """The options every benchmark shares: ``--json`` and, for those that wait for a quiet machine
+    before timing, ``--quiet-wait``."""
+    if quiet_wait is not None:
+        parser.add_argument("--quiet-wait", type=float, default=quiet_wait,
+                            help="seconds in all to wait for other processes to leave the CPUs before timed sections "
+                                 "(default %(default)s; 0: never wait)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
 
 
 def main(argv: list[str] | None = None) -> int:

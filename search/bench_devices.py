@@ -1,6 +1,6 @@
 """The paper's directions on the default synthetic set: is there a device gap for a search to close?
 
-    python -m search bench-devices [--seeds 2] [--epochs 15] [--workdir bench-devices]
+    python -m search bench-devices [--seeds 2] [--epochs 15] [--workdir bench-devices] [--json devices.json]
 
 From nothing, in one run: the default synthetic set (``asc synth``'s defaults; the seconds it took to
 write are printed), its feature store with and without spectrum correction (``prepare``, Ray tasks),
@@ -19,7 +19,8 @@ the directions the paper reports with their goals:
 - mean subtraction costs at most about 10 points on device A (the paper: 8.7).
 
 Differences are taken seed by seed (the same seed trains both systems) and then averaged. Every run
-checkpoints under WORKDIR/runs: a rerun resumes, and reuses the set and the stores.
+checkpoints under WORKDIR/runs: a rerun resumes, and reuses the set and the stores. ``--json`` writes
+every figure.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from asc.synth import SynthConfig, write_dataset
+from search.bench import add_report_options
 
 SYSTEMS = ("A2", "A3", "A6", "SC")
 PARTS = (("all", "all evaluation clips"), ("parallel", "parallel segments only"))
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), help="(default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-devices"),
                         help="set, stores and checkpoints (reused on a rerun; default %(default)s)")
-    parser.add_argument("--json-out", type=Path, default=None, help="also write every figure as JSON")
+    add_report_options(parser)
     defaults = SynthConfig()
     parser.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene,
                         help="a smaller set for a quick look (the claim is on the default, %(default)s)")
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_directions(checks))
     total = time.perf_counter() - start
     print(f"\n{total / 60:.1f} minutes in all" + (f"; the default set written in {synth_seconds:.1f} s" if synth_seconds else ""))
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"results": results, "directions": checks, "seeds": seeds,
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "directions": checks, "seeds": seeds,
                                              "epochs": args.epochs, "minutes": total / 60,
                                              "synth_seconds": synth_seconds}, indent=1, default=float))
     return 0

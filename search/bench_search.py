@@ -794,10 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where data, stores and runs go; kept, and reused by the next run (default: a temporary "
                              "folder, removed at the end but for its efficiency/ outputs)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    parser.add_argument("--quiet-wait", type=float, default=30.0,
-                        help="seconds in all to wait for other processes to leave the CPUs before timed sections "
-                             "(default %(default)s; 0: never wait)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    from search.bench import add_report_options
+
+    add_report_options(parser, quiet_wait=30.0)
     return parser
 
 

@@ -74,7 +74,7 @@ def test_bench_devices_end_to_end_on_a_tiny_set(tmp_path):
     out = tmp_path / "devices.json"
     cmd = [sys.executable, "-m", "search", "bench-devices", "--workdir", str(tmp_path / "work"), "--seeds", "2",
            "--epochs", "1", "--systems", "A2", "A3", "--segments-per-scene", "4", "--parallel-per-scene", "2",
-           "--seconds", "1", "--json-out", str(out)]
+           "--seconds", "1", "--json", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout
