@@ -392,7 +392,9 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             if improved:
                 _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
                               "classes": view.classes, "epoch": epoch, "metrics": metrics,
-                              "enhancement": dataclasses.asdict(config.enhancement), "store": config.store}, ckpt_dir / "best.pt")
+                              "enhancement": dataclasses.asdict(config.enhancement), "store": config.store,
+                              # what the model's input was normalised with (asc.inference rebuilds it from audio)
+                              "norm_mean": view.mean, "norm_std": view.std}, ckpt_dir / "best.pt")
                 _atomic_savez(ckpt_dir / "best_probs.npz", classes=np.array(view.classes),
                               **_prediction_arrays(view, select_idx, probs),
                               **({} if test_probs is None else _prediction_arrays(view, test_idx, test_probs, "test_")))

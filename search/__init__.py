@@ -2,3 +2,13 @@
 
 ``asc`` never imports this package; this package launches ``asc``.
 """
+
+import os as _os
+
+# MLflow draws a progress bar for every artifact it moves (a trial's model, a fusion's members): on a
+# search's console that is a line per trial of noise around the tables. Our own bars say what runs.
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Tune warns when a callback or its result processing takes over 0.5 s ("may be a performance
+# bottleneck"): our MLflow callback writes a SQLite store once per trial-epoch, which on a busy 2-core
+# machine takes about that, against epochs of many seconds. Read when ray.tune is first imported.
+_os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")

@@ -1,9 +1,8 @@
-"""``python -m search``: the project's main entry point.
+"""``python -m search``: the project's entry point.
 
-``demo`` runs the main job on the embedded defaults. Today that is the part that exists: generate the
-synthetic multi-device dataset (once), describe it, extract its features into the store, and train
-two of the paper's systems (no enhancement, and mean subtraction + mixup) with the small CNN to show
-the device gap; it grows with the project into a search and fusion.
+``demo`` runs the whole loop on the embedded defaults (synthetic set, feature stores, a search,
+fusion, a submission file; see ``search/demo.py``); ``prepare``, ``run``, ``resume``, ``fuse`` and
+``predict`` are its steps on your data; the ``bench-*`` commands measure it.
 """
 
 from __future__ import annotations
@@ -15,51 +14,10 @@ from pathlib import Path
 
 from asc.errors import run_command, run_main
 
-DEFAULT_WORKDIR = Path("asc-demo")  # everything the demo writes lives here (git-ignored)
-
-
 def _demo(args) -> None:
-    from asc.dataset import read_development
-    from asc.describe import format_summary, summarize
-    from asc.features import FeatureConfig
-    from tqdm import tqdm
+    from search.demo import run_demo
 
-    from asc.store import find_store
-    from asc.synth import SynthConfig, write_dataset
-    from asc.systems import format_comparison, get_system, system_config
-    from asc.train import train
-    from search.prepare import format_report, prepare
-
-    data, store = args.workdir / "data", args.workdir / "store"
-    config = SynthConfig(segments_per_scene=args.segments_per_scene, parallel_per_scene=args.parallel_per_scene,
-                         seconds=args.seconds, seed=args.seed)
-    start = time.perf_counter()
-    if (data / "meta.csv").exists():
-        print(f"[1/3] synthetic dataset: {data} exists, reusing it (delete it to regenerate)")
-        dataset = read_development(data)
-    else:
-        print(f"[1/3] synthetic dataset: writing {data}")
-        dataset = write_dataset(data, config, progress=sys.stderr.isatty())
-    print(f"      {len(dataset)} clips in {time.perf_counter() - start:.1f} s\n")
-    print(format_summary(summarize(dataset)))
-
-    print(f"\n[2/3] feature store: log-Mel with the paper's settings into {store} (Ray tasks)")
-    report = prepare(data, store, [FeatureConfig(n_mels=n) for n in args.n_mels])
-    print(format_report(report))
-
-    trained_on = find_store(store, FeatureConfig(n_mels=args.n_mels[0]), dataset)
-    runs = args.workdir / "runs" / trained_on.path.name  # new audio, new store, new runs
-    print(f"\n[3/3] the paper's systems {', '.join(args.systems)} with the small CNN, {args.epochs} epochs each "
-          f"(checkpoints in {runs}: a rerun resumes)")
-    rows = []
-    for system_id in args.systems:
-        train_config = system_config(system_id, str(trained_on.path), "cnn", epochs=args.epochs,
-                                     checkpoint_dir=str(runs / system_id.upper()))
-        bar = tqdm(total=args.epochs, desc=system_id.upper(), unit="epoch", file=sys.stderr)
-        result = train(train_config, report=lambda epoch, metrics, ckpt: bar.update(epoch - bar.n))  # resumed: jumps
-        bar.close()
-        rows.append((system_id.upper(), get_system(system_id), result))
-    print(format_comparison(rows))
+    run_demo(args)
 
 
 def _prepare(args) -> None:
@@ -105,6 +63,31 @@ def _resume(args) -> None:
     resume_search(args.name, storage=args.storage, address=args.address)
 
 
+def _fuse(args) -> None:
+    from search.fuse import fuse, format_result
+    from search.tracking import default_uri
+    from search.tuner import DEFAULT_STORAGE, absolute_uri
+
+    uri = absolute_uri(args.mlflow_uri) if args.mlflow_uri else default_uri(Path(DEFAULT_STORAGE))
+    result = fuse(args.experiment, uri, by=args.by, size=args.size, method=args.method, register=args.register,
+                  full_budget=args.full_budget, bags=args.bags, gap_lambda=args.gap_lambda, seed=args.seed)
+    print(format_result(result))
+    print(f"\nfusion run {result.run_id} in {uri}\nmodel: {result.model_uri}"
+          + (f"\nregistered: {result.registered}" if result.registered else ""))
+    target = result.registered or result.model_uri
+    print(f"predict with: python -m search predict {target} DATA_DIR --out submission.csv --mlflow-uri {uri}")
+
+
+def _predict(args) -> None:
+    from search.predict import format_prediction, predict
+    from search.tracking import default_uri
+    from search.tuner import DEFAULT_STORAGE, absolute_uri
+
+    uri = absolute_uri(args.mlflow_uri) if args.mlflow_uri else default_uri(Path(DEFAULT_STORAGE))
+    result = predict(args.model_uri, args.data_dir, args.out, fmt=args.format, split=args.split, mlflow_uri=uri)
+    print(format_prediction(result, args.model_uri, args.split))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asc.features import FeatureConfig
     from asc.synth import SynthConfig
@@ -116,14 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in BENCHMARKS.items():
         commands.add_parser(name, help=f"benchmark (see python -m search {name} --help)", add_help=False)
     demo = commands.add_parser("demo", help="run the main job on the embedded defaults")
-    demo.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="(default %(default)s)")
-    demo.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene)
-    demo.add_argument("--parallel-per-scene", type=int, default=defaults.parallel_per_scene)
-    demo.add_argument("--seconds", type=float, default=defaults.seconds)
-    demo.add_argument("--seed", type=int, default=defaults.seed)
-    demo.add_argument("--n-mels", type=int, nargs="+", default=[128], help="Mel-band counts to prepare")
-    demo.add_argument("--systems", nargs="+", default=["A2", "A6"], help="paper systems to train (default %(default)s)")
-    demo.add_argument("--epochs", type=int, default=8, help="epochs per system (default %(default)s)")
+    from search.demo import add_arguments
+
+    add_arguments(demo, defaults)
     demo.set_defaults(run=_demo)
 
     prep = commands.add_parser("prepare", help="extract log-Mel features into the shared Arrow store (Ray tasks)")
@@ -175,6 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--storage", default=None, help="the --storage it ran with (default: ./runs)")
     resume.add_argument("--address", default=None, help="Ray cluster address (default: the one it ran with)")
     resume.set_defaults(run=_resume)
+
+    fuse = commands.add_parser("fuse", help="choose an ensemble of a search's trials by Metric B, log and register it")
+    fuse.add_argument("--experiment", required=True, help="the search's name (its MLflow experiment)")
+    fuse.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite:///runs/mlflow.db, as `run`)")
+    fuse.add_argument("--by", default="metric_b", help="objective to maximise on the selection clips (default %(default)s)")
+    fuse.add_argument("--method", default="greedy", choices=("greedy", "top", "per-enhancement"),
+                      help="greedy forward selection with replacement (Caruana 2004), the top K, or the best "
+                           "trial of each enhancement (the paper's A5 + A6 + A7) (default %(default)s)")
+    fuse.add_argument("--size", type=int, default=None,
+                      help="greedy: most picks, with replacement (default 10); top: members (default 3)")
+    fuse.add_argument("--bags", type=int, default=0, help="greedy: bagged repeats on random halves (default 0)")
+    fuse.add_argument("--full-budget", action="store_true", help="candidates: only trials that trained every epoch")
+    fuse.add_argument("--gap-lambda", type=float, default=None, help="--by gap_penalized: weight of |device gap|")
+    fuse.add_argument("--register", default=None, metavar="NAME", help="register the fused model under NAME")
+    fuse.add_argument("--seed", type=int, default=0, help="bagging seed (default %(default)s)")
+    fuse.set_defaults(run=_fuse)
+
+    pred = commands.add_parser("predict", help="a submission file from a trial's or a fusion's model, from audio")
+    pred.add_argument("model_uri", help="models:/NAME/VERSION, models:/ID, runs:/RUN_ID/model or a model folder")
+    pred.add_argument("data_dir", help="a labelled development folder or an unlabelled set (audio/0.wav ...)")
+    pred.add_argument("--out", required=True, help="submission file (overwritten whole)")
+    pred.add_argument("--format", default="kaggle", choices=("kaggle", "dcase"),
+                      help="kaggle: Id,Scene_label; dcase: filename<TAB>scene_label (default %(default)s)")
+    pred.add_argument("--split", default="evaluate", choices=("evaluate", "train", "all"),
+                      help="labelled sets: which clips (default %(default)s)")
+    pred.add_argument("--mlflow-uri", default=None, help="tracking URI for models:/ and runs:/ (default: as `run`)")
+    pred.set_defaults(run=_predict)
     return parser
 
 

@@ -27,7 +27,8 @@ from asc.errors import AscError
 
 TRIAL_TAG = "tune_trial_id"
 SEARCH_TAG = "search"
-ROLE_TAG = "role"  # "search" (the parent run) or "trial"
+ROLE_TAG = "role"  # "search" (the parent run), "trial" or "fusion"
+MODEL_TAG = "model_uri"  # a trial's or a fusion's audio model (search.serving)
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -318,38 +319,24 @@ def log_trial_artifacts(client, uri: str, run_id: str, folder: Path, title: str)
             client.log_figure(run_id, fig, f"confusion_{split}.png")
             plt.close(fig)
     if (folder / "best.pt").is_file():
-        log_model(uri, run_id, folder / "best.pt")
+        log_model(uri, run_id, folder / "best.pt", title)
 
 
-def log_model(uri: str, run_id: str, best_file: Path) -> None:
-    """The selected epoch's network as an MLflow PyTorch model, with its feature and enhancement
-    configuration in the model's metadata (what ``predict`` needs to feed it the right features)."""
-    import dataclasses
+def log_model(uri: str, run_id: str, best_file: Path, title: str = "") -> str:
+    """The selected epoch's network as an audio model (``search.serving``): it carries its feature
+    configuration, normalisation statistics and enhancement, so that ``search predict`` and a fusion
+    feed it features computed from audio exactly as its store did. Tags the run with the model's URI."""
+    from mlflow.tracking import MlflowClient
 
-    import mlflow
-    import torch
+    from asc.inference import member_from_checkpoint
+    from search.serving import log_audio_model
 
-    from asc.models import ModelConfig, build_model
-    from asc.store import MANIFEST, read_manifest
-
-    best = torch.load(best_file, map_location="cpu", weights_only=False)
-    config = dataclasses.replace(ModelConfig(**best["model_config"]), pretrained=False)  # the weights are below
-    model = build_model(config)
-    model.load_state_dict(best["model"])
-    model.eval()
-    features = {}
-    manifest = Path(best["store"]) / MANIFEST
-    if manifest.is_file():
-        features = read_manifest(manifest)["config"]
-    metadata = {"features": features, "enhancement": best["enhancement"], "classes": list(best["classes"]),
-                "store": best["store"], "epoch": best["epoch"], "model_config": dataclasses.asdict(config)}
-    import asc
-
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-        mlflow.pytorch.log_model(model, name="model", metadata=json.loads(json.dumps(metadata, default=str)),
-                                 code_paths=[os.path.dirname(asc.__file__)], serialization_format="pickle",
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    member = member_from_checkpoint(best_file, source={"run_id": run_id, "trial": title})
+    with tempfile.TemporaryDirectory() as tmp:
+        model_uri = log_audio_model(uri, run_id, [member.save(Path(tmp) / "member.pt")],
+                                    metadata={"epoch": member.source["epoch"], "store": member.source["store"]})
+    MlflowClient(uri).set_tag(run_id, MODEL_TAG, model_uri)
+    return model_uri
 
 
 def close_dangling_runs(uri: str, experiment_id: str, parent_run_id: str, trials: dict) -> int:

@@ -1,0 +1,152 @@
+"""``python -m search demo``: the whole loop on the embedded defaults, from nothing.
+
+1. the synthetic multi-device set (the real dataset's layout: devices A, B, C, parallel recordings);
+2. its feature stores (log-Mel, and the spectrum-corrected one the space may ask for), by Ray tasks;
+3. a search (``spaces/demo.yaml``: Optuna TPE + ASHA over the enhancements, mixup and the learning
+   rate, the small CNN) on local Ray, every trial recorded in a local MLflow store;
+4. fusion of its trials by Metric B on the selection clips, registered in MLflow's model registry;
+5. the fused model's predictions for the evaluation split, from the audio, as a submission file.
+
+Everything lives under ``--workdir``. Run again, each step finds its work done and says so (a search
+whose driver was stopped is resumed); delete the folder to start over.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SPACE = REPO / "spaces" / "demo.yaml"
+SEARCH_NAME = "demo"
+MODEL_NAME = "asc-demo-fusion"
+
+
+def _step(n: int, text: str) -> None:
+    print(f"\n[{n}/5] {text}", flush=True)
+
+
+def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
+    """Run the demo's search, resume it, or find it done; returns (experiment id, best-trials table)."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import default_uri
+    from search.tuner import SEARCH_FILE, SearchSettings, resume_search, run_search
+
+    uri = default_uri(storage)
+    if (storage / SEARCH_NAME / SEARCH_FILE).is_file():
+        import json
+
+        info = json.loads((storage / SEARCH_NAME / SEARCH_FILE).read_text())
+        client = MlflowClient(uri)
+        parent = client.get_run(info["parent_run_id"])
+        if parent.info.status == "FINISHED":
+            print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} has finished: reusing its trials "
+                  "(delete the folder to search again)")
+            table = Path(client.download_artifacts(parent.info.run_id, "best_trials.txt")).read_text().rstrip()
+            return info["experiment_id"], uri, table
+        print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} did not finish: resuming it")
+        result = resume_search(SEARCH_NAME, storage=str(storage))
+    else:
+        settings = SearchSettings(space=str(space_path), store=str(store), name=SEARCH_NAME, storage=str(storage),
+                                  overrides=overrides, top=5)
+        result = run_search(settings, command=f"python -m search demo (spaces/{space_path.name})")
+    table = Path(MlflowClient(uri).download_artifacts(result["parent_run_id"], "best_trials.txt")).read_text().rstrip()
+    return result["experiment_id"], uri, table
+
+
+def _fusion(uri: str, experiment_id: str, size: int):
+    """Fuse the search's trials by Metric B, or find the fusion done; returns (model URI, table)."""
+    from mlflow.tracking import MlflowClient
+
+    from search.fuse import format_result, fuse
+    from search.tracking import MODEL_TAG, ROLE_TAG
+
+    client = MlflowClient(uri)
+    done = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'fusion' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if done and done[0].data.tags.get(MODEL_TAG):
+        run = done[0]
+        print(f"      fusion run {run.info.run_id} exists: reusing it and its model "
+              f"{run.data.tags.get('registered_model', run.data.tags[MODEL_TAG])}")
+        table = Path(client.download_artifacts(run.info.run_id, "fusion.txt")).read_text().rstrip()
+        return run.data.tags.get("registered_model", run.data.tags[MODEL_TAG]), table, True
+    result = fuse(SEARCH_NAME, uri, by="metric_b", method="greedy", size=size, register=MODEL_NAME)
+    return result.registered or result.model_uri, format_result(result), False
+
+
+def run_demo(args) -> None:
+    from asc.dataset import read_development
+    from asc.describe import format_summary, summarize
+    from asc.synth import SynthConfig, write_dataset
+    from search.predict import format_prediction, predict
+    from search.prepare import format_report, prepare
+    from search.space import load_space
+    from search.tuner import ui_command
+
+    start = time.perf_counter()
+    workdir = args.workdir.resolve()
+    data, store, storage = workdir / "data", workdir / "store", workdir / "runs"
+    submission = workdir / "submission.csv"
+    overrides = list(args.set or [])
+    if args.epochs is not None:
+        overrides.append(f"epochs={args.epochs}")
+    if args.num_samples is not None:
+        overrides.append(f"num_samples={args.num_samples}")
+    space = load_space(DEMO_SPACE, overrides)  # a wrong --set fails here, before any work
+
+    _step(1, f"synthetic multi-device dataset in {data}")
+    if (data / "meta.csv").exists():
+        print("      exists: reusing it (delete it to regenerate)")
+        dataset = read_development(data)
+    else:
+        config = SynthConfig(segments_per_scene=args.segments_per_scene, parallel_per_scene=args.parallel_per_scene,
+                             seconds=args.seconds, seed=args.seed)
+        t = time.perf_counter()
+        dataset = write_dataset(data, config, progress=sys.stderr.isatty())
+        print(f"      {len(dataset)} clips written in {time.perf_counter() - t:.1f} s")
+    print(format_summary(summarize(dataset)))
+
+    configs = space.feature_configs()
+    kinds = ", ".join(f"{c.n_mels} Mel bands{' spectrum-corrected' if c.spectrum_correction else ''}" for c in configs)
+    _step(2, f"feature stores the search's space needs ({kinds}) in {store}, by Ray tasks")
+    print(format_report(prepare(data, store, configs)))
+
+    _step(3, f"search {SEARCH_NAME!r}: {space.description}")
+    experiment_id, uri, trials_table = _search(DEMO_SPACE, store, storage, overrides)
+
+    _step(4, "fusion of the trials by Metric B on the selection clips, registered as "
+             f"{MODEL_NAME!r} in MLflow's model registry")
+    model_uri, fusion_table, reused = _fusion(uri, experiment_id, args.fusion_size)
+    print(fusion_table)
+
+    _step(5, f"the fused model's predictions for the evaluation split, from the audio, into {submission}")
+    if reused and submission.is_file():
+        print(f"      {submission} exists and the fusion is the same: reusing it (delete it to predict again)")
+    else:
+        print(format_prediction(predict(model_uri, data, submission, fmt="kaggle", split="evaluate", mlflow_uri=uri),
+                                model_uri, "evaluate"))
+
+    print(f"\n{'=' * 100}\nthe demo's search, best trials first\n{trials_table}\n\n{fusion_table}")
+    print(f"\nfiles (all under {workdir}):\n"
+          f"  data/         the synthetic dataset (meta.csv, evaluation_setup/, audio/)\n"
+          f"  store/        the feature stores (Arrow IPC, memory-mapped by every trial)\n"
+          f"  runs/demo/    Tune's and Optuna's state of the search (resumable)\n"
+          f"  runs/mlflow.db, runs/mlartifacts/   the MLflow store: every trial, the fusion, the models\n"
+          f"  submission.csv   the fused model's scenes for the evaluation split (Kaggle format)\n"
+          f"predict other audio: python -m search predict {model_uri} DATA_DIR --out FILE --mlflow-uri {uri}\n"
+          f"browse in MLflow: {ui_command(uri, experiment_id)}\n"
+          f"demo took {time.perf_counter() - start:.0f} s")
+
+
+def add_arguments(demo, defaults) -> None:
+    demo.add_argument("--workdir", type=Path, default=Path("asc-demo"), help="(default %(default)s)")
+    demo.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene)
+    demo.add_argument("--parallel-per-scene", type=int, default=defaults.parallel_per_scene)
+    demo.add_argument("--seconds", type=float, default=defaults.seconds)
+    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument("--num-samples", type=int, default=None, help="trials (default: spaces/demo.yaml's)")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
+    demo.add_argument("--fusion-size", type=int, default=6, help="greedy fusion: most picks (default %(default)s)")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of spaces/demo.yaml")

@@ -1,0 +1,404 @@
+"""``python -m search fuse``: choose an ensemble of a search's trials by an objective and log it.
+
+The candidates are the trial runs of one search (one MLflow experiment) that logged predictions
+(``predictions.parquet``: the selection clips and the evaluation split, at the trial's chosen epoch)
+and an audio model. Every run with predictions is a candidate by default; ``full_budget`` keeps the
+trials that trained every epoch (not stopped by ASHA). Runs whose predictions cover other clips than
+the rest (another validation split, another dataset) are refused, with one line naming them.
+
+The ensemble is chosen on the selection clips only (``asc.fusion``; Metric B by default); the
+evaluation split is reported for it, never used to choose it. The fusion is logged as a run under the
+search's parent run (members, weights, fused metrics with the trials' names ``sel_*`` / ``eval_*``,
+its predictions, a confusion matrix per device, every trial's B&C accuracy against its device gap
+with the members marked) together with the fused audio model (``search.serving``), which
+``register`` also enters in the MLflow model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asc.errors import AscError
+from search.objectives import SINGLE, Objective
+from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, check_tracking_uri
+
+METHODS = ("greedy", "top", "per-enhancement")
+SPLITS = ("selection", "evaluation")
+
+
+@dataclass
+class Clips:
+    """The clips of one split, in the order every candidate's probabilities are aligned to."""
+
+    filenames: np.ndarray
+    devices: np.ndarray
+    labels: np.ndarray  # class indices
+
+
+@dataclass
+class Candidate:
+    run_id: str
+    label: str  # t003
+    description: str  # mean-sub a=0.3 128mel
+    group: str  # its enhancement (best-per-enhancement fusion)
+    model_uri: str | None
+    probs: dict[str, np.ndarray] = field(default_factory=dict)  # split -> [clips, classes]
+
+
+@dataclass
+class FusionResult:
+    experiment: str
+    method: str
+    by: str
+    candidates: list[Candidate]
+    clips: dict[str, Clips]
+    classes: list[str]
+    members: list[int]  # indices into candidates
+    weights: list[float]
+    metrics: dict[str, dict[str, dict]]  # "fusion" or candidate label -> split -> device metrics
+    refused: list[str]
+    run_id: str | None = None
+    model_uri: str | None = None
+    registered: str | None = None
+
+    def fused(self, split: str) -> np.ndarray:
+        from asc.fusion import average
+
+        return average([self.candidates[i].probs[split] for i in self.members], self.weights)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the candidates from MLflow
+# --------------------------------------------------------------------------------------------------
+def _group(params: dict) -> str:
+    enhancement = params.get("enhancement") or params.get("point") or "?"
+    if enhancement == "median_filter" and "median_filter_bands" in params:
+        enhancement += f"{params['median_filter_bands']}x{params.get('median_filter_frames')}"
+    return enhancement
+
+
+def _read_predictions(path: Path, run_label: str):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path).to_pandas()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise AscError(f"{run_label}: unreadable predictions.parquet ({type(exc).__name__})") from None
+    classes = [c[2:] for c in table.columns if c.startswith("p_")]
+    out = {}
+    for split in SPLITS:
+        part = table[table["split"] == split].sort_values("filename", kind="stable")
+        if not len(part):
+            continue
+        out[split] = (part["filename"].to_numpy(str), part["device"].to_numpy(str), part["label"].to_numpy(str),
+                      part[[f"p_{c}" for c in classes]].to_numpy(np.float64))
+    return classes, out
+
+
+def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False):
+    """The search's candidate runs with their predictions; returns (candidates, clips, classes,
+    refused lines, parent run id)."""
+    from tqdm import tqdm
+
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=5000)
+    parents = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'search'", max_results=2)
+    parent_id = parents[0].info.run_id if parents else None
+    runs = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.run_name or "")
+    if full_budget:
+        runs = [r for r in runs if r.data.tags.get("stopped_early") == "false"]
+    read: list[tuple[Candidate, list[str], dict]] = []
+    skipped = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in tqdm(runs, desc="predictions", unit="run", disable=not progress, file=sys.stderr):
+            name = run.info.run_name or run.info.run_id
+            label = name.split(" ")[0]
+            if not any(a.path == "predictions.parquet" for a in client.list_artifacts(run.info.run_id)):
+                skipped.append(label)
+                continue
+            local = client.download_artifacts(run.info.run_id, "predictions.parquet", tmp)
+            classes, splits = _read_predictions(Path(local), f"run {label} ({run.info.run_id})")
+            candidate = Candidate(run.info.run_id, label, name[len(label):].strip(), _group(run.data.params),
+                                  run.data.tags.get(MODEL_TAG))
+            read.append((candidate, classes, splits))
+    if not read:
+        budget = " that trained every epoch" if full_budget else ""
+        raise AscError(f"experiment {experiment_id}: no finished trial run{budget} with predictions to fuse")
+
+    # The clips every candidate must cover: those of the most candidates (ties: the first run's).
+    def signature(item):
+        _, classes, splits = item
+        return (tuple(classes),) + tuple((s, tuple(splits[s][0])) for s in sorted(splits))
+
+    counts: dict = {}
+    for item in read:
+        counts[signature(item)] = counts.get(signature(item), 0) + 1
+    reference = max(counts, key=lambda s: counts[s])
+    candidates, refused = [], []
+    for item in read:
+        if signature(item) != reference:
+            refused.append(item[0].label)
+            continue
+        candidate, classes, splits = item
+        candidate.probs = {s: splits[s][3] for s in splits}
+        candidates.append(candidate)
+    _, classes, splits = next(item for item in read if signature(item) == reference)
+    if "selection" not in splits:
+        raise AscError(f"experiment {experiment_id}: the trials' predictions hold no selection clips to choose on")
+    clips = {s: Clips(splits[s][0], splits[s][1], np.array([classes.index(x) for x in splits[s][2]])) for s in splits}
+    notes = []
+    if refused:
+        notes.append(f"refused {len(refused)} run(s) whose predictions cover other clips or classes than the other "
+                     f"{len(candidates)}: {', '.join(refused)}")
+    if skipped:
+        notes.append(f"no predictions logged (left out): {', '.join(skipped)}")
+    return candidates, clips, classes, notes, parent_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing
+# --------------------------------------------------------------------------------------------------
+def metrics_of(probs: np.ndarray, clips: Clips) -> dict:
+    from asc.metrics import device_metrics
+
+    m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1])
+    return {k: v for k, v in m.items() if isinstance(v, float)}
+
+
+def scorer(objective: Objective, clips: Clips):
+    """``score(probs)`` on the selection clips. A metric the clips cannot define (Metric B without
+    B/C clips) is refused here, not turned into another metric."""
+    def score(probs: np.ndarray) -> float:
+        value = objective.values(metrics_of(probs, clips))["objective"]
+        return -math.inf if math.isnan(value) else value
+    return score
+
+
+def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, objective: Objective,
+           size: int | None = None, bags: int = 0, seed: int = 0):
+    from asc import fusion
+
+    sel = [c.probs["selection"] for c in candidates]
+    score = scorer(objective, clips["selection"])
+    if all(score(p) == -math.inf for p in sel):
+        raise AscError(f"fusion by {objective.label()}: undefined on the selection clips "
+                       f"(devices there: {', '.join(sorted(set(clips['selection'].devices.tolist())))})")
+    if method == "greedy":
+        steps = max((size or 10) - 1, 0)
+        return fusion.greedy_selection(sel, score, steps=steps, init=1, bags=bags, seed=seed)
+    if method == "top":
+        return fusion.top_k(sel, score, min(size or 3, len(sel)))
+    if method == "per-enhancement":
+        return fusion.best_per_group(sel, [c.group for c in candidates], score)
+    raise AscError(f"fusion method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = "greedy",
+         register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
+         seed: int = 0, log: bool = True, progress: bool | None = None) -> FusionResult:
+    from mlflow.tracking import MlflowClient
+
+    if method not in METHODS:
+        raise AscError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if by not in SINGLE:
+        raise AscError(f"--by {by!r}: fusion needs one number to maximise: one of {', '.join(SINGLE)}")
+    if size is not None and size < 1:
+        raise AscError(f"--size {size}: must be at least 1")
+    if bags < 0:
+        raise AscError(f"--bags {bags}: must be 0 (no bagging) or more")
+    if by == "gap_penalized" and gap_lambda is None:
+        raise AscError("--by gap_penalized needs --gap-lambda (the weight of |device gap|)")
+    objective = Objective(by, gap_lambda)
+    progress = sys.stderr.isatty() if progress is None else progress
+    check_tracking_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        known = [e.name for e in client.search_experiments(max_results=50) if e.name != "Default"]
+        raise AscError(f"MLflow at {mlflow_uri}: no experiment {experiment!r} (there: {', '.join(known) or 'none'})")
+    candidates, clips, classes, notes, parent_id = load_candidates(client, exp.experiment_id, full_budget, progress)
+    for note in notes:
+        print(f"note: {note}")
+    selection = choose(candidates, clips, method, objective, size, bags, seed)
+    metrics: dict = {}
+    for i, c in enumerate(candidates):
+        metrics[c.label] = {s: metrics_of(c.probs[s], clips[s]) for s in clips}
+    result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
+                          list(selection.weights), metrics, notes)
+    result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
+    if log:
+        log_fusion(client, mlflow_uri, exp.experiment_id, parent_id, result, objective, register,
+                   {"size": size, "full_budget": full_budget, "bags": bags, "seed": seed})
+    return result
+
+
+def _predictions_table(result: FusionResult):
+    import pyarrow as pa
+
+    parts = []
+    for split, c in result.clips.items():
+        probs = result.fused(split)
+        columns = {"split": [split] * len(probs), "filename": c.filenames, "device": c.devices,
+                   "label": [result.classes[k] for k in c.labels]}
+        columns.update({f"p_{name}": probs[:, k].astype(np.float32) for k, name in enumerate(result.classes)})
+        parts.append(pa.table(columns))
+    return pa.concat_tables(parts)
+
+
+def gap_figure(result: FusionResult):
+    """Every candidate's B&C accuracy against its device gap (selection clips and evaluation split),
+    the members marked, the fusion a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = [s for s in SPLITS if s in result.clips]
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.5), squeeze=False)
+    members = {result.candidates[i].label for i in result.members}
+    for ax, split in zip(axes[0], splits):
+        xs = [100 * result.metrics[c.label][split]["device_gap"] for c in result.candidates]
+        ys = [100 * result.metrics[c.label][split]["acc_bc"] for c in result.candidates]
+        chosen = [c.label in members for c in result.candidates]
+        ax.scatter([x for x, m in zip(xs, chosen) if not m], [y for y, m in zip(ys, chosen) if not m],
+                   c="0.6", s=22, label="trial")
+        ax.scatter([x for x, m in zip(xs, chosen) if m], [y for y, m in zip(ys, chosen) if m],
+                   facecolors="none", edgecolors="C0", s=70, linewidths=1.8, label="fusion member")
+        for c, x, y, m in zip(result.candidates, xs, ys, chosen):
+            if m:
+                ax.annotate(c.label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="C0")
+        f = result.metrics["fusion"][split]
+        ax.scatter([100 * f["device_gap"]], [100 * f["acc_bc"]], marker="*", s=220, c="C3", label="fusion")
+        ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_xlabel("device gap: acc A - acc B&C (points)")
+        ax.set_ylabel("accuracy on devices B & C (%)")
+        ax.set_title(f"{split} clips" + (" (chosen here)" if split == "selection" else " (reported only)"))
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{result.experiment}: {result.method} fusion by {result.by}, {len(result.members)} of "
+                 f"{len(result.candidates)} trials")
+    fig.tight_layout()
+    return fig
+
+
+def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, result: FusionResult, objective: Objective,
+               register: str | None, settings: dict) -> None:
+    """The fusion's run (under the search's run), its figures and predictions, and its audio model."""
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+    from mlflow.entities import Metric
+
+    from search.serving import download_members, log_audio_model
+    from search.tracking import _clean, _log_params, confusion_figure
+
+    members = [result.candidates[i] for i in result.members]
+    missing = [m.label for m in members if not m.model_uri]
+    if missing:
+        raise AscError(f"fusion members without an audio model (logged by an older version?): {', '.join(missing)}")
+    tags = {ROLE_TAG: "fusion", SEARCH_TAG: result.experiment,
+            "description": f"{result.method} by {result.by}: " + " + ".join(m.label for m in members)}
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    name = f"fusion {result.method} by {result.by}: " + "+".join(m.label for m in members)
+    run = client.create_run(experiment_id, run_name=name[:250], tags=tags)
+    run_id = result.run_id = run.info.run_id
+    try:
+        _log_params(client, run_id, {
+            "method": result.method, "by": objective.label(), "candidates": len(result.candidates),
+            "members": ",".join(m.label for m in members), "member_run_ids": ",".join(m.run_id for m in members),
+            "weights": ",".join(f"{w:.4f}" for w in result.weights), **{k: v for k, v in settings.items()}})
+        now = int(time.time() * 1000)
+        fused = result.metrics["fusion"]
+        prefix = {"selection": "sel_", "evaluation": "eval_"}
+        values = [Metric(prefix[s] + k, _clean(v), now, 0) for s, m in fused.items() for k, v in m.items()
+                  if _clean(v) is not None]
+        objective_value = objective.values(fused["selection"])["objective"]
+        values += [Metric("objective", objective_value, now, 0)] if not math.isnan(objective_value) else []
+        values += [Metric("members", float(len(members)), now, 0)]
+        client.log_batch(run_id, metrics=values)
+        client.log_text(run_id, format_result(result), "fusion.txt")
+        client.log_dict(run_id, {"members": [{"label": m.label, "run_id": m.run_id, "weight": w, "model_uri": m.model_uri,
+                                              "description": m.description} for m, w in zip(members, result.weights)],
+                                 "method": result.method, "by": result.by,
+                                 "metrics": {k: v for k, v in result.metrics.items()}}, "fusion.json")
+        table = _predictions_table(result)
+        with tempfile.TemporaryDirectory() as tmp:
+            pq.write_table(table, Path(tmp) / "predictions.parquet")
+            client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
+            for split in result.clips:
+                fig = confusion_figure(table, result.classes, split, "fusion")
+                client.log_figure(run_id, fig, f"confusion_{split}.png")
+                plt.close(fig)
+            fig = gap_figure(result)
+            client.log_figure(run_id, fig, "acc_bc_vs_gap.png")
+            plt.close(fig)
+            files, weights = [], []
+            for k, (member, weight) in enumerate(zip(members, result.weights)):
+                member_files, member_weights = download_members(member.model_uri, Path(tmp) / f"m{k}", uri)
+                files += member_files
+                weights += [weight * w / sum(member_weights) for w in member_weights]
+            result.model_uri = log_audio_model(uri, run_id, files, weights, registered_model_name=register,
+                                               metadata={"search": result.experiment, "method": result.method,
+                                                         "by": result.by})
+        client.set_tag(run_id, MODEL_TAG, result.model_uri)
+        if register:
+            versions = client.search_model_versions(f"name = '{register}'")
+            newest = max(versions, key=lambda v: int(v.version))
+            result.registered = f"models:/{register}/{newest.version}"
+            client.set_tag(run_id, "registered_model", result.registered)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------
+def device_columns(metrics_by_split: list[dict]) -> tuple[list[str], list[str]]:
+    """(metric keys, column heads) for the device table: every device, B&C, gap, Metric A, Metric B."""
+    devices = sorted({k[4:] for m in metrics_by_split for k in m if k.startswith("acc_") and k != "acc_bc"},
+                     key=lambda d: (d != "a", d))
+    keys = [f"acc_{d}" for d in devices] + ["acc_bc", "device_gap", "metric_a", "metric_b"]
+    return keys, [d.upper() for d in devices] + ["B&C", "gap", "MA", "MB"]
+
+
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def device_table(rows: list[tuple[str, str, dict]], splits: list[str]) -> str:
+    """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side."""
+    keys, heads = device_columns([m for _, _, by_split in rows for m in by_split.values()])
+    width = max([len(name) for name, _, _ in rows] + [6]) + 2
+    weighted = any(weight is not None for _, weight, _ in rows)  # a weight column only for ensembles
+    w = 7 if weighted else 0
+    cells = 7 * len(heads)
+    group = f"{'':<{width + w}}" + "".join(f" |{s + ' clips (%)':^{cells}}" for s in splits)
+    head = f"{'':<{width}}{'weight' if weighted else '':>{w}}" + "".join(" |" + "".join(f"{h:>7}" for h in heads)
+                                                                      for _ in splits)
+    lines = [group.rstrip(), head, "-" * len(head)]
+    for name, weight, by_split in rows:
+        lines.append(f"{name:<{width}}{weight or '':>{w}}" + "".join(
+            " |" + "".join(f"{_pct(by_split.get(s, {}).get(k)):>7}" for k in keys) for s in splits))
+    return "\n".join(lines)
+
+
+def format_result(result: FusionResult) -> str:
+    splits = [s for s in SPLITS if s in result.clips]
+    rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",
+             result.metrics[result.candidates[i].label]) for i, w in zip(result.members, result.weights)]
+    rows.append(("fusion", "1.00", result.metrics["fusion"]))
+    title = (f"{result.method} fusion by {result.by} of the trials of {result.experiment!r}: {len(result.members)} "
+             f"member(s) of {len(result.candidates)} candidate(s), chosen on the selection clips only")
+    text = title + "\n" + device_table(rows, splits)
+    return text

@@ -1,0 +1,99 @@
+"""``python -m search predict MODEL_URI DATA_DIR --out FILE``: a submission file from any audio model.
+
+``MODEL_URI`` is any model this project logs (``search.serving``): a trial's (``models:/<id>`` from the
+run's ``model_uri`` tag, or ``runs:/<run id>/model``) or a registered fusion (``models:/NAME/VERSION``),
+or a downloaded model folder. ``DATA_DIR`` is a labelled development folder (its evaluation split by
+default) or an unlabelled set (``audio/0.wav ...``). On a labelled set the device table is printed too.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from asc.errors import AscError
+
+
+def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
+    """The :class:`search.serving.AudioSceneModel` behind ``model_uri`` (loaded through pyfunc)."""
+    import mlflow
+
+    from search.serving import AudioSceneModel
+    from search.tracking import check_tracking_uri
+
+    local = Path(model_uri)
+    if local.exists():
+        model_uri = str(local.resolve())
+    elif mlflow_uri:
+        check_tracking_uri(mlflow_uri)
+        mlflow.set_tracking_uri(mlflow_uri)
+        mlflow.set_registry_uri(mlflow_uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:  # MLflow raises its own and OS errors for a wrong URI
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise AscError(f"model {model_uri}: cannot load it ({first[:300]})") from None
+    python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    if not isinstance(python_model, AudioSceneModel):
+        raise AscError(f"model {model_uri}: not an audio scene model of this project (a trial's or a fusion's)")
+    return python_model
+
+
+def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "kaggle", split: str = "evaluate",
+            mlflow_uri: str | None = None, progress: bool | None = None) -> dict:
+    """Predict every clip of ``data_dir`` (of ``split`` on a labelled set) and write the submission.
+    Returns {"file", "clips", "metrics" (labelled sets), "seconds", "probs", "filenames"}."""
+    from tqdm import tqdm
+
+    from asc.dataset import read_dataset
+    from asc.metrics import device_metrics
+    from asc.submission import FORMATS, write_submission
+
+    if fmt not in FORMATS:
+        raise AscError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise AscError(f"--out {out}: is a folder; give the submission file's path")
+    if not out.parent.is_dir():
+        raise AscError(f"--out {out}: no such folder {out.parent}")
+    dataset = read_dataset(data_dir)
+    if dataset.labeled and split != "all":
+        clips = dataset.split(split)
+        if not clips:
+            raise AscError(f"{data_dir}: no clips in the {split!r} split (use --split all for every clip)")
+    else:
+        clips = list(dataset.clips)
+    model = load_audio_model(model_uri, mlflow_uri)
+    ensemble = model.ensemble
+    start = time.perf_counter()
+    progress = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=len(clips), desc="predict", unit="clip", disable=not progress, file=sys.stderr) as bar:
+        probs = ensemble.predict([str(dataset.path(c)) for c in clips], devices=[c.device for c in clips],
+                                 progress=bar.update)
+    seconds = time.perf_counter() - start
+    predicted = [ensemble.classes[k] for k in probs.argmax(axis=1)]
+    write_submission([c.filename for c in clips], predicted, out, fmt)
+    result = {"file": str(out), "clips": len(clips), "seconds": seconds, "probs": probs,
+              "filenames": [c.filename for c in clips], "metrics": None}
+    if dataset.labeled:
+        lookup = {c: i for i, c in enumerate(ensemble.classes)}
+        unknown = sorted({c.scene for c in clips} - set(lookup))
+        if unknown:
+            print(f"note: scenes the model does not know, counted as errors: {', '.join(unknown)}")
+        labels = np.array([lookup.get(c.scene, -1) for c in clips])
+        m = device_metrics(labels, probs.argmax(axis=1), [c.device for c in clips], len(ensemble.classes))
+        result["metrics"] = {k: v for k, v in m.items() if isinstance(v, float)}
+    return result
+
+
+def format_prediction(result: dict, model_uri: str, split: str) -> str:
+    from search.fuse import device_table
+
+    lines = [f"{result['clips']} clips predicted in {result['seconds']:.1f} s by {model_uri}",
+             f"submission: {result['file']}"]
+    if result["metrics"] is not None:
+        lines += ["", device_table([(model_uri[-40:], None, {split: result["metrics"]})], [split])]
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""Fusion, registered audio models and submission files on a real smoke search's MLflow store:
+`python -m search fuse` and `python -m search predict` as a user runs them, and the registered model
+loaded back with ``mlflow.pyfunc.load_model`` predicting from audio what its members predicted from
+the feature store."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_search import ENV, REPO, mlflow_runs, run, search_cmd, store  # noqa: F401 (fixture)
+
+NAME = "fusesearch"
+
+
+@pytest.fixture(scope="module")
+def searched(store, tmp_path_factory):  # noqa: F811
+    """A finished smoke search (4 trials, ASHA) with its MLflow store."""
+    storage = tmp_path_factory.mktemp("fuse") / "runs"
+    done = run(search_cmd(store, storage, NAME))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"storage": storage, "uri": f"sqlite:///{storage / 'mlflow.db'}", "store": store,
+            "data": store.parent / "data"}
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "search", *args], timeout=timeout)
+
+
+def predictions(client, run_id: str):
+    """A run's predictions.parquet as {split: (filenames, devices, labels, probs)}, sorted by file."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(client.download_artifacts(run_id, "predictions.parquet")).to_pandas()
+    classes = [c[2:] for c in table.columns if c.startswith("p_")]
+    out = {}
+    for split, part in table.groupby("split"):
+        part = part.sort_values("filename")
+        out[split] = (part["filename"].tolist(), part["device"].tolist(), part["label"].tolist(),
+                      part[[f"p_{c}" for c in classes]].to_numpy(np.float64))
+    return out, classes
+
+
+def hand_metrics(probs, labels, devices, classes) -> dict:
+    """Accuracy per device, B&C, gap, Metric A and B, by hand."""
+    pred = np.array(classes)[probs.argmax(1)]
+    right = pred == np.array(labels)
+    devices = np.array(devices)
+    acc = {d: right[devices == d].mean() for d in set(devices)}
+    bc = right[devices != "a"].mean()
+    return {"acc_a": acc["a"], "acc_bc": bc, "device_gap": acc["a"] - bc, "metric_a": right.mean(),
+            "metric_b": (acc["a"] + bc) / 2}
+
+
+def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(searched):
+    done = cli("fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--method", "top", "--size", "2",
+               "--register", "smoke-fusion")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "top fusion by metric_b" in out and "selection clips (%)" in out and "evaluation clips (%)" in out
+    assert "registered: models:/smoke-fusion/1" in out
+    client, experiment, parent, trials = mlflow_runs(searched["uri"], NAME)
+    fusions = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'fusion'")
+    assert len(fusions) == 1
+    fusion = fusions[0]
+    assert fusion.info.status == "FINISHED"
+    assert fusion.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+    member_ids = fusion.data.params["member_run_ids"].split(",")
+    weights = [float(w) for w in fusion.data.params["weights"].split(",")]
+    assert len(member_ids) == 2 and weights == [0.5, 0.5]
+    assert set(member_ids) <= {t.info.run_id for t in trials}
+    # The two members are the two best trials on the selection clips by Metric B.
+    by_run = {t.info.run_id: predictions(client, t.info.run_id) for t in trials}
+    own = {rid: hand_metrics(p["selection"][3], p["selection"][2], p["selection"][1], classes)["metric_b"]
+           for rid, (p, classes) in by_run.items()}
+    assert sorted(own[r] for r in member_ids) == sorted(own.values())[-2:]
+    # Its figures are those of the members' averaged probabilities, computed by hand.
+    (first, classes) = by_run[member_ids[0]]
+    for split, prefix in (("selection", "sel_"), ("evaluation", "eval_")):
+        fused = np.mean([by_run[r][0][split][3] for r in member_ids], axis=0)
+        expected = hand_metrics(fused, first[split][2], first[split][1], classes)
+        for key, value in expected.items():
+            assert fusion.data.metrics[prefix + key] == pytest.approx(value), (split, key)
+    artifacts = {a.path for a in client.list_artifacts(fusion.info.run_id)}
+    assert {"predictions.parquet", "confusion_selection.png", "confusion_evaluation.png", "acc_bc_vs_gap.png",
+            "fusion.txt", "fusion.json"} <= artifacts
+    versions = client.search_model_versions("name = 'smoke-fusion'")
+    assert [str(v.version) for v in versions] == ["1"]
+    searched["members"] = member_ids
+
+
+def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the_store(searched):
+    import mlflow
+
+    if "members" not in searched:
+        pytest.skip("needs the fusion of the test before")
+    client, *_ = mlflow_runs(searched["uri"], NAME)
+    mlflow.set_tracking_uri(searched["uri"])
+    mlflow.set_registry_uri(searched["uri"])
+    model = mlflow.pyfunc.load_model("models:/smoke-fusion/1")
+    (preds, classes) = predictions(client, searched["members"][0])
+    files = preds["evaluation"][0]
+    expected = np.mean([predictions(client, r)[0]["evaluation"][3] for r in searched["members"]], axis=0)
+    got = model.predict([str(searched["data"] / f) for f in files])
+    assert list(got.columns) == classes and len(got) == len(files)
+    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-5)
+    # A folder is a list of its .wav files; a DataFrame with a path column works too.
+    import pandas as pd
+
+    one = model.predict(pd.DataFrame({"path": [str(searched["data"] / files[0])]}))
+    np.testing.assert_allclose(one.to_numpy()[0], expected[0], atol=1e-5)
+
+
+def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, tmp_path):
+    if "members" not in searched:
+        pytest.skip("needs the fusion of the test before")
+    out = tmp_path / "sub.csv"
+    out.write_text("stale content that must go\n" * 1000)
+    done = cli("predict", "models:/smoke-fusion/1", str(searched["data"]), "--out", str(out),
+               "--mlflow-uri", searched["uri"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Id,Scene_label" and "stale" not in out.read_text()
+    evaluate = [line.split("\t")[0] for line in (searched["data"] / "evaluation_setup" / "fold1_evaluate.csv")
+                .read_text().splitlines()[1:] if line.strip()]
+    assert [line.split(",")[0] for line in lines[1:]] == [Path(f).stem for f in evaluate]
+    assert "evaluate clips (%)" in done.stdout and "MB" in done.stdout  # labelled: the device table
+    # DCASE format, and a trial's own model (runs:/ URI) on an unlabelled set (audio/0.wav ...).
+    unlabeled = tmp_path / "leaderboard" / "audio"
+    unlabeled.mkdir(parents=True)
+    for i, f in enumerate(evaluate[:3]):
+        shutil.copy(searched["data"] / f, unlabeled / f"{i}.wav")
+    trial = searched["members"][0]
+    done = cli("predict", f"runs:/{trial}/model", str(unlabeled.parent), "--out", str(out), "--format", "dcase",
+               "--mlflow-uri", searched["uri"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert lines[0] == "filename\tscene_label" and [line.split("\t")[0] for line in lines[1:]] == [
+        f"audio/{i}.wav" for i in range(3)]
+    assert "clips (%)" not in done.stdout  # no labels, no device table
+    # A clip the model cannot read: one line naming it, and the previous file is left as it was.
+    before = out.read_text()
+    (unlabeled / "1.wav").write_bytes(b"RIFF not really a wave file")
+    done = cli("predict", f"runs:/{trial}/model", str(unlabeled.parent), "--out", str(out),
+               "--mlflow-uri", searched["uri"])
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "1.wav" in done.stderr
+    assert out.read_text() == before
+
+
+def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(searched, tmp_path):
+    import pyarrow.parquet as pq
+
+    client, experiment, parent, trials = mlflow_runs(searched["uri"], NAME)
+    # A run of the search whose predictions miss a clip (another split, another dataset).
+    source = trials[0]
+    table = pq.read_table(client.download_artifacts(source.info.run_id, "predictions.parquet"))
+    stray = client.create_run(experiment.experiment_id, run_name="t099 other clips",
+                              tags={"role": "trial", "mlflow.parentRunId": parent[0].info.run_id})
+    pq.write_table(table.slice(1), tmp_path / "predictions.parquet")
+    client.log_artifact(stray.info.run_id, str(tmp_path / "predictions.parquet"))
+    client.set_terminated(stray.info.run_id, "FINISHED")
+    done = cli("fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--method", "per-enhancement")
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused = [line for line in done.stdout.splitlines() if line.startswith("note: refused")]
+    assert len(refused) == 1 and "t099" in refused[0]
+    assert "t099" not in done.stdout.split("note: refused")[1].split("\n", 1)[1]
+    for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"),
+                          (["--experiment", "nope"], "nope")):
+        argv = ["fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], *args]
+        done = cli(*argv)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, args
+        assert len(done.stderr.strip().splitlines()) == 1 and culprit in done.stderr, done.stderr
