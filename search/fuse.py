@@ -65,6 +65,7 @@ class FusionResult:
     weights: list[float]
     metrics: dict[str, dict[str, dict]]  # "fusion" or candidate label -> split -> device metrics
     refused: list[str]
+    full_budget: bool = False
     run_id: str | None = None
     model_uri: str | None = None
     registered: str | None = None
@@ -234,7 +235,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     for i, c in enumerate(candidates):
         metrics[c.label] = {s: metrics_of(c.probs[s], clips[s]) for s in clips}
     result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
-                          list(selection.weights), metrics, notes)
+                          list(selection.weights), metrics, notes, full_budget)
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
     if log:
         log_fusion(client, mlflow_uri, exp.experiment_id, parent_id, result, objective, register,
@@ -398,7 +399,9 @@ def format_result(result: FusionResult) -> str:
     rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",
              result.metrics[result.candidates[i].label]) for i, w in zip(result.members, result.weights)]
     rows.append(("fusion", "1.00", result.metrics["fusion"]))
+    rule = "that trained every epoch" if result.full_budget else "with predictions, ASHA-stopped ones included"
     title = (f"{result.method} fusion by {result.by} of the trials of {result.experiment!r}: {len(result.members)} "
-             f"member(s) of {len(result.candidates)} candidate(s), chosen on the selection clips only")
+             f"member(s) of {len(result.candidates)} candidate(s) (every finished trial {rule}), chosen on the "
+             "selection clips only")
     text = title + "\n" + device_table(rows, splits)
     return text

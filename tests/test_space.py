@@ -278,8 +278,8 @@ def test_bad_override(tmp_path, override, key, match):
 # --------------------------------------------------------------------------------------------------
 # The shipped spaces
 # --------------------------------------------------------------------------------------------------
-def test_four_spaces_are_shipped():
-    assert [p.name for p in SHIPPED] == ["device_robust.yaml", "paper.yaml", "pareto.yaml", "smoke.yaml"]
+def test_five_spaces_are_shipped():
+    assert [p.name for p in SHIPPED] == ["demo.yaml", "device_robust.yaml", "paper.yaml", "pareto.yaml", "smoke.yaml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
