@@ -98,14 +98,22 @@ def _train(args) -> None:
 def _compare(args) -> None:
     """Several systems, one after the other, and their device table beside the paper's."""
     from asc.systems import format_comparison
-    from asc.train import train, write_json
+    from asc.train import train, train_seeds, write_json
 
+    if args.seeds < 1:
+        raise AscError(f"--seeds {args.seeds}: must be at least 1")
     rows = []
     for system_id in args.systems:
         ckpt = str(Path(args.checkpoint_root) / system_id.upper()) if args.checkpoint_root else None
         system, config = _system_config(args, system_id, ckpt)
         print(_describe_system(system_id, system, config), flush=True)
-        result = train(config, log=(print if args.verbose else None))
+        if args.seeds > 1:  # in lockstep, checkpoints in CKPT/seed<seed>
+            result = train_seeds(config, [config.seed + k for k in range(args.seeds)],
+                                 log=(print if args.verbose else None))
+            result["seconds"] = sum(r["seconds"] for r in result["results"])
+            result["best_epoch"] = [r["best_epoch"] for r in result["results"]]
+        else:
+            result = train(config, log=(print if args.verbose else None))
         result["system"] = system_id.upper()
         rows.append((system_id.upper(), system, result))
         best = result["test"]
@@ -170,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--systems", nargs="+", default=["A2", "A3", "A5", "A6"])
     cmp_.add_argument("--checkpoint-root", default=None, help="checkpoint each system under ROOT/SYSTEM (resumable)")
     cmp_.add_argument("--verbose", action="store_true", help="print every epoch")
+    cmp_.add_argument("--seeds", type=int, default=1,
+                      help="train each system with this many seeds (--seed, --seed + 1, ...) in lockstep and print "
+                           "mean +- standard error (default %(default)s)")
     _training_options(cmp_)
     cmp_.set_defaults(run=_compare)
     return parser

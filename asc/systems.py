@@ -81,12 +81,22 @@ def format_comparison(rows) -> str:
     """``rows`` of (system id, System, train() result): the device table beside the paper's."""
     head = (f"{'system':<7}{'A':>7}{'B':>7}{'C':>7}{'B&C':>7}{'gap':>7}  |  paper (MSXception, real data):"
             f"{'A':>6}{'B':>6}{'C':>6}{'B&C':>6}{'gap':>6}")
+    keys = ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap")
+    seeds = max((len(r.get("seeds", [])) for _, _, r in rows), default=0)
+    if seeds > 1:  # means over seeds with their standard errors (train_seeds results)
+        head = (f"{'system':<7}" + "".join(f"{h:>12}" for h in ("A", "B", "C", "B&C", "gap"))
+                + f"  |  paper (MSXception, real data):{'A':>6}{'B':>6}{'C':>6}{'B&C':>6}{'gap':>6}")
     lines = [head, "-" * len(head)]
     for sid, system, result in rows:
         t = result["test"]
-        ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap"))
+        if seeds > 1:
+            ours = "".join(f"{100 * t.get(k, math.nan):>7.1f}+-{100 * t.get(k + '_sem', math.nan):<3.1f}" for k in keys)
+        else:
+            ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in keys)
         paper = "".join(f"{v:>6.1f}" for v in system.paper) if system.paper else f"{'-':>6}" * 5
         lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
+    if seeds > 1:
+        lines.append(f"ours: mean +- standard error over {seeds} seeds, evaluation split")
     return "\n".join(lines)
 
 

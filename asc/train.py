@@ -282,66 +282,89 @@ def scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
 
-def train(config: TrainConfig, report: Report | None = None, log: Callable[[str], None] | None = None,
-          evaluate_best: bool = False) -> dict:
-    """Train one model; returns the result of the best epoch (see module docstring).
+def _rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
-    ``log`` receives one formatted table line per epoch (the CLI prints them). ``evaluate_best``
-    (the validation protocol, for a search that may stop the run at any epoch): whenever the
-    selected epoch changes, also evaluate it on the evaluation split, report those figures as
-    ``best_test`` and keep its probabilities in ``best_probs.npz`` (never used to select).
-    """
-    start_time = time.perf_counter()
-    _seed_everything(config.seed)
-    device = _device(config)
-    train_idx, select_idx, test_idx = split_indices(FeatureStore(config.store).clips, config)
-    # The validation protocol normalises with the statistics of the clips it trains on only.
-    view = FeatureView(config.store, config.enhancement, train_idx if test_idx is not None else None)
-    model_config = dataclasses.replace(config.model, n_classes=len(view.classes))
-    model = build_model(model_config).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = make_optimizer(model, config)
-    ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    history: list[dict] = []
-    best = {"epoch": 0, "value": -math.inf}
-    best_state: dict | None = None
-    first_epoch = 1
-    if ckpt_dir is not None:
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Training:
+    """One run of the loop, an epoch at a time: :func:`train` runs one to the end; :func:`train_seeds`
+    runs several in lockstep. Each keeps its own random state (torch, NumPy, Python), swapped in for
+    its epochs, so that a run in lockstep computes what it would have computed alone."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] | None = None, evaluate_best: bool = False):
+        self.start_time = time.perf_counter()
+        self.config, self.log, self.evaluate_best = config, log, evaluate_best
+        _seed_everything(config.seed)
+        self.device = device = _device(config)
+        self.train_idx, self.select_idx, self.test_idx = split_indices(FeatureStore(config.store).clips, config)
+        # The validation protocol normalises with the statistics of the clips it trains on only.
+        self.view = view = FeatureView(config.store, config.enhancement,
+                                       self.train_idx if self.test_idx is not None else None)
+        self.model_config = dataclasses.replace(config.model, n_classes=len(view.classes))
+        self.model = build_model(self.model_config).to(device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer, self.scheduler = make_optimizer(self.model, config)
+        self.ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+        self.history: list[dict] = []
+        self.best = {"epoch": 0, "value": -math.inf}
+        self.best_state: dict | None = None
+        self.epoch = 0
+        if self.ckpt_dir is not None:
+            self._resume()
+        self.rng = _rng_state(device)
+        if log:
+            log(_header(view))
+
+    def _resume(self) -> None:
+        ckpt_dir, config = self.ckpt_dir, self.config
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if (ckpt_dir / "last.pt").is_file():
-            try:
-                state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
-            except Exception as exc:  # torch raises several types for a truncated or foreign file
-                raise AscError(f"{ckpt_dir / 'last.pt'}: not a readable checkpoint ({type(exc).__name__}); "
-                               "delete it to start over") from None
-            if not isinstance(state, dict) or "config" not in state or "history" not in state:
-                raise AscError(f"{ckpt_dir / 'last.pt'}: not a training checkpoint of this project; delete it to start over")
-            if _run_defining(state["config"]) != _run_defining(config.to_dict()):
-                raise AscError(f"{ckpt_dir / 'last.pt'}: a checkpoint of another configuration; use another checkpoint_dir")
-            if state["epoch"] > config.epochs:
-                raise AscError(f"{ckpt_dir / 'last.pt'}: already {state['epoch']} epochs, more than the {config.epochs} "
-                               "asked for; ask for as many or more, or use another checkpoint_dir")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            np.random.set_state(state["numpy_rng"])
-            random.setstate(state["python_rng"])
-            if state.get("cuda_rng") is not None and device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
+        if not (ckpt_dir / "last.pt").is_file():
+            return
+        try:
+            state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises several types for a truncated or foreign file
+            raise AscError(f"{ckpt_dir / 'last.pt'}: not a readable checkpoint ({type(exc).__name__}); "
+                           "delete it to start over") from None
+        if not isinstance(state, dict) or "config" not in state or "history" not in state:
+            raise AscError(f"{ckpt_dir / 'last.pt'}: not a training checkpoint of this project; delete it to start over")
+        if _run_defining(state["config"]) != _run_defining(config.to_dict()):
+            raise AscError(f"{ckpt_dir / 'last.pt'}: a checkpoint of another configuration; use another checkpoint_dir")
+        if state["epoch"] > config.epochs:
+            raise AscError(f"{ckpt_dir / 'last.pt'}: already {state['epoch']} epochs, more than the {config.epochs} "
+                           "asked for; ask for as many or more, or use another checkpoint_dir")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state({"torch": state["torch_rng"], "numpy": state["numpy_rng"], "python": state["python_rng"],
+                        "cuda": state.get("cuda_rng")}, self.device)
+        self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
 
-    if log:
-        log(_header(view))
-    for epoch in range(first_epoch, config.epochs + 1):
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def run_epoch(self) -> dict:
+        """Train and evaluate the next epoch, checkpoint it; returns what ``report`` receives."""
+        config, view, device, model = self.config, self.view, self.device, self.model
+        _set_rng_state(self.rng, device)
+        epoch = self.epoch + 1
         epoch_start = time.perf_counter()
         # Each epoch's shuffles and mixup coefficients come from (seed, epoch): a resumed run draws
         # exactly what the uninterrupted one would have.
         rng = np.random.default_rng([config.seed, epoch])
-        streams = [rng.permutation(train_idx)]
+        streams = [rng.permutation(self.train_idx)]
         if config.mixup_alpha > 0:
-            streams.append(rng.permutation(train_idx))
+            streams.append(rng.permutation(self.train_idx))
         loader = torch.utils.data.DataLoader(
             _Steps(view, streams, config.batch_size), batch_size=None, shuffle=False,
             num_workers=config.num_workers, pin_memory=device.type == "cuda",
@@ -363,79 +386,160 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = model(x)
             loss = mixup_loss(logits.float(), y1, y2, lam)
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             total_loss += loss.item()
             steps += 1
             fetch_start = time.perf_counter()
         train_seconds = time.perf_counter() - epoch_start
-        metrics, probs = evaluate(model, view, select_idx, device, config)
+        metrics, probs = evaluate(model, view, self.select_idx, device, config)
         value = metrics[config.selection]
-        scheduler.step(value)
-        row = {"epoch": epoch, "train_loss": total_loss / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
+        self.scheduler.step(value)
+        row = {"epoch": epoch, "train_loss": total_loss / max(steps, 1), "lr": self.optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - epoch_start, "train_seconds": train_seconds,
                "data_wait_share": waited / train_seconds if train_seconds else 0.0,
                "train_clips_per_s": steps * config.batch_size / train_seconds if train_seconds else 0.0,
                **scalars(metrics), "class_acc": dict(zip(view.classes, metrics["class_acc"]))}
-        history.append(row)
+        self.history.append(row)
+        best, ckpt_dir, test_idx = self.best, self.ckpt_dir, self.test_idx
         improved = value > best["value"]
         test_probs = None
         if improved:
-            best = {"epoch": epoch, "value": value, "metrics": scalars(metrics)}
+            best = self.best = {"epoch": epoch, "value": value, "metrics": scalars(metrics)}
             if test_idx is not None and ckpt_dir is None:  # no best.pt to come back to: keep it here
-                best_state = copy.deepcopy(model.state_dict())
-            if evaluate_best and test_idx is not None:
+                self.best_state = copy.deepcopy(model.state_dict())
+            if self.evaluate_best and test_idx is not None:
                 test_metrics, test_probs = evaluate(model, view, test_idx, device, config)
                 best["test"] = _test_summary(test_metrics, view)
         if ckpt_dir is not None:
             if improved:
-                _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
+                _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(self.model_config),
                               "classes": view.classes, "epoch": epoch, "metrics": metrics,
                               "enhancement": dataclasses.asdict(config.enhancement), "store": config.store,
                               # what the model's input was normalised with (asc.inference rebuilds it from audio)
                               "norm_mean": view.mean, "norm_std": view.std}, ckpt_dir / "best.pt")
                 _atomic_savez(ckpt_dir / "best_probs.npz", classes=np.array(view.classes),
-                              **_prediction_arrays(view, select_idx, probs),
+                              **_prediction_arrays(view, self.select_idx, probs),
                               **({} if test_probs is None else _prediction_arrays(view, test_idx, test_probs, "test_")))
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+            _atomic_save({"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                          "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                           "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                          "history": history, "best": best, "epoch": epoch, "config": config.to_dict()},
+                          "history": self.history, "best": best, "epoch": epoch, "config": config.to_dict()},
                          ckpt_dir / "last.pt")
-        if log:
-            log(_row(row, view, improved))
-        if report is not None:
-            report(epoch, {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"],
-                           "best_metrics": best.get("metrics", {}),
-                           # the paper protocol selects on the evaluation split: its figures are the same
-                           "best_test": best.get("metrics", {}) if test_idx is None else scalars(best.get("test", {}))},
-                   str(ckpt_dir) if ckpt_dir else None)
+        self.epoch = epoch
+        self.rng = _rng_state(device)
+        if self.log:
+            self.log(_row(row, view, improved))
+        return {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"],
+                "best_metrics": best.get("metrics", {}),
+                # the paper protocol selects on the evaluation split: its figures are the same
+                "best_test": best.get("metrics", {}) if test_idx is None else scalars(best.get("test", {}))}
 
-    best_row = next(r for r in history if r["epoch"] == best["epoch"])
-    result = {
-        "best_epoch": best["epoch"],
-        "selection": config.selection,
-        "protocol": config.protocol,
-        "best": {k: v for k, v in best_row.items() if k not in ("epoch",)},
-        "history": history,
-        "classes": view.classes,
-        "config": config.to_dict(),
-        "seconds": time.perf_counter() - start_time,
-        "checkpoint": str(ckpt_dir / "best.pt") if ckpt_dir else None,
-    }
-    if test_idx is not None and "test" in best:  # evaluated when the epoch was selected (evaluate_best)
-        result["test"] = best["test"]
-    elif test_idx is not None:
-        if ckpt_dir is not None:
-            best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
-        model.load_state_dict(best_state)
-        test_metrics, _ = evaluate(model, view, test_idx, device, config)
-        result["test"] = _test_summary(test_metrics, view)
-    else:
-        result["test"] = result["best"]
-    return result
+    def result(self) -> dict:
+        """The result of the best epoch (see the module docstring)."""
+        config, best, test_idx = self.config, self.best, self.test_idx
+        best_row = next(r for r in self.history if r["epoch"] == best["epoch"])
+        result = {
+            "best_epoch": best["epoch"],
+            "selection": config.selection,
+            "protocol": config.protocol,
+            "best": {k: v for k, v in best_row.items() if k not in ("epoch",)},
+            "history": self.history,
+            "classes": self.view.classes,
+            "config": config.to_dict(),
+            "seconds": time.perf_counter() - self.start_time,
+            "checkpoint": str(self.ckpt_dir / "best.pt") if self.ckpt_dir else None,
+        }
+        if test_idx is not None and "test" in best:  # evaluated when the epoch was selected (evaluate_best)
+            result["test"] = best["test"]
+        elif test_idx is not None:
+            best_state = self.best_state
+            if self.ckpt_dir is not None:
+                best_state = torch.load(self.ckpt_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
+            self.model.load_state_dict(best_state)
+            test_metrics, _ = evaluate(self.model, self.view, test_idx, self.device, config)
+            result["test"] = _test_summary(test_metrics, self.view)
+        else:
+            result["test"] = result["best"]
+        return result
+
+
+def train(config: TrainConfig, report: Report | None = None, log: Callable[[str], None] | None = None,
+          evaluate_best: bool = False) -> dict:
+    """Train one model; returns the result of the best epoch (see module docstring).
+
+    ``log`` receives one formatted table line per epoch (the CLI prints them). ``evaluate_best``
+    (the validation protocol, for a search that may stop the run at any epoch): whenever the
+    selected epoch changes, also evaluate it on the evaluation split, report those figures as
+    ``best_test`` and keep its probabilities in ``best_probs.npz`` (never used to select).
+    """
+    run = Training(config, log, evaluate_best)
+    while not run.done:
+        metrics = run.run_epoch()
+        if report is not None:
+            report(run.epoch, metrics, str(run.ckpt_dir) if run.ckpt_dir else None)
+    return run.result()
+
+
+def seed_checkpoint_dir(checkpoint_dir: str | None, seed: int) -> str | None:
+    """Where the run of ``seed`` keeps its checkpoints inside a several-seed run's folder."""
+    return None if checkpoint_dir is None else str(Path(checkpoint_dir) / f"seed{seed}")
+
+
+def mean_and_sem(reports: list[dict]) -> dict:
+    """Every number of ``reports`` (one dict per seed, the same keys) as its mean over the seeds, and
+    beside it its standard error ``<name>_sem`` (nan for one seed). Nested dicts are combined the
+    same way; other values are taken from the first report."""
+    from asc.systems import mean_sem
+
+    out: dict = {}
+    for key, value in reports[0].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, dict)):
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = mean_and_sem([r.get(key, {}) for r in reports])
+        else:
+            out[key], out[key + "_sem"] = mean_sem([r.get(key, math.nan) for r in reports])
+    return out
+
+
+def train_seeds(config: TrainConfig, seeds: list[int], report: Report | None = None,
+                log: Callable[[str], None] | None = None, evaluate_best: bool = False) -> dict:
+    """Train ``config`` once per seed, epoch by epoch in lockstep (each run as :func:`train` would
+    with that seed; their checkpoints in ``checkpoint_dir/seed<seed>``).
+
+    After every epoch ``report(epoch, metrics, checkpoint_dir)`` receives the mean over the seeds of
+    every number and its standard error (:func:`mean_and_sem`), and each seed's own report under
+    ``per_seed`` ({seed: metrics}). Returns {"seeds", "results" (one :func:`train` result per seed),
+    "best" and "test" (means and standard errors of the seeds' selected epochs)}."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise AscError(f"seeds must be distinct, at least one: {seeds}")
+    runs = []
+    for seed in seeds:
+        prefix = (lambda s: (lambda line: log(f"seed {s:<3} {line}")))(seed) if log else None
+        runs.append(Training(dataclasses.replace(config, seed=seed,
+                                                 checkpoint_dir=seed_checkpoint_dir(config.checkpoint_dir, seed)),
+                             prefix, evaluate_best))
+    # Checkpoints of one lockstep are taken after every seed's epoch, but a run interrupted between
+    # two seeds' checkpoints resumes with some seeds an epoch behind: they catch up first.
+    ahead = max(run.epoch for run in runs)
+    for run in runs:
+        while run.epoch < ahead:
+            run.run_epoch()
+    while not all(run.done for run in runs):
+        reports = [run.run_epoch() for run in runs]
+        if report is not None:
+            combined = mean_and_sem(reports)
+            combined["epoch"] = reports[0]["epoch"]
+            combined["best_epoch"] = int(round(combined["best_epoch"]))
+            combined["per_seed"] = dict(zip(seeds, reports))
+            report(reports[0]["epoch"], combined, config.checkpoint_dir)
+    results = [run.result() for run in runs]
+    return {"seeds": list(seeds), "results": results,
+            "best": mean_and_sem([scalars(r["best"]) for r in results]),
+            "test": mean_and_sem([scalars(r["test"]) for r in results])}
 
 
 def _test_summary(metrics: dict, view: FeatureView) -> dict:

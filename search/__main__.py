@@ -53,7 +53,8 @@ def _run(args) -> None:
                               num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                               cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                               address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage, seed=args.seed,
-                              overrides=args.set or [], max_failures=args.max_failures, top=args.top)
+                              overrides=(args.set or []) + ([f"seeds={args.seeds}"] if args.seeds is not None else []),
+                              max_failures=args.max_failures, top=args.top)
     run_search(settings, command=" ".join(["python -m search"] + [shlex.quote(a) for a in sys.argv[1:]]))
 
 
@@ -70,7 +71,8 @@ def _fuse(args) -> None:
 
     uri = absolute_uri(args.mlflow_uri) if args.mlflow_uri else default_uri(Path(DEFAULT_STORAGE))
     result = fuse(args.experiment, uri, by=args.by, size=args.size, method=args.method, register=args.register,
-                  full_budget=args.full_budget, bags=args.bags, gap_lambda=args.gap_lambda, seed=args.seed)
+                  full_budget=args.full_budget, bags=args.bags, gap_lambda=args.gap_lambda, seed=args.seed,
+                  seed_members=args.seed_members)
     print(format_result(result))
     print(f"\nfusion run {result.run_id} in {uri}\nmodel: {result.model_uri}"
           + (f"\nregistered: {result.registered}" if result.registered else ""))
@@ -144,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="sampler seed (default: the space's)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a space key, e.g. --set epochs=3 --set scheduler.grace_period=1 (repeatable)")
+    run.add_argument("--seeds", type=int, default=None,
+                     help="models per trial, trained in lockstep with successive seeds; trials are ranked, pruned "
+                          "and learned from on the mean over them (default: the space's seeds, else 1)")
     run.add_argument("--max-failures", type=int, default=3, help="retries of a trial whose worker died (default %(default)s)")
     run.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default %(default)s)")
     run.set_defaults(run=_run)
@@ -165,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="greedy: most picks, with replacement (default 10); top: members (default 3)")
     fuse.add_argument("--bags", type=int, default=0, help="greedy: bagged repeats on random halves (default 0)")
     fuse.add_argument("--full-budget", action="store_true", help="candidates: only trials that trained every epoch")
+    fuse.add_argument("--seed-members", action="store_true",
+                      help="searches with seeds: every seed's model is a candidate (default: each trial's seed average)")
     fuse.add_argument("--gap-lambda", type=float, default=None, help="--by gap_penalized: weight of |device gap|")
     fuse.add_argument("--register", default=None, metavar="NAME", help="register the fused model under NAME")
     fuse.add_argument("--seed", type=int, default=0, help="bagging seed (default %(default)s)")

@@ -1,7 +1,7 @@
 """``python -m search bench-search``: what the search machinery costs beside plain training, in one run.
 
     python -m search bench-search [--clips 260] [--trials 4] [--concurrent 2] [--workdir DIR]
-    python -m search bench-search --efficiency [--scale tiny]      # also the ~30 min search-efficiency part
+    python -m search bench-search --efficiency [--scale tiny] [--seeds K]  # also the ~30 min search-efficiency part
     python -m search bench-search --only memory --scale tiny       # one part, on test-sized clips
 
 It writes its own synthetic set (``asc.synth.write_dataset``) and feature store (``asc.store.build_stores``)
@@ -584,7 +584,7 @@ def plot_curves(path: Path, grid: list, asha: list, grid_best: float, need: floa
 
 
 def efficiency_part(work: Path, scale: Scale, scale_name: str, concurrent: int, cpus_per_trial: float,
-                    gpus_per_trial: float, runs: Path, meter) -> dict:
+                    gpus_per_trial: float, runs: Path, meter, seeds: int = 1) -> dict:
     from asc.synth import SynthConfig
     from search.prepare import init_ray
     from search.tuner import SearchSettings
@@ -594,10 +594,13 @@ def efficiency_part(work: Path, scale: Scale, scale_name: str, concurrent: int, 
     synth = SynthConfig(**scale.efficiency_synth)
     data = build_data(work, synth, feature_config(scale))
     grid_doc, asha_doc = efficiency_spaces(scale, concurrent)
+    if seeds > 1:  # every trial trains `seeds` models in lockstep: both compare means over seeds
+        grid_doc["seeds"] = asha_doc["seeds"] = seeds
     paths = {"grid": write_yaml(out / "grid.yaml", grid_doc), "asha": write_yaml(out / "asha.yaml", asha_doc)}
     init_ray(None)
     uri = f"sqlite:///{runs / 'mlflow.db'}"
     fig: dict = {"clips": data.clips, "grid_points": grid_doc["num_samples"], "epochs": scale.efficiency_epochs,
+                 "seeds": seeds,
                  "spaces": {k: str(v) for k, v in paths.items()}}
     for key in ("grid", "asha"):
         name = f"efficiency-{key}"
@@ -621,7 +624,8 @@ def efficiency_part(work: Path, scale: Scale, scale_name: str, concurrent: int, 
     plot_curves(plot, fig["grid"]["curve"], fig["asha"]["curve"], grid_best, fig["asha_need"],
                 f"bench-search --scale {scale_name}: {fig['grid_points']}-point grid x {scale.efficiency_epochs} epochs "
                 f"vs TPE + ASHA (grace {scale.grace_period}, reduction {scale.reduction_factor:g}), "
-                f"{data.clips} clips, {concurrent} trials at once")
+                f"{data.clips} clips, {concurrent} trials at once"
+                + (f", Metric B the mean over {seeds} seeds" if seeds > 1 else ""))
     fig["plot"] = str(plot)
     (out / "curves.json").write_text(json.dumps(fig, indent=1, default=str))
     return fig
@@ -784,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="K: memory readers, and trials at once in the efficiency part (default %(default)s)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="(default %(default)s, as `run`)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="(default %(default)s)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="efficiency part: models per trial in lockstep; both searches compared on the mean "
+                             "over them (default %(default)s)")
     parser.add_argument("--efficiency", action="store_true",
                         help="also the search-efficiency part (about 30 min on 2 cores at --scale full, estimated; 2 min at tiny)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=None,
@@ -851,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         if "efficiency" in parts:
             stage(f"efficiency: the full-budget grid, then TPE + ASHA, over the same space (--scale {args.scale})")
             fig["efficiency"] = efficiency_part(work, scale, args.scale, args.concurrent, args.cpus_per_trial,
-                                                args.gpus_per_trial, runs, meter)
+                                                args.gpus_per_trial, runs, meter, seeds=args.seeds)
         table = rows(fig, meter)
         print(format_table(fig, table, meter), flush=True)
         if args.json:

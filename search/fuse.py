@@ -51,6 +51,7 @@ class Candidate:
     group: str  # its enhancement (best-per-enhancement fusion)
     model_uri: str | None
     probs: dict[str, np.ndarray] = field(default_factory=dict)  # split -> [clips, classes]
+    member: int | None = None  # one seed of a several-seed trial: its index among the trial model's members
 
 
 @dataclass
@@ -94,19 +95,25 @@ def _read_predictions(path: Path, run_label: str):
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise AscError(f"{run_label}: unreadable predictions.parquet ({type(exc).__name__})") from None
     classes = [c[2:] for c in table.columns if c.startswith("p_")]
-    out = {}
+    # a several-seed trial: p_<class> is the seed average, seed<k>/p_<class> each seed's own
+    seeds = sorted({c.split("/")[0] for c in table.columns if "/p_" in c}, key=lambda n: int(n[4:]) if n[4:].isdigit() else 0)
+    out, per_seed = {}, {}
     for split in SPLITS:
         part = table[table["split"] == split].sort_values("filename", kind="stable")
         if not len(part):
             continue
         out[split] = (part["filename"].to_numpy(str), part["device"].to_numpy(str), part["label"].to_numpy(str),
                       part[[f"p_{c}" for c in classes]].to_numpy(np.float64))
-    return classes, out
+        for seed in seeds:
+            per_seed.setdefault(seed, {})[split] = part[[f"{seed}/p_{c}" for c in classes]].to_numpy(np.float64)
+    return classes, out, per_seed
 
 
-def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False):
+def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False,
+                    seed_members: bool = False):
     """The search's candidate runs with their predictions; returns (candidates, clips, classes,
-    refused lines, parent run id)."""
+    refused lines, parent run id). ``seed_members``: each seed of a several-seed trial is a candidate
+    of its own (``t003/seed1``) instead of the trial's seed average."""
     from tqdm import tqdm
 
     runs = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=5000)
@@ -125,10 +132,16 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
                 skipped.append(label)
                 continue
             local = client.download_artifacts(run.info.run_id, "predictions.parquet", tmp)
-            classes, splits = _read_predictions(Path(local), f"run {label} ({run.info.run_id})")
+            classes, splits, per_seed = _read_predictions(Path(local), f"run {label} ({run.info.run_id})")
             candidate = Candidate(run.info.run_id, label, name[len(label):].strip(), _group(run.data.params),
                                   run.data.tags.get(MODEL_TAG))
-            read.append((candidate, classes, splits))
+            if not (seed_members and per_seed):
+                read.append((candidate, classes, splits))
+                continue
+            for k, (seed, probs) in enumerate(per_seed.items()):
+                one = {s: (*splits[s][:3], probs[s]) for s in splits}
+                read.append((Candidate(candidate.run_id, f"{label}/{seed}", candidate.description, candidate.group,
+                                       candidate.model_uri, member=k), classes, one))
     if not read:
         budget = " that trained every epoch" if full_budget else ""
         raise AscError(f"experiment {experiment_id}: no finished trial run{budget} with predictions to fuse")
@@ -206,7 +219,7 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
 # --------------------------------------------------------------------------------------------------
 def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = "greedy",
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
-         seed: int = 0, log: bool = True, progress: bool | None = None) -> FusionResult:
+         seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False) -> FusionResult:
     from mlflow.tracking import MlflowClient
 
     if method not in METHODS:
@@ -227,7 +240,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     if exp is None:
         known = [e.name for e in client.search_experiments(max_results=50) if e.name != "Default"]
         raise AscError(f"MLflow at {mlflow_uri}: no experiment {experiment!r} (there: {', '.join(known) or 'none'})")
-    candidates, clips, classes, notes, parent_id = load_candidates(client, exp.experiment_id, full_budget, progress)
+    candidates, clips, classes, notes, parent_id = load_candidates(client, exp.experiment_id, full_budget, progress,
+                                                                   seed_members)
     for note in notes:
         print(f"note: {note}")
     selection = choose(candidates, clips, method, objective, size, bags, seed)
@@ -345,6 +359,8 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
             files, weights = [], []
             for k, (member, weight) in enumerate(zip(members, result.weights)):
                 member_files, member_weights = download_members(member.model_uri, Path(tmp) / f"m{k}", uri)
+                if member.member is not None:  # one seed of the trial's model
+                    member_files, member_weights = [member_files[member.member]], [1.0]
                 files += member_files
                 weights += [weight * w / sum(member_weights) for w in member_weights]
             result.model_uri = log_audio_model(uri, run_id, files, weights, registered_model_name=register,

@@ -73,7 +73,7 @@ PARAMS: dict[str, Param] = {
 MEDIAN_KEYS = ("median_filter_bands", "median_filter_frames")  # sampled only when the median filter is chosen
 # Feature settings every store of a search shares (n_mels and spectrum correction vary per trial).
 FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "power", "drop_last_frame", "dtype", "resample")
-TOP_KEYS = ("description", "sampler", "objective", "lambda", "num_samples", "max_concurrent", "seed",
+TOP_KEYS = ("description", "sampler", "objective", "lambda", "num_samples", "max_concurrent", "seed", "seeds",
             "scheduler", "features", "params", "points")
 SCHEDULER_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
 
@@ -141,6 +141,7 @@ class Space:
     searched: dict  # key -> Dist
     points: tuple = ()  # sampler "points": (id, params) pairs, params over `fixed`
     text: str = ""  # the YAML as read (logged with the search)
+    seeds: int = 1  # models per trial, trained in lockstep with seeds seed, seed + 1, ... (the mean is what counts)
 
     # ---- sampling -------------------------------------------------------------------------------
     def suggest(self, trial) -> dict:
@@ -356,7 +357,7 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
 
     ints = {}
     for key, default, low in (("num_samples", len(points) if points else 10, 1), ("max_concurrent", 2, 1),
-                              ("seed", 0, 0)):
+                              ("seed", 0, 0), ("seeds", 1, 1)):
         value = doc.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             fail(key, f"an integer >= {low}, not {value!r}")

@@ -249,22 +249,39 @@ def trial_label(trial_or_name) -> str:
 # --------------------------------------------------------------------------------------------------
 # Artifacts of a finished trial
 # --------------------------------------------------------------------------------------------------
-def predictions_table(probs_file: Path):
+def seed_folders(folder: Path) -> list[tuple[str, Path]]:
+    """The runs in a trial's checkpoint folder: ``[("", folder)]`` for one seed, else
+    ``[("seed0", folder/seed0), ...]`` for a several-seed trial (``asc.train.train_seeds``)."""
+    runs = sorted((p for p in folder.glob("seed*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+    return [(p.name, p) for p in runs] if runs else [("", folder)]
+
+
+def predictions_table(probs_files: list[tuple[str, Path]]):
     """The selected epoch's predictions as an Arrow table: split, filename, device, label and one
-    probability column per class (``p_<class>``), selection clips and evaluation clips."""
+    probability column per class (``p_<class>``), selection clips and evaluation clips. Several seeds
+    (``[(name, best_probs.npz), ...]``): ``p_<class>`` is their average (the trial as one member) and
+    each seed's own follow as ``<name>/p_<class>`` (``seed1/p_tram``), for fusion by seed."""
     import pyarrow as pa
 
-    data = np.load(probs_file)
-    classes = [str(c) for c in data["classes"]]
+    datas = [(name, np.load(f)) for name, f in probs_files]
+    first = datas[0][1]
+    classes = [str(c) for c in first["classes"]]
     parts = []
     for prefix, split in (("", "selection"), ("test_", "evaluation")):
-        if prefix + "probs" not in data:
+        if prefix + "probs" not in first:
             continue
-        probs = data[prefix + "probs"]
-        columns = {"split": [split] * len(probs), "filename": data[prefix + "filenames"].astype(str),
-                   "device": data[prefix + "devices"].astype(str),
-                   "label": [classes[i] for i in data[prefix + "labels"]]}
+        for name, data in datas[1:]:
+            if list(data[prefix + "filenames"]) != list(first[prefix + "filenames"]):
+                raise AscError(f"{name}: its {split} clips differ from {datas[0][0]}'s")
+        probs = np.mean([data[prefix + "probs"] for _, data in datas], axis=0)
+        columns = {"split": [split] * len(probs), "filename": first[prefix + "filenames"].astype(str),
+                   "device": first[prefix + "devices"].astype(str),
+                   "label": [classes[i] for i in first[prefix + "labels"]]}
         columns.update({f"p_{c}": probs[:, k].astype(np.float32) for k, c in enumerate(classes)})
+        if len(datas) > 1:
+            for name, data in datas:
+                columns.update({f"{name}/p_{c}": data[prefix + "probs"][:, k].astype(np.float32)
+                                for k, c in enumerate(classes)})
         parts.append(pa.table(columns))
     return pa.concat_tables(parts), classes
 
@@ -308,9 +325,10 @@ def log_trial_artifacts(client, uri: str, run_id: str, folder: Path, title: str)
     import matplotlib.pyplot as plt
     import pyarrow.parquet as pq
 
-    probs_file = folder / "best_probs.npz"
-    if probs_file.is_file():
-        table, classes = predictions_table(probs_file)
+    runs = seed_folders(folder)
+    probs_files = [(name, f / "best_probs.npz") for name, f in runs if (f / "best_probs.npz").is_file()]
+    if probs_files and len(probs_files) == len(runs):
+        table, classes = predictions_table(probs_files)
         with tempfile.TemporaryDirectory() as tmp:
             pq.write_table(table, Path(tmp) / "predictions.parquet")
             client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
@@ -318,23 +336,28 @@ def log_trial_artifacts(client, uri: str, run_id: str, folder: Path, title: str)
             fig = confusion_figure(table, classes, split, title)
             client.log_figure(run_id, fig, f"confusion_{split}.png")
             plt.close(fig)
-    if (folder / "best.pt").is_file():
-        log_model(uri, run_id, folder / "best.pt", title)
+    best_files = [f / "best.pt" for _, f in runs]
+    if all(f.is_file() for f in best_files):
+        log_model(uri, run_id, best_files, title, [name for name, _ in runs])
 
 
-def log_model(uri: str, run_id: str, best_file: Path, title: str = "") -> str:
-    """The selected epoch's network as an audio model (``search.serving``): it carries its feature
-    configuration, normalisation statistics and enhancement, so that ``search predict`` and a fusion
-    feed it features computed from audio exactly as its store did. Tags the run with the model's URI."""
+def log_model(uri: str, run_id: str, best_files: list[Path], title: str = "", seeds: list[str] = ("",)) -> str:
+    """The selected epoch's network (one per seed, averaged with equal weights) as an audio model
+    (``search.serving``): each carries its feature configuration, normalisation statistics and
+    enhancement, so that ``search predict`` and a fusion feed it features computed from audio exactly
+    as its store did. Tags the run with the model's URI."""
     from mlflow.tracking import MlflowClient
 
     from asc.inference import member_from_checkpoint
     from search.serving import log_audio_model
 
-    member = member_from_checkpoint(best_file, source={"run_id": run_id, "trial": title})
+    members = [member_from_checkpoint(f, source={"run_id": run_id, "trial": title, "seed": seed})
+               for f, seed in zip(best_files, seeds)]
     with tempfile.TemporaryDirectory() as tmp:
-        model_uri = log_audio_model(uri, run_id, [member.save(Path(tmp) / "member.pt")],
-                                    metadata={"epoch": member.source["epoch"], "store": member.source["store"]})
+        files = [m.save(Path(tmp) / f"member{k}.pt") for k, m in enumerate(members)]
+        model_uri = log_audio_model(uri, run_id, files, metadata={
+            "epochs": [m.source["epoch"] for m in members], "store": members[0].source["store"],
+            "seeds": list(seeds)})
     MlflowClient(uri).set_tag(run_id, MODEL_TAG, model_uri)
     return model_uri
 

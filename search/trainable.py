@@ -22,10 +22,19 @@ TRACKED = ("acc_bc", "metric_a", "metric_b", "device_gap", "loss")  # besides ev
 
 
 def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
-    """One Tune result from what ``train`` reports for an epoch (floats only: Tune, Optuna and
-    MLflow all take them as they are)."""
+    """One Tune result from what ``train`` (or ``train_seeds``) reports for an epoch (floats only:
+    Tune, Optuna and MLflow all take them as they are).
+
+    Several seeds: every figure is the mean over the seeds, with its standard error beside it
+    (``metric_b_sem``, ``sel_metric_b_sem``, ...), and each seed's own figures follow under
+    ``seed<seed>/`` (``seed1/metric_b``). The objective is the mean of the seeds' objectives (what
+    ASHA prunes on and Optuna learns from), ``objective_sem`` its standard error."""
+    def tracked(key: str) -> bool:
+        key = key[:-4] if key.endswith("_sem") else key
+        return key.startswith("acc_") or key in TRACKED
+
     def pick(m: dict) -> dict:
-        return {k: float(v) for k, v in m.items() if isinstance(v, float) and (k.startswith("acc_") or k in TRACKED)}
+        return {k: float(v) for k, v in m.items() if isinstance(v, float) and tracked(k)}
 
     selected, evaluation = metrics.get("best_metrics", {}), metrics.get("best_test", {})
     result = {"epoch": int(metrics["epoch"]), "epochs": int(epochs), "best_epoch": int(metrics["best_epoch"]),
@@ -36,6 +45,15 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
               **objective.values(selected)}
     if not objective.multi:
         result["epoch_objective"] = objective.values(metrics)["objective"]
+    per_seed = metrics.get("per_seed")
+    if per_seed:
+        from asc.systems import mean_sem
+
+        seeds = {seed: flatten_report(m, epochs, objective) for seed, m in per_seed.items()}
+        for name in objective.metrics + ([] if objective.multi else ["epoch_objective"]):
+            result[name], result[name + "_sem"] = mean_sem([r[name] for r in seeds.values()])
+        for seed, r in seeds.items():
+            result.update({f"seed{seed}/{k}": v for k, v in r.items() if k not in ("epoch", "epochs")})
     return result
 
 
@@ -44,7 +62,7 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     store folder, resolved by the driver before any trial starts."""
     from ray import tune
 
-    from asc.train import train
+    from asc.train import train, train_seeds
 
     params = dict(config)
     store = stores[space.feature_config(params).key()]
@@ -63,7 +81,11 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
 
     try:
-        train(train_config, report, evaluate_best=train_config.protocol == "validation")
+        if space.seeds > 1:  # in lockstep, each in work/seed<seed>: the trial's checkpoint holds them all
+            train_seeds(train_config, [train_config.seed + k for k in range(space.seeds)], report,
+                        evaluate_best=train_config.protocol == "validation")
+        else:
+            train(train_config, report, evaluate_best=train_config.protocol == "validation")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -601,16 +601,20 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     heads = [d.upper() for d in devices] + ["B&C", "gap", "MA", "MB"]
     obj_cols = space.objective.metrics
     obj_heads = ["B&C*", "|gap|*"] if space.objective.multi else ["objective"]
+    seeds = space.seeds > 1  # means over seeds: the objective with its standard error
+    obj_width = 17 if seeds else 10
     lines = []
     width_params = max([len(_params_cell(r, searched)) for r in shown] + [10])
     group = f"{'':<6}{'':<{width_params + 2}}{'':<12}{'':>7}{'':>7}"
     cells = len(heads) * 7
-    group += f" |{'selection clips (%)':^{cells}} |{'':>{10 * len(obj_heads)}} |{'evaluation split (%)':^{cells}}"
+    group += f" |{'selection clips (%)':^{cells}} |{'':>{obj_width * len(obj_heads)}} |{'evaluation split (%)':^{cells}}"
     head = (f"{'trial':<6}{'parameters':<{width_params + 2}}{'state':<12}{'epochs':>7}{'chosen':>7} |"
-            + "".join(f"{h:>7}" for h in heads) + " |" + "".join(f"{h:>10}" for h in obj_heads)
+            + "".join(f"{h:>7}" for h in heads) + " |" + "".join(f"{h:>{obj_width}}" for h in obj_heads)
             + " |" + "".join(f"{h:>7}" for h in heads))
+    each = (f"; every figure the mean over {space.seeds} seeds, the objective +- its standard error"
+            if seeds else "")
     lines.append(title or f"best {len(shown)} of {len(rows)} trials by {space.objective.label()} on the selection "
-                 "clips, at each trial's chosen epoch (the evaluation split beside it is never used to choose)")
+                 f"clips, at each trial's chosen epoch (the evaluation split beside it is never used to choose){each}")
     lines.append(group.rstrip())
     lines.append(head)
     lines.append("-" * len(head))
@@ -618,10 +622,34 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
         state = {"finished": "done", "stopped": f"ASHA@{r['epoch']}", "failed": "FAILED"}[r["state"]]
         sel = "".join(f"{_pct(r.get('sel_' + c)):>7}" for c in cols)
         ev = "".join(f"{_pct(r.get('eval_' + c)):>7}" for c in cols)
-        objs = "".join(f"{_num(r.get(c), pct=space.objective.multi):>10}" for c in obj_cols)
+        objs = "".join(f"{_num(r.get(c), pct=space.objective.multi, sem=r.get(c + '_sem') if seeds else None):>{obj_width}}"
+                       for c in obj_cols)
         lines.append(f"{r['label']:<6}{_params_cell(r, searched):<{width_params + 2}}{state:<12}"
                      f"{r['epoch']:>3}/{r['epochs']:<3}{str(r.get('best_epoch') or '-'):>7} |{sel} |{objs} |{ev}")
+    note = noise_note(shown) if seeds and not space.objective.multi else ""
+    if note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+def noise_note(ranked: list[dict], z: float = 2.0) -> str:
+    """Which of the best trials the seeds cannot tell from the best one: those whose mean objective is
+    within ``z`` standard errors of the difference (sqrt(se1^2 + se2^2)) of the best's."""
+    valid = [r for r in ranked if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])]
+    if len(valid) < 2:
+        return ""
+    best = valid[0]
+    tied = []
+    for r in valid[1:]:
+        se = math.sqrt((best.get("objective_sem") or 0.0) ** 2 + (r.get("objective_sem") or 0.0) ** 2)
+        if not math.isfinite(se) or best["objective"] - r["objective"] <= z * se:
+            tied.append(r["label"])
+    if not tied:
+        return (f"{best['label']} is ahead of the next by more than {z:g} standard errors of the difference: "
+                "the seeds tell them apart")
+    return (f"within the noise: {', '.join(tied)} {'is' if len(tied) == 1 else 'are'} less than {z:g} standard errors "
+            f"of the difference behind {best['label']}: the seeds cannot tell {'it' if len(tied) == 1 else 'them'} "
+            "apart from the best")
 
 
 def _params_cell(row: dict, keys: list[str]) -> str:
@@ -645,10 +673,13 @@ def _short(key: str) -> str:
     return _SHORT.get(key, key)
 
 
-def _num(value, pct: bool = False) -> str:
+def _num(value, pct: bool = False, sem: float | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{100 * value:.1f}" if pct else f"{value:.4f}"
+    text = f"{100 * value:.1f}" if pct else f"{value:.4f}"
+    if sem is not None and math.isfinite(sem):
+        text += f"+-{100 * sem:.1f}" if pct else f"+-{sem:.4f}"
+    return text
 
 
 def pareto_front(study, rows: list[dict]) -> list[dict]:
