@@ -319,11 +319,12 @@ def _trial_workers() -> list[int]:
     return pids
 
 
-def test_killed_worker_trial_resumes_from_its_checkpoint_to_the_uninterrupted_result(store, tmp_path):
+@pytest.mark.parametrize("seeds", [1, 2], ids=["one-seed", "two-seeds"])
+def test_killed_worker_trial_resumes_from_its_checkpoint_to_the_uninterrupted_result(store, tmp_path, seeds):
     from search.space import load_space
 
     storage = tmp_path / "runs"
-    cmd = search_cmd(store, storage, "kill", "--num-samples", "2", "--max-concurrent", "1",
+    cmd = search_cmd(store, storage, "kill", "--num-samples", "2", "--max-concurrent", "1", "--seeds", str(seeds),
                      sets=["epochs=5", "scheduler=none"])
     proc = _start(cmd)
     try:
@@ -354,8 +355,20 @@ def test_killed_worker_trial_resumes_from_its_checkpoint_to_the_uninterrupted_re
     config = next(json.loads(line)["config"] for line in
                   (next((storage / "kill").glob(f"t*_{trial_id}")) / "result.json").read_text().splitlines()[:1])
     store_path = info["stores"][space.feature_config(config).key()]
-    uninterrupted = train(space.train_config(config, store_path, checkpoint_dir=str(tmp_path / "ref")),
-                          evaluate_best=True)
+    train_config = space.train_config(config, store_path, checkpoint_dir=str(tmp_path / "ref"))
+    if seeds > 1:  # every seed of the trial resumed to its own uninterrupted result
+        from asc.train import train_seeds
+
+        alone = train_seeds(train_config, [train_config.seed + k for k in range(seeds)], evaluate_best=True)
+        for k, result in enumerate(alone["results"]):
+            assert rows[-1][f"seed{k}/best_epoch"] == result["best_epoch"]
+            assert rows[-1][f"seed{k}/sel_metric_b"] == pytest.approx(result["best"]["metric_b"])
+            assert rows[-1][f"seed{k}/loss"] == pytest.approx(result["history"][-1]["loss"], rel=1e-5)
+            assert rows[-1][f"seed{k}/eval_metric_b"] == pytest.approx(result["test"]["metric_b"])
+        assert rows[-1]["sel_metric_b"] == pytest.approx(alone["best"]["metric_b"])
+        assert rows[-1]["eval_metric_b"] == pytest.approx(alone["test"]["metric_b"])
+        return
+    uninterrupted = train(train_config, evaluate_best=True)
     assert rows[-1]["best_epoch"] == uninterrupted["best_epoch"]
     assert rows[-1]["sel_metric_b"] == pytest.approx(uninterrupted["best"]["metric_b"])
     assert rows[-1]["loss"] == pytest.approx(uninterrupted["history"][-1]["loss"], rel=1e-5)
