@@ -375,6 +375,13 @@ def close_dangling_runs(uri: str, experiment_id: str, parent_run_id: str, trials
         trial_id = run.data.tags.get(TRIAL_TAG)
         if trial_id is None:
             continue
+        if trials and trial_id not in trials:
+            # A trial an earlier driver started and died before Tune's experiment state recorded it:
+            # the resumed search does not know it (its configuration may be proposed again). Kept, but
+            # no longer counted among the search's trials.
+            client.set_tag(run.info.run_id, ROLE_TAG, "orphan")
+            client.set_tag(run.info.run_id, "note", "the driver died before Tune recorded this trial; "
+                                                    "the resumed search ran without it")
         status, checkpoint = trials.get(trial_id, ("", None))
         if status == "TERMINATED" and checkpoint is not None:
             with checkpoint.as_directory() as folder:

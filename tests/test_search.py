@@ -97,12 +97,17 @@ def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
     import pyarrow.parquet as pq
 
     client, experiment, parent, trials = mlflow_runs(uri, name)
+    # A trial a killed driver had started before Tune's experiment state recorded it is unknown to the
+    # resumed search: its run is kept, tagged an orphan and KILLED, and its folder is not a trial's.
+    orphans = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'orphan'")
+    assert all(r.info.status == "KILLED" and "driver died" in r.data.tags.get("note", "") for r in orphans)
+    orphan_ids = {r.data.tags.get("tune_trial_id") for r in orphans}
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     parent_artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"smoke.yaml", "command.txt", "best_trials.txt", "optuna_history.png"} <= parent_artifacts
     ids = [r.data.tags["tune_trial_id"] for r in trials]
     assert len(ids) == len(set(ids)) == n_trials, "exactly one run per trial"
-    results = tune_results(storage, name)
+    results = {k: v for k, v in tune_results(storage, name).items() if k not in orphan_ids}
     assert set(results) == set(ids)
     for r in trials:
         assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
@@ -125,7 +130,7 @@ def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
         assert set(table.column("split").to_pylist()) == {"selection", "evaluation"}
         models = client.search_logged_models([experiment.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
         assert len(models) == 1 and models[0].name == "model"
-    return {"client": client, "trials": trials, "results": results}
+    return {"client": client, "trials": trials, "results": results, "orphans": orphan_ids}
 
 
 def check_study(storage: Path, name: str, results: dict[str, list[dict]]) -> None:
@@ -133,7 +138,9 @@ def check_study(storage: Path, name: str, results: dict[str, list[dict]]) -> Non
     intermediate values up to the epoch it reached) when ASHA stopped it."""
     from optuna.trial import TrialState
 
-    trials = study(storage, name).get_trials()
+    # (an orphan's study trial, asked for by a driver that died before Tune recorded it, ends FAIL)
+    trials = [t for t in study(storage, name).get_trials()
+              if t.user_attrs.get("tune_trial_id") in results or t.state != TrialState.FAIL]
     assert len(trials) == len(results)
     for t in trials:
         rows = results[t.user_attrs["tune_trial_id"]]
@@ -283,10 +290,14 @@ def _wait_for(predicate, seconds: float, what: str, proc=None):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
-    """A search in the background, in a process group of its own (its Ray instance included)."""
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+MARK = "ASC_TEST_SEARCH"  # names the search a process belongs to (Ray's workers inherit the driver's environment)
+
+
+def _start(cmd: list[str], mark: str = "") -> subprocess.Popen:
+    """A search in the background, in a process group of its own (its Ray instance included); ``mark``
+    goes into its environment, and so into its Ray workers', for :func:`_trial_workers`."""
+    return subprocess.Popen(cmd, cwd=REPO, env={**ENV, MARK: mark}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
 
 
 def _epochs_done(storage: Path, name: str) -> dict[str, int]:
@@ -306,15 +317,20 @@ def _kill_group(proc) -> None:
     proc.wait(timeout=60)
 
 
-def _trial_workers() -> list[int]:
-    """Pids of the Ray actor processes that run trials (their title is ``ray::ImplicitFunc...``)."""
+def _trial_workers(mark: str) -> list[int]:
+    """Pids of the Ray actor processes that run the trials of the search started with ``mark`` (their
+    title is ``ray::ImplicitFunc...``): never another search's on the same machine (a user's, or a
+    benchmark's beside the tests)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not (cmdline.startswith("ray::ImplicitFunc") or cmdline.startswith("ray::run_trial")):
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline.startswith("ray::ImplicitFunc") or cmdline.startswith("ray::run_trial"):
+        if f"{MARK}={mark}".encode() in environ:
             pids.append(int(proc.name))
     return pids
 
@@ -326,11 +342,11 @@ def test_killed_worker_trial_resumes_from_its_checkpoint_to_the_uninterrupted_re
     storage = tmp_path / "runs"
     cmd = search_cmd(store, storage, "kill", "--num-samples", "2", "--max-concurrent", "1", "--seeds", str(seeds),
                      sets=["epochs=5", "scheduler=none"])
-    proc = _start(cmd)
+    proc = _start(cmd, mark=str(tmp_path))
     try:
         _wait_for(lambda: any(n >= 2 for n in _epochs_done(storage, "kill").values()), 300,
                   "the first trial's second epoch", proc)
-        workers = _trial_workers()
+        workers = _trial_workers(str(tmp_path))
         assert workers, "no trial worker process found"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
@@ -399,7 +415,10 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(sto
     for trial_id in finished_before:  # not run again: no epoch reported twice
         assert [r["epoch"] for r in results_after[trial_id]] == [r["epoch"] for r in results_before[trial_id]]
     resumed = [rows for tid, rows in records["results"].items() if tid in results_before and tid not in finished_before]
-    assert resumed and all(rows[-1]["iterations_since_restore"] < rows[-1]["epoch"] for rows in resumed)
+    assert all(rows[-1]["iterations_since_restore"] < rows[-1]["epoch"] for rows in resumed)
+    # The half-way trial resumed from its checkpoint, unless the driver died before Tune's experiment
+    # state recorded it (a race under load): then it is an orphan run and the search ran without it.
+    assert resumed or records["orphans"]
 
     again = run([sys.executable, "-m", "search", "resume", "nope", "--storage", str(storage)], timeout=120)
     assert again.returncode == 2 and "no search named 'nope'" in again.stderr
