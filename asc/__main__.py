@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from asc.errors import AscError, run_command
+from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE, SECONDS, SEED, number
+from asc.errors import AscError, run_command, writable_file, writable_folder
 
 
 def _describe(args) -> None:
@@ -80,6 +81,8 @@ def _describe_system(system_id, system, config) -> str:
 def _train(args) -> None:
     from asc.train import train, write_json
 
+    if args.json_out:  # before training: a finished run must not be lost to a path that cannot be written
+        writable_file(args.json_out, "--json-out")
     system, config = _system_config(args, args.system, args.checkpoint_dir)
     if args.model == "cnn" and system.pretrained:
         print(f"note: {args.system.upper()} is pretrained in the paper; the small CNN has no ImageNet weights")
@@ -100,12 +103,15 @@ def _compare(args) -> None:
     from asc.systems import format_comparison
     from asc.train import train, train_seeds, write_json
 
-    if args.seeds < 1:
-        raise AscError(f"--seeds {args.seeds}: must be at least 1")
+    if args.json_out:
+        writable_file(args.json_out, "--json-out")
+    if args.checkpoint_root:
+        writable_folder(args.checkpoint_root, "--checkpoint-root")
+    # Every system and its store before the first is trained: a typo in the last must not cost the rest.
+    systems = [(system_id, *_system_config(args, system_id, str(Path(args.checkpoint_root) / system_id.upper())
+                                           if args.checkpoint_root else None)) for system_id in args.systems]
     rows = []
-    for system_id in args.systems:
-        ckpt = str(Path(args.checkpoint_root) / system_id.upper()) if args.checkpoint_root else None
-        system, config = _system_config(args, system_id, ckpt)
+    for system_id, system, config in systems:
         print(_describe_system(system_id, system, config), flush=True)
         if args.seeds > 1:  # in lockstep, checkpoints in CKPT/seed<seed>
             result = train_seeds(config, [config.seed + k for k in range(args.seeds)],
@@ -128,44 +134,44 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `train` and `compare`."""
     parser.add_argument("--store", required=True, help="a feature store folder, or a store root holding one")
     parser.add_argument("--model", choices=("msxception", "cnn"), default="msxception")
-    parser.add_argument("--epochs", type=int, default=80, help="(paper: %(default)s)")
+    parser.add_argument("--epochs", type=COUNT, default=80, help="(paper: %(default)s)")
     parser.add_argument("--weights", default=None, help="ImageNet Xception weights file (default: pretrainedmodels' cache)")
     parser.add_argument("--allow-download", action="store_true", help="let pretrainedmodels download missing weights")
-    parser.add_argument("--n-mels", type=int, default=None, help="pick the store with this many bands under a root")
+    parser.add_argument("--n-mels", type=COUNT, default=None, help="pick the store with this many bands under a root")
     parser.add_argument("--protocol", choices=("paper", "validation"), default="paper",
                         help="paper: select the epoch on evaluate; validation: on held-out training locations")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=NON_NEGATIVE, default=0, help="DataLoader worker processes")
     parser.add_argument("--json-out", default=None, help="write the result (best epoch, every metric) as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from asc.synth import SynthConfig
 
-    parser = argparse.ArgumentParser(prog="python -m asc", description=__doc__)
+    parser = ArgumentParser(prog="python -m asc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     describe = commands.add_parser("describe", help="counts per split, device and scene; audio formats")
     describe.add_argument("data_dir", help="a DCASE2019 Task 1B development folder or an unlabeled set")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
-    describe.add_argument("--fold", type=int, default=1, help="evaluation_setup fold number (default 1)")
+    describe.add_argument("--fold", type=COUNT, default=1, help="evaluation_setup fold number (default 1)")
     describe.add_argument("--no-audio", action="store_true", help="skip reading every file's header")
     describe.set_defaults(run=_describe)
 
     defaults = SynthConfig()
     synth = commands.add_parser("synth", help="write a synthetic multi-device dataset in the DCASE layout")
     synth.add_argument("out", help="folder to create (must not exist or be empty)")
-    synth.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene,
+    synth.add_argument("--segments-per-scene", type=COUNT, default=defaults.segments_per_scene,
                        help="device-A segments per scene (default %(default)s)")
-    synth.add_argument("--parallel-per-scene", type=int, default=defaults.parallel_per_scene,
+    synth.add_argument("--parallel-per-scene", type=NON_NEGATIVE, default=defaults.parallel_per_scene,
                        help="of those, segments also recorded by every other device (default %(default)s)")
-    synth.add_argument("--seconds", type=float, default=defaults.seconds, help="clip length (default %(default)s)")
-    synth.add_argument("--sample-rate", type=int, default=defaults.sample_rate, help="Hz (default %(default)s)")
-    synth.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
-    synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    synth.add_argument("--seconds", type=SECONDS, default=defaults.seconds, help="clip length (default %(default)s)")
+    synth.add_argument("--sample-rate", type=COUNT, default=defaults.sample_rate, help="Hz (default %(default)s)")
+    synth.add_argument("--seed", type=SEED, default=defaults.seed, help="(default %(default)s)")
+    synth.add_argument("--workers", type=COUNT, default=None, help="processes (default: one per core)")
     synth.set_defaults(run=_synth)
 
     tr = commands.add_parser("train", help="train one of the paper's systems (A1-A7, B1-B7) without Ray")
@@ -178,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--systems", nargs="+", default=["A2", "A3", "A5", "A6"])
     cmp_.add_argument("--checkpoint-root", default=None, help="checkpoint each system under ROOT/SYSTEM (resumable)")
     cmp_.add_argument("--verbose", action="store_true", help="print every epoch")
-    cmp_.add_argument("--seeds", type=int, default=1,
+    cmp_.add_argument("--seeds", type=COUNT, default=1,
                       help="train each system with this many seeds (--seed, --seed + 1, ...) in lockstep and print "
                            "mean +- standard error (default %(default)s)")
     _training_options(cmp_)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import soundfile
 
 from asc.errors import AscError
@@ -128,6 +129,8 @@ class Dataset:
 def parse_filename(filename: str, where: str) -> dict[str, str]:
     """Split ``audio/[scene]-[city]-[location]-[segment]-[device].wav`` into its parts.
 
+    The device is lower-cased, here and only here: file names are matched as they are, but ``-A.wav``
+    and ``-a.wav`` are the same reference device everywhere downstream (metrics, correction, stores).
     ``where`` ("file:line") prefixes the error for a name that does not follow the pattern.
     """
     folder, _, name = filename.rpartition("/")
@@ -138,7 +141,9 @@ def parse_filename(filename: str, where: str) -> dict[str, str]:
             f"{where}: file name {filename!r} does not match "
             "'audio/[scene]-[city]-[location]-[segment]-[device].wav'"
         )
-    return dict(zip(("scene", "city", "location", "segment", "device"), parts))
+    info = dict(zip(("scene", "city", "location", "segment", "device"), parts))
+    info["device"] = info["device"].lower()
+    return info
 
 
 def read_table(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
@@ -218,13 +223,15 @@ def read_development(root: str | Path, fold: int = 1) -> Dataset:
         for what, value, expected in (
             ("scene_label", scene, info["scene"]),
             ("identifier", identifier, f"{info['city']}-{info['location']}"),
-            ("source_label", source, info["device"]),
+            ("source_label", source.lower(), info["device"]),
         ):
             if value != expected:
                 raise AscError(f"{where}: {what} {value!r} disagrees with file name {filename!r} ({expected!r})")
         if filename not in present:
             raise AscError(f"{root / filename}: listed in {meta_path}:{number} but missing")
         parts[filename] = info
+    if not parts:
+        raise AscError(f"{meta_path}: lists no clips (a header only)")
 
     splits: dict[str, str] = {}
     for split in (TRAIN, EVALUATE):
@@ -243,6 +250,8 @@ def read_development(root: str | Path, fold: int = 1) -> Dataset:
             if filename in splits:
                 raise AscError(f"{where}: {filename!r} is in both the train and the evaluate fold")
             splits[filename] = split
+        if not seen:
+            raise AscError(f"{fold_path}: lists no clips (a header only); a development set needs train and evaluate clips")
 
     test_path = setup / f"fold{fold}_test.csv"
     if test_path.exists():  # the evaluate clips without labels; optional, but checked when present
@@ -284,6 +293,8 @@ def read_unlabeled(root: str | Path) -> Dataset:
         _check_unique(seen, filename, where)
         if filename not in present:
             raise AscError(f"{root / filename}: listed in {where} but missing")
+    if not seen:
+        raise AscError(f"{listing}: lists no clips (a header only)")
     return Dataset(root=root, clips=tuple(Clip(filename=n, split=TEST) for n in seen), labeled=False)
 
 
@@ -302,6 +313,33 @@ def read_dataset(root: str | Path, fold: int = 1) -> Dataset:
     if meta.is_file() and not development:
         development = "scene_label" in _header(meta)
     return read_development(root, fold) if development else read_unlabeled(root)
+
+
+VALIDATION_SHARE = 0.2  # share of each scene's training locations the validation protocol holds out
+VALIDATION_SEED = 0  # which ones (the same for every trial of a search)
+
+
+def validation_locations(clips, share: float = VALIDATION_SHARE, seed: int = VALIDATION_SEED) -> set[tuple[str, str]]:
+    """The (scene, identifier) pairs of the training split that the validation protocol holds out.
+
+    Whole recording locations are held out (a location's clips share its acoustics, so holding out
+    single clips would leak), the same share of each scene's locations so that every scene is
+    validated, and never a scene's last one. Pairs, not identifiers: a location identifier that
+    recurs under another scene is another place to hold out or keep.
+    """
+    by_scene: dict[str, set] = {}
+    for clip in clips:
+        if clip.split == TRAIN:
+            by_scene.setdefault(clip.scene, set()).add(clip.identifier)
+    rng = np.random.default_rng(seed)
+    held: set[tuple[str, str]] = set()
+    for scene in sorted(by_scene):
+        locations = sorted(by_scene[scene])
+        if len(locations) < 2:
+            continue  # a scene's only location stays in training
+        n_val = min(len(locations) - 1, max(1, round(len(locations) * share)))
+        held.update((scene, location) for location in rng.choice(locations, size=n_val, replace=False).tolist())
+    return held
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,65 @@ def run_command(args) -> int:
     return run_main(lambda: args.run(args))
 
 
+def writable_folder(path, what: str):
+    """``path`` as a folder this process can write into, made if missing; else an AscError naming
+    ``what`` (the option) and the path. Called before long work whose output goes there."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AscError(f"{what} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AscError(f"{what} {path}: cannot be made ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AscError(f"{what} {path}: not writable")
+    return path
+
+
+def writable_file(path, what: str):
+    """``path`` as a file this process can (over)write, in a folder that exists; else an AscError
+    naming ``what`` and the path. Nothing is created."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise AscError(f"{what} {path}: is a folder, not a file")
+    if not folder.is_dir():
+        raise AscError(f"{what} {path}: no folder {folder} to write it into")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise AscError(f"{what} {path}: not writable")
+    return path
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program Ctrl-C stopped
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a program whose reader (e.g. `head`) went away
+
+
 def run_main(main) -> int:
-    """``main()`` (returning an exit status or None) with AscError turned into one line and status 2."""
+    """``main()`` (returning an exit status or None) as every command runs: AscError becomes one
+    ``error:`` line and status 2; Ctrl-C one line and status 130 (the code being interrupted removes
+    what it had half-written as the interrupt unwinds it); a closed pipe on stdout (``| head``)
+    ends the command quietly."""
+    import os
     import sys
 
     try:
-        return main() or 0
+        status = main() or 0
+        sys.stdout.flush()  # a reader that went away shows here, not as a warning at exit
+        return status
     except AscError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: stopped by Ctrl-C (nothing half-written is left)", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:
+        # Python's documented remedy: point stdout at /dev/null so that the interpreter's own flush
+        # at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE

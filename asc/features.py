@@ -4,6 +4,11 @@ The paper's features: librosa's Mel spectrogram with a 4096-point frame, a 1024-
 bands up to 22050 Hz, power 2, the natural log of (S + float32 eps), and the last of 431 frames
 dropped, giving 128 x 430 for a 10 s, 44.1 kHz clip.
 
+The STFT is centred and pads the clip's ends with zeros (``pad_mode="constant"``, librosa 0.10's
+default and this project's); the paper's librosa (0.6 / 0.7) padded by reflection, which changes the
+first and last two frames of each clip (of 430) and nothing else. ``pad_mode="reflect"``
+(``prepare --pad-mode reflect``) reproduces the paper's features exactly.
+
 Several Mel-band counts share one STFT (:func:`log_mels`): the STFT is most of the cost, so asking for
 64, 128 and 256 bands costs little more than asking for one.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +28,7 @@ import soundfile
 
 from asc.errors import AscError
 
+PAD_MODES = ("constant", "reflect")
 EPS = float(np.finfo(np.float32).eps)  # the paper's code: np.log(S + np.finfo(np.float32).eps)
 
 
@@ -40,21 +47,51 @@ class FeatureConfig:
     dtype: str = "float32"  # storage type; "float16" halves the store
     resample: bool = False  # resample clips at another rate instead of refusing them
     spectrum_correction: bool = False  # DCASE2019 1B winner: per-device STFT correction from parallel pairs
+    pad_mode: str = "constant"  # STFT edge padding: zeros (librosa >= 0.10) or "reflect" (the paper's librosa)
 
     def __post_init__(self):
+        """Settings that cannot give finite features are refused here, before any audio is read."""
         if self.dtype not in ("float32", "float16"):
             raise AscError(f"dtype must be float32 or float16, not {self.dtype!r}")
-        if self.n_mels < 1 or self.n_fft < 16 or self.hop_length < 1:
-            raise AscError("n_mels, n_fft and hop_length must be positive (n_fft at least 16)")
-        if self.fmax is not None and self.fmax > self.sample_rate / 2:
-            raise AscError(f"fmax {self.fmax} Hz is above the Nyquist frequency of {self.sample_rate} Hz audio")
+        if self.pad_mode not in PAD_MODES:
+            raise AscError(f"pad_mode must be one of {', '.join(PAD_MODES)}, not {self.pad_mode!r}")
+        numbers = {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "hop_length": self.hop_length,
+                   "n_mels": self.n_mels, "fmin": self.fmin, "power": self.power}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise AscError(f"{name} must be a finite number, not {value!r}")
+        for name in ("sample_rate", "n_mels", "hop_length"):
+            if numbers[name] < 1:
+                raise AscError(f"{name} must be at least 1, not {numbers[name]!r}")
+        if self.n_fft < 16:
+            raise AscError(f"n_fft must be at least 16, not {self.n_fft!r}")
+        if self.power <= 0:
+            raise AscError(f"power must be positive, not {self.power!r}")
+        nyquist = self.sample_rate / 2
+        fmax = nyquist if self.fmax is None else self.fmax
+        if self.fmin < 0:
+            raise AscError(f"fmin must be at least 0 Hz, not {self.fmin!r}")
+        if not isinstance(fmax, (int, float)) or not math.isfinite(fmax) or fmax > nyquist:
+            raise AscError(f"fmax {fmax} Hz is above the Nyquist frequency of {self.sample_rate} Hz audio ({nyquist:g} Hz)")
+        if self.fmin >= fmax:
+            raise AscError(f"fmin {self.fmin:g} Hz must be below fmax {fmax:g} Hz")
+
+    def check_clip_length(self, samples: int, where: str) -> None:
+        """A frame or hop longer than the clips gives one frame of padding per clip, not features."""
+        for name in ("n_fft", "hop_length"):
+            if getattr(self, name) > samples:
+                raise AscError(f"{name} {getattr(self, name)} is longer than the clips ({where}: {samples} samples, "
+                               f"{samples / self.sample_rate:.3g} s at {self.sample_rate} Hz)")
 
     def frames(self, samples: int) -> int:
         """Frames a clip of ``samples`` samples gives (librosa's centred STFT, minus the dropped one)."""
         return 1 + samples // self.hop_length - int(self.drop_last_frame)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["pad_mode"] == "constant":  # the default before the option existed: stores keep their names
+            del d["pad_mode"]
+        return d
 
     def key(self) -> str:
         """A short stable hash of the configuration."""
@@ -62,7 +99,8 @@ class FeatureConfig:
 
     def stft_key(self) -> tuple:
         """Configurations with the same key can share one STFT."""
-        return (self.sample_rate, self.n_fft, self.hop_length, self.power, self.resample, self.spectrum_correction)
+        return (self.sample_rate, self.n_fft, self.hop_length, self.power, self.resample, self.spectrum_correction,
+                self.pad_mode)
 
 
 def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np.ndarray:
@@ -79,6 +117,8 @@ def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np
     y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
     if len(y) == 0:
         raise AscError(f"{path}: audio file holds no samples")
+    if not np.isfinite(y).all():  # float WAVs can hold NaN or inf; no feature of them is meaningful
+        raise AscError(f"{path}: audio holds {np.count_nonzero(~np.isfinite(y))} NaN or infinite samples")
     if sr != sample_rate:
         if not resample:
             raise AscError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (ask for resampling to convert)")
@@ -103,13 +143,13 @@ def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: floa
 
 
 def stft_magnitude(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """``|STFT|`` as librosa's melspectrogram computes it (Hann window, centred, zero padding).
+    """``|STFT|`` as librosa's melspectrogram computes it (Hann window, centred, ``config.pad_mode`` padding).
 
     y : np.ndarray [shape=(..., samples)] -> [shape=(..., 1 + n_fft // 2, frames)]
     """
     import librosa
 
-    return np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True, pad_mode="constant"))
+    return np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True, pad_mode=config.pad_mode))
 
 
 def log_mel_from_power(power: np.ndarray, config: FeatureConfig) -> np.ndarray:

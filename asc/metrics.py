@@ -3,7 +3,8 @@
 - ``acc_<device>``: accuracy on each device's clips;
 - ``acc_bc``: accuracy on every non-reference device's clips pooled (B and C in 2019);
 - ``metric_a``: accuracy over all clips, ignoring the device (the paper's Metric A);
-- ``metric_b``: the mean of the reference device's accuracy and ``acc_bc`` (the paper's Metric B);
+- ``metric_b``: the mean of the reference device's accuracy and ``acc_bc`` (the paper's Metric B;
+  ``nan`` when either is missing);
 - ``device_gap``: ``acc_<reference> - acc_bc``.
 """
 
@@ -41,8 +42,9 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
         out[f"acc_{device}"] = _accuracy(devices == device, correct)
     out["acc_bc"] = _accuracy(devices != reference, correct)
     acc_ref = out.get(f"acc_{reference}", math.nan)
-    present = [a for a in (acc_ref, out["acc_bc"]) if not math.isnan(a)]
-    out["metric_b"] = float(np.mean(present)) if present else math.nan
+    # nan unless both halves exist: Metric B of one device's clips would be that device's accuracy
+    # under another name
+    out["metric_b"] = (acc_ref + out["acc_bc"]) / 2
     out["device_gap"] = acc_ref - out["acc_bc"]
     out["class_acc"] = [_accuracy(y_true == k, correct) for k in range(n_classes)]
     out["confusion"] = {d: confusion(y_true[devices == d], y_pred[devices == d], n_classes).tolist()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from asc.errors import AscError
 
 XCEPTION_WEIGHTS_FILE = "xception-43020ad28.pth"  # pretrainedmodels' ImageNet file name (its download URL's)
+POOLINGS = ("gwrp", "avg")  # global weighted rank pooling (paper's code) or plain average pooling
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,16 @@ class ModelConfig:
     pooling: str = "gwrp"  # paper's code: global weighted rank pooling (decay 0.998); "avg" = plain mean
     gwrp_decay: float = 0.998  # paper's code
     width: int = 16  # small CNN: channels of its first block (doubling per block)
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise AscError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if not 0 <= self.gwrp_decay <= 1:
+            raise AscError(f"gwrp_decay must be between 0 and 1, not {self.gwrp_decay!r}")
+        if not 0 <= self.dropout < 1:
+            raise AscError(f"dropout must be in [0, 1), not {self.dropout!r}")
+        if self.width < 1 or self.n_classes < 1:
+            raise AscError(f"width and n_classes must be positive, not {self.width!r} and {self.n_classes!r}")
 
 
 def default_weights_path() -> Path:
@@ -52,9 +63,13 @@ class GlobalWeightedRankPooling(nn.Module):
         flat = x.flatten(2)
         if self.decay >= 1.0:
             return flat.mean(-1)
-        weights = self.decay ** torch.arange(flat.shape[-1], device=x.device, dtype=flat.dtype)
-        ranked = flat.sort(dim=-1, descending=True).values
-        return (ranked * weights).sum(-1) / weights.sum()
+        # Weights and sum in float32 whatever the input's type: under bf16 autocast, 0.998 ** rank
+        # in bf16 (8 bits of mantissa) is off by up to a third over a few thousand ranks.
+        with torch.autocast(x.device.type, enabled=False):
+            dtype = torch.promote_types(flat.dtype, torch.float32)
+            weights = self.decay ** torch.arange(flat.shape[-1], device=x.device, dtype=dtype)
+            ranked = flat.to(dtype).sort(dim=-1, descending=True).values
+            return (ranked * weights).sum(-1) / weights.sum()
 
 
 def _as_image(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -80,9 +95,8 @@ class MSXception(nn.Module):
         if config.pretrained:
             load_xception_weights(backbone, config.weights, config.allow_download)
         self.backbone = backbone
-        pool = (lambda: GlobalWeightedRankPooling(config.gwrp_decay)) if config.pooling == "gwrp" else (
-            lambda: GlobalWeightedRankPooling(1.0))
-        self.pools = nn.ModuleList([pool(), pool(), pool()])
+        decay = config.gwrp_decay if config.pooling == "gwrp" else 1.0  # ModelConfig refuses other names
+        self.pools = nn.ModuleList([GlobalWeightedRankPooling(decay) for _ in range(3)])
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(728 + 1024 + 2048, 512),
                                   nn.Dropout(config.dropout), nn.Linear(512, config.n_classes))
 
@@ -134,7 +148,10 @@ def load_xception_weights(backbone: nn.Module, path: str | os.PathLike | None, a
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "last_linear."))}
     own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
+    # BatchNorm's num_batches_tracked buffers exist since PyTorch 0.4.1; files saved before (as the
+    # real xception-43020ad28.pth) lack them. They only count steps (momentum=None uses them), so a
+    # file without them is complete: PyTorch's own strict loading accepts it too.
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or wrong:
         what = f"missing {missing[:3]}" if missing else f"wrong shapes for {wrong[:3]}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 from typing import Callable, Sequence
 
 
@@ -23,6 +24,12 @@ def serial_map(fn: Callable, items: Sequence, progress: Callable[[object], None]
     return results
 
 
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches every process of the terminal's group: the parent handles it (stops the pool
+    and removes what was half-written); a worker printing its own KeyboardInterrupt would not help."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def process_map(fn: Callable, items: Sequence, progress: Callable[[object], None] | None = None,
                 workers: int | None = None) -> list:
     """``serial_map`` over this machine's cores (or ``workers`` processes), for work started outside
@@ -32,7 +39,8 @@ def process_map(fn: Callable, items: Sequence, progress: Callable[[object], None
     workers = min(len(items), workers or cores)
     if workers <= 1:
         return serial_map(fn, items, progress)
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_ignore_interrupts)
     try:
         futures = [pool.submit(fn, item) for item in items]
         if progress:

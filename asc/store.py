@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -40,7 +40,7 @@ import pyarrow as pa
 from filelock import FileLock
 
 from asc import REFERENCE_DEVICE
-from asc.dataset import Clip, Dataset
+from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, Clip, Dataset, audio_info, validation_locations
 from asc.errors import AscError
 from asc.features import FeatureConfig, correction_coefficients, load_audio, log_mels, mean_magnitude_spectrum
 from asc.parallel import serial_map
@@ -74,8 +74,18 @@ def _local_root(store_root: str | Path) -> Path:
     return Path(store_root)
 
 
+# Spectrum-correction coefficients come from the training split's parallel pairs less those of the
+# locations the validation protocol holds out (asc.dataset.validation_locations, its defaults): a
+# search that selects on those locations must not have fitted anything on them. Part of a corrected
+# store's name, so stores made before the rule are rebuilt, and written into its manifest, so that
+# training under another validation split can refuse the store.
+CORRECTION_RECIPE = {"fitted_on": "train less validation locations", "validation_share": VALIDATION_SHARE,
+                     "validation_seed": VALIDATION_SEED}
+
+
 def store_name(config: FeatureConfig, fingerprint: str) -> str:
-    digest = hashlib.sha256(json.dumps([config.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
+    payload = [config.to_dict(), fingerprint] + ([CORRECTION_RECIPE] if config.spectrum_correction else [])
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     prefix = "logmel-sc" if config.spectrum_correction else "logmel"
     return f"{prefix}{config.n_mels}-{digest[:16]}"
 
@@ -130,6 +140,9 @@ def run_shard(task: ShardTask) -> dict:
             if not group:
                 continue
             for i, x in zip(group, log_mels(y, [configs[i] for i in group], correction)):
+                if not np.isfinite(x).all():  # e.g. float audio near 1e30, whose power overflows float32
+                    raise AscError(f"{path}: its log-Mel features are not finite ({np.count_nonzero(~np.isfinite(x))} "
+                                   f"values; peak |sample| {np.abs(y).max():.3g}); nothing was published")
                 if features[i] and x.shape != features[i][0].shape:
                     raise _length_error(f"{path}: {len(y) / reference.sample_rate:.2f} s", x.shape[-1],
                                         task.clips[0].filename, features[i][0].shape[-1])
@@ -163,6 +176,7 @@ class BuildReport:
     up_to_date: list[str]  # store folders that already existed
     clips: int  # clips extracted (0 when everything was up to date)
     seconds: float
+    damaged: dict = field(default_factory=dict)  # {store folder: what was wrong} for the built ones rebuilt
 
 
 def shard_clips(clips: Sequence[Clip], shard_size: int) -> list[tuple[Clip, ...]]:
@@ -191,13 +205,24 @@ def build_stores(
     rates = {(c.sample_rate, c.resample) for c in configs}
     if len(rates) > 1:
         raise AscError("one build reads the audio once: every configuration needs the same sample rate")
-    for sub in (".staging", ".locks"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    if shard_size < 1:
+        raise AscError(f"shard_size must be at least 1, not {shard_size}")
+    if not dataset.clips:
+        raise AscError(f"{dataset.root}: no clips to extract")
     fingerprint = dataset_fingerprint(dataset)
     # Locks are taken in name order, whatever order the user listed the configurations in: two
     # builds asking for the same stores in different orders would otherwise deadlock.
     named = sorted(((store_name(c, fingerprint), c) for c in configs), key=lambda pair: pair[0])
     report = BuildReport([], [], 0, 0.0)
+    if all(_intact(root / name) for name, _ in named):  # nothing to write: a read-only store root is fine
+        report.up_to_date = [str(root / name) for name, _ in named]
+        report.seconds = time.perf_counter() - start
+        return report
+    try:
+        for sub in (".staging", ".locks"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AscError(f"{root}: cannot write a feature store here ({exc.strerror or exc})") from None
     held: list[FileLock] = []
     try:
         todo = []
@@ -206,8 +231,12 @@ def build_stores(
             lock.acquire()  # a concurrent build of the same store finishes first; then ours is a no-op
             held.append(lock)
             if (root / name / MANIFEST).is_file():
-                report.up_to_date.append(str(root / name))
-                continue
+                damage = store_damage(root / name)
+                if damage is None:
+                    report.up_to_date.append(str(root / name))
+                    continue
+                report.damaged[str(root / name)] = damage
+                _discard(root / name, root / ".staging")  # rebuilt below under the same name
             for stale in (root / ".staging").glob(f"{name}-*"):  # left by a killed build (we hold the lock)
                 shutil.rmtree(stale, ignore_errors=True)
             todo.append((config, name))
@@ -221,8 +250,51 @@ def build_stores(
     return report
 
 
+def store_damage(path: Path) -> str | None:
+    """What is wrong with a published store's files, or None when they are as its manifest records:
+    a shard missing or of another size (a manifest older than the recorded sizes: a shard whose
+    Arrow footer does not read, or holds another number of rows). Costs a stat per shard."""
+    path = Path(path)
+    manifest = read_manifest(path / MANIFEST)
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and "file" in s and "rows" in s for s in shards):
+        return f"{MANIFEST} lists no shards"
+    for shard in shards:
+        file = path / shard["file"]
+        try:
+            size = file.stat().st_size
+        except OSError:
+            return f"{shard['file']} is missing"
+        if "bytes" in shard:
+            if size != shard["bytes"]:
+                return f"{shard['file']} is {size} bytes, the manifest records {shard['bytes']}"
+            continue
+        try:
+            rows = pa.ipc.open_file(pa.memory_map(str(file), "r")).get_batch(0).num_rows
+        except (OSError, pa.ArrowInvalid) as exc:
+            return f"{shard['file']} does not read as Arrow ({str(exc).splitlines()[0]})"
+        if rows != shard["rows"]:
+            return f"{shard['file']} holds {rows} rows, the manifest records {shard['rows']}"
+    return None
+
+
+def _intact(path: Path) -> bool:
+    return (path / MANIFEST).is_file() and store_damage(path) is None
+
+
+def _discard(path: Path, staging: Path) -> None:
+    """Take a damaged store out of view at once (a rename), then delete it."""
+    aside = staging / f".{path.name}-damaged-{uuid.uuid4().hex[:8]}"
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> list[str]:
     configs = [c for c, _ in todo]
+    first = dataset.path(dataset.clips[0])
+    info = audio_info(first)  # the header only: a frame longer than the clips is refused before any work
+    for config in configs:
+        config.check_clip_length(round(info.frames * config.sample_rate / info.sample_rate), str(first))
     staging = [root / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}" for _, name in todo]
     try:
         for folder in staging:
@@ -246,7 +318,9 @@ def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> li
                 np.save(folder / "_correction.npy", np.stack([corrections.get(d, np.ones(config.n_fft // 2 + 1, np.float32))
                                                              for d in dataset.devices]))
             manifest = _manifest(dataset, config, name, fingerprint, tasks, [r["stats"][j] for r in results],
-                                 sum(r["seconds"] for r in results))
+                                 sum(r["seconds"] for r in results), folder)
+            if config.spectrum_correction:
+                manifest["correction"] = CORRECTION_RECIPE
             (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
             try:
                 os.rename(folder, root / name)  # atomic on one filesystem: all of the store or none
@@ -284,12 +358,16 @@ def _check_one_shape(tasks, results, n_configs) -> None:
 
 
 def spectrum_corrections(dataset: Dataset, config: FeatureConfig, map_fn=serial_map, shard_size: int = 64) -> dict:
-    """Per-device correction coefficients from the training split's parallel pairs."""
+    """Per-device correction coefficients from the training split's parallel pairs, less those of the
+    locations the validation protocol holds out (:data:`CORRECTION_RECIPE`)."""
+    held = validation_locations(dataset.clips, CORRECTION_RECIPE["validation_share"], CORRECTION_RECIPE["validation_seed"])
     pairs = [(members[REFERENCE_DEVICE], clip)
              for members in dataset.parallel_groups("train").values()
+             if (members[REFERENCE_DEVICE].scene, members[REFERENCE_DEVICE].identifier) not in held
              for device, clip in sorted(members.items()) if device != REFERENCE_DEVICE]
     if not pairs:
-        raise AscError(f"{dataset.root}: spectrum correction needs parallel A / device pairs in the training split; found none")
+        raise AscError(f"{dataset.root}: spectrum correction needs parallel A / device pairs in the training split "
+                       "outside the locations held out for validation; found none")
     chunks = [pairs[i:i + shard_size] for i in range(0, len(pairs), shard_size)]
     spectra = [row for chunk in map_fn(_PairSpectra(str(dataset.root), config), chunks) for row in chunk]
     by_device: dict[str, list] = {}
@@ -309,7 +387,7 @@ class _PairSpectra:
         return run_pair_spectra(self.data_root, pairs, self.config)
 
 
-def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds) -> dict:
+def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds, folder) -> dict:
     total, squares, frames = (sum(s[k] for s in stats) for k in range(3))
     shape = stats[0][3]
     counts: dict[str, dict[str, int]] = {}
@@ -327,7 +405,9 @@ def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds) -> dict
         "counts": counts,
         "shape": list(shape),
         "dtype": config.dtype,
-        "shards": [{"file": t.file_name, "rows": len(t.clips)} for t in tasks],
+        # sizes let `prepare` and every reader notice a shard truncated or replaced after publishing
+        "shards": [{"file": t.file_name, "rows": len(t.clips), "bytes": (Path(folder) / t.file_name).stat().st_size}
+                   for t in tasks],
         # GMS / GMSVN statistics over every frame of every training clip, per Mel band.
         "train_mean": mean.tolist() if frames else None,
         "train_std": std.tolist() if frames else None,
@@ -357,7 +437,7 @@ def read_table_file(path: Path) -> tuple[list[Clip], np.ndarray]:
     except (OSError, pa.ArrowInvalid) as exc:
         raise AscError(f"{path}: not a readable Arrow feature file ({exc})") from None
     meta = {name: batch.column(name).to_pylist() for name in META_COLUMNS}
-    clips = [Clip(filename=f, split=s, scene=sc, city=ci, location=lo, segment=se, device=d)
+    clips = [Clip(filename=f, split=s, scene=sc, city=ci, location=lo, segment=se, device=d and d.lower())
              for f, s, sc, ci, lo, se, d in zip(meta["filename"], meta["split"], meta["scene"], meta["city"],
                                                meta["location"], meta["segment"], meta["device"])]
     return clips, batch.column("logmel").to_numpy_ndarray()
@@ -378,7 +458,13 @@ class FeatureStore:
         self.manifest = read_manifest(manifest_path)
         if self.manifest.get("format") != FORMAT_VERSION:
             raise AscError(f"{manifest_path}: store format {self.manifest.get('format')}, this code reads {FORMAT_VERSION}")
-        self.config = FeatureConfig(**self.manifest["config"])
+        damage = store_damage(self.path)
+        if damage is not None:
+            raise AscError(f"{self.path}: damaged store: {damage} (run `python -m search prepare` again to rebuild it)")
+        try:
+            self.config = FeatureConfig(**self.manifest["config"])
+        except (KeyError, TypeError) as exc:
+            raise AscError(f"{manifest_path}: corrupt manifest (feature configuration: {exc})") from None
         self.clips: list[Clip] = []
         self._parts: list[np.ndarray] = []
         shard_of, row_of = [], []
@@ -453,21 +539,35 @@ class FeatureStore:
         ``[rows, n_mels, frames]`` to one of the same shape and must be picklable for ``map_fn``.
         """
         target = self.path / "_derived" / name
-        if not (target / MANIFEST).is_file():
-            (self.path / "_derived").mkdir(exist_ok=True)
-            with FileLock(str(self.path / "_derived" / f".{name}.lock")):
-                if not (target / MANIFEST).is_file():
-                    staging = self.path / "_derived" / f".{name}-{uuid.uuid4().hex[:8]}"
-                    staging.mkdir()
-                    try:
-                        jobs = [_DeriveShard(str(self.path / s["file"]), str(staging / s["file"]), transform)
-                                for s in self.manifest["shards"]]
-                        map_fn(_run_derive, jobs)
-                        (staging / MANIFEST).write_text(json.dumps({**self.manifest, "derived": name}, indent=1))
-                        os.rename(staging, target)
-                    except BaseException:
-                        shutil.rmtree(staging, ignore_errors=True)
-                        raise
+        if _intact(target):  # the usual case, and the only one a read-only store allows
+            return FeatureStore(target)
+        folder = self.path / "_derived"
+        try:
+            folder.mkdir(exist_ok=True)
+            lock = FileLock(str(folder / f".{name}.lock"))
+            lock.acquire()
+        except OSError as exc:
+            raise AscError(f"{self.path}: cannot write the {name} cache beside this store ({exc.strerror or exc}); "
+                           "build it once where the store is writable (any run with this enhancement does)") from None
+        try:
+            if not _intact(target):
+                if target.exists():  # damaged (e.g. a truncated shard): rebuilt under the same name
+                    _discard(target, folder)
+                staging = folder / f".{name}-{uuid.uuid4().hex[:8]}"
+                staging.mkdir()
+                try:
+                    shards = self.manifest["shards"]
+                    map_fn(_run_derive, [_DeriveShard(str(self.path / s["file"]), str(staging / s["file"]), transform)
+                                         for s in shards])
+                    shards = [{**s, "bytes": (staging / s["file"]).stat().st_size} for s in shards]
+                    (staging / MANIFEST).write_text(json.dumps({**self.manifest, "shards": shards, "derived": name},
+                                                               indent=1))
+                    os.rename(staging, target)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+        finally:
+            lock.release()
         return FeatureStore(target)
 
 

@@ -29,8 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from asc import REFERENCE_DEVICE
+from asc.cli import MAX_SEED
+from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
 from asc.enhance import CachedMedianFilter, Enhancement
-from asc.errors import AscError
+from asc.errors import AscError, writable_file, writable_folder
 from asc.metrics import SELECTION_METRICS, device_metrics
 from asc.models import ModelConfig, build_model
 from asc.parallel import process_map
@@ -52,10 +55,10 @@ class TrainConfig:
     lr_patience: int = 3  # paper
     selection: str = "metric_a"  # paper: metric_a (systems A*) or metric_b (systems B*)
     protocol: str = "paper"  # "paper": select on evaluate; "validation": select on held-out train locations
-    validation_share: float = 0.2  # validation protocol: share of the training locations held out
+    validation_share: float = VALIDATION_SHARE  # validation protocol: share of the training locations held out
     # Which locations are held out. Not the trial's seed: every trial of a search must be selected on
     # the same clips (and share one median-filter cache, whose statistics come from the rest).
-    validation_seed: int = 0
+    validation_seed: int = VALIDATION_SEED
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when there is one, else CPU
     bf16: bool = False  # bf16 autocast (GPU)
@@ -68,8 +71,19 @@ class TrainConfig:
             raise AscError(f"selection must be one of {SELECTION_METRICS}, not {self.selection!r}")
         if self.protocol not in ("paper", "validation"):
             raise AscError(f"protocol must be 'paper' or 'validation', not {self.protocol!r}")
-        if self.mixup_alpha < 0 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise AscError("mixup_alpha must be >= 0; epochs, batch_size and lr positive")
+        if not (self.mixup_alpha >= 0 and math.isfinite(self.mixup_alpha)) or self.epochs < 1 or self.batch_size < 1 \
+                or not (self.lr > 0 and math.isfinite(self.lr)):
+            raise AscError(f"mixup_alpha must be >= 0 (not {self.mixup_alpha}); epochs, batch_size and lr positive "
+                           f"(not {self.epochs}, {self.batch_size}, {self.lr})")
+        if not 0 < self.lr_factor < 1 or self.lr_patience < 0:
+            raise AscError(f"lr_factor must be in (0, 1) and lr_patience >= 0, not {self.lr_factor} and {self.lr_patience}")
+        if not 0 < self.validation_share < 1:
+            raise AscError(f"validation_share must be in (0, 1), not {self.validation_share}")
+        for name in ("seed", "validation_seed"):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                raise AscError(f"{name} must be 0 to {MAX_SEED}, not {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise AscError(f"num_workers must be >= 0, not {self.num_workers}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,31 +174,43 @@ class _Steps(torch.utils.data.Dataset):
 def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(train, selection, final-test) indices into ``clips``.
 
-    The validation protocol holds out whole recording locations of the training split (a location's
-    clips share its acoustics, so holding out single clips would leak), the same share of each
-    scene's locations so that every scene is validated.
+    The validation protocol holds out whole recording locations of the training split
+    (:func:`asc.dataset.validation_locations`).
     """
     train = np.array([i for i, c in enumerate(clips) if c.split == "train"], dtype=np.int64)
     evaluate = np.array([i for i, c in enumerate(clips) if c.split == "evaluate"], dtype=np.int64)
     if len(train) == 0 or len(evaluate) == 0:
         raise AscError(f"{config.store}: needs clips in both the train and the evaluate split")
     if config.protocol == "paper":
-        return _enough(train, config), evaluate, None
-    by_scene: dict[str, set] = {}
-    for i in train:
-        by_scene.setdefault(clips[i].scene, set()).add(clips[i].identifier)
-    rng = np.random.default_rng(config.validation_seed)
-    held: set = set()
-    for scene in sorted(by_scene):
-        locations = sorted(by_scene[scene])
-        if len(locations) < 2:
-            continue  # a scene's only location stays in training
-        n_val = min(len(locations) - 1, max(1, round(len(locations) * config.validation_share)))
-        held.update(rng.choice(locations, size=n_val, replace=False).tolist())
-    val_mask = np.array([clips[i].identifier in held for i in train])
+        return _enough(train, config), _selectable(clips, evaluate, config, "evaluate"), None
+    held = validation_locations([clips[i] for i in train], config.validation_share, config.validation_seed)
+    val_mask = np.array([(clips[i].scene, clips[i].identifier) in held for i in train])
     if not val_mask.any():
         raise AscError(f"{config.store}: too few training locations to hold some out for validation")
-    return _enough(train[~val_mask], config), train[val_mask], evaluate
+    return _enough(train[~val_mask], config), _selectable(clips, train[val_mask], config, "validation"), evaluate
+
+
+def _check_correction(store: FeatureStore, config: TrainConfig) -> None:
+    """Under the validation protocol, a spectrum-corrected store must have fitted its coefficients
+    without the locations this run validates on (asc.store.CORRECTION_RECIPE)."""
+    if config.protocol != "validation" or not store.config.spectrum_correction:
+        return
+    recipe = store.manifest.get("correction") or {}
+    if (recipe.get("validation_share"), recipe.get("validation_seed")) != (config.validation_share, config.validation_seed):
+        fitted = ("on every training pair (a store made before this rule: run prepare again)" if not recipe else
+                  f"without the locations of validation_share {recipe['validation_share']}, seed {recipe['validation_seed']}")
+        raise AscError(f"{config.store}: its spectrum correction was fitted {fitted}, so it has seen the locations "
+                       f"this run validates on (validation_share {config.validation_share}, seed {config.validation_seed})")
+
+
+def _selectable(clips: list, select: np.ndarray, config: TrainConfig, what: str) -> np.ndarray:
+    """Metric B is undefined without clips of the reference device and of another: refuse to select
+    by it on such clips (before any training) instead of selecting by a single device's accuracy."""
+    devices = sorted({clips[i].device for i in select})
+    if config.selection == "metric_b" and (REFERENCE_DEVICE not in devices or devices == [REFERENCE_DEVICE]):
+        raise AscError(f"{config.store}: selection by metric_b needs {what} clips of the reference device "
+                       f"{REFERENCE_DEVICE!r} and of another device; they have devices {devices} (select by metric_a)")
+    return select
 
 
 def _enough(train: np.ndarray, config: TrainConfig) -> np.ndarray:
@@ -305,7 +331,11 @@ class Training:
         self.config, self.log, self.evaluate_best = config, log, evaluate_best
         _seed_everything(config.seed)
         self.device = device = _device(config)
-        self.train_idx, self.select_idx, self.test_idx = split_indices(FeatureStore(config.store).clips, config)
+        # before any work: a run must not train for hours and then fail to write its checkpoint
+        self.ckpt_dir = writable_folder(config.checkpoint_dir, "checkpoint_dir") if config.checkpoint_dir else None
+        store = FeatureStore(config.store)
+        _check_correction(store, config)
+        self.train_idx, self.select_idx, self.test_idx = split_indices(store.clips, config)
         # The validation protocol normalises with the statistics of the clips it trains on only.
         self.view = view = FeatureView(config.store, config.enhancement,
                                        self.train_idx if self.test_idx is not None else None)
@@ -314,7 +344,6 @@ class Training:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer, self.scheduler = make_optimizer(self.model, config)
-        self.ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
         self.history: list[dict] = []
         self.best = {"epoch": 0, "value": -math.inf}
         self.best_state: dict | None = None
@@ -327,7 +356,6 @@ class Training:
 
     def _resume(self) -> None:
         ckpt_dir, config = self.ckpt_dir, self.config
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
         if not (ckpt_dir / "last.pt").is_file():
             return
         try:
@@ -386,17 +414,23 @@ class Training:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = model(x)
             loss = mixup_loss(logits.float(), y1, y2, lam)
+            value = loss.item()
+            if not math.isfinite(value):  # before the step: the last checkpoint stays the last good epoch
+                raise AscError(f"epoch {epoch}, step {steps + 1}: the training loss is {value} (learning rate "
+                               f"{self.optimizer.param_groups[0]['lr']:g}); stopped, the checkpoint of epoch "
+                               f"{epoch - 1} is kept (a lower lr, or check the features of {config.store})")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total_loss += loss.item()
+            total_loss += value
             steps += 1
             fetch_start = time.perf_counter()
         train_seconds = time.perf_counter() - epoch_start
         metrics, probs = evaluate(model, view, self.select_idx, device, config)
         value = metrics[config.selection]
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with; the step may lower the next
         self.scheduler.step(value)
-        row = {"epoch": epoch, "train_loss": total_loss / max(steps, 1), "lr": self.optimizer.param_groups[0]["lr"],
+        row = {"epoch": epoch, "train_loss": total_loss / max(steps, 1), "lr": lr,
                "seconds": time.perf_counter() - epoch_start, "train_seconds": train_seconds,
                "data_wait_share": waited / train_seconds if train_seconds else 0.0,
                "train_clips_per_s": steps * config.batch_size / train_seconds if train_seconds else 0.0,
@@ -583,7 +617,13 @@ def _json_safe(value):
 
 
 def write_json(result: dict, path: str | Path) -> None:
-    path = Path(path)
+    """``result`` as strict JSON, written aside and renamed into place (callers check the path with
+    :func:`asc.errors.writable_file` before the work whose result it is)."""
+    path = writable_file(path, "json_out")
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(result), indent=1, default=float, allow_nan=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_json_safe(result), indent=1, default=float, allow_nan=False))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AscError(f"{path}: cannot be written ({exc.strerror or exc})") from None

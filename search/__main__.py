@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE, SEED, integer, number
 from asc.errors import run_command, run_main
 
 def _demo(args) -> None:
@@ -29,7 +30,8 @@ def _prepare(args) -> None:
     fmax = args.fmax if args.fmax is not None else args.sample_rate / 2
     configs = [FeatureConfig(sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length, n_mels=n,
                              fmin=args.fmin, fmax=fmax, power=args.power, drop_last_frame=not args.keep_last_frame,
-                             dtype=args.dtype, resample=args.resample, spectrum_correction=args.spectrum_correction)
+                             dtype=args.dtype, resample=args.resample, spectrum_correction=args.spectrum_correction,
+                             pad_mode=args.pad_mode)
                for n in args.n_mels]
     report = prepare(args.data_dir, args.store, configs, address=args.address, num_cpus=args.num_cpus,
                      shard_size=args.shard_size)
@@ -91,11 +93,11 @@ def _predict(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from asc.features import FeatureConfig
+    from asc.features import PAD_MODES, FeatureConfig
     from asc.synth import SynthConfig
 
     defaults = SynthConfig()
-    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__,
+    parser = ArgumentParser(prog="python -m search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module in BENCHMARKS.items():
@@ -109,23 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     prep = commands.add_parser("prepare", help="extract log-Mel features into the shared Arrow store (Ray tasks)")
     prep.add_argument("data_dir", help="a DCASE2019 Task 1B development folder or an unlabeled set")
     prep.add_argument("--store", required=True, help="store root: a local or shared (NFS) folder")
-    prep.add_argument("--n-mels", type=int, nargs="+", default=[128],
+    prep.add_argument("--n-mels", type=COUNT, nargs="+", default=[128],
                       help="Mel-band counts; one STFT per clip serves them all (default 128)")
     paper = FeatureConfig()
-    prep.add_argument("--sample-rate", type=int, default=paper.sample_rate, help="Hz (default %(default)s)")
-    prep.add_argument("--n-fft", type=int, default=paper.n_fft, help="(default %(default)s)")
-    prep.add_argument("--hop-length", type=int, default=paper.hop_length, help="(default %(default)s)")
-    prep.add_argument("--fmin", type=float, default=paper.fmin, help="Hz (default %(default)s)")
-    prep.add_argument("--fmax", type=float, default=None, help="Hz (default: half the sample rate)")
-    prep.add_argument("--power", type=float, default=paper.power, help="(default %(default)s: power spectrogram)")
+    prep.add_argument("--sample-rate", type=COUNT, default=paper.sample_rate, help="Hz (default %(default)s)")
+    prep.add_argument("--n-fft", type=COUNT, default=paper.n_fft, help="(default %(default)s)")
+    prep.add_argument("--hop-length", type=COUNT, default=paper.hop_length, help="(default %(default)s)")
+    prep.add_argument("--fmin", type=number(minimum=0), default=paper.fmin, help="Hz (default %(default)s)")
+    prep.add_argument("--fmax", type=number(above=0), default=None, help="Hz (default: half the sample rate)")
+    prep.add_argument("--power", type=number(above=0), default=paper.power, help="(default %(default)s: power spectrogram)")
     prep.add_argument("--keep-last-frame", action="store_true", help="keep the STFT's last frame (the paper drops it)")
     prep.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    prep.add_argument("--pad-mode", choices=PAD_MODES, default=paper.pad_mode,
+                      help="STFT edge padding: zeros (librosa 0.10+) or reflect (the paper's librosa) (default %(default)s)")
     prep.add_argument("--spectrum-correction", action="store_true",
                       help="per-device spectrum correction from the training split's parallel pairs")
     prep.add_argument("--resample", action="store_true", help="resample clips at another rate instead of refusing them")
     prep.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
-    prep.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    prep.add_argument("--shard-size", type=int, default=32, help="clips per Ray task (default %(default)s)")
+    prep.add_argument("--num-cpus", type=COUNT, default=None, help="CPUs of the local Ray instance (default: all)")
+    prep.add_argument("--shard-size", type=COUNT, default=32, help="clips per Ray task (default %(default)s)")
     prep.set_defaults(run=_prepare)
 
     run = commands.add_parser("run", help="run a search (Ray Tune + Optuna + ASHA, every trial in MLflow)")
@@ -133,24 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", required=True, help="feature store root (made by `prepare`, or with --data)")
     run.add_argument("--data", default=None, help="dataset folder: prepare the stores the space needs first")
     run.add_argument("--name", default=None, help="search name: MLflow experiment and STORAGE/NAME (default: the space's)")
-    run.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's num_samples)")
-    run.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
-    run.add_argument("--cpus-per-trial", type=float, default=1.0, help="(default %(default)s)")
-    run.add_argument("--gpus-per-trial", type=float, default=0.0,
+    run.add_argument("--num-samples", type=COUNT, default=None, help="trials (default: the space's num_samples)")
+    run.add_argument("--max-concurrent", type=COUNT, default=None, help="trials at once (default: the space's)")
+    run.add_argument("--cpus-per-trial", type=number(minimum=0), default=1.0, help="(default %(default)s)")
+    run.add_argument("--gpus-per-trial", type=number(minimum=0), default=0.0,
                      help="fraction of a GPU per trial, e.g. 0.25 packs four trials on a GPU (default %(default)s)")
     run.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray instance)")
     run.add_argument("--mlflow-uri", default=None,
                      help="tracking URI, e.g. http://HEAD:5000 (default: sqlite:///STORAGE/mlflow.db)")
     run.add_argument("--storage", default=None,
                      help="Tune's experiment state and checkpoints; shared (NFS) on a cluster (default: ./runs)")
-    run.add_argument("--seed", type=int, default=None, help="sampler seed (default: the space's)")
+    run.add_argument("--seed", type=SEED, default=None, help="sampler seed (default: the space's)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a space key, e.g. --set epochs=3 --set scheduler.grace_period=1 (repeatable)")
-    run.add_argument("--seeds", type=int, default=None,
+    run.add_argument("--seeds", type=COUNT, default=None,
                      help="models per trial, trained in lockstep with successive seeds; trials are ranked, pruned "
                           "and learned from on the mean over them (default: the space's seeds, else 1)")
-    run.add_argument("--max-failures", type=int, default=3, help="retries of a trial whose worker died (default %(default)s)")
-    run.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default %(default)s)")
+    run.add_argument("--max-failures", type=integer(-1), default=3, help="retries of a trial whose worker died (default %(default)s)")
+    run.add_argument("--top", type=COUNT, default=10, help="rows of the best-trials table (default %(default)s)")
     run.set_defaults(run=_run)
 
     resume = commands.add_parser("resume", help="continue a search whose driver died")
@@ -166,15 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--method", default="greedy", choices=("greedy", "top", "per-enhancement"),
                       help="greedy forward selection with replacement (Caruana 2004), the top K, or the best "
                            "trial of each enhancement (the paper's A5 + A6 + A7) (default %(default)s)")
-    fuse.add_argument("--size", type=int, default=None,
+    fuse.add_argument("--size", type=COUNT, default=None,
                       help="greedy: most picks, with replacement (default 10); top: members (default 3)")
-    fuse.add_argument("--bags", type=int, default=0, help="greedy: bagged repeats on random halves (default 0)")
+    fuse.add_argument("--bags", type=NON_NEGATIVE, default=0, help="greedy: bagged repeats on random halves (default 0)")
     fuse.add_argument("--full-budget", action="store_true", help="candidates: only trials that trained every epoch")
     fuse.add_argument("--seed-members", action="store_true",
                       help="searches with seeds: every seed's model is a candidate (default: each trial's seed average)")
-    fuse.add_argument("--gap-lambda", type=float, default=None, help="--by gap_penalized: weight of |device gap|")
+    fuse.add_argument("--gap-lambda", type=number(minimum=0), default=None, help="--by gap_penalized: weight of |device gap|")
     fuse.add_argument("--register", default=None, metavar="NAME", help="register the fused model under NAME")
-    fuse.add_argument("--seed", type=int, default=0, help="bagging seed (default %(default)s)")
+    fuse.add_argument("--seed", type=SEED, default=0, help="bagging seed (default %(default)s)")
     fuse.set_defaults(run=_fuse)
 
     pred = commands.add_parser("predict", help="a submission file from a trial's or a fusion's model, from audio")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asc.cli import ArgumentParser, COUNT, number
 from asc.errors import AscError
 
 PAPER_EPS = np.finfo(np.float32).eps
@@ -479,15 +480,15 @@ def _contention_line(fig: dict) -> str:
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search bench-features", description=__doc__,
+    parser = ArgumentParser(prog="python -m search bench-features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=64,
+    parser.add_argument("--clips", type=COUNT, default=64,
                         help="about this many clips (the smallest synthetic set with at least as many; default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the clips and stores go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep what the benchmark wrote")
-    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs for Ray (default: all, %(default)s)")
-    parser.add_argument("--shard-size", type=int, default=32, help="clips per prepare task (prepare's default, %(default)s)")
+    parser.add_argument("--cpus", type=COUNT, default=os.cpu_count() or 1, help="CPUs for Ray (default: all, %(default)s)")
+    parser.add_argument("--shard-size", type=COUNT, default=32, help="clips per prepare task (prepare's default, %(default)s)")
     add_report_options(parser, quiet_wait=60.0)
     return parser
 
@@ -496,7 +497,7 @@ def add_report_options(parser: argparse.ArgumentParser, quiet_wait: float | None
     """The options every benchmark shares: ``--json`` and, for those that wait for a quiet machine
     before timing, ``--quiet-wait``."""
     if quiet_wait is not None:
-        parser.add_argument("--quiet-wait", type=float, default=quiet_wait,
+        parser.add_argument("--quiet-wait", type=number(minimum=0), default=quiet_wait,
                             help="seconds in all to wait for other processes to leave the CPUs before timed sections "
                                  "(default %(default)s; 0: never wait)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE, SECONDS
 from asc.synth import SynthConfig, write_dataset
 from search.bench import add_report_options
 
@@ -138,19 +139,19 @@ def format_directions(checks: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search bench-devices", description=__doc__,
+    parser = ArgumentParser(prog="python -m search bench-devices", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=2, help="seeds 0..K-1 per system (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per run (default %(default)s)")
+    parser.add_argument("--seeds", type=COUNT, default=2, help="seeds 0..K-1 per system (default %(default)s)")
+    parser.add_argument("--epochs", type=COUNT, default=15, help="epochs per run (default %(default)s)")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), help="(default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-devices"),
                         help="set, stores and checkpoints (reused on a rerun; default %(default)s)")
     add_report_options(parser)
     defaults = SynthConfig()
-    parser.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene,
+    parser.add_argument("--segments-per-scene", type=COUNT, default=defaults.segments_per_scene,
                         help="a smaller set for a quick look (the claim is on the default, %(default)s)")
-    parser.add_argument("--parallel-per-scene", type=int, default=defaults.parallel_per_scene, help="(default %(default)s)")
-    parser.add_argument("--seconds", type=float, default=defaults.seconds, help="(default %(default)s)")
+    parser.add_argument("--parallel-per-scene", type=NON_NEGATIVE, default=defaults.parallel_per_scene, help="(default %(default)s)")
+    parser.add_argument("--seconds", type=SECONDS, default=defaults.seconds, help="(default %(default)s)")
     args = parser.parse_args(argv)
 
     import torch

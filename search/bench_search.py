@@ -81,6 +81,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asc.cli import ArgumentParser, COUNT, number
 from asc.errors import AscError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -778,17 +779,17 @@ PARTS = ("memory", "overhead", "efficiency")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search bench-search", description=__doc__,
+    parser = ArgumentParser(prog="python -m search bench-search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=None,
+    parser.add_argument("--clips", type=COUNT, default=None,
                         help="about this many clips in the overhead / memory set (default: 260 at --scale full, "
                              "100 at tiny)")
-    parser.add_argument("--trials", type=int, default=4, help="smoke trials in the overhead part (default %(default)s)")
-    parser.add_argument("--concurrent", type=int, default=2,
+    parser.add_argument("--trials", type=COUNT, default=4, help="smoke trials in the overhead part (default %(default)s)")
+    parser.add_argument("--concurrent", type=COUNT, default=2,
                         help="K: memory readers, and trials at once in the efficiency part (default %(default)s)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="(default %(default)s, as `run`)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="(default %(default)s)")
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--cpus-per-trial", type=number(minimum=0), default=1.0, help="(default %(default)s, as `run`)")
+    parser.add_argument("--gpus-per-trial", type=number(minimum=0), default=0.0, help="(default %(default)s)")
+    parser.add_argument("--seeds", type=COUNT, default=1,
                         help="efficiency part: models per trial in lockstep; both searches compared on the mean "
                              "over them (default %(default)s)")
     parser.add_argument("--efficiency", action="store_true",

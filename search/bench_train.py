@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE
 from asc.enhance import Enhancement
 from asc.features import FeatureConfig
 from asc.models import ModelConfig
@@ -71,13 +72,13 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search bench-train", description=__doc__,
+    parser = ArgumentParser(prog="python -m search bench-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=96, help="training clips, about (default %(default)s)")
+    parser.add_argument("--clips", type=COUNT, default=96, help="training clips, about (default %(default)s)")
     parser.add_argument("--models", nargs="+", default=["cnn", "msxception"], choices=["cnn", "msxception"])
-    parser.add_argument("--epochs", type=int, default=2, help="the last epoch is measured (default %(default)s)")
+    parser.add_argument("--epochs", type=COUNT, default=2, help="the last epoch is measured (default %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
+    parser.add_argument("--workers", type=NON_NEGATIVE, default=None, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
     parser.add_argument("--store", default=None, help="use this store instead of writing a synthetic one")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)

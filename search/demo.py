@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from asc.cli import COUNT, NON_NEGATIVE, SECONDS, SEED
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPACE = REPO / "spaces" / "demo.yaml"
@@ -142,11 +143,11 @@ def run_demo(args) -> None:
 
 def add_arguments(demo, defaults) -> None:
     demo.add_argument("--workdir", type=Path, default=Path("asc-demo"), help="(default %(default)s)")
-    demo.add_argument("--segments-per-scene", type=int, default=defaults.segments_per_scene)
-    demo.add_argument("--parallel-per-scene", type=int, default=defaults.parallel_per_scene)
-    demo.add_argument("--seconds", type=float, default=defaults.seconds)
-    demo.add_argument("--seed", type=int, default=defaults.seed)
-    demo.add_argument("--num-samples", type=int, default=None, help="trials (default: spaces/demo.yaml's)")
-    demo.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
-    demo.add_argument("--fusion-size", type=int, default=6, help="greedy fusion: most picks (default %(default)s)")
+    demo.add_argument("--segments-per-scene", type=COUNT, default=defaults.segments_per_scene)
+    demo.add_argument("--parallel-per-scene", type=NON_NEGATIVE, default=defaults.parallel_per_scene)
+    demo.add_argument("--seconds", type=SECONDS, default=defaults.seconds)
+    demo.add_argument("--seed", type=SEED, default=defaults.seed)
+    demo.add_argument("--num-samples", type=COUNT, default=None, help="trials (default: spaces/demo.yaml's)")
+    demo.add_argument("--epochs", type=COUNT, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
+    demo.add_argument("--fusion-size", type=COUNT, default=6, help="greedy fusion: most picks (default %(default)s)")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of spaces/demo.yaml")

@@ -34,6 +34,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     if ray.is_initialized():
         return
+    if num_cpus is not None and num_cpus < 1:  # Ray would start and never schedule a task: a hang
+        raise AscError(f"num_cpus {num_cpus}: a local Ray instance needs at least 1 CPU")
     # Both packages travel with the job (tasks unpickle functions from either).
     runtime_env = {"py_modules": [os.path.dirname(asc.__file__), os.path.dirname(os.path.abspath(__file__))],
                    "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
@@ -99,12 +101,22 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
                 if on_result:
                     on_result(results[position[ref]])
     except ray.exceptions.RayTaskError as exc:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        _cancel(pending)
         if isinstance(exc.cause, AscError):
             raise AscError(str(exc.cause)) from None
         raise
+    except BaseException:  # Ctrl-C: stop the tasks before the caller removes what they write into
+        _cancel(pending)
+        raise
     return results
+
+
+def _cancel(refs: list) -> None:
+    """Cancel (kill) running tasks and give them a moment to stop."""
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=5.0)
 
 
 def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureConfig], address: str | None = None,
@@ -140,6 +152,8 @@ def format_report(report: BuildReport) -> str:
         for path in paths:
             manifest = json.loads((Path(path) / MANIFEST).read_text())
             shape = "x".join(map(str, manifest["shape"]))
+            if path in report.damaged:
+                status = f"rebuilt: it was damaged ({report.damaged[path]})"
             lines.append(f"{Path(path).name:<40}{manifest['config']['n_mels']:>7}{shape:>12}{manifest['dtype']:>9}  {status}")
     if report.built:
         rate = report.clips / report.seconds if report.seconds else 0.0

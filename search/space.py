@@ -72,7 +72,8 @@ PARAMS: dict[str, Param] = {
 }
 MEDIAN_KEYS = ("median_filter_bands", "median_filter_frames")  # sampled only when the median filter is chosen
 # Feature settings every store of a search shares (n_mels and spectrum correction vary per trial).
-FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "power", "drop_last_frame", "dtype", "resample")
+FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "power", "drop_last_frame", "dtype", "resample",
+                "pad_mode")
 TOP_KEYS = ("description", "sampler", "objective", "lambda", "num_samples", "max_concurrent", "seed", "seeds",
             "scheduler", "features", "params", "points")
 SCHEDULER_KEYS = ("name", "max_t", "grace_period", "reduction_factor")

@@ -233,7 +233,8 @@ def prepare_command(configs: list, store_root) -> str:
     default, config = FeatureConfig(), configs[0]
     flags = [f"--n-mels {' '.join(str(c.n_mels) for c in configs)}"]
     for key, flag in (("sample_rate", "--sample-rate"), ("n_fft", "--n-fft"), ("hop_length", "--hop-length"),
-                      ("fmin", "--fmin"), ("fmax", "--fmax"), ("power", "--power"), ("dtype", "--dtype")):
+                      ("fmin", "--fmin"), ("fmax", "--fmax"), ("power", "--power"), ("dtype", "--dtype"),
+                      ("pad_mode", "--pad-mode")):
         if getattr(config, key) != getattr(default, key):
             flags.append(f"{flag} {getattr(config, key):g}" if isinstance(getattr(config, key), float)
                          else f"{flag} {getattr(config, key)}")

@@ -451,6 +451,24 @@ def _empty_wav(root):
     write_wav(root / "audio/airport-barcelona-0-1-a.wav", frames=0)
 
 
+def _header_only(path: Path) -> None:
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+def _meta_header_only(root):
+    _header_only(root / "meta.csv")
+    for split in ("train", "evaluate", "test"):  # the fold files would name clips meta.csv lacks first
+        _header_only(_setup(root, split))
+
+
+def _train_header_only(root):
+    _header_only(_setup(root, "train"))
+
+
+def _evaluate_header_only(root):
+    _header_only(_setup(root, "evaluate"))
+
+
 def _no_audio_folder(root):
     for path in (root / "audio").iterdir():
         path.unlink()
@@ -497,6 +515,9 @@ BAD = [
     Bad("text-as-wav", _text_as_wav, "audio/airport-barcelona-0-1-a.wav", audio=True, cli=True),
     Bad("empty-wav", _empty_wav, "audio/airport-barcelona-0-1-a.wav", audio=True),
     Bad("no-such-data-dir", None, "no-such-folder", cli=True),
+    Bad("meta-header-only", _meta_header_only, "meta.csv", cli=True),
+    Bad("fold-train-header-only", _train_header_only, "evaluation_setup/fold1_train.csv", cli=True),
+    Bad("fold-evaluate-header-only", _evaluate_header_only, "evaluation_setup/fold1_evaluate.csv"),
 ]
 
 
@@ -555,6 +576,26 @@ def test_bad_input_cli(case, dev_dir):
     assert "Traceback" not in result.stderr
     for name in _expected_names(case, dev_dir):
         assert name in lines[0]
+
+
+def test_device_names_are_case_insensitive(dev_dir):
+    """A set written with capital device letters (names and source_label) reads as the usual one."""
+    expected = read_development(dev_dir).clips
+    capital = {"-a.wav": "-A.wav", "-b.wav": "-B.wav", "-c.wav": "-c.wav"}  # c stays lower: mixed case too
+    for path in (dev_dir / "audio").iterdir():
+        for old, new in capital.items():
+            if path.name.endswith(old):
+                path.rename(path.with_name(path.name[:-len(old)] + new))
+    for table in [dev_dir / "meta.csv", *(dev_dir / "evaluation_setup").glob("*.csv")]:
+        text = table.read_text()
+        for old, new in capital.items():
+            text = text.replace(old, new)
+        table.write_text(text.replace("\ta\n", "\tA\n"))
+    dataset = read_development(dev_dir)
+    assert [(c.device, c.split, c.scene, c.group) for c in dataset.clips] == \
+        [(c.device, c.split, c.scene, c.group) for c in expected]
+    assert dataset.devices == ["a", "b", "c"] and dataset.clips[0].filename.endswith("-A.wav")
+    assert len(dataset.parallel_groups()) == len(read_development(dev_dir).parallel_groups())
 
 
 def test_misspelled_header_is_not_read_silently(dev_dir):

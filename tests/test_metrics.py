@@ -28,6 +28,9 @@ def test_confusion_counts():
     np.testing.assert_array_equal(confusion([0, 0, 1, 1], [0, 1, 1, 1], 2), [[1, 1], [0, 2]])
 
 
-def test_reference_only_evaluation():
+def test_metric_b_is_undefined_without_both_halves():
+    """Metric B of the reference device's clips alone would be acc_a under another name."""
     m = device_metrics([0, 1], [0, 0], ["a", "a"], n_classes=2)
-    assert m["acc_a"] == 0.5 and math.isnan(m["acc_bc"]) and m["metric_b"] == 0.5 and math.isnan(m["device_gap"])
+    assert m["acc_a"] == 0.5 and math.isnan(m["acc_bc"]) and math.isnan(m["metric_b"]) and math.isnan(m["device_gap"])
+    m = device_metrics([0, 1], [0, 0], ["b", "c"], n_classes=2)
+    assert m["acc_bc"] == 0.5 and math.isnan(m["metric_b"]) and m["metric_a"] == 0.5

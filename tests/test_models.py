@@ -86,3 +86,38 @@ def test_rank_pooling_between_mean_and_max():
 def test_unknown_model():
     with pytest.raises(AscError, match="model must be"):
         build_model(ModelConfig(name="resnet"))
+
+
+def test_weights_saved_before_pytorch_0_4_1_load(tmp_path):
+    """The real xception-43020ad28.pth predates BatchNorm's num_batches_tracked buffers."""
+    state = _imagenet_file(tmp_path / "imagenet.pth")
+    old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert len(old) < len(state)
+    torch.save(old, tmp_path / "old.pth")
+    model = MSXception(ModelConfig(weights=str(tmp_path / "old.pth")))
+    assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
+    del old["block12.skip.weight"]  # a real gap is still refused
+    torch.save(old, tmp_path / "gap.pth")
+    with pytest.raises(AscError, match="gap.pth: not Xception ImageNet weights .*block12.skip.weight"):
+        MSXception(ModelConfig(weights=str(tmp_path / "gap.pth")))
+
+
+def test_rank_pooling_weights_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 40, 100).bfloat16()  # 4000 ranks: 0.998 ** rank in bf16 is off by up to a third
+    pool = GlobalWeightedRankPooling(0.998)
+    expected = pool(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pool(x)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    weights = 0.998 ** torch.arange(4000, dtype=torch.float32)
+    assert torch.allclose(expected, (x.float().flatten(2).sort(-1, descending=True).values * weights).sum(-1)
+                          / weights.sum(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value", [("pooling", "max"), ("pooling", "GWRP"), ("gwrp_decay", 1.5),
+                                          ("dropout", 1.0), ("width", 0)])
+def test_bad_model_settings_are_refused(field, value):
+    with pytest.raises(AscError, match=field):
+        ModelConfig(**{field: value})

@@ -1,0 +1,75 @@
+"""What every command line of the project shares: a parser whose errors are one line, and option
+types that refuse impossible numbers before any work starts.
+
+argparse prints its usage and then the error; a user who typed ``--epochs 0`` needs the error, and
+the project promises one line on stderr for every bad input (``python -m asc``, ``python -m search``
+and the benchmarks all build their parsers from :class:`ArgumentParser`). Every numeric option takes
+its type from :func:`integer` or :func:`number` (a test checks that no parser uses bare int or float).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 0 .. 2**32 - 1; torch and Python take those too
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the error as one line: ``error: PROG: argument --x: why (see PROG --help)``.
+
+    Sub-command parsers are made with the parent's class, so they inherit this."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def integer(minimum: int | None = None, maximum: int | None = None):
+    """An option type: a whole number within ``[minimum, maximum]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({_range(minimum, maximum)})")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(minimum: float | None = None, above: float | None = None, maximum: float | None = None):
+    """An option type: a finite number, at least ``minimum`` or greater than ``above``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
+        if ((minimum is not None and value < minimum) or (above is not None and value <= above)
+                or (maximum is not None and value > maximum)):
+            bounds = [f">= {minimum:g}" if minimum is not None else None, f"> {above:g}" if above is not None else None,
+                      f"<= {maximum:g}" if maximum is not None else None]
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {' and '.join(b for b in bounds if b)})")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _range(minimum, maximum) -> str:
+    if maximum is None:
+        return f"must be at least {minimum}"
+    if minimum is None:
+        return f"must be at most {maximum}"
+    return f"must be {minimum} to {maximum}"
+
+
+COUNT = integer(1)  # clips, epochs, trials, bands, shards: at least one
+NON_NEGATIVE = integer(0)  # workers (0 = in this process), retries, bags
+SEED = integer(0, MAX_SEED)
+SECONDS = number(above=0)
