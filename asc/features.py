@@ -188,7 +188,8 @@ def log_mels(y: np.ndarray, configs: list[FeatureConfig], correction: np.ndarray
             magnitude = stft_magnitude(y, config)
             if correction is not None:
                 magnitude *= correction[:, None]
-            powers[key] = magnitude if config.power == 1 else magnitude**config.power
+            with np.errstate(over="ignore"):  # inf from absurd levels: the store refuses it, naming the clip
+                powers[key] = magnitude if config.power == 1 else magnitude**config.power
         out.append(log_mel_from_power(powers[key], config))
     return out
 

@@ -81,6 +81,9 @@ from asc.parallel import process_map
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 
 
+MIN_SECONDS, MAX_SECONDS = 0.1, 600.0  # shorter clips hold too few frames to shape; longer ones, memory
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     segments_per_scene: int = 100  # device-A segments per scene: 67 train, 33 evaluate
@@ -101,8 +104,8 @@ class SynthConfig:
             problems.append(f"--parallel-per-scene {self.parallel_per_scene} needs "
                             f"{self.parallel_per_scene - self.train_parallel} evaluate segments per scene, but "
                             f"--segments-per-scene {self.segments_per_scene} gives {self.segments_per_scene - self.train_segments}")
-        if self.seconds <= 0:
-            problems.append("--seconds must be positive")
+        if not MIN_SECONDS <= self.seconds <= MAX_SECONDS:  # also refuses nan
+            problems.append(f"--seconds must be {MIN_SECONDS} to {MAX_SECONDS}, not {self.seconds}")
         if self.sample_rate < 8000:
             problems.append("--sample-rate must be at least 8000 Hz")
         if self.locations_per_scene < 2:

@@ -481,7 +481,7 @@ def _contention_line(fig: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m search bench-features", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=COUNT, default=64,
                         help="about this many clips (the smallest synthetic set with at least as many; default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=None,

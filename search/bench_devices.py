@@ -138,9 +138,9 @@ def format_directions(checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m search bench-devices", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=COUNT, default=2, help="seeds 0..K-1 per system (default %(default)s)")
     parser.add_argument("--epochs", type=COUNT, default=15, help="epochs per run (default %(default)s)")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), help="(default %(default)s)")
@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a smaller set for a quick look (the claim is on the default, %(default)s)")
     parser.add_argument("--parallel-per-scene", type=NON_NEGATIVE, default=defaults.parallel_per_scene, help="(default %(default)s)")
     parser.add_argument("--seconds", type=SECONDS, default=defaults.seconds, help="(default %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 

@@ -780,7 +780,7 @@ PARTS = ("memory", "overhead", "efficiency")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m search bench-search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=COUNT, default=None,
                         help="about this many clips in the overhead / memory set (default: 260 at --scale full, "
                              "100 at tiny)")

@@ -71,9 +71,9 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m search bench-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=COUNT, default=96, help="training clips, about (default %(default)s)")
     parser.add_argument("--models", nargs="+", default=["cnn", "msxception"], choices=["cnn", "msxception"])
     parser.add_argument("--epochs", type=COUNT, default=2, help="the last epoch is measured (default %(default)s)")
@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=NON_NEGATIVE, default=None, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
     parser.add_argument("--store", default=None, help="use this store instead of writing a synthetic one")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     workers = args.workers if args.workers is not None else (4 if args.device.startswith("cuda") else 0)
     work = Path(tempfile.mkdtemp(prefix="asc-bench-train-"))
     try:

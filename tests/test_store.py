@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -387,3 +388,125 @@ def test_cluster_address_check_accepts_a_listening_head(family, host):
         _check_reachable(f"{host}:{server.getsockname()[1]}")  # no error: somebody listens
     with pytest.raises(AscError, match="HOST:PORT"):
         _check_reachable("head-without-port")
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad settings, bad audio and damage: refused before work, named, and nothing published.
+
+
+def _copy_set(synth_set, tmp_path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(synth_set, data)
+    return data
+
+
+def _nothing_published(root: Path) -> None:
+    assert not list(root.glob("logmel*")), list(root.glob("logmel*"))
+    assert not list((root / ".staging").iterdir()) if (root / ".staging").is_dir() else True
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(fmin=20000.0, fmax=10000.0), "fmin 20000 Hz must be below fmax 10000 Hz"),
+    (dict(fmax=12000.0), "fmax 12000.0 Hz is above the Nyquist frequency"),
+    (dict(sample_rate=0), "sample_rate must be at least 1"),
+    (dict(hop_length=0), "hop_length must be at least 1"),
+    (dict(n_mels=0), "n_mels must be at least 1"),
+    (dict(power=0.0), "power must be positive"),
+    (dict(fmin=float("nan")), "fmin must be a finite number"),
+    (dict(fmin=-1.0), "fmin must be at least 0"),
+    (dict(pad_mode="edge"), "pad_mode must be one of constant, reflect"),
+])
+def test_feature_settings_that_cannot_work_are_refused(fast_config, change, message):
+    with pytest.raises(AscError, match=message.replace("(", r"\(")):
+        fast_config.__class__(**{**fast_config.to_dict(), **change})
+
+
+@pytest.mark.parametrize("field", ["n_fft", "hop_length"])
+def test_frames_longer_than_the_clips_are_refused_before_work(synth_set, fast_config, tmp_path, field):
+    config = fast_config.__class__(**{**fast_config.to_dict(), field: 32768})  # the clips hold 22050 samples
+    with pytest.raises(AscError, match=f"{field} 32768 is longer than the clips .*22050 samples"):
+        build_stores(read_development(synth_set), [config], tmp_path)
+    _nothing_published(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda y: np.where(np.arange(len(y)) == 100, np.nan, y), "audio holds 1 NaN or infinite samples"),
+    (lambda y: y * 1e30, "its log-Mel features are not finite"),
+])
+def test_non_finite_audio_or_features_name_the_clip_and_publish_nothing(synth_set, fast_config, tmp_path,
+                                                                      damage, message):
+    import soundfile
+
+    data = _copy_set(synth_set, tmp_path)
+    dataset = read_development(data)
+    victim = dataset.path(dataset.clips[3])
+    y, rate = soundfile.read(victim, dtype="float32")
+    soundfile.write(victim, damage(y).astype(np.float32), rate, subtype="FLOAT")
+    with pytest.raises(AscError, match=f"{victim}: {message}"):
+        build_stores(read_development(data), [fast_config], tmp_path / "store", shard_size=8)
+    _nothing_published(tmp_path / "store")
+
+
+def test_a_truncated_shard_is_named_and_rebuilt_by_prepare(synth_set, fast_config, tmp_path):
+    dataset = read_development(synth_set)
+    path = Path(build_stores(dataset, [fast_config], tmp_path, shard_size=16).built[0])
+    expected = FeatureStore(path).features(np.arange(len(dataset)))
+    shard = path / "part-00001.arrow"
+    size = shard.stat().st_size
+    os.truncate(shard, 1000)
+    with pytest.raises(AscError, match=f"{path}: damaged store: part-00001.arrow is 1000 bytes, the manifest records {size}"):
+        FeatureStore(path)
+    report = build_stores(dataset, [fast_config], tmp_path, shard_size=16)
+    assert report.built == [str(path)] and "part-00001.arrow is 1000 bytes" in report.damaged[str(path)]
+    np.testing.assert_array_equal(FeatureStore(path).features(np.arange(len(dataset))), expected)
+    # a manifest from before the sizes were recorded: the shard's Arrow footer is read instead
+    manifest = json.loads((path / MANIFEST).read_text())
+    for shard_entry in manifest["shards"]:
+        del shard_entry["bytes"]
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    assert build_stores(dataset, [fast_config], tmp_path, shard_size=16).up_to_date == [str(path)]
+    os.truncate(shard, size - 100)
+    with pytest.raises(AscError, match="part-00001.arrow does not read as Arrow"):
+        FeatureStore(path)
+    assert build_stores(dataset, [fast_config], tmp_path, shard_size=16).built == [str(path)]
+
+
+def test_a_store_root_that_is_a_file_is_one_line(synth_set, fast_config, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AscError, match=f"{tmp_path / 'file'}: cannot write a feature store here"):
+        build_stores(read_development(synth_set), [fast_config], tmp_path / "file")
+    with pytest.raises(AscError, match="shard_size must be at least 1"):
+        build_stores(read_development(synth_set), [fast_config], tmp_path / "root", shard_size=0)
+
+
+def read_only(path: Path):
+    """Make ``path`` read-only for this process, also as root (whose permission bits do not bind):
+    chattr +i where the filesystem has it, else skip. Returns the undo."""
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(path)], check=True)
+        return lambda: subprocess.run(["chmod", "-R", "u+w", str(path)], check=True)
+    if subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
+        pytest.skip("cannot make a folder read-only for root here (no chattr +i)")
+    return lambda: subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
+
+
+def test_an_up_to_date_read_only_store_is_still_usable(synth_set, fast_config, tmp_path):
+    from asc.models import ModelConfig
+    from asc.train import TrainConfig, train
+
+    dataset = read_development(synth_set)
+    path = build_stores(dataset, [fast_config], tmp_path / "store").built[0]
+    config = TrainConfig(store=path, model=ModelConfig(name="cnn"), epochs=1, batch_size=8,
+                         enhancement=Enhancement("gms", median_filter=(3, 5)))
+    expected = train(config)  # builds the median-filter cache
+    undo = read_only(tmp_path / "store")
+    try:
+        assert build_stores(dataset, [fast_config], tmp_path / "store").up_to_date == [path]
+        again = train(config)  # reads the cache, writes nothing
+        assert again["history"][0]["loss"] == expected["history"][0]["loss"]
+        other = dataclasses.replace(config, enhancement=Enhancement("gms", median_filter=(5, 5)))
+        with pytest.raises(AscError, match="cannot write the gms-medfilt5x5 cache beside this store"):
+            train(other)
+    finally:
+        undo()

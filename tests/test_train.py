@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,73 @@ def test_result_json_has_class_accuracy_and_no_nan_tokens(small_store, tmp_path)
     write_json({**result, "missing": float("nan")}, tmp_path / "r.json")
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and json.loads(text)["missing"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardening: paths before work, a non-finite loss, the logged lr, Metric B's definition, the split.
+
+
+def test_checkpoint_paths_are_checked_before_training(small_store, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AscError, match=f"checkpoint_dir {tmp_path / 'file'}: is a file, not a folder"):
+        train(_config(small_store, checkpoint_dir=str(tmp_path / "file")))
+    with pytest.raises(AscError, match="cannot be made"):
+        train(_config(small_store, checkpoint_dir=str(tmp_path / "file" / "below")))
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_epoch(small_store, tmp_path):
+    """A store whose features hold NaN (as stores made before the check could): one line, and the
+    last checkpoint stays the last good epoch's."""
+    from asc.store import read_table_file, write_table_file
+
+    broken = tmp_path / "store"
+    shutil.copytree(small_store, broken)
+    for shard in sorted(broken.glob("part-*.arrow")):
+        clips, features = read_table_file(shard)
+        features = np.array(features)
+        features[:, 3, 5] = np.nan
+        write_table_file(shard, clips, features)  # same shape: the same size, so not "damaged"
+    with pytest.raises(AscError, match=r"epoch 1, step 1: the training loss is nan .*checkpoint of epoch 0 is kept"):
+        train(_config(str(broken), checkpoint_dir=str(tmp_path / "ckpt")))
+    assert not (tmp_path / "ckpt" / "last.pt").exists()
+
+
+def test_the_logged_lr_is_the_one_the_epoch_trained_with(small_store):
+    result = train(_config(small_store, epochs=5, lr_patience=0))
+    history, best = result["history"], -np.inf
+    assert history[0]["lr"] == 1e-3
+    for before, after in zip(history, history[1:]):
+        improved = before["metric_a"] > best
+        best = max(best, before["metric_a"])
+        assert after["lr"] == before["lr"] * (1 if improved else 0.5), history
+
+
+def _clips(rows):
+    from asc.dataset import Clip
+
+    return [Clip(filename=f"audio/{scene}-city-{loc}-{seg}-{dev}.wav", split=split, scene=scene, city="city",
+                 location=str(loc), segment=str(seg), device=dev) for scene, loc, seg, dev, split in rows]
+
+
+def test_selection_by_metric_b_needs_both_halves(tmp_path):
+    rows = [(s, loc, seg, "a", "train") for s in ("bus", "park") for loc in (0, 1) for seg in range(20)]
+    only_a = _clips(rows + [(s, 5, 0, "a", "evaluate") for s in ("bus", "park")])
+    with pytest.raises(AscError, match=r"selection by metric_b needs evaluate clips of the reference device 'a' and of another"):
+        split_indices(only_a, TrainConfig(store="S", selection="metric_b"))
+    assert len(split_indices(only_a, TrainConfig(store="S", selection="metric_a"))[1]) == 2
+    with pytest.raises(AscError, match="validation clips"):
+        split_indices(only_a, TrainConfig(store="S", selection="metric_b", protocol="validation"))
+
+
+def test_validation_holds_out_scene_location_pairs_and_never_a_scenes_last():
+    """Location identifiers that recur under several scenes are separate places: holding one out
+    for one scene must not take another scene's last training location."""
+    rows = [(scene, loc, seg, "a", "train") for scene in ("bus", "park", "tram") for loc in (0, 1) for seg in range(20)]
+    clips = _clips(rows + [(s, 9, 0, d, "evaluate") for s in ("bus", "park", "tram") for d in "abc"])
+    for seed in range(50):
+        train_idx, select_idx, _ = split_indices(clips, TrainConfig(store="S", protocol="validation",
+                                                                    validation_seed=seed, batch_size=8))
+        trained = {(clips[i].scene, clips[i].identifier) for i in train_idx}
+        held = {(clips[i].scene, clips[i].identifier) for i in select_idx}
+        assert not trained & held
+        assert {s for s, _ in trained} == {s for s, _ in held} == {"bus", "park", "tram"}, (seed, trained, held)

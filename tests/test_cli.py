@@ -1,0 +1,181 @@
+"""Every command line, with what a user can type wrong: a non-zero exit and one ``error:`` line naming
+the culprit, never a traceback, and nothing trained or written before the error.
+
+The option checks walk the parsers themselves, so that an option or command added later is covered
+by the same tests without a new row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asc.dataset import read_development
+from asc.store import build_stores
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    import asc.__main__
+    import search.__main__
+    import search.bench
+    import search.bench_devices
+    import search.bench_search
+    import search.bench_train
+
+    return {"asc": asc.__main__.build_parser(), "search": search.__main__.build_parser(),
+            "bench-features": search.bench.build_parser(), "bench-train": search.bench_train.build_parser(),
+            "bench-search": search.bench_search.build_parser(), "bench-devices": search.bench_devices.build_parser()}
+
+
+def _commands():
+    """(top parser name, command words, parser) for every parser and sub-command parser."""
+    for name, parser in _parsers().items():
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield name, [], parser
+        for sub in subs:
+            for command, subparser in sub.choices.items():
+                if subparser._actions and any(a.option_strings == ["-h"] or "--help" in a.option_strings
+                                              for a in subparser._actions):
+                    yield name, [command], subparser
+
+
+def _numeric_options():
+    for name, words, parser in _commands():
+        for action in parser._actions:
+            if action.option_strings and action.type is not None and action.type not in (str, Path):
+                yield pytest.param(name, words, parser, action, id=f"{name}-{'-'.join(words)}{action.option_strings[-1]}")
+
+
+def _filler(parser: argparse.ArgumentParser, skip: argparse.Action) -> list[str]:
+    """Placeholder values for the required arguments, so that the option under test is what fails."""
+    argv = []
+    for action in parser._actions:
+        if action is skip or isinstance(action, argparse._SubParsersAction):
+            continue
+        if not action.option_strings and action.nargs != 0:
+            argv.append("x")
+        elif action.required:
+            argv += [action.option_strings[-1], "x"]
+    return argv
+
+
+@pytest.mark.parametrize("name, words, parser, action", list(_numeric_options()))
+def test_every_numeric_option_refuses_what_it_cannot_use(name, words, parser, action, capsys):
+    assert action.type not in (int, float), (
+        f"{action.option_strings[-1]}: use asc.cli.integer / number (they refuse nan, inf and out-of-range values)")
+    top = _parsers()[name]
+    for bad in ("abc", "nan", "inf", "-5", "1e400"):
+        if action.type.__name__ == "integer" and bad == "1e400":
+            bad = "1.5"
+        with pytest.raises(SystemExit) as exit_info:
+            top.parse_args(words + [action.option_strings[-1], bad] + _filler(parser, action))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert action.option_strings[-1] in lines[0] and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def store(synth_set, fast_config, tmp_path_factory):
+    return build_stores(read_development(synth_set), [fast_config], tmp_path_factory.mktemp("store")).built[0]
+
+
+def _main(tool: str, argv: list[str]) -> int:
+    import asc.__main__
+    import search.__main__
+
+    return (asc.__main__ if tool == "asc" else search.__main__).main(argv)
+
+
+# (tool, argv with DATA, STORE, TMP placeholders, what the one line must name)
+BAD_RUNS = [
+    ("asc", ["describe", "TMP/file"], "TMP/file: no such dataset folder"),
+    ("asc", ["describe", "DATA", "--fold", "2"], "fold2_train.csv: missing"),
+    ("asc", ["synth", "TMP/file"], "TMP/file: already exists"),
+    ("asc", ["synth", "TMP/new", "--segments-per-scene", "1"], "--segments-per-scene must be at least 2"),
+    ("asc", ["synth", "TMP/new", "--seconds", "1e-9"], "--seconds"),
+    ("asc", ["synth", "TMP/new", "--sample-rate", "100"], "--sample-rate must be at least 8000"),
+    ("search", ["prepare", "DATA", "--store", "TMP/s", "--sample-rate", "22050", "--fmin", "20000", "--fmax", "10000"],
+     "fmin 20000 Hz must be below fmax 10000 Hz"),
+    ("search", ["prepare", "DATA", "--store", "TMP/s", "--sample-rate", "22050", "--fmax", "20000"],
+     "fmax 20000.0 Hz is above the Nyquist frequency"),
+    ("search", ["prepare", "DATA", "--store", "TMP/s", "--sample-rate", "22050", "--n-fft", "65536"],
+     "n_fft 65536 is longer than the clips"),
+    ("search", ["prepare", "DATA", "--store", "TMP/s", "--sample-rate", "22050", "--n-fft", "1024", "--hop-length",
+                "40000"], "hop_length 40000 is longer than the clips"),
+    ("search", ["prepare", "DATA", "--store", "TMP/file", "--sample-rate", "22050", "--n-fft", "1024"],
+     "TMP/file: cannot write a feature store here"),
+    ("search", ["prepare", "TMP/file", "--store", "TMP/s"], "TMP/file: no such dataset folder"),
+    ("asc", ["train", "--store", "STORE", "--system", "Z9", "--model", "cnn"], "Z9"),
+    ("asc", ["train", "--store", "TMP", "--system", "A2", "--model", "cnn"], "no feature store here"),
+    ("asc", ["train", "--store", "STORE", "--system", "A2", "--model", "cnn", "--json-out", "TMP/no/x.json"],
+     "--json-out TMP/no/x.json: no folder TMP/no"),
+    ("asc", ["train", "--store", "STORE", "--system", "A2", "--model", "cnn", "--checkpoint-dir", "TMP/file"],
+     "checkpoint_dir TMP/file: is a file"),
+    ("asc", ["train", "--store", "STORE", "--system", "A2", "--model", "cnn", "--device", "nonsense"], "nonsense"),
+    ("asc", ["compare", "--store", "STORE", "--systems", "A2", "Z9", "--model", "cnn", "--epochs", "1"], "Z9"),
+    ("asc", ["compare", "--store", "STORE", "--systems", "A2", "--model", "cnn", "--json-out", "TMP"],
+     "--json-out TMP: is a folder"),
+]
+
+
+@pytest.mark.parametrize("tool, argv, culprit", BAD_RUNS, ids=[" ".join(r[1][:1] + r[1][-2:]) for r in BAD_RUNS])
+def test_bad_invocations_are_one_line_before_any_work(tool, argv, culprit, synth_set, store, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    swap = lambda s: s.replace("DATA", str(synth_set)).replace("STORE", store).replace("TMP", str(tmp_path))  # noqa: E731
+    status = _main(tool, [swap(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert status != 0, out
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert swap(culprit) in lines[0] and "Traceback" not in err, err
+    assert "best epoch" not in out  # nothing was trained first
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("logmel*"))
+
+
+def _run(*args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_worker_niceness": "0"}
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=300, **kwargs)
+
+
+def test_describe_piped_into_head_ends_quietly(synth_set):
+    result = _run("bash", "-c", f"{sys.executable} -m asc describe {synth_set} --no-audio | head -1; "
+                  "echo status=${PIPESTATUS[0]} >&2")
+    assert result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.stderr.strip() in ("status=0", "status=141"), result.stderr
+
+
+def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
+    """SIGINT to the process group, as a terminal's Ctrl-C: exit 130, one line, no half store."""
+    data = tmp_path / "data"
+    assert _run(sys.executable, "-m", "asc", "synth", str(data), "--segments-per-scene", "12", "--parallel-per-scene",
+                "4", "--seconds", "4", "--sample-rate", "22050").returncode == 0
+    env = {**os.environ, "RAY_worker_niceness": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "search", "prepare", str(data), "--store", str(tmp_path / "store"),
+                             "--sample-rate", "22050", "--n-fft", "1024", "--n-mels", "32", "64", "--shard-size", "4",
+                             "--num-cpus", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "store" / ".staging").glob("*/part-*.arrow")):
+        time.sleep(0.2)  # interrupt mid-build: once the first shard is written
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["interrupted: stopped by Ctrl-C (nothing half-written is left)"], err
+    assert not list((tmp_path / "store").glob("logmel*"))
+    assert not list((tmp_path / "store" / ".staging").iterdir())
