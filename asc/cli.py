@@ -69,7 +69,8 @@ def _range(minimum, maximum) -> str:
     return f"must be {minimum} to {maximum}"
 
 
-COUNT = integer(1)  # clips, epochs, trials, bands, shards: at least one
-NON_NEGATIVE = integer(0)  # workers (0 = in this process), retries, bags
+MAX_COUNT = 2**31 - 1  # beyond any real count; larger values overflow the C libraries underneath
+COUNT = integer(1, MAX_COUNT)  # clips, epochs, trials, bands, shards: at least one
+NON_NEGATIVE = integer(0, MAX_COUNT)  # workers (0 = in this process), retries, bags
 SEED = integer(0, MAX_SEED)
 SECONDS = number(above=0)

@@ -65,6 +65,9 @@ class FeatureConfig:
                 raise AscError(f"{name} must be at least 1, not {numbers[name]!r}")
         if self.n_fft < 16:
             raise AscError(f"n_fft must be at least 16, not {self.n_fft!r}")
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise AscError(f"n_mels {self.n_mels} is more bands than n_fft {self.n_fft} has frequency bins "
+                           f"({self.n_fft // 2 + 1})")
         if self.power <= 0:
             raise AscError(f"power must be positive, not {self.power!r}")
         nyquist = self.sample_rate / 2
@@ -75,6 +78,20 @@ class FeatureConfig:
             raise AscError(f"fmax {fmax} Hz is above the Nyquist frequency of {self.sample_rate} Hz audio ({nyquist:g} Hz)")
         if self.fmin >= fmax:
             raise AscError(f"fmin {self.fmin:g} Hz must be below fmax {fmax:g} Hz")
+
+    def check_mel_bands(self) -> None:
+        """Every Mel band must hold some FFT bin: an empty one (too many bands for n_fft between fmin
+        and fmax) is a constant log(eps) row, not a feature. librosa only warns; this refuses."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa's "Empty filters detected": said below, in one line
+            basis = mel_basis(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax)
+        empty = int(np.count_nonzero(np.asarray(basis.sum(axis=1)).ravel() == 0))
+        if empty:
+            raise AscError(f"n_mels {self.n_mels}: {empty} of the bands hold no frequency bin of n_fft {self.n_fft} "
+                           f"between fmin {self.fmin:g} and fmax {self.fmax if self.fmax is not None else self.sample_rate / 2:g} Hz "
+                           "(fewer bands, or a larger n_fft)")
 
     def check_clip_length(self, samples: int, where: str) -> None:
         """A frame or hop longer than the clips gives one frame of padding per clip, not features."""

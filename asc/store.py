@@ -295,6 +295,7 @@ def _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress) -> li
     info = audio_info(first)  # the header only: a frame longer than the clips is refused before any work
     for config in configs:
         config.check_clip_length(round(info.frames * config.sample_rate / info.sample_rate), str(first))
+        config.check_mel_bands()
     staging = [root / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}" for _, name in todo]
     try:
         for folder in staging:

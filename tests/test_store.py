@@ -415,6 +415,7 @@ def _nothing_published(root: Path) -> None:
     (dict(fmin=float("nan")), "fmin must be a finite number"),
     (dict(fmin=-1.0), "fmin must be at least 0"),
     (dict(pad_mode="edge"), "pad_mode must be one of constant, reflect"),
+    (dict(n_fft=256, n_mels=200), "n_mels 200 is more bands than n_fft 256 has frequency bins"),
 ])
 def test_feature_settings_that_cannot_work_are_refused(fast_config, change, message):
     with pytest.raises(AscError, match=message.replace("(", r"\(")):
@@ -425,6 +426,13 @@ def test_feature_settings_that_cannot_work_are_refused(fast_config, change, mess
 def test_frames_longer_than_the_clips_are_refused_before_work(synth_set, fast_config, tmp_path, field):
     config = fast_config.__class__(**{**fast_config.to_dict(), field: 32768})  # the clips hold 22050 samples
     with pytest.raises(AscError, match=f"{field} 32768 is longer than the clips .*22050 samples"):
+        build_stores(read_development(synth_set), [config], tmp_path)
+    _nothing_published(tmp_path)
+
+
+def test_mel_bands_without_a_frequency_bin_are_refused_before_work(synth_set, fast_config, tmp_path):
+    config = fast_config.__class__(**{**fast_config.to_dict(), "n_fft": 256, "n_mels": 100})  # 129 bins
+    with pytest.raises(AscError, match="n_mels 100: .* of the bands hold no frequency bin of n_fft 256"):
         build_stores(read_development(synth_set), [config], tmp_path)
     _nothing_published(tmp_path)
 
