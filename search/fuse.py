@@ -234,7 +234,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError("--by gap_penalized needs --gap-lambda (the weight of |device gap|)")
     objective = Objective(by, gap_lambda)
     progress = sys.stderr.isatty() if progress is None else progress
-    check_tracking_uri(mlflow_uri)
+    check_tracking_uri(mlflow_uri, must_exist=True)
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

@@ -28,7 +28,7 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
     if local.exists():
         model_uri = str(local.resolve())
     elif mlflow_uri:
-        check_tracking_uri(mlflow_uri)
+        check_tracking_uri(mlflow_uri, must_exist=True)
         mlflow.set_tracking_uri(mlflow_uri)
         mlflow.set_registry_uri(mlflow_uri)
     try:

@@ -31,9 +31,10 @@ ROLE_TAG = "role"  # "search" (the parent run), "trial" or "fusion"
 MODEL_TAG = "model_uri"  # a trial's or a fusion's audio model (search.serving)
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False) -> None:
     """Fail in seconds, with one line, when a tracking server does not answer (MLflow itself retries
-    for minutes), or when a local store cannot be written."""
+    for minutes), or when a local store cannot be written. ``must_exist``: commands that only read
+    (fuse, predict) refuse a database file that is not there instead of creating an empty one."""
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         import urllib.request
@@ -49,6 +50,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         path = Path(uri[len("sqlite:///"):])
         if not path.parent.is_dir():
             raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist")
+        if must_exist and not path.is_file():
+            raise AscError(f"MLflow store {uri}: no such database (give the --mlflow-uri the search ran with)")
     elif parsed.scheme in ("", "file"):
         raise AscError(f"MLflow tracking URI {uri!r}: use a database (sqlite:///PATH.db) or a server "
                        "(http://HOST:5000); MLflow 3 refuses new file stores")

@@ -128,11 +128,18 @@ BAD_RUNS = [
     ("asc", ["compare", "--store", "STORE", "--systems", "A2", "Z9", "--model", "cnn", "--epochs", "1"], "Z9"),
     ("asc", ["compare", "--store", "STORE", "--systems", "A2", "--model", "cnn", "--json-out", "TMP"],
      "--json-out TMP: is a folder"),
+    ("search", ["fuse", "--experiment", "x", "--mlflow-uri", "sqlite:///TMP/none.db"], "sqlite:///TMP/none.db: no such database"),
+    ("search", ["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/none.db"],
+     "sqlite:///TMP/none.db: no such database"),
+    ("search", ["run", "spaces/smoke.yaml", "--store", "STORE", "--storage", "TMP/file"], "--storage TMP/file"),
+    ("search", ["resume", "nosuch", "--storage", "TMP"], "no search named 'nosuch'"),
 ]
 
 
 @pytest.mark.parametrize("tool, argv, culprit", BAD_RUNS, ids=[" ".join(r[1][:1] + r[1][-2:]) for r in BAD_RUNS])
-def test_bad_invocations_are_one_line_before_any_work(tool, argv, culprit, synth_set, store, tmp_path, capsys):
+def test_bad_invocations_are_one_line_before_any_work(tool, argv, culprit, synth_set, store, tmp_path, capsys,
+                                                     monkeypatch):
+    monkeypatch.chdir(REPO)
     (tmp_path / "file").write_text("x")
     swap = lambda s: s.replace("DATA", str(synth_set)).replace("STORE", store).replace("TMP", str(tmp_path))  # noqa: E731
     status = _main(tool, [swap(a) for a in argv])
@@ -143,6 +150,7 @@ def test_bad_invocations_are_one_line_before_any_work(tool, argv, culprit, synth
     assert swap(culprit) in lines[0] and "Traceback" not in err, err
     assert "best epoch" not in out  # nothing was trained first
     assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("logmel*"))
+    assert not (tmp_path / "none.db").exists()  # a command that reads does not create a store
 
 
 def _run(*args, **kwargs) -> subprocess.CompletedProcess:
