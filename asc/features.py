@@ -6,7 +6,7 @@ dropped, giving 128 x 430 for a 10 s, 44.1 kHz clip.
 
 The STFT is centred and pads the clip's ends with zeros (``pad_mode="constant"``, librosa 0.10's
 default and this project's); the paper's librosa (0.6 / 0.7) padded by reflection, which changes the
-first and last two frames of each clip (of 430) and nothing else. ``pad_mode="reflect"``
+first two frames and the last one of each clip (of 430) and nothing else. ``pad_mode="reflect"``
 (``prepare --pad-mode reflect``) reproduces the paper's features exactly.
 
 Several Mel-band counts share one STFT (:func:`log_mels`): the STFT is most of the cost, so asking for

@@ -133,3 +133,20 @@ def test_every_enhancement_is_pure_and_batched_equals_per_clip(enhancement):
 def test_unknown_normalisation_is_refused():
     with pytest.raises(AscError, match="normalization"):
         Enhancement("zscore")
+
+
+def test_reflect_padding_changes_only_the_edge_frames():
+    """The paper's librosa padded the STFT by reflection; ours pads with zeros unless asked."""
+    from asc.features import FeatureConfig, log_mel
+
+    y = np.random.default_rng(0).standard_normal(44100).astype(np.float32) * 0.1
+    zeros, reflect = (log_mel(y, FeatureConfig(pad_mode=mode)) for mode in ("constant", "reflect"))
+    changed = np.nonzero(np.abs(zeros - reflect).max(axis=0) > 1e-4)[0].tolist()
+    assert changed == [0, 1, zeros.shape[1] - 1]
+    import librosa
+
+    paper = np.log(librosa.feature.melspectrogram(y=y, sr=44100, n_fft=4096, hop_length=1024, n_mels=128, fmax=22050,
+                                                  pad_mode="reflect") + np.finfo(np.float32).eps)[:, :-1]
+    np.testing.assert_allclose(reflect, paper, atol=1e-3)
+    assert "pad_mode" not in FeatureConfig().to_dict()  # stores made before the option keep their names
+    assert FeatureConfig(pad_mode="reflect").key() != FeatureConfig().key()
