@@ -145,6 +145,16 @@ def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
+def check_finite(x: np.ndarray, y: np.ndarray, path, config: "FeatureConfig") -> np.ndarray:
+    """``x``, the features of the clip ``y`` read from ``path``, or an AscError naming the clip when
+    they are not finite (e.g. float audio near 1e30, whose power overflows float32): everything
+    downstream (statistics, the argmax of a prediction) would turn it into a silently wrong number."""
+    if not np.isfinite(x).all():
+        raise AscError(f"{path}: its log-Mel features are not finite ({np.count_nonzero(~np.isfinite(x))} values; "
+                       f"peak |sample| {np.abs(y).max():.3g}, power {config.power:g})")
+    return x
+
+
 @lru_cache(maxsize=16)
 def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None):
     """librosa's Slaney Mel filterbank, ``[n_mels, 1 + n_fft // 2]``, as a float32 CSR matrix.

@@ -24,7 +24,7 @@ import torch
 
 from asc.enhance import Enhancement
 from asc.errors import AscError
-from asc.features import FeatureConfig, load_audio, log_mels
+from asc.features import FeatureConfig, check_finite, load_audio, log_mels
 from asc.models import ModelConfig, build_model
 
 MEMBER_FORMAT = 1
@@ -173,10 +173,8 @@ class Ensemble:
                 config = member.features
                 if audio[config.sample_rate] is None:
                     audio[config.sample_rate] = load_audio(path, config.sample_rate, config.resample)
-                y = audio[config.sample_rate]
-                if not np.isfinite(y).all():
-                    raise AscError(f"{path}: audio holds non-finite samples (NaN or infinity)")
-                (x,) = log_mels(y, [config], member.correction(device))
+                y = audio[config.sample_rate]  # load_audio refuses NaN and infinite samples
+                x = check_finite(log_mels(y, [config], member.correction(device))[0], y, path, config)
                 if frames.setdefault(key, x.shape[-1]) != x.shape[-1]:
                     raise AscError(f"{path}: {len(y) / config.sample_rate:.2f} s gives {x.shape[-1]} frames; the "
                                    f"model's clips had {frames[key]} (every clip must have the same length)")

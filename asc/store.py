@@ -42,7 +42,7 @@ from filelock import FileLock
 from asc import REFERENCE_DEVICE
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, Clip, Dataset, audio_info, validation_locations
 from asc.errors import AscError
-from asc.features import FeatureConfig, correction_coefficients, load_audio, log_mels, mean_magnitude_spectrum
+from asc.features import FeatureConfig, check_finite, correction_coefficients, load_audio, log_mels, mean_magnitude_spectrum
 from asc.parallel import serial_map
 
 FORMAT_VERSION = 1
@@ -140,9 +140,7 @@ def run_shard(task: ShardTask) -> dict:
             if not group:
                 continue
             for i, x in zip(group, log_mels(y, [configs[i] for i in group], correction)):
-                if not np.isfinite(x).all():  # e.g. float audio near 1e30, whose power overflows float32
-                    raise AscError(f"{path}: its log-Mel features are not finite ({np.count_nonzero(~np.isfinite(x))} "
-                                   f"values; peak |sample| {np.abs(y).max():.3g}); nothing was published")
+                check_finite(x, y, path, configs[i])
                 if features[i] and x.shape != features[i][0].shape:
                     raise _length_error(f"{path}: {len(y) / reference.sample_rate:.2f} s", x.shape[-1],
                                         task.clips[0].filename, features[i][0].shape[-1])

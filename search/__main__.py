@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=COUNT, default=None,
                      help="models per trial, trained in lockstep with successive seeds; trials are ranked, pruned "
                           "and learned from on the mean over them (default: the space's seeds, else 1)")
-    run.add_argument("--max-failures", type=integer(-1), default=3, help="retries of a trial whose worker died (default %(default)s)")
+    run.add_argument("--max-failures", type=integer(-1), default=3,
+                     help="retries of a trial whose worker died; -1 retries forever (default %(default)s)")
     run.add_argument("--top", type=COUNT, default=10, help="rows of the best-trials table (default %(default)s)")
     run.set_defaults(run=_run)
 

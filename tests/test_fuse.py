@@ -151,6 +151,15 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "1.wav" in done.stderr
     assert out.read_text() == before
+    # A float clip near 1e30 reads, but its features overflow: named, not predicted as argmax(NaN).
+    import soundfile
+
+    y, rate = soundfile.read(searched["data"] / evaluate[0], dtype="float32")
+    soundfile.write(unlabeled / "1.wav", y * np.float32(1e30), rate, subtype="FLOAT")
+    done = cli("predict", f"runs:/{trial}/model", str(unlabeled.parent), "--out", str(out),
+               "--mlflow-uri", searched["uri"])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "1.wav: its log-Mel features are not finite" in done.stderr and out.read_text() == before
 
 
 def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(searched, tmp_path):
