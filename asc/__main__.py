@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE, SECONDS, SEED, number
+from asc.cli import COUNT, PROCESSES, SAMPLE_RATE, SECONDS, SEED, SEGMENTS, ArgumentParser, integer
 from asc.errors import AscError, run_command, writable_file, writable_folder
 
 
@@ -101,7 +101,7 @@ def _train(args) -> None:
 def _compare(args) -> None:
     """Several systems, one after the other, and their device table beside the paper's."""
     from asc.systems import format_comparison
-    from asc.train import train, train_seeds, write_json
+    from asc.train import check_config, train, train_seeds, write_json
 
     if args.json_out:
         writable_file(args.json_out, "--json-out")
@@ -110,6 +110,8 @@ def _compare(args) -> None:
     # Every system and its store before the first is trained: a typo in the last must not cost the rest.
     systems = [(system_id, *_system_config(args, system_id, str(Path(args.checkpoint_root) / system_id.upper())
                                            if args.checkpoint_root else None)) for system_id in args.systems]
+    for _, _, config in systems:
+        check_config(config)
     rows = []
     for system_id, system, config in systems:
         print(_describe_system(system_id, system, config), flush=True)
@@ -144,7 +146,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
-    parser.add_argument("--workers", type=NON_NEGATIVE, default=0, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=PROCESSES, default=0, help="DataLoader worker processes")
     parser.add_argument("--json-out", default=None, help="write the result (best epoch, every metric) as JSON")
 
 
@@ -164,14 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SynthConfig()
     synth = commands.add_parser("synth", help="write a synthetic multi-device dataset in the DCASE layout")
     synth.add_argument("out", help="folder to create (must not exist or be empty)")
-    synth.add_argument("--segments-per-scene", type=COUNT, default=defaults.segments_per_scene,
+    synth.add_argument("--segments-per-scene", type=SEGMENTS, default=defaults.segments_per_scene,
                        help="device-A segments per scene (default %(default)s)")
-    synth.add_argument("--parallel-per-scene", type=NON_NEGATIVE, default=defaults.parallel_per_scene,
+    synth.add_argument("--parallel-per-scene", type=integer(0, 100_000), default=defaults.parallel_per_scene,
                        help="of those, segments also recorded by every other device (default %(default)s)")
     synth.add_argument("--seconds", type=SECONDS, default=defaults.seconds, help="clip length (default %(default)s)")
-    synth.add_argument("--sample-rate", type=COUNT, default=defaults.sample_rate, help="Hz (default %(default)s)")
+    synth.add_argument("--sample-rate", type=SAMPLE_RATE, default=defaults.sample_rate, help="Hz (default %(default)s)")
     synth.add_argument("--seed", type=SEED, default=defaults.seed, help="(default %(default)s)")
-    synth.add_argument("--workers", type=COUNT, default=None, help="processes (default: one per core)")
+    synth.add_argument("--workers", type=PROCESSES, default=None, help="processes (default or 0: one per core)")
     synth.set_defaults(run=_synth)
 
     tr = commands.add_parser("train", help="train one of the paper's systems (A1-A7, B1-B7) without Ray")

@@ -73,4 +73,7 @@ MAX_COUNT = 2**31 - 1  # beyond any real count; larger values overflow the C lib
 COUNT = integer(1, MAX_COUNT)  # clips, epochs, trials, bands, shards: at least one
 NON_NEGATIVE = integer(0, MAX_COUNT)  # workers (0 = in this process), retries, bags
 SEED = integer(0, MAX_SEED)
+PROCESSES = integer(0, 1024)  # worker processes (0: none, or all cores where the help says so)
+SAMPLE_RATE = integer(1, 768_000)  # Hz: the highest rate audio interfaces record
+SEGMENTS = integer(1, 100_000)  # synthetic segments per scene (1e5 x 10 scenes is a 3 TB set at 44.1 kHz, 3 s)
 SECONDS = number(above=0)

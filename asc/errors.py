@@ -71,7 +71,7 @@ def run_main(main) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: stopped by Ctrl-C (nothing half-written is left)", file=sys.stderr)
+        print("interrupted: stopped by Ctrl-C", file=sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:
         # Python's documented remedy: point stdout at /dev/null so that the interpreter's own flush

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers as numbers_module
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +52,9 @@ class FeatureConfig:
 
     def __post_init__(self):
         """Settings that cannot give finite features are refused here, before any audio is read."""
+        for f in dataclasses.fields(self):  # NumPy scalars (from a sweep, a YAML loader) as plain numbers
+            if isinstance(getattr(self, f.name), np.generic):
+                object.__setattr__(self, f.name, getattr(self, f.name).item())
         if self.dtype not in ("float32", "float16"):
             raise AscError(f"dtype must be float32 or float16, not {self.dtype!r}")
         if self.pad_mode not in PAD_MODES:
@@ -58,7 +62,7 @@ class FeatureConfig:
         numbers = {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "hop_length": self.hop_length,
                    "n_mels": self.n_mels, "fmin": self.fmin, "power": self.power}
         for name, value in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers_module.Real) or not math.isfinite(value):
                 raise AscError(f"{name} must be a finite number, not {value!r}")
         for name in ("sample_rate", "n_mels", "hop_length"):
             if numbers[name] < 1:
@@ -74,7 +78,9 @@ class FeatureConfig:
         fmax = nyquist if self.fmax is None else self.fmax
         if self.fmin < 0:
             raise AscError(f"fmin must be at least 0 Hz, not {self.fmin!r}")
-        if not isinstance(fmax, (int, float)) or not math.isfinite(fmax) or fmax > nyquist:
+        if isinstance(fmax, bool) or not isinstance(fmax, numbers_module.Real) or not math.isfinite(fmax):
+            raise AscError(f"fmax must be a finite number or None, not {self.fmax!r}")
+        if fmax > nyquist:
             raise AscError(f"fmax {fmax} Hz is above the Nyquist frequency of {self.sample_rate} Hz audio ({nyquist:g} Hz)")
         if self.fmin >= fmax:
             raise AscError(f"fmin {self.fmin:g} Hz must be below fmax {fmax:g} Hz")

@@ -216,28 +216,28 @@ def build_stores(
         report.up_to_date = [str(root / name) for name, _ in named]
         report.seconds = time.perf_counter() - start
         return report
-    try:
-        for sub in (".staging", ".locks"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AscError(f"{root}: cannot write a feature store here ({exc.strerror or exc})") from None
     held: list[FileLock] = []
     try:
         todo = []
-        for name, config in named:
-            lock = FileLock(str(root / ".locks" / f"{name}.lock"))
-            lock.acquire()  # a concurrent build of the same store finishes first; then ours is a no-op
-            held.append(lock)
-            if (root / name / MANIFEST).is_file():
-                damage = store_damage(root / name)
-                if damage is None:
-                    report.up_to_date.append(str(root / name))
-                    continue
-                report.damaged[str(root / name)] = damage
-                _discard(root / name, root / ".staging")  # rebuilt below under the same name
-            for stale in (root / ".staging").glob(f"{name}-*"):  # left by a killed build (we hold the lock)
-                shutil.rmtree(stale, ignore_errors=True)
-            todo.append((config, name))
+        try:
+            for sub in (".staging", ".locks"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            for name, config in named:
+                lock = FileLock(str(root / ".locks" / f"{name}.lock"))
+                lock.acquire()  # a concurrent build of the same store finishes first; then ours is a no-op
+                held.append(lock)
+                if (root / name / MANIFEST).is_file():
+                    damage = store_damage(root / name)
+                    if damage is None:
+                        report.up_to_date.append(str(root / name))
+                        continue
+                    report.damaged[str(root / name)] = damage
+                    _discard(root / name, root / ".staging")  # rebuilt below under the same name
+                for stale in (root / ".staging").glob(f"{name}-*"):  # left by a killed build (we hold the lock)
+                    shutil.rmtree(stale, ignore_errors=True)
+                todo.append((config, name))
+        except OSError as exc:  # e.g. a read-only root that lacks a store asked for
+            raise AscError(f"{root}: cannot write a feature store here ({exc.strerror or exc})") from None
         if todo:
             report.clips = len(dataset)
             report.built = _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress)
@@ -253,7 +253,10 @@ def store_damage(path: Path) -> str | None:
     a shard missing or of another size (a manifest older than the recorded sizes: a shard whose
     Arrow footer does not read, or holds another number of rows). Costs a stat per shard."""
     path = Path(path)
-    manifest = read_manifest(path / MANIFEST)
+    try:
+        manifest = read_manifest(path / MANIFEST)
+    except AscError:
+        return f"{MANIFEST} is not readable JSON"
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not all(isinstance(s, dict) and "file" in s and "rows" in s for s in shards):
         return f"{MANIFEST} lists no shards"
@@ -282,7 +285,7 @@ def _intact(path: Path) -> bool:
 
 def _discard(path: Path, staging: Path) -> None:
     """Take a damaged store out of view at once (a rename), then delete it."""
-    aside = staging / f".{path.name}-damaged-{uuid.uuid4().hex[:8]}"
+    aside = staging / f"{path.name}-damaged-{uuid.uuid4().hex[:8]}"  # swept with the stale ones if rmtree fails
     os.rename(path, aside)
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -457,6 +460,9 @@ class FeatureStore:
         self.manifest = read_manifest(manifest_path)
         if self.manifest.get("format") != FORMAT_VERSION:
             raise AscError(f"{manifest_path}: store format {self.manifest.get('format')}, this code reads {FORMAT_VERSION}")
+        dataset = self.manifest.get("dataset") or {}
+        if isinstance(dataset.get("devices"), list):  # written from a set with capital device letters
+            dataset["devices"] = list(dict.fromkeys(str(d).lower() for d in dataset["devices"]))
         damage = store_damage(self.path)
         if damage is not None:
             raise AscError(f"{self.path}: damaged store: {damage} (run `python -m search prepare` again to rebuild it)")
@@ -598,6 +604,8 @@ def current_stores(store_root: str | Path) -> list[tuple[Path, dict]]:
         if not manifest_path.is_file():
             continue
         manifest = read_manifest(manifest_path)
+        if (manifest.get("config") or {}).get("spectrum_correction") and manifest.get("correction") != CORRECTION_RECIPE:
+            continue  # fitted by an older rule (on the validation locations too): prepare makes its successor
         key = json.dumps([manifest.get("config"), manifest.get("dataset", {}).get("root")], sort_keys=True)
         groups.setdefault(key, []).append((manifest_path.stat().st_mtime_ns, path, manifest))
     current = []

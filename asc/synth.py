@@ -719,9 +719,12 @@ def write_dataset(out: str | Path, config: SynthConfig = SynthConfig(), workers:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AscError(f"{out}: already exists and is not an empty folder; choose a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
     segments = plan(config)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise AscError(f"{out}: cannot write here ({exc.strerror or exc})") from None
     try:
         (tmp / "audio").mkdir()
         bar = tqdm(total=sum(len(s.devices) for s in segments), desc="synthesizing", unit="clip",

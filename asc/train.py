@@ -42,6 +42,11 @@ from asc.store import FeatureStore
 Report = Callable[[int, dict, str | None], None]
 
 
+class Diverged(AscError):
+    """The training loss became NaN or infinite: the run stops (a search ends such a trial at its
+    last good epoch instead of retrying it, which would diverge the same way)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     store: str  # a feature store folder (made by `python -m search prepare`)
@@ -188,6 +193,26 @@ def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndar
     if not val_mask.any():
         raise AscError(f"{config.store}: too few training locations to hold some out for validation")
     return _enough(train[~val_mask], config), _selectable(clips, train[val_mask], config, "validation"), evaluate
+
+
+def check_config(config: TrainConfig) -> None:
+    """Everything about ``config`` that can be checked without training, as :class:`Training` checks
+    it when it starts: the checkpoint folder, the store, the split and selection, the spectrum
+    correction's fit and the ImageNet weights file. For callers about to run several configurations
+    one after another (``compare``), so that the last one's mistake does not cost the first ones."""
+    from asc.models import default_weights_path
+
+    _device(config)
+    for seed_dir in [config.checkpoint_dir] if config.checkpoint_dir else []:
+        writable_folder(seed_dir, "checkpoint_dir")
+    store = FeatureStore(config.store)
+    _check_correction(store, config)
+    split_indices(store.clips, config)
+    model = config.model
+    if model.name == "msxception" and model.pretrained and not model.allow_download:
+        weights = Path(model.weights) if model.weights else default_weights_path()
+        if not weights.is_file():
+            raise AscError(f"{weights}: ImageNet Xception weights not found; pass --weights or train without pretraining")
 
 
 def _check_correction(store: FeatureStore, config: TrainConfig) -> None:
@@ -416,9 +441,11 @@ class Training:
             loss = mixup_loss(logits.float(), y1, y2, lam)
             value = loss.item()
             if not math.isfinite(value):  # before the step: the last checkpoint stays the last good epoch
-                raise AscError(f"epoch {epoch}, step {steps + 1}: the training loss is {value} (learning rate "
-                               f"{self.optimizer.param_groups[0]['lr']:g}); stopped, the checkpoint of epoch "
-                               f"{epoch - 1} is kept (a lower lr, or check the features of {config.store})")
+                kept = (f"the checkpoint of epoch {epoch - 1} is kept" if self.ckpt_dir is not None and epoch > 1
+                        else "nothing was saved")
+                raise Diverged(f"epoch {epoch}, step {steps + 1}: the training loss is {value} (learning rate "
+                               f"{self.optimizer.param_groups[0]['lr']:g}); stopped, {kept} (a lower lr, or check "
+                               f"the features of {config.store})")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE, SEED, integer, number
+from asc.cli import SAMPLE_RATE, ArgumentParser, COUNT, NON_NEGATIVE, SEED, integer, number
 from asc.errors import run_command, run_main
 
 def _demo(args) -> None:
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--n-mels", type=COUNT, nargs="+", default=[128],
                       help="Mel-band counts; one STFT per clip serves them all (default 128)")
     paper = FeatureConfig()
-    prep.add_argument("--sample-rate", type=COUNT, default=paper.sample_rate, help="Hz (default %(default)s)")
+    prep.add_argument("--sample-rate", type=SAMPLE_RATE, default=paper.sample_rate, help="Hz (default %(default)s)")
     prep.add_argument("--n-fft", type=COUNT, default=paper.n_fft, help="(default %(default)s)")
     prep.add_argument("--hop-length", type=COUNT, default=paper.hop_length, help="(default %(default)s)")
     prep.add_argument("--fmin", type=number(minimum=0), default=paper.fmin, help="Hz (default %(default)s)")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE, SECONDS
+from asc.cli import ArgumentParser, COUNT, SECONDS, SEGMENTS, integer
 from asc.synth import SynthConfig, write_dataset
 from search.bench import add_report_options
 
@@ -148,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="set, stores and checkpoints (reused on a rerun; default %(default)s)")
     add_report_options(parser)
     defaults = SynthConfig()
-    parser.add_argument("--segments-per-scene", type=COUNT, default=defaults.segments_per_scene,
+    parser.add_argument("--segments-per-scene", type=SEGMENTS, default=defaults.segments_per_scene,
                         help="a smaller set for a quick look (the claim is on the default, %(default)s)")
-    parser.add_argument("--parallel-per-scene", type=NON_NEGATIVE, default=defaults.parallel_per_scene, help="(default %(default)s)")
+    parser.add_argument("--parallel-per-scene", type=integer(0, 100_000), default=defaults.parallel_per_scene, help="(default %(default)s)")
     parser.add_argument("--seconds", type=SECONDS, default=defaults.seconds, help="(default %(default)s)")
     return parser
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from asc.cli import ArgumentParser, COUNT, NON_NEGATIVE
+from asc.cli import PROCESSES, ArgumentParser, COUNT
 from asc.enhance import Enhancement
 from asc.features import FeatureConfig
 from asc.models import ModelConfig
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="+", default=["cnn", "msxception"], choices=["cnn", "msxception"])
     parser.add_argument("--epochs", type=COUNT, default=2, help="the last epoch is measured (default %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=NON_NEGATIVE, default=None, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
+    parser.add_argument("--workers", type=PROCESSES, default=None, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
     parser.add_argument("--store", default=None, help="use this store instead of writing a synthetic one")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     return parser

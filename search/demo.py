@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from asc.cli import COUNT, NON_NEGATIVE, SECONDS, SEED
+from asc.cli import COUNT, SECONDS, SEED, SEGMENTS, integer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPACE = REPO / "spaces" / "demo.yaml"
@@ -143,8 +143,8 @@ def run_demo(args) -> None:
 
 def add_arguments(demo, defaults) -> None:
     demo.add_argument("--workdir", type=Path, default=Path("asc-demo"), help="(default %(default)s)")
-    demo.add_argument("--segments-per-scene", type=COUNT, default=defaults.segments_per_scene)
-    demo.add_argument("--parallel-per-scene", type=NON_NEGATIVE, default=defaults.parallel_per_scene)
+    demo.add_argument("--segments-per-scene", type=SEGMENTS, default=defaults.segments_per_scene)
+    demo.add_argument("--parallel-per-scene", type=integer(0, 100_000), default=defaults.parallel_per_scene)
     demo.add_argument("--seconds", type=SECONDS, default=defaults.seconds)
     demo.add_argument("--seed", type=SEED, default=defaults.seed)
     demo.add_argument("--num-samples", type=COUNT, default=None, help="trials (default: spaces/demo.yaml's)")

@@ -62,7 +62,7 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     store folder, resolved by the driver before any trial starts."""
     from ray import tune
 
-    from asc.train import train, train_seeds
+    from asc.train import Diverged, train, train_seeds
 
     params = dict(config)
     store = stores[space.feature_config(params).key()]
@@ -86,6 +86,10 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
                         evaluate_best=train_config.protocol == "validation")
         else:
             train(train_config, report, evaluate_best=train_config.protocol == "validation")
+    except Diverged as exc:
+        # Ends the trial at its last reported epoch (Optuna is told that epoch's value): a retry from
+        # the checkpoint would draw the same batches and diverge again.
+        print(f"trial stopped: {exc}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -220,9 +220,11 @@ def _check_selection_devices(space: Space, store: str) -> None:
         config = space.train_config({**space.fixed, "protocol": protocol}, store)
         _, select, _ = split_indices(clips, config)
         devices = sorted({clips[i].device for i in select})
-        if not set(devices) - {REFERENCE_DEVICE}:
+        both = space.objective.name != "acc_bc"  # Metric B and what is built on it need A clips too
+        if not set(devices) - {REFERENCE_DEVICE} or (both and REFERENCE_DEVICE not in devices):
             raise AscError(f"{space.path}: objective: {space.objective.name} needs clips of devices other than "
-                           f"{REFERENCE_DEVICE.upper()} among the selection clips, but the {protocol} protocol selects "
+                           f"{REFERENCE_DEVICE.upper()}{' and of ' + REFERENCE_DEVICE.upper() if both else ''} among the "
+                           f"selection clips, but the {protocol} protocol selects "
                            f"on {len(select)} clips of device {', '.join(d.upper() for d in devices)} only ({store})")
 
 

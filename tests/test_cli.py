@@ -87,6 +87,19 @@ def test_every_numeric_option_refuses_what_it_cannot_use(name, words, parser, ac
         assert action.option_strings[-1] in lines[0] and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("name, words, parser, action", list(_numeric_options()))
+def test_every_numeric_option_accepts_its_default_and_documented_bounds(name, words, parser, action):
+    """The other half: the bounds must not refuse what was legitimate (defaults, 0 workers, -1 retries)."""
+    top = _parsers()[name]
+    option = action.option_strings[-1]
+    values = [action.default[0] if isinstance(action.default, list) else action.default]
+    values += {"--workers": ["0"], "--max-failures": ["-1"], "--fmin": ["0"], "--seed": ["0", str(2**32 - 1)],
+               "--bags": ["0"], "--parallel-per-scene": ["0"], "--gpus-per-trial": ["0.25"]}.get(option, [])
+    for value in [v for v in values if v is not None]:
+        args = top.parse_args(words + _filler(parser, action) + [option, str(value)])
+        assert getattr(args, action.dest) in (action.type(str(value)), [action.type(str(value))])
+
+
 @pytest.fixture(scope="module")
 def store(synth_set, fast_config, tmp_path_factory):
     return build_stores(read_development(synth_set), [fast_config], tmp_path_factory.mktemp("store")).built[0]
@@ -104,6 +117,7 @@ BAD_RUNS = [
     ("asc", ["describe", "TMP/file"], "TMP/file: no such dataset folder"),
     ("asc", ["describe", "DATA", "--fold", "2"], "fold2_train.csv: missing"),
     ("asc", ["synth", "TMP/file"], "TMP/file: already exists"),
+    ("asc", ["synth", "TMP/file/below"], "TMP/file/below: cannot write here"),
     ("asc", ["synth", "TMP/new", "--segments-per-scene", "1"], "--segments-per-scene must be at least 2"),
     ("asc", ["synth", "TMP/new", "--seconds", "1e-9"], "--seconds"),
     ("asc", ["synth", "TMP/new", "--sample-rate", "100"], "--sample-rate must be at least 8000"),
@@ -126,6 +140,9 @@ BAD_RUNS = [
      "checkpoint_dir TMP/file: is a file"),
     ("asc", ["train", "--store", "STORE", "--system", "A2", "--model", "cnn", "--device", "nonsense"], "nonsense"),
     ("asc", ["compare", "--store", "STORE", "--systems", "A2", "Z9", "--model", "cnn", "--epochs", "1"], "Z9"),
+    # A1 (no pretraining) would train first; A2's missing weights must stop the command before it
+    ("asc", ["compare", "--store", "STORE", "--systems", "A1", "A2", "--epochs", "1", "--weights", "TMP/none.pth"],
+     "TMP/none.pth: ImageNet Xception weights not found"),
     ("asc", ["compare", "--store", "STORE", "--systems", "A2", "--model", "cnn", "--json-out", "TMP"],
      "--json-out TMP: is a folder"),
     ("search", ["fuse", "--experiment", "x", "--mlflow-uri", "sqlite:///TMP/none.db"], "sqlite:///TMP/none.db: no such database"),
@@ -184,6 +201,6 @@ def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == ["interrupted: stopped by Ctrl-C (nothing half-written is left)"], err
+    assert lines == ["interrupted: stopped by Ctrl-C"], err
     assert not list((tmp_path / "store").glob("logmel*"))
     assert not list((tmp_path / "store" / ".staging").iterdir())

@@ -479,6 +479,29 @@ def test_a_truncated_shard_is_named_and_rebuilt_by_prepare(synth_set, fast_confi
     assert build_stores(dataset, [fast_config], tmp_path, shard_size=16).built == [str(path)]
 
 
+def test_numpy_scalars_are_plain_settings(fast_config):
+    config = fast_config.__class__(**{**fast_config.to_dict(), "n_mels": np.int64(32), "fmax": np.float32(11025)})
+    assert config == fast_config and type(config.n_mels) is int and config.key() == fast_config.key()
+
+
+def test_a_corrected_store_fitted_by_the_old_rule_is_not_current(synth_set, fast_config, tmp_path):
+    """Corrected stores from before the correction left out the validation locations are superseded."""
+    from asc.__main__ import resolve_store
+    from asc.store import current_stores
+
+    corrected_config = fast_config.__class__(**{**fast_config.to_dict(), "spectrum_correction": True})
+    path = Path(build_stores(read_development(synth_set), [corrected_config], tmp_path).built[0])
+    assert [p for p, _ in current_stores(tmp_path)] == [path]
+    manifest = json.loads((path / MANIFEST).read_text())
+    del manifest["correction"]
+    manifest["dataset"]["devices"] = ["A", "b", "c"]  # and a store written from capital device letters
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    assert current_stores(tmp_path) == []
+    with pytest.raises(AscError, match="no spectrum-corrected feature store here"):
+        resolve_store(str(tmp_path), spectrum_correction=True)
+    assert FeatureStore(path).manifest["dataset"]["devices"] == ["a", "b", "c"]
+
+
 def test_a_store_root_that_is_a_file_is_one_line(synth_set, fast_config, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(AscError, match=f"{tmp_path / 'file'}: cannot write a feature store here"):
@@ -511,6 +534,9 @@ def test_an_up_to_date_read_only_store_is_still_usable(synth_set, fast_config, t
     undo = read_only(tmp_path / "store")
     try:
         assert build_stores(dataset, [fast_config], tmp_path / "store").up_to_date == [path]
+        other_bands = fast_config.__class__(**{**fast_config.to_dict(), "n_mels": 16})
+        with pytest.raises(AscError, match="store: cannot write a feature store here"):
+            build_stores(dataset, [other_bands], tmp_path / "store")
         again = train(config)  # reads the cache, writes nothing
         assert again["history"][0]["loss"] == expected["history"][0]["loss"]
         other = dataclasses.replace(config, enhancement=Enhancement("gms", median_filter=(5, 5)))
