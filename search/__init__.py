@@ -12,3 +12,10 @@ _os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # bottleneck"): our MLflow callback writes a SQLite store once per trial-epoch, which on a busy 2-core
 # machine takes about that, against epochs of many seconds. Read when ray.tune is first imported.
 _os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
+
+import logging as _logging
+
+# MLflow logs at INFO that it creates (and migrates) a new SQLite store's tables: on stderr, where a
+# user reads errors, at the start of every first search. The store's path is in the summary anyway.
+_logging.getLogger("mlflow.store.db.utils").setLevel(_logging.WARNING)
+_logging.getLogger("alembic.runtime.migration").setLevel(_logging.WARNING)
