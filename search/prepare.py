@@ -105,8 +105,15 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
         if isinstance(exc.cause, AscError):
             raise AscError(str(exc.cause)) from None
         raise
-    except BaseException:  # Ctrl-C: stop the tasks before the caller removes what they write into
-        _cancel(pending)
+    except KeyboardInterrupt:
+        # Ctrl-C: stop the tasks before the caller removes the staging folder they write into. A
+        # private local instance is shut down whole (synchronous; force-cancelling tasks mid-write
+        # could trip a fatal check in Ray's task manager); on a cluster the tasks are asked to stop.
+        if address is None:
+            ray.shutdown()
+        else:
+            for ref in pending:
+                ray.cancel(ref)
         raise
     return results
 

@@ -188,19 +188,31 @@ def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
     data = tmp_path / "data"
     assert _run(sys.executable, "-m", "asc", "synth", str(data), "--segments-per-scene", "12", "--parallel-per-scene",
                 "4", "--seconds", "4", "--sample-rate", "22050").returncode == 0
+    for attempt in range(2):
+        store = tmp_path / f"store{attempt}"
+        returncode, err = _interrupt_prepare(data, store)
+        # Ray's own fatal check ("An unexpected system state has occurred", task_manager.cc) fired once in
+        # CI when force-cancelled tasks met the interrupt; prepare no longer force-cancels, but a Ray
+        # bug is not this project's: one retry, and only for that signature.
+        if "An unexpected system state has occurred" not in err:
+            break
+    assert returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["interrupted: stopped by Ctrl-C"], err
+    assert not list(store.glob("logmel*"))
+    assert not list((store / ".staging").iterdir())
+
+
+def _interrupt_prepare(data: Path, store: Path) -> tuple[int, str]:
     env = {**os.environ, "RAY_worker_niceness": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "search", "prepare", str(data), "--store", str(tmp_path / "store"),
+    proc = subprocess.Popen([sys.executable, "-m", "search", "prepare", str(data), "--store", str(store),
                              "--sample-rate", "22050", "--n-fft", "1024", "--n-mels", "32", "64", "--shard-size", "4",
                              "--num-cpus", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "store" / ".staging").glob("*/part-*.arrow")):
+    while time.time() < deadline and not list((store / ".staging").glob("*/part-*.arrow")):
         time.sleep(0.2)  # interrupt mid-build: once the first shard is written
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == ["interrupted: stopped by Ctrl-C"], err
-    assert not list((tmp_path / "store").glob("logmel*"))
-    assert not list((tmp_path / "store" / ".staging").iterdir())
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
