@@ -119,13 +119,10 @@ class MSXception(nn.Module):
         return self.head(self.embeddings(x))
 
 
-def load_xception_weights(backbone: nn.Module, path: str | os.PathLike | None, allow_download: bool = False) -> Path:
-    """Load ImageNet weights (the pretrainedmodels file format) into an Xception backbone.
-
-    ``path`` None means pretrainedmodels' own cache file; if that is absent and ``allow_download``,
-    pretrainedmodels' download is tried. Weights that cannot be had are an AscError naming the path
-    expected; there is never a silent fall-back to random weights.
-    """
+def xception_weights_file(path: str | os.PathLike | None, allow_download: bool = False) -> Path:
+    """The ImageNet weights file a pretrained MSXception loads (``path``, or pretrainedmodels' cache
+    file, downloaded there first when ``allow_download``); an AscError naming the path expected when
+    it cannot be had."""
     target = Path(path) if path else default_weights_path()
     if not target.is_file():
         if path is None and allow_download:
@@ -140,6 +137,17 @@ def load_xception_weights(backbone: nn.Module, path: str | os.PathLike | None, a
                 f"{target}: ImageNet Xception weights not found; put {XCEPTION_WEIGHTS_FILE} there, pass its path "
                 "as weights, or train without pretraining (pretrained false)"
             )
+    return target
+
+
+def load_xception_weights(backbone: nn.Module, path: str | os.PathLike | None, allow_download: bool = False) -> Path:
+    """Load ImageNet weights (the pretrainedmodels file format) into an Xception backbone.
+
+    ``path`` None means pretrainedmodels' own cache file; if that is absent and ``allow_download``,
+    pretrainedmodels' download is tried. Weights that cannot be had are an AscError naming the path
+    expected; there is never a silent fall-back to random weights.
+    """
+    target = xception_weights_file(path, allow_download)
     try:
         state = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:

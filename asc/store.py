@@ -248,15 +248,17 @@ def build_stores(
     return report
 
 
-def store_damage(path: Path) -> str | None:
+def store_damage(path: Path, manifest: dict | None = None) -> str | None:
     """What is wrong with a published store's files, or None when they are as its manifest records:
     a shard missing or of another size (a manifest older than the recorded sizes: a shard whose
-    Arrow footer does not read, or holds another number of rows). Costs a stat per shard."""
+    Arrow footer does not read, or holds another number of rows). Costs a stat per shard.
+    ``manifest``: the store's manifest when the caller has read it already."""
     path = Path(path)
-    try:
-        manifest = read_manifest(path / MANIFEST)
-    except AscError:
-        return f"{MANIFEST} is not readable JSON"
+    if manifest is None:
+        try:
+            manifest = read_manifest(path / MANIFEST)
+        except AscError:
+            return f"{MANIFEST} is not readable JSON"
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not all(isinstance(s, dict) and "file" in s and "rows" in s for s in shards):
         return f"{MANIFEST} lists no shards"
@@ -463,7 +465,7 @@ class FeatureStore:
         dataset = self.manifest.get("dataset") or {}
         if isinstance(dataset.get("devices"), list):  # written from a set with capital device letters
             dataset["devices"] = list(dict.fromkeys(str(d).lower() for d in dataset["devices"]))
-        damage = store_damage(self.path)
+        damage = store_damage(self.path, self.manifest)
         if damage is not None:
             raise AscError(f"{self.path}: damaged store: {damage} (run `python -m search prepare` again to rebuild it)")
         try:

@@ -195,24 +195,23 @@ def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndar
     return _enough(train[~val_mask], config), _selectable(clips, train[val_mask], config, "validation"), evaluate
 
 
-def check_config(config: TrainConfig) -> None:
-    """Everything about ``config`` that can be checked without training, as :class:`Training` checks
-    it when it starts: the checkpoint folder, the store, the split and selection, the spectrum
-    correction's fit and the ImageNet weights file. For callers about to run several configurations
-    one after another (``compare``), so that the last one's mistake does not cost the first ones."""
-    from asc.models import default_weights_path
+def check_config(config: TrainConfig) -> tuple[Path | None, FeatureStore, tuple]:
+    """Everything about ``config`` that can be checked without training: the device, the checkpoint
+    folder (made), the store, the split and selection, the spectrum correction's fit and the ImageNet
+    weights file. :class:`Training` starts with it; ``compare`` calls it for every system before the
+    first trains, so that the last one's mistake does not cost the first ones. Returns the checkpoint
+    folder, the opened store and :func:`split_indices`."""
+    from asc.models import xception_weights_file
 
     _device(config)
-    for seed_dir in [config.checkpoint_dir] if config.checkpoint_dir else []:
-        writable_folder(seed_dir, "checkpoint_dir")
+    ckpt_dir = writable_folder(config.checkpoint_dir, "checkpoint_dir") if config.checkpoint_dir else None
     store = FeatureStore(config.store)
     _check_correction(store, config)
-    split_indices(store.clips, config)
+    splits = split_indices(store.clips, config)
     model = config.model
-    if model.name == "msxception" and model.pretrained and not model.allow_download:
-        weights = Path(model.weights) if model.weights else default_weights_path()
-        if not weights.is_file():
-            raise AscError(f"{weights}: ImageNet Xception weights not found; pass --weights or train without pretraining")
+    if model.name == "msxception" and model.pretrained and not model.allow_download:  # a download is tried later
+        xception_weights_file(model.weights)
+    return ckpt_dir, store, splits
 
 
 def _check_correction(store: FeatureStore, config: TrainConfig) -> None:
@@ -357,10 +356,7 @@ class Training:
         _seed_everything(config.seed)
         self.device = device = _device(config)
         # before any work: a run must not train for hours and then fail to write its checkpoint
-        self.ckpt_dir = writable_folder(config.checkpoint_dir, "checkpoint_dir") if config.checkpoint_dir else None
-        store = FeatureStore(config.store)
-        _check_correction(store, config)
-        self.train_idx, self.select_idx, self.test_idx = split_indices(store.clips, config)
+        self.ckpt_dir, _, (self.train_idx, self.select_idx, self.test_idx) = check_config(config)
         # The validation protocol normalises with the statistics of the clips it trains on only.
         self.view = view = FeatureView(config.store, config.enhancement,
                                        self.train_idx if self.test_idx is not None else None)

@@ -101,7 +101,8 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
                 if on_result:
                     on_result(results[position[ref]])
     except ray.exceptions.RayTaskError as exc:
-        _cancel(pending)
+        for ref in pending:  # the first failure is the story: its siblings are killed, not waited for
+            ray.cancel(ref, force=True)
         if isinstance(exc.cause, AscError):
             raise AscError(str(exc.cause)) from None
         raise
@@ -116,14 +117,6 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
                 ray.cancel(ref)
         raise
     return results
-
-
-def _cancel(refs: list) -> None:
-    """Cancel (kill) running tasks and give them a moment to stop."""
-    for ref in refs:
-        ray.cancel(ref, force=True)
-    if refs:
-        ray.wait(refs, num_returns=len(refs), timeout=5.0)
 
 
 def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureConfig], address: str | None = None,
