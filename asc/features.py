@@ -103,8 +103,9 @@ class FeatureConfig:
         """A frame or hop longer than the clips gives one frame of padding per clip, not features."""
         for name in ("n_fft", "hop_length"):
             if getattr(self, name) > samples:
-                raise AscError(f"{name} {getattr(self, name)} is longer than the clips ({where}: {samples} samples, "
-                               f"{samples / self.sample_rate:.3g} s at {self.sample_rate} Hz)")
+                raise AscError(f"{where}: {samples} samples ({samples / self.sample_rate:.3g} s at {self.sample_rate} Hz), "
+                               f"shorter than {name} {getattr(self, name)}: a frame or hop longer than the clips "
+                               "gives no features")
 
     def frames(self, samples: int) -> int:
         """Frames a clip of ``samples`` samples gives (librosa's centred STFT, minus the dropped one)."""
