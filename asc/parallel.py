@@ -14,6 +14,28 @@ import signal
 from typing import Callable, Sequence
 
 
+_CPU_LIMIT: int | None = None
+
+
+def limit_cpus(n: float) -> int:
+    """Use at most ``n`` CPUs in this process from now on (whole CPUs, at least one): what a Ray task or
+    trial was given, not what the node has, so that trials sharing a node do not oversubscribe it.
+    Sets torch's intra-op threads too (their count also decides the order of floating-point sums: a
+    trial resumed elsewhere computes what it computed before only with as many threads). Returns it."""
+    import torch
+
+    global _CPU_LIMIT
+    _CPU_LIMIT = max(1, int(n))
+    torch.set_num_threads(_CPU_LIMIT)
+    return _CPU_LIMIT
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: :func:`limit_cpus`'s limit, else the cores it may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, _CPU_LIMIT) if _CPU_LIMIT else cores
+
+
 def serial_map(fn: Callable, items: Sequence, progress: Callable[[object], None] | None = None) -> list:
     """Run ``fn`` over ``items`` in this process (the default executor; ``search`` passes Ray's)."""
     results = []
@@ -32,11 +54,11 @@ def _ignore_interrupts() -> None:
 
 def process_map(fn: Callable, items: Sequence, progress: Callable[[object], None] | None = None,
                 workers: int | None = None) -> list:
-    """``serial_map`` over this machine's cores (or ``workers`` processes), for work started outside
-    Ray: the synthetic set, the median-filter cache that the first trial needing it builds. Processes
-    are spawned, not forked, so that a caller's threads (torch's, BLAS's) are not copied mid-state."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(len(items), workers or cores)
+    """``serial_map`` over the CPUs this process may use (:func:`available_cpus`, or ``workers``
+    processes), for work started outside Ray's scheduling: the synthetic set, the median-filter cache
+    that the first trial needing it builds. Processes are spawned, not forked, so that a caller's
+    threads (torch's, BLAS's) are not copied mid-state."""
+    workers = min(len(items), workers or available_cpus())
     if workers <= 1:
         return serial_map(fn, items, progress)
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),

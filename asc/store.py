@@ -42,6 +42,7 @@ from filelock import FileLock
 from asc import REFERENCE_DEVICE
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, Clip, Dataset, audio_info, validation_locations
 from asc.errors import AscError
+from asc.faults import fault_point
 from asc.features import FeatureConfig, check_finite, correction_coefficients, load_audio, log_mels, mean_magnitude_spectrum
 from asc.parallel import serial_map
 
@@ -152,6 +153,7 @@ def run_shard(task: ShardTask) -> dict:
         write_table_file(Path(out_dir) / task.file_name, task.clips, x)
         train = x[is_train].astype(np.float64)
         stats.append((train.sum(axis=(0, 2)), (train**2).sum(axis=(0, 2)), train.shape[0] * train.shape[2], x.shape[1:]))
+    fault_point("shard_written", shard=task.index)
     return {"clips": len(task.clips), "seconds": time.perf_counter() - start, "stats": stats}
 
 

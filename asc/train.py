@@ -34,12 +34,57 @@ from asc.cli import MAX_SEED
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
 from asc.enhance import CachedMedianFilter, Enhancement
 from asc.errors import AscError, writable_file, writable_folder
+from asc.faults import fault_point
 from asc.metrics import SELECTION_METRICS, device_metrics
 from asc.models import ModelConfig, build_model
 from asc.parallel import process_map
 from asc.store import FeatureStore
 
 Report = Callable[[int, dict, str | None], None]
+
+
+# What last.pt holds (model, optimiser, scheduler, every random state, history, selection). A
+# checkpoint of another format is refused, never half-read.
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointMismatch(AscError):
+    """A checkpoint that cannot resume this run: unreadable (truncated mid-write), written by another
+    version, of another configuration or of other seeds. ``asc`` refuses it; a search's trial starts
+    again from its first epoch instead (``search.trainable``), which computes what an uninterrupted
+    run computes."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}; delete it to start over, or use another checkpoint_dir")
+
+
+def read_checkpoint(path: Path, keys: tuple = ("config", "history", "best", "epoch")) -> dict:
+    """A checkpoint file of this project's, whole, or :class:`CheckpointMismatch` saying what is wrong."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise CheckpointMismatch(path, f"not a readable checkpoint (truncated, or not torch's: {type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(k in state for k in keys):
+        raise CheckpointMismatch(path, "not a training checkpoint of this project")
+    if path.name == "last.pt" and state.get("format", 1) != CHECKPOINT_FORMAT:
+        raise CheckpointMismatch(path, f"written by another version (checkpoint format {state.get('format', 1)}; "
+                                       f"this version reads {CHECKPOINT_FORMAT})")
+    return state
+
+
+def config_differences(there: dict, here: dict, prefix: str = "") -> str:
+    """``lr 0.001 there, 0.002 here; model.width ...``: what differs between two config dicts."""
+    out = []
+    for key in sorted(set(there) | set(here)):
+        a, b = there.get(key), here.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = config_differences(a, b, f"{prefix}{key}.")
+            if inner:
+                out.append(inner)
+        elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            out.append(f"{prefix}{key} {a!r} there, {b!r} here")
+    return "; ".join(out)
 
 
 class Diverged(AscError):
@@ -377,20 +422,18 @@ class Training:
 
     def _resume(self) -> None:
         ckpt_dir, config = self.ckpt_dir, self.config
-        if not (ckpt_dir / "last.pt").is_file():
+        path = ckpt_dir / "last.pt"
+        if not path.is_file():
             return
-        try:
-            state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
-        except Exception as exc:  # torch raises several types for a truncated or foreign file
-            raise AscError(f"{ckpt_dir / 'last.pt'}: not a readable checkpoint ({type(exc).__name__}); "
-                           "delete it to start over") from None
-        if not isinstance(state, dict) or "config" not in state or "history" not in state:
-            raise AscError(f"{ckpt_dir / 'last.pt'}: not a training checkpoint of this project; delete it to start over")
-        if _run_defining(state["config"]) != _run_defining(config.to_dict()):
-            raise AscError(f"{ckpt_dir / 'last.pt'}: a checkpoint of another configuration; use another checkpoint_dir")
+        state = read_checkpoint(path)
+        differs = config_differences(_run_defining(state["config"]), _run_defining(config.to_dict()))
+        if differs:
+            raise CheckpointMismatch(path, f"a checkpoint of another configuration ({differs})")
         if state["epoch"] > config.epochs:
-            raise AscError(f"{ckpt_dir / 'last.pt'}: already {state['epoch']} epochs, more than the {config.epochs} "
+            raise AscError(f"{path}: already {state['epoch']} epochs, more than the {config.epochs} "
                            "asked for; ask for as many or more, or use another checkpoint_dir")
+        if state["best"].get("epoch", 0) > 0:
+            read_checkpoint(ckpt_dir / "best.pt", keys=("model", "model_config"))  # the selected epoch's, whole
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -447,6 +490,7 @@ class Training:
             self.optimizer.step()
             total_loss += value
             steps += 1
+            fault_point("step", seed=config.seed, epoch=epoch, step=steps)
             fetch_start = time.perf_counter()
         train_seconds = time.perf_counter() - epoch_start
         metrics, probs = evaluate(model, view, self.select_idx, device, config)
@@ -479,14 +523,17 @@ class Training:
                 _atomic_savez(ckpt_dir / "best_probs.npz", classes=np.array(view.classes),
                               **_prediction_arrays(view, self.select_idx, probs),
                               **({} if test_probs is None else _prediction_arrays(view, test_idx, test_probs, "test_")))
+            fault_point("checkpoint", seed=config.seed, epoch=epoch)  # best.pt new, last.pt not yet
             _atomic_save({"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                           "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                           "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                          "history": self.history, "best": best, "epoch": epoch, "config": config.to_dict()},
+                          "history": self.history, "best": best, "epoch": epoch, "config": config.to_dict(),
+                          "format": CHECKPOINT_FORMAT},
                          ckpt_dir / "last.pt")
         self.epoch = epoch
         self.rng = _rng_state(device)
+        fault_point("epoch_end", seed=config.seed, epoch=epoch)  # checkpointed; in lockstep the next seeds are behind
         if self.log:
             self.log(_row(row, view, improved))
         return {**metrics, **row, "best_epoch": best["epoch"], "best_" + config.selection: best["value"],
@@ -532,12 +579,30 @@ def train(config: TrainConfig, report: Report | None = None, log: Callable[[str]
     selected epoch changes, also evaluate it on the evaluation split, report those figures as
     ``best_test`` and keep its probabilities in ``best_probs.npz`` (never used to select).
     """
+    check_seed_folders(config.checkpoint_dir, None)
     run = Training(config, log, evaluate_best)
     while not run.done:
         metrics = run.run_epoch()
         if report is not None:
             report(run.epoch, metrics, str(run.ckpt_dir) if run.ckpt_dir else None)
     return run.result()
+
+
+def check_seed_folders(checkpoint_dir: str | None, seeds: list[int] | None) -> None:
+    """A checkpoint folder holds one run (``last.pt``) or several seeds' (``seed<seed>/last.pt``):
+    refuse a folder of the other kind, or of seeds this run does not train (``seeds`` None: one run).
+    Seeds this run trains that have no checkpoint yet start from scratch and catch up."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return
+    folder = Path(checkpoint_dir)
+    saved = sorted(int(p.parent.name[4:]) for p in folder.glob("seed*/last.pt") if p.parent.name[4:].isdigit())
+    if seeds is None and saved:
+        raise CheckpointMismatch(folder, f"holds the checkpoints of seeds {saved}, trained together; this run "
+                                         "trains one")
+    if seeds is not None and (folder / "last.pt").is_file():
+        raise CheckpointMismatch(folder / "last.pt", f"a one-seed run's checkpoint; this run trains seeds {seeds}")
+    if seeds is not None and not set(saved) <= set(seeds):
+        raise CheckpointMismatch(folder, f"holds the checkpoints of seeds {saved}; this run trains seeds {seeds}")
 
 
 def seed_checkpoint_dir(checkpoint_dir: str | None, seed: int) -> str | None:
@@ -573,6 +638,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], report: Report | None = N
     "best" and "test" (means and standard errors of the seeds' selected epochs)}."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise AscError(f"seeds must be distinct, at least one: {seeds}")
+    check_seed_folders(config.checkpoint_dir, list(seeds))
     runs = []
     for seed in seeds:
         prefix = (lambda s: (lambda line: log(f"seed {s:<3} {line}")))(seed) if log else None

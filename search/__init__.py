@@ -8,6 +8,9 @@ import os as _os
 # MLflow draws a progress bar for every artifact it moves (a trial's model, a fusion's members): on a
 # search's console that is a line per trial of noise around the tables. Our own bars say what runs.
 _os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Against a tracking server MLflow prints "View run ... at: URL" and "View experiment at: URL" to stdout
+# whenever a run ends: two lines per trial between the search's own. The search prints where to look.
+_os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # Tune warns when a callback or its result processing takes over 0.5 s ("may be a performance
 # bottleneck"): our MLflow callback writes a SQLite store once per trial-epoch, which on a busy 2-core
 # machine takes about that, against epochs of many seconds. Read when ray.tune is first imported.

@@ -57,13 +57,14 @@ def _run(args) -> None:
                               address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage, seed=args.seed,
                               overrides=(args.set or []) + ([f"seeds={args.seeds}"] if args.seeds is not None else []),
                               max_failures=args.max_failures, top=args.top)
-    run_search(settings, command=" ".join(["python -m search"] + [shlex.quote(a) for a in sys.argv[1:]]))
+    result = run_search(settings, command=" ".join(["python -m search"] + [shlex.quote(a) for a in sys.argv[1:]]))
+    return 1 if result["failed"] else 0  # trials lost for good: the search is incomplete
 
 
 def _resume(args) -> None:
     from search.tuner import resume_search
 
-    resume_search(args.name, storage=args.storage, address=args.address)
+    return 1 if resume_search(args.name, storage=args.storage, address=args.address)["failed"] else 0
 
 
 def _fuse(args) -> None:
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train", "bench-search": "search.bench_search",
-              "bench-devices": "search.bench_devices"}
+              "bench-devices": "search.bench_devices", "bench-chaos": "search.bench_chaos"}
 
 
 def main(argv: list[str] | None = None) -> int:

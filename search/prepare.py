@@ -108,8 +108,10 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
         raise
     except KeyboardInterrupt:
         # Ctrl-C: stop the tasks before the caller removes the staging folder they write into. A
-        # private local instance is shut down whole (synchronous; force-cancelling tasks mid-write
-        # could trip a fatal check in Ray's task manager); on a cluster the tasks are asked to stop.
+        # private local instance is shut down whole, synchronously: cancelling a running task raises
+        # KeyboardInterrupt inside it, which can trip Ray's fatal check in the task receiver ("An
+        # unexpected system state has occurred", ray-project/ray#61102 and #63663). On a cluster the
+        # tasks are asked to stop; what they still write lands in a staging folder the next prepare sweeps.
         if address is None:
             ray.shutdown()
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from search.console import say
 from search.objectives import Objective
 from search.space import Space
 
@@ -59,15 +60,31 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
 
 def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     """Tune function trainable. ``config``: the trial's parameters; ``stores``: feature-config key ->
-    store folder, resolved by the driver before any trial starts."""
+    store folder, resolved by the driver before any trial starts.
+
+    A restarted trial (its worker or node was lost, or the search resumed) continues from the Tune
+    checkpoint of its last reported epoch: every seed's model, optimiser, scheduler, random states and
+    history are in it, so the trial ends exactly where an uninterrupted one ends. That also needs the
+    same number of torch threads (it decides the order of floating-point sums): the trial uses the
+    CPUs Ray assigned it, wherever it runs. A checkpoint that cannot resume it (truncated, another
+    version, configuration or seed count) is named in one line and the trial starts again from its
+    first epoch, which computes the same result."""
+    import ray
     from ray import tune
 
-    from asc.train import Diverged, train, train_seeds
+    from asc.faults import fault_point, set_fault_context
+    from asc.parallel import limit_cpus
+    from asc.train import CheckpointMismatch, Diverged, train, train_seeds
 
     params = dict(config)
     store = stores[space.feature_config(params).key()]
-    work = Path(tune.get_context().get_trial_dir()) / "work"
-    shutil.rmtree(work, ignore_errors=True)  # a reused actor or a retried trial starts from Tune's checkpoint only
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    label = trial_dir.name.split("_")[0]  # t007 (search.tuner.trial_dirname)
+    set_fault_context(f"trial={label}")  # a test's fault points name the trial (asc.faults)
+    fault_point("start")
+    limit_cpus(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+    work = trial_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)  # a retried trial starts from Tune's checkpoint only
     work.mkdir(parents=True)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -79,17 +96,27 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
         result = flatten_report(metrics, train_config.epochs, space.objective)
         # Tune copies the folder into the trial's storage now, so the next epoch may overwrite it.
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+        fault_point("reported", epoch=epoch)
 
-    try:
+    def fit() -> None:
         if space.seeds > 1:  # in lockstep, each in work/seed<seed>: the trial's checkpoint holds them all
             train_seeds(train_config, [train_config.seed + k for k in range(space.seeds)], report,
                         evaluate_best=train_config.protocol == "validation")
         else:
             train(train_config, report, evaluate_best=train_config.protocol == "validation")
+
+    try:
+        try:
+            fit()
+        except CheckpointMismatch as exc:
+            say(f"{label}: its checkpoint {exc.path}: {exc.reason}; the trial starts again from its first epoch")
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            fit()
     except Diverged as exc:
         # Ends the trial at its last reported epoch (Optuna is told that epoch's value): a retry from
         # the checkpoint would draw the same batches and diverge again.
-        print(f"trial stopped: {exc}", flush=True)
+        say(f"{label}: stopped: {exc}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
+    fault_point("end")

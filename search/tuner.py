@@ -6,11 +6,17 @@ fits a ``tune.Tuner``. ``resume_search`` restores a search whose driver died fro
 (``STORAGE/NAME``): Tune's experiment state (finished trials are not rerun, unfinished ones continue
 from their last epoch checkpoint) and the Optuna study, which lives in ``optuna.db`` there.
 
-Wiring (see ../shared/DESIGN.md, "Known traps"):
-- metric and mode are given to the searcher and the scheduler, never also to TuneConfig;
+Wiring, and the libraries' traps it avoids:
+- metric and mode are given to the searcher and the scheduler, never also to TuneConfig (Tune
+  refuses or silently prefers one of them);
 - ASHA's time attribute is the epoch; a trial it stops is told to Optuna as PRUNED at the epoch it
-  reached, with its intermediate values (Ray's OptunaSearch would tell COMPLETE);
-- a lost worker's trial is retried from its last checkpoint (FailureConfig), into the same MLflow run.
+  reached, with its intermediate values (Ray 2.60's OptunaSearch would tell COMPLETE with the
+  low-budget value, which TPE then reads as a final one);
+- a lost worker's or node's trial is retried from its last checkpoint (FailureConfig) on a fresh
+  actor (actor reuse is off: a worker lost between two trials took the next trial down with it on
+  the dead, cached actor), into the same MLflow run;
+- Ray's own messages about lost workers go to the search's ``ray.log``; the console gets one line
+  per fault (``search.console``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from asc.errors import AscError
+from search.console import LOG_FILE, route_ray_messages
 from search.space import Space, load_space
 from search.tracking import TRIAL_TAG, MlflowTracker, check_tracking_uri, close_dangling_runs, default_uri, \
     start_search, trial_label
@@ -56,7 +63,10 @@ class SearchSettings:
     seed: int | None = None
     overrides: list = field(default_factory=list)
     max_failures: int = 3  # retries of a trial whose worker died, each from its last checkpoint
-    reuse_actors: bool = True  # about 1.3 s instead of 3 s per trial on 2 cores (DESIGN.md)
+    # Off, as Ray Tune's own default since 2024 (ray-project/ray#42951): with reuse, a worker killed as
+    # one trial ended and the next began made the next trial fail twice on the same dead cached actor
+    # and end FAILED. A fresh actor per trial costs a few seconds a trial (search/bench_search.py).
+    reuse_actors: bool = False
     top: int = 10  # rows of the best-trials table
 
 
@@ -257,8 +267,23 @@ def _progress_class():
     class Progress(Callback):
         """One line per trial-epoch (readable in a terminal and in a CI log alike)."""
 
-        def __init__(self, space: Space, devices: list[str]):
-            self.space, self.devices = space, devices
+        def __init__(self, space: Space, devices: list[str], max_failures: int = 0, log: str = ""):
+            self.space, self.devices, self.max_failures, self.log = space, devices, max_failures, log
+            self._nodes: set | None = None
+            self._nodes_checked = 0.0
+
+        def on_step_begin(self, iteration, trials, **info):
+            """A node Ray marks dead is one line (looked at every few seconds: it is a GCS call)."""
+            import ray
+
+            if time.monotonic() - self._nodes_checked < 3:
+                return
+            self._nodes_checked = time.monotonic()
+            alive = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+            for ip in sorted((self._nodes or set()) - alive):
+                print(f"node {ip} lost: Ray marked it dead; its trials retry from their last checkpoints on the "
+                      f"nodes left (Ray's report: {self.log})", flush=True)
+            self._nodes = alive
 
         def _name(self, trial) -> str:
             return f"{trial_label(trial)} {self.space.describe(trial.config)}"
@@ -279,12 +304,43 @@ def _progress_class():
             print(f"{self._name(trial):<44} {how}", flush=True)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            print(f"{self._name(trial):<44} lost its worker; retrying from its last checkpoint", flush=True)
+            print(f"{self._name(trial):<44} {fault_line(trial, self.max_failures, self.log, final=False)}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"{self._name(trial):<44} FAILED (see {trial.error_file})", flush=True)
+            print(f"{self._name(trial):<44} FAILED for good: "
+                  f"{fault_line(trial, self.max_failures, self.log, final=True)}", flush=True)
 
     return Progress
+
+
+def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
+    """What happened to a trial whose task failed, in one line: the worker or node it lost (from the
+    error Tune recorded and the node its last result came from), which try this was, and where Ray's
+    own report of it is."""
+    text = ""
+    if trial.error_file and os.path.isfile(trial.error_file):
+        text = Path(trial.error_file).read_text(errors="replace").rsplit("Failure # ", 1)[-1]
+    ip = (trial.last_result or {}).get("node_ip") or next(iter(re.findall(r"\bip: (\S+)", text)), None)
+    where = f" on {ip}" if ip else ""
+    if "its node has died" in text or "NodeDiedError" in text or (ip and not _node_alive(ip)):
+        what = f"lost its node{where}"
+    elif any(k in text for k in ("ActorDiedError", "worker process has died", "ActorUnavailableError",
+                                  "is unavailable")):
+        what = f"lost its worker{where}"
+    else:
+        last = [line for line in text.splitlines() if line.strip()]
+        what = f"raised {last[-1].strip()[:200]}" if last else "failed"
+    tries = "" if max_failures < 0 else f" of {max_failures + 1}"
+    outcome = "no tries left" if final else "retrying from its last checkpoint"
+    return f"{what} (try {trial.num_failures}{tries}); {outcome} (Ray's report: {log})"
+
+
+def _node_alive(ip: str) -> bool:
+    """False when Ray has marked the node at ``ip`` dead (it may not have noticed yet: then True)."""
+    import ray
+
+    states = [n["Alive"] for n in ray.nodes() if n.get("NodeManagerAddress") == ip]
+    return any(states) or not states
 
 
 def _pct(value) -> str:
@@ -341,6 +397,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     init_ray(settings.address)
     _check_resources(settings)
     search_dir.mkdir(parents=True, exist_ok=True)
+    route_ray_messages(search_dir)
     (search_dir / SPACE_FILE).write_text(space.text)
     local_artifacts = None if mlflow_uri.startswith(("http://", "https://")) else storage / "mlartifacts"
     options = {"num_samples": num_samples, "max_concurrent": max_concurrent, "seed": seed,
@@ -350,7 +407,8 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     info = {"name": name, "space_path": space.path, "stores": stores, "mlflow_uri": mlflow_uri,
             "experiment_id": experiment_id, "parent_run_id": parent_run, "address": settings.address,
             "command": command, **options, "max_failures": settings.max_failures,
-            "reuse_actors": settings.reuse_actors, "top": settings.top}
+            "reuse_actors": settings.reuse_actors, "top": settings.top,
+            "store_names": {key: store_identity(path) for key, path in stores.items()}}
     _write_json(search_dir / SEARCH_FILE, info)
     tuner = _new_tuner(space, info, storage)
     return _fit_and_report(tuner, space, info, search_dir)
@@ -439,7 +497,8 @@ def trial_dirname(trial) -> str:
 def _callbacks(space: Space, info: dict) -> list:
     tracker = MlflowTracker(info["mlflow_uri"], info["experiment_id"], info["parent_run_id"], info["name"], space,
                             info["stores"])
-    return [tracker, _progress_class()(space, _devices(info["stores"]))]
+    log = Path(info["storage"]) / info["name"] / LOG_FILE
+    return [tracker, _progress_class()(space, _devices(info["stores"]), info.get("max_failures", 3), str(log))]
 
 
 def resume_search(name: str, storage: str | None = None, address: str | None = None) -> dict:
@@ -469,12 +528,43 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     if not tune.Tuner.can_restore(str(search_dir)):
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
                        "with another --name")
+    _check_stores_unchanged(info, search_dir)
     init_ray(address or info.get("address"))
+    route_ray_messages(search_dir)
     print(f"resuming search {name!r} from {search_dir}")
     tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(space, info["stores"], info["cpus_per_trial"],
                                                                      info["gpus_per_trial"]),
                                resume_unfinished=True, resume_errored=False)
     return _fit_and_report(tuner, space, info, search_dir)
+
+
+def store_identity(path: str) -> str:
+    """The name a store's manifest gives it: a hash of its feature configuration and of the audio it
+    was extracted from (``asc.store.store_name``), the same after a rebuild of the same audio."""
+    from asc.store import MANIFEST, read_manifest
+
+    return read_manifest(Path(path) / MANIFEST)["name"]
+
+
+def _check_stores_unchanged(info: dict, search_dir: Path) -> None:
+    """Refuse to resume a search whose trials would read other features than its earlier trials did:
+    a store folder gone, damaged, or holding another store (other audio or settings) since it started."""
+    from asc.store import store_damage
+
+    for key, path in info["stores"].items():
+        try:
+            now = store_identity(path)
+        except AscError:
+            now = None
+        recorded = info.get("store_names", {}).get(key, now)
+        damage = store_damage(Path(path)) if now is not None else None
+        if now is None or now != recorded or damage:
+            what = ("is gone" if now is None else f"holds store {now}, not {recorded}" if now != recorded else
+                    f"is damaged ({damage})")
+            raise AscError(f"{path}: the feature store this search's trials read {what}; resuming would train "
+                           f"its remaining trials on other features than the finished ones ({search_dir / SEARCH_FILE}). "
+                           "Restore the store (`python -m search prepare` on the same audio rebuilds it), or start "
+                           "a new search")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -531,7 +621,13 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
     print(f"\n{len(trials)} trials: {counts['finished']} finished, {counts['stopped']} stopped by ASHA, "
           f"{counts['failed']} failed; {closed} dangling MLflow run(s) closed; {time.perf_counter() - start:.0f} s")
     print(f"browse them: {ui_command(info['mlflow_uri'], info['experiment_id'])}")
-    return {"trials": trials, "front": front, "experiment_id": info["experiment_id"], "parent_run_id": parent}
+    failed = [t["label"] for t in trials if t["state"] == "failed"]
+    if failed:  # the last line, and a non-zero exit (search.__main__): a lost trial is not a result
+        print(f"{len(failed)} trial(s) failed for good after {info.get('max_failures', 3) + 1} tries: "
+              f"{', '.join(sorted(failed))} (their errors: {search_dir}/t*/error.txt; Ray's: {search_dir / LOG_FILE})",
+              file=sys.stderr)
+    return {"trials": trials, "front": front, "experiment_id": info["experiment_id"], "parent_run_id": parent,
+            "failed": failed}
 
 
 def _unfinished(search_dir: Path, info: dict, space: Space, tune_trials: dict) -> list[str]:

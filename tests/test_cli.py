@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -183,36 +180,3 @@ def test_describe_piped_into_head_ends_quietly(synth_set):
     assert result.stderr.strip() in ("status=0", "status=141"), result.stderr
 
 
-def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
-    """SIGINT to the process group, as a terminal's Ctrl-C: exit 130, one line, no half store."""
-    data = tmp_path / "data"
-    assert _run(sys.executable, "-m", "asc", "synth", str(data), "--segments-per-scene", "12", "--parallel-per-scene",
-                "4", "--seconds", "4", "--sample-rate", "22050").returncode == 0
-    for attempt in range(2):
-        store = tmp_path / f"store{attempt}"
-        returncode, err = _interrupt_prepare(data, store)
-        # Ray's own fatal check ("An unexpected system state has occurred", task_manager.cc) fired once in
-        # CI when force-cancelled tasks met the interrupt; prepare no longer force-cancels, but a Ray
-        # bug is not this project's: one retry, and only for that signature.
-        if "An unexpected system state has occurred" not in err:
-            break
-    assert returncode == 130, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == ["interrupted: stopped by Ctrl-C"], err
-    assert not list(store.glob("logmel*"))
-    assert not list((store / ".staging").iterdir())
-
-
-def _interrupt_prepare(data: Path, store: Path) -> tuple[int, str]:
-    env = {**os.environ, "RAY_worker_niceness": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "search", "prepare", str(data), "--store", str(store),
-                             "--sample-rate", "22050", "--n-fft", "1024", "--n-mels", "32", "64", "--shard-size", "4",
-                             "--num-cpus", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((store / ".staging").glob("*/part-*.arrow")):
-        time.sleep(0.2)  # interrupt mid-build: once the first shard is written
-    assert proc.poll() is None, proc.communicate()
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err

@@ -237,6 +237,36 @@ def test_bad_run_settings_are_one_line_errors(small_store, tmp_path):
         train(_config(small_store, checkpoint_dir=str(tmp_path)))
 
 
+def test_a_checkpoint_that_cannot_resume_the_run_names_what_differs(small_store, tmp_path):
+    """Another configuration, another seed count, another version, a file truncated mid-write: one
+    line each, naming the checkpoint and what differs (a search's trial restarts on it instead)."""
+    from asc.train import CheckpointMismatch, train_seeds
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(_config(small_store, epochs=1, checkpoint_dir=str(one)))
+    with pytest.raises(CheckpointMismatch, match=r"one/last.pt: a checkpoint of another configuration \(lr 0.001 "
+                                                 r"there, 0.002 here\)"):
+        train(_config(small_store, epochs=2, lr=0.002, checkpoint_dir=str(one)))
+    with pytest.raises(CheckpointMismatch, match=r"one/last.pt: a one-seed run's checkpoint; this run trains seeds \[0, 1\]"):
+        train_seeds(_config(small_store, epochs=2, checkpoint_dir=str(one)), [0, 1])
+    train_seeds(_config(small_store, epochs=1, checkpoint_dir=str(two)), [0, 1])
+    with pytest.raises(CheckpointMismatch, match=r"two: holds the checkpoints of seeds \[0, 1\], trained together; this run trains one"):
+        train(_config(small_store, epochs=2, checkpoint_dir=str(two)))
+    with pytest.raises(CheckpointMismatch, match=r"two: holds the checkpoints of seeds \[0, 1\]; this run trains seeds \[0, 2\]"):
+        train_seeds(_config(small_store, epochs=2, checkpoint_dir=str(two)), [0, 2])
+    state = torch.load(one / "last.pt", weights_only=False)
+    torch.save({**state, "format": 1}, one / "last.pt")
+    with pytest.raises(CheckpointMismatch, match=r"last.pt: written by another version \(checkpoint format 1; "):
+        train(_config(small_store, epochs=2, checkpoint_dir=str(one)))
+    torch.save(state, one / "last.pt")
+    whole = (one / "best.pt").read_bytes()
+    (one / "best.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointMismatch, match=r"best.pt: not a readable checkpoint \(truncated"):
+        train(_config(small_store, epochs=2, checkpoint_dir=str(one)))
+    (one / "best.pt").write_bytes(whole)
+    assert train(_config(small_store, epochs=2, checkpoint_dir=str(one)))["history"][-1]["epoch"] == 2
+
+
 def test_result_json_has_class_accuracy_and_no_nan_tokens(small_store, tmp_path):
     from asc.train import write_json
 

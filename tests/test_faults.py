@@ -1,0 +1,453 @@
+"""Faults, on a busy machine: a training run killed anywhere resumes to the uninterrupted history, for
+one, two and three seeds; a search whose trial workers are killed at a trial's start, mid-epoch,
+during a checkpoint, after a report and at its end ends with every trial where an uninterrupted
+trial ends; a killed driver resumes; Ctrl-C stops a search and a prepare cleanly; a lost worker node
+of a two-node cluster costs nothing; a trial lost for good makes the search say so and fail.
+
+Every kill lands at a named fault point (``asc.faults``): the code under test publishes a marker file
+there and pauses, and the test kills once the marker is there. No sleep stands in for an event, so
+the tests hold however busy the machine is; and it is busy: two CPU-burning processes run beside
+every test of this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asc.faults import DIR_ENV, POINTS_ENV, marker_path
+from asc.train import TrainConfig, train, train_seeds
+from search.bench_chaos import marked_processes
+from tests.test_seeds import _config, small_store  # noqa: F401 (fixture)
+from tests.test_search import (ENV, REPO, _free_port, _kill_group, _listening, _nodes, _wait_for, _wait_http,
+                               check_records, check_study, mlflow_runs, run, search_cmd, store, tune_results)  # noqa: F401
+
+TIMING = ("seconds", "train_seconds", "data_wait_share", "train_clips_per_s", "epoch_seconds")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def busy_machine():
+    """Two processes burning a core each at normal priority, for as long as this module's tests run."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for proc in burners:
+        proc.kill()
+        proc.wait()
+
+
+def armed(folder: Path, *patterns: str, base: dict = ENV) -> dict:
+    """An environment in which the fault points ``patterns`` pause (markers into ``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {**base, POINTS_ENV: ",".join(patterns), DIR_ENV: str(folder)}
+
+
+def wait_fault(folder: Path, pattern: str, proc=None, seconds: float = 600) -> dict:
+    """The marker of ``pattern`` once a process paused there ({"pid", "point", ...})."""
+    marker = marker_path(folder, pattern)
+    _wait_for(marker.is_file, seconds, f"fault point {pattern}", proc)
+    return json.loads(marker.read_text())
+
+
+def release(folder: Path, pattern: str) -> None:
+    marker = marker_path(folder, pattern)
+    marker.with_name(marker.name + ".release").touch()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Train here as a one-CPU trial or child does: the thread count decides the order of sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def assert_same_rows(got: list[dict], want: list[dict], what: str) -> None:
+    """Epoch by epoch, every figure of ``want`` (timings aside) equal in ``got``: exactly."""
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want], what
+    for g, w in zip(got, want):
+        differ = {k: (g.get(k), v) for k, v in w.items()
+                  if k.rsplit("/", 1)[-1] not in TIMING and not same(g.get(k), v)}
+        assert not differ, f"{what}, epoch {w['epoch']}: {differ}"
+
+
+# --------------------------------------------------------------------------------------------------
+# A training run killed anywhere (asc alone)
+# --------------------------------------------------------------------------------------------------
+def _fit(config: TrainConfig, seeds: int, reported: list | None = None) -> list[list[dict]]:
+    """Every seed's per-epoch history."""
+    report = (lambda epoch, metrics, ckpt: reported.append(epoch)) if reported is not None else None
+    with one_thread():
+        if seeds == 1:
+            return [train(config, report)["history"]]
+        return [r["history"] for r in train_seeds(config, list(range(seeds)), report)["results"]]
+
+
+_REFERENCE: dict = {}
+
+# (seeds, the point the run is killed at, the epochs the resumed run reports): after a checkpoint is
+# written, half-way through an epoch, between two seeds' epochs, and with a checkpoint half written.
+KILLS = [
+    (1, "epoch_end/seed=0/epoch=2", [3]),
+    (1, "step/seed=0/epoch=2/step=2", [2, 3]),
+    (1, "checkpoint/seed=0/epoch=2", [2, 3]),
+    (2, "epoch_end/seed=1/epoch=2", [3]),
+    (2, "step/seed=1/epoch=2/step=2", [3]),  # seed 0 has checkpointed epoch 2: seed 1 catches up
+    (2, "epoch_end/seed=0/epoch=2", [3]),  # seed 0 at epoch 2, seed 1 at 1: it catches up, then both go on
+    (2, "checkpoint/seed=1/epoch=2", [3]),
+    (3, "epoch_end/seed=2/epoch=2", [3]),
+    (3, "step/seed=0/epoch=2/step=2", [2, 3]),
+    (3, "epoch_end/seed=1/epoch=2", [3]),
+]
+
+
+@pytest.mark.parametrize("seeds,point,reports", KILLS, ids=[f"{k}seed-{p.split('/')[0]}-{p.split('/')[1]}"
+                                                            for k, p, _ in KILLS])
+def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_history(small_store, tmp_path, seeds, point, reports):
+    if seeds not in _REFERENCE:
+        _REFERENCE[seeds] = _fit(_config(small_store), seeds)
+    config = _config(small_store, checkpoint_dir=str(tmp_path / "ckpt"))
+    faults = tmp_path / "faults"
+    child = subprocess.Popen([sys.executable, "-m", "tests.train_child", json.dumps(config.to_dict()),
+                              json.dumps(list(range(seeds)))], cwd=REPO, env=armed(faults, point),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        info = wait_fault(faults, point, child, seconds=300)
+        assert info["pid"] == child.pid and info["point"] == point
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    reported: list = []
+    resumed = _fit(config, seeds, reported)
+    assert reported == reports  # it did resume from where the kill left it, not from scratch
+    for seed, (got, want) in enumerate(zip(resumed, _REFERENCE[seeds])):
+        assert_same_rows(got, want, f"seed {seed}")
+
+
+# --------------------------------------------------------------------------------------------------
+# A search's trial workers killed anywhere
+# --------------------------------------------------------------------------------------------------
+def reference_reports(storage: Path, name: str, trial_id: str) -> list[dict]:
+    """What an uninterrupted trial reports, epoch by epoch: its configuration trained here, in one
+    thread, through the trainable's own flattening (Tune's result rows hold the same keys)."""
+    from search.space import load_space
+    from search.trainable import flatten_report
+
+    search_dir = storage / name
+    space = load_space(search_dir / "space.yaml")
+    info = json.loads((search_dir / "search.json").read_text())
+    first = (next(search_dir.glob(f"t*_{trial_id}")) / "result.json").read_text().splitlines()[0]
+    params = json.loads(first)["config"]
+    config = space.train_config(params, info["stores"][space.feature_config(params).key()],
+                                checkpoint_dir=None)
+    rows = []
+
+    def report(epoch, metrics, ckpt):
+        rows.append(flatten_report(metrics, config.epochs, space.objective))
+
+    with one_thread():
+        if space.seeds > 1:
+            train_seeds(config, [config.seed + k for k in range(space.seeds)], report, evaluate_best=True)
+        else:
+            train(config, report, evaluate_best=True)
+    return rows
+
+
+def label_ids(storage: Path, name: str) -> dict[str, str]:
+    """t001 -> Tune trial id, from the trial folders."""
+    return {p.name.split("_")[0]: p.name.split("_", 1)[1] for p in (storage / name).glob("t*_*") if p.is_dir()}
+
+
+# Fired in this order (one trial at a time): (the point, what it stands for).
+WORKER_KILLS = [
+    ("trial=t001/reported/epoch=1", "after a checkpoint reached Tune"),
+    ("trial=t001/checkpoint/seed=1/epoch=2", "with the second seed's checkpoint half written"),
+    ("trial=t001/end", "at the trial's end, before the next trial starts"),
+    ("trial=t002/start", "at a trial's start"),
+    ("trial=t002/step/seed=1/epoch=2/step=2", "half-way through the second seed's epoch"),
+    ("trial=t003/epoch_end/seed=0/epoch=2", "between the two seeds' epochs"),
+]
+
+
+def test_trial_workers_killed_anywhere_end_every_trial_where_an_uninterrupted_one_ends(store, tmp_path):
+    storage, faults = tmp_path / "runs", tmp_path / "faults"
+    cmd = search_cmd(store, storage, "kill", "--num-samples", "3", "--max-concurrent", "1", "--seeds", "2",
+                     sets=["epochs=3", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, *(p for p, _ in WORKER_KILLS)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for pattern, _ in WORKER_KILLS:
+            os.kill(wait_fault(faults, pattern, proc)["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 0, err[-3000:]
+    # one line per fault, and none of Ray's own messages on the console (they are in ray.log)
+    lost = [line for line in out.splitlines() if "lost its worker" in line]
+    assert len(lost) == len(WORKER_KILLS), out
+    assert all("retrying from its last checkpoint" in line and "ray.log" in line for line in lost)
+    assert "worker died" not in out + err and "Traceback" not in out + err, (out + err)[-3000:]
+    assert "A worker died or was killed" in (storage / "kill" / "ray.log").read_text()
+
+    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "kill", 3)
+    check_study(storage, "kill", records["results"])
+    ids = label_ids(storage, "kill")
+    retries = {r.info.run_name.split(" ")[0]: r.data.tags.get("retries") for r in records["trials"]}
+    assert retries == {"t001": "3", "t002": "2", "t003": "1"}
+    for label, trial_id in sorted(ids.items()):
+        assert_same_rows(records["results"][trial_id], reference_reports(storage, "kill", trial_id), label)
+
+
+def test_a_trial_lost_for_good_is_the_last_line_and_fails_the_search(store, tmp_path):
+    storage, faults = tmp_path / "runs", tmp_path / "faults"
+    cmd = search_cmd(store, storage, "lost", "--num-samples", "1", "--max-failures", "0",
+                     sets=["epochs=1", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, "trial=t001/start"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        os.kill(wait_fault(faults, "trial=t001/start", proc)["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 1, err[-3000:]
+    assert "FAILED for good: lost its worker" in out and "no tries left" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("1 trial(s) failed for good after 1 tries: t001"), err[-2000:]
+    _, _, _, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "lost")
+    assert [r.info.status for r in trials] == ["FAILED"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver killed, or stopped with Ctrl-C
+# --------------------------------------------------------------------------------------------------
+def tune_epochs(search_dir: Path) -> dict[str, int]:
+    """Tune trial id -> the epoch of its last result, as Tune's newest saved experiment state has it."""
+    states = sorted(search_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except ValueError:  # Tune writes it aside and renames it; a reader can still meet an older one
+        return {}
+    out = {}
+    for trial, runtime in data["trial_data"]:
+        last = json.loads(runtime).get("last_result") or {}
+        out[json.loads(trial)["trial_id"]] = int(last.get("epoch", 0))
+    return out
+
+
+def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(store, tmp_path):
+    storage, faults = tmp_path / "runs", tmp_path / "faults"
+    point = "trial=t002/reported/epoch=2"
+    cmd = search_cmd(store, storage, "crash", "--num-samples", "3", "--max-concurrent", "1",
+                     sets=["epochs=4", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, point), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        paused = wait_fault(faults, point, proc)
+        # The driver dies once Tune's saved state holds the half-way trial: one finished, one at epoch 2.
+        t002 = lambda: label_ids(storage, "crash").get("t002")  # noqa: E731
+        _wait_for(lambda: t002() and tune_epochs(storage / "crash").get(t002()) == 2, 600,
+                  "Tune's saved state to hold the second trial's epoch 2", proc)
+    finally:
+        _kill_group(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(paused["pid"], signal.SIGKILL)  # it dies with its raylet anyway
+    ids = label_ids(storage, "crash")
+    results_before = tune_results(storage, "crash", raw=True)
+    assert [r["epoch"] for r in results_before[ids["t001"]]] == [1, 2, 3, 4]
+
+    done = run([sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming search 'crash'" in done.stdout and "3 trials: 3 finished" in done.stdout
+    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "crash", 3)
+    check_study(storage, "crash", records["results"])
+    assert not records["orphans"]
+    results_after = tune_results(storage, "crash", raw=True)
+    assert [r["epoch"] for r in results_after[ids["t001"]]] == [1, 2, 3, 4]  # not run again
+    resumed = records["results"][ids["t002"]]
+    assert resumed[-1]["epoch"] == 4 and resumed[-1]["iterations_since_restore"] == 2  # from epoch 3 on
+    assert_same_rows(resumed, reference_reports(storage, "crash", ids["t002"]), "t002")
+
+    again = run([sys.executable, "-m", "search", "resume", "nope", "--storage", str(storage)], timeout=120)
+    assert again.returncode == 2 and "no search named 'nope'" in again.stderr
+
+
+def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_restarts_a_damaged_trial(store,
+                                                                                                     tmp_path):
+    """Ctrl-C: Tune saves its state and returns; the search must not close the study as if it were
+    over, but say which command continues it. Before that command runs, the search's store goes away
+    (resume refuses, in one line) and comes back, and the unfinished trial's checkpoint is truncated
+    (the trial says so and starts again from its first epoch, to the same result)."""
+    storage, faults = tmp_path / "runs", tmp_path / "faults"
+    shutil.copytree(store, tmp_path / "store")  # this test moves it
+    point = "trial=t001/reported/epoch=1"
+    cmd = search_cmd(tmp_path / "store", storage, "ctrlc", "--num-samples", "2", "--max-concurrent", "1",
+                     sets=["epochs=3", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, point), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        wait_fault(faults, point, proc)
+        proc.send_signal(signal.SIGINT)  # the driver only, as Ray's workers ignore a terminal's Ctrl-C
+        release(faults, point)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 2, err[-3000:]
+    assert f"python -m search resume ctrlc --storage {storage}" in err.strip().splitlines()[-1]
+    _, _, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "ctrlc")
+    assert all(r.info.status != "RUNNING" for r in parent + trials)
+
+    (folder,) = [p for p in (tmp_path / "store").iterdir() if p.name.startswith("logmel")]
+    folder.rename(folder.with_name("elsewhere"))
+    gone = run([sys.executable, "-m", "search", "resume", "ctrlc", "--storage", str(storage)], timeout=120)
+    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
+    assert f"{folder}: the feature store this search's trials read is gone" in gone.stderr
+    folder.with_name("elsewhere").rename(folder)
+
+    t001 = label_ids(storage, "ctrlc")["t001"]
+    checkpoints = list((storage / "ctrlc").glob(f"t001_{t001}/checkpoint_*/last.pt"))
+    assert checkpoints
+    for last in checkpoints:  # as a disk that filled up mid-copy would leave it
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    done = run([sys.executable, "-m", "search", "resume", "ctrlc", "--storage", str(storage)], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "t001: its checkpoint" in done.stdout and "the trial starts again from its first epoch" in done.stdout
+    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "ctrlc", 2)
+    check_study(storage, "ctrlc", records["results"])
+    assert_same_rows(records["results"][t001], reference_reports(storage, "ctrlc", t001), "t001")
+
+
+def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
+    """SIGINT to the process group, as a terminal's Ctrl-C, while a shard task is paused right after
+    writing its shard: exit 130, one line, no half store."""
+    data, store_root, faults = tmp_path / "data", tmp_path / "store", tmp_path / "faults"
+    assert run([sys.executable, "-m", "asc", "synth", str(data), "--segments-per-scene", "4", "--parallel-per-scene",
+                "2", "--seconds", "2", "--sample-rate", "22050"]).returncode == 0
+    point = "shard_written/shard=1"
+    proc = subprocess.Popen([sys.executable, "-m", "search", "prepare", str(data), "--store", str(store_root),
+                             "--sample-rate", "22050", "--n-fft", "1024", "--n-mels", "32", "64", "--shard-size", "4",
+                             "--num-cpus", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=armed(faults, point), start_new_session=True)
+    try:
+        wait_fault(faults, point, proc)
+        assert list((store_root / ".staging").glob("*/part-00001.arrow"))  # mid-build: a shard is written
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["interrupted: stopped by Ctrl-C"], err
+    assert not list(store_root.glob("logmel*"))
+    assert not list((store_root / ".staging").iterdir())
+
+
+# --------------------------------------------------------------------------------------------------
+# A lost worker node
+# --------------------------------------------------------------------------------------------------
+NODE_MARK = "ASC_TEST_NODE"  # in the environment of one node's Ray processes (they inherit `ray start`'s)
+
+
+def node_processes(mark: str) -> list[int]:
+    """Pids of every process of the Ray node started with ``NODE_MARK=mark``: its raylet, its agents
+    and its workers."""
+    return marked_processes(NODE_MARK, mark)
+
+
+def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_worker_node(store, tmp_path):
+    """Head 127.0.0.2 and worker 127.0.0.3 (`ray start`, one CPU each) and `mlflow server` on
+    loopback; trials run on both nodes and every record goes through the server. The worker node is
+    killed whole (raylet, agents, workers, by process id) while its trial is paused after its first
+    epoch's report: the trial continues from that checkpoint on the head, and the search finishes
+    with every trial recorded once."""
+    port, mlflow_port = _free_port(), _free_port()
+    mark = f"worker-{tmp_path.name}"
+    faults = tmp_path / "faults"
+    point = "trial=*/reported/epoch=1"
+    # The head notices a dead node after 5 failed health checks: at Ray's 3 s period, 15 s; 1 s here.
+    env = {**ENV, "RAY_AUTH_MODE": "token", "RAY_health_check_period_ms": "1000"}
+    worker_env = {**armed(faults, point, base=env), NODE_MARK: mark}
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+             "--port", str(mlflow_port), "--workers", "1"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        # --block keeps each node's Ray processes in the process group of the `ray start` we started,
+        # so that the test stops exactly them (never `ray stop`, which would stop every Ray here).
+        procs.append(subprocess.Popen(["ray", "start", "--block", "--head", "--node-ip-address=127.0.0.2",
+                                       f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                                       "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        _wait_for(lambda: _listening("127.0.0.2", port), 300, "the Ray head", procs[-1])
+        worker_node = subprocess.Popen(["ray", "start", "--block", f"--address=127.0.0.2:{port}",
+                                        "--node-ip-address=127.0.0.3", "--num-cpus=1"], env=worker_env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(worker_node)
+        _wait_for(lambda: _nodes(f"127.0.0.2:{port}", env) == 2, 300, "the worker node to join", worker_node)
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", 300)
+        uri = f"http://127.0.0.1:{mlflow_port}"
+        search = subprocess.Popen(
+            search_cmd(store, tmp_path / "runs", "cluster", "--num-samples", "2", "--max-concurrent", "2",
+                       "--address", f"127.0.0.2:{port}", "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        procs.append(search)
+        paused = wait_fault(faults, point, search)
+        victims = node_processes(mark)
+        assert paused["pid"] in victims and len(victims) >= 3  # raylet, an agent, the trial's worker at least
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out, err = search.communicate(timeout=600)
+        assert search.returncode == 0, err[-3000:]
+        assert f"open {uri}/#/experiments/" in out
+        faults_seen = [line for line in out.splitlines() if "lost its" in line or line.startswith("node ")]
+        assert len(faults_seen) == 2, out  # the trial's line and the node's
+        assert any(line.startswith("node 127.0.0.3 lost: Ray marked it dead") for line in faults_seen), faults_seen
+        assert any(" on 127.0.0.3 (try 1 of 4); retrying from its last checkpoint" in line for line in faults_seen)
+        records = check_records(uri, tmp_path / "runs", "cluster", 2)
+        check_study(tmp_path / "runs", "cluster", records["results"])
+        nodes = {row["node_ip"] for rows in records["results"].values() for row in rows}
+        assert nodes == {"127.0.0.2", "127.0.0.3"}, nodes
+        moved = [rows for rows in records["results"].values() if {r["node_ip"] for r in rows} == nodes]
+        assert len(moved) == 1 and moved[0][-1]["node_ip"] == "127.0.0.2"
+        assert moved[0][-1]["iterations_since_restore"] == 2  # epochs 2 and 3 after the move, from epoch 1's checkpoint
+        assert any((tmp_path / "server-artifacts").rglob("predictions.parquet"))  # stored by the server
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+            except ProcessLookupError:
+                pass
+        for pid in node_processes(mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
