@@ -16,6 +16,9 @@ process's context when it has one (a search's trial sets ``trial=t002``: ``trial
 (``reported/trial=*/epoch=1``: whichever trial gets there first). A paused process goes on by itself after
 ``ASC_FAULT_PAUSE_S`` seconds (600), or at once when a file ``<marker>.release`` appears, so that a test
 that fails never leaves it behind for good.
+
+:func:`injected` is the other kind of fault: true wherever ``ASC_FAULT_INJECT`` names the point (every
+time, no marker, no pause), for a fault the code then makes itself (a non-finite training loss).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 POINTS_ENV = "ASC_FAULT_POINTS"
+INJECT_ENV = "ASC_FAULT_INJECT"  # names (or patterns) where injected() is true, every time
 DIR_ENV = "ASC_FAULT_DIR"
 PAUSE_ENV = "ASC_FAULT_PAUSE_S"
 
@@ -76,3 +80,13 @@ def fault_point(point: str, **where) -> None:
     release = marker.with_name(marker.name + ".release")
     while time.monotonic() < deadline and not release.exists():
         time.sleep(0.05)
+
+
+def injected(point: str, **where) -> bool:
+    """Whether a test asked for a fault at this point (see the module docstring); false at once
+    otherwise (one environment lookup)."""
+    armed = os.environ.get(INJECT_ENV)
+    if not armed:
+        return False
+    name = fault_name(point, **where)
+    return any(fnmatch.fnmatchcase(name, p) for p in armed.split(","))

@@ -34,7 +34,7 @@ from asc.cli import MAX_SEED
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
 from asc.enhance import CachedMedianFilter, Enhancement
 from asc.errors import AscError, writable_file, writable_folder
-from asc.faults import fault_point
+from asc.faults import fault_point, injected
 from asc.metrics import SELECTION_METRICS, device_metrics
 from asc.models import ModelConfig, build_model
 from asc.parallel import process_map
@@ -89,7 +89,12 @@ def config_differences(there: dict, here: dict, prefix: str = "") -> str:
 
 class Diverged(AscError):
     """The training loss became NaN or infinite: the run stops (a search ends such a trial at its
-    last good epoch instead of retrying it, which would diverge the same way)."""
+    last good epoch instead of retrying it, which would diverge the same way). ``epoch``: the epoch
+    that diverged; ``seed``: the run's seed."""
+
+    def __init__(self, message: str, epoch: int = 0, seed: int = 0):
+        super().__init__(message)
+        self.epoch, self.seed = epoch, seed
 
 
 @dataclass(frozen=True)
@@ -479,12 +484,14 @@ class Training:
                 logits = model(x)
             loss = mixup_loss(logits.float(), y1, y2, lam)
             value = loss.item()
+            if injected("nan_loss", lr=f"{config.lr:g}", epoch=epoch):  # a test's divergence (asc.faults)
+                value = math.nan
             if not math.isfinite(value):  # before the step: the last checkpoint stays the last good epoch
                 kept = (f"the checkpoint of epoch {epoch - 1} is kept" if self.ckpt_dir is not None and epoch > 1
                         else "nothing was saved")
                 raise Diverged(f"epoch {epoch}, step {steps + 1}: the training loss is {value} (learning rate "
                                f"{self.optimizer.param_groups[0]['lr']:g}); stopped, {kept} (a lower lr, or check "
-                               f"the features of {config.store})")
+                               f"the features of {config.store})", epoch=epoch, seed=config.seed)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

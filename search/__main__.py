@@ -56,7 +56,7 @@ def _run(args) -> None:
                               cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                               address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage, seed=args.seed,
                               overrides=(args.set or []) + ([f"seeds={args.seeds}"] if args.seeds is not None else []),
-                              max_failures=args.max_failures, top=args.top)
+                              max_failures=args.max_failures, top=args.top, warm_start=args.warm_start or [])
     result = run_search(settings, command=" ".join(["python -m search"] + [shlex.quote(a) for a in sys.argv[1:]]))
     return 1 if result["failed"] else 0  # trials lost for good: the search is incomplete
 
@@ -75,7 +75,7 @@ def _fuse(args) -> None:
     uri = absolute_uri(args.mlflow_uri) if args.mlflow_uri else default_uri(Path(DEFAULT_STORAGE))
     result = fuse(args.experiment, uri, by=args.by, size=args.size, method=args.method, register=args.register,
                   full_budget=args.full_budget, bags=args.bags, gap_lambda=args.gap_lambda, seed=args.seed,
-                  seed_members=args.seed_members)
+                  seed_members=args.seed_members, protocol=args.protocol)
     print(format_result(result))
     print(f"\nfusion run {result.run_id} in {uri}\nmodel: {result.model_uri}"
           + (f"\nregistered: {result.registered}" if result.registered else ""))
@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=COUNT, default=None,
                      help="models per trial, trained in lockstep with successive seeds; trials are ranked, pruned "
                           "and learned from on the mean over them (default: the space's seeds, else 1)")
+    run.add_argument("--warm-start", nargs="+", metavar="EXPERIMENT", default=None,
+                     help="start from the finished trials of earlier searches (their MLflow experiments, on the same "
+                          "tracking URI): Optuna learns from them and none is trained again; they must share this "
+                          "search's objective, protocol, seeds and stores")
     run.add_argument("--max-failures", type=integer(-1), default=3,
                      help="retries of a trial whose worker died; -1 retries forever (default %(default)s)")
     run.add_argument("--top", type=COUNT, default=10, help="rows of the best-trials table (default %(default)s)")
@@ -179,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--seed-members", action="store_true",
                       help="searches with seeds: every seed's model is a candidate (default: each trial's seed average)")
     fuse.add_argument("--gap-lambda", type=number(minimum=0), default=None, help="--by gap_penalized: weight of |device gap|")
+    fuse.add_argument("--protocol", default="validation", choices=("validation", "paper"),
+                      help="the clips the search's trials chose on, which the fusion chooses on too: held-out "
+                           "training locations, or the evaluation split (protocol paper); a search of the other "
+                           "protocol is refused (default %(default)s)")
     fuse.add_argument("--register", default=None, metavar="NAME", help="register the fused model under NAME")
     fuse.add_argument("--seed", type=SEED, default=0, help="bagging seed (default %(default)s)")
     fuse.set_defaults(run=_fuse)
@@ -197,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train", "bench-search": "search.bench_search",
-              "bench-devices": "search.bench_devices", "bench-chaos": "search.bench_chaos"}
+              "bench-devices": "search.bench_devices", "bench-chaos": "search.bench_chaos",
+              "bench-replay": "search.bench_replay"}
 
 
 def main(argv: list[str] | None = None) -> int:

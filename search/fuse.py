@@ -28,7 +28,7 @@ import numpy as np
 
 from asc.errors import AscError
 from search.objectives import SINGLE, Objective
-from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, check_tracking_uri
+from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, check_tracking_uri, selected_on
 
 METHODS = ("greedy", "top", "per-enhancement")
 SPLITS = ("selection", "evaluation")
@@ -67,6 +67,7 @@ class FusionResult:
     metrics: dict[str, dict[str, dict]]  # "fusion" or candidate label -> split -> device metrics
     refused: list[str]
     full_budget: bool = False
+    protocol: str = "validation"  # "paper": the trials and the fusion choose on the evaluation split
     run_id: str | None = None
     model_uri: str | None = None
     registered: str | None = None
@@ -219,7 +220,8 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
 # --------------------------------------------------------------------------------------------------
 def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = "greedy",
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
-         seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False) -> FusionResult:
+         seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False,
+         protocol: str = "validation") -> FusionResult:
     from mlflow.tracking import MlflowClient
 
     if method not in METHODS:
@@ -240,6 +242,12 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     if exp is None:
         known = [e.name for e in client.search_experiments(max_results=50) if e.name != "Default"]
         raise AscError(f"MLflow at {mlflow_uri}: no experiment {experiment!r} (there: {', '.join(known) or 'none'})")
+    chosen_on = exp.tags.get(SELECTED_ON_TAG)
+    if chosen_on is not None and chosen_on != selected_on(protocol):
+        other = "paper" if chosen_on == "evaluation" else "validation"
+        raise AscError(f"experiment {experiment!r}: its trials chose their epochs on the {chosen_on} clips (protocol "
+                       f"{other}), not on the clips of protocol {protocol}; fusing them would choose on other clips "
+                       f"than they did (pass --protocol {other} to fuse them on theirs)")
     candidates, clips, classes, notes, parent_id = load_candidates(client, exp.experiment_id, full_budget, progress,
                                                                    seed_members)
     for note in notes:
@@ -249,7 +257,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     for i, c in enumerate(candidates):
         metrics[c.label] = {s: metrics_of(c.probs[s], clips[s]) for s in clips}
     result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
-                          list(selection.weights), metrics, notes, full_budget)
+                          list(selection.weights), metrics, notes, full_budget, protocol=protocol)
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
     if log:
         log_fusion(client, mlflow_uri, exp.experiment_id, parent_id, result, objective, register,
@@ -319,7 +327,7 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
     missing = [m.label for m in members if not m.model_uri]
     if missing:
         raise AscError(f"fusion members without an audio model (logged by an older version?): {', '.join(missing)}")
-    tags = {ROLE_TAG: "fusion", SEARCH_TAG: result.experiment,
+    tags = {ROLE_TAG: "fusion", SEARCH_TAG: result.experiment, SELECTED_ON_TAG: selected_on(result.protocol),
             "description": f"{result.method} by {result.by}: " + " + ".join(m.label for m in members)}
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
@@ -371,6 +379,7 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
             versions = client.search_model_versions(f"name = '{register}'")
             newest = max(versions, key=lambda v: int(v.version))
             result.registered = f"models:/{register}/{newest.version}"
+            client.update_model_version(register, newest.version, description=_title(result))
             client.set_tag(run_id, "registered_model", result.registered)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
@@ -415,9 +424,13 @@ def format_result(result: FusionResult) -> str:
     rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",
              result.metrics[result.candidates[i].label]) for i, w in zip(result.members, result.weights)]
     rows.append(("fusion", "1.00", result.metrics["fusion"]))
+    return _title(result) + "\n" + device_table(rows, splits)
+
+
+def _title(result: FusionResult) -> str:
+    """What the fusion is and which clips chose it (the table's title, the registered model's description)."""
     rule = "that trained every epoch" if result.full_budget else "with predictions, ASHA-stopped ones included"
-    title = (f"{result.method} fusion by {result.by} of the trials of {result.experiment!r}: {len(result.members)} "
-             f"member(s) of {len(result.candidates)} candidate(s) (every finished trial {rule}), chosen on the "
-             "selection clips only")
-    text = title + "\n" + device_table(rows, splits)
-    return text
+    where = ("the evaluation split (protocol paper, as the paper did: its evaluation figures are not an unbiased "
+             "estimate)" if result.protocol == "paper" else "the selection clips only")
+    return (f"{result.method} fusion by {result.by} of the trials of {result.experiment!r}: {len(result.members)} "
+            f"member(s) of {len(result.candidates)} candidate(s) (every finished trial {rule}), chosen on {where}")

@@ -11,6 +11,8 @@ feature store it reads.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -76,7 +78,7 @@ FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "power", "
                 "pad_mode")
 TOP_KEYS = ("description", "sampler", "objective", "lambda", "num_samples", "max_concurrent", "seed", "seeds",
             "scheduler", "features", "params", "points")
-SCHEDULER_KEYS = ("name", "max_t", "grace_period", "reduction_factor")
+SCHEDULER_KEYS = ("name", "max_t", "grace_period", "reduction_factor", "noise_z")
 
 
 class _Loader(yaml.SafeLoader):
@@ -114,6 +116,13 @@ class Dist:
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         raise AscError("a float range has no grid")
 
+    def grid_values(self) -> list:
+        """Every value Optuna can draw: :meth:`grid`, or a float range's steps."""
+        if self.kind == "float":
+            n = int(round((self.high - self.low) / self.step))
+            return [self.low + k * self.step for k in range(n + 1)]
+        return self.grid()
+
     def extremes(self) -> list:
         return list(self.values) if self.kind == "choice" else [self.low, self.high]
 
@@ -124,6 +133,9 @@ class Scheduler:
     max_t: int = 0  # ASHA: the most epochs a trial runs (default: the space's largest epochs)
     grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: float = 3.0  # ASHA: keep 1 / reduction_factor at each rung
+    # ASHA with seeds: stop a trial only when objective + noise_z * its standard error over the seeds is
+    # below the rung's cutoff (0: Ray's rule; search.schedulers)
+    noise_z: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,78 @@ class Space:
     def grid(self) -> dict:
         """The grid sampler's search space: every searched key's values."""
         return {k: d.grid() for k, d in self.searched.items()}
+
+    # ---- one configuration, one identity ------------------------------------------------------------
+    @property
+    def protocol(self) -> str:
+        """The protocol every trial selects its epoch by (a space cannot search over it)."""
+        if self.points:
+            return self.resolve({**self.fixed, **self.points[0][1]})["protocol"]
+        return self.resolve(self.fixed)["protocol"]
+
+    def canonical(self, params: dict) -> dict:
+        """``params`` as the configuration they train: defaults filled in, every parameter the
+        configuration does not use dropped (the median filter's size without the median filter), a
+        points space's point id kept for the tables. Two parameter sets that train the same thing have
+        the same canonical form; it is what a trial, MLflow, the tables and Optuna hold."""
+        out = self.resolve(params)
+        if "point" in params:
+            out["point"] = params["point"]
+        return out
+
+    def config_key(self, params: dict) -> str:
+        """The identity of the configuration ``params`` trains (its canonical parameters, without a
+        point's id or settings that change only speed): equal keys, equal training."""
+        canonical = {k: v for k, v in self.canonical(params).items() if k not in ("point", "num_workers")}
+        return json.dumps(canonical, sort_keys=True, default=str)
+
+    def optuna_params(self, params: dict) -> dict:
+        """What the Optuna trial of the configuration ``params`` holds: the searched parameters it uses
+        (a points space: its point id)."""
+        if self.sampler == "points":
+            return {"point": params["point"]}
+        canonical = self.canonical(params)
+        return {k: canonical[k] for k in self.searched if k in canonical}
+
+    def optuna_distributions(self, params: dict) -> dict:
+        """Optuna's distributions of :meth:`optuna_params` (to add a finished trial to a study)."""
+        import optuna.distributions as od
+
+        if self.sampler == "points":
+            return {"point": od.CategoricalDistribution([pid for pid, _ in self.points])}
+        out = {}
+        for key in self.optuna_params(params):
+            d = self.searched[key]
+            if d.kind == "choice":
+                out[key] = od.CategoricalDistribution(list(d.values))
+            elif d.kind == "int":
+                out[key] = od.IntDistribution(int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
+            else:
+                out[key] = od.FloatDistribution(d.low, d.high, step=d.step, log=d.log)
+        return out
+
+    def distinct_points(self) -> list[dict] | None:
+        """Every distinct configuration the space holds (canonical, in a fixed order), or None when it
+        holds infinitely many (a float range without a step)."""
+        if self.sampler == "points":
+            candidates = [{**self.fixed, **p, "point": pid} for pid, p in self.points]
+        else:
+            if any(d.kind == "float" and d.step is None for d in self.searched.values()):
+                return None
+            free = [k for k in self.searched if k not in MEDIAN_KEYS]
+            candidates = []
+            for combo in itertools.product(*(self.searched[k].grid_values() for k in free)):
+                values = {**self.fixed, **dict(zip(free, combo))}
+                median = [k for k in MEDIAN_KEYS if k in self.searched]
+                if self.resolve(values)["enhancement"] == "median_filter" and median:
+                    for sizes in itertools.product(*(self.searched[k].grid_values() for k in median)):
+                        candidates.append({**values, **dict(zip(median, sizes))})
+                else:
+                    candidates.append(values)
+        out = {}
+        for c in candidates:
+            out.setdefault(self.config_key(c), self.canonical(c))
+        return list(out.values())
 
     # ---- what a trial runs ----------------------------------------------------------------------
     def feature_config(self, params: dict) -> FeatureConfig:
@@ -327,6 +411,15 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
                 fail(f"params.{key}", "the grid sampler needs a choice or an int range, not a float range")
 
     _check_median(fixed, searched, points, fail)
+    # Trials compared on different clips (held-out training locations or the evaluation split) cannot
+    # be ranked against each other: one protocol per search.
+    if "protocol" in searched:
+        fail("params.protocol", "one protocol per search: trials selected on different clips cannot be ranked "
+             "against each other (run one search per protocol)")
+    protocols = {p.get("protocol", fixed.get("protocol", PARAMS["protocol"].default)) for _, p in points}
+    if len(protocols) > 1:
+        fail("points", f"one protocol per search, not {' and '.join(sorted(protocols))}: trials selected on "
+             "different clips cannot be ranked against each other")
 
     objective_spec = doc.get("objective", "metric_b")
     if objective_spec not in OBJECTIVES:
@@ -551,4 +644,9 @@ def _scheduler(spec, fail) -> Scheduler:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1:
             fail("scheduler.reduction_factor", f"a number > 1, not {v!r}")
         values["reduction_factor"] = float(v)
+    if "noise_z" in spec:
+        v = spec["noise_z"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            fail("scheduler.noise_z", f"a number >= 0 (standard errors of the benefit of the doubt), not {v!r}")
+        values["noise_z"] = float(v)
     return Scheduler(name=name, **values)

@@ -29,6 +29,14 @@ TRIAL_TAG = "tune_trial_id"
 SEARCH_TAG = "search"
 ROLE_TAG = "role"  # "search" (the parent run), "trial" or "fusion"
 MODEL_TAG = "model_uri"  # a trial's or a fusion's audio model (search.serving)
+SELECTED_ON_TAG = "selected_on"  # "validation" (held-out training locations) or "evaluation" (protocol paper)
+STORE_TAG = "store_name"  # the identity of the feature store a trial read (search.tuner.store_identity)
+KEY_TAG = "config_key"  # the configuration's identity (search.space.Space.config_key)
+
+
+def selected_on(protocol: str) -> str:
+    """Which clips a protocol chooses on, as the tables and tags name them."""
+    return "evaluation" if protocol == "paper" else "validation"
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False) -> None:
@@ -61,8 +69,11 @@ def default_uri(folder: Path) -> str:
     return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
 
 
-def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict) -> tuple[str, str]:
-    """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id)."""
+def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict,
+                 store_names: dict | None = None) -> tuple[str, str]:
+    """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id).
+    The experiment's tags say what its trials can be compared with (``--warm-start`` reads them):
+    objective, protocol, seeds and the feature stores' identities."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -70,17 +81,20 @@ def start_search(uri: str, name: str, artifact_root: Path | None, space, command
         raise AscError(f"MLflow at {uri} already has an experiment named {name!r} (another search of that name): "
                        "give another --name")
     location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
-    experiment_id = client.create_experiment(name, artifact_location=location,
-                                             tags={"space": space.path, "objective": space.objective.label()})
+    experiment_id = client.create_experiment(name, artifact_location=location, tags={
+        "space": space.path, "objective": space.objective.label(), "protocol": space.protocol,
+        SELECTED_ON_TAG: selected_on(space.protocol), "seeds": str(space.seeds),
+        "store_names": json.dumps(store_names or {}, sort_keys=True)})
     run = client.create_run(experiment_id, run_name=f"search {name}",
                             tags={SEARCH_TAG: name, ROLE_TAG: "search", "command": command,
+                                  SELECTED_ON_TAG: selected_on(space.protocol),
                                   "mlflow.note.content": f"{space.description}\n\n`{command}`"})
     run_id = run.info.run_id
     params = {"space": Path(space.path).name, "sampler": space.sampler, "objective": space.objective.label(),
               "scheduler": space.scheduler.name, **{k: str(v) for k, v in settings.items()}}
     if space.scheduler.name == "asha":
         params.update(asha_max_t=space.scheduler.max_t, asha_grace_period=space.scheduler.grace_period,
-                      asha_reduction_factor=space.scheduler.reduction_factor)
+                      asha_reduction_factor=space.scheduler.reduction_factor, asha_noise_z=space.scheduler.noise_z)
     _log_params(client, run_id, params)
     client.log_text(run_id, space.text, Path(space.path).name)
     client.log_text(run_id, command + "\n", "command.txt")
@@ -121,9 +135,11 @@ def _tolerant(hook):
 class MlflowTracker(Callback):
     """The Tune callback that writes every trial to MLflow (see the module docstring)."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, search: str, space, stores: dict[str, str]):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, search: str, space, stores: dict[str, str],
+                 store_names: dict[str, str] | None = None):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
         self.search, self.space, self.stores = search, space, stores
+        self.store_names = store_names or {}
         self.runs: dict[str, str] = {}
         # The last epoch logged per trial: a trial retried from its last registered checkpoint may
         # report an epoch again (with the same figures: resuming reproduces them); it is logged once.
@@ -164,7 +180,10 @@ class MlflowTracker(Callback):
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags={
                 "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SEARCH_TAG: self.search,
-                ROLE_TAG: "trial", "description": self.space.describe(trial.config)})
+                ROLE_TAG: "trial", "description": self.space.describe(trial.config),
+                SELECTED_ON_TAG: selected_on(self.space.protocol),
+                STORE_TAG: self.store_names.get(self.space.feature_config(trial.config).key(), ""),
+                KEY_TAG: self.space.config_key(trial.config)})
             run_id = run.info.run_id
             _log_params(self.client, run_id, {**trial.config, "store": self.stores.get(
                 self.space.feature_config(trial.config).key(), "")})
@@ -205,14 +224,20 @@ class MlflowTracker(Callback):
         result = trial.last_result or {}
         reached, epochs = int(result.get("epoch", 0)), int(result.get("epochs", 0))
         self.client.set_tag(run_id, "epoch_reached", str(reached))
-        self.client.set_tag(run_id, "stopped_early", str(reached < epochs).lower())
+        diverged = result.get("diverged")
+        # A diverged trial ended at its last good epoch, but was not stopped by ASHA: FAILED, with why.
+        self.client.set_tag(run_id, "stopped_early", str(reached < epochs and not diverged).lower())
+        if diverged:
+            self.client.set_tag(run_id, "diverged_at_epoch", str(diverged))
+            self.client.set_tag(run_id, "diverged_reason", str(result.get("diverged_reason", ""))[:4000])
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
-        self._pending.append(self._executor.submit(self._finish, run_id, trial.checkpoint, trial_label(trial)))
+        self._pending.append(self._executor.submit(self._finish, run_id, trial.checkpoint, trial_label(trial),
+                                                   "FAILED" if diverged else "FINISHED"))
 
-    def _finish(self, run_id: str, checkpoint, label: str) -> None:
+    def _finish(self, run_id: str, checkpoint, label: str, status: str = "FINISHED") -> None:
         try:
             if checkpoint is not None:
                 with checkpoint.as_directory() as folder:
@@ -222,7 +247,7 @@ class MlflowTracker(Callback):
             print(f"warning: {label}: could not log its artifacts to MLflow ({message})", file=sys.stderr)
             self.client.set_tag(run_id, "artifact_error", message[:4000])
         finally:
-            self.client.set_terminated(run_id, "FINISHED")
+            self.client.set_terminated(run_id, status)
 
     def wait(self) -> None:
         """Block until every finished trial's artifacts are logged and its run closed."""

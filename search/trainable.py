@@ -92,8 +92,12 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
             shutil.copytree(saved, work, dirs_exist_ok=True)
     train_config = space.train_config(params, store, checkpoint_dir=str(work))
 
+    last: dict = {}
+
     def report(epoch: int, metrics: dict, ckpt_dir: str | None) -> None:
         result = flatten_report(metrics, train_config.epochs, space.objective)
+        last.clear()
+        last.update(result)
         # Tune copies the folder into the trial's storage now, so the next epoch may overwrite it.
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
         fault_point("reported", epoch=epoch)
@@ -114,9 +118,12 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
             work.mkdir(parents=True)
             fit()
     except Diverged as exc:
-        # Ends the trial at its last reported epoch (Optuna is told that epoch's value): a retry from
-        # the checkpoint would draw the same batches and diverge again.
-        say(f"{label}: stopped: {exc}")
+        # The trial ends at its last reported epoch, marked diverged: one more result without a
+        # checkpoint, which the driver reads (its state, MLflow's run, Optuna's FAIL). A retry from the
+        # checkpoint would draw the same batches and diverge again.
+        reason = str(exc) if space.seeds == 1 else f"seed {exc.seed}: {exc}"
+        tune.report({**(last or {"epoch": 0, "epochs": train_config.epochs}), "diverged": exc.epoch,
+                     "diverged_reason": reason})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fault_point("end")

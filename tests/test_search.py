@@ -297,3 +297,49 @@ def test_searcher_tells_optuna_pruned_with_intermediate_values_also_for_a_grid(t
     assert trials["t1"].state == TrialState.COMPLETE and trials["t1"].value == pytest.approx(0.3)
     assert trials["t1"].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
     assert trials["t2"].state == TrialState.PRUNED and trials["t2"].intermediate_values == {1: 0.05}
+
+
+def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_start_trains_none(store, tmp_path):
+    """TPE with eight samples over four configurations trains four; two of them diverge (a non-finite
+    loss injected at epoch 2) and are told as such everywhere; the search chooses on the evaluation
+    split (protocol paper) and says so; a second search warm-started from the first trains nothing."""
+    from optuna.trial import TrialState
+
+    from asc.faults import INJECT_ENV
+
+    storage = tmp_path / "runs"
+    sets = ["epochs=2", "scheduler=none", "protocol=paper", "mixup_alpha=0.0",
+            "enhancement={choice: [none, mean_subtraction]}", "lr={choice: [0.001, 0.003]}"]
+    env = {**ENV, INJECT_ENV: "trial=*/nan_loss/lr=0.003/epoch=2"}
+    done = run(search_cmd(store, storage, "once", "--num-samples", "8", "--max-concurrent", "1", sets=sets), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "holds 4 distinct configuration(s): each is trained once (num_samples 8)" in out
+    assert "4 trials: 2 finished, 0 stopped by ASHA, 2 diverged, 0 failed" in out
+    assert "4 distinct configuration(s) trained of the 4 the space holds" in out
+    assert out.count("diverged at epoch 2: ") == 4  # the result line and the end line of each
+    assert "chosen on: evaluation split" in out and "protocol paper" in out
+    client, experiment, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "once")
+    assert len(trials) == 4 and parent[0].data.tags["selected_on"] == "evaluation"
+    diverged = [r for r in trials if r.data.tags.get("diverged_at_epoch") == "2"]
+    assert len(diverged) == 2 and all(r.info.status == "FAILED" and r.data.params["lr"] == "0.003" for r in diverged)
+    assert all(r.data.tags["stopped_early"] == "false" and r.data.tags["selected_on"] == "evaluation" for r in trials)
+    assert len({r.data.tags["config_key"] for r in trials}) == 4
+    told = study(storage, "once").get_trials()
+    real = [t for t in told if "duplicate_of" not in t.user_attrs]
+    assert sorted(t.state.name for t in real) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    assert all(t.user_attrs.get("diverged_at_epoch") == 2 for t in real if t.state == TrialState.FAIL)
+
+    refused = run([sys.executable, "-m", "search", "fuse", "--experiment", "once", "--mlflow-uri",
+                   f"sqlite:///{storage / 'mlflow.db'}"], timeout=120)
+    assert refused.returncode == 2 and "chose their epochs on the evaluation clips (protocol paper)" in refused.stderr
+
+    again = run(search_cmd(store, storage, "again", "--num-samples", "8", "--warm-start", "once", sets=sets), env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "warm start from 'once': 4 trial(s) taken (2 complete, 2 diverged); none of them is trained again" in again.stdout
+    assert "0 trials: 0 finished" in again.stdout
+    warm = study(storage, "again").get_trials()
+    assert len(warm) == 4 and all("warm_start_from" in t.user_attrs for t in warm)
+    missing = run(search_cmd(store, storage, "third", "--warm-start", "nope", sets=sets), timeout=120)
+    assert missing.returncode == 2 and "--warm-start nope: no such experiment" in missing.stderr
+    assert not (storage / "third").exists()

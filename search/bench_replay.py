@@ -1,0 +1,735 @@
+"""``python -m search bench-replay``: search strategies measured on recorded learning curves.
+
+HPO research compares strategies on tabular benchmarks (HPOBench, LCBench, YAHPO Gym): every
+configuration's full learning curve is recorded once, then many searches are replayed against the
+record in seconds. This is that, for this project's own problem.
+
+**The recording** (``search/replay/demo_grid.parquet``, shipped; its Parquet metadata holds the command,
+date, hardware and the space that made it): every configuration of a discrete space trained by the
+project's own search (a grid with ``seeds: 3`` into MLflow, no pruning, every epoch of the full
+budget), exported from MLflow with ``--export EXPERIMENT``: per configuration, seed and epoch, the
+objective the search saw (Metric B of the epoch selected so far, on the selection clips) and the
+evaluation split's Metric B of that epoch.
+
+**A replay** runs a search with the same searcher and scheduler classes a real search uses
+(``search.searcher.Searcher``, ``search.schedulers.PersistentASHA``, Ray's ``OptunaSearch``,
+``ASHAScheduler``, ``TuneBOHB`` and ``HyperBandForBOHB``, Optuna's pruners), called as Ray Tune's
+controller calls them (results, decisions, pauses, stops, trial completion), with the table standing in
+for training: a simulated cluster of ``concurrency`` workers where every running trial produces one
+epoch per tick. Cost is counted in trial-epochs. A trial trains with one seed (drawn per configuration
+and replay: a repeat of a configuration gets the same seed, as in a real search); strategies that use
+the seeds' noise (``noise_z``) train all three and pay three seed-epochs per trial-epoch. ``--check``
+runs one replay through the real Tune loop (a trainable that reports the table's values) and shows it
+makes the same decisions.
+
+**Figures**, per strategy, over ``--replays`` searches with their own sampler seeds: the trial-epochs
+until the search's current best trial (by what it saw on the selection clips) is a configuration
+whose evaluation Metric B (the mean over the three seeds, at the epoch it reached) is within 1 point
+of (a) the best configuration of the table and (b) the configuration the full grid picks by its
+selection clips (mean over seeds), as median and interquartile range; the regret (points below (a))
+at 10%, 25% and 50% of the grid's trial-epochs; and the distinct configurations trained. A plot of
+regret against budget, median and interquartile band per strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from asc.cli import ArgumentParser, COUNT, SEED
+from asc.errors import AscError
+
+TABLE = Path(__file__).resolve().parent / "replay" / "demo_grid.parquet"
+COLUMNS = ("config", "seed", "epoch", "objective", "eval_metric_b")
+WITHIN = 0.01  # "within 1 point" of Metric B
+BUDGETS = (0.10, 0.25, 0.50)
+
+
+# --------------------------------------------------------------------------------------------------
+# The recording
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Recording:
+    """Per configuration (canonical params), seed and epoch: the objective and the evaluation Metric B."""
+
+    space_text: str  # the YAML of the recorded search (the replay's space)
+    params: list[dict]  # canonical parameters, one per configuration
+    objective: np.ndarray  # [config, seed, epoch]
+    evaluation: np.ndarray  # [config, seed, epoch]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        return self.objective.shape[2]
+
+    @property
+    def seeds(self) -> int:
+        return self.objective.shape[1]
+
+    def space(self):
+        import yaml
+
+        from search.space import parse_space
+
+        return parse_space(yaml.safe_load(self.space_text), "recorded space", self.space_text)
+
+    def index(self, space) -> dict[str, int]:
+        return {space.config_key(p): i for i, p in enumerate(self.params)}
+
+    def targets(self) -> tuple[float, float, int, int]:
+        """(a) the best evaluation Metric B at full budget and its configuration; (b) the evaluation
+        Metric B of the configuration the full grid picks by its selection objective (means over seeds)."""
+        final_eval = self.evaluation[:, :, -1].mean(axis=1)
+        final_obj = self.objective[:, :, -1].mean(axis=1)
+        best, pick = int(np.argmax(final_eval)), int(np.argmax(final_obj))
+        return float(final_eval[best]), float(final_eval[pick]), best, pick
+
+
+def load_recording(path: Path) -> Recording:
+    """The table, checked: one line naming the file and what is wrong."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise AscError(f"{path}: no replay table here (record one with --export, or use the shipped {TABLE.name})")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise AscError(f"{path}: not a readable Parquet table ({str(exc).splitlines()[0]})") from None
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing or "space" not in meta or "params" not in meta:
+        raise AscError(f"{path}: not a replay table (lacks {', '.join(missing) or 'its space in the metadata'})")
+    params = json.loads(meta["params"])
+    df = table.to_pandas()
+    n_configs, seeds, epochs = len(params), df["seed"].nunique(), int(df["epoch"].max())
+    if len(df) != n_configs * seeds * epochs or set(df["config"]) != set(range(n_configs)):
+        raise AscError(f"{path}: {len(df)} rows, not {n_configs} configurations x {seeds} seeds x {epochs} epochs "
+                       "(truncated, or not from one full-budget grid)")
+    df = df.sort_values(["config", "seed", "epoch"])
+    shape = (n_configs, seeds, epochs)
+    recording = Recording(meta["space"], params, df["objective"].to_numpy(float).reshape(shape),
+                          df["eval_metric_b"].to_numpy(float).reshape(shape), meta)
+    space = recording.space()
+    distinct = space.distinct_points()
+    if distinct is None or {space.config_key(p) for p in distinct} != set(recording.index(space)):
+        raise AscError(f"{path}: its configurations are not those of its space (another space's table)")
+    return recording
+
+
+def export_recording(uri: str, experiment: str, out: Path, command: str) -> Recording:
+    """The replay table from a recorded search in MLflow (a grid, every trial its full epochs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from search.bench_search import machine_line
+    from search.space import parse_space
+    from search.warmstart import _parse
+    import yaml
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise AscError(f"MLflow at {uri}: no experiment {experiment!r}")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.role = 'search'")
+    if not parents:
+        raise AscError(f"experiment {experiment!r}: no search run")
+    space_file = next(a.path for a in client.list_artifacts(parents[0].info.run_id) if a.path.endswith(".yaml"))
+    with contextlib.redirect_stderr(io.StringIO()):
+        text = Path(client.download_artifacts(parents[0].info.run_id, space_file)).read_text()
+    space = parse_space(yaml.safe_load(text), space_file, text)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial'", max_results=10000)
+    rows, params = [], []
+    for run in sorted(runs, key=lambda r: r.info.run_name):
+        p = space.canonical({k: _parse(k, v) for k, v in run.data.params.items() if k in space.resolve({})})
+        if run.info.status != "FINISHED" or run.data.tags.get("stopped_early") != "false":
+            raise AscError(f"run {run.info.run_name}: not a full-budget trial; the recording needs every epoch")
+        c = len(params)
+        params.append(p)
+        for s in range(space.seeds):
+            obj = client.get_metric_history(run.info.run_id, f"seed{s}/objective")
+            ev = client.get_metric_history(run.info.run_id, f"seed{s}/eval_metric_b")
+            ev_by = {m.step: m.value for m in ev}
+            for m in sorted(obj, key=lambda m: m.step):
+                rows.append({"config": c, "seed": s, "epoch": m.step, "objective": m.value,
+                             "eval_metric_b": ev_by[m.step]})
+    table = pa.Table.from_pylist(rows)
+    meta = {"space": text, "params": json.dumps(params), "experiment": experiment, "command": command,
+            "made": time.strftime("%Y-%m-%d", time.gmtime()), "hardware": machine_line()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    pq.write_table(table.replace_schema_metadata({k: str(v) for k, v in meta.items()}), tmp)
+    os.replace(tmp, out)
+    return load_recording(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    sampler: str = "tpe"  # tpe, random, grid (the project's Searcher); anchor (Ray's OptunaSearch); bohb
+    scheduler: str = "fifo"  # fifo, asha (PersistentASHA), ray-asha, hyperband-bohb, optuna-hyperband
+    grace: int = 1
+    rf: float = 3.0
+    noise_z: float = 0.0
+    concurrency: int = 1
+    constant_liar: bool = True
+    dedup: bool = True
+    seeds: int = 1  # seeds per trial (3: the mean over the recorded seeds, with its standard error)
+
+
+def strategies(default: Strategy) -> list[Strategy]:
+    out = [Strategy("random", sampler="random"), Strategy("grid (in order)", sampler="grid"),
+           Strategy("TPE"), Strategy("TPE, no de-duplication", dedup=False)]
+    for grace in (1, 2, 3):
+        for rf in (2.0, 3.0):
+            out.append(Strategy(f"TPE + ASHA g{grace} rf{rf:g}", scheduler="asha", grace=grace, rf=rf))
+    out.append(Strategy("anchor: Ray OptunaSearch + ASHA g1 (stopped = COMPLETE)", sampler="anchor",
+                        scheduler="ray-asha", grace=1, rf=3.0))
+    out.append(Strategy("Optuna TPE + HyperbandPruner", sampler="tpe", scheduler="optuna-hyperband"))
+    out.append(Strategy("BOHB (TuneBOHB + HyperBandForBOHB)", sampler="bohb", scheduler="hyperband-bohb", rf=3.0))
+    for c in (2, 4, 8):
+        out.append(replace(default, name=f"{default.name}, {c} at once", concurrency=c))
+        out.append(replace(default, name=f"{default.name}, {c} at once, no constant liar", concurrency=c,
+                           constant_liar=False))
+    out.append(replace(default, name=f"{default.name}, 3 seeds", seeds=3))
+    out.append(replace(default, name=f"{default.name}, 3 seeds, noise_z 1", seeds=3, noise_z=1.0))
+    out.append(Strategy("grid (in order), 3 seeds", sampler="grid", seeds=3))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The simulated cluster: Ray Tune's controller protocol, the table standing in for training
+# --------------------------------------------------------------------------------------------------
+class SimTrial:
+    def __init__(self, trial_id: str, config: dict, order: int):
+        from ray.tune.experiment import Trial
+
+        self.trial_id, self.config, self.order = trial_id, config, order
+        self.status = Trial.PENDING
+        self.epoch = 0
+        self.last_result: dict = {}
+        self.is_saving = False  # Tune's Trial flags HyperBand reads: a simulated checkpoint is instant
+        self.is_being_processed = False
+
+    def __repr__(self) -> str:
+        return f"SimTrial({self.trial_id})"
+
+
+class SimController:
+    """What Tune's schedulers call on the controller: ``get_trials``, ``stop_trial``, ``search_alg``."""
+
+    def __init__(self, searcher, scheduler):
+        self.searcher, self.scheduler = searcher, scheduler
+        self.search_alg = SimpleNamespace(searcher=searcher)
+        self.trials: list[SimTrial] = []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial: SimTrial) -> None:
+        from ray.tune.experiment import Trial
+
+        if trial.status in (Trial.TERMINATED, Trial.ERROR):
+            return
+        if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+            self.searcher.on_trial_complete(trial.trial_id)
+        else:
+            self.scheduler.on_trial_complete(self, trial, dict(trial.last_result))
+            self.searcher.on_trial_complete(trial.trial_id, result=dict(trial.last_result))
+        trial.status = Trial.TERMINATED
+
+
+@dataclass
+class Trace:
+    """One replayed search: after each trial-epoch, the budget spent and what the search would pick."""
+
+    budget: list = field(default_factory=list)  # trial-epochs spent (seed-epochs / seeds per trial)
+    pick: list = field(default_factory=list)  # the table index of the configuration the search picks, or -1
+    pick_epoch: list = field(default_factory=list)  # the epoch it reached
+    decisions: list = field(default_factory=list)  # (config index, epoch reached, how it ended)
+    distinct: int = 0
+
+
+def _silence() -> None:
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    logging.getLogger("hpbandster").setLevel(logging.ERROR)
+
+
+def make_search(strategy: Strategy, space, seed: int, num_samples: int):
+    """(searcher wrapped as Tune wraps it, scheduler) for one replay."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.schedulers import PersistentASHA
+    from search.searcher import Searcher, make_sampler
+
+    epochs = space.max_epochs()
+    if strategy.sampler in ("tpe", "random", "grid"):
+        s = replace(space, sampler=strategy.sampler)
+        searcher = Searcher(space=s, metric="objective", mode="max", storage=optuna.storages.InMemoryStorage(),
+                            sampler=make_sampler(s, seed, num_samples, constant_liar=strategy.constant_liar),
+                            study_name="replay", seed=seed, dedup=strategy.dedup)
+    elif strategy.sampler == "anchor":
+        dists = {k: optuna.distributions.CategoricalDistribution(list(d.values)) for k, d in space.searched.items()}
+        searcher = OptunaSearch(space=dists, metric="objective", mode="max", seed=seed)
+    elif strategy.sampler == "bohb":
+        from ray import tune
+        from ray.tune.search.bohb import TuneBOHB
+
+        searcher = TuneBOHB(space={k: tune.choice(list(d.values)) for k, d in space.searched.items()},
+                            metric="objective", mode="max", seed=seed)
+    else:
+        raise AscError(f"unknown sampler {strategy.sampler}")
+    if strategy.scheduler == "asha":
+        scheduler = PersistentASHA(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
+                                   grace_period=strategy.grace, reduction_factor=strategy.rf, noise_z=strategy.noise_z)
+    elif strategy.scheduler == "ray-asha":
+        scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
+                                  grace_period=strategy.grace, reduction_factor=strategy.rf)
+    elif strategy.scheduler == "hyperband-bohb":
+        scheduler = HyperBandForBOHB(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
+                                     reduction_factor=strategy.rf)
+    else:
+        scheduler = FIFOScheduler()
+    return ConcurrencyLimiter(searcher, max_concurrent=strategy.concurrency), scheduler
+
+
+def replay(strategy: Strategy, recording: Recording, seed: int, num_samples: int | None = None) -> Trace:
+    """One search of ``strategy`` against the recording (see the module docstring)."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher as TuneSearcher
+
+    if strategy.scheduler == "optuna-hyperband":
+        return replay_optuna(strategy, recording, seed, num_samples)
+    space = recording.space()
+    index = recording.index(space)
+    epochs = recording.epochs
+    num_samples = num_samples or len(recording.params)
+    searcher, scheduler = make_search(strategy, space, seed, num_samples)
+    ctrl = SimController(searcher, scheduler)
+    rng = np.random.default_rng(seed)
+    seed_of = {c: int(rng.integers(recording.seeds)) for c in range(len(recording.params))}
+    trace, created, spent = Trace(), 0, 0
+    seen: set = set()
+    finished = False
+    best = (-math.inf, -1, 0)  # (objective seen, config, epoch)
+
+    def result_of(c: int, epoch: int) -> dict:
+        if strategy.seeds == 1:
+            obj = recording.objective[c, seed_of[c], epoch - 1]
+            return {"epoch": epoch, "epochs": epochs, "objective": float(obj), "training_iteration": epoch}
+        values = recording.objective[c, :, epoch - 1]
+        return {"epoch": epoch, "epochs": epochs, "objective": float(values.mean()), "training_iteration": epoch,
+                "objective_sem": float(values.std(ddof=1) / math.sqrt(len(values)))}
+
+    def end(trial: SimTrial, how: str) -> None:
+        trace.decisions.append((index_of[trial.trial_id], trial.epoch, how))
+
+    index_of: dict[str, int] = {}
+    while True:
+        pending = [t for t in ctrl.trials if t.status == Trial.PENDING]
+        while not finished and created < num_samples and len(pending) < strategy.concurrency:
+            trial_id = f"r{created:04d}"
+            config = searcher.suggest(trial_id)
+            if config is None:
+                break
+            if config == TuneSearcher.FINISHED:
+                finished = True
+                break
+            trial = SimTrial(trial_id, space.canonical({**space.fixed, **config}), created)
+            index_of[trial_id] = index[space.config_key(trial.config)]
+            seen.add(index_of[trial_id])
+            created += 1
+            ctrl.trials.append(trial)
+            scheduler.on_trial_add(ctrl, trial)
+            pending.append(trial)
+        while sum(t.status == Trial.RUNNING for t in ctrl.trials) < strategy.concurrency:
+            trial = scheduler.choose_trial_to_run(ctrl)
+            if trial is None:
+                break
+            trial.status = Trial.RUNNING
+        running = sorted((t for t in ctrl.trials if t.status == Trial.RUNNING), key=lambda t: t.order)
+        if not running:
+            break
+        for trial in running:
+            if trial.status != Trial.RUNNING:  # stopped by a bracket while others reported
+                continue
+            trial.epoch += 1
+            c = index_of[trial.trial_id]
+            result = result_of(c, trial.epoch)
+            trial.last_result = result
+            spent += 1
+            if result["objective"] > best[0]:
+                best = (result["objective"], c, trial.epoch)
+            elif best[1] == c:  # the picked trial went on: its epoch advances with it
+                best = (best[0], c, trial.epoch)
+            trace.budget.append(spent)
+            trace.pick.append(best[1])
+            trace.pick_epoch.append(best[2])
+            decision = scheduler.on_trial_result(ctrl, trial, dict(result))
+            if decision != TrialScheduler.STOP:
+                searcher.on_trial_result(trial.trial_id, dict(result))
+            if decision == TrialScheduler.STOP:
+                end(trial, "stopped" if trial.epoch < epochs else "finished")
+                ctrl.stop_trial(trial)
+            elif decision == TrialScheduler.PAUSE:
+                trial.status = Trial.PAUSED
+            elif trial.epoch >= epochs:  # the trainable returns: Tune stops it with its last result
+                end(trial, "finished")
+                ctrl.stop_trial(trial)
+        for trial in ctrl.trials:  # a bracket may have stopped paused trials
+            if trial.status == Trial.TERMINATED and not any(d[0] == index_of[trial.trial_id] and
+                                                            d[1] == trial.epoch for d in trace.decisions):
+                end(trial, "stopped")
+    trace.distinct = len(seen)
+    return trace
+
+
+def replay_optuna(strategy: Strategy, recording: Recording, seed: int, num_samples: int | None = None) -> Trace:
+    """Optuna alone, as its documentation runs it: TPE asks, each trial reports every epoch and asks
+    ``should_prune()`` (HyperbandPruner), ``concurrency`` trials at a time through ask and tell."""
+    import optuna
+
+    space = recording.space()
+    index = recording.index(space)
+    epochs = recording.epochs
+    num_samples = num_samples or len(recording.params)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=strategy.constant_liar),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3))
+    rng = np.random.default_rng(seed)
+    seed_of = {c: int(rng.integers(recording.seeds)) for c in range(len(recording.params))}
+    trace, spent, created = Trace(), 0, 0
+    running: list = []
+    seen: set = set()
+    best = (-math.inf, -1, 0)
+    while True:
+        while created < num_samples and len(running) < strategy.concurrency:
+            trial = study.ask()
+            params = space.canonical({**space.suggest(trial), **trial.params})
+            c = index[space.config_key(params)]
+            running.append([trial, c, 0])
+            seen.add(c)
+            created += 1
+        if not running:
+            break
+        for item in list(running):
+            trial, c, e = item
+            e = item[2] = e + 1
+            value = float(recording.objective[c, seed_of[c], e - 1])
+            spent += 1
+            if value > best[0]:
+                best = (value, c, e)
+            elif best[1] == c:
+                best = (best[0], c, e)
+            trace.budget.append(spent)
+            trace.pick.append(best[1])
+            trace.pick_epoch.append(best[2])
+            trial.report(value, e)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                trace.decisions.append((c, e, "stopped"))
+                running.remove(item)
+            elif e >= epochs:
+                study.tell(trial, value)
+                trace.decisions.append((c, e, "finished"))
+                running.remove(item)
+    trace.distinct = len(seen)
+    return trace
+
+
+_RECORDINGS: dict = {}
+
+
+def _replay_task(task) -> Trace:
+    """One replay in a worker process (the recording read once per process)."""
+    path, strategy, seed = task
+    if path not in _RECORDINGS:
+        _silence()
+        _RECORDINGS[path] = load_recording(Path(path))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return replay(strategy, _RECORDINGS[path], seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+def curve(trace: Trace, recording: Recording, grid_budget: int, points: int = 101) -> np.ndarray:
+    """Regret (points of Metric B below target (a)) at each of ``points`` budget fractions 0..1 of
+    the grid's trial-epochs (nan before the first result)."""
+    target_a = recording.targets()[0]
+    quality = recording.evaluation.mean(axis=1)  # [config, epoch]
+    budgets = np.asarray(trace.budget, float)
+    out = np.full(points, np.nan)
+    for k, frac in enumerate(np.linspace(0, 1, points)):
+        i = np.searchsorted(budgets, frac * grid_budget, side="right") - 1
+        if i >= 0 and trace.pick[i] >= 0:
+            out[k] = 100 * (target_a - quality[trace.pick[i], trace.pick_epoch[i] - 1])
+    return out
+
+
+def reach(trace: Trace, recording: Recording, target: float) -> float:
+    """Trial-epochs until the pick's evaluation Metric B is within 1 point of ``target`` (inf: never)."""
+    quality = recording.evaluation.mean(axis=1)
+    for b, c, e in zip(trace.budget, trace.pick, trace.pick_epoch):
+        if c >= 0 and quality[c, e - 1] >= target - WITHIN:
+            return float(b)
+    return math.inf
+
+
+def summarize(name: str, strategy: Strategy, traces: list[Trace], recording: Recording) -> dict:
+    target_a, target_b, _, _ = recording.targets()
+    grid_budget = len(recording.params) * recording.epochs
+    reach_a = np.array([reach(t, recording, target_a) for t in traces])
+    reach_b = np.array([reach(t, recording, target_b) for t in traces])
+    curves = np.array([curve(t, recording, grid_budget) for t in traces])
+    fracs = np.linspace(0, 1, curves.shape[1])
+
+    def q(x, p):  # "nearest": a replay that never got there is inf, not an interpolation with it
+        return float(np.percentile(x, p, method="nearest")) if len(x) else math.nan
+
+    out = {"name": name, "strategy": strategy, "replays": len(traces), "grid_budget": grid_budget,
+           "reach_a": [q(reach_a, 25), q(reach_a, 50), q(reach_a, 75)],
+           "reach_b": [q(reach_b, 25), q(reach_b, 50), q(reach_b, 75)],
+           "never_a": int(np.isinf(reach_a).sum()), "never_b": int(np.isinf(reach_b).sum()),
+           "distinct": float(np.median([t.distinct for t in traces])),
+           "spent": float(np.median([t.budget[-1] if t.budget else 0 for t in traces])),
+           "curve": curves, "fracs": fracs}
+    for b in BUDGETS:
+        k = int(round(b * (len(fracs) - 1)))
+        col = curves[:, k]
+        out[f"regret_{int(b * 100)}"] = [float(np.nanpercentile(col, p)) if np.isfinite(col).any() else math.nan
+                                         for p in (25, 50, 75)]
+    return out
+
+
+def format_table(rows: list[dict], recording: Recording, default: str) -> str:
+    target_a, target_b, best, pick = recording.targets()
+    space = recording.space()
+    grid_budget = rows[0]["grid_budget"] if rows else 0
+
+    def fmt_q(v, budget=True):
+        lo, mid, hi = v
+        f = (lambda x: "never" if math.isinf(x) else f"{x:.0f}") if budget else (lambda x: f"{x:.1f}")
+        return f"{f(mid)} [{f(lo)}-{f(hi)}]"
+
+    lines = [f"recording: {recording.meta.get('experiment', '?')}, {len(recording.params)} configurations x "
+             f"{recording.seeds} seeds x {recording.epochs} epochs; made {recording.meta.get('made', '?')} on "
+             f"{recording.meta.get('hardware', '?')}",
+             f"(a) best configuration: {space.describe(recording.params[best])}, evaluation Metric B "
+             f"{100 * target_a:.1f}; (b) the grid's pick by its selection clips: "
+             f"{space.describe(recording.params[pick])}, {100 * target_b:.1f} (means over the seeds)",
+             f"grid: {grid_budget} trial-epochs; budgets below in trial-epochs (3-seed strategies: trial-epochs of "
+             "3 seeds each, so 3x the compute), median [interquartile range] over the replays; regret in points "
+             "of evaluation Metric B below (a)", ""]
+    head = ["strategy", "to (a)", "to (b)", "b/grid", "regret@10%", "regret@25%", "regret@50%", "distinct", "never b"]
+    cells = []
+    for r in rows:
+        b_frac = r["reach_b"][1] / r["grid_budget"] if math.isfinite(r["reach_b"][1]) else math.inf
+        cells.append([("* " if r["name"] == default else "  ") + r["name"], fmt_q(r["reach_a"]), fmt_q(r["reach_b"]),
+                      "never" if math.isinf(b_frac) else f"{b_frac:.2f}",
+                      *[fmt_q(r[f"regret_{int(b * 100)}"], budget=False) for b in BUDGETS],
+                      f"{r['distinct']:.0f}", f"{r['never_b']}/{r['replays']}"])
+    widths = [max(len(x[i]) for x in [head, *cells]) for i in range(len(head))]
+    lines.append(" | ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(head, widths))))
+    lines.append("-+-".join("-" * w for w in widths))
+    for c in cells:
+        lines.append(" | ".join(f"{v:<{w}}" if i == 0 else f"{v:>{w}}" for i, (v, w) in enumerate(zip(c, widths))))
+    lines.append("* = the default strategy (spaces/*.yaml)")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 6.5))
+    for k, r in enumerate(rows):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            med = np.nanmedian(r["curve"], axis=0)
+            lo, hi = np.nanpercentile(r["curve"], 25, axis=0), np.nanpercentile(r["curve"], 75, axis=0)
+        color = plt.cm.tab20(k % 20)
+        ax.plot(r["fracs"], med, color=color, lw=2.2 if r.get("default") else 1.2, label=r["name"])
+        ax.fill_between(r["fracs"], lo, hi, color=color, alpha=0.12)
+    ax.set_xlabel("budget: share of the full grid's trial-epochs")
+    ax.set_ylabel("regret: evaluation Metric B below the best configuration (points)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=6.5, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# One replay through the real Tune loop
+# --------------------------------------------------------------------------------------------------
+def _replay_trainable(config: dict, table: dict, seed_of: dict, epochs: int, keys: dict, space) -> None:
+    from ray import tune
+
+    c = keys[space.config_key({**space.fixed, **config})]
+    for epoch in range(1, epochs + 1):
+        tune.report({"epoch": epoch, "epochs": epochs, "objective": float(table[c][seed_of[c]][epoch - 1])})
+
+
+def tune_check(strategy: Strategy, recording: Recording, seed: int, storage: Path) -> tuple[list, list]:
+    """The decisions of one replay through ``ray.tune.Tuner`` (a trainable reporting the table) and
+    through the simulation: (tune's, simulated) lists of (configuration, epoch reached)."""
+    import ray
+    from ray import tune
+
+    space = recording.space()
+    index = recording.index(space)
+    searcher, scheduler = make_search(strategy, space, seed, len(recording.params))
+    rng = np.random.default_rng(seed)
+    seed_of = {c: int(rng.integers(recording.seeds)) for c in range(len(recording.params))}
+    ray.init(address="local", num_cpus=max(1, strategy.concurrency), include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_parameters(_replay_trainable, table=recording.objective.tolist(), seed_of=seed_of,
+                                 epochs=recording.epochs, keys=index, space=space),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(recording.params),
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(storage), name="check", verbose=0))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    tuned = []
+    for r in results:
+        tuned.append((r.metrics.get("trial_id"), index[space.config_key({**space.fixed, **r.config})],
+                      int(r.metrics.get("epoch", 0))))
+    tuned = [(c, e) for _, c, e in sorted(tuned)]
+    simulated = sorted(((c, e) for c, e, _ in replay(strategy, recording, seed).decisions),
+                       key=lambda x: x)
+    return sorted(tuned), simulated
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+DEFAULT = Strategy("TPE + ASHA g3 rf3", scheduler="asha", grace=3, rf=3.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from search.bench import add_report_options
+
+    parser = ArgumentParser(prog="python -m search bench-replay", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", type=Path, default=TABLE, help="the recording (default: the shipped one)")
+    parser.add_argument("--replays", type=COUNT, default=100, help="searches per strategy (default %(default)s)")
+    parser.add_argument("--seed", type=SEED, default=0, help="the first replay's sampler seed (default %(default)s)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help="only the strategies whose names start with these")
+    parser.add_argument("--plot", type=Path, default=Path("replay.png"), help="the regret plot (default %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="also run one replay of the default strategy through the real Tune loop and compare")
+    parser.add_argument("--mlflow-uri", default=None, help="log the table and the plot to this tracking URI")
+    parser.add_argument("--export", metavar="EXPERIMENT", default=None,
+                        help="make the table from a recorded search's MLflow experiment (with --mlflow-uri) into "
+                             "--table, instead of replaying")
+    add_report_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _silence()
+    try:
+        if args.export:
+            if not args.mlflow_uri:
+                raise AscError("--export needs --mlflow-uri (where the recorded search is)")
+            rec = export_recording(args.mlflow_uri, args.export, args.table,
+                                   "python -m search bench-replay " + " ".join(argv or sys.argv[1:]))
+            print(f"wrote {args.table}: {len(rec.params)} configurations x {rec.seeds} seeds x {rec.epochs} epochs")
+            return 0
+        recording = load_recording(args.table)
+        chosen = [s for s in strategies(DEFAULT) if not args.only or any(s.name.startswith(o) for o in args.only)]
+        if DEFAULT not in chosen and not args.only:
+            chosen.insert(0, DEFAULT)
+        rows = []
+        start = time.perf_counter()
+        from asc.parallel import process_map
+
+        tasks = [(str(args.table), strategy, args.seed + r) for strategy in chosen for r in range(args.replays)]
+        done = [0]
+
+        def progress(_):
+            done[0] += 1
+            if done[0] % args.replays == 0:
+                print(f"  {done[0]} of {len(tasks)} replays, {time.perf_counter() - start:.0f} s", file=sys.stderr,
+                      flush=True)
+
+        traces = process_map(_replay_task, tasks, progress)
+        for k, strategy in enumerate(chosen):
+            row = summarize(strategy.name, strategy, traces[k * args.replays:(k + 1) * args.replays], recording)
+            row["default"] = strategy == DEFAULT
+            rows.append(row)
+        table = format_table(rows, recording, DEFAULT.name)
+        print(table)
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(rows, args.plot, f"{len(rows)} strategies x {args.replays} replays on {args.table.name}")
+        print(f"\nplot: {args.plot}; {time.perf_counter() - start:.0f} s in all")
+        if args.check:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                tuned, simulated = tune_check(replace(DEFAULT, concurrency=1), recording, args.seed, Path(tmp))
+            same = tuned == simulated
+            print(f"check: one replay of {DEFAULT.name} through ray.tune.Tuner made "
+                  f"{'the same' if same else 'OTHER'} decisions as the simulation ({len(tuned)} trials: "
+                  f"configuration and epoch reached)")
+            if not same:
+                print(f"  tune: {tuned}\n  simulated: {simulated}")
+        if args.mlflow_uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(args.mlflow_uri)
+            mlflow.set_experiment("bench-replay")
+            with mlflow.start_run(run_name=f"bench-replay {args.table.name}"):
+                mlflow.log_text(table, "replay.txt")
+                mlflow.log_artifact(str(args.plot))
+        if args.json:
+            args.json.write_text(json.dumps([{k: (v.tolist() if isinstance(v, np.ndarray) else
+                                                  v.__dict__ if isinstance(v, Strategy) else v)
+                                              for k, v in r.items()} for r in rows], indent=1, default=str))
+        return 0
+    except AscError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The search's decisions, driven directly (no Ray, no training): canonical configurations, no
+configuration trained twice (also when the sampler insists, and with concurrent proposals), a
+diverged trial told as such, ASHA's state across a restart, one protocol per search."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher as TuneSearcher
+
+from asc.errors import AscError
+from search.schedulers import PersistentASHA
+from search.searcher import DIVERGED_ATTR, DUPLICATE_ATTR, KEY_ATTR, Searcher, make_sampler
+from search.space import parse_space
+
+
+def space_of(params: dict, sampler: str = "tpe", **top):
+    return parse_space({"sampler": sampler, "objective": "metric_a", "scheduler": "none",
+                        "params": {"model": "cnn", "epochs": 3, **params}, **top}, "s.yaml")
+
+
+def searcher_for(space, seed: int = 0):
+    return Searcher(space=space, metric="objective", mode="max", sampler=make_sampler(space, seed, 8),
+                    storage=optuna.storages.InMemoryStorage(), study_name="s", seed=seed)
+
+
+def finish(searcher, trial_id: str, value: float, epochs: int = 3) -> None:
+    for epoch in range(1, epochs + 1):
+        searcher.on_trial_result(trial_id, {"objective": value, "epoch": epoch, "epochs": epochs})
+    searcher.on_trial_complete(trial_id, {"objective": value, "epoch": epochs, "epochs": epochs})
+
+
+def run_sequentially(searcher, n: int, value=lambda params: 0.5, prefix: str = "t") -> list[dict]:
+    trained = []
+    for i in range(n):
+        params = searcher.suggest(f"{prefix}{i}")
+        if params == TuneSearcher.FINISHED:
+            break
+        trained.append(params)
+        finish(searcher, f"{prefix}{i}", value(params))
+    return trained
+
+
+MEDIAN_GRID = {"enhancement": {"choice": ["none", "mean_subtraction", "median_filter"]},
+               "median_filter_bands": {"choice": [3, 5, 7]}}
+
+
+def test_a_grid_over_a_parameter_a_configuration_does_not_use_has_no_duplicates():
+    space = space_of(MEDIAN_GRID, sampler="grid")
+    distinct = space.distinct_points()
+    assert len(distinct) == 5  # none, mean_subtraction, and the median filter at 3 heights: not 3 x 3
+    assert all("median_filter_bands" not in p for p in distinct if p["enhancement"] != "median_filter")
+    searcher = searcher_for(space)
+    trained = run_sequentially(searcher, 9)
+    assert len(trained) == 5 and len({space.config_key(p) for p in trained}) == 5
+    assert searcher.finished and not searcher.repeats  # the grid itself proposes each once
+    for p in trained:  # canonical everywhere: Tune's config and the Optuna trial
+        assert ("median_filter_bands" in p) == (p["enhancement"] == "median_filter")
+    for t in searcher._ot_study.get_trials():
+        assert ("median_filter_bands" in t.params) == (t.params["enhancement"] == "median_filter")
+    # the same configuration written two ways is one configuration
+    a = {"enhancement": "none", "median_filter_bands": 3}
+    assert space.config_key(a) == space.config_key({"enhancement": "none"}) and "median_filter_bands" not in space.canonical(a)
+
+
+def test_tpe_with_eight_samples_over_four_configurations_trains_four():
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
+    searcher = searcher_for(space)
+    trained = run_sequentially(searcher, 8, value=lambda p: 0.9 if p["enhancement"] == "none" else 0.1)
+    assert len(trained) == 4 and len({space.config_key(p) for p in trained}) == 4
+    assert searcher.finished
+    repeats = [t for t in searcher._ot_study.get_trials() if DUPLICATE_ATTR in t.user_attrs]
+    assert len(repeats) == searcher.repeats
+    by_tune = {t.user_attrs.get("tune_trial_id"): t for t in searcher._ot_study.get_trials()}
+    for t in repeats:  # told the recorded result of the trial it repeats, at no cost
+        original = by_tune[t.user_attrs[DUPLICATE_ATTR]]
+        assert t.state == TrialState.COMPLETE and t.value == original.value and t.params == original.params
+
+
+def test_a_sampler_that_keeps_repeating_is_given_a_configuration_it_has_not_tried():
+    # A large discrete space, and a best configuration TPE keeps coming back to.
+    space = space_of({"lr": {"choice": [0.0001 * k for k in range(1, 13)]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
+    searcher = searcher_for(space)
+    trained = run_sequentially(searcher, 20, value=lambda p: 1.0 - abs(p["lr"] - 0.0006) * 100)
+    assert len(trained) == 20 and len({space.config_key(p) for p in trained}) == 20
+
+
+def test_concurrent_proposals_are_distinct_configurations():
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
+    searcher = searcher_for(space)
+    running = [searcher.suggest(f"t{i}") for i in range(4)]  # four at once, none finished
+    assert len({space.config_key(p) for p in running}) == 4
+    assert searcher.suggest("t4") == TuneSearcher.FINISHED  # nothing left that is not running
+    told = [t for t in searcher._ot_study.get_trials() if DUPLICATE_ATTR in t.user_attrs]
+    assert all(t.state == TrialState.FAIL for t in told)  # a repeat of a running one: its result is not known yet
+
+
+def test_a_diverged_trial_is_fail_with_its_epoch_and_never_trained_again():
+    space = space_of({"lr": {"choice": [0.001, 1e6]}})
+    searcher = searcher_for(space)
+    first = searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"objective": 0.2, "epoch": 1, "epochs": 3})
+    searcher.on_trial_complete("t0", {"objective": 0.2, "epoch": 1, "epochs": 3, "diverged": 2,
+                                      "diverged_reason": "epoch 2, step 1: the training loss is nan"})
+    trial = next(t for t in searcher._ot_study.get_trials() if t.user_attrs.get("tune_trial_id") == "t0")
+    assert trial.state == TrialState.FAIL and trial.user_attrs[DIVERGED_ATTR] == 2
+    second = searcher.suggest("t1")
+    assert space.config_key(second) != space.config_key(first)
+    finish(searcher, "t1", 0.5)
+    assert searcher.suggest("t2") == TuneSearcher.FINISHED
+
+
+def test_a_restored_searcher_knows_every_configuration_of_the_study(tmp_path):
+    from search.searcher import RESUMING, study_storage
+
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
+    searcher = Searcher(space=space, metric="objective", mode="max", sampler=make_sampler(space, 0, 8),
+                        storage=study_storage(tmp_path), study_name="s", seed=0)
+    trained = run_sequentially(searcher, 2)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = Searcher(space=space, metric="objective", mode="max", sampler=make_sampler(space, 0, 8),
+                        storage=study_storage(tmp_path), study_name="s", seed=0)
+    RESUMING["search_dir"] = tmp_path
+    try:
+        restored.restore(str(tmp_path / "searcher.pkl"))
+    finally:
+        RESUMING.clear()
+    more = run_sequentially(restored, 8, prefix="r")
+    assert len(more) == 2 and {space.config_key(p) for p in trained + more} == {space.config_key(p) for p in
+                                                                              space.distinct_points()}
+
+
+def test_one_protocol_per_search():
+    with pytest.raises(AscError, match=r"s.yaml: params.protocol: one protocol per search"):
+        space_of({"protocol": {"choice": ["paper", "validation"]}})
+    with pytest.raises(AscError, match=r"s.yaml: points: one protocol per search, not paper and validation"):
+        parse_space({"sampler": "points", "params": {"model": "cnn"}, "points": [
+            {"id": "a", "protocol": "paper"}, {"id": "b", "protocol": "validation"}]}, "s.yaml")
+    assert parse_space({"sampler": "points", "params": {"model": "cnn", "epochs": 80}, "points": ["A1", "B2"]},
+                       "s.yaml").protocol == "validation"
+
+
+# --------------------------------------------------------------------------------------------------
+# ASHA across a restart, and the benefit of the doubt
+# --------------------------------------------------------------------------------------------------
+def curves() -> dict[str, list[tuple[float, float]]]:
+    """Deterministic (objective, standard error) per epoch for twelve trials: rising curves with
+    noise, some crossing."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    out = {}
+    for i in range(12):
+        level, rate = rng.uniform(0.2, 0.5), rng.uniform(0.0, 0.05)
+        out[f"t{i}"] = [(float(level + rate * e + rng.normal(0, 0.03)), 0.03) for e in range(1, 10)]
+    return out
+
+
+def drive(scheduler: PersistentASHA, trials: list[str], decisions: dict, stop_after: int | None = None) -> int:
+    """Trials one after the other, epoch by epoch, as Tune would with one trial at a time. Returns how
+    many results were given (``stop_after``: give no more, as a driver killed at that moment)."""
+    given = 0
+    for tid in trials:
+        trial = SimpleNamespace(trial_id=tid)
+        if tid not in scheduler._trial_info:
+            scheduler.on_trial_add(None, trial)
+        if any(d == TrialScheduler.STOP for (t, _), d in decisions.items() if t == tid):
+            continue  # ended before the driver was killed
+        for epoch, (value, sem) in enumerate(curves()[tid], start=1):
+            if (tid, epoch) in decisions:
+                continue  # a result the killed driver had already acted on
+            if stop_after is not None and given == stop_after:
+                return given
+            action = scheduler.on_trial_result(None, trial, {"epoch": epoch, "objective": value, "objective_sem": sem})
+            decisions[(tid, epoch)] = action
+            given += 1
+            if action == TrialScheduler.STOP or epoch == 9:
+                scheduler.on_trial_complete(None, trial, {"epoch": epoch, "objective": value, "objective_sem": sem})
+                break
+    return given
+
+
+@pytest.mark.parametrize("noise_z", [0.0, 2.0])
+def test_asha_state_survives_a_killed_driver_and_resume(tmp_path, noise_z):
+    def asha(state):
+        return PersistentASHA(time_attr="epoch", metric="objective", mode="max", max_t=9, grace_period=1,
+                              reduction_factor=3, state_file=str(state), noise_z=noise_z)
+
+    trials = list(curves())
+    whole: dict = {}
+    drive(asha(tmp_path / "whole.json"), trials, whole)
+    assert TrialScheduler.STOP in whole.values()
+    resumed: dict = {}
+    drive(asha(tmp_path / "resumed.json"), trials, resumed, stop_after=13)  # the driver dies here
+    drive(asha(tmp_path / "resumed.json"), trials, resumed)  # a new driver, a fresh scheduler, the same file
+    assert resumed == whole
+    # A trial stopped just before the driver died, and so not stopped by Tune, is stopped when it reports again.
+    stopped = next((tid, e) for (tid, e), d in whole.items() if d == TrialScheduler.STOP and e < 9)
+    again = asha(tmp_path / "resumed.json")
+    again.on_trial_add(None, SimpleNamespace(trial_id=stopped[0]))
+    value, sem = curves()[stopped[0]][stopped[1]]
+    assert again.on_trial_result(None, SimpleNamespace(trial_id=stopped[0]), {
+        "epoch": stopped[1] + 1, "objective": value, "objective_sem": sem}) == TrialScheduler.STOP
+    forgetful: dict = {}  # Ray's ASHA after Tuner.restore: the rungs start empty
+    drive(asha(tmp_path / "f.json"), trials, forgetful, stop_after=13)
+    (tmp_path / "f.json").unlink()
+    drive(asha(tmp_path / "f.json"), trials, forgetful)
+    assert forgetful != whole  # what the persistence is for
+
+
+def test_noise_z_zero_decides_as_rays_asha_and_larger_stops_fewer(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler
+
+    stops = {}
+    for name, scheduler in (("ray", ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=9,
+                                                    grace_period=1, reduction_factor=3)),
+                            ("z0", PersistentASHA(time_attr="epoch", metric="objective", mode="max", max_t=9,
+                                                  grace_period=1, reduction_factor=3)),
+                            ("z3", PersistentASHA(time_attr="epoch", metric="objective", mode="max", max_t=9,
+                                                  grace_period=1, reduction_factor=3, noise_z=1.0))):
+        decisions: dict = {}
+        for tid, curve in curves().items():
+            trial = SimpleNamespace(trial_id=tid)
+            scheduler.on_trial_add(None, trial)
+            for epoch, (value, sem) in enumerate(curve, start=1):
+                action = scheduler.on_trial_result(None, trial, {"epoch": epoch, "objective": value,
+                                                                 "objective_sem": sem})
+                decisions[(tid, epoch)] = action
+                if action == TrialScheduler.STOP:
+                    break
+        stops[name] = decisions
+    assert stops["z0"] == stops["ray"]
+    pruned = {name: sum(a == TrialScheduler.STOP and epoch < 9 for (_, epoch), a in d.items())
+              for name, d in stops.items()}
+    assert 0 < pruned["z3"] < pruned["ray"], pruned
