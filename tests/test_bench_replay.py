@@ -1,0 +1,84 @@
+"""bench-replay on a tiny hand-made table whose answers are known, and its refusals of bad tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from asc.errors import AscError
+from search.bench_replay import DEFAULT, Strategy, load_recording, reach, replay, summarize
+
+SPACE = """sampler: grid
+objective: metric_b
+seeds: 2
+scheduler: none
+params:
+  model: cnn
+  epochs: 3
+  enhancement: {choice: [none, mean_subtraction]}
+  lr: {choice: [0.001, 0.003]}
+"""
+
+
+def write_table(path, drop: int = 0, space: str = SPACE):
+    """Four configurations x 2 seeds x 3 epochs. The best, mean subtraction at lr 0.003, is better at
+    its first epoch (0.70) than any other configuration ever is (at most 0.55)."""
+    from search.space import parse_space
+    import yaml
+
+    parsed = parse_space(yaml.safe_load(SPACE), "s.yaml", SPACE)
+    params = parsed.distinct_points()
+    rows = []
+    for c, p in enumerate(params):
+        best = p["enhancement"] == "mean_subtraction" and p["lr"] == 0.003
+        for s in range(2):
+            for e in range(1, 4):
+                obj = 0.7 + 0.05 * e if best else 0.3 + 0.05 * e + 0.01 * c
+                rows.append({"config": c, "seed": s, "epoch": e, "objective": obj, "eval_metric_b": obj - 0.02})
+    rows = rows[:len(rows) - drop]
+    meta = {"space": space, "params": json.dumps(params), "experiment": "tiny", "made": "2026-12-03",
+            "hardware": "hand-made", "command": "test"}
+    pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata(meta), path)
+    return params
+
+
+def test_replays_of_a_known_table(tmp_path):
+    params = write_table(tmp_path / "t.parquet")
+    recording = load_recording(tmp_path / "t.parquet")
+    target_a, target_b, best, pick = recording.targets()
+    assert best == pick and params[best]["enhancement"] == "mean_subtraction" and params[best]["lr"] == 0.003
+    assert target_a == pytest.approx(0.7 + 0.15 - 0.02)
+
+    grid = replay(Strategy("grid", sampler="grid"), recording, seed=0)
+    order = [c for c, _, _ in grid.decisions]
+    assert sorted(order) == [0, 1, 2, 3] and grid.distinct == 4 and grid.budget[-1] == 12
+    assert all(epochs == 3 and how == "finished" for _, epochs, how in grid.decisions)
+    # The pick becomes the best configuration at its first epoch; within 1 point of (a) at its last.
+    assert reach(grid, recording, target_a) == 3 * order.index(best) + 3
+    assert reach(grid, recording, target_a - 0.2) == 3 * order.index(best) + 1  # its first epoch is enough
+
+    tpe = replay(Strategy("TPE"), recording, seed=1)
+    assert tpe.distinct == 4 and len(tpe.decisions) == 4  # each configuration once, though num_samples allows more
+    row = summarize("TPE + ASHA", DEFAULT, [replay(DEFAULT, recording, seed=s) for s in range(3)], recording)
+    assert row["distinct"] == 4 and row["regret_50"][1] == pytest.approx(0.0)
+
+
+def test_bad_tables_are_one_line(tmp_path):
+    with pytest.raises(AscError, match=r"nope.parquet: no replay table here"):
+        load_recording(tmp_path / "nope.parquet")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(AscError, match=r"junk.parquet: not a readable Parquet table"):
+        load_recording(tmp_path / "junk.parquet")
+    write_table(tmp_path / "short.parquet", drop=5)
+    with pytest.raises(AscError, match=r"short.parquet: 19 rows, not 4 configurations x 2 seeds x 3 epochs"):
+        load_recording(tmp_path / "short.parquet")
+    write_table(tmp_path / "other.parquet", space=SPACE.replace("0.003]", "0.003, 0.01]"))
+    with pytest.raises(AscError, match=r"other.parquet: its configurations are not those of its space"):
+        load_recording(tmp_path / "other.parquet")
+    pq.write_table(pa.table({"x": np.arange(3)}), tmp_path / "plain.parquet")
+    with pytest.raises(AscError, match=r"plain.parquet: not a replay table"):
+        load_recording(tmp_path / "plain.parquet")
