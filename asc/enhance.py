@@ -1,20 +1,128 @@
-"""Feature enhancement and normalisation: pure functions, batched == per clip.
+"""Feature enhancements: one definition each, and the pure functions that apply them.
 
-Every function takes ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and
-returns a new array of the same shape; the input is never changed. The paper's order, as its loader
-applies them: global normalisation (GMS or GMSVN with training statistics) first, then mean
-subtraction or the median filter.
+An enhancement is one :class:`Definition` in :data:`ENHANCEMENTS`: its name, its settings (type,
+default, allowed values: the search space's schema is derived from them, as ``<name>_<setting>``
+parameters that exist only when the enhancement is on), the stage it acts at, and its one label.
+A configuration composes any of them (``enhancement: mean_subtraction+freq_mixstyle``); they apply in
+the order :data:`ENHANCEMENTS` lists them, which is also the order of the stages:
+
+- ``store``: computed into the feature store when it is built (spectrum correction: a store of its own);
+- ``train`` before normalisation: augmentations of a training clip's features (DIR: a microphone's
+  response, on device-A clips);
+- global normalisation (GMS or GMSVN with the training statistics), always;
+- ``batch``: every batch, in training, evaluation and the served model alike (median filter, mean
+  subtraction), cacheable in the store's derived caches where costly (the median filter on a CPU);
+- ``train`` on the model's input: augmentations of the batch (Freq-MixStyle), training only.
+
+Adding an enhancement is a new :class:`Definition` here, its function, the stage's one line in
+``asc.train`` (and in ``Enhancement.__call__`` for a ``batch`` one), and its tests (tests/test_enhance.py
+holds those every enhancement must pass).
+
+The functions take ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and return a
+new array of the same shape; the input is never changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from asc.errors import AscError
 
 NORMALIZATIONS = ("none", "gms", "gmsvn")
+STAGES = ("store", "train", "batch")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of an enhancement: its space parameter is ``<enhancement>_<name>``."""
+
+    name: str
+    kind: type  # int, float or str
+    default: Any
+    low: float | None = None  # smallest allowed value
+    low_open: bool = False  # low itself not allowed
+    high: float | None = None  # largest allowed value (included)
+    odd: bool = False  # median-filter sizes
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One enhancement (see the module docstring)."""
+
+    name: str
+    short: str  # its label in tables and run names
+    stage: str  # "store", "train" or "batch"
+    settings: tuple[Setting, ...] = ()
+    help: str = ""
+    before_normalization: bool = False  # a train-stage step on the stored features, not the model input
+
+    def key(self, setting: str) -> str:
+        return f"{self.name}_{setting}"
+
+    def label(self, values: dict) -> str:
+        """``medfilt7x21``, ``fms p=0.4 a=0.3``: the short name and the settings' values."""
+        if self.name == "median_filter":
+            return f"{self.short}{values['bands']}x{values['frames']}"
+        parts = [f"{s.name[0] if s.kind is float else s.name}={_fmt(values[s.name])}" for s in self.settings
+                 if s.kind is not str or values[s.name] != s.default]
+        return " ".join([self.short, *parts])
+
+
+def _fmt(v) -> str:
+    return f"{v:.2g}" if isinstance(v, float) else str(v)
+
+
+ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
+    Definition("spectrum_correction", "spec-corr", "store",
+               help="per-device STFT coefficients from parallel A/device pairs (DCASE2019 Task 1B winner)"),
+    Definition("dir", "dir", "train", (
+        Setting("p", float, 0.4, low=0.0, high=1.0, help="share of device-A training clips given a response"),
+        Setting("responses", str, "micirp", help="a folder of impulse responses, or micirp: the 66 shipped")),
+        help="device impulse responses (Morocutti et al. 2023): a real microphone's response on device-A clips",
+        before_normalization=True),
+    Definition("median_filter", "medfilt", "batch", (
+        Setting("bands", int, 7, low=1, odd=True, help="height (Mel bands); paper 7"),
+        Setting("frames", int, 21, low=1, odd=True, help="width (frames); paper 21")),
+        help="x - median(x) over (bands, frames) (paper section 3.2)"),
+    Definition("mean_subtraction", "mean-sub", "batch", help="each band's mean over time removed (paper section 3.1)"),
+    Definition("freq_mixstyle", "fms", "train", (
+        Setting("p", float, 0.4, low=0.0, high=1.0, help="probability a batch is mixed; 0.4 (2023), 0.6 (2022)"),
+        Setting("alpha", float, 0.4, low=0.0, low_open=True, help="Beta(alpha, alpha) mixing; 0.4 (2023), 0.3 (2022)")),
+        help="Freq-MixStyle (Schmid et al. 2022): per-band statistics mixed with a batch partner's"),
+)}
+PAPER_ENHANCEMENTS = ("none", "mean_subtraction", "median_filter", "spectrum_correction")  # the paper's choices
+
+
+def parse_composition(text: str) -> tuple[str, ...]:
+    """``"median_filter+freq_mixstyle"`` -> the enhancements in their order; ``"none"`` -> ().
+    An unknown name or one named twice is an AscError naming it."""
+    if not isinstance(text, str) or not text.strip():
+        raise AscError(f"an enhancement is a name or names joined by '+', not {text!r}")
+    if text.strip() == "none":
+        return ()
+    names = [n.strip() for n in text.split("+")]
+    for n in names:
+        if n not in ENHANCEMENTS:
+            raise AscError(f"{n!r} is not one of none, {', '.join(ENHANCEMENTS)} (or several of them joined by '+')")
+    if len(set(names)) != len(names):
+        raise AscError(f"{text!r} names an enhancement twice")
+    return tuple(n for n in ENHANCEMENTS if n in names)
+
+
+def composition(names) -> str:
+    """The canonical name of a composition: its enhancements in their order, or ``none``."""
+    names = set(names)
+    return "+".join(n for n in ENHANCEMENTS if n in names) or "none"
+
+
+def setting_keys() -> dict[str, tuple[Definition, Setting]]:
+    """Every enhancement setting's space parameter -> (its enhancement, the setting)."""
+    return {d.key(s.name): (d, s) for d in ENHANCEMENTS.values() for s in d.settings}
 
 
 def mean_subtraction(x: np.ndarray) -> np.ndarray:
@@ -43,6 +151,28 @@ def median_filter(x: np.ndarray, size: tuple[int, int] = (7, 21)) -> np.ndarray:
     return x - ndimage_median(x, size=footprint, mode="constant", cval=0.0)
 
 
+def median_filter_torch(x, size: tuple[int, int] = (7, 21), max_elements: int = 1 << 27):
+    """:func:`median_filter` in torch, batched on ``x``'s device (a GPU: cheap; the CPU pays about what
+    scipy does): ``x - median`` over (bands, frames) windows, zero-padded edges, for ``x``
+    ``[clips, n_mels, frames]``. Equal to :func:`median_filter` (a median picks one of the window's
+    values; the sizes are odd). The windows are unfolded a few clips at a time, within
+    ``max_elements`` values."""
+    import torch
+    import torch.nn.functional as F
+
+    bands, frames = size
+    if bands % 2 == 0 or frames % 2 == 0 or bands < 1 or frames < 1:
+        raise AscError(f"median filter size must be two odd positive numbers, not {size}")
+    n, height, width = x.shape
+    step = max(1, max_elements // max(1, height * width * bands * frames))
+    out = []
+    for start in range(0, n, step):
+        part = F.pad(x[start:start + step], (frames // 2, frames // 2, bands // 2, bands // 2))
+        windows = part.unfold(1, bands, 1).unfold(2, frames, 1)  # [clips, n_mels, frames, bands, frames]
+        out.append(windows.reshape(*windows.shape[:3], -1).median(dim=-1).values)
+    return x - torch.cat(out)
+
+
 def global_normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray | None = None) -> np.ndarray:
     """GMS (``std`` None: ``x - mean``) or GMSVN (``(x - mean) / std``) with per-band statistics.
 
@@ -56,11 +186,14 @@ def global_normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray | None = N
 
 @dataclass(frozen=True)
 class Enhancement:
-    """What a trial does to the stored features before the model sees them."""
+    """What a trial does to the stored features before the model sees them: the normalisation and the
+    composed enhancements' settings (None: off). Spectrum correction is the store's (``FeatureConfig``)."""
 
     normalization: str = "gmsvn"  # paper: GMSVN, or GMS whenever mean subtraction or the median filter is on
     mean_subtraction: bool = False  # paper section 3.1
     median_filter: tuple[int, int] | None = None  # paper section 3.2: (7, 21)
+    freq_mixstyle: tuple[float, float] | None = None  # (p, alpha); Schmid et al. 2023: (0.4, 0.4)
+    dir: tuple[float, str] | None = None  # (p, responses: "micirp" or a folder); Morocutti et al. 2023: p 0.4
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
@@ -70,27 +203,85 @@ class Enhancement:
             b, f = self.median_filter
             if b % 2 == 0 or f % 2 == 0 or b < 1 or f < 1:
                 raise AscError(f"median_filter must be two odd positive sizes, not {self.median_filter}")
+        if self.freq_mixstyle is not None:
+            p, alpha = self.freq_mixstyle
+            object.__setattr__(self, "freq_mixstyle", (float(p), float(alpha)))
+            if not (0 <= p <= 1 and alpha > 0 and np.isfinite(alpha)):
+                raise AscError(f"freq_mixstyle needs p in [0, 1] and alpha > 0, not p {p}, alpha {alpha}")
+        if self.dir is not None:
+            p, responses = self.dir
+            object.__setattr__(self, "dir", (float(p), str(responses)))
+            if not 0 <= p <= 1:
+                raise AscError(f"dir needs p in [0, 1], not {p}")
+
+    # ---- as a composition of definitions ------------------------------------------------------------
+    @classmethod
+    def compose(cls, names, values: dict, normalization: str = "gmsvn") -> "Enhancement":
+        """From enhancement names and their settings' values (``{"median_filter_bands": 7, ...}``,
+        defaults for those missing)."""
+        def get(name: str, setting: str):
+            d = ENHANCEMENTS[name]
+            default = next(s.default for s in d.settings if s.name == setting)
+            return values.get(d.key(setting), default)
+
+        names = set(names)
+        return cls(normalization=normalization, mean_subtraction="mean_subtraction" in names,
+                   median_filter=(get("median_filter", "bands"), get("median_filter", "frames"))
+                   if "median_filter" in names else None,
+                   freq_mixstyle=(get("freq_mixstyle", "p"), get("freq_mixstyle", "alpha"))
+                   if "freq_mixstyle" in names else None,
+                   dir=(get("dir", "p"), get("dir", "responses")) if "dir" in names else None)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The enhancements that are on, in their order (spectrum correction is the store's)."""
+        on = {"mean_subtraction": self.mean_subtraction, "median_filter": self.median_filter is not None,
+              "freq_mixstyle": self.freq_mixstyle is not None, "dir": self.dir is not None}
+        return tuple(n for n in ENHANCEMENTS if on.get(n))
+
+    def settings(self, name: str) -> dict:
+        """An enhancement's settings by name (``{"bands": 7, "frames": 21}``)."""
+        value = {"median_filter": self.median_filter, "freq_mixstyle": self.freq_mixstyle, "dir": self.dir}.get(name)
+        return dict(zip((s.name for s in ENHANCEMENTS[name].settings), value or ()))
+
+    def label(self, spectrum_correction: bool = False) -> str:
+        """The one label of this composition: ``plain``, ``mean-sub``, ``medfilt7x21+fms p=0.4 a=0.4``."""
+        names = (("spectrum_correction",) if spectrum_correction else ()) + self.names
+        return "+".join(ENHANCEMENTS[n].label(self.settings(n) if ENHANCEMENTS[n].settings else {})
+                        for n in ENHANCEMENTS if n in names) or "plain"
 
     @property
     def cache_key(self) -> str | None:
         """Name of the store-derived cache for the expensive part (the median filter), or None."""
         if self.median_filter is None:
             return None
-        return f"{self.normalization}-medfilt{self.median_filter[0]}x{self.median_filter[1]}"
+        return f"{self.normalization}-{ENHANCEMENTS['median_filter'].label(self.settings('median_filter'))}"
 
     def normalize(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         if self.normalization == "none":
             return x.astype(np.float32, copy=True)
         return global_normalize(x.astype(np.float32, copy=False), mean, std if self.normalization == "gmsvn" else None)
 
-    def __call__(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-        """Normalise, then mean-subtract and / or median-filter, as the paper's loader does."""
+    def __call__(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray, cache_dtype: str | None = None) -> np.ndarray:
+        """The stages every batch goes through (training, evaluation, the served model): normalise,
+        then median-filter and / or mean-subtract, as the paper's loader does. ``cache_dtype``: the
+        median filter's output rounded to the type its cache stores (what a trial read from it)."""
         out = self.normalize(x, mean, std)
         if self.median_filter is not None:
             out = median_filter(out, self.median_filter)
+            if cache_dtype is not None:
+                out = out.astype(cache_dtype).astype(np.float32)
         if self.mean_subtraction:
             out = mean_subtraction(out)
         return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Enhancement":
+        """From :meth:`to_dict` (also a checkpoint's or member's from before the newer fields)."""
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
 @dataclass(frozen=True)
@@ -104,3 +295,23 @@ class CachedMedianFilter:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self.enhancement.normalize(x, np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32))
         return median_filter(out, self.enhancement.median_filter)
+
+
+def freq_mixstyle(x, p: float, alpha: float, rng: np.random.Generator, eps: float = 1e-6):
+    """Freq-MixStyle (Schmid et al., DCASE 2022): with probability ``p`` the batch ``x`` (torch,
+    [batch, n_mels, frames]) is normalised by each clip's per-band mean and standard deviation over
+    time (detached from the gradient) and re-scaled with statistics mixed with a shuffled partner's,
+    lambda ~ Beta(alpha, alpha) per clip. Draws come from ``rng`` (one number, then the lambdas and the
+    permutation when it mixes), so a run resumed at an epoch draws what it drew."""
+    import torch
+
+    if rng.random() > p:
+        return x
+    n = x.shape[0]
+    lam = torch.as_tensor(rng.beta(alpha, alpha, size=(n, 1, 1)), dtype=x.dtype, device=x.device)
+    perm = torch.as_tensor(rng.permutation(n), device=x.device)
+    mu = x.mean(dim=-1, keepdim=True).detach()
+    sig = (x.var(dim=-1, keepdim=True) + eps).sqrt().detach()
+    mixed_mu = lam * mu + (1 - lam) * mu[perm]
+    mixed_sig = lam * sig + (1 - lam) * sig[perm]
+    return (x - mu) / sig * mixed_sig + mixed_mu

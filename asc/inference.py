@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from asc import REFERENCE_DEVICE
 from asc.enhance import Enhancement
 from asc.errors import AscError
 from asc.features import FeatureConfig, check_finite, load_audio, log_mels
@@ -44,6 +45,7 @@ class Member:
     std: np.ndarray
     corrections: dict[str, np.ndarray] | None = None  # spectrum correction per device, or None
     source: dict = dataclasses.field(default_factory=dict)  # where it came from (run id, trial, store)
+    frames: int | None = None  # the clips' length in frames it trained on (None: a member of an older version)
 
     def __post_init__(self):
         self._model = None
@@ -55,7 +57,7 @@ class Member:
                 "std": np.asarray(self.std, np.float32),
                 "corrections": None if self.corrections is None else {d: np.asarray(c, np.float32)
                                                                       for d, c in self.corrections.items()},
-                "source": self.source}
+                "source": self.source, "frames": self.frames}
 
     def save(self, path: str | Path) -> Path:
         torch.save(self.to_dict(), str(path))
@@ -71,8 +73,9 @@ class Member:
             raise AscError(f"{path}: not a model member of this project (format {MEMBER_FORMAT})")
         features = FeatureConfig(**d["features"])
         return cls(state=d["model"], model_config=ModelConfig(**d["model_config"]), classes=list(d["classes"]),
-                   features=features, enhancement=Enhancement(**d["enhancement"]), mean=np.asarray(d["mean"]),
-                   std=np.asarray(d["std"]), corrections=d["corrections"], source=d.get("source", {}))
+                   features=features, enhancement=Enhancement.from_dict(d["enhancement"]), mean=np.asarray(d["mean"]),
+                   std=np.asarray(d["std"]), corrections=d["corrections"], source=d.get("source", {}),
+                   frames=d.get("frames"))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -87,25 +90,27 @@ class Member:
         """Members with equal keys see equal log-Mel features (computed once for all of them)."""
         return self.features.key, self.corrections is not None
 
-    def correction(self, device: str | None) -> np.ndarray | None:
-        """The spectrum-correction coefficients of a clip's device. A clip whose device is unknown
-        (an unlabelled set) is treated as the reference device: uncorrected."""
-        if self.corrections is None or device is None:
+    def correction(self, device: str | None, path=None) -> np.ndarray | None:
+        """The spectrum-correction coefficients of a clip's device: None for a member without spectrum
+        correction, and for a device the training pairs held none of (a device unseen in training:
+        scored uncorrected, which :meth:`Ensemble.member_probabilities` notes). A clip whose device is
+        unknown (``audio/0.wav``, as the leaderboard and evaluation sets name them) is refused: its
+        correction cannot be chosen, and skipping it silently would score it as device A."""
+        if self.corrections is None:
             return None
+        if device is None:
+            who = f"member {self.source['trial']}" if self.source.get("trial") else "a member"
+            raise AscError(f"{path}: its recording device is unknown (no '-<device>.wav' in the name), and the "
+                           f"model's {who} corrects each device's spectrum; give the device with predict --device "
+                           "(or a 'device' column)")
         return self.corrections.get(device.lower())
 
     def enhance(self, x: np.ndarray) -> np.ndarray:
-        """Stored features ``[clips, n_mels, frames]`` -> what the network saw in training."""
-        e = self.enhancement
-        out = e.normalize(x, self.mean.astype(np.float32), self.std.astype(np.float32))
-        if e.median_filter is not None:
-            from asc.enhance import median_filter
-
-            # Training read the median filter's output from a cache stored in the store's type.
-            out = median_filter(out, e.median_filter).astype(self.features.dtype).astype(np.float32)
-        if e.mean_subtraction:
-            out = out - out.mean(axis=-1, keepdims=True)
-        return out
+        """Stored features ``[clips, n_mels, frames]`` -> what the network saw in training: the
+        enhancement's every-batch stages (training-only augmentations do nothing here), the median
+        filter's output in the type its cache stored (``asc.enhance``)."""
+        return self.enhancement(x, self.mean.astype(np.float32), self.std.astype(np.float32),
+                                cache_dtype=self.features.dtype)
 
     @torch.no_grad()
     def probabilities(self, x: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
@@ -139,6 +144,7 @@ class Ensemble:
             raise AscError(f"ensemble weights must be {len(members)} non-negative numbers, not all zero")
         self.weights = w / w.sum()
         self.classes = list(classes)
+        self.notes: list[str] = []  # what the last prediction did that a user should know
 
     def member_probabilities(self, paths: Sequence[str | Path], devices: Sequence[str | None] | None = None,
                              chunk: int = 64, progress: Callable[[int], None] | None = None,
@@ -151,6 +157,17 @@ class Ensemble:
         differs from the first clip's, is an AscError naming it."""
         torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         devices = [clip_device(p) for p in paths] if devices is None else list(devices)
+        self.notes = []
+        corrected = [m for m in self.members if m.corrections is not None]
+        # a device without coefficients, or with the identity a store gives a device it had no training
+        # pairs of (the reference device's identity is its correction)
+        table = corrected[0].corrections if corrected else {}
+        uncorrectable = sorted({d for d in devices if d and corrected and d.lower() != REFERENCE_DEVICE and (
+            d.lower() not in table or np.all(np.asarray(table[d.lower()]) == 1))})
+        if uncorrectable:
+            self.notes.append(f"{sum(d in uncorrectable for d in devices)} clip(s) of devices the spectrum correction "
+                              f"has no coefficients for ({', '.join(uncorrectable)}: unseen in training) were "
+                              "scored uncorrected by the spectrum-corrected member(s)")
         out: list[list[np.ndarray]] = [[] for _ in self.members]
         frames: dict[tuple, int] = {}
         for start in range(0, len(paths), chunk):
@@ -174,10 +191,11 @@ class Ensemble:
                 if audio[config.sample_rate] is None:
                     audio[config.sample_rate] = load_audio(path, config.sample_rate, config.resample)
                 y = audio[config.sample_rate]  # load_audio refuses NaN and infinite samples
-                x = check_finite(log_mels(y, [config], member.correction(device))[0], y, path, config)
-                if frames.setdefault(key, x.shape[-1]) != x.shape[-1]:
+                x = check_finite(log_mels(y, [config], member.correction(device, path))[0], y, path, config)
+                trained = member.frames or frames.setdefault(key, x.shape[-1])
+                if x.shape[-1] != trained:
                     raise AscError(f"{path}: {len(y) / config.sample_rate:.2f} s gives {x.shape[-1]} frames; the "
-                                   f"model's clips had {frames[key]} (every clip must have the same length)")
+                                   f"model was trained on clips of {trained} frames: every clip must have that length")
                 per_key[key].append(x)
         return {key: np.stack(xs) for key, xs in per_key.items()}
 
@@ -208,9 +226,10 @@ def member_from_checkpoint(best_file: str | Path, source: dict | None = None) ->
     if mean is None:  # normalization "none": no statistics needed
         mean = std = np.zeros(features.n_mels, np.float32)
     return Member(state=best["model"], model_config=ModelConfig(**best["model_config"]), classes=list(best["classes"]),
-                  features=features, enhancement=Enhancement(**best["enhancement"]), mean=np.asarray(mean, np.float32),
+                  features=features, enhancement=Enhancement.from_dict(best["enhancement"]), mean=np.asarray(mean, np.float32),
                   std=np.asarray(std, np.float32), corrections=corrections,
-                  source={"store": str(store), "epoch": best["epoch"], **(source or {})})
+                  source={"store": str(store), "epoch": best["epoch"], **(source or {})},
+                  frames=int(manifest["shape"][1]))
 
 
 def audio_paths(items: str | Path | Sequence[str | Path]) -> list[str]:

@@ -1,7 +1,9 @@
 """Device-wise metrics of the paper: accuracy per device, acc_bc, Metric A, Metric B, device gap.
 
 - ``acc_<device>``: accuracy on each device's clips;
-- ``acc_bc``: accuracy on every non-reference device's clips pooled (B and C in 2019);
+- ``acc_bc``: accuracy on the non-reference devices seen in training, pooled (B and C in 2019);
+- ``acc_unseen``: accuracy on the devices never seen in training, pooled (none in 2019; DCASE 2020's
+  s4-s6, the synthetic set's s1, s2), and ``unseen_gap = acc_<reference> - acc_unseen``;
 - ``metric_a``: accuracy over all clips, ignoring the device (the paper's Metric A);
 - ``metric_b``: the mean of the reference device's accuracy and ``acc_bc`` (the paper's Metric B;
   ``nan`` when either is missing);
@@ -29,8 +31,9 @@ def _accuracy(mask: np.ndarray, correct: np.ndarray) -> float:
 
 
 def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequence[str], n_classes: int,
-                   reference: str = REFERENCE_DEVICE) -> dict:
-    """Every metric above from true and predicted class indices and each clip's device.
+                   reference: str = REFERENCE_DEVICE, seen: Sequence[str] | None = None) -> dict:
+    """Every metric above from true and predicted class indices and each clip's device. ``seen``:
+    the devices of the training clips (None: every device here counts as seen).
 
     Returns a flat dict of floats (``nan`` where a group has no clips) plus ``class_acc`` (list per
     class) and ``confusion`` ({device: matrix as nested lists}).
@@ -40,8 +43,12 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
     out: dict = {"metric_a": float(correct.mean()) if len(correct) else math.nan}
     for device in sorted(set(devices.tolist()), key=lambda d: (d != reference, d)):
         out[f"acc_{device}"] = _accuracy(devices == device, correct)
-    out["acc_bc"] = _accuracy(devices != reference, correct)
+    unseen = np.zeros(len(devices), bool) if seen is None else ~np.isin(devices, list(seen))
+    out["acc_bc"] = _accuracy((devices != reference) & ~unseen, correct)
     acc_ref = out.get(f"acc_{reference}", math.nan)
+    if unseen.any():
+        out["acc_unseen"] = _accuracy(unseen, correct)
+        out["unseen_gap"] = acc_ref - out["acc_unseen"]
     # nan unless both halves exist: Metric B of one device's clips would be that device's accuracy
     # under another name
     out["metric_b"] = (acc_ref + out["acc_bc"]) / 2

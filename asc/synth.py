@@ -16,7 +16,8 @@ whichever process writes which clip):
    high band decays faster), convolved with the dry mix. Reverberation is a scene cue, as the paper
    says, and it is convolutional like the device.
 3. **Devices** (``DEVICE_PROFILES``): the same reverberant signal is "recorded" by device A (flat,
-   quiet, linear) and, for parallel segments, by B and C, the way DCASE 2020 Task 1A simulated its
+   quiet, linear) and, for parallel segments, by B and C (and, in the evaluation split only, by the
+   unseen devices s1 and s2, which training never hears), the way DCASE 2020 Task 1A simulated its
    devices S1-S6 (a device impulse response, then device-specific dynamic range compression;
    Heittola et al., DCASE 2020) and with the figures DESIGN.md gathers for real phones:
 
@@ -48,7 +49,7 @@ whichever process writes which clip):
 Proportions follow the real fold 1: per scene 6 locations, two thirds of them (and their segments)
 in train and one third in evaluate; A-only segments far outnumber the parallel ones, and the
 parallel A/B/C groups are split half and half between train and evaluate as in the real fold. The
-default set (1320 clips of 3 s: 670 A + 80 B + 80 C in train, 330 + 80 + 80 in evaluate) makes B
+default set (1480 clips of 3 s: 670 A + 80 B + 80 C in train, 330 + 80 + 80 + 80 s1 + 80 s2 in evaluate) makes B
 and C 10% each of the training clips (5% in the real fold) and puts 2 parallel groups in every
 training location, so that the validation protocol's held-out locations hold 20 clips of B and of C.
 Clips are 3 s (the real set's are 10 s; ``--seconds 10`` writes those) so that the default set is
@@ -93,6 +94,9 @@ class SynthConfig:
     seed: int = 0
     locations_per_scene: int = 6  # two thirds to train, one third to evaluate, as the real fold splits locations
     devices: tuple[str, ...] = ("a", "b", "c")  # the 2019 set's; A is the reference and must come first
+    # devices that record only the evaluation split's parallel segments, never heard in training (as
+    # DCASE 2020's s4-s6); () for a 2019-like set
+    unseen: tuple[str, ...] = ("s1", "s2")
 
     def __post_init__(self):
         problems = []
@@ -112,7 +116,9 @@ class SynthConfig:
             problems.append("locations_per_scene must be at least 2")
         if not self.devices or self.devices[0] != REFERENCE_DEVICE:
             problems.append(f"devices must start with the reference device {REFERENCE_DEVICE!r}")
-        unknown = [d for d in self.devices if d not in DEVICE_PROFILES]
+        unknown = [d for d in self.devices + self.unseen if d not in DEVICE_PROFILES]
+        if set(self.unseen) & set(self.devices):
+            problems.append(f"devices {sorted(set(self.unseen) & set(self.devices))} cannot be both seen and unseen")
         if unknown:
             problems.append(f"devices {unknown} have no profile (known: {sorted(DEVICE_PROFILES)})")
         if problems:
@@ -276,7 +282,21 @@ DEVICE_PROFILES: dict[str, DeviceProfile] = {
                        dynamics=Dynamics(threshold_db=-26.0, ratio=20.0, attack_ms=20.0, release_ms=300.0,
                                          max_gain_db=8.0, min_gain_db=-8.0),
                        variation_db=3.0, gain_variation_db=3.0, noise_variation_db=2.0, threshold_variation_db=2.0),
-    # Beyond 2019: room for more devices (DCASE 2020 added s1..s6); add profiles here.
+    # Devices never heard in training (DCASE 2020 Task 1A's unseen s4-s6): they record only the
+    # evaluation split's parallel segments. Responses and dynamics unlike B's and C's.
+    # s1, a cheap headset or conference microphone: a telephone-like band (400 Hz - 6.5 kHz), a
+    # presence peak at 3.5 kHz, a dip at 1.5 kHz, a hard 4:1 limiter.
+    "s1": DeviceProfile(low_cut=(400, 2), peaks=((3500, 1.0, 8.0), (1500, 1.5, -10.0)), high_cut=(6500, 8),
+                        gain_db=0.0, noise_db=-68, noise_low_db=3.0, clip_dbfs=-1.0,
+                        dynamics=Dynamics(threshold_db=-20.0, ratio=4.0, attack_ms=2.0, release_ms=50.0),
+                        variation_db=2.0, gain_variation_db=2.0, noise_variation_db=2.0, threshold_variation_db=2.0),
+    # s2, a tablet or action camera with a wind filter: a boomy 180 Hz resonance, a broad dip at 2.5 kHz,
+    # bright (+4 dB per octave) up to 15 kHz, a slow automatic gain control.
+    "s2": DeviceProfile(low_cut=(80, 1), peaks=((180, 1.0, 8.0), (2500, 0.8, -9.0)), high_cut=(15000, 4),
+                        gain_db=-4.0, tilt_db_per_octave=4.0, noise_db=-80, noise_low_db=12.0,
+                        dynamics=Dynamics(threshold_db=-22.0, ratio=10.0, attack_ms=50.0, release_ms=800.0,
+                                          max_gain_db=12.0, min_gain_db=-12.0),
+                        variation_db=2.0, gain_variation_db=2.0, noise_variation_db=2.0, threshold_variation_db=2.0),
 }
 
 
@@ -671,9 +691,10 @@ def plan(config: SynthConfig) -> list[Segment]:
             ("train", n_train, n_parallel_train),
             ("evaluate", config.segments_per_scene - n_train, config.parallel_per_scene - n_parallel_train),
         ):
+            parallel = config.devices + (config.unseen if split == "evaluate" else ())
             for i in range(count):
                 place = by_split[split][i % len(by_split[split])]
-                devices = config.devices if i < n_parallel else (REFERENCE_DEVICE,)
+                devices = parallel if i < n_parallel else (REFERENCE_DEVICE,)
                 segments.append(Segment(place, str(segment_id), devices))
                 segment_id += 1
     return segments

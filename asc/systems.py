@@ -25,6 +25,20 @@ class System:
     mixup_alpha: float
     paper: tuple[float, float, float, float, float] | None  # the paper's A, B, C, B&C, gap (%) for comparison
     spectrum_correction: bool = False  # trains on a spectrum-corrected store
+    freq_mixstyle: tuple[float, float] | None = None  # (p, alpha): the DCASE 2022-2023 systems' augmentations
+    dir: tuple[float, str] | None = None  # (p, responses)
+
+    def enhancement(self):
+        """The system's enhancements (``asc.enhance.Enhancement``; spectrum correction is its store's)."""
+        from asc.enhance import Enhancement
+
+        return Enhancement(self.normalization, self.mean_subtraction, self.median_filter, self.freq_mixstyle, self.dir)
+
+    def composition(self) -> str:
+        """Its enhancements as a search space names them (``median_filter``, ``dir+freq_mixstyle``)."""
+        from asc.enhance import composition
+
+        return composition(self.enhancement().names + (("spectrum_correction",) if self.spectrum_correction else ()))
 
 
 _TABLE = {  # id: (pretrained, norm, mean sub, median filter, mixup alpha), Table 2 (A) / Table 3 (B) results
@@ -45,11 +59,21 @@ _PAPER = {
     "B7": (74.0, 60.2, 65.6, 62.9, 11.1),
 }
 PAPER_SYSTEMS: dict[str, System] = {sid: System(*_TABLE[sid[1]], _PAPER[sid]) for sid in _PAPER}
-SYSTEMS: dict[str, System] = {**PAPER_SYSTEMS, "SC": System(*_TABLE["2"], paper=None, spectrum_correction=True)}
+# Beyond the paper, each on A2 (no enhancement of the paper's): SC, the 2019 winner's spectrum
+# correction; and the device-generalisation methods of DCASE 2022-2023 at their published settings:
+# Freq-MixStyle (p 0.4, alpha 0.4; Schmid et al. 2023), DIR (p 0.4, the MicIRP responses; Morocutti et
+# al. 2023) and both together.
+SYSTEMS: dict[str, System] = {
+    **PAPER_SYSTEMS,
+    "SC": System(*_TABLE["2"], paper=None, spectrum_correction=True),
+    "FMS": System(*_TABLE["2"], paper=None, freq_mixstyle=(0.4, 0.4)),
+    "DIR": System(*_TABLE["2"], paper=None, dir=(0.4, "micirp")),
+    "DIRFMS": System(*_TABLE["2"], paper=None, freq_mixstyle=(0.4, 0.4), dir=(0.4, "micirp")),
+}
 
 
 def selection_metric(system_id: str) -> str:
-    """B systems keep the epoch with the best Metric B, the others (A1-A7, SC) the best Metric A."""
+    """B systems keep the epoch with the best Metric B, the others (A1-A7, SC, FMS, DIR) the best Metric A."""
     return "metric_b" if system_id.upper().startswith("B") else "metric_a"
 
 
@@ -65,7 +89,6 @@ def system_config(system_id: str, store: str, model_name: str = "msxception", we
     """The ``TrainConfig`` of a paper system on ``store``: its enhancement, mixup and selection metric,
     MSXception pretrained where the paper's system is (the small CNN never is); ``train_settings``
     (epochs, seed, protocol, device, checkpoint_dir, ...) fill in the rest."""
-    from asc.enhance import Enhancement
     from asc.models import ModelConfig
     from asc.train import TrainConfig
 
@@ -73,7 +96,7 @@ def system_config(system_id: str, store: str, model_name: str = "msxception", we
     model = ModelConfig(name=model_name, pretrained=system.pretrained and model_name == "msxception",
                         weights=weights, allow_download=allow_download)
     return TrainConfig(store=store, model=model,
-                       enhancement=Enhancement(system.normalization, system.mean_subtraction, system.median_filter),
+                       enhancement=system.enhancement(),
                        mixup_alpha=system.mixup_alpha, selection=selection_metric(system_id), **train_settings)
 
 
@@ -110,16 +133,17 @@ def parallel_mask(filenames, devices) -> np.ndarray:
     return np.array([len(groups[s]) > 1 for s in stems])
 
 
-def prediction_metrics(probs: np.ndarray, labels: np.ndarray, devices, filenames) -> dict:
-    """Device metrics of one set of predictions on all its clips and on its parallel groups alone."""
+def prediction_metrics(probs: np.ndarray, labels: np.ndarray, devices, filenames, seen=None) -> dict:
+    """Device metrics of one set of predictions on all its clips and on its parallel groups alone.
+    ``seen``: the training clips' devices (the others are reported as unseen)."""
     from asc.metrics import device_metrics
 
     pred, devices = np.asarray(probs).argmax(axis=1), np.asarray(devices)
     n_classes = np.asarray(probs).shape[1]
     mask = parallel_mask(filenames, devices)
-    out = {"all": device_metrics(labels, pred, devices, n_classes)}
+    out = {"all": device_metrics(labels, pred, devices, n_classes, seen=seen)}
     if mask.any():
-        out["parallel"] = device_metrics(np.asarray(labels)[mask], pred[mask], devices[mask], n_classes)
+        out["parallel"] = device_metrics(np.asarray(labels)[mask], pred[mask], devices[mask], n_classes, seen=seen)
     return {part: {k: v for k, v in m.items() if isinstance(v, float)} for part, m in out.items()}
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from asc import REFERENCE_DEVICE
 from asc.cli import MAX_SEED
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
-from asc.enhance import CachedMedianFilter, Enhancement
+from asc.enhance import CachedMedianFilter, Enhancement, freq_mixstyle, median_filter_torch
 from asc.errors import AscError, writable_file, writable_folder
 from asc.faults import fault_point, injected
 from asc.metrics import SELECTION_METRICS, device_metrics
@@ -147,10 +147,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["model"] = ModelConfig(**d.get("model", {}))
-        enhancement = dict(d.get("enhancement", {}))
-        if enhancement.get("median_filter") is not None:
-            enhancement["median_filter"] = tuple(enhancement["median_filter"])
-        d["enhancement"] = Enhancement(**enhancement)
+        d["enhancement"] = Enhancement.from_dict(d.get("enhancement", {}))
         return cls(**d)
 
 
@@ -165,10 +162,14 @@ class FeatureView:
     as its path (DataLoader workers reopen the memory map instead of copying the features).
     """
 
-    def __init__(self, store: str, enhancement: Enhancement, stats_rows: np.ndarray | None = None):
+    def __init__(self, store: str, enhancement: Enhancement, stats_rows: np.ndarray | None = None,
+                 device_median: bool = False):
         """``stats_rows``: the clips whose frames give the normalisation statistics (default: the
-        store's whole training split, from its manifest)."""
+        store's whole training split, from its manifest). ``device_median``: the median filter (and
+        the mean subtraction after it) runs on the training device, batch by batch (:meth:`finish`),
+        instead of from a cache of the whole store on disk (a GPU filters a batch in milliseconds)."""
         self.store_path, self.enhancement = store, enhancement
+        self.device_median = device_median and enhancement.median_filter is not None
         self.mean = self.std = None
         self.subset_stats = stats_rows is not None and enhancement.normalization != "none"
         if self.subset_stats:
@@ -184,7 +185,10 @@ class FeatureView:
                 raise AscError(f"{self.store_path}: no training clips, so no statistics to normalise with")
         elif cache_key and self.subset_stats:  # the cached filter output depends on the statistics
             cache_key += "-" + hashlib.sha1(self.mean.tobytes() + self.std.tobytes()).hexdigest()[:10]
-        if cache_key:
+        if self.device_median:  # the store normalised here; median and mean subtraction on the device
+            self.source = base
+            self._post = lambda x: self.enhancement.normalize(x, self.mean, self.std)
+        elif cache_key:
             transform = CachedMedianFilter(self.enhancement, tuple(self.mean.tolist()), tuple(self.std.tolist()))
             self.source = base.derived(cache_key, transform, map_fn=process_map)
             self._post = (lambda x: x - x.mean(axis=-1, keepdims=True)) if self.enhancement.mean_subtraction else (
@@ -192,7 +196,16 @@ class FeatureView:
         else:
             self.source = base
             self._post = lambda x: self.enhancement(x, self.mean, self.std)
+        self.base = base
         self.clips = base.clips
+        # the devices of the training split; the others (DCASE 2020's unseen devices) are reported apart
+        self.seen_devices = sorted({c.device for c in base.clips if c.split == "train"})
+        self.gains = None  # DIR: each response's gain per Mel band, for this store's features
+        if self.enhancement.dir is not None:
+            from asc.features import FeatureConfig
+            from asc.responses import gains_for
+
+            self.gains = gains_for(self.enhancement.dir[1], FeatureConfig(**base.manifest["config"]))
         self.classes = list(base.manifest["dataset"]["scenes"])
         self.devices = list(base.manifest["dataset"]["devices"])
         lookup = {c: i for i, c in enumerate(self.classes)}
@@ -200,30 +213,51 @@ class FeatureView:
 
     def __getstate__(self):
         return {"store_path": self.store_path, "enhancement": self.enhancement, "mean": self.mean, "std": self.std,
-                "subset_stats": self.subset_stats}
+                "subset_stats": self.subset_stats, "device_median": self.device_median}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._open()
 
-    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: np.ndarray, responses: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of ``indices``. ``responses`` (training with DIR): per row, the impulse
+        response whose gains are added to that clip's stored features before everything else (-1: none);
+        those rows are computed from the store itself, not from a cache."""
         x = self._post(self.source.features(np.sort(indices)).astype(np.float32, copy=False))
         order = np.argsort(np.argsort(indices))  # sorted reads are sequential in the file; restore order
-        return torch.from_numpy(np.ascontiguousarray(x[order])), torch.from_numpy(self.labels[indices])
+        x = np.ascontiguousarray(x[order])
+        if responses is not None and (responses >= 0).any():
+            rows = np.flatnonzero(responses >= 0)
+            raw = self.base.features(indices[rows]).astype(np.float32) + self.gains[responses[rows]][:, :, None]
+            x[rows] = self.enhancement.normalize(raw, self.mean, self.std) if self.device_median else \
+                self.enhancement(raw, self.mean, self.std)
+        return torch.from_numpy(x), torch.from_numpy(self.labels[indices])
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """What is left to do on the training device (``device_median``): the median filter, then the
+        mean subtraction; nothing otherwise."""
+        if not self.device_median:
+            return x
+        x = median_filter_torch(x, self.enhancement.median_filter)
+        return x - x.mean(dim=-1, keepdim=True) if self.enhancement.mean_subtraction else x
 
 
 class _Steps(torch.utils.data.Dataset):
-    """One item per optimisation step: a batch from each of the (one or two) shuffled streams."""
+    """One item per optimisation step: a batch from each of the (one or two) shuffled streams.
+    ``responses`` (DIR): per stream, the response index of every position (-1: none), drawn for the
+    epoch before the loader starts, so that loader workers draw nothing."""
 
-    def __init__(self, view: FeatureView, streams: list[np.ndarray], batch_size: int):
-        self.view, self.streams, self.batch_size = view, streams, batch_size
+    def __init__(self, view: FeatureView, streams: list[np.ndarray], batch_size: int,
+                 responses: list[np.ndarray] | None = None):
+        self.view, self.streams, self.batch_size, self.responses = view, streams, batch_size, responses
 
     def __len__(self):
         return len(self.streams[0]) // self.batch_size  # the paper's loader drops the last partial batch
 
     def __getitem__(self, step):
         rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
-        return [t for stream in self.streams for t in self.view.batch(stream[rows])]
+        return [t for k, stream in enumerate(self.streams)
+                for t in self.view.batch(stream[rows], None if self.responses is None else self.responses[k][rows])]
 
 
 def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -321,23 +355,25 @@ def mixup_loss(logits: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, lam: fl
 @torch.no_grad()
 def predict(model: torch.nn.Module, view: FeatureView, indices: np.ndarray, device: torch.device,
             config: TrainConfig, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities ``[len(indices), n_classes]`` (model in eval mode)."""
+    """Class probabilities ``[len(indices), n_classes]`` (model in eval mode). Always in float32, also
+    for a run that trains under bf16: the served model (``asc.inference``) scores in float32, and the
+    selection, the predictions fusion chooses on and the served model must agree."""
     model.eval()
     out = []
     for start in range(0, len(indices), batch_size):
         x, _ = view.batch(indices[start:start + batch_size])
-        x = x.to(device)
+        x = view.finish(x.to(device))
         if config.channels_last:
             x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            out.append(torch.softmax(model(x).float(), dim=-1).cpu().numpy())
+        out.append(torch.softmax(model(x).float(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(view.classes)), np.float32)
 
 
 def evaluate(model, view: FeatureView, indices: np.ndarray, device, config: TrainConfig) -> tuple[dict, np.ndarray]:
     probs = predict(model, view, indices, device, config)
     labels = view.labels[indices]
-    metrics = device_metrics(labels, probs.argmax(1), [view.clips[i].device for i in indices], len(view.classes))
+    metrics = device_metrics(labels, probs.argmax(1), [view.clips[i].device for i in indices], len(view.classes),
+                             seen=view.seen_devices)
     metrics["loss"] = float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
     return metrics, probs
 
@@ -409,7 +445,9 @@ class Training:
         self.ckpt_dir, _, (self.train_idx, self.select_idx, self.test_idx) = check_config(config)
         # The validation protocol normalises with the statistics of the clips it trains on only.
         self.view = view = FeatureView(config.store, config.enhancement,
-                                       self.train_idx if self.test_idx is not None else None)
+                                       self.train_idx if self.test_idx is not None else None,
+                                       device_median=device.type == "cuda")
+        self.is_reference = np.array([c.device == REFERENCE_DEVICE for c in view.clips])  # DIR's clips
         self.model_config = dataclasses.replace(config.model, n_classes=len(view.classes))
         self.model = build_model(self.model_config).to(device)
         if config.channels_last:
@@ -462,8 +500,13 @@ class Training:
         streams = [rng.permutation(self.train_idx)]
         if config.mixup_alpha > 0:
             streams.append(rng.permutation(self.train_idx))
+        responses = None
+        if config.enhancement.dir is not None:  # DIR: a response for a share p of the device-A clips
+            p = config.enhancement.dir[0]
+            responses = [np.where((rng.random(len(st)) < p) & self.is_reference[st],
+                                  rng.integers(len(view.gains), size=len(st)), -1) for st in streams]
         loader = torch.utils.data.DataLoader(
-            _Steps(view, streams, config.batch_size), batch_size=None, shuffle=False,
+            _Steps(view, streams, config.batch_size, responses), batch_size=None, shuffle=False,
             num_workers=config.num_workers, pin_memory=device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
         model.train()
@@ -471,13 +514,15 @@ class Training:
         fetch_start = time.perf_counter()
         for batch in loader:
             waited += time.perf_counter() - fetch_start
-            x1, y1 = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+            x1, y1 = view.finish(batch[0].to(device, non_blocking=True)), batch[1].to(device, non_blocking=True)
             if len(batch) == 4:
                 lam = float(rng.beta(config.mixup_alpha, config.mixup_alpha))
-                x2, y2 = batch[2].to(device, non_blocking=True), batch[3].to(device, non_blocking=True)
+                x2, y2 = view.finish(batch[2].to(device, non_blocking=True)), batch[3].to(device, non_blocking=True)
                 x = mix(x1, x2, lam)
             else:
                 lam, x, y2 = 1.0, x1, y1
+            if config.enhancement.freq_mixstyle is not None:
+                x = freq_mixstyle(x, *config.enhancement.freq_mixstyle, rng)
             if config.channels_last:
                 x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
@@ -687,7 +732,8 @@ def _prediction_arrays(view: FeatureView, indices: np.ndarray, probs: np.ndarray
 
 def _columns(view: FeatureView) -> list[str]:
     """Accuracy of every device the store has (a, b, c in 2019; later sets add more), then the summaries."""
-    return [f"acc_{d}" for d in view.devices] + ["acc_bc", "metric_a", "metric_b", "device_gap"]
+    unseen = ["acc_unseen"] if set(view.devices) - set(view.seen_devices) else []
+    return [f"acc_{d}" for d in view.devices] + ["acc_bc", *unseen, "metric_a", "metric_b", "device_gap"]
 
 
 def _header(view: FeatureView) -> str:

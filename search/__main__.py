@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from asc.cli import SAMPLE_RATE, ArgumentParser, COUNT, NON_NEGATIVE, SEED, integer, number
@@ -89,7 +88,8 @@ def _predict(args) -> None:
     from search.tuner import DEFAULT_STORAGE, absolute_uri
 
     uri = absolute_uri(args.mlflow_uri) if args.mlflow_uri else default_uri(Path(DEFAULT_STORAGE))
-    result = predict(args.model_uri, args.data_dir, args.out, fmt=args.format, split=args.split, mlflow_uri=uri)
+    result = predict(args.model_uri, args.data_dir, args.out, fmt=args.format, split=args.split, mlflow_uri=uri,
+                     device=args.device)
     print(format_prediction(result, args.model_uri, args.split))
 
 
@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--split", default="evaluate", choices=("evaluate", "train", "all"),
                       help="labelled sets: which clips (default %(default)s)")
     pred.add_argument("--mlflow-uri", default=None, help="tracking URI for models:/ and runs:/ (default: as `run`)")
+    pred.add_argument("--device", default=None, metavar="DEVICE",
+                      help="the recording device of clips whose file names do not say it (audio/0.wav ...); a "
+                           "spectrum-corrected model needs it, and refuses such clips without it")
     pred.set_defaults(run=_predict)
     return parser
 

@@ -41,6 +41,7 @@ class Clips:
     filenames: np.ndarray
     devices: np.ndarray
     labels: np.ndarray  # class indices
+    seen: tuple | None = None  # the devices of the training clips (the others are unseen devices)
 
 
 @dataclass
@@ -82,10 +83,18 @@ class FusionResult:
 # Reading the candidates from MLflow
 # --------------------------------------------------------------------------------------------------
 def _group(params: dict) -> str:
-    enhancement = params.get("enhancement") or params.get("point") or "?"
-    if enhancement == "median_filter" and "median_filter_bands" in params:
-        enhancement += f"{params['median_filter_bands']}x{params.get('median_filter_frames')}"
-    return enhancement
+    """A trial's enhancement, settings included, as its one label (``medfilt7x21``): the groups of the
+    best-per-enhancement fusion. ``params``: the run's MLflow params (strings)."""
+    from asc.enhance import Enhancement, parse_composition
+    from search.space import CONDITIONAL
+    from search.warmstart import _parse
+
+    if not params.get("enhancement"):
+        return params.get("point") or "?"
+    names = parse_composition(params["enhancement"])
+    values = {k: _parse(k, v) for k, v in params.items() if k in CONDITIONAL}
+    return Enhancement.compose([n for n in names if n != "spectrum_correction"], values).label(
+        "spectrum_correction" in names)
 
 
 def _read_predictions(path: Path, run_label: str):
@@ -167,7 +176,14 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     _, classes, splits = next(item for item in read if signature(item) == reference)
     if "selection" not in splits:
         raise AscError(f"experiment {experiment_id}: the trials' predictions hold no selection clips to choose on")
-    clips = {s: Clips(splits[s][0], splits[s][1], np.array([classes.index(x) for x in splits[s][2]])) for s in splits}
+    # Which devices training saw: the selection clips' under the validation protocol (training
+    # locations: never an unseen device), else the store's training split where it can be read here.
+    seen = tuple(sorted(set(splits["selection"][1].tolist())))
+    store = next((r.data.params.get("store") for r in runs if r.data.params.get("store")), None)
+    if store and Path(store, "_manifest.json").is_file():
+        seen = tuple(sorted(json.loads(Path(store, "_manifest.json").read_text())["counts"].get("train", {})))
+    clips = {s: Clips(splits[s][0], splits[s][1], np.array([classes.index(x) for x in splits[s][2]]), seen)
+             for s in splits}
     notes = []
     if refused:
         notes.append(f"refused {len(refused)} run(s) whose predictions cover other clips or classes than the other "
@@ -183,7 +199,7 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
 def metrics_of(probs: np.ndarray, clips: Clips) -> dict:
     from asc.metrics import device_metrics
 
-    m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1])
+    m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1], seen=clips.seen)
     return {k: v for k, v in m.items() if isinstance(v, float)}
 
 
@@ -391,11 +407,12 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
 # The table
 # --------------------------------------------------------------------------------------------------
 def device_columns(metrics_by_split: list[dict]) -> tuple[list[str], list[str]]:
-    """(metric keys, column heads) for the device table: every device, B&C, gap, Metric A, Metric B."""
-    devices = sorted({k[4:] for m in metrics_by_split for k in m if k.startswith("acc_") and k != "acc_bc"},
-                     key=lambda d: (d != "a", d))
-    keys = [f"acc_{d}" for d in devices] + ["acc_bc", "device_gap", "metric_a", "metric_b"]
-    return keys, [d.upper() for d in devices] + ["B&C", "gap", "MA", "MB"]
+    """(metric keys, column heads) for the device table (``search.tuner.device_columns``)."""
+    from search.tuner import device_columns as columns
+
+    devices = sorted({k[4:] for m in metrics_by_split for k in m if k.startswith("acc_")
+                      and k not in ("acc_bc", "acc_unseen")}, key=lambda d: (d != "a", d))
+    return columns(devices, any("acc_unseen" in m for m in metrics_by_split))
 
 
 def _pct(v) -> str:

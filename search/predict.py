@@ -43,7 +43,7 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
 
 
 def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "kaggle", split: str = "evaluate",
-            mlflow_uri: str | None = None, progress: bool | None = None) -> dict:
+            mlflow_uri: str | None = None, progress: bool | None = None, device: str | None = None) -> dict:
     """Predict every clip of ``data_dir`` (of ``split`` on a labelled set) and write the submission.
     Returns {"file", "clips", "metrics" (labelled sets), "seconds", "probs", "filenames"}."""
     from tqdm import tqdm
@@ -71,8 +71,11 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(clips), desc="predict", unit="clip", disable=not progress, file=sys.stderr) as bar:
-        probs = ensemble.predict([str(dataset.path(c)) for c in clips], devices=[c.device for c in clips],
+        # ``device``: the recording device of the clips whose names do not say it (spectrum correction)
+        probs = ensemble.predict([str(dataset.path(c)) for c in clips], devices=[c.device or device for c in clips],
                                  progress=bar.update)
+    for note in ensemble.notes:
+        print(f"note: {note}")
     seconds = time.perf_counter() - start
     predicted = [ensemble.classes[k] for k in probs.argmax(axis=1)]
     write_submission([c.filename for c in clips], predicted, out, fmt)
@@ -84,7 +87,8 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
         if unknown:
             print(f"note: scenes the model does not know, counted as errors: {', '.join(unknown)}")
         labels = np.array([lookup.get(c.scene, -1) for c in clips])
-        m = device_metrics(labels, probs.argmax(axis=1), [c.device for c in clips], len(ensemble.classes))
+        seen = sorted({c.device for c in dataset.clips if c.split == "train"}) or None  # unseen devices apart
+        m = device_metrics(labels, probs.argmax(axis=1), [c.device for c in clips], len(ensemble.classes), seen=seen)
         result["metrics"] = {k: v for k, v in m.items() if isinstance(v, float)}
     return result
 

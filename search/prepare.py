@@ -6,12 +6,12 @@ module only gives it an executor that spreads the shard tasks over a Ray cluster
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -75,6 +75,27 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise AscError(f"Ray cluster at {address!r} not reachable: {exc.strerror or exc}") from None
 
 
+@contextlib.contextmanager
+def _stderr_into_ray_log(what: str):
+    """While Ray shuts down after Ctrl-C, its C++ core worker may log in the driver's stderr about the
+    tasks it is stopping ("task_manager.cc: Failed to push error to driver"): those lines go to a file
+    in the Ray session's log folder instead, so that the command's own line stays the only one."""
+    try:
+        folder = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    except Exception:  # no session to write into: leave stderr alone
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(folder / f"asc-{what}.err", "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 @ray.remote(num_cpus=1)
 def _call(fn: Callable, item):
     return fn(item)
@@ -113,7 +134,8 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
         # unexpected system state has occurred", ray-project/ray#61102 and #63663). On a cluster the
         # tasks are asked to stop; what they still write lands in a staging folder the next prepare sweeps.
         if address is None:
-            ray.shutdown()
+            with _stderr_into_ray_log("interrupt"):
+                ray.shutdown()
         else:
             for ref in pending:
                 ray.cancel(ref)

@@ -15,18 +15,18 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from asc.enhance import ENHANCEMENTS, Enhancement, composition, parse_composition, setting_keys
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS
 from search.objectives import OBJECTIVES, Objective
 
-ENHANCEMENTS = ("none", "mean_subtraction", "median_filter", "spectrum_correction")
 NORMALIZATIONS = ("auto", "none", "gms", "gmsvn")
 MODELS = ("cnn", "msxception")
 SAMPLERS = ("tpe", "random", "grid", "nsga2", "points")
@@ -42,16 +42,20 @@ class Param:
     choices: tuple | None = None  # allowed values (strings)
     low: float | None = None  # smallest allowed value
     low_open: bool = False  # low itself not allowed
-    high: float | None = None  # largest allowed value (open)
+    high: float | None = None  # largest allowed value
+    high_open: bool = True  # high itself not allowed
     odd: bool = False  # median-filter sizes: odd only
     help: str = ""
 
 
 # Every key a space's `params` (or a point) may set, with the paper's default where it has one.
 PARAMS: dict[str, Param] = {
-    "enhancement": Param(str, "none", ENHANCEMENTS, help="paper sections 3.1-3.2; spectrum correction: 1B winner"),
-    "median_filter_bands": Param(int, 7, low=1, odd=True, help="median filter height (Mel bands); paper 7"),
-    "median_filter_frames": Param(int, 21, low=1, odd=True, help="median filter width (frames); paper 21"),
+    "enhancement": Param(str, "none", help="none, or enhancements joined by '+' (asc.enhance.ENHANCEMENTS): "
+                                          "the paper's mean_subtraction, median_filter; spectrum_correction (1B "
+                                          "winner); dir, freq_mixstyle (DCASE 2022-2023)"),
+    # each enhancement's settings, <enhancement>_<setting>, used only when it is on (from asc.enhance)
+    **{key: Param(st.kind, st.default, low=st.low, low_open=st.low_open, high=st.high, high_open=False,
+                  odd=st.odd, help=f"{d.name}: {st.help}") for key, (d, st) in setting_keys().items()},
     "normalization": Param(str, "auto", NORMALIZATIONS, help="auto: GMS with mean subtraction / median filter, else GMSVN"),
     "n_mels": Param(int, 128, low=1, help="Mel bands (one store each); paper 128"),
     "mixup_alpha": Param(float, 0.0, low=0.0, help="Beta(alpha, alpha); 0 = no mixup; paper 0.3"),
@@ -72,7 +76,8 @@ PARAMS: dict[str, Param] = {
     "channels_last": Param(bool, False, help="channels_last memory format (GPU)"),
     "num_workers": Param(int, 0, low=0, help="DataLoader worker processes per trial"),
 }
-MEDIAN_KEYS = ("median_filter_bands", "median_filter_frames")  # sampled only when the median filter is chosen
+MEDIAN_KEYS = ("median_filter_bands", "median_filter_frames")
+CONDITIONAL = {key: d.name for key, (d, _) in setting_keys().items()}  # sampled only when their enhancement is on
 # Feature settings every store of a search shares (n_mels and spectrum correction vary per trial).
 FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "power", "drop_last_frame", "dtype", "resample",
                 "pad_mode")
@@ -164,9 +169,9 @@ class Space:
             point = trial.suggest_categorical("point", [pid for pid, _ in self.points])
             return {k: v for k, v in self.resolve({**self.fixed, **dict(self.points)[point]}).items() if k != "point"}
         values = dict(self.fixed)
-        order = sorted(self.searched, key=lambda k: k in MEDIAN_KEYS)  # the enhancement first
+        order = sorted(self.searched, key=lambda k: k in CONDITIONAL)  # the enhancement first
         for key in order:
-            if key in MEDIAN_KEYS and values.get("enhancement") != "median_filter":
+            if key in CONDITIONAL and CONDITIONAL[key] not in enhancement_names(values):
                 continue
             values[key] = self.searched[key].suggest(trial, key)
         return {k: v for k, v in self.resolve(values).items() if k not in trial.params}
@@ -175,10 +180,13 @@ class Space:
         return self.suggest(trial)
 
     def resolve(self, values: dict) -> dict:
-        """Defaults filled in, the median filter's size dropped unless it is used."""
+        """Defaults filled in, the enhancement's name canonical (its parts in their order), and every
+        enhancement setting dropped whose enhancement is not on."""
         out = {k: values.get(k, p.default) for k, p in PARAMS.items()}
-        if out["enhancement"] != "median_filter":
-            for key in MEDIAN_KEYS:
+        names = enhancement_names(out)
+        out["enhancement"] = composition(names)
+        for key, name in CONDITIONAL.items():
+            if name not in names:
                 out.pop(key)
         return out
 
@@ -243,16 +251,14 @@ class Space:
         else:
             if any(d.kind == "float" and d.step is None for d in self.searched.values()):
                 return None
-            free = [k for k in self.searched if k not in MEDIAN_KEYS]
+            free = [k for k in self.searched if k not in CONDITIONAL]
             candidates = []
             for combo in itertools.product(*(self.searched[k].grid_values() for k in free)):
                 values = {**self.fixed, **dict(zip(free, combo))}
-                median = [k for k in MEDIAN_KEYS if k in self.searched]
-                if self.resolve(values)["enhancement"] == "median_filter" and median:
-                    for sizes in itertools.product(*(self.searched[k].grid_values() for k in median)):
-                        candidates.append({**values, **dict(zip(median, sizes))})
-                else:
-                    candidates.append(values)
+                names = enhancement_names(values)
+                conditional = [k for k in self.searched if CONDITIONAL.get(k) in names]
+                for settings in itertools.product(*(self.searched[k].grid_values() for k in conditional)):
+                    candidates.append({**values, **dict(zip(conditional, settings))})
         out = {}
         for c in candidates:
             out.setdefault(self.config_key(c), self.canonical(c))
@@ -261,7 +267,7 @@ class Space:
     # ---- what a trial runs ----------------------------------------------------------------------
     def feature_config(self, params: dict) -> FeatureConfig:
         p = self.resolve(params)
-        return FeatureConfig(n_mels=p["n_mels"], spectrum_correction=p["enhancement"] == "spectrum_correction",
+        return FeatureConfig(n_mels=p["n_mels"], spectrum_correction="spectrum_correction" in enhancement_names(p),
                              **self.features)
 
     def feature_configs(self) -> list[FeatureConfig]:
@@ -277,20 +283,18 @@ class Space:
         return sorted(unique.values(), key=lambda c: (c.spectrum_correction, c.n_mels))
 
     def train_config(self, params: dict, store: str, checkpoint_dir: str | None = None, **runtime):
-        from asc.enhance import Enhancement
         from asc.models import ModelConfig
         from asc.train import TrainConfig
 
         p = self.resolve(params)
-        enhancement = p["enhancement"]
-        median = (p["median_filter_bands"], p["median_filter_frames"]) if enhancement == "median_filter" else None
+        names = enhancement_names(p)
         norm = p["normalization"]
         if norm == "auto":  # the paper: GMS whenever mean subtraction or the median filter is on
-            norm = "gms" if enhancement in ("mean_subtraction", "median_filter") else "gmsvn"
+            norm = "gms" if {"mean_subtraction", "median_filter"} & set(names) else "gmsvn"
         model = ModelConfig(name=p["model"], pretrained=p["pretrained"] and p["model"] == "msxception",
                             weights=p["weights"], dropout=p["dropout"], width=p["width"])
         return TrainConfig(store=store, model=model,
-                           enhancement=Enhancement(norm, enhancement == "mean_subtraction", median),
+                           enhancement=Enhancement.compose([n for n in names if n != "spectrum_correction"], p, norm),
                            mixup_alpha=p["mixup_alpha"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
                            lr_factor=p["lr_factor"], lr_patience=p["lr_patience"], selection=p["selection"],
                            protocol=p["protocol"], seed=p["seed"], bf16=p["bf16"], channels_last=p["channels_last"],
@@ -323,8 +327,9 @@ class Space:
     def describe(self, params: dict) -> str:
         """A short name a person scanning a runs table reads: ``mean-sub a=0.3 128mel``."""
         p = self.resolve(params)
-        enh = {"none": "plain", "mean_subtraction": "mean-sub", "spectrum_correction": "spec-corr",
-               "median_filter": f"medfilt{p.get('median_filter_bands')}x{p.get('median_filter_frames')}"}[p["enhancement"]]
+        names = enhancement_names(p)
+        enh = Enhancement.compose([n for n in names if n != "spectrum_correction"], p).label(
+            "spectrum_correction" in names)
         parts = [params["point"]] if "point" in params else []
         parts += [enh, f"a={p['mixup_alpha']:.2g}", f"{p['n_mels']}mel"]
         if "lr" in self.searched:
@@ -410,7 +415,7 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
             if dist.kind == "float":
                 fail(f"params.{key}", "the grid sampler needs a choice or an int range, not a float range")
 
-    _check_median(fixed, searched, points, fail)
+    _check_conditional(fixed, searched, points, fail)
     # Trials compared on different clips (held-out training locations or the evaluation split) cannot
     # be ranked against each other: one protocol per search.
     if "protocol" in searched:
@@ -448,6 +453,7 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
         FeatureConfig(**features)
     except (AscError, TypeError) as exc:
         fail("features", str(exc))
+    _check_responses(fixed, searched, points, features, fail)
 
     ints = {}
     for key, default, low in (("num_samples", len(points) if points else 10, 1), ("max_concurrent", 2, 1),
@@ -484,13 +490,18 @@ def _value(value, param: Param, key: str, fail):
         fail(key, f"expected {_KIND_NAMES[param.kind]}, not {value!r}")
     if param.choices is not None and value not in param.choices:
         fail(key, f"{value!r} is not one of {', '.join(map(str, param.choices))}")
+    if param is PARAMS["enhancement"]:  # a composition: its parts known, in their order
+        try:
+            value = composition(parse_composition(value))
+        except AscError as exc:
+            fail(key, str(exc))
     if param.kind in (int, float):
         if isinstance(value, float) and not math.isfinite(value):
             fail(key, f"{value!r} is not a finite number")
         if param.low is not None and (value < param.low or (param.low_open and value == param.low)):
             fail(key, f"{value!r} must be {'>' if param.low_open else '>='} {param.low:g}")
-        if param.high is not None and value >= param.high:
-            fail(key, f"{value!r} must be < {param.high:g}")
+        if param.high is not None and (value > param.high or (param.high_open and value == param.high)):
+            fail(key, f"{value!r} must be {'<' if param.high_open else '<='} {param.high:g}")
         if param.odd and value % 2 == 0:
             fail(key, f"{value!r} is even: a median filter's size is odd (paper: 7 bands x 21 frames)")
     return value
@@ -558,14 +569,12 @@ def _points(points, fixed: dict, searched: dict, fail) -> list:
             system = SYSTEMS.get(point.upper())
             if system is None:
                 fail(f"points[{i}]", f"unknown system {point!r} (systems: {', '.join(SYSTEMS)})")
-            enhancement = ("mean_subtraction" if system.mean_subtraction else
-                           "median_filter" if system.median_filter else
-                           "spectrum_correction" if system.spectrum_correction else "none")
             params = {"pretrained": system.pretrained, "normalization": system.normalization,
-                      "enhancement": enhancement, "mixup_alpha": system.mixup_alpha,
+                      "enhancement": system.composition(), "mixup_alpha": system.mixup_alpha,
                       "selection": selection_metric(point)}
-            if system.median_filter:
-                params.update(zip(MEDIAN_KEYS, system.median_filter))
+            enhancement = system.enhancement()
+            for name in enhancement.names:  # each enhancement's settings, as the space names them
+                params.update({ENHANCEMENTS[name].key(k): v for k, v in enhancement.settings(name).items()})
             out.append((point.upper(), params))
         elif isinstance(point, dict):
             pid = point.get("id", f"p{i}")
@@ -585,28 +594,36 @@ def _points(points, fixed: dict, searched: dict, fail) -> list:
     return out
 
 
-def _enhancements(fixed: dict, searched: dict) -> list:
-    """The enhancements a (non-points) trial can run."""
-    return list(searched["enhancement"].values) if "enhancement" in searched else [
+def enhancement_names(values: dict) -> tuple[str, ...]:
+    """The enhancements a parameter set turns on, in their order (``asc.enhance``)."""
+    return parse_composition(values.get("enhancement", PARAMS["enhancement"].default))
+
+
+def _enhancements(fixed: dict, searched: dict) -> set:
+    """Every enhancement a (non-points) trial of the space can run."""
+    values = list(searched["enhancement"].values) if "enhancement" in searched else [
         fixed.get("enhancement", PARAMS["enhancement"].default)]
+    return {n for v in values for n in parse_composition(v)}
 
 
-def _check_median(fixed: dict, searched: dict, points: list, fail) -> None:
+def _check_conditional(fixed: dict, searched: dict, points: list, fail) -> None:
+    """Every enhancement setting belongs to an enhancement the space can run; the median filter fits."""
     def get(p: dict, key: str):
         return p.get(key, fixed.get(key, PARAMS[key].default))
 
-    enh = [get(p, "enhancement") for _, p in points] if points else _enhancements(fixed, searched)
-    for key in MEDIAN_KEYS:
-        if (key in fixed or key in searched) and "median_filter" not in enh:
-            fail(f"params.{key}", "set, but no enhancement here is median_filter")
+    enh = ({n for _, p in points for n in parse_composition(get(p, "enhancement"))} if points
+           else _enhancements(fixed, searched))
+    for key, name in CONDITIONAL.items():
+        if (key in fixed or key in searched) and name not in enh:
+            fail(f"params.{key}", f"set, but no enhancement here is {name}")
         for i, (_, p) in enumerate(points):
-            if key in p and get(p, "enhancement") != "median_filter":
-                fail(f"points[{i}].{key}", "set, but this point's enhancement is not median_filter")
+            if key in p and name not in parse_composition(get(p, "enhancement")):
+                fail(f"points[{i}].{key}", f"set, but this point's enhancement is not {name}")
     # The filter's height (given, or the default) must fit the smallest Mel-band count it can meet.
     if points:
         for i, (_, p) in enumerate(points):
             b, n = get(p, "median_filter_bands"), get(p, "n_mels")
-            if get(p, "enhancement") == "median_filter" and b > n:
+            if "median_filter" in parse_composition(get(p, "enhancement")) and b > n:
                 where = f"points[{i}]." if "median_filter_bands" in p else "params."
                 fail(where + "median_filter_bands", f"{b} is taller than the spectrogram ({n} Mel bands)")
         return
@@ -617,6 +634,26 @@ def _check_median(fixed: dict, searched: dict, points: list, fail) -> None:
         get({}, "median_filter_bands")])
     if bands > n_mels:
         fail("params.median_filter_bands", f"{bands} is taller than the spectrogram ({n_mels} Mel bands)")
+
+
+def _check_responses(fixed: dict, searched: dict, points: list, features: dict, fail) -> None:
+    """DIR's response folders are read (and checked) before anything runs."""
+    from asc.responses import read_responses
+
+    key = "dir_responses"
+    values = ([(f"points[{i}].{key}", p[key]) for i, (_, p) in enumerate(points) if key in p]
+              + ([(f"params.{key}", fixed[key])] if key in fixed else [])
+              + [(f"params.{key}.choice", v) for v in (searched[key].values if key in searched else ())])
+    uses_dir = "dir" in ({n for _, p in points for n in parse_composition(p.get("enhancement", fixed.get(
+        "enhancement", "none")))} if points else _enhancements(fixed, searched))
+    if uses_dir and not values:
+        values = [(f"params.{key}", PARAMS[key].default)]
+    rate = features.get("sample_rate", FeatureConfig().sample_rate)
+    for where, spec in values:
+        try:
+            read_responses(spec, rate)
+        except AscError as exc:
+            fail(where, str(exc))
 
 
 def _scheduler(spec, fail) -> Scheduler:

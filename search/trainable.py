@@ -19,7 +19,7 @@ from search.console import say
 from search.objectives import Objective
 from search.space import Space
 
-TRACKED = ("acc_bc", "metric_a", "metric_b", "device_gap", "loss")  # besides every acc_<device>
+TRACKED = ("acc_bc", "metric_a", "metric_b", "device_gap", "unseen_gap", "loss")  # besides every acc_<device>
 
 
 def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:

@@ -36,7 +36,8 @@ from asc.errors import AscError
 from search.console import LOG_FILE, route_ray_messages
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
 from search.searcher import ACTIVE, DUPLICATE_ATTR, RESUMING, Searcher, make_sampler, study_storage
-from search.space import Space, load_space
+from asc.enhance import Enhancement, parse_composition
+from search.space import CONDITIONAL, Space, load_space
 from search.tracking import TRIAL_TAG, MlflowTracker, check_tracking_uri, close_dangling_runs, default_uri, \
     start_search, trial_label
 
@@ -134,6 +135,16 @@ def _check_selection_devices(space: Space, store: str) -> None:
         return
     clips = FeatureStore(store).clips
     protocol = space.protocol
+    if space.objective.name == "acc_unseen":
+        config = space.train_config({**space.fixed, "protocol": protocol}, store)
+        _, select, _ = split_indices(clips, config)
+        seen = {c.device for c in clips if c.split == "train"}
+        if not {clips[i].device for i in select} - seen:
+            raise AscError(f"{space.path}: objective: acc_unseen needs clips of devices unseen in training among the "
+                           f"selection clips, but the {protocol} protocol selects on devices "
+                           f"{', '.join(sorted({clips[i].device.upper() for i in select}))} only, all seen in "
+                           f"training ({store}); the evaluation split holds them: protocol paper")
+        return
     config = space.train_config({**space.fixed, "protocol": protocol}, store)
     _, select, _ = split_indices(clips, config)
     devices = sorted({clips[i].device for i in select})
@@ -632,6 +643,14 @@ def _trial_rows(results, space: Space) -> list[dict]:
     return rows
 
 
+def device_columns(devices: list[str], unseen: bool) -> tuple[list[str], list[str]]:
+    """(metric keys, column heads) of a device table: every device, B&C (the seen devices but A),
+    the gap; where there are devices unseen in training, their pooled accuracy and its gap; Metric A, B."""
+    keys = [f"acc_{d}" for d in devices] + ["acc_bc", "device_gap"] + (["acc_unseen", "unseen_gap"] if unseen else [])
+    heads = [d.upper() for d in devices] + ["B&C", "gap"] + (["unseen", "u-gap"] if unseen else [])
+    return keys + ["metric_a", "metric_b"], heads + ["MA", "MB"]
+
+
 def _rank_key(space: Space):
     def key(row):
         if space.objective.multi:
@@ -647,8 +666,7 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     objective, the evaluation split beside them, and the epoch each reached."""
     shown = sorted(rows, key=_rank_key(space))[:top]
     searched = [k for k in space.searched] + (["point"] if space.sampler == "points" else [])
-    cols = [f"acc_{d}" for d in devices] + ["acc_bc", "device_gap", "metric_a", "metric_b"]
-    heads = [d.upper() for d in devices] + ["B&C", "gap", "MA", "MB"]
+    cols, heads = device_columns(devices, any(k.endswith("acc_unseen") for r in rows for k in r))
     obj_cols = space.objective.metrics
     obj_heads = ["B&C*", "|gap|*"] if space.objective.multi else ["objective"]
     seeds = space.seeds > 1  # means over seeds: the objective with its standard error
@@ -717,8 +735,9 @@ def _params_cell(row: dict, keys: list[str]) -> str:
             continue
         v = params[k]
         cells.append(f"{_short(k)}={v:.3g}" if isinstance(v, float) else f"{_short(k)}={v}")
-    if "median_filter_bands" in params and "median_filter_bands" not in keys:
-        cells.append(f"mf={params['median_filter_bands']}x{params['median_filter_frames']}")
+    # an enhancement's settings that the space fixes (or defaults): its one label says them
+    if any(k in params and k not in keys for k in CONDITIONAL) and "enhancement" in params:
+        cells.append(f"({Enhancement.compose(parse_composition(params['enhancement']), params).label()})")
     return " ".join(cells) or row["describe"]
 
 

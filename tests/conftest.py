@@ -29,7 +29,8 @@ def pytest_collection_modifyitems(config, items):
 
 # A small synthetic development set shared by the feature, store and training tests: 1 s clips at
 # 22.05 kHz, 4 A segments per scene (3 train, 1 evaluate; one parallel A/B/C group in each): 80 clips.
-SMALL_SYNTH = dict(segments_per_scene=4, parallel_per_scene=2, seconds=1.0, sample_rate=22050, seed=3)
+# Without the unseen devices (tests/test_enhance.py makes a set with them).
+SMALL_SYNTH = dict(segments_per_scene=4, parallel_per_scene=2, seconds=1.0, sample_rate=22050, seed=3, unseen=())
 
 
 @pytest.fixture(scope="session")

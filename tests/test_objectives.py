@@ -22,7 +22,7 @@ def value(name: str, metrics: dict, gap_lambda: float | None = None) -> float:
 
 
 def test_the_objectives():
-    assert OBJECTIVES == ("metric_a", "metric_b", "acc_bc", "worst_device", "gap_penalized", "pareto")
+    assert OBJECTIVES == ("metric_a", "metric_b", "acc_bc", "acc_unseen", "worst_device", "gap_penalized", "pareto")
 
 
 def test_plain_metrics():

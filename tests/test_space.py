@@ -14,7 +14,7 @@ import yaml
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.systems import PAPER_SYSTEMS, SYSTEMS, selection_metric, system_config
-from search.space import MEDIAN_KEYS, PARAMS, load_space, parse_space
+from search.space import CONDITIONAL, MEDIAN_KEYS, PARAMS, load_space, parse_space
 
 SPACES = Path(__file__).resolve().parent.parent / "spaces"
 SHIPPED = sorted(SPACES.glob("*.yaml"))
@@ -378,12 +378,14 @@ def test_median_size_is_sampled_only_with_the_median_filter():
         if medfilt:
             assert config["median_filter_bands"] in range(3, 12, 2)
             assert config["median_filter_frames"] in range(11, 42, 2)
-        assert set(config) == set(PARAMS) - (set() if medfilt else set(MEDIAN_KEYS))
+        # every enhancement setting but those of the enhancement that is on is dropped
+        on = config["enhancement"].split("+")
+        assert set(config) == set(PARAMS) - {k for k, name in CONDITIONAL.items() if name not in on}
         assert config["model"] == "msxception" and config["epochs"] == 40  # fixed keys come back as constants
         assert 1e-4 <= config["lr"] <= 3e-3 and 0 <= config["dropout"] <= 0.5
         space.train_config(config, "store")  # every sampled config is one a trial can run
         study.tell(trial, 0.5)
-    assert kinds == {"none", "mean_subtraction", "median_filter", "spectrum_correction"}
+    assert kinds == set(space.searched["enhancement"].values)  # every composition the space lists comes up
 
 
 @pytest.mark.parametrize("make", [

@@ -49,15 +49,16 @@ def test_synth_then_describe_round_trip(tmp_path):
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     # 6 A segments per scene, 4 in train locations and 2 in evaluate; of the 3 parallel groups one
-    # trains and two evaluate.
-    assert summary["splits"] == {"train": {"a": 40, "b": 10, "c": 10}, "evaluate": {"a": 20, "b": 20, "c": 20}}
-    assert summary["scenes"] == {scene: 6 + 3 + 3 for scene in SCENES}
+    # trains and two evaluate; the unseen devices s1 and s2 record the evaluate ones only.
+    assert summary["splits"] == {"train": {"a": 40, "b": 10, "c": 10},
+                                 "evaluate": {"a": 20, "b": 20, "c": 20, "s1": 20, "s2": 20}}
+    assert summary["scenes"] == {scene: 6 + 3 + 3 + 2 + 2 for scene in SCENES}
     assert summary["parallel_groups"] == 30
     assert summary["parallel_groups_by_split"] == {"train": 10, "evaluate": 20}
-    assert summary["audio"]["sample_rates"] == {"16000": 120}
-    assert summary["audio"]["bit_depths"] == {"24": 120}
-    assert summary["audio"]["seconds"] == {"1.0": 120}
-    assert summary["audio"]["channels"] == {"1": 120}
+    assert summary["audio"]["sample_rates"] == {"16000": 160}
+    assert summary["audio"]["bit_depths"] == {"24": 160}
+    assert summary["audio"]["seconds"] == {"1.0": 160}
+    assert summary["audio"]["channels"] == {"1": 160}
 
 
 def test_layout_matches_the_real_files(small_set):
@@ -75,7 +76,8 @@ def test_splits_are_by_location_and_parallel_groups_share_them(small_set):
     evaluate = {c.identifier for c in dataset.split("evaluate")}
     assert train and evaluate and not train & evaluate
     for members in dataset.parallel_groups().values():
-        assert set(members) == {"a", "b", "c"}
+        split = next(iter(members.values())).split  # the unseen devices record evaluation segments only
+        assert set(members) == ({"a", "b", "c"} if split == "train" else {"a", "b", "c", "s1", "s2"})
         assert len({c.split for c in members.values()}) == 1
     for scene in SCENES:  # every scene has several cities and locations in each split
         for split in ("train", "evaluate"):

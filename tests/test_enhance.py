@@ -1,0 +1,255 @@
+"""The enhancements as definitions: what every one of them must pass (its settings and label, served
+equals trained), Freq-MixStyle against a reference written from its description, DIR's responses and
+gains, the unseen devices, and the audio model's refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from asc.dataset import read_development
+from asc.enhance import ENHANCEMENTS, STAGES, Enhancement, composition, freq_mixstyle, parse_composition
+from asc.errors import AscError
+from asc.inference import Ensemble, member_from_checkpoint
+from asc.metrics import device_metrics
+from asc.models import ModelConfig
+from asc.responses import SHIPPED, mel_gains, read_responses
+from asc.store import build_stores
+from asc.train import TrainConfig, train
+
+
+# --------------------------------------------------------------------------------------------------
+# Every definition
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(ENHANCEMENTS))
+def test_every_definition_is_complete(name):
+    d = ENHANCEMENTS[name]
+    assert d.stage in STAGES and d.short and d.help
+    for s in d.settings:
+        assert isinstance(s.default, s.kind) and s.help
+        if s.low is not None:
+            assert s.default > s.low or (s.default == s.low and not s.low_open)
+        if s.high is not None:
+            assert s.default <= s.high
+    # its parameters exist in the search space, conditional on it
+    from search.space import CONDITIONAL, PARAMS
+
+    for s in d.settings:
+        assert PARAMS[d.key(s.name)].default == s.default and CONDITIONAL[d.key(s.name)] == name
+
+
+def test_compositions_are_canonical_and_labelled_once():
+    assert parse_composition("freq_mixstyle+median_filter") == ("median_filter", "freq_mixstyle")
+    assert composition(["freq_mixstyle", "dir"]) == "dir+freq_mixstyle" and parse_composition("none") == ()
+    with pytest.raises(AscError, match="'median' is not one of none, spectrum_correction"):
+        parse_composition("median+dir")
+    with pytest.raises(AscError, match="names an enhancement twice"):
+        parse_composition("dir+dir")
+    e = Enhancement.compose(["median_filter", "freq_mixstyle"], {"median_filter_bands": 5})
+    assert e.median_filter == (5, 21) and e.freq_mixstyle == (0.4, 0.4)
+    assert e.label() == "medfilt5x21+fms p=0.4 a=0.4" and Enhancement().label(spectrum_correction=True) == "spec-corr"
+    assert Enhancement.from_dict({"normalization": "gms", "mean_subtraction": True, "median_filter": None}) == \
+        Enhancement("gms", True)  # a checkpoint from before the newer fields
+
+
+# --------------------------------------------------------------------------------------------------
+# Freq-MixStyle
+# --------------------------------------------------------------------------------------------------
+def test_freq_mixstyle_equals_its_description_on_a_hand_made_batch():
+    """With probability p: each clip's per-band mean and standard deviation over time (detached)
+    normalise it, and statistics mixed with a shuffled partner's, lambda ~ Beta(alpha, alpha), re-scale it."""
+    x = torch.tensor(np.random.default_rng(0).normal(size=(4, 3, 6)) * [[[1.0], [2.0], [0.5]]] + 3.0,
+                     dtype=torch.float32, requires_grad=True)
+    got = freq_mixstyle(x, 1.0, 0.4, np.random.default_rng(5))
+    rng = np.random.default_rng(5)  # the same draws, in the described order
+    assert rng.random() <= 1.0
+    lam, perm = rng.beta(0.4, 0.4, size=4), rng.permutation(4)
+    xs = x.detach().numpy().astype(np.float64)
+    want = np.empty_like(xs)
+    for i in range(4):
+        for band in range(3):
+            mu, sd = xs[i, band].mean(), math.sqrt(xs[i, band].var(ddof=1) + 1e-6)
+            pmu, psd = xs[perm[i], band].mean(), math.sqrt(xs[perm[i], band].var(ddof=1) + 1e-6)
+            mixed_mu, mixed_sd = lam[i] * mu + (1 - lam[i]) * pmu, lam[i] * sd + (1 - lam[i]) * psd
+            want[i, band] = (xs[i, band] - mu) / sd * mixed_sd + mixed_mu
+    np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5)
+    got.sum().backward()  # the statistics are detached: the gradient is d(x / sd * mixed_sd) / dx
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert freq_mixstyle(x, 0.0, 0.4, np.random.default_rng(5)) is x  # p = 0: untouched
+
+
+# --------------------------------------------------------------------------------------------------
+# DIR: the responses and their gains
+# --------------------------------------------------------------------------------------------------
+def test_the_shipped_responses_and_their_gains():
+    responses = read_responses("micirp", 22050)
+    assert len(responses) == 66 and all(abs(np.sum(h * h) - 1) < 1e-9 for _, h in responses)
+    assert (SHIPPED / "README.md").read_text().count("MicIRP") >= 2  # the credit travels with them
+    gains = mel_gains("micirp", 22050, 1024, 32, 0.0, 11025.0, 2.0)
+    assert gains.shape == (66, 32) and np.isfinite(gains).all()
+
+
+def test_an_impulse_has_no_gain_and_a_lowpass_takes_the_highs(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "dull").mkdir()
+    impulse = np.zeros(256)
+    impulse[10] = 0.5
+    soundfile.write(tmp_path / "flat" / "i.wav", impulse, 22050, subtype="PCM_24")
+    soundfile.write(tmp_path / "dull" / "l.wav", np.hanning(31) / 8, 22050, subtype="PCM_24")  # a smoothing: lowpass
+    flat = mel_gains(str(tmp_path / "flat"), 22050, 1024, 32, 0.0, 11025.0, 2.0)
+    np.testing.assert_allclose(flat, 0.0, atol=1e-3)
+    dull = mel_gains(str(tmp_path / "dull"), 22050, 1024, 32, 0.0, 11025.0, 2.0)[0]
+    assert dull[:4].mean() > dull[-4:].mean() + 5  # natural-log units: the top bands lose far more
+
+
+def test_bad_response_folders_are_one_line(tmp_path):
+    with pytest.raises(AscError, match=r"dir_responses .*nope: no such folder"):
+        read_responses(str(tmp_path / "nope"), 22050)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AscError, match=r"holds no .wav or .flac impulse responses"):
+        read_responses(str(tmp_path / "empty"), 22050)
+    (tmp_path / "stereo").mkdir()
+    soundfile.write(tmp_path / "stereo" / "s.wav", np.ones((64, 2)) * 0.1, 22050)
+    with pytest.raises(AscError, match=r"s.wav: 2 channels; an impulse response is mono"):
+        read_responses(str(tmp_path / "stereo"), 22050)
+    (tmp_path / "silent").mkdir()
+    soundfile.write(tmp_path / "silent" / "z.wav", np.zeros(64), 22050)
+    with pytest.raises(AscError, match=r"z.wav: a silent impulse response"):
+        read_responses(str(tmp_path / "silent"), 22050)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "j.wav").write_text("not audio")
+    with pytest.raises(AscError, match=r"j.wav: not a readable impulse response"):
+        read_responses(str(tmp_path / "junk"), 22050)
+
+
+def test_a_space_with_bad_dir_settings_is_refused_before_anything_runs(tmp_path):
+    from search.space import parse_space
+
+    def space(**params):
+        return parse_space({"params": {"model": "cnn", "enhancement": "dir", **params}}, "s.yaml")
+
+    with pytest.raises(AscError, match=r"s.yaml: params.dir_responses: dir_responses .*nope: no such folder"):
+        space(dir_responses=str(tmp_path / "nope"))
+    with pytest.raises(AscError, match=r"s.yaml: params.dir_p: 1.5 must be <= 1"):
+        space(dir_p=1.5)
+    with pytest.raises(AscError, match=r"s.yaml: params.freq_mixstyle_alpha: 0.0 must be > 0"):
+        space(enhancement="freq_mixstyle", freq_mixstyle_alpha=0.0)
+    with pytest.raises(AscError, match=r"s.yaml: params.freq_mixstyle_p: set, but no enhancement here is freq_mixstyle"):
+        space(freq_mixstyle_p=0.5)
+    with pytest.raises(AscError, match=r"s.yaml: params.enhancement: 'mixstyle' is not one of"):
+        space(enhancement="dir+mixstyle")
+
+
+# --------------------------------------------------------------------------------------------------
+# Served equals trained
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stores(synth_set, fast_config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    report = build_stores(read_development(synth_set), [fast_config, dataclasses.replace(fast_config,
+                                                                                         spectrum_correction=True)], root)
+    built = {Path(p).name: p for p in report.built}
+    return (next(p for n, p in built.items() if "-sc" not in n), next(p for n, p in built.items() if "-sc" in n))
+
+
+# every enhancement alone, and the compositions the shipped spaces search (spaces/*.yaml)
+SERVED = ["none", "mean_subtraction", "median_filter", "spectrum_correction", "freq_mixstyle", "dir",
+          "dir+freq_mixstyle", "median_filter+freq_mixstyle", "dir+mean_subtraction+freq_mixstyle", "bf16"]
+
+
+@pytest.mark.parametrize("case", SERVED)
+def test_the_audio_model_predicts_from_audio_what_the_trial_predicted_from_the_store(stores, synth_set, tmp_path, case):
+    names = () if case == "bf16" else parse_composition(case)
+    plain, corrected = stores
+    enhancement = Enhancement.compose([n for n in names if n != "spectrum_correction"],
+                                      {"median_filter_bands": 3, "median_filter_frames": 5, "freq_mixstyle_p": 1.0,
+                                       "dir_p": 1.0},
+                                      "gms" if {"mean_subtraction", "median_filter"} & set(names) else "gmsvn")
+    config = TrainConfig(store=corrected if "spectrum_correction" in names else plain,
+                         model=ModelConfig(name="cnn", width=4), enhancement=enhancement, epochs=2, batch_size=8,
+                         mixup_alpha=0.3, bf16=case == "bf16", checkpoint_dir=str(tmp_path / "ckpt"))
+    train(config)
+    saved = np.load(tmp_path / "ckpt" / "best_probs.npz")
+    member = member_from_checkpoint(tmp_path / "ckpt" / "best.pt")
+    files = [str(synth_set / f) for f in saved["filenames"]]
+    served = Ensemble([member]).predict(files, devices=list(saved["devices"]))
+    np.testing.assert_allclose(served, saved["probs"], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def unseen_set(tmp_path_factory):
+    """The small set with the default unseen devices s1 and s2 in its evaluation split."""
+    from asc.synth import SynthConfig, write_dataset
+    from tests.conftest import SMALL_SYNTH
+
+    out = tmp_path_factory.mktemp("unseen") / "set"
+    write_dataset(out, SynthConfig(**{**SMALL_SYNTH, "unseen": ("s1", "s2")}), workers=1)
+    return out
+
+
+def test_the_audio_model_refuses_unknown_devices_and_other_lengths_and_notes_unseen_ones(stores, synth_set, unseen_set,
+                                                                                         tmp_path):
+    plain, corrected = stores
+    config = TrainConfig(store=corrected, model=ModelConfig(name="cnn", width=4), epochs=1, batch_size=8,
+                         checkpoint_dir=str(tmp_path / "ckpt"))
+    train(config)
+    member = member_from_checkpoint(tmp_path / "ckpt" / "best.pt")
+    clip = next((synth_set / "audio").glob("*-a.wav"))
+    shutil.copy(clip, tmp_path / "0.wav")  # as the leaderboard and evaluation sets name their clips
+    with pytest.raises(AscError, match=r"0.wav: its recording device is unknown .* predict --device"):
+        Ensemble([member]).predict([str(tmp_path / "0.wav")])
+    ensemble = Ensemble([member])
+    ensemble.predict([str(tmp_path / "0.wav")], devices=["a"])  # told: fine
+    unseen = next((unseen_set / "audio").glob("*-s1.wav"))
+    ensemble.predict([str(unseen)])
+    assert ensemble.notes and "(s1: unseen in training) were scored uncorrected" in ensemble.notes[0]
+    y, sr = soundfile.read(str(clip))
+    soundfile.write(tmp_path / "short-a.wav", y[: len(y) // 2], sr, subtype="PCM_24")
+    with pytest.raises(AscError, match=r"short-a.wav: 0.50 s gives \d+ frames; the model was trained on clips of \d+"):
+        Ensemble([member]).predict([str(tmp_path / "short-a.wav")])
+
+
+# --------------------------------------------------------------------------------------------------
+# Unseen devices
+# --------------------------------------------------------------------------------------------------
+def test_unseen_devices_are_evaluation_only_and_reported_apart(unseen_set):
+    dataset = read_development(unseen_set)
+    assert {c.device for c in dataset.split("train")} == {"a", "b", "c"}
+    assert {"s1", "s2"} <= {c.device for c in dataset.split("evaluate")}
+    m = device_metrics([0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 1], ["a", "a", "b", "c", "s1", "s2"], 2, seen=["a", "b", "c"])
+    assert m["acc_a"] == 0.5 and m["acc_bc"] == 1.0 and m["acc_unseen"] == 0.0 and m["unseen_gap"] == 0.5
+    assert m["metric_b"] == 0.75 and m["device_gap"] == -0.5  # the paper's figures stay A against B and C
+    from search.objectives import Objective
+
+    assert Objective("worst_device").values(m)["objective"] == 0.0 and Objective("acc_unseen").values(m)["objective"] == 0.0
+    assert "acc_unseen" not in device_metrics([0, 1], [0, 1], ["a", "b"], 2, seen=["a", "b"])  # 2019: none
+
+
+# --------------------------------------------------------------------------------------------------
+# The median filter on the training device
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (7, 21)])
+def test_the_batched_torch_median_filter_equals_scipys(size):
+    from asc.enhance import median_filter, median_filter_torch
+
+    x = np.random.default_rng(1).normal(size=(5, 32, 40)).astype(np.float32)
+    got = median_filter_torch(torch.from_numpy(x), size, max_elements=10_000).numpy()  # several chunks
+    np.testing.assert_allclose(got, median_filter(x, size), atol=1e-6)
+
+
+def test_a_view_filtering_on_the_device_reads_what_the_cache_gives(stores):
+    from asc.train import FeatureView
+
+    plain, _ = stores
+    enhancement = Enhancement("gms", mean_subtraction=True, median_filter=(3, 5))
+    rows = np.arange(12)
+    cached = FeatureView(plain, enhancement).batch(rows)[0]
+    view = FeatureView(plain, enhancement, device_median=True)
+    np.testing.assert_allclose(view.finish(view.batch(rows)[0]).numpy(), cached.numpy(), atol=1e-5)
