@@ -1,7 +1,9 @@
 """Submission files: a scene label per clip, as the Kaggle leaderboard and the DCASE evaluation take them.
 
 - ``kaggle``: ``Id,Scene_label`` with the file stem as the Id (``audio/0.wav`` -> ``0``);
-- ``dcase``: ``filename<TAB>scene_label`` with the file name as the set writes it (``audio/0.wav``).
+- ``dcase``: ``filename<TAB>scene_label`` lines with the file name as the set writes it (``audio/0.wav``),
+  and no header line: the DCASE 2016-2019 Task 1 system output is read headerless (the 2019 baseline
+  with ``csv_header=False``, ``dcase_util``'s default loader refuses a header row).
 
 A file is written beside its destination and renamed into place: a rerun overwrites it whole, and an
 interrupted write leaves the previous file (or nothing), never half of one.
@@ -29,7 +31,7 @@ def submission_text(filenames: Sequence[str], labels: Sequence[str], fmt: str = 
         if len(set(ids)) != len(ids):
             raise AscError("submission: two files share a stem, which Kaggle's Id cannot tell apart")
         return "Id,Scene_label\n" + "".join(f"{i},{label}\n" for i, label in zip(ids, labels))
-    return "filename\tscene_label\n" + "".join(f"{f}\t{label}\n" for f, label in zip(filenames, labels))
+    return "".join(f"{f}\t{label}\n" for f, label in zip(filenames, labels))
 
 
 def write_submission(filenames: Sequence[str], labels: Sequence[str], path: str | Path, fmt: str = "kaggle") -> Path:

@@ -68,13 +68,13 @@ def _resume(args) -> None:
 
 def _fuse(args) -> None:
     from search.fuse import fuse, format_result
-    from search.tracking import default_uri
-    from search.tuner import DEFAULT_STORAGE, absolute_uri
+    from search.tracking import tracking_uri
+    from search.tuner import DEFAULT_STORAGE
 
-    uri = absolute_uri(args.mlflow_uri) if args.mlflow_uri else default_uri(Path(DEFAULT_STORAGE))
+    uri = tracking_uri(args.mlflow_uri, Path(DEFAULT_STORAGE))
     result = fuse(args.experiment, uri, by=args.by, size=args.size, method=args.method, register=args.register,
                   full_budget=args.full_budget, bags=args.bags, gap_lambda=args.gap_lambda, seed=args.seed,
-                  seed_members=args.seed_members, protocol=args.protocol)
+                  seed_members=args.seed_members, protocol=args.protocol, alias=args.alias)
     print(format_result(result))
     print(f"\nfusion run {result.run_id} in {uri}\nmodel: {result.model_uri}"
           + (f"\nregistered: {result.registered}" if result.registered else ""))
@@ -84,10 +84,10 @@ def _fuse(args) -> None:
 
 def _predict(args) -> None:
     from search.predict import format_prediction, predict
-    from search.tracking import default_uri
-    from search.tuner import DEFAULT_STORAGE, absolute_uri
+    from search.tracking import tracking_uri
+    from search.tuner import DEFAULT_STORAGE
 
-    uri = absolute_uri(args.mlflow_uri) if args.mlflow_uri else default_uri(Path(DEFAULT_STORAGE))
+    uri = tracking_uri(args.mlflow_uri, Path(DEFAULT_STORAGE))
     result = predict(args.model_uri, args.data_dir, args.out, fmt=args.format, split=args.split, mlflow_uri=uri,
                      device=args.device)
     print(format_prediction(result, args.model_uri, args.split))
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of a GPU per trial, e.g. 0.25 packs four trials on a GPU (default %(default)s)")
     run.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray instance)")
     run.add_argument("--mlflow-uri", default=None,
-                     help="tracking URI, e.g. http://HEAD:5000 (default: sqlite:///STORAGE/mlflow.db)")
+                     help="tracking URI, e.g. http://HEAD:5000 (order: --mlflow-uri, $MLFLOW_TRACKING_URI, "
+                          "sqlite:///STORAGE/mlflow.db)")
     run.add_argument("--storage", default=None,
                      help="Tune's experiment state and checkpoints; shared (NFS) on a cluster (default: ./runs)")
     run.add_argument("--seed", type=SEED, default=None, help="sampler seed (default: the space's)")
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fuse = commands.add_parser("fuse", help="choose an ensemble of a search's trials by Metric B, log and register it")
     fuse.add_argument("--experiment", required=True, help="the search's name (its MLflow experiment)")
-    fuse.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite:///runs/mlflow.db, as `run`)")
+    fuse.add_argument("--mlflow-uri", default=None,
+                      help="tracking URI (order: --mlflow-uri, $MLFLOW_TRACKING_URI, sqlite:///runs/mlflow.db)")
     fuse.add_argument("--by", default="metric_b", help="objective to maximise on the selection clips (default %(default)s)")
     fuse.add_argument("--method", default="greedy", choices=("greedy", "top", "per-enhancement"),
                       help="greedy forward selection with replacement (Caruana 2004), the top K, or the best "
@@ -188,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "training locations, or the evaluation split (protocol paper); a search of the other "
                            "protocol is refused (default %(default)s)")
     fuse.add_argument("--register", default=None, metavar="NAME", help="register the fused model under NAME")
+    fuse.add_argument("--alias", default=None, metavar="ALIAS",
+                      help="with --register: give the new version this alias (e.g. champion); predict "
+                           "models:/NAME@ALIAS then uses whichever version holds it")
     fuse.add_argument("--seed", type=SEED, default=0, help="bagging seed (default %(default)s)")
     fuse.set_defaults(run=_fuse)
 
@@ -199,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="kaggle: Id,Scene_label; dcase: filename<TAB>scene_label (default %(default)s)")
     pred.add_argument("--split", default="evaluate", choices=("evaluate", "train", "all"),
                       help="labelled sets: which clips (default %(default)s)")
-    pred.add_argument("--mlflow-uri", default=None, help="tracking URI for models:/ and runs:/ (default: as `run`)")
+    pred.add_argument("--mlflow-uri", default=None,
+                      help="tracking URI for models:/ and runs:/ (order: --mlflow-uri, $MLFLOW_TRACKING_URI, "
+                           "sqlite:///runs/mlflow.db)")
     pred.add_argument("--device", default=None, metavar="DEVICE",
                       help="the recording device of clips whose file names do not say it (audio/0.wav ...); a "
                            "spectrum-corrected model needs it, and refuses such clips without it")

@@ -32,10 +32,10 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
     """Run the demo's search, resume it, or find it done; returns (experiment id, best-trials table)."""
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import default_uri
+    from search.tracking import tracking_uri
     from search.tuner import SEARCH_FILE, SearchSettings, resume_search, run_search
 
-    uri = default_uri(storage)
+    uri = tracking_uri(None, storage)  # $MLFLOW_TRACKING_URI when it is set, else the demo's own store
     if (storage / SEARCH_NAME / SEARCH_FILE).is_file():
         import json
 
@@ -50,7 +50,7 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
         print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} did not finish: resuming it")
         result = resume_search(SEARCH_NAME, storage=str(storage))
     else:
-        settings = SearchSettings(space=str(space_path), store=str(store), name=SEARCH_NAME, storage=str(storage),
+        settings = SearchSettings(space=str(space_path), store=str(store), name=SEARCH_NAME, storage=str(storage), mlflow_uri=uri,
                                   overrides=overrides, top=5)
         result = run_search(settings, command=f"python -m search demo (spaces/{space_path.name})")
     table = Path(MlflowClient(uri).download_artifacts(result["parent_run_id"], "best_trials.txt")).read_text().rstrip()

@@ -237,7 +237,7 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
 def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = "greedy",
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
          seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False,
-         protocol: str = "validation") -> FusionResult:
+         protocol: str = "validation", alias: str | None = None) -> FusionResult:
     from mlflow.tracking import MlflowClient
 
     if method not in METHODS:
@@ -250,6 +250,11 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError(f"--bags {bags}: must be 0 (no bagging) or more")
     if by == "gap_penalized" and gap_lambda is None:
         raise AscError("--by gap_penalized needs --gap-lambda (the weight of |device gap|)")
+    if alias is not None and not register:
+        raise AscError(f"--alias {alias}: an alias names a registered version; give --register NAME too")
+    if alias is not None and (not alias.replace("_", "").replace("-", "").isalnum() or alias[0].isdigit()
+                              or alias.lower() == "latest"):
+        raise AscError(f"--alias {alias!r}: letters, digits, '_' and '-', not starting with a digit, not 'latest'")
     objective = Objective(by, gap_lambda)
     progress = sys.stderr.isatty() if progress is None else progress
     check_tracking_uri(mlflow_uri, must_exist=True)
@@ -277,7 +282,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
     if log:
         log_fusion(client, mlflow_uri, exp.experiment_id, parent_id, result, objective, register,
-                   {"size": size, "full_budget": full_budget, "bags": bags, "seed": seed})
+                   {"size": size, "full_budget": full_budget, "bags": bags, "seed": seed}, alias)
     return result
 
 
@@ -330,7 +335,7 @@ def gap_figure(result: FusionResult):
 
 
 def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, result: FusionResult, objective: Objective,
-               register: str | None, settings: dict) -> None:
+               register: str | None, settings: dict, alias: str | None = None) -> None:
     """The fusion's run (under the search's run), its figures and predictions, and its audio model."""
     import matplotlib.pyplot as plt
     import pyarrow.parquet as pq
@@ -396,6 +401,9 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
             newest = max(versions, key=lambda v: int(v.version))
             result.registered = f"models:/{register}/{newest.version}"
             client.update_model_version(register, newest.version, description=_title(result))
+            if alias:  # MLflow's aliases: models:/NAME@ALIAS follows whichever version holds it
+                client.set_registered_model_alias(register, alias, newest.version)
+                result.registered = f"models:/{register}@{alias}"
             client.set_tag(run_id, "registered_model", result.registered)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:

@@ -69,6 +69,22 @@ def default_uri(folder: Path) -> str:
     return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
 
 
+URI_ORDER = "--mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///STORAGE/mlflow.db"
+
+
+def tracking_uri(explicit: str | None, folder: Path) -> str:
+    """The tracking URI a command uses, as MLflow users expect (:data:`URI_ORDER`): the option, the
+    environment variable every MLflow tool honours, or the local store under ``folder``."""
+    import os
+
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri is None:
+        return default_uri(Path(folder))
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # absolute, for `resume` elsewhere
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
 def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict,
                  store_names: dict | None = None) -> tuple[str, str]:
     """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id).
@@ -132,6 +148,128 @@ def _tolerant(hook):
     return wrapper
 
 
+class RetryingClient:
+    """An ``MlflowClient`` whose writes survive a tracking server that blinks. Every call is retried
+    with back-off (``delays``: about half a minute in all, on top of MLflow's own few retries). A
+    metric, parameter, tag or status write that still fails is not dropped: it is kept, in order,
+    together with every such write after it (so that a run is never closed before its last epoch is
+    written), and tried again before the next write, and at the end of the search (:meth:`flush`).
+    Artifact writes (files in temporary folders) are retried in place and raise if they still fail."""
+
+    DEFERRABLE = ("log_batch", "set_tag", "set_terminated", "update_run")
+
+    def __init__(self, uri: str, delays: tuple = (1, 2, 4, 8, 16)):
+        import threading
+        from collections import deque
+
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.delays = uri, delays
+        self._client = MlflowClient(uri)
+        self.pending: deque = deque()
+        self._lock = threading.RLock()
+        self._warned = False
+
+    def _retry(self, method, args, kwargs, delays):
+        for delay in (*delays, None):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:  # MLflow raises its own, requests' and OS errors for an absent server
+                if delay is None or not _transient(exc):
+                    raise
+                time.sleep(delay)
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+        if name not in self.DEFERRABLE:
+            return lambda *args, **kwargs: self._retry(method, args, kwargs, self.delays)
+
+        def write(*args, **kwargs):
+            with self._lock:
+                self._flush_some(())
+                if not self.pending:
+                    try:
+                        return self._retry(method, args, kwargs, self.delays)
+                    except Exception as exc:
+                        if not _transient(exc):
+                            raise
+                        self._warn(exc)
+                self.pending.append((name, args, kwargs))
+        return write
+
+    def _warn(self, exc) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"warning: MLflow at {self.uri} does not answer ({type(exc).__name__}); its writes are kept and "
+                  "sent when it answers again", file=sys.stderr, flush=True)
+
+    def _flush_some(self, delays) -> None:
+        while self.pending:
+            name, args, kwargs = self.pending[0]
+            try:
+                self._retry(getattr(self._client, name), args, kwargs, delays)
+            except Exception as exc:
+                if not _transient(exc):  # e.g. a run deleted meanwhile: nothing to keep it for
+                    self.pending.popleft()
+                    continue
+                return
+            self.pending.popleft()
+
+    def flush(self, delays: tuple = (2, 4, 8, 16, 30, 60)) -> int:
+        """Send what is kept, patiently; returns how many writes are still unsent."""
+        with self._lock:
+            self._flush_some(delays)
+            if not self.pending and self._warned:
+                print(f"MLflow at {self.uri} answers again: every kept write is sent", file=sys.stderr, flush=True)
+                self._warned = False
+            return len(self.pending)
+
+
+def _transient(exc) -> bool:
+    """A failure a later try can fix: the server did not answer, or answered 5xx / 429."""
+    from mlflow.exceptions import MlflowException
+
+    text = f"{type(exc).__name__} {exc}"
+    if isinstance(exc, MlflowException):
+        code = getattr(exc, "get_http_status_code", lambda: 500)()
+        return code >= 500 or code == 429 or any(k in text for k in ("Connection", "Max retries", "timed out"))
+    return isinstance(exc, (OSError, ConnectionError)) or any(k in text for k in ("Connection", "Timeout"))
+
+
+PENDING_FILE = "mlflow_pending.pkl"
+
+
+def save_pending(clients: list, search_dir: Path) -> None:
+    """Writes still unsent at the end of a search, kept for `resume` (:func:`send_pending`)."""
+    import pickle
+
+    path = Path(search_dir) / PENDING_FILE
+    pending = [w for c in clients for w in c.pending]
+    if pending:
+        path.write_bytes(pickle.dumps(pending))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def send_pending(uri: str, search_dir: Path) -> int:
+    """Send the writes an earlier driver kept (:func:`save_pending`); returns how many are still unsent."""
+    import pickle
+
+    path = Path(search_dir) / PENDING_FILE
+    if not path.is_file():
+        return 0
+    client = RetryingClient(uri)
+    client.pending.extend(pickle.loads(path.read_bytes()))
+    left = client.flush()
+    save_pending([client], search_dir)
+    return left
+
+
+ACTIVE: dict = {}  # the tracker of the search this driver runs (the end of the search flushes it)
+
+
 class MlflowTracker(Callback):
     """The Tune callback that writes every trial to MLflow (see the module docstring)."""
 
@@ -154,11 +292,10 @@ class MlflowTracker(Callback):
         return {**self.__dict__, "_client": None, "runs": {}, "logged": {}, "_executor": None, "_pending": []}
 
     @property
-    def client(self):
+    def client(self) -> RetryingClient:
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(self.uri)
+            self._client = RetryingClient(self.uri)
+            ACTIVE["tracker"] = self
         return self._client
 
     # ---- runs -------------------------------------------------------------------------------------
@@ -211,12 +348,12 @@ class MlflowTracker(Callback):
         run_id = self.run_id(trial)
         if step <= self.logged.get(trial.trial_id, 0):
             return
-        self.logged[trial.trial_id] = step
         keys = [k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                 and k not in ("epoch", "epochs", "training_iteration", "timestamp", "pid", "time_this_iter_s",
                               "time_total_s", "time_since_restore", "iterations_since_restore")]
         metrics = [Metric(k, _clean(result[k]), now, step) for k in keys if _clean(result[k]) is not None]
-        self.client.log_batch(run_id, metrics=metrics)
+        self.client.log_batch(run_id, metrics=metrics)  # written, or kept to be written (RetryingClient)
+        self.logged[trial.trial_id] = step
 
     @_tolerant
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -38,7 +38,8 @@ from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
 from search.searcher import ACTIVE, DUPLICATE_ATTR, RESUMING, Searcher, make_sampler, study_storage
 from asc.enhance import Enhancement, parse_composition
 from search.space import CONDITIONAL, Space, load_space
-from search.tracking import TRIAL_TAG, MlflowTracker, check_tracking_uri, close_dangling_runs, default_uri, \
+from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, TRIAL_TAG, MlflowTracker, RetryingClient, \
+    check_tracking_uri, close_dangling_runs, save_pending, send_pending, tracking_uri, \
     start_search, trial_label
 
 SEARCH_FILE = "search.json"  # what `resume` needs: settings, stores, MLflow ids
@@ -312,7 +313,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     except OSError as exc:
         raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
     _quiet_tune()
-    mlflow_uri = absolute_uri(settings.mlflow_uri) if settings.mlflow_uri else default_uri(storage)
+    mlflow_uri = tracking_uri(settings.mlflow_uri, storage)
     check_tracking_uri(mlflow_uri)
 
     from search.prepare import init_ray
@@ -348,13 +349,6 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     if warm_line:
         print(warm_line)
     return _fit_and_report(tuner, space, info, search_dir)
-
-
-def absolute_uri(uri: str) -> str:
-    """``sqlite:///relative.db`` as an absolute path, so that `resume` from another folder finds it."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    return uri
 
 
 def _check_resources(settings: SearchSettings) -> None:
@@ -470,6 +464,9 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
                        "with another --name")
     _check_stores_unchanged(info, search_dir)
+    left = send_pending(info["mlflow_uri"], search_dir)  # what a blinking server missed last time
+    if left:
+        print(f"warning: {left} kept MLflow write(s) still cannot reach {info['mlflow_uri']}")
     init_ray(address or info.get("address"))
     route_ray_messages(search_dir)
     print(f"resuming search {name!r} from {search_dir}")
@@ -512,15 +509,13 @@ def _check_stores_unchanged(info: dict, search_dir: Path) -> None:
 # The end of a search: summary table, Pareto front, plots, MLflow parent run
 # --------------------------------------------------------------------------------------------------
 def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
-    from mlflow.tracking import MlflowClient
-
     _quiet_tune()
     start = time.perf_counter()
     note = ("ASHA is off: it is single-objective and cannot stop trials on a Pareto pair; every trial runs "
             "its full epochs" if space.objective.multi else "")
     if note:
         print(f"note: {note}")
-    client = MlflowClient(info["mlflow_uri"])
+    client = RetryingClient(info["mlflow_uri"])
     parent = info["parent_run_id"]
     resume = f"python -m search resume {info['name']} --storage {info['storage']}"
     try:
@@ -530,6 +525,13 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
         client.set_terminated(parent, "KILLED")
         print(f"the search stopped; continue it with `{resume}`", file=sys.stderr)
         raise
+    tracker = TRACKERS.get("tracker")
+    if tracker is not None and tracker._client is not None:  # writes a blinking server has not taken yet
+        left = tracker.client.flush()
+        save_pending([tracker.client], search_dir)
+        if left:
+            print(f"warning: {left} MLflow write(s) could not reach {info['mlflow_uri']}; they are kept in "
+                  f"{search_dir / PENDING_FILE} and `{resume}` writes them", file=sys.stderr)
     tune_trials = {t.trial_id: (t.status, t.checkpoint) for t in results._experiment_analysis.trials}
     unfinished = _unfinished(search_dir, info, space, tune_trials)
     if unfinished:  # Ctrl-C: Tune saved its state and returned; the study and the runs stay resumable
@@ -558,7 +560,17 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
     client.log_batch(parent, metrics=_parent_metrics(trials, space, counts))
     if note:
         client.set_tag(parent, "note", note)
+    # MLflow's run note (Markdown): where a user lands in the UI, the result and what to do next
+    fuse_cmd = (f"python -m search fuse --experiment {info['name']} --mlflow-uri {info['mlflow_uri']}"
+                + (" --protocol paper" if space.protocol == "paper" else "") + " --register NAME --alias champion")
+    client.set_tag(parent, "mlflow.note.content", f"{space.description}\n\n`{info['command']}`\n\n"
+                   f"```text\n{table}\n```\n\nFuse the trials into one model:\n\n`{fuse_cmd}`\n")
     client.set_terminated(parent, "FAILED" if counts["failed"] == len(trials) and trials else "FINISHED")
+    left = client.flush()
+    save_pending([c for c in (client, tracker.client if tracker and tracker._client else None) if c], search_dir)
+    if left:
+        print(f"warning: {left} MLflow write(s) about the search's run could not reach {info['mlflow_uri']}; "
+              f"`{resume}` writes them", file=sys.stderr)
     print(f"\n{len(trials)} trials: {counts['finished']} finished, {counts['stopped']} stopped by ASHA, "
           + (f"{counts['diverged']} diverged, " if counts["diverged"] else "")
           + f"{counts['failed']} failed; {closed} dangling MLflow run(s) closed; {time.perf_counter() - start:.0f} s")

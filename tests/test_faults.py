@@ -451,3 +451,48 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
         for pid in node_processes(mark):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------------
+# A tracking server that blinks
+# --------------------------------------------------------------------------------------------------
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+
+
+def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
+    """The server is stopped after a trial's first epoch and started again after its second: every
+    epoch of every trial is in MLflow exactly once, and every run is closed."""
+    port, faults = _free_port(), tmp_path / "faults"
+    first, second = "trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2"
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    search = None
+    try:
+        _wait_http(f"{uri}/health", 300)
+        search = subprocess.Popen(
+            search_cmd(store, tmp_path / "runs", "blink", "--num-samples", "2", "--max-concurrent", "1",
+                       "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
+            cwd=REPO, env=armed(faults, first, second), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        wait_fault(faults, first, search)
+        _kill_group(server)  # the server goes away while the trial trains its second epoch
+        release(faults, first)
+        wait_fault(faults, second, search)  # the driver has had its second epoch while no server answered
+        server = _mlflow_server(tmp_path, port)
+        _wait_http(f"{uri}/health", 300)
+        release(faults, second)
+        out, err = search.communicate(timeout=600)
+        assert search.returncode == 0, err[-3000:]
+        assert "does not answer" in err and "answers again" in err
+        records = check_records(uri, tmp_path / "runs", "blink", 2)  # every epoch once, every run FINISHED
+        check_study(tmp_path / "runs", "blink", records["results"])
+        assert not (tmp_path / "runs" / "blink" / "mlflow_pending.pkl").exists()
+    finally:
+        if search is not None and search.poll() is None:
+            _kill_group(search)
+        _kill_group(server)

@@ -16,10 +16,19 @@ def test_kaggle_format_uses_the_file_stem_as_id(tmp_path):
     assert out.read_text() == "Id,Scene_label\n0,bus\n1,park\n10,tram\n"
 
 
-def test_dcase_format_is_tab_separated_file_names(tmp_path):
+def test_dcase_format_is_tab_separated_file_names_without_a_header(tmp_path):
     out = write_submission(FILES, LABELS, tmp_path / "sub.txt", "dcase")
-    assert out.read_text().splitlines() == ["filename\tscene_label", "audio/0.wav\tbus", "audio/1.wav\tpark",
-                                            "audio/10.wav\ttram"]
+    assert out.read_text().splitlines() == ["audio/0.wav\tbus", "audio/1.wav\tpark", "audio/10.wav\ttram"]
+
+
+def test_the_dcase_file_reads_back_with_the_challenges_own_tools(tmp_path):
+    """dcase_util, the DCASE community's library: its default loader, and the 2019 baseline's way."""
+    import dcase_util
+
+    out = write_submission(FILES, LABELS, tmp_path / "sub.txt", "dcase")
+    for kwargs in ({}, {"fields": ["filename", "scene_label"], "csv_header": False, "delimiter": "\t"}):
+        items = dcase_util.containers.MetaDataContainer().load(str(out), **kwargs)
+        assert [(item.filename, item.scene_label) for item in items] == list(zip(FILES, LABELS)), kwargs
 
 
 def test_a_rerun_overwrites_and_leaves_no_partial_file(tmp_path):
