@@ -12,10 +12,16 @@ the chosen ensemble, never for choosing it.
   the candidates and pool the counts) against overfitting the selection clips.
 - :func:`top_k` and :func:`best_per_group` (the paper's A5 + A6 + A7: the best system of each
   enhancement).
+- :func:`gated_greedy`: Caruana's forward selection that accepts an addition only when its gain on
+  the selection clips is larger than the noise of that gain: in at least ``1 - quantile`` of
+  stratified bootstrap resamples of the clips (by device, the same resample for both ensembles: a
+  paired comparison), the ensemble with the addition scores higher. A gain one or two clips make is
+  not taken; with nothing beyond noise it is the best single candidate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -47,6 +53,7 @@ class Selection:
     weights: tuple[float, ...]  # one per member, summing to 1
     score: float  # the ensemble's score on the selection clips
     history: tuple[float, ...] = ()  # greedy: the score after each step (before truncation)
+    note: str = ""  # what the choice did that a user should know (gated_greedy's fallback)
 
     def fuse(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         return average([probs[i] for i in self.members], self.weights)
@@ -124,3 +131,53 @@ def best_per_group(probs: Sequence[np.ndarray], groups: Sequence[str], score: Sc
             best[group] = i
     chosen = sorted(best.values(), key=lambda i: -score(np.asarray(probs[i])))
     return _counts_to_selection({i: 1.0 for i in chosen}, chosen, probs, score)
+
+
+def bootstrap_indices(strata: Sequence, resamples: int, seed: int = 0) -> list[np.ndarray]:
+    """``resamples`` resamples of the clips (indices), each stratified: every stratum (device) keeps
+    its count, drawn with replacement from its own clips."""
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))]
+    return [np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups]) for _ in range(resamples)]
+
+
+def gated_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray, int | None], float],
+                 resamples: int, steps: int = 10, quantile: float = 0.1) -> Selection:
+    """Forward selection with replacement, each addition gated by a paired bootstrap (module docstring).
+
+    ``score_on(fused, b)`` scores fused probabilities on the selection clips (``b`` None) or on the
+    ``b``-th bootstrap resample of them (0 .. ``resamples`` - 1; the caller draws them, e.g. with
+    :func:`bootstrap_indices`, stratified by device)."""
+    n = len(probs)
+    if n == 0:
+        raise AscError("fusion needs at least one candidate")
+    if resamples < 10 or not 0 < quantile < 0.5 or steps < 0:
+        raise AscError("gated greedy: at least 10 resamples, quantile in (0, 0.5), steps >= 0")
+    probs = [np.asarray(p, dtype=np.float64) for p in probs]
+    ranked = sorted(range(n), key=lambda i: -score_on(probs[i], None))
+    chosen = [ranked[0]]
+    total = probs[ranked[0]].copy()
+    history = [score_on(total, None)]
+    current = np.array([score_on(total, b) for b in range(resamples)])
+    refused = 0
+    for _ in range(steps):
+        best = max(ranked, key=lambda i: score_on((total + probs[i]) / (len(chosen) + 1), None))
+        fused = (total + probs[best]) / (len(chosen) + 1)
+        if score_on(fused, None) <= history[-1]:
+            break  # no addition helps even on the clips it is chosen on
+        scores = np.array([score_on(fused, b) for b in range(resamples)])
+        if np.quantile(scores - current, quantile) <= 0:
+            refused += 1
+            break  # its gain is within the noise of the clips: not taken
+        chosen.append(best)
+        total = total + probs[best]
+        history.append(score_on(fused, None))
+        current = scores
+    counts = {i: float(chosen.count(i)) for i in set(chosen)}
+    selection = _counts_to_selection(counts, chosen, probs, lambda p: score_on(p, None), history)
+    if len(chosen) == 1:
+        note = ("the best single trial: no ensemble beat it by more than the noise of the selection clips"
+                if refused else "the best single trial: no ensemble scored higher on the selection clips")
+        return dataclasses.replace(selection, note=note)
+    return selection

@@ -8,6 +8,14 @@
 - ``metric_b``: the mean of the reference device's accuracy and ``acc_bc`` (the paper's Metric B;
   ``nan`` when either is missing);
 - ``device_gap``: ``acc_<reference> - acc_bc``.
+
+Every figure comes with how many clips it stands on (``n_<device>``, ``n_bc``, ``n_unseen``, ``n``)
+and its standard error from those clips, ``<figure>_cse``: the binomial standard error
+sqrt(p (1 - p) / n) of an accuracy, and for the figures made of two accuracies on disjoint clips
+(Metric B, the gaps) the delta method, which for these linear combinations is exact: Var(MB) =
+(Var(A) + Var(B&C)) / 4, Var(gap) = Var(A) + Var(B&C). Closed forms from the counts alone, so every
+table, run and tag can carry them; a stratified bootstrap over the clips agrees with them (tested) and
+is what fusion uses where it compares two ensembles on the same clips (``asc.fusion``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     """``[n_classes, n_classes]`` counts, rows = true class, columns = predicted."""
     return np.bincount(np.asarray(y_true) * n_classes + np.asarray(y_pred), minlength=n_classes**2).reshape(
         n_classes, n_classes)
+
+
+def _binomial_var(p: float, n: int) -> float:
+    """Variance of an accuracy ``p`` measured on ``n`` independent clips (nan without clips)."""
+    return p * (1 - p) / n if n and not math.isnan(p) else math.nan
 
 
 def _accuracy(mask: np.ndarray, correct: np.ndarray) -> float:
@@ -44,11 +57,28 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
     for device in sorted(set(devices.tolist()), key=lambda d: (d != reference, d)):
         out[f"acc_{device}"] = _accuracy(devices == device, correct)
     unseen = np.zeros(len(devices), bool) if seen is None else ~np.isin(devices, list(seen))
-    out["acc_bc"] = _accuracy((devices != reference) & ~unseen, correct)
+    bc = (devices != reference) & ~unseen
+    out["acc_bc"] = _accuracy(bc, correct)
     acc_ref = out.get(f"acc_{reference}", math.nan)
     if unseen.any():
         out["acc_unseen"] = _accuracy(unseen, correct)
         out["unseen_gap"] = acc_ref - out["acc_unseen"]
+    # how many clips each figure stands on, and its standard error from them (the module docstring)
+    out["n"] = float(len(devices))
+    var = {"metric_a": _binomial_var(out["metric_a"], len(devices))}
+    for device in sorted(set(devices.tolist())):
+        out[f"n_{device}"] = float((devices == device).sum())
+        var[f"acc_{device}"] = _binomial_var(out[f"acc_{device}"], (devices == device).sum())
+    out["n_bc"] = float(bc.sum())
+    var["acc_bc"] = _binomial_var(out["acc_bc"], bc.sum())
+    ref_var = var.get(f"acc_{reference}", math.nan)
+    var["metric_b"] = (ref_var + var["acc_bc"]) / 4
+    var["device_gap"] = ref_var + var["acc_bc"]
+    if unseen.any():
+        out["n_unseen"] = float(unseen.sum())
+        var["acc_unseen"] = _binomial_var(out["acc_unseen"], unseen.sum())
+        var["unseen_gap"] = ref_var + var["acc_unseen"]
+    out.update({f"{k}_cse": math.sqrt(v) if v >= 0 else math.nan for k, v in var.items()})
     # nan unless both halves exist: Metric B of one device's clips would be that device's accuracy
     # under another name
     out["metric_b"] = (acc_ref + out["acc_bc"]) / 2
@@ -60,3 +90,11 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
 
 
 SELECTION_METRICS = ("metric_a", "metric_b")
+SUFFIXES = ("_cse", "_sem")  # a figure's standard error from the clips, from the seeds
+
+
+def device_accuracies(metrics: dict) -> dict[str, float]:
+    """``{device: accuracy}`` from a metrics dict's ``acc_<device>`` entries (not the pooled B&C or
+    unseen accuracies, not the standard errors)."""
+    return {k[4:]: v for k, v in metrics.items() if k.startswith("acc_") and k not in ("acc_bc", "acc_unseen")
+            and not k.endswith(SUFFIXES)}

@@ -73,7 +73,7 @@ def _fusion(uri: str, experiment_id: str, size: int):
               f"{run.data.tags.get('registered_model', run.data.tags[MODEL_TAG])}")
         table = Path(client.download_artifacts(run.info.run_id, "fusion.txt")).read_text().rstrip()
         return run.data.tags.get("registered_model", run.data.tags[MODEL_TAG]), table, True
-    result = fuse(SEARCH_NAME, uri, by="metric_b", method="greedy", size=size, register=MODEL_NAME)
+    result = fuse(SEARCH_NAME, uri, by="metric_b", method="gated", size=size, register=MODEL_NAME)
     return result.registered or result.model_uri, format_result(result), False
 
 

@@ -30,7 +30,8 @@ from asc.errors import AscError
 from search.objectives import SINGLE, Objective
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, check_tracking_uri, selected_on
 
-METHODS = ("greedy", "top", "per-enhancement")
+METHODS = ("gated", "greedy", "top", "per-enhancement")
+RESAMPLES = 200  # the gated fusion's bootstrap resamples of the selection clips
 SPLITS = ("selection", "evaluation")
 
 
@@ -69,6 +70,7 @@ class FusionResult:
     refused: list[str]
     full_budget: bool = False
     protocol: str = "validation"  # "paper": the trials and the fusion choose on the evaluation split
+    note: str = ""  # what the choice did that a user should know (the gated fusion's fallback)
     run_id: str | None = None
     model_uri: str | None = None
     registered: str | None = None
@@ -221,6 +223,19 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
     if all(score(p) == -math.inf for p in sel):
         raise AscError(f"fusion by {objective.label()}: undefined on the selection clips "
                        f"(devices there: {', '.join(sorted(set(clips['selection'].devices.tolist())))})")
+    if method == "gated":
+        clips_sel = clips["selection"]
+        rows = fusion.bootstrap_indices(clips_sel.devices, RESAMPLES, seed)
+        resamples = [Clips(clips_sel.filenames[ix], clips_sel.devices[ix], clips_sel.labels[ix], clips_sel.seen)
+                     for ix in rows]
+
+        def score_on(fused: np.ndarray, b: int | None) -> float:
+            if b is None:
+                return score(fused)
+            value = objective.values(metrics_of(fused[rows[b]], resamples[b]))["objective"]
+            return -math.inf if math.isnan(value) else value
+
+        return fusion.gated_greedy(sel, score_on, RESAMPLES, steps=max((size or 10) - 1, 0))
     if method == "greedy":
         steps = max((size or 10) - 1, 0)
         return fusion.greedy_selection(sel, score, steps=steps, init=1, bags=bags, seed=seed)
@@ -234,7 +249,7 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
 # --------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------
-def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = "greedy",
+def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = "gated",
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
          seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False,
          protocol: str = "validation", alias: str | None = None) -> FusionResult:
@@ -278,8 +293,20 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     for i, c in enumerate(candidates):
         metrics[c.label] = {s: metrics_of(c.probs[s], clips[s]) for s in clips}
     result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
-                          list(selection.weights), metrics, notes, full_budget, protocol=protocol)
+                          list(selection.weights), metrics, notes, full_budget, protocol=protocol, note=selection.note)
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
+    # what the selection clips can tell about the candidates it ranked (search.tuner.clip_warning)
+    from search.tuner import clip_warning
+
+    rows = sorted(({"label": c.label, "objective": objective.values(metrics[c.label]["selection"])["objective"],
+                    "objective_cse": objective.clip_se(metrics[c.label]["selection"]),
+                    **{f"sel_{k}": v for k, v in metrics[c.label]["selection"].items() if k.startswith("n_")}}
+                   for c in candidates), key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
+    warning = clip_warning(rows, objective)
+    if warning:
+        print(warning)
+    if selection.note:
+        print(f"note: {selection.note}")
     if log:
         log_fusion(client, mlflow_uri, exp.experiment_id, parent_id, result, objective, register,
                    {"size": size, "full_budget": full_budget, "bags": bags, "seed": seed}, alias)
@@ -418,8 +445,9 @@ def device_columns(metrics_by_split: list[dict]) -> tuple[list[str], list[str]]:
     """(metric keys, column heads) for the device table (``search.tuner.device_columns``)."""
     from search.tuner import device_columns as columns
 
-    devices = sorted({k[4:] for m in metrics_by_split for k in m if k.startswith("acc_")
-                      and k not in ("acc_bc", "acc_unseen")}, key=lambda d: (d != "a", d))
+    from asc.metrics import device_accuracies
+
+    devices = sorted({d for m in metrics_by_split for d in device_accuracies(m)}, key=lambda d: (d != "a", d))
     return columns(devices, any("acc_unseen" in m for m in metrics_by_split))
 
 
@@ -453,9 +481,18 @@ def format_result(result: FusionResult) -> str:
 
 
 def _title(result: FusionResult) -> str:
-    """What the fusion is and which clips chose it (the table's title, the registered model's description)."""
+    """What the fusion is, which clips chose it and how well they know it (the table's title, the
+    registered model's description)."""
     rule = "that trained every epoch" if result.full_budget else "with predictions, ASHA-stopped ones included"
     where = ("the evaluation split (protocol paper, as the paper did: its evaluation figures are not an unbiased "
              "estimate)" if result.protocol == "paper" else "the selection clips only")
+    sel = result.metrics["fusion"]["selection"]
+    devices = ", ".join(f"{k[2:].upper()} {int(v)}" for k, v in sorted(sel.items(), key=lambda kv: (kv[0] != "n_a", kv[0]))
+                        if k.startswith("n_") and k not in ("n_bc", "n_unseen"))
+    known = (f"; {devices} selection clips (B&C {int(sel.get('n_bc', 0))}) know its {result.by} within "
+             f"+-{100 * sel.get(result.by + '_cse', math.nan):.1f} points (one standard error, binomial)"
+             if devices and result.by + "_cse" in sel else "")
+    note = f"; {result.note}" if result.note else ""
     return (f"{result.method} fusion by {result.by} of the trials of {result.experiment!r}: {len(result.members)} "
-            f"member(s) of {len(result.candidates)} candidate(s) (every finished trial {rule}), chosen on {where}")
+            f"member(s) of {len(result.candidates)} candidate(s) (every finished trial {rule}), chosen on {where}"
+            f"{known}{note}")

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 from asc.errors import AscError
+from asc.metrics import device_accuracies
 
 SINGLE = ("metric_a", "metric_b", "acc_bc", "acc_unseen", "worst_device", "gap_penalized")
 OBJECTIVES = SINGLE + ("pareto",)
@@ -63,12 +64,27 @@ class Objective:
         if self.multi:
             return {"objective_acc_bc": _get(metrics, "acc_bc"), "objective_abs_gap": abs(_get(metrics, "device_gap"))}
         if self.name == "worst_device":
-            devices = [v for k, v in metrics.items() if k.startswith("acc_") and k not in ("acc_bc", "acc_unseen")
-                       and isinstance(v, float) and not math.isnan(v)]
+            devices = [v for v in device_accuracies(metrics).values() if isinstance(v, float) and not math.isnan(v)]
             return {"objective": min(devices) if devices else math.nan}
         if self.name == "gap_penalized":
             return {"objective": _get(metrics, "metric_b") - self.gap_lambda * abs(_get(metrics, "device_gap"))}
         return {"objective": _get(metrics, self.name)}
+
+    def clip_se(self, metrics: dict) -> float:
+        """The single objective's standard error from the clips it was measured on (``asc.metrics``:
+        binomial, and the delta method for what is made of several accuracies); nan for the Pareto pair."""
+        if self.multi:
+            return math.nan
+        if self.name == "worst_device":
+            devices = {d: v for d, v in device_accuracies(metrics).items() if isinstance(v, float) and not math.isnan(v)}
+            return _get(metrics, f"acc_{min(devices, key=devices.get)}_cse") if devices else math.nan
+        if self.name == "gap_penalized":
+            # Var(MB - l s gap) = Var(MB) + l^2 Var(gap) - 2 l s Cov(MB, gap), with Cov = (Var(A) - Var(B&C)) / 2
+            var_a, var_bc = _get(metrics, "acc_a_cse") ** 2, _get(metrics, "acc_bc_cse") ** 2
+            lam, sign = self.gap_lambda, math.copysign(1.0, _get(metrics, "device_gap"))
+            var = (var_a + var_bc) / 4 + lam ** 2 * (var_a + var_bc) - lam * sign * (var_a - var_bc)
+            return math.sqrt(var) if var >= 0 else math.nan
+        return _get(metrics, f"{self.name}_cse")
 
 
 def _get(metrics: dict, key: str) -> float:

@@ -2,9 +2,10 @@
 
 Both are the same :class:`AudioSceneModel`: an ensemble of ``asc.inference.Member`` files (one for a
 trial, several for a fusion) and their weights, stored as the model's artifacts. Loaded with
-``mlflow.pyfunc.load_model(uri)``, its ``predict`` takes audio files (a path, a folder, a list of
-them, or a DataFrame with a ``path`` column) and returns a DataFrame of scene probabilities, one
-column per scene, indexed by path. Each member computes its own features and enhancement from the
+``mlflow.pyfunc.load_model(uri)``, its ``predict`` takes a DataFrame of clips, as its signature
+says: an ``audio`` column of encoded WAV / FLAC bytes (base64 in JSON for a model server) or a ``path``
+column of files or folders, and an optional ``device`` column; it returns each scene's probability
+and the ``label``, one row per clip, indexed by path. Each member computes its own features and enhancement from the
 audio (see ``asc.inference``). The ``asc`` and ``search`` packages travel inside the model
 (``code_paths``), so loading needs only the requirements installed.
 """
@@ -15,7 +16,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,35 +31,69 @@ except ImportError:  # keep the module importable for its helpers
 SPEC = "ensemble.json"
 
 
-def input_paths(model_input) -> list[str]:
-    """Audio paths from what a caller hands ``predict``: a path or folder, a list of them, a pandas
-    DataFrame (its ``path`` column, else its only column) or Series."""
+AUDIO, PATH, DEVICE, LABEL = "audio", "path", "device", "label"
+
+
+def input_clips(model_input, folder: Path) -> tuple[list[str], list[str], list[str | None] | None]:
+    """What a caller hands ``predict``, as (audio files to read, the names to report them by, each
+    clip's device or None). Accepted: a path or folder, a list of them, or a pandas DataFrame with a
+    ``path`` column (files on the model's machine) or an ``audio`` column (the encoded WAV / FLAC
+    bytes of each clip; base64 in JSON, which MLflow's model server decodes by the signature), and an
+    optional ``device`` column (a spectrum-corrected model needs it for clips whose name does not say
+    it). Audio bytes are written into ``folder`` for reading."""
     from asc.inference import audio_paths
 
-    try:
-        import pandas as pd
-    except ImportError:  # pandas comes with MLflow
-        pd = None
-    if pd is not None and isinstance(model_input, pd.DataFrame):
-        if "path" in model_input.columns:
-            model_input = model_input["path"]
-        elif len(model_input.columns) == 1:
-            model_input = model_input.iloc[:, 0]
-        else:
-            raise AscError(f"audio model input: a DataFrame needs a 'path' column, got {list(model_input.columns)}")
-    if pd is not None and isinstance(model_input, pd.Series):
-        model_input = model_input.tolist()
-    if isinstance(model_input, np.ndarray):
-        model_input = model_input.ravel().tolist()
-    return audio_paths(model_input)
+    import pandas as pd
+
+    if isinstance(model_input, pd.Series):
+        model_input = model_input.to_frame(PATH if model_input.name != AUDIO else AUDIO)
+    if not isinstance(model_input, pd.DataFrame):
+        if isinstance(model_input, np.ndarray):
+            model_input = model_input.ravel().tolist()
+        paths = audio_paths(model_input)
+        return paths, paths, None
+    columns = list(model_input.columns)
+    devices = None
+    if DEVICE in columns:
+        devices = [None if (d is None or (isinstance(d, float) and np.isnan(d)) or d == "") else str(d).lower()
+                   for d in model_input[DEVICE].tolist()]
+    if AUDIO in columns:
+        names, paths = [], []
+        for k, blob in enumerate(model_input[AUDIO].tolist()):
+            if isinstance(blob, str):  # base64 text, when a caller sends it without the signature's decoding
+                import base64
+                import binascii
+
+                try:
+                    blob = base64.b64decode(blob, validate=True)
+                except (binascii.Error, ValueError):
+                    raise AscError(f"audio model input: row {k} of column 'audio' is neither audio bytes nor "
+                                   "base64 of them") from None
+            if not isinstance(blob, (bytes, bytearray)) or not blob:
+                raise AscError(f"audio model input: row {k} of column 'audio' holds no audio bytes")
+            name = model_input[PATH].iloc[k] if PATH in columns and isinstance(model_input[PATH].iloc[k], str) \
+                else f"clip{k}"
+            target = folder / f"{k}-{Path(str(name)).name or 'clip'}"
+            target.write_bytes(bytes(blob))
+            paths.append(str(target))
+            names.append(str(name))
+        return paths, names, devices
+    if PATH in columns or len(columns) == 1:
+        values = model_input[PATH if PATH in columns else columns[0]].tolist()
+        paths = audio_paths(values) if all(isinstance(v, str) for v in values) else None
+        if paths is None:
+            raise AscError(f"audio model input: column {PATH!r} must hold file paths")
+        return paths, paths, devices
+    raise AscError(f"audio model input: a DataFrame needs an {AUDIO!r} column (encoded audio bytes) or a {PATH!r} "
+                   f"column (files), got {columns}")
 
 
 class AudioSceneModel(PythonModel):
-    """Scene probabilities from audio files (see the module docstring)."""
+    """Scene probabilities from audio (see the module docstring)."""
 
     # MLflow wraps a PythonModel's ``predict`` to validate inputs against its type hints, and warns
-    # (bypassing the caller's warning filters) when it has none. This one takes paths in several
-    # shapes (see input_paths) and checks them itself; MLflow's own opt-out for such models:
+    # (bypassing the caller's warning filters) when it has none. This one takes paths or bytes in
+    # several shapes (see input_clips) and checks them itself; MLflow's own opt-out for such models:
     _skip_type_hint_validation = True
 
     def load_context(self, context):
@@ -69,11 +103,38 @@ class AudioSceneModel(PythonModel):
         self.ensemble = Ensemble([Member.load(context.artifacts[name]) for name in spec["members"]], spec["weights"])
 
     def predict(self, context, model_input, params=None):
+        """One row per clip: each scene's probability and the ``label``, indexed by the clip's path
+        (or, for audio bytes, the ``path`` column's name, else ``clip<k>``)."""
         import pandas as pd
 
-        paths = input_paths(model_input)
-        probs = self.ensemble.predict(paths)
-        return pd.DataFrame(probs, columns=self.ensemble.classes, index=pd.Index(paths, name="path"))
+        paths, names = [], []
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                paths, names, devices = input_clips(model_input, Path(tmp))
+                probs = self.ensemble.predict(paths, devices=devices)
+        except AscError as exc:  # bad input: MLflow's model server answers it with HTTP 400 and this line
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            message = str(exc)
+            for path, name in zip(paths, names):  # a clip sent as bytes is named as the caller named it
+                message = message.replace(path, name)
+            raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE) from None
+        out = pd.DataFrame(probs, columns=self.ensemble.classes, index=pd.Index(names, name=PATH))
+        out[LABEL] = [self.ensemble.classes[k] for k in probs.argmax(axis=1)]
+        return out
+
+
+def signature(classes: list[str]):
+    """The model's input and output schema, for MLflow's UI and its model server: clips as ``audio``
+    bytes or as ``path`` names, an optional ``device``; each scene's probability and the label."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("binary", AUDIO, required=False), ColSpec("string", PATH, required=False),
+                     ColSpec("string", DEVICE, required=False)])
+    outputs = Schema([ColSpec("double", c) for c in classes] + [ColSpec("string", LABEL)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights: Sequence[float] | None = None,
@@ -81,7 +142,6 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
     """Log (and optionally register) an :class:`AudioSceneModel` of ``member_files`` with ``weights``
     under ``run_id``; returns the model's URI (``models:/<id>``)."""
     import mlflow
-    import torch
 
     import asc
     from asc.inference import Member
@@ -107,10 +167,41 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
                 code_paths=[os.path.dirname(asc.__file__), os.path.dirname(os.path.abspath(__file__))],
                 registered_model_name=registered_model_name,
                 metadata=json.loads(json.dumps({**(metadata or {}), **description}, default=str)),
-                # stated, not inferred: inference would import and probe every package (slow)
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                                  "librosa", "soundfile", "scipy", "pandas", "numpy"])
+                # stated, not inferred (inference imports and probes every package: slow), and pinned
+                pip_requirements=model_requirements(members),
+                signature=signature(members[0].classes),
+                input_example=_input_example())
     return info.model_uri
+
+
+# What a served model imports, whatever its members: asc.inference (torch, numpy, scipy, librosa,
+# soundfile) and this module (mlflow, pandas); an MSXception member also pretrainedmodels, which
+# imports torchvision.
+SERVING_PACKAGES = ("mlflow", "torch", "numpy", "scipy", "librosa", "soundfile", "pandas")
+MSXCEPTION_PACKAGES = ("torchvision", "pretrainedmodels")
+
+
+def model_requirements(members) -> list[str]:
+    """The packages the members need, pinned to the versions installed here (where they were trained
+    and logged), so that an environment MLflow builds from the model's own files can load it."""
+    from importlib.metadata import version
+
+    names = list(SERVING_PACKAGES) + (list(MSXCEPTION_PACKAGES) if any(
+        m.model_config.name == "msxception" for m in members) else [])
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
+
+
+def _input_example():
+    """One row as a model server takes it: a clip's encoded audio bytes (here, 0.1 s of silence as a
+    WAV file: the example shows the form, it is not a clip the model can score) and its name."""
+    import io
+
+    import pandas as pd
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(4410, np.float32), 44100, format="WAV", subtype="PCM_16")
+    return pd.DataFrame({AUDIO: [buffer.getvalue()], PATH: ["audio/example-a.wav"]})
 
 
 def download_members(model_uri: str, folder: Path, tracking_uri: str) -> tuple[list[Path], list[float]]:

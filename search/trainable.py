@@ -31,8 +31,8 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
     ``seed<seed>/`` (``seed1/metric_b``). The objective is the mean of the seeds' objectives (what
     ASHA prunes on and Optuna learns from), ``objective_sem`` its standard error."""
     def tracked(key: str) -> bool:
-        key = key[:-4] if key.endswith("_sem") else key
-        return key.startswith("acc_") or key in TRACKED
+        key = key[:-4] if key.endswith(("_sem", "_cse")) else key
+        return key.startswith(("acc_", "n_")) or key in TRACKED + ("n",)
 
     def pick(m: dict) -> dict:
         return {k: float(v) for k, v in m.items() if isinstance(v, float) and tracked(k)}
@@ -46,6 +46,7 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
               **objective.values(selected)}
     if not objective.multi:
         result["epoch_objective"] = objective.values(metrics)["objective"]
+        result["objective_cse"] = objective.clip_se(selected)  # from the selection clips (asc.metrics)
     per_seed = metrics.get("per_seed")
     if per_seed:
         from asc.systems import mean_sem

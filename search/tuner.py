@@ -35,7 +35,7 @@ from pathlib import Path
 from asc.errors import AscError
 from search.console import LOG_FILE, route_ray_messages
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
-from search.searcher import ACTIVE, DUPLICATE_ATTR, RESUMING, Searcher, make_sampler, study_storage
+from search.searcher import ACTIVE, DUPLICATE_ATTR, RESUMING, STUDY_FILE, Searcher, make_sampler, study_storage
 from asc.enhance import Enhancement, parse_composition
 from search.space import CONDITIONAL, Space, load_space
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, TRIAL_TAG, MlflowTracker, RetryingClient, \
@@ -63,10 +63,14 @@ class SearchSettings:
     seed: int | None = None
     overrides: list = field(default_factory=list)
     warm_start: list = field(default_factory=list)  # MLflow experiments whose trials the study starts with
+    # Where the Optuna study's SQLite file lives (default: the search's folder under --storage). On a
+    # cluster whose --storage is an NFS share, a folder on the head's own disk: SQLite's locking is not
+    # safe on NFS, and one process (the driver, on the head) writes the study.
+    study_dir: str | None = None
     max_failures: int = 3  # retries of a trial whose worker died, each from its last checkpoint
     # Off, as Ray Tune's own default since 2024 (ray-project/ray#42951): with reuse, a worker killed as
     # one trial ended and the next began made the next trial fail twice on the same dead cached actor
-    # and end FAILED. A fresh actor per trial costs a few seconds a trial (search/bench_search.py).
+    # and end FAILED. A fresh actor per trial costs a few seconds a trial (search/bench/search.py).
     reuse_actors: bool = False
     top: int = 10  # rows of the best-trials table
 
@@ -332,6 +336,11 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     init_ray(settings.address)
     _check_resources(settings)
     search_dir.mkdir(parents=True, exist_ok=True)
+    if settings.study_dir:
+        try:
+            (Path(settings.study_dir).expanduser().resolve() / name).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AscError(f"--study-dir {settings.study_dir}: cannot create it ({exc.strerror or exc})") from None
     route_ray_messages(search_dir)
     (search_dir / SPACE_FILE).write_text(space.text)
     local_artifacts = None if mlflow_uri.startswith(("http://", "https://")) else storage / "mlartifacts"
@@ -343,7 +352,8 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
             "experiment_id": experiment_id, "parent_run_id": parent_run, "address": settings.address,
             "command": command, **options, "max_failures": settings.max_failures,
             "reuse_actors": settings.reuse_actors, "top": settings.top, "store_names": store_names,
-            "warm_start": list(settings.warm_start)}
+            "warm_start": list(settings.warm_start),
+            "study_dir": str(Path(settings.study_dir).expanduser().resolve() / name) if settings.study_dir else None}
     _write_json(search_dir / SEARCH_FILE, info)
     tuner = _new_tuner(space, info, storage, warm)
     if warm_line:
@@ -400,7 +410,8 @@ def _new_tuner(space: Space, info: dict, storage: Path, warm: list = ()):
     metric = objective.metrics if objective.multi else objective.metrics[0]
     mode = objective.modes if objective.multi else objective.modes[0]
     searcher = _searcher_class()(space=space, metric=metric, mode=mode, sampler=make_sampler(space, info["seed"], info["num_samples"]),
-                                 study_name=info["name"], storage=study_storage(storage / info["name"]), seed=info["seed"])
+                                 study_name=info["name"], storage=study_storage(study_folder(info, storage / info["name"])),
+                                 seed=info["seed"])
     if warm:
         from search.warmstart import apply
 
@@ -459,7 +470,10 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     info["storage"] = str(storage_path)  # where it is now (the folder may have moved)
     space = load_space(search_dir / SPACE_FILE)
     check_tracking_uri(info["mlflow_uri"])
-    RESUMING["search_dir"] = search_dir
+    RESUMING["search_dir"] = study_folder(info, search_dir)
+    if not (RESUMING["search_dir"] / STUDY_FILE).is_file():
+        raise AscError(f"{RESUMING['search_dir'] / STUDY_FILE}: the search's Optuna study is not here (on a cluster "
+                       "it lives on the disk of the machine that ran the driver: resume there)")
     if not tune.Tuner.can_restore(str(search_dir)):
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
                        "with another --name")
@@ -474,6 +488,11 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
                                                                      info["gpus_per_trial"]),
                                resume_unfinished=True, resume_errored=False)
     return _fit_and_report(tuner, space, info, search_dir)
+
+
+def study_folder(info: dict, search_dir: Path) -> Path:
+    """The folder of a search's Optuna study: ``--study-dir`` if it ran with one, else its folder."""
+    return Path(info["study_dir"]) if info.get("study_dir") else Path(search_dir)
 
 
 def store_identity(path: str) -> str:
@@ -542,7 +561,7 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
                        f"continue it with `{resume}`")
     trials = _trial_rows(results, space)
     closed = close_dangling_runs(info["mlflow_uri"], info["experiment_id"], parent, tune_trials)
-    study = _finish_study(search_dir, info["name"])
+    study = _finish_study(study_folder(info, search_dir), info["name"])
     table = format_trials(trials, space, _devices(info["stores"]), info["top"])
     front = pareto_front(study, trials) if space.objective.multi else []
     print("\n" + table)
@@ -612,7 +631,7 @@ def _unfinished(search_dir: Path, info: dict, space: Space, tune_trials: dict) -
     import optuna
     from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name=info["name"], storage=study_storage(search_dir))
+    study = optuna.load_study(study_name=info["name"], storage=study_storage(study_folder(info, search_dir)))
     running = {t.user_attrs.get(TRIAL_TAG) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     unfinished = [tid for tid in tune_trials if tid in running]
     searcher = ACTIVE.get("searcher")
@@ -682,7 +701,7 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     obj_cols = space.objective.metrics
     obj_heads = ["B&C*", "|gap|*"] if space.objective.multi else ["objective"]
     seeds = space.seeds > 1  # means over seeds: the objective with its standard error
-    obj_width = 17 if seeds else 10
+    obj_width = (27 if seeds else 18) if not space.objective.multi else (17 if seeds else 10)
     lines = []
     width_params = max([len(_params_cell(r, searched)) for r in shown] + [10])
     group = f"{'':<6}{'':<{width_params + 2}}{'':<12}{'':>7}{'':>7}"
@@ -701,6 +720,9 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
              "the evaluation split beside it is never used to choose")
     lines.append(title or f"best {len(shown)} of {len(rows)} trials by {space.objective.label()} on the "
                  f"{'evaluation split' if paper else 'selection clips'}, at each trial's chosen epoch ({never}){each}")
+    counts = clips_line(shown, paper)
+    if counts:
+        lines.append(counts)
     lines.append(group.rstrip())
     lines.append(head)
     lines.append("-" * len(head))
@@ -709,14 +731,56 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
                  "diverged": f"diverged@{r.get('diverged')}"}[r["state"]]
         sel = "".join(f"{_pct(r.get('sel_' + c)):>7}" for c in cols)
         ev = "".join(f"{_pct(r.get('eval_' + c)):>7}" for c in cols)
-        objs = "".join(f"{_num(r.get(c), pct=space.objective.multi, sem=r.get(c + '_sem') if seeds else None):>{obj_width}}"
+        objs = "".join(f"{_num(r.get(c), pct=space.objective.multi, sem=r.get(c + '_sem') if seeds else None, cse=r.get(c + '_cse')):>{obj_width}}"
                        for c in obj_cols)
         lines.append(f"{r['label']:<6}{_params_cell(r, searched):<{width_params + 2}}{state:<12}"
                      f"{r['epoch']:>3}/{r['epochs']:<3}{str(r.get('best_epoch') or '-'):>7} |{sel} |{objs} |{ev}")
     note = noise_note(shown) if seeds and not space.objective.multi else ""
     if note:
         lines.append(note)
+    warning = clip_warning(shown, space.objective) if not space.objective.multi else ""
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)
+
+
+def clips_line(rows: list[dict], paper: bool = False) -> str:
+    """How many clips the choosing figures stand on, per device (from the first row that says)."""
+    row = next((r for r in rows if "sel_n" in r), None)
+    if row is None:
+        return ""
+    devices = sorted((k[6:] for k in row if k.startswith("sel_n_") and k[6:] not in ("bc", "unseen")
+                      and not k.endswith(("_sem", "_cse"))), key=lambda d: (d != "a", d))
+    parts = ", ".join(f"{d.upper()} {int(row['sel_n_' + d])}" for d in devices)
+    where = "the evaluation split" if paper else "selection clips"
+    return (f"{where}: {parts} (B&C {int(row.get('sel_n_bc', 0))}); objective +- c: its standard error from these "
+            "clips (binomial; the delta method for Metric B and the gaps)"
+            + ("; +- s: from the seeds" if any(k.endswith("_sem") for k in row) else ""))
+
+
+def clip_warning(ranked: list[dict], objective, z: float = 2.0) -> str:
+    """One line when the clips cannot tell the trials apart: the best trial's objective is uncertain
+    by more (z clip standard errors) than the spread of the objectives it is ranked among."""
+    valid = [r for r in ranked if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])]
+    if len(valid) < 2 or not isinstance(valid[0].get("objective_cse"), float):
+        return ""
+    best = valid[0]
+    width, spread = z * best["objective_cse"], best["objective"] - min(r["objective"] for r in valid)
+    if not width > spread:
+        line = ""
+    else:
+        counts = ", ".join(f"{d.upper()} {int(best[k])}" for k in sorted(best) if k.startswith("sel_n_")
+                           and (d := k[6:]) not in ("bc", "unseen") and not k.endswith(("_sem", "_cse")))
+        line = (f"warning: the selection clips ({counts}) know {objective.label()} only within +-{100 * width:.1f} "
+                f"points ({z:g} standard errors), more than the {100 * spread:.1f} points between the trials ranked "
+                "here: hold out more locations (validation_share), choose by metric_a (all clips), or add seeds")
+    sem = best.get("objective_sem")
+    if isinstance(sem, float) and math.isfinite(sem) and sem > 0:
+        dominant = "the clips'" if best["objective_cse"] > sem else "the seeds'"
+        line = (line + "; " if line else "") + (
+            f"for {best['label']}, {dominant} standard error is the larger (clips +-{100 * best['objective_cse']:.1f}, "
+            f"seeds +-{100 * sem:.1f} points)")
+    return line
 
 
 def noise_note(ranked: list[dict], z: float = 2.0) -> str:
@@ -761,12 +825,16 @@ def _short(key: str) -> str:
     return _SHORT.get(key, key)
 
 
-def _num(value, pct: bool = False, sem: float | None = None) -> str:
+def _num(value, pct: bool = False, sem: float | None = None, cse: float | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     text = f"{100 * value:.1f}" if pct else f"{value:.4f}"
     if sem is not None and math.isfinite(sem):
         text += f"+-{100 * sem:.1f}" if pct else f"+-{sem:.4f}"
+    if cse is not None and isinstance(cse, float) and math.isfinite(cse):
+        text += f" +-{cse:.3f}c" if not pct else f" +-{100 * cse:.1f}c"
+    if sem is not None and math.isfinite(sem) and cse is not None:
+        text = text.replace(f"+-{sem:.4f}", f"+-{sem:.3f}s", 1)
     return text
 
 

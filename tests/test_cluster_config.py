@@ -132,7 +132,7 @@ def test_head_runs_the_mlflow_tracking_server(config):
     backend = options["--backend-store-uri"]
     assert backend.startswith(("sqlite:///", "postgresql://", "mysql://")), backend
     if backend.startswith("sqlite:///"):
-        # One server process in front of SQLite (DESIGN.md), on the head's own disk, not over NFS.
+        # One server process in front of SQLite, on the head's own disk, not over NFS.
         assert options.get("--workers") == "1", "SQLite behind several server processes"
         assert SHARED not in backend, "SQLite on the NFS share"
     command = next(c for c in config["head_start_ray_commands"] + config["head_setup_commands"] if "mlflow server" in c)
@@ -181,7 +181,7 @@ def test_every_node_mounts_the_shared_storage(config):
 
 
 def test_ray_start_environment(config):
-    """Workers at normal priority and token auth, set before `ray start` on every node (DESIGN.md)."""
+    """Workers at normal priority and token auth, set before `ray start` on every node."""
     for kind, key in (("head", "head_start_ray_commands"), ("worker", "worker_start_ray_commands")):
         starts = [c for c in config[key] if "ray start" in c]
         assert len(starts) == 1, kind
@@ -253,8 +253,11 @@ def check_readme_commands(section: str, config: dict) -> None:
     worker = next(iter(_workers(config).values()))["resources"]
     for args in parsed["prepare"]:
         assert args.store == STORE and args.data_dir.startswith(DATA + "/") and args.address == "auto"
+    head_dirs = " ".join(c for c in config["head_setup_commands"] if "mkdir" in c)
     for args in parsed["run"]:
         assert args.store == STORE and args.storage == RUNS and args.address == "auto"
+        # the Optuna study on the head's own disk (made by head_setup_commands), not on the NFS share
+        assert args.study_dir and not args.study_dir.startswith("/shared") and args.study_dir in head_dirs
         assert re.fullmatch(rf"http://(127\.0\.0\.1|localhost):{mlflow_port}/?", args.mlflow_uri), args.mlflow_uri
         assert (ROOT / args.space).is_file(), args.space
         assert 0 < args.gpus_per_trial <= worker["GPU"]
@@ -279,10 +282,13 @@ def test_readme_check_catches_a_wrong_command(config):
     good = ("ray up cluster.yaml; ray attach cluster.yaml -p 5000 -p 8265; ray down cluster.yaml\n"
             f"python -m search prepare {DATA}/dev --store {STORE} --address auto\n"
             f"python -m search run spaces/device_robust.yaml --store {STORE} --address auto "
-            f"--mlflow-uri http://127.0.0.1:5000 --storage {RUNS} --gpus-per-trial 0.5 --cpus-per-trial 2\n"
+            f"--mlflow-uri http://127.0.0.1:5000 --storage {RUNS} --study-dir ~/asc-studies --gpus-per-trial 0.5 "
+            "--cpus-per-trial 2\n"
             f"python -m search resume device_robust --storage {RUNS}\n")
     check_readme_commands(good, config)
     with pytest.raises(AssertionError):
-        check_readme_commands(good.replace(f"--storage {RUNS} --gpus", "--storage ./runs --gpus"), config)
+        check_readme_commands(good.replace(f"--storage {RUNS} --study", "--storage ./runs --study"), config)
     with pytest.raises(SystemExit):
         check_readme_commands(good.replace("--gpus-per-trial", "--gpu-per-trial"), config)
+    with pytest.raises(AssertionError):  # the study on the NFS share
+        check_readme_commands(good.replace("--study-dir ~/asc-studies", f"--study-dir {RUNS}"), config)

@@ -59,11 +59,11 @@ def hand_metrics(probs, labels, devices, classes) -> dict:
 
 def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(searched):
     done = cli("fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--method", "top", "--size", "2",
-               "--register", "smoke-fusion")
+               "--register", "smoke-fusion", "--alias", "champion")
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "top fusion by metric_b" in out and "selection clips (%)" in out and "evaluation clips (%)" in out
-    assert "registered: models:/smoke-fusion/1" in out
+    assert "registered: models:/smoke-fusion@champion" in out
     client, experiment, parent, trials = mlflow_runs(searched["uri"], NAME)
     fusions = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'fusion'")
     assert len(fusions) == 1
@@ -106,14 +106,88 @@ def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the
     (preds, classes) = predictions(client, searched["members"][0])
     files = preds["evaluation"][0]
     expected = np.mean([predictions(client, r)[0]["evaluation"][3] for r in searched["members"]], axis=0)
-    got = model.predict([str(searched["data"] / f) for f in files])
-    assert list(got.columns) == classes and len(got) == len(files)
-    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-5)
-    # A folder is a list of its .wav files; a DataFrame with a path column works too.
     import pandas as pd
 
+    got = model.predict(pd.DataFrame({"path": [str(searched["data"] / f) for f in files]}))
+    assert list(got.columns) == classes + ["label"] and len(got) == len(files)
+    np.testing.assert_allclose(got[classes].to_numpy(), expected, atol=1e-5)
+    assert got["label"].tolist() == [classes[k] for k in expected.argmax(axis=1)]
+    # A folder in the path column stands for its .wav files; the clips' encoded bytes work too (what a
+    # model server is sent).
     one = model.predict(pd.DataFrame({"path": [str(searched["data"] / files[0])]}))
-    np.testing.assert_allclose(one.to_numpy()[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(one[classes].to_numpy()[0], expected[0], atol=1e-5)
+    sent = model.predict(pd.DataFrame({"audio": [(searched["data"] / f).read_bytes() for f in files[:2]],
+                                       "path": files[:2]}))
+    assert sent.index.tolist() == files[:2]
+    np.testing.assert_allclose(sent[classes].to_numpy(), expected[:2], atol=1e-5)
+    info = mlflow.models.get_model_info("models:/smoke-fusion/1")
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["audio", "path", "device"]
+    assert info.signature.outputs.input_names()[-1] == "label"
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"row 0 of column 'audio' holds no audio bytes"):
+        model.predict(pd.DataFrame({"audio": [b""]}))
+
+
+def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
+    """`mlflow models serve` for the registered fusion (by its alias) on loopback: two clips posted as
+    base64 bytes in JSON, the answer equal to `predict` on the same files; bytes that are not audio are
+    HTTP 400 with one line."""
+    import base64
+    import json
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from tests.test_search import _free_port, _wait_http
+
+    if "members" not in searched:
+        pytest.skip("needs the fusion of the test before")
+    files = sorted(p.relative_to(searched["data"]).as_posix() for p in (searched["data"] / "audio").glob("*-b.wav"))[:2]
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/smoke-fusion@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=REPO, env={**ENV, "MLFLOW_TRACKING_URI": searched["uri"]},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", 300)
+
+        def post(rows):
+            body = json.dumps({"dataframe_split": {"columns": ["audio", "path"], "data": rows}}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read())
+
+        answer = post([[base64.b64encode((searched["data"] / f).read_bytes()).decode(), f] for f in files])
+        rows = answer["predictions"]
+        out = tmp_path / "sub.csv"
+        done = cli("predict", "models:/smoke-fusion@champion", str(searched["data"]), "--split", "all", "--out", str(out),
+                   "--mlflow-uri", searched["uri"])
+        assert done.returncode == 0, done.stderr[-3000:]
+        import mlflow
+
+        mlflow.set_tracking_uri(searched["uri"])
+        mlflow.set_registry_uri(searched["uri"])
+        import pandas as pd
+
+        local = mlflow.pyfunc.load_model("models:/smoke-fusion@champion").predict(
+            pd.DataFrame({"path": [str(searched["data"] / f) for f in files]}))
+        classes = [c for c in local.columns if c != "label"]
+        np.testing.assert_allclose([[r[c] for c in classes] for r in rows], local[classes].to_numpy(), atol=1e-5)
+        assert [r["label"] for r in rows] == local["label"].tolist()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post([[base64.b64encode(b"RIFF not really a wave file").decode(), "bad-b.wav"]])
+        assert refused.value.code == 400
+        message = json.loads(refused.value.read())["message"]  # MLflow's "Failed to predict ...", then ours
+        assert message.strip().splitlines()[-1].startswith("Error: bad-b.wav: not a readable audio file"), message
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, tmp_path):

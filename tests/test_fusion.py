@@ -89,3 +89,58 @@ def test_top_k_and_best_per_group():
         top_k(CANDIDATES, metric_b, 4)
     with pytest.raises(AscError, match="init"):
         greedy_selection(CANDIDATES, metric_b, init=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fusion that does not fit noise; clip uncertainty
+# --------------------------------------------------------------------------------------------------
+def _onehot(pred, n_classes=3, sharp=0.9):
+    p = np.full((len(pred), n_classes), (1 - sharp) / (n_classes - 1))
+    p[np.arange(len(pred)), pred] = sharp
+    return p
+
+
+def _gate_case(second, labels, devices):
+    from asc.fusion import bootstrap_indices, gated_greedy
+    from asc.metrics import device_metrics
+
+    half = len(labels) // 2  # the first model: right on the first half, confidently wrong on the second
+    first = _onehot(labels[:half].tolist() + [(y + 1) % 3 for y in labels[half:]])
+    rows = bootstrap_indices(devices, 200, seed=0)
+
+    def score_on(fused, b):
+        ix = np.arange(len(labels)) if b is None else rows[b]
+        return device_metrics(labels[ix], fused[ix].argmax(1), devices[ix], 3)["metric_a"]
+
+    return gated_greedy([first, second], score_on, 200, steps=5)
+
+
+def test_the_gate_takes_a_real_gain_and_refuses_one_a_clip_makes():
+    labels = np.array([0, 1, 2] * 20)
+    devices = np.array(["a", "b", "c"] * 20)
+    # A second model that knows nothing of the first half and is right on the second: a real gain.
+    good = np.full((60, 3), 1 / 3)
+    good[30:] = _onehot(labels[30:].tolist(), sharp=0.95)
+    taken = _gate_case(good, labels, devices)
+    assert len(taken.members) == 2 and not taken.note and taken.score == 1.0
+    # One that knows nothing but one clip the first misses: one clip is not evidence.
+    one = np.full((60, 3), 1 / 3)
+    one[45] = _onehot([labels[45]], sharp=0.95)[0]
+    refused = _gate_case(one, labels, devices)
+    assert refused.members == (0,) and "no ensemble beat it by more than the noise" in refused.note
+
+
+def test_bootstrap_resamples_keep_each_devices_count_and_agree_with_the_binomial_error():
+    from asc.fusion import bootstrap_indices
+    from asc.metrics import device_metrics
+
+    devices = np.array(["a"] * 60 + ["b"] * 20 + ["c"] * 20)
+    rows = bootstrap_indices(devices, 2000, seed=1)
+    assert all(sorted(devices[ix].tolist()) == sorted(devices.tolist()) for ix in rows[:20])
+    rng = np.random.default_rng(2)
+    labels = np.zeros(100, int)
+    pred = (rng.random(100) < 0.3).astype(int)  # about 70% right
+    m = device_metrics(labels, pred, devices, 2)
+    boot = [device_metrics(labels[ix], pred[ix], devices[ix], 2)["metric_b"] for ix in rows]
+    assert np.std(boot) == pytest.approx(m["metric_b_cse"], rel=0.1)
+    assert m["n_bc"] == 40 and m["acc_bc_cse"] == pytest.approx(np.sqrt(m["acc_bc"] * (1 - m["acc_bc"]) / 40))

@@ -157,5 +157,7 @@ def test_search_with_seeds_reports_means_and_records_each_seed(store, tmp_path):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model("models:/seeded-fusion/1")
-    got = model.predict([str(store.parent / "data" / f) for f in files])
-    np.testing.assert_allclose(got.to_numpy(), np.mean(expected, axis=0), atol=1e-5)
+    import pandas as pd
+
+    got = model.predict(pd.DataFrame({"path": [str(store.parent / "data" / f) for f in files]}))
+    np.testing.assert_allclose(got.drop(columns="label").to_numpy(), np.mean(expected, axis=0), atol=1e-5)
