@@ -19,7 +19,7 @@ whichever process writes which clip):
    quiet, linear) and, for parallel segments, by B and C (and, in the evaluation split only, by the
    unseen devices s1 and s2, which training never hears), the way DCASE 2020 Task 1A simulated its
    devices S1-S6 (a device impulse response, then device-specific dynamic range compression;
-   Heittola et al., DCASE 2020) and with the figures DESIGN.md gathers for real phones:
+   Heittola et al., DCASE 2020) and with published measurements of real phones:
 
    - *impulse response*: a low-frequency roll-off, resonances, a microphone-port notch and a steep
      high-frequency roll-off (the band limit), within what Android's compatibility rules allow

@@ -55,7 +55,8 @@ def _run(args) -> None:
                               cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                               address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage, seed=args.seed,
                               overrides=(args.set or []) + ([f"seeds={args.seeds}"] if args.seeds is not None else []),
-                              max_failures=args.max_failures, top=args.top, warm_start=args.warm_start or [])
+                              max_failures=args.max_failures, top=args.top, warm_start=args.warm_start or [],
+                              study_dir=args.study_dir)
     result = run_search(settings, command=" ".join(["python -m search"] + [shlex.quote(a) for a in sys.argv[1:]]))
     return 1 if result["failed"] else 0  # trials lost for good: the search is incomplete
 
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", default=None,
                      help="Tune's experiment state and checkpoints; shared (NFS) on a cluster (default: ./runs)")
     run.add_argument("--seed", type=SEED, default=None, help="sampler seed (default: the space's)")
+    run.add_argument("--study-dir", default=None,
+                     help="where the Optuna study (SQLite) lives, in STUDY_DIR/NAME; on a cluster a folder on the "
+                          "head's own disk, not the NFS --storage (default: STORAGE/NAME)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a space key, e.g. --set epochs=3 --set scheduler.grace_period=1 (repeatable)")
     run.add_argument("--seeds", type=COUNT, default=None,
@@ -175,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--mlflow-uri", default=None,
                       help="tracking URI (order: --mlflow-uri, $MLFLOW_TRACKING_URI, sqlite:///runs/mlflow.db)")
     fuse.add_argument("--by", default="metric_b", help="objective to maximise on the selection clips (default %(default)s)")
-    fuse.add_argument("--method", default="greedy", choices=("greedy", "top", "per-enhancement"),
-                      help="greedy forward selection with replacement (Caruana 2004), the top K, or the best "
+    fuse.add_argument("--method", default="gated", choices=("gated", "greedy", "top", "per-enhancement"),
+                      help="gated: greedy forward selection that adds a member only when its gain on the selection "
+                           "clips beats their noise (a paired, device-stratified bootstrap), else the best single "
+                           "trial; greedy: forward selection with replacement (Caruana 2004); the top K; or the best "
                            "trial of each enhancement (the paper's A5 + A6 + A7) (default %(default)s)")
     fuse.add_argument("--size", type=COUNT, default=None,
-                      help="greedy: most picks, with replacement (default 10); top: members (default 3)")
+                      help="gated, greedy: most picks, with replacement (default 10); top: members (default 3)")
     fuse.add_argument("--bags", type=NON_NEGATIVE, default=0, help="greedy: bagged repeats on random halves (default 0)")
     fuse.add_argument("--full-budget", action="store_true", help="candidates: only trials that trained every epoch")
     fuse.add_argument("--seed-members", action="store_true",
@@ -214,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BENCHMARKS = {"bench-features": "search.bench", "bench-train": "search.bench_train", "bench-search": "search.bench_search",
-              "bench-devices": "search.bench_devices", "bench-chaos": "search.bench_chaos",
-              "bench-replay": "search.bench_replay"}
+BENCHMARKS = {"bench-features": "search.bench.features", "bench-train": "search.bench.train", "bench-search": "search.bench.search",
+              "bench-devices": "search.bench.devices", "bench-chaos": "search.bench.chaos",
+              "bench-replay": "search.bench.replay"}
 
 
 def main(argv: list[str] | None = None) -> int:

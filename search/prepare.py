@@ -45,7 +45,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # ray_map re-raises the first failed task's error as one line; the failures of its siblings
     # (cancelled or already failed) are the same story and must not print tracebacks at exit.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
-    # Ray starts its workers at nice 15; beside any busy process they crawl (DESIGN.md). Only a
+    # Ray starts its workers at nice 15; beside any busy process they crawl. Only a
     # locally started instance reads this; a cluster's nodes set it at `ray start`.
     os.environ.setdefault("RAY_worker_niceness", "0")
     if address:

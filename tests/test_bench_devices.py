@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from asc.systems import mean_sem, parallel_mask, prediction_metrics
-from search.bench_devices import directions
+from search.bench.devices import directions
 
 REPO = Path(__file__).resolve().parents[1]
 

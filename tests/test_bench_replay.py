@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asc.errors import AscError
-from search.bench_replay import DEFAULT, Strategy, load_recording, reach, replay, summarize
+from search.bench.replay import DEFAULT, Strategy, load_recording, reach, replay, summarize
 
 SPACE = """sampler: grid
 objective: metric_b

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_memory_part_sees_one_shared_copy_and_prints_its_rows(synth_set, fast_config, tmp_path):
     from search.bench import CpuMeter
-    from search.bench_search import format_table, memory_part, rows
+    from search.bench.search import format_table, memory_part, rows
 
     store = build_stores(read_development(synth_set), [fast_config], tmp_path / "store").built[0]
     meter = CpuMeter()

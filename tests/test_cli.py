@@ -24,14 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     import asc.__main__
     import search.__main__
-    import search.bench
-    import search.bench_devices
-    import search.bench_search
-    import search.bench_train
+    import search.bench.devices
+    import search.bench.features
+    import search.bench.search
+    import search.bench.train
 
     return {"asc": asc.__main__.build_parser(), "search": search.__main__.build_parser(),
-            "bench-features": search.bench.build_parser(), "bench-train": search.bench_train.build_parser(),
-            "bench-search": search.bench_search.build_parser(), "bench-devices": search.bench_devices.build_parser()}
+            "bench-features": search.bench.features.build_parser(), "bench-train": search.bench.train.build_parser(),
+            "bench-search": search.bench.search.build_parser(), "bench-devices": search.bench.devices.build_parser()}
 
 
 def _commands():

@@ -27,7 +27,7 @@ import torch
 
 from asc.faults import DIR_ENV, POINTS_ENV, marker_path
 from asc.train import TrainConfig, train, train_seeds
-from search.bench_chaos import marked_processes
+from search.bench.chaos import marked_processes
 from tests.test_seeds import _config, small_store  # noqa: F401 (fixture)
 from tests.test_search import (ENV, REPO, _free_port, _kill_group, _listening, _nodes, _wait_for, _wait_http,
                                check_records, check_study, mlflow_runs, run, search_cmd, store, tune_results)  # noqa: F401

@@ -34,7 +34,7 @@ from pathlib import Path
 from asc.cli import ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError
 from search.bench import add_report_options, table_lines
-from search.bench_search import SCALES, build_data, feature_config, machine_line, mlflow_trials, synth_for, write_yaml
+from search.bench.search import SCALES, build_data, feature_config, machine_line, mlflow_trials, synth_for, write_yaml
 
 MARK = "ASC_BENCH_CHAOS"  # in this process's environment, so in its Ray workers': whose workers to kill
 # What differs between two runs of one trial without changing what it computed.
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.bench_search import _env_defaults
+    from search.bench.search import _env_defaults
     from search.tuner import SearchSettings
 
     args = build_parser().parse_args(argv)

@@ -57,8 +57,9 @@ COLUMNS = (("acc_a", "A"), ("acc_b", "B"), ("acc_c", "C"), ("acc_bc", "B&C"), ("
 def spread(metrics: dict) -> float:
     """The standard deviation of the per-device accuracies (every device, seen or not): how unequal
     the devices are (DIR and Freq-MixStyle are published to halve it)."""
-    values = [v for k, v in metrics.items() if k.startswith("acc_") and k not in ("acc_bc", "acc_unseen")
-              and isinstance(v, float) and not math.isnan(v)]
+    from asc.metrics import device_accuracies
+
+    values = [v for v in device_accuracies(metrics).values() if isinstance(v, float) and not math.isnan(v)]
     return float(np.std(values)) if len(values) > 1 else math.nan
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asc.cli import ArgumentParser, COUNT, number
+from asc.cli import ArgumentParser, COUNT
 from asc.errors import AscError
+from search.bench import CpuMeter, add_report_options, table_lines
 
 PAPER_EPS = np.finfo(np.float32).eps
 MEDIAN_SIZE = (7, 21)
@@ -145,87 +146,6 @@ def copy_seconds(nbytes_shape: tuple, dtype, repeats: int = REPEATS) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - start)
     return best
-
-
-class CpuMeter:
-    """CPU used by other processes on the machine while a section ran, in cores.
-
-    The machine's busy time (/proc/stat) less that of this process and its descendants (Ray's
-    processes included), over the section's wall clock: a benchmark on a shared machine says how
-    quiet the machine was instead of silently reporting a contended figure.
-    """
-
-    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    QUIET = 0.1  # cores: less than this used by others counts as a quiet machine
-
-    def __init__(self, wait_budget: float = 0.0):
-        self.sections: dict[str, float] = {}
-        self.wait_budget = wait_budget  # seconds in all to wait for a quiet machine before sections
-        self.waited = 0.0
-
-    def others_now(self, seconds: float = 0.5) -> float:
-        machine, tree = self._machine_busy(), self._tree_busy()
-        time.sleep(seconds)
-        return max((self._machine_busy() - machine) - (self._tree_busy() - tree), 0.0) / seconds
-
-    def wait_quiet(self) -> None:
-        """Wait, within what is left of the budget, until other processes leave the CPUs alone."""
-        while self.waited < self.wait_budget:
-            start = time.perf_counter()
-            quiet = self.others_now() < self.QUIET
-            self.waited += time.perf_counter() - start
-            if quiet:
-                return
-
-    @classmethod
-    def _machine_busy(cls) -> float:
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return math.nan
-        return (sum(v) - v[3] - v[4]) / cls.TICK  # less idle and iowait
-
-    @classmethod
-    def _tree_busy(cls) -> float:
-        parent, ticks = {}, {}
-        try:
-            pids = [d for d in os.listdir("/proc") if d.isdigit()]
-        except OSError:
-            return math.nan
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            rest = text[text.rindex(")") + 2:].split()
-            parent[int(pid)] = int(rest[1])
-            ticks[int(pid)] = sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
-        children: dict[int, list[int]] = {}
-        for pid, ppid in parent.items():
-            children.setdefault(ppid, []).append(pid)
-        total, todo = 0, [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            total += ticks.get(pid, 0)
-            todo += children.get(pid, [])
-        return total / cls.TICK
-
-    def measure(self, name: str):
-        import contextlib
-
-        @contextlib.contextmanager
-        def section():
-            self.wait_quiet()
-            machine, tree, start = self._machine_busy(), self._tree_busy(), time.perf_counter()
-            yield
-            wall = time.perf_counter() - start
-            others = (self._machine_busy() - machine) - (self._tree_busy() - tree)
-            self.sections[name] = max(others, 0.0) / wall if wall > 0 else math.nan
-
-        return section()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,21 +340,6 @@ def rows(fig: dict, cpus: int) -> list[dict]:
     ]
 
 
-def table_lines(table: list[dict]) -> list[str]:
-    """The benchmark table (measure | this project | reference | ratio | goal | met?) as aligned lines;
-    every benchmark command prints its figures through this."""
-    header = ["measure", "this project", "reference", "ratio", "goal", "met?"]
-    cells = [[r["measure"], r["fmt"].format(r["this_project"]), r["fmt"].format(r["reference"]),
-              r["ratio_fmt"].format(r["ratio"]), r["goal"], r["met"]] for r in table]
-    widths = [max(len(x[i]) for x in [header, *cells]) for i in range(len(header))]
-    align = ["<", ">", ">", ">", "<", "<"]
-
-    def fmt_row(values):
-        return " | ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()
-
-    return [fmt_row(header), "-+-".join("-" * w for w in widths), *[fmt_row(c) for c in cells]]
-
-
 def format_table(fig: dict, machine: dict, table: list[dict], cpus: int) -> str:
     env = " ".join(f"{k}={v}" for k, v in machine["env"].items()) or "no OPENBLAS_*/OMP_NUM_THREADS set"
     lines = [
@@ -451,8 +356,8 @@ def format_table(fig: dict, machine: dict, table: list[dict], cpus: int) -> str:
     lines += [
         "",
         "'this project | reference' in a measure names the two columns; ratio = this project / reference.",
-        f"paper loop = librosa.load + melspectrogram + log per file, one process, BLAS limited to one thread; "
-        f"prepare = search.prepare.prepare, wall clock, Ray started and warmed up beforehand.",
+        "paper loop = librosa.load + melspectrogram + log per file, one process, BLAS limited to one thread; "
+        "prepare = search.prepare.prepare, wall clock, Ray started and warmed up beforehand.",
         f"medfilt2d = scipy.signal.medfilt2d(x, (7, 21)) per clip, as the paper's loader pays every epoch "
         f"(timed on {fig['medfilt2d_clips_timed']} clips); cached = FeatureStore.derived(GMS + median filter), "
         f"built once, then read in batches of {BATCH} (best of {REPEATS} epochs).",
@@ -491,16 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=COUNT, default=32, help="clips per prepare task (prepare's default, %(default)s)")
     add_report_options(parser, quiet_wait=60.0)
     return parser
-
-
-def add_report_options(parser: argparse.ArgumentParser, quiet_wait: float | None = None) -> None:
-    """The options every benchmark shares: ``--json`` and, for those that wait for a quiet machine
-    before timing, ``--quiet-wait``."""
-    if quiet_wait is not None:
-        parser.add_argument("--quiet-wait", type=number(minimum=0), default=quiet_wait,
-                            help="seconds in all to wait for other processes to leave the CPUs before timed sections "
-                                 "(default %(default)s; 0: never wait)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
 
 
 def main(argv: list[str] | None = None) -> int:

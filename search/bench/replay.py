@@ -4,7 +4,7 @@ HPO research compares strategies on tabular benchmarks (HPOBench, LCBench, YAHPO
 configuration's full learning curve is recorded once, then many searches are replayed against the
 record in seconds. This is that, for this project's own problem.
 
-**The recording** (``search/replay/demo_grid.parquet``, shipped; its Parquet metadata holds the command,
+**The recording** (``search/bench/data/replay.parquet``, shipped; its Parquet metadata holds the command,
 date, hardware and the space that made it): every configuration of a discrete space trained by the
 project's own search (a grid with ``seeds: 3`` into MLflow, no pruning, every epoch of the full
 budget), exported from MLflow with ``--export EXPERIMENT``: per configuration, seed and epoch, the
@@ -51,7 +51,7 @@ import numpy as np
 from asc.cli import ArgumentParser, COUNT, SEED
 from asc.errors import AscError
 
-TABLE = Path(__file__).resolve().parent / "replay" / "demo_grid.parquet"
+TABLE = Path(__file__).resolve().parent / "data" / "replay.parquet"
 COLUMNS = ("config", "seed", "epoch", "objective", "eval_metric_b")
 WITHIN = 0.01  # "within 1 point" of Metric B
 BUDGETS = (0.10, 0.25, 0.50)
@@ -136,7 +136,7 @@ def export_recording(uri: str, experiment: str, out: Path, command: str) -> Reco
     import pyarrow.parquet as pq
     from mlflow.tracking import MlflowClient
 
-    from search.bench_search import machine_line
+    from search.bench.search import machine_line
     from search.space import parse_space
     from search.warmstart import _parse
     import yaml

@@ -60,7 +60,7 @@ ratio | goal | met?) like ``bench-features``. Progress goes to stderr, the table
    efficiency.png`` (kept even when the work folder is a temporary one).
 
 A figure measured while other processes used >= 0.1 core is marked ``*`` (``search.bench.CpuMeter``);
-the machine's speed varies between sessions, so compare only ratios from one run. With ``--workdir`` the
+the machine's speed varies from run to run, so compare only ratios from one run. With ``--workdir`` the
 synthetic sets and stores are kept and reused by the next run; ``WORKDIR/runs`` (Tune, Optuna, MLflow)
 is replaced by each run. Any Ray instance the benchmark starts is shut down at the end.
 """
@@ -84,7 +84,7 @@ from pathlib import Path
 from asc.cli import ArgumentParser, COUNT, number
 from asc.errors import AscError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BATCH = 32  # rows per read in the memory readers (the paper's and the trials' batch size)
 OVERHEAD_GOAL_S = 1.5
 OVERHEAD_GOAL_SHARE = 0.05
@@ -213,7 +213,7 @@ def write_yaml(path: Path, doc: dict) -> Path:
 def _env_defaults() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # DESIGN.md: nice 15 workers crawl beside busy processes
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's nice-15 workers crawl beside busy processes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def _reader(store: str) -> None:
 def memory_part(store: str, k: int, meter) -> dict:
     folder = os.path.realpath(store)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    code = "import sys; from search.bench_search import _reader; _reader(sys.argv[1])"
+    code = "import sys; from search.bench.search import _reader; _reader(sys.argv[1])"
     procs, logs = [], []
     fig: dict = {"k": k, "store": store, "store_bytes": store_bytes(store)}
 
