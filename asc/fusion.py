@@ -12,11 +12,11 @@ the chosen ensemble, never for choosing it.
   the candidates and pool the counts) against overfitting the selection clips.
 - :func:`top_k` and :func:`best_per_group` (the paper's A5 + A6 + A7: the best system of each
   enhancement).
-- :func:`gated_greedy`: Caruana's forward selection that accepts an addition only when its gain on
-  the selection clips is larger than the noise of that gain: in at least ``1 - quantile`` of
-  stratified bootstrap resamples of the clips (by device, the same resample for both ensembles: a
-  paired comparison), the ensemble with the addition scores higher. A gain one or two clips make is
-  not taken; with nothing beyond noise it is the best single candidate.
+- :func:`gated_greedy`: Caruana's forward selection whose ensemble is taken only when its gain over
+  the best single candidate on the selection clips is larger than the noise of that gain: in at
+  least ``1 - quantile`` of stratified bootstrap resamples of the clips (by device, the same resample
+  for both: a paired comparison), the ensemble scores higher. A gain one or two clips make is not
+  taken; with nothing beyond noise it is the best single candidate.
 """
 
 from __future__ import annotations
@@ -144,11 +144,18 @@ def bootstrap_indices(strata: Sequence, resamples: int, seed: int = 0) -> list[n
 
 def gated_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray, int | None], float],
                  resamples: int, steps: int = 10, quantile: float = 0.1) -> Selection:
-    """Forward selection with replacement, each addition gated by a paired bootstrap (module docstring).
+    """Caruana's forward selection whose ensemble is accepted only beyond the noise (module docstring).
 
     ``score_on(fused, b)`` scores fused probabilities on the selection clips (``b`` None) or on the
     ``b``-th bootstrap resample of them (0 .. ``resamples`` - 1; the caller draws them, e.g. with
-    :func:`bootstrap_indices`, stratified by device)."""
+    :func:`bootstrap_indices`, stratified by device).
+
+    The greedy path runs its ``steps`` additions in full, as :func:`greedy_selection` does: an addition
+    that does not help at once can help with the next (two members disagreeing tie; a third decides).
+    Each prefix of the path that scores above the best single candidate is then compared with it on
+    the same resamples; the prefixes whose gain is positive in at least ``1 - quantile`` of them pass,
+    and the best-scoring of those (the smallest on a tie) is the ensemble. None passes: the best
+    single candidate, with a note that says why."""
     n = len(probs)
     if n == 0:
         raise AscError("fusion needs at least one candidate")
@@ -158,26 +165,28 @@ def gated_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray, in
     ranked = sorted(range(n), key=lambda i: -score_on(probs[i], None))
     chosen = [ranked[0]]
     total = probs[ranked[0]].copy()
-    history = [score_on(total, None)]
-    current = np.array([score_on(total, b) for b in range(resamples)])
-    refused = 0
+    path, history = [list(chosen)], [score_on(total, None)]
     for _ in range(steps):
         best = max(ranked, key=lambda i: score_on((total + probs[i]) / (len(chosen) + 1), None))
-        fused = (total + probs[best]) / (len(chosen) + 1)
-        if score_on(fused, None) <= history[-1]:
-            break  # no addition helps even on the clips it is chosen on
-        scores = np.array([score_on(fused, b) for b in range(resamples)])
-        if np.quantile(scores - current, quantile) <= 0:
-            refused += 1
-            break  # its gain is within the noise of the clips: not taken
         chosen.append(best)
         total = total + probs[best]
-        history.append(score_on(fused, None))
-        current = scores
-    counts = {i: float(chosen.count(i)) for i in set(chosen)}
-    selection = _counts_to_selection(counts, chosen, probs, lambda p: score_on(p, None), history)
-    if len(chosen) == 1:
+        path.append(list(chosen))
+        history.append(score_on(total / len(chosen), None))
+    single = np.array([score_on(probs[ranked[0]], b) for b in range(resamples)])
+    passing = []
+    for k in range(1, len(path)):
+        if history[k] <= history[0]:
+            continue  # not even higher on the clips it is chosen on
+        fused = np.sum([probs[i] for i in path[k]], axis=0) / len(path[k])
+        gains = np.array([score_on(fused, b) for b in range(resamples)]) - single
+        if np.quantile(gains, quantile) > 0:
+            passing.append(k)
+    pick = max(passing, key=lambda k: (history[k], -k)) if passing else 0
+    members = path[pick]
+    counts = {i: float(members.count(i)) for i in set(members)}
+    selection = _counts_to_selection(counts, members, probs, lambda p: score_on(p, None), history[:pick + 1])
+    if len(selection.members) == 1:
         note = ("the best single trial: no ensemble beat it by more than the noise of the selection clips"
-                if refused else "the best single trial: no ensemble scored higher on the selection clips")
+                if max(history) > history[0] else "the best single trial: no ensemble scored higher on the selection clips")
         return dataclasses.replace(selection, note=note)
     return selection

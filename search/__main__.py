@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 BENCHMARKS = {"bench-features": "search.bench.features", "bench-train": "search.bench.train", "bench-search": "search.bench.search",
               "bench-devices": "search.bench.devices", "bench-chaos": "search.bench.chaos",
-              "bench-replay": "search.bench.replay"}
+              "bench-replay": "search.bench.replay", "bench-fusion": "search.bench.fusion"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ the feature store."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -258,3 +259,19 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
         done = cli(*argv)
         assert done.returncode != 0 and "Traceback" not in done.stderr, args
         assert len(done.stderr.strip().splitlines()) == 1 and culprit in done.stderr, done.stderr
+
+
+def test_bench_fusion_draws_searches_from_the_recorded_trials_and_prints_every_method(searched, tmp_path):
+    """bench-fusion end to end on the search's MLflow store: every method at the asked size, the goals,
+    the JSON; a size the evaluation split cannot hold is one line naming it."""
+    out = tmp_path / "fusion.json"
+    done = cli("bench-fusion", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--sizes", "4", "--trials", "2",
+               "--draws", "3", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for method in ("gated (default)", "greedy", "greedy, 20 bags", "top 3", "per enhancement"):
+        assert method in done.stdout
+    assert "20 A, 10 B, 10 C clips" in done.stdout and "goals:" in done.stdout
+    figures = json.loads(out.read_text())
+    assert {r["n_bc"] for r in figures["rows"]} == {4} and len(figures["goals"]) == 2
+    bad = cli("bench-fusion", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--sizes", "12")
+    assert bad.returncode != 0 and "--sizes 12" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
