@@ -21,7 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster.yaml"
-README = ROOT / "README.md"
+README = ROOT / "search" / "README.md"
 README_SECTION = "## On a Ray cluster"
 
 SHARED = "/shared"
