@@ -297,7 +297,8 @@ def test_shipped_space_loads(path):
 def test_shipped_space_settings():
     robust = load_space(SPACES / "device_robust.yaml")
     assert (robust.objective.name, robust.objective.gap_lambda) == ("gap_penalized", 0.5)
-    assert (robust.scheduler.name, robust.scheduler.max_t, robust.scheduler.grace_period) == ("asha", 40, 4)
+    assert (robust.scheduler.name, robust.scheduler.max_t, robust.scheduler.grace_period) == ("asha", 40, 12)
+    assert robust.seeds == 3 and robust.scheduler.noise_z == 1
     assert set(robust.searched) >= {"enhancement", *MEDIAN_KEYS, "normalization", "n_mels", "mixup_alpha", "lr",
                                     "dropout"}
     pareto = load_space(SPACES / "pareto.yaml")
