@@ -562,7 +562,8 @@ def format_table(rows: list[dict], recording: Recording, default: str) -> str:
     lines.append("-+-".join("-" * w for w in widths))
     for c in cells:
         lines.append(" | ".join(f"{v:<{w}}" if i == 0 else f"{v:>{w}}" for i, (v, w) in enumerate(zip(c, widths))))
-    lines.append("* = the default strategy (spaces/*.yaml)")
+    lines.append("* = the base strategy of the variants below (one seed); spaces/device_robust.yaml searches with its "
+                 "\"3 seeds, noise_z 1\" variant")
     return "\n".join(lines)
 
 
