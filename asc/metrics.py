@@ -15,7 +15,8 @@ sqrt(p (1 - p) / n) of an accuracy, and for the figures made of two accuracies o
 (Metric B, the gaps) the delta method, which for these linear combinations is exact: Var(MB) =
 (Var(A) + Var(B&C)) / 4, Var(gap) = Var(A) + Var(B&C). Closed forms from the counts alone, so every
 table, run and tag can carry them; a stratified bootstrap over the clips agrees with them (tested) and
-is what fusion uses where it compares two ensembles on the same clips (``asc.fusion``).
+is what fusion uses where it compares two ensembles on the same clips (``asc.fusion``). Over several
+seeds a figure is their mean with its standard error from the seeds, ``<figure>_sem`` (:func:`mean_sem`).
 """
 
 from __future__ import annotations
@@ -98,3 +99,12 @@ def device_accuracies(metrics: dict) -> dict[str, float]:
     unseen accuracies, not the standard errors)."""
     return {k[4:]: v for k, v in metrics.items() if k.startswith("acc_") and k not in ("acc_bc", "acc_unseen")
             and not k.endswith(SUFFIXES)}
+
+
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n); nan for one value)."""
+    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if not len(values):
+        return math.nan, math.nan
+    sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return float(values.mean()), sem

@@ -145,12 +145,3 @@ def prediction_metrics(probs: np.ndarray, labels: np.ndarray, devices, filenames
     if mask.any():
         out["parallel"] = device_metrics(np.asarray(labels)[mask], pred[mask], devices[mask], n_classes, seen=seen)
     return {part: {k: v for k, v in m.items() if isinstance(v, float)} for part, m in out.items()}
-
-
-def mean_sem(values) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample standard deviation / sqrt(n); nan for one value)."""
-    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if not len(values):
-        return math.nan, math.nan
-    sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-    return float(values.mean()), sem

@@ -35,7 +35,7 @@ from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
 from asc.enhance import CachedMedianFilter, Enhancement, freq_mixstyle, median_filter_torch
 from asc.errors import AscError, writable_file, writable_folder
 from asc.faults import fault_point, injected
-from asc.metrics import SELECTION_METRICS, device_metrics
+from asc.metrics import SELECTION_METRICS, device_metrics, mean_sem
 from asc.models import ModelConfig, build_model
 from asc.parallel import process_map
 from asc.store import FeatureStore
@@ -666,8 +666,6 @@ def mean_and_sem(reports: list[dict]) -> dict:
     """Every number of ``reports`` (one dict per seed, the same keys) as its mean over the seeds, and
     beside it its standard error ``<name>_sem`` (nan for one seed). Nested dicts are combined the
     same way; other values are taken from the first report."""
-    from asc.systems import mean_sem
-
     out: dict = {}
     for key, value in reports[0].items():
         if isinstance(value, bool) or not isinstance(value, (int, float, dict)):

@@ -49,7 +49,7 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
         result["objective_cse"] = objective.clip_se(selected)  # from the selection clips (asc.metrics)
     per_seed = metrics.get("per_seed")
     if per_seed:
-        from asc.systems import mean_sem
+        from asc.metrics import mean_sem
 
         seeds = {seed: flatten_report(m, epochs, objective) for seed, m in per_seed.items()}
         for name in objective.metrics + ([] if objective.multi else ["epoch_objective"]):

@@ -101,7 +101,7 @@ def seen_devices(store: str) -> list[str]:
 
 
 def _cell(values) -> str:
-    from asc.systems import mean_sem
+    from asc.metrics import mean_sem
 
     mean, sem = mean_sem([100 * v for v in values])
     return f"{mean:5.1f}" + (f" +-{sem:4.1f}" if not math.isnan(sem) else "      ")
@@ -127,7 +127,7 @@ def format_table(results: dict) -> str:
 
 def directions(results: dict) -> list[dict]:
     """The paper's directions, each as figures per seed, its goal and whether the mean meets it."""
-    from asc.systems import mean_sem
+    from asc.metrics import mean_sem
 
     def per_seed(system: str, part: str, key: str) -> np.ndarray:
         return np.array([100 * r[part][key] for r in results[system]])
