@@ -84,7 +84,7 @@ def run_demo(args) -> None:
     from search.predict import format_prediction, predict
     from search.prepare import format_report, prepare
     from search.space import load_space
-    from search.tuner import ui_command
+    from search.report import ui_command
 
     start = time.perf_counter()
     workdir = args.workdir.resolve()

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from asc.errors import AscError
+from search.device_table import device_table
 from search.objectives import SINGLE, Objective
+from search.report import clip_warning
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, check_tracking_uri, selected_on
 
 METHODS = ("gated", "greedy", "top", "per-enhancement")
@@ -295,9 +297,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
                           list(selection.weights), metrics, notes, full_budget, protocol=protocol, note=selection.note)
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
-    # what the selection clips can tell about the candidates it ranked (search.tuner.clip_warning)
-    from search.tuner import clip_warning
-
+    # what the selection clips can tell about the candidates it ranked, as the search's table says it
     rows = sorted(({"label": c.label, "objective": objective.values(metrics[c.label]["selection"])["objective"],
                     "objective_cse": objective.clip_se(metrics[c.label]["selection"]),
                     **{f"sel_{k}": v for k, v in metrics[c.label]["selection"].items() if k.startswith("n_")}}
@@ -441,37 +441,6 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
 # --------------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------------
-def device_columns(metrics_by_split: list[dict]) -> tuple[list[str], list[str]]:
-    """(metric keys, column heads) for the device table (``search.tuner.device_columns``)."""
-    from search.tuner import device_columns as columns
-
-    from asc.metrics import device_accuracies
-
-    devices = sorted({d for m in metrics_by_split for d in device_accuracies(m)}, key=lambda d: (d != "a", d))
-    return columns(devices, any("acc_unseen" in m for m in metrics_by_split))
-
-
-def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def device_table(rows: list[tuple[str, str, dict]], splits: list[str]) -> str:
-    """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side."""
-    keys, heads = device_columns([m for _, _, by_split in rows for m in by_split.values()])
-    width = max([len(name) for name, _, _ in rows] + [6]) + 2
-    weighted = any(weight is not None for _, weight, _ in rows)  # a weight column only for ensembles
-    w = 7 if weighted else 0
-    cells = 7 * len(heads)
-    group = f"{'':<{width + w}}" + "".join(f" |{s + ' clips (%)':^{cells}}" for s in splits)
-    head = f"{'':<{width}}{'weight' if weighted else '':>{w}}" + "".join(" |" + "".join(f"{h:>7}" for h in heads)
-                                                                      for _ in splits)
-    lines = [group.rstrip(), head, "-" * len(head)]
-    for name, weight, by_split in rows:
-        lines.append(f"{name:<{width}}{weight or '':>{w}}" + "".join(
-            " |" + "".join(f"{_pct(by_split.get(s, {}).get(k)):>7}" for k in keys) for s in splits))
-    return "\n".join(lines)
-
-
 def format_result(result: FusionResult) -> str:
     splits = [s for s in SPLITS if s in result.clips]
     rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",

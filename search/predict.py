@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from asc.errors import AscError
+from search.device_table import device_table
 
 
 def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
@@ -94,8 +95,6 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
 
 
 def format_prediction(result: dict, model_uri: str, split: str) -> str:
-    from search.fuse import device_table
-
     lines = [f"{result['clips']} clips predicted in {result['seconds']:.1f} s by {model_uri}",
              f"submission: {result['file']}"]
     if result["metrics"] is not None:

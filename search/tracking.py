@@ -30,7 +30,7 @@ SEARCH_TAG = "search"
 ROLE_TAG = "role"  # "search" (the parent run), "trial" or "fusion"
 MODEL_TAG = "model_uri"  # a trial's or a fusion's audio model (search.serving)
 SELECTED_ON_TAG = "selected_on"  # "validation" (held-out training locations) or "evaluation" (protocol paper)
-STORE_TAG = "store_name"  # the identity of the feature store a trial read (search.tuner.store_identity)
+STORE_TAG = "store_name"  # the identity of the feature store a trial read (search.stores.store_identity)
 KEY_TAG = "config_key"  # the configuration's identity (search.space.Space.config_key)
 
 

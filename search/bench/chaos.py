@@ -156,13 +156,14 @@ def run_chaos_search(settings, every: float | None, mark: str, seed: int) -> dic
             killer.halt.set()
             killer.join()
     seconds = time.perf_counter() - start
-    from search.tuner import format_trials, load_space
-    from search.tuner import _devices  # the table as the search printed it, for comparison
+    from search.report import format_trials  # the table as the search printed it, for comparison
+    from search.space import load_space
+    from search.stores import store_devices
 
     search_dir = Path(settings.storage) / settings.name
     info = json.loads((search_dir / "search.json").read_text())
     space = load_space(search_dir / "space.yaml")
-    table = format_trials(result["trials"], space, _devices(info["stores"]), len(result["trials"]))
+    table = format_trials(result["trials"], space, store_devices(info["stores"]), len(result["trials"]))
     runs = mlflow_trials(info["mlflow_uri"], settings.name)
     retries = sum(int(r.data.tags.get("retries", 0)) for r in runs)
     return {"seconds": seconds, "kills": len(killer.kills) if killer else 0, "retries": retries,
