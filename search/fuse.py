@@ -29,12 +29,12 @@ import numpy as np
 from asc.errors import AscError
 from search.device_table import device_table
 from search.objectives import SINGLE, Objective
+from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
 from search.report import clip_warning
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, check_tracking_uri, selected_on
 
 METHODS = ("gated", "greedy", "top", "per-enhancement")
 RESAMPLES = 200  # the gated fusion's bootstrap resamples of the selection clips
-SPLITS = ("selection", "evaluation")
 
 
 @dataclass
@@ -101,28 +101,6 @@ def _group(params: dict) -> str:
         "spectrum_correction" in names)
 
 
-def _read_predictions(path: Path, run_label: str):
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path).to_pandas()
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise AscError(f"{run_label}: unreadable predictions.parquet ({type(exc).__name__})") from None
-    classes = [c[2:] for c in table.columns if c.startswith("p_")]
-    # a several-seed trial: p_<class> is the seed average, seed<k>/p_<class> each seed's own
-    seeds = sorted({c.split("/")[0] for c in table.columns if "/p_" in c}, key=lambda n: int(n[4:]) if n[4:].isdigit() else 0)
-    out, per_seed = {}, {}
-    for split in SPLITS:
-        part = table[table["split"] == split].sort_values("filename", kind="stable")
-        if not len(part):
-            continue
-        out[split] = (part["filename"].to_numpy(str), part["device"].to_numpy(str), part["label"].to_numpy(str),
-                      part[[f"p_{c}" for c in classes]].to_numpy(np.float64))
-        for seed in seeds:
-            per_seed.setdefault(seed, {})[split] = part[[f"{seed}/p_{c}" for c in classes]].to_numpy(np.float64)
-    return classes, out, per_seed
-
-
 def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False,
                     seed_members: bool = False):
     """The search's candidate runs with their predictions; returns (candidates, clips, classes,
@@ -142,11 +120,11 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
         for run in tqdm(runs, desc="predictions", unit="run", disable=not progress, file=sys.stderr):
             name = run.info.run_name or run.info.run_id
             label = name.split(" ")[0]
-            if not any(a.path == "predictions.parquet" for a in client.list_artifacts(run.info.run_id)):
+            if not any(a.path == PREDICTIONS for a in client.list_artifacts(run.info.run_id)):
                 skipped.append(label)
                 continue
-            local = client.download_artifacts(run.info.run_id, "predictions.parquet", tmp)
-            classes, splits, per_seed = _read_predictions(Path(local), f"run {label} ({run.info.run_id})")
+            local = client.download_artifacts(run.info.run_id, PREDICTIONS, tmp)
+            classes, splits, per_seed = read_predictions(Path(local), f"run {label} ({run.info.run_id})")
             candidate = Candidate(run.info.run_id, label, name[len(label):].strip(), _group(run.data.params),
                                   run.data.tags.get(MODEL_TAG))
             if not (seed_members and per_seed):
@@ -313,19 +291,6 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     return result
 
 
-def _predictions_table(result: FusionResult):
-    import pyarrow as pa
-
-    parts = []
-    for split, c in result.clips.items():
-        probs = result.fused(split)
-        columns = {"split": [split] * len(probs), "filename": c.filenames, "device": c.devices,
-                   "label": [result.classes[k] for k in c.labels]}
-        columns.update({f"p_{name}": probs[:, k].astype(np.float32) for k, name in enumerate(result.classes)})
-        parts.append(pa.table(columns))
-    return pa.concat_tables(parts)
-
-
 def gap_figure(result: FusionResult):
     """Every candidate's B&C accuracy against its device gap (selection clips and evaluation split),
     the members marked, the fusion a star."""
@@ -365,7 +330,6 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
                register: str | None, settings: dict, alias: str | None = None) -> None:
     """The fusion's run (under the search's run), its figures and predictions, and its audio model."""
     import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
     from mlflow.entities import Metric
 
     from search.serving import download_members, log_audio_model
@@ -401,10 +365,11 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
                                               "description": m.description} for m, w in zip(members, result.weights)],
                                  "method": result.method, "by": result.by,
                                  "metrics": {k: v for k, v in result.metrics.items()}}, "fusion.json")
-        table = _predictions_table(result)
+        table = predictions_table(result.classes, [
+            (split, c.filenames, c.devices, [result.classes[k] for k in c.labels], result.fused(split), {})
+            for split, c in result.clips.items()])
+        log_predictions(client, run_id, table)
         with tempfile.TemporaryDirectory() as tmp:
-            pq.write_table(table, Path(tmp) / "predictions.parquet")
-            client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
             for split in result.clips:
                 fig = confusion_figure(table, result.classes, split, "fusion")
                 client.log_figure(run_id, fig, f"confusion_{split}.png")

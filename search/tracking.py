@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from asc.errors import AscError
+from search.predictions import log_predictions, predictions_table
 
 TRIAL_TAG = "tune_trial_id"
 SEARCH_TAG = "search"
@@ -421,13 +422,10 @@ def seed_folders(folder: Path) -> list[tuple[str, Path]]:
     return [(p.name, p) for p in runs] if runs else [("", folder)]
 
 
-def predictions_table(probs_files: list[tuple[str, Path]]):
-    """The selected epoch's predictions as an Arrow table: split, filename, device, label and one
-    probability column per class (``p_<class>``), selection clips and evaluation clips. Several seeds
-    (``[(name, best_probs.npz), ...]``): ``p_<class>`` is their average (the trial as one member) and
-    each seed's own follow as ``<name>/p_<class>`` (``seed1/p_tram``), for fusion by seed."""
-    import pyarrow as pa
-
+def trial_predictions(probs_files: list[tuple[str, Path]]):
+    """The selected epoch's predictions (``best_probs.npz``: selection clips and evaluation clips) as a
+    ``predictions.parquet`` table (``search.predictions``), and the classes. Several seeds
+    (``[(name, best_probs.npz), ...]``): their average, and each seed's own under its name."""
     datas = [(name, np.load(f)) for name, f in probs_files]
     first = datas[0][1]
     classes = [str(c) for c in first["classes"]]
@@ -439,16 +437,10 @@ def predictions_table(probs_files: list[tuple[str, Path]]):
             if list(data[prefix + "filenames"]) != list(first[prefix + "filenames"]):
                 raise AscError(f"{name}: its {split} clips differ from {datas[0][0]}'s")
         probs = np.mean([data[prefix + "probs"] for _, data in datas], axis=0)
-        columns = {"split": [split] * len(probs), "filename": first[prefix + "filenames"].astype(str),
-                   "device": first[prefix + "devices"].astype(str),
-                   "label": [classes[i] for i in first[prefix + "labels"]]}
-        columns.update({f"p_{c}": probs[:, k].astype(np.float32) for k, c in enumerate(classes)})
-        if len(datas) > 1:
-            for name, data in datas:
-                columns.update({f"{name}/p_{c}": data[prefix + "probs"][:, k].astype(np.float32)
-                                for k, c in enumerate(classes)})
-        parts.append(pa.table(columns))
-    return pa.concat_tables(parts), classes
+        per_seed = {name: data[prefix + "probs"] for name, data in datas} if len(datas) > 1 else {}
+        parts.append((split, first[prefix + "filenames"].astype(str), first[prefix + "devices"].astype(str),
+                      [classes[i] for i in first[prefix + "labels"]], probs, per_seed))
+    return predictions_table(classes, parts), classes
 
 
 def confusion_figure(table, classes: list[str], split: str, title: str):
@@ -488,15 +480,12 @@ def confusion_figure(table, classes: list[str], split: str, title: str):
 def log_trial_artifacts(client, uri: str, run_id: str, folder: Path, title: str) -> None:
     """Predictions (Parquet), confusion matrices and the selected epoch's model from a checkpoint folder."""
     import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
 
     runs = seed_folders(folder)
     probs_files = [(name, f / "best_probs.npz") for name, f in runs if (f / "best_probs.npz").is_file()]
     if probs_files and len(probs_files) == len(runs):
-        table, classes = predictions_table(probs_files)
-        with tempfile.TemporaryDirectory() as tmp:
-            pq.write_table(table, Path(tmp) / "predictions.parquet")
-            client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
+        table, classes = trial_predictions(probs_files)
+        log_predictions(client, run_id, table)
         for split in sorted(set(table.column("split").to_pylist())):
             fig = confusion_figure(table, classes, split, title)
             client.log_figure(run_id, fig, f"confusion_{split}.png")
