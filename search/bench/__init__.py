@@ -1,17 +1,21 @@
 """The benchmarks: each a ``python -m search bench-*`` command that prints this project's figures beside
 a reference measured in the same run (README.md in this folder says what each measures and lists the
 figures measured so far). This module holds what they share: the contention meter, the table, the
-report options."""
+report options, the end of a run."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from asc.cli import number
+from asc.errors import AscError
 
 
 class CpuMeter:
@@ -81,8 +85,6 @@ class CpuMeter:
         return total / cls.TICK
 
     def measure(self, name: str):
-        import contextlib
-
         @contextlib.contextmanager
         def section():
             self.wait_quiet()
@@ -108,6 +110,30 @@ def table_lines(table: list[dict]) -> list[str]:
         return " | ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()
 
     return [fmt_row(header), "-+-".join("-" * w for w in widths), *[fmt_row(c) for c in cells]]
+
+
+def json_rows(table: list[dict]) -> list[dict]:
+    """The table's rows as ``--json`` writes them: the figures without their formats."""
+    return [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in table]
+
+
+def run_benchmark(body: Callable[[], None], clean_up: Callable[[], None]) -> int:
+    """``body()`` (the measurements, their table, the ``--json`` file) as every benchmark runs it: exit
+    status 0, or 2 with one ``error:`` line for bad input; then, however it ended, the Ray instance it
+    started is stopped and ``clean_up()`` tidies its work folder."""
+    try:
+        body()
+        return 0
+    except AscError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if "ray" in sys.modules:
+            import ray  # loaded already: by this run, which may have started Ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        clean_up()
 
 
 def add_report_options(parser: argparse.ArgumentParser, quiet_wait: float | None = None) -> None:
