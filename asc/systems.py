@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asc.enhance import Enhancement, composition
 from asc.errors import AscError
+from asc.metrics import device_metrics
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,10 @@ class System:
 
     def enhancement(self):
         """The system's enhancements (``asc.enhance.Enhancement``; spectrum correction is its store's)."""
-        from asc.enhance import Enhancement
-
         return Enhancement(self.normalization, self.mean_subtraction, self.median_filter, self.freq_mixstyle, self.dir)
 
     def composition(self) -> str:
         """Its enhancements as a search space names them (``median_filter``, ``dir+freq_mixstyle``)."""
-        from asc.enhance import composition
-
         return composition(self.enhancement().names + (("spectrum_correction",) if self.spectrum_correction else ()))
 
 
@@ -89,6 +87,7 @@ def system_config(system_id: str, store: str, model_name: str = "msxception", we
     """The ``TrainConfig`` of a paper system on ``store``: its enhancement, mixup and selection metric,
     MSXception pretrained where the paper's system is (the small CNN never is); ``train_settings``
     (epochs, seed, protocol, device, checkpoint_dir, ...) fill in the rest."""
+    # late: torch; search.space and `python -m asc --help` read the systems without it
     from asc.models import ModelConfig
     from asc.train import TrainConfig
 
@@ -136,8 +135,6 @@ def parallel_mask(filenames, devices) -> np.ndarray:
 def prediction_metrics(probs: np.ndarray, labels: np.ndarray, devices, filenames, seen=None) -> dict:
     """Device metrics of one set of predictions on all its clips and on its parallel groups alone.
     ``seen``: the training clips' devices (the others are reported as unseen)."""
-    from asc.metrics import device_metrics
-
     pred, devices = np.asarray(probs).argmax(axis=1), np.asarray(devices)
     n_classes = np.asarray(probs).shape[1]
     mask = parallel_mask(filenames, devices)
