@@ -1,7 +1,7 @@
 """The benchmarks: each a ``python -m search bench-*`` command that prints this project's figures beside
 a reference measured in the same run (README.md in this folder says what each measures and lists the
-figures measured so far). This module holds what they share: the contention meter, the table, the
-report options, the end of a run."""
+figures measured so far). This module holds what they share: the contention meter, the synthetic
+set of a size, the table, the report options, the end of a run."""
 
 from __future__ import annotations
 
@@ -95,6 +95,28 @@ class CpuMeter:
             self.sections[name] = max(others, 0.0) / wall if wall > 0 else math.nan
 
         return section()
+
+
+def search_env_defaults() -> None:
+    """The environment of a benchmark that runs searches: no usage reports, Ray's workers at normal
+    priority (set before Ray starts: its workers inherit it)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's nice-15 workers crawl beside busy processes
+
+
+def synth_for(clips: int, base: dict):
+    """The smallest synthetic set with at least ``clips`` clips (SynthConfig's share of parallel
+    A/B/C segments, 6 of 40) on ``base``'s clip length, rate and seed. Returns (config, clip count)."""
+    from asc.synth import SynthConfig, plan  # late: scipy; every benchmark's --help imports this module
+
+    segments = 2
+    while True:
+        config = SynthConfig(segments_per_scene=segments, parallel_per_scene=round(segments * 6 / 40), **base)
+        count = sum(len(s.devices) for s in plan(config))
+        if count >= clips:
+            return config, count
+        segments += 1
 
 
 def table_lines(table: list[dict]) -> list[str]:

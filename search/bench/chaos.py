@@ -33,9 +33,10 @@ from pathlib import Path
 
 from asc.cli import ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError
-from search.bench import add_report_options, json_rows, run_benchmark, table_lines
-from search.bench.search import SCALES, build_data, feature_config, machine_line, mlflow_trials, synth_for, write_yaml
+from search.bench import add_report_options, json_rows, run_benchmark, search_env_defaults, synth_for, table_lines
+from search.bench.search import SCALES, build_data, feature_config, machine_line, mlflow_trials, write_yaml
 
+# The search (Ray, MLflow, Optuna, torch) is imported late, where a search runs: `--help` starts without it.
 MARK = "ASC_BENCH_CHAOS"  # in this process's environment, so in its Ray workers': whose workers to kill
 # What differs between two runs of one trial without changing what it computed.
 VOLATILE = {"timestamp", "time_this_iter_s", "time_total_s", "time_since_restore", "pid", "hostname", "node_ip",
@@ -142,6 +143,10 @@ def same_rows(a: list[dict], b: list[dict]) -> bool:
 
 def run_chaos_search(settings, every: float | None, mark: str, seed: int) -> dict:
     """One search, with a killer every ``every`` seconds (None: undisturbed)."""
+    # late, as noted at the top
+    from search.report import format_trials  # the table as the search printed it, for comparison
+    from search.space import load_space
+    from search.stores import store_devices
     from search.tuner import run_search
 
     killer = Killer(every, mark, seed) if every else None
@@ -156,10 +161,6 @@ def run_chaos_search(settings, every: float | None, mark: str, seed: int) -> dic
             killer.halt.set()
             killer.join()
     seconds = time.perf_counter() - start
-    from search.report import format_trials  # the table as the search printed it, for comparison
-    from search.space import load_space
-    from search.stores import store_devices
-
     search_dir = Path(settings.storage) / settings.name
     info = json.loads((search_dir / "search.json").read_text())
     space = load_space(search_dir / "space.yaml")
@@ -221,10 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.bench.search import _env_defaults
-
     args = build_parser().parse_args(argv)
-    _env_defaults()
+    search_env_defaults()
     mark = str(os.getpid())
     os.environ[MARK] = mark  # before Ray starts: its workers inherit it
     temporary = args.workdir is None
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _measure(args, work: Path, mark: str) -> None:
     """The undisturbed search, one search per ``--every``, then the table (and the ``--json`` file)."""
-    from search.tuner import SearchSettings
+    from search.tuner import SearchSettings  # late, as noted at the top
 
     scale = SCALES[args.scale]
     runs = work / "runs"

@@ -21,6 +21,7 @@ order, so that a figure and its reference come from the same machine, clips and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from asc.cli import ArgumentParser, COUNT
+from asc.enhance import CachedMedianFilter, Enhancement
 from asc.errors import AscError
-from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, table_lines
+from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, synth_for, table_lines
 
 PAPER_EPS = np.finfo(np.float32).eps
 MEDIAN_SIZE = (7, 21)
@@ -43,6 +45,8 @@ BATCH = 32
 REPEATS = 3  # best of, for the in-memory reads and the copy
 MEDFILT_REFERENCE_CLIPS = 256  # medfilt2d costs ~90 ms a clip: time at most this many
 SUBDIRS = ("data", "warmup-data", "warmup-store", "store-1", "store-3")
+# The rest (the store, the synthetic set, Ray, librosa, soundfile, scipy's filters) is imported late, by
+# the step that uses it: `--help` starts without it.
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,23 +56,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def synth_config_for(clips: int, seed: int = 0, seconds: float = 10.0):
-    """The smallest synthetic set with at least ``clips`` clips, with SynthConfig's default share of
-    parallel A/B/C segments (6 of 40). Returns (config, exact clip count)."""
-    from asc.synth import SynthConfig, plan
-
-    segments = 2
-    while True:
-        config = SynthConfig(segments_per_scene=segments, parallel_per_scene=round(segments * 6 / 40),
-                             seconds=seconds, seed=seed)
-        count = sum(len(s.devices) for s in plan(config))
-        if count >= clips:
-            return config, count
-        segments += 1
-
-
 def machine_info() -> dict:
-    import librosa
+    import librosa  # late, as noted at the top
     import pyarrow
     import ray
     import scipy
@@ -83,7 +72,7 @@ def machine_info() -> dict:
         pass
     blas = "unknown"
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # optional: without it the BLAS is "unknown"
 
         import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, if it has one)
 
@@ -101,7 +90,7 @@ def machine_info() -> dict:
 
 def _paper_features(path: str) -> np.ndarray:
     """The paper's per-file extraction, as its code does it."""
-    import librosa
+    import librosa  # late, as noted at the top
 
     y, sr = librosa.load(path, sr=None)
     S = librosa.feature.melspectrogram(y=y, sr=44100, n_fft=4096, hop_length=1024, n_mels=128, fmax=22050)
@@ -110,12 +99,10 @@ def _paper_features(path: str) -> np.ndarray:
 
 def _blas_threads(n: int | None):
     """A context limiting BLAS to ``n`` threads (no-op for None or without threadpoolctl)."""
-    import contextlib
-
     if n is None:
         return contextlib.nullcontext()
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # optional: without it BLAS keeps its threads
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=n, user_api="blas")
@@ -153,8 +140,7 @@ def copy_seconds(nbytes_shape: tuple, dtype, repeats: int = REPEATS) -> float:
 # --------------------------------------------------------------------------------------------------
 def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float = 0.0) -> dict:
     """Every figure of the module docstring, measured in its order; the phases below, one a step."""
-    from asc.enhance import Enhancement
-    from asc.features import FeatureConfig
+    from asc.features import FeatureConfig  # late, as noted at the top
     from asc.store import FeatureStore
 
     fig: dict = {}
@@ -186,11 +172,11 @@ def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float =
 
 def _synthesize(work: Path, clips: int, fig: dict):
     """[1/7] The clips to measure on, and a short set that warms Ray's workers up: (both datasets)."""
-    import soundfile
+    import soundfile  # late, as noted at the top
 
     from asc.synth import SynthConfig, write_dataset
 
-    config, expected = synth_config_for(clips)
+    config, expected = synth_for(clips, {"seconds": 10.0, "seed": 0})
     _log(f"[1/7] synthesizing {expected} clips (segments_per_scene={config.segments_per_scene}, "
          f"parallel_per_scene={config.parallel_per_scene}) into {work / 'data'}")
     start = time.perf_counter()
@@ -208,7 +194,7 @@ def _synthesize(work: Path, clips: int, fig: dict):
 def _references(paths: list[str], meter, fig: dict) -> np.ndarray:
     """[2/7] 1a the decoding floor and 1b the paper's per-file loop, in this process; returns the
     paper's features of the first clip."""
-    import soundfile
+    import soundfile  # late, as noted at the top
 
     n = len(paths)
     _log("[2/7] references: decoding and the paper's per-file loop (one process)")
@@ -233,8 +219,7 @@ def _references(paths: list[str], meter, fig: dict) -> np.ndarray:
 
 def _start_ray(work: Path, cpus: int, warm_clips: int, configs: list, enhancement, fig: dict) -> None:
     """[3/7] Ray started and its workers warmed up on the short set (neither timed in the figures)."""
-    from asc.enhance import CachedMedianFilter
-    from asc.store import FeatureStore
+    from asc.store import FeatureStore  # late, as noted at the top
     from search.prepare import init_ray, prepare, ray_map
 
     _log(f"[3/7] starting Ray on {cpus} cpus and warming its workers up on {warm_clips} short clips")
@@ -251,7 +236,7 @@ def _start_ray(work: Path, cpus: int, warm_clips: int, configs: list, enhancemen
 
 def _prepare(work: Path, cpus: int, shard_size: int, three: list, n: int, meter, fig: dict) -> Path:
     """[4/7] 1c / 1d ``prepare`` with 128 Mel bands, then 64 + 128 + 256; returns the 128-band store."""
-    from asc.features import FeatureConfig
+    from asc.features import FeatureConfig  # late, as noted at the top
     from search.prepare import prepare
 
     _log(f"[4/7] prepare: 128 Mel bands, then 64 + 128 + 256 (shard size {shard_size})")
@@ -275,9 +260,8 @@ def _prepare(work: Path, cpus: int, shard_size: int, three: list, n: int, meter,
 def _median_cache_ray(store, enhancement, n: int, meter, fig: dict):
     """[5/7] 2 the median-filtered cache built with Ray, which then stops; returns (the cache, its
     transform)."""
-    import ray
+    import ray  # late, as noted at the top
 
-    from asc.enhance import CachedMedianFilter
     from search.prepare import ray_map
 
     _log("[5/7] median filter: building the cached copy with Ray")
@@ -294,7 +278,7 @@ def _median_serial(store, filtered, transform, first: np.ndarray, first_name: st
                    meter, fig: dict) -> None:
     """[6/7] 2 the references in this process: ``medfilt2d`` per clip, the cache built serially, and
     epochs read with and without the filter."""
-    import scipy.signal
+    import scipy.signal  # late, as noted at the top
 
     n = len(order)
     _log("[6/7] median filter: scipy.signal.medfilt2d per clip, serial cache build, epoch reads")
@@ -326,7 +310,7 @@ def _median_serial(store, filtered, transform, first: np.ndarray, first_name: st
 
 def _store_read(store_path: Path, order: np.ndarray, meter, fig: dict) -> None:
     """[7/7] 3 an epoch read from a freshly opened store against a copy of as many bytes in memory."""
-    from asc.store import FeatureStore
+    from asc.store import FeatureStore  # late, as noted at the top
 
     _log("[7/7] store read vs an in-memory copy")
     fresh = FeatureStore(store_path)

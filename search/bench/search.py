@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -81,9 +82,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from asc.cli import ArgumentParser, COUNT, number
 from asc.errors import AscError
-from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, table_lines
+from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, search_env_defaults, synth_for, \
+    table_lines
+
+# The rest (asc's store and training, torch, Ray, MLflow, Optuna, YAML, matplotlib) is imported late,
+# by the part that uses it: `--help` starts without it, and a memory reader (a child process) imports
+# what a trial's reading does.
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 32  # rows per read in the memory readers (the paper's and the trials' batch size)
@@ -140,22 +148,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def synth_for(clips: int, base: dict):
-    """The smallest synthetic set with at least ``clips`` clips (SynthConfig's share of parallel
-    A/B/C segments, 6 of 40) on ``base``'s clip length, rate and seed. Returns (config, clip count)."""
-    from asc.synth import SynthConfig, plan
-
-    segments = 2
-    while True:
-        config = SynthConfig(segments_per_scene=segments, parallel_per_scene=round(segments * 6 / 40), **base)
-        count = sum(len(s.devices) for s in plan(config))
-        if count >= clips:
-            return config, count
-        segments += 1
-
-
 def feature_config(scale: Scale):
-    from asc.features import FeatureConfig
+    from asc.features import FeatureConfig  # late, as noted at the top
 
     return FeatureConfig(n_mels=scale.n_mels, **scale.features)
 
@@ -171,7 +165,7 @@ class Data:
 
 def build_data(work: Path, synth, features) -> Data:
     """The synthetic set and its store, in folders named after the set (reused when they exist)."""
-    from asc.dataset import read_development
+    from asc.dataset import read_development  # late, as noted at the top
     from asc.parallel import process_map
     from asc.store import build_stores
     from asc.synth import write_dataset
@@ -197,24 +191,18 @@ def build_data(work: Path, synth, features) -> Data:
 
 def store_bytes(store: str) -> int:
     """The store's size on disk: its Arrow shard files (not the derived caches)."""
-    from asc.store import MANIFEST, read_manifest
+    from asc.store import MANIFEST, read_manifest  # late, as noted at the top
 
     manifest = read_manifest(Path(store) / MANIFEST)
     return sum((Path(store) / s["file"]).stat().st_size for s in manifest["shards"])
 
 
 def write_yaml(path: Path, doc: dict) -> Path:
-    import yaml
+    import yaml  # late, as noted at the top
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def _env_defaults() -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's nice-15 workers crawl beside busy processes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,11 +256,7 @@ def mapping_processes(folder: str) -> list[int]:
 def _reader(store: str) -> None:
     """A memory reader (a child process): import, wait for "go", read every row as a trial does, report,
     wait for the line that lets it exit (the store stays mapped until then)."""
-    import gc
-
-    import numpy as np
-
-    import torch
+    import torch  # late, as noted at the top
 
     from asc.enhance import Enhancement
     from asc.store import MANIFEST, read_manifest
@@ -390,7 +374,7 @@ def overhead_space(scale: Scale, trials: int) -> dict:
 
 
 def mlflow_trials(uri: str, name: str) -> list:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # late, as noted at the top
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
@@ -412,7 +396,7 @@ def tune_pids(search_dir: Path) -> dict[str, set]:
 
 def run_one_search(settings, label: str) -> dict:
     """``run_search`` with its console output sent to stderr (progress) so that stdout holds the table."""
-    from search.tuner import run_search
+    from search.tuner import run_search  # late, as noted at the top
 
     with contextlib.redirect_stdout(sys.stderr):
         return run_search(settings, command=f"python -m search bench-search ({label})")
@@ -421,9 +405,7 @@ def run_one_search(settings, label: str) -> dict:
 def overhead_part(work: Path, data: Data, scale: Scale, trials: int, cpus_per_trial: float, gpus_per_trial: float,
                   runs: Path, meter) -> dict:
     """The smoke trials by (a) plain ``train`` and (b) the search, with reuse_actors True and False."""
-    import numpy as np
-
-    from search.prepare import init_ray
+    from search.prepare import init_ray  # late, as noted at the top
     from search.space import load_space
 
     space_path = write_yaml(work / "spaces" / "overhead.yaml", overhead_space(scale, trials))
@@ -451,7 +433,7 @@ def overhead_part(work: Path, data: Data, scale: Scale, trials: int, cpus_per_tr
 def _plain_trials(work: Path, data: Data, space, device: str, cpus_per_trial: float, meter):
     """(a) The points by plain ``train()``, serially, in this process, after an untimed 1-epoch warm-up:
     ({point: seconds}, {point: seconds after its last report}, every epoch's seconds)."""
-    import torch
+    import torch  # late, as noted at the top
 
     from asc.train import train
     from search.trainable import flatten_report
@@ -493,8 +475,7 @@ def _search_trials(space_path: Path, data: Data, runs: Path, trials: int, cpus_p
                    gpus_per_trial: float, reuse: bool, fig: dict, meter) -> dict:
     """(b) The same points through the search, one at a time, timed from its MLflow runs against
     ``fig``'s plain trials (:func:`_plain_trials`)."""
-    import numpy as np
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # late, as noted at the top
 
     from search.tuner import SearchSettings
 
@@ -562,7 +543,7 @@ def efficiency_spaces(scale: Scale, concurrent: int) -> tuple[dict, dict]:
 def best_so_far(uri: str, name: str) -> tuple[list[tuple[int, float]], float, float]:
     """(cumulative trial-epochs, best objective so far) per result the driver received, in its order;
     the search's wall span (first run start to last run end, s)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # late, as noted at the top
 
     client = MlflowClient(uri)
     runs = mlflow_trials(uri, name)
@@ -579,7 +560,7 @@ def best_so_far(uri: str, name: str) -> tuple[list[tuple[int, float]], float, fl
 
 
 def plot_curves(path: Path, grid: list, asha: list, grid_best: float, need: float, title: str) -> None:
-    import matplotlib
+    import matplotlib  # late, as noted at the top; pyplot only after choosing the Agg backend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -606,7 +587,7 @@ def plot_curves(path: Path, grid: list, asha: list, grid_best: float, need: floa
 
 def efficiency_part(work: Path, scale: Scale, scale_name: str, concurrent: int, cpus_per_trial: float,
                     gpus_per_trial: float, runs: Path, meter, seeds: int = 1) -> dict:
-    from asc.synth import SynthConfig
+    from asc.synth import SynthConfig  # late, as noted at the top
     from search.prepare import init_ray
     from search.tuner import SearchSettings
 
@@ -717,7 +698,7 @@ def rows(fig: dict, meter) -> list[dict]:
 
 
 def machine_line() -> str:
-    import mlflow
+    import mlflow  # late, as noted at the top
     import optuna
     import ray
     import torch
@@ -847,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --clips >= 20, --trials and --concurrent >= 1, --cpus-per-trial > 0, --gpus-per-trial >= 0",
               file=sys.stderr)
         return 2
-    _env_defaults()
+    search_env_defaults()
     temporary = args.workdir is None
     work = Path(tempfile.mkdtemp(prefix="asc-bench-search-")) if temporary else args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -893,7 +874,7 @@ def _measure(args, parts: list[str], scale: Scale, clips: int, work: Path) -> No
 
 def data_part(work: Path, clips: int, scale: Scale, fig: dict, stage) -> Data:
     """The synthetic set of the memory and overhead parts and its store (``fig["data"]``)."""
-    from asc.store import MANIFEST, read_manifest
+    from asc.store import MANIFEST, read_manifest  # late, as noted at the top
 
     synth, count = synth_for(clips, scale.synth)
     stage(f"data: {count} synthetic clips ({synth.seconds:g} s, {synth.sample_rate} Hz; segments_per_scene="
