@@ -25,13 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from tqdm import tqdm
 
+from asc import fusion
+from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
+from asc.metrics import device_metrics
 from search.device_table import device_table
 from search.objectives import SINGLE, Objective
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
 from search.report import clip_warning
-from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, check_tracking_uri, selected_on
+from search.serving import download_members, log_audio_model
+from search.space import CONDITIONAL
+from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _clean, _log_params, \
+    check_tracking_uri, confusion_figure, selected_on
+from search.warmstart import _parse
 
 METHODS = ("gated", "greedy", "top", "per-enhancement")
 RESAMPLES = 200  # the gated fusion's bootstrap resamples of the selection clips
@@ -78,9 +88,7 @@ class FusionResult:
     registered: str | None = None
 
     def fused(self, split: str) -> np.ndarray:
-        from asc.fusion import average
-
-        return average([self.candidates[i].probs[split] for i in self.members], self.weights)
+        return fusion.average([self.candidates[i].probs[split] for i in self.members], self.weights)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,10 +97,6 @@ class FusionResult:
 def _group(params: dict) -> str:
     """A trial's enhancement, settings included, as its one label (``medfilt7x21``): the groups of the
     best-per-enhancement fusion. ``params``: the run's MLflow params (strings)."""
-    from asc.enhance import Enhancement, parse_composition
-    from search.space import CONDITIONAL
-    from search.warmstart import _parse
-
     if not params.get("enhancement"):
         return params.get("point") or "?"
     names = parse_composition(params["enhancement"])
@@ -106,8 +110,6 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     """The search's candidate runs with their predictions; returns (candidates, clips, classes,
     refused lines, parent run id). ``seed_members``: each seed of a several-seed trial is a candidate
     of its own (``t003/seed1``) instead of the trial's seed average."""
-    from tqdm import tqdm
-
     runs = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=5000)
     parents = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'search'", max_results=2)
     parent_id = parents[0].info.run_id if parents else None
@@ -179,8 +181,6 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
 # Choosing
 # --------------------------------------------------------------------------------------------------
 def metrics_of(probs: np.ndarray, clips: Clips) -> dict:
-    from asc.metrics import device_metrics
-
     m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1], seen=clips.seen)
     return {k: v for k, v in m.items() if isinstance(v, float)}
 
@@ -196,8 +196,6 @@ def scorer(objective: Objective, clips: Clips):
 
 def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, objective: Objective,
            size: int | None = None, bags: int = 0, seed: int = 0):
-    from asc import fusion
-
     sel = [c.probs["selection"] for c in candidates]
     score = scorer(objective, clips["selection"])
     if all(score(p) == -math.inf for p in sel):
@@ -233,8 +231,6 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
          seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False,
          protocol: str = "validation", alias: str | None = None) -> FusionResult:
-    from mlflow.tracking import MlflowClient
-
     if method not in METHODS:
         raise AscError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if by not in SINGLE:
@@ -294,7 +290,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
 def gap_figure(result: FusionResult):
     """Every candidate's B&C accuracy against its device gap (selection clips and evaluation split),
     the members marked, the fusion a star."""
-    import matplotlib
+    import matplotlib  # here, not at the top: pyplot only after choosing the Agg backend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -329,12 +325,7 @@ def gap_figure(result: FusionResult):
 def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, result: FusionResult, objective: Objective,
                register: str | None, settings: dict, alias: str | None = None) -> None:
     """The fusion's run (under the search's run), its figures and predictions, and its audio model."""
-    import matplotlib.pyplot as plt
-    from mlflow.entities import Metric
-
-    from search.serving import download_members, log_audio_model
-    from search.tracking import _clean, _log_params, confusion_figure
-
+    import matplotlib.pyplot as plt  # not at the top: importing pyplot picks a backend (the figures ask for Agg)
     members = [result.candidates[i] for i in result.members]
     missing = [m.label for m in members if not m.model_uri]
     if missing:

@@ -23,6 +23,7 @@ Wiring, and the libraries' traps it avoids:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -31,9 +32,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune import Callback
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
 from asc.errors import AscError
 from search.console import LOG_FILE, route_ray_messages
 from search.device_table import pct
+from search.prepare import init_ray
 from search.report import distinct_line, report_results, trial_rows, ui_command
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
 from search.searcher import ACTIVE, RESUMING, STUDY_FILE, Searcher, make_sampler, study_storage
@@ -42,6 +52,8 @@ from search.stores import check_stores_unchanged, resolve_stores, store_devices,
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, TRIAL_TAG, MlflowTracker, RetryingClient, \
     check_tracking_uri, close_dangling_runs, save_pending, send_pending, tracking_uri, \
     start_search, trial_label
+from search.trainable import run_trial
+from search.warmstart import apply as apply_warm_start, read_warm_start
 
 SEARCH_FILE = "search.json"  # what `resume` needs: settings, stores, MLflow ids
 SPACE_FILE = "space.yaml"  # the space as run (overrides applied)
@@ -83,62 +95,55 @@ def _searcher_class():
 # --------------------------------------------------------------------------------------------------
 # Progress
 # --------------------------------------------------------------------------------------------------
-def _progress_class():
-    from ray.tune import Callback
+class Progress(Callback):
+    """One line per trial-epoch (readable in a terminal and in a CI log alike)."""
 
-    class Progress(Callback):
-        """One line per trial-epoch (readable in a terminal and in a CI log alike)."""
+    def __init__(self, space: Space, devices: list[str], max_failures: int = 0, log: str = ""):
+        self.space, self.devices, self.max_failures, self.log = space, devices, max_failures, log
+        self._nodes: set | None = None
+        self._nodes_checked = 0.0
 
-        def __init__(self, space: Space, devices: list[str], max_failures: int = 0, log: str = ""):
-            self.space, self.devices, self.max_failures, self.log = space, devices, max_failures, log
-            self._nodes: set | None = None
-            self._nodes_checked = 0.0
+    def on_step_begin(self, iteration, trials, **info):
+        """A node Ray marks dead is one line (looked at every few seconds: it is a GCS call)."""
+        if time.monotonic() - self._nodes_checked < 3:
+            return
+        self._nodes_checked = time.monotonic()
+        alive = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+        for ip in sorted((self._nodes or set()) - alive):
+            print(f"node {ip} lost: Ray marked it dead; its trials retry from their last checkpoints on the "
+                  f"nodes left (Ray's report: {self.log})", flush=True)
+        self._nodes = alive
 
-        def on_step_begin(self, iteration, trials, **info):
-            """A node Ray marks dead is one line (looked at every few seconds: it is a GCS call)."""
-            import ray
+    def _name(self, trial) -> str:
+        return f"{trial_label(trial)} {self.space.describe(trial.config)}"
 
-            if time.monotonic() - self._nodes_checked < 3:
-                return
-            self._nodes_checked = time.monotonic()
-            alive = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-            for ip in sorted((self._nodes or set()) - alive):
-                print(f"node {ip} lost: Ray marked it dead; its trials retry from their last checkpoints on the "
-                      f"nodes left (Ray's report: {self.log})", flush=True)
-            self._nodes = alive
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("diverged"):
+            print(f"{self._name(trial):<44} diverged at epoch {result['diverged']}: {result.get('diverged_reason')}",
+                  flush=True)
+            return
+        cells = " ".join(f"{d.upper()} {pct(result.get(f'acc_{d}'), 5)}" for d in self.devices)
+        if self.space.objective.multi:
+            obj = f"B&C {pct(result.get('sel_acc_bc'), 5)} |gap| {pct(result.get('objective_abs_gap'), 5)}"
+        else:
+            obj = f"objective {result.get('objective', math.nan):.3f}"
+        print(f"{self._name(trial):<44} epoch {result['epoch']:>3}/{result['epochs']:<3} {cells} "
+              f"B&C {pct(result.get('acc_bc'), 5)} gap {pct(result.get('device_gap'), 5)} | selected epoch "
+              f"{result['best_epoch']}: {obj}", flush=True)
 
-        def _name(self, trial) -> str:
-            return f"{trial_label(trial)} {self.space.describe(trial.config)}"
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        how = ("finished" if r.get("epoch", 0) >= r.get("epochs", 0) else
+               f"diverged at epoch {r['diverged']}: ended at epoch {r.get('epoch')}" if r.get("diverged") else
+               f"stopped by ASHA at epoch {r.get('epoch')}")
+        print(f"{self._name(trial):<44} {how}", flush=True)
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get("diverged"):
-                print(f"{self._name(trial):<44} diverged at epoch {result['diverged']}: {result.get('diverged_reason')}",
-                      flush=True)
-                return
-            cells = " ".join(f"{d.upper()} {pct(result.get(f'acc_{d}'), 5)}" for d in self.devices)
-            if self.space.objective.multi:
-                obj = f"B&C {pct(result.get('sel_acc_bc'), 5)} |gap| {pct(result.get('objective_abs_gap'), 5)}"
-            else:
-                obj = f"objective {result.get('objective', math.nan):.3f}"
-            print(f"{self._name(trial):<44} epoch {result['epoch']:>3}/{result['epochs']:<3} {cells} "
-                  f"B&C {pct(result.get('acc_bc'), 5)} gap {pct(result.get('device_gap'), 5)} | selected epoch "
-                  f"{result['best_epoch']}: {obj}", flush=True)
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(f"{self._name(trial):<44} {fault_line(trial, self.max_failures, self.log, final=False)}", flush=True)
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            how = ("finished" if r.get("epoch", 0) >= r.get("epochs", 0) else
-                   f"diverged at epoch {r['diverged']}: ended at epoch {r.get('epoch')}" if r.get("diverged") else
-                   f"stopped by ASHA at epoch {r.get('epoch')}")
-            print(f"{self._name(trial):<44} {how}", flush=True)
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            print(f"{self._name(trial):<44} {fault_line(trial, self.max_failures, self.log, final=False)}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"{self._name(trial):<44} FAILED for good: "
-                  f"{fault_line(trial, self.max_failures, self.log, final=True)}", flush=True)
-
-    return Progress
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"{self._name(trial):<44} FAILED for good: "
+              f"{fault_line(trial, self.max_failures, self.log, final=True)}", flush=True)
 
 
 def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
@@ -165,8 +170,6 @@ def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
 
 def _node_alive(ip: str) -> bool:
     """False when Ray has marked the node at ``ip`` dead (it may not have noticed yet: then True)."""
-    import ray
-
     states = [n["Alive"] for n in ray.nodes() if n.get("NodeManagerAddress") == ip]
     return any(states) or not states
 
@@ -175,10 +178,6 @@ def _node_alive(ip: str) -> bool:
 # Run and resume
 # --------------------------------------------------------------------------------------------------
 def _trainable(space: Space, stores: dict, cpus: float, gpus: float):
-    from ray import tune
-
-    from search.trainable import run_trial
-
     return tune.with_resources(tune.with_parameters(run_trial, space=space, stores=stores), {"cpu": cpus, "gpu": gpus})
 
 
@@ -209,8 +208,6 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     mlflow_uri = tracking_uri(settings.mlflow_uri, storage)
     check_tracking_uri(mlflow_uri)
 
-    from search.prepare import init_ray
-
     distinct = space.distinct_points()
     if distinct is not None and num_samples > len(distinct):
         print(f"note: {space.path} holds {len(distinct)} distinct configuration(s): each is trained once "
@@ -219,8 +216,6 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     store_names = {key: store_identity(path) for key, path in stores.items()}
     warm, warm_line = [], ""
     if settings.warm_start:  # read and checked before anything is written
-        from search.warmstart import read_warm_start
-
         warm, warm_line = read_warm_start(mlflow_uri, settings.warm_start, space, store_names)
     init_ray(settings.address)
     _check_resources(settings)
@@ -253,8 +248,6 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
 def _check_resources(settings: SearchSettings) -> None:
     """A trial that asks for more than the machine has would wait forever: refuse it on the local
     instance. A cluster's autoscaler may still add the nodes, so there it is a note."""
-    import ray
-
     total = ray.cluster_resources()
     for flag, key, asked in (("--gpus-per-trial", "GPU", settings.gpus_per_trial),
                              ("--cpus-per-trial", "CPU", settings.cpus_per_trial)):
@@ -277,10 +270,6 @@ def _write_json(path: Path, obj: dict) -> None:
 def _quiet_tune() -> None:
     """Tune's own console output off (the Progress callback prints a line per trial-epoch instead),
     and the libraries' INFO chatter (table creation, study creation, pickle notices) with it."""
-    import logging
-
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # "pickle needs caution": we load our own
@@ -291,10 +280,6 @@ def _quiet_tune() -> None:
 
 
 def _new_tuner(space: Space, info: dict, storage: Path, warm: list = ()):
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
     objective = space.objective
     metric = objective.metrics if objective.multi else objective.metrics[0]
     mode = objective.modes if objective.multi else objective.modes[0]
@@ -302,9 +287,7 @@ def _new_tuner(space: Space, info: dict, storage: Path, warm: list = ()):
                                  study_name=info["name"], storage=study_storage(study_folder(info, storage / info["name"])),
                                  seed=info["seed"])
     if warm:
-        from search.warmstart import apply
-
-        apply(searcher, warm)
+        apply_warm_start(searcher, warm)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=info["max_concurrent"])
     if space.scheduler.name == "asha":
         scheduler = PersistentASHA(time_attr="epoch", metric=metric, mode=mode, max_t=space.scheduler.max_t,
@@ -333,15 +316,11 @@ def _callbacks(space: Space, info: dict) -> list:
     tracker = MlflowTracker(info["mlflow_uri"], info["experiment_id"], info["parent_run_id"], info["name"], space,
                             info["stores"], info.get("store_names"))
     log = Path(info["storage"]) / info["name"] / LOG_FILE
-    return [tracker, _progress_class()(space, store_devices(info["stores"]), info.get("max_failures", 3), str(log))]
+    return [tracker, Progress(space, store_devices(info["stores"]), info.get("max_failures", 3), str(log))]
 
 
 def resume_search(name: str, storage: str | None = None, address: str | None = None) -> dict:
     """Continue the search ``name`` whose driver died (or was stopped)."""
-    from ray import tune
-
-    from search.prepare import init_ray
-
     storage_path = Path(storage or DEFAULT_STORAGE).resolve()
     search_dir = storage_path / name
     if not (search_dir / SEARCH_FILE).is_file():
@@ -450,9 +429,6 @@ def _unfinished(search_dir: Path, info: dict, space: Space, tune_trials: dict) -
     the judge: it tells Optuna about every trial that ended (finished, stopped by ASHA, failed), and a
     trial it has not told about is still RUNNING in the study. A search stopped between two trials
     has fewer trials than it asked for (a grid or points space: fewer than its points)."""
-    import optuna
-    from optuna.trial import TrialState
-
     study = optuna.load_study(study_name=info["name"], storage=study_storage(study_folder(info, search_dir)))
     running = {t.user_attrs.get(TRIAL_TAG) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     unfinished = [tid for tid in tune_trials if tid in running]
@@ -465,9 +441,6 @@ def _unfinished(search_dir: Path, info: dict, space: Space, tune_trials: dict) -
 def _finish_study(search_dir: Path, name: str):
     """The study as the search left it; trials the driver asked for but never ran (it died between
     asking and starting them) are marked FAIL so that nothing stays RUNNING."""
-    import optuna
-    from optuna.trial import TrialState
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=study_storage(search_dir))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
