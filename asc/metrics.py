@@ -92,6 +92,19 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
 
 SELECTION_METRICS = ("metric_a", "metric_b")
 SUFFIXES = ("_cse", "_sem")  # a figure's standard error from the clips, from the seeds
+HEADS = {"acc_bc": "B&C", "device_gap": "gap", "acc_unseen": "unseen", "unseen_gap": "u-gap", "metric_a": "MA",
+         "metric_b": "MB"}
+
+
+def column_head(key: str) -> str:
+    """A figure's column head in every device table: its device for ``acc_<device>`` (``B``), else
+    ``B&C``, ``gap``, ``unseen``, ``u-gap``, ``MA``, ``MB``."""
+    return HEADS.get(key) or key[len("acc_"):].upper()
+
+
+def column_heads(keys, width: int) -> str:
+    """The heads of ``keys``, each right-aligned in ``width`` characters."""
+    return "".join(f"{column_head(k):>{width}}" for k in keys)
 
 
 def device_accuracies(metrics: dict) -> dict[str, float]:

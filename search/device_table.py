@@ -3,14 +3,15 @@ the devices unseen in training and their gap where there are any, Metric A and B
 
 The search's best trials and Pareto front (``search.report``), its progress lines (``search.tuner``),
 a fusion (``search.fuse``) and a prediction (``search.predict``) all build their columns, heads and
-cells here.
+cells here; the heads are ``asc.metrics.column_head``'s, as in ``python -m asc compare`` and
+``bench-devices``, whose cells (means over seeds, the paper's figures beside) are their own.
 """
 
 from __future__ import annotations
 
 import math
 
-from asc.metrics import device_accuracies
+from asc.metrics import column_head, device_accuracies
 
 WIDTH = 7  # characters per column
 
@@ -26,9 +27,9 @@ def pct(value, width: int = 0) -> str:
 def columns(devices: list[str], unseen: bool) -> tuple[list[str], list[str]]:
     """(metric keys, column heads) of a device table: every device, B&C (the seen devices but A),
     the gap; where there are devices unseen in training, their pooled accuracy and its gap; Metric A, B."""
-    keys = [f"acc_{d}" for d in devices] + ["acc_bc", "device_gap"] + (["acc_unseen", "unseen_gap"] if unseen else [])
-    heads = [d.upper() for d in devices] + ["B&C", "gap"] + (["unseen", "u-gap"] if unseen else [])
-    return keys + ["metric_a", "metric_b"], heads + ["MA", "MB"]
+    keys = ([f"acc_{d}" for d in devices] + ["acc_bc", "device_gap"] + (["acc_unseen", "unseen_gap"] if unseen else [])
+            + ["metric_a", "metric_b"])
+    return keys, [column_head(k) for k in keys]
 
 
 def columns_of(metrics: list[dict]) -> tuple[list[str], list[str]]:

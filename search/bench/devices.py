@@ -49,10 +49,10 @@ from asc.cli import ArgumentParser, COUNT, SECONDS, SEGMENTS, integer
 from asc.dataset import read_development
 from asc.errors import AscError
 from asc.features import FeatureConfig, load_audio, log_mels
-from asc.metrics import device_accuracies, mean_sem
+from asc.metrics import column_head, column_heads, device_accuracies, mean_sem
 from asc.responses import gains_for, read_responses
 from asc.synth import SynthConfig, write_dataset
-from asc.systems import get_system, prediction_metrics, system_config
+from asc.systems import PAPER_KEYS, get_system, paper_cells, prediction_metrics, system_config
 from search.bench import add_report_options
 
 # Training (torch), the store (pyarrow), Ray and scipy's filters are imported late, where they are used:
@@ -60,8 +60,7 @@ from search.bench import add_report_options
 
 SYSTEMS = ("A2", "A3", "A6", "SC", "FMS", "DIR", "DIRFMS")
 PARTS = (("all", "all evaluation clips"), ("parallel", "parallel segments only"))
-COLUMNS = (("acc_a", "A"), ("acc_b", "B"), ("acc_c", "C"), ("acc_bc", "B&C"), ("device_gap", "gap"),
-           ("acc_unseen", "unseen"), ("unseen_gap", "u-gap"), ("spread", "spread"))
+COLUMNS = tuple((k, column_head(k)) for k in PAPER_KEYS + ("acc_unseen", "unseen_gap")) + (("spread", "spread"),)
 
 
 def spread(metrics: dict) -> float:
@@ -116,12 +115,12 @@ def format_table(results: dict) -> str:
     head = f"{'system':<8}" + "".join(f"{label:>{width}}" for _, label in COLUMNS)
     lines = []
     for part, title in PARTS:
-        paper_head = "  |  paper" + "".join(f"{label:>6}" for _, label in COLUMNS[:5]) if part == "all" else ""
+        paper_head = "  |  paper" + column_heads(PAPER_KEYS, 6) if part == "all" else ""
         lines += [f"{title}:", head + paper_head, "-" * len(head + paper_head)]
         for system_id, runs in results.items():
             cells = "".join(f"{_cell([r[part].get(key, math.nan) for r in runs]):>{width}}" for key, _ in COLUMNS)
-            paper = get_system(system_id).paper
-            ref = "".join(f"{v:>6.1f}" for v in paper) if paper else ""
+            system = get_system(system_id)
+            ref = paper_cells(system) if system.paper else ""
             lines.append(f"{system_id:<8}{cells}" + (f"  |  {'':<5}{ref}" if part == "all" else ""))
         lines.append("")
     return "\n".join(lines)
