@@ -89,9 +89,9 @@ from asc.errors import AscError
 from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, search_env_defaults, synth_for, \
     table_lines
 
-# The rest (asc's store and training, torch, Ray, MLflow, Optuna, YAML, matplotlib) is imported late,
-# by the part that uses it: `--help` starts without it, and a memory reader (a child process) imports
-# what a trial's reading does.
+# The rest (asc's synthetic set, features, store and training, torch, Ray, MLflow, Optuna, YAML,
+# matplotlib) is imported late, by the part that uses it: `--help` starts without it, and a memory
+# reader (a child process) imports what a trial's reading does.
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 32  # rows per read in the memory readers (the paper's and the trials' batch size)
