@@ -9,20 +9,19 @@ import time
 from pathlib import Path
 
 from asc.cli import COUNT, PROCESSES, SAMPLE_RATE, SECONDS, SEED, SEGMENTS, ArgumentParser, integer
+from asc.dataset import read_dataset
+from asc.describe import format_summary, summarize
 from asc.errors import AscError, run_command, writable_file, writable_folder
+from asc.synth import SynthConfig, write_dataset
+from asc.systems import format_comparison, get_system, system_config
 
 
 def _describe(args) -> None:
-    from asc.dataset import read_dataset
-    from asc.describe import format_summary, summarize
-
     summary = summarize(read_dataset(args.data_dir, fold=args.fold), check_audio=not args.no_audio)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
 
 
 def _synth(args) -> None:
-    from asc.synth import SynthConfig, write_dataset
-
     config = SynthConfig(
         segments_per_scene=args.segments_per_scene,
         parallel_per_scene=args.parallel_per_scene,
@@ -39,9 +38,7 @@ def _synth(args) -> None:
 def resolve_store(path: str, n_mels: int | None = None, spectrum_correction: bool | None = None) -> str:
     """A store folder, or the one store under a store root (of ``n_mels`` bands when there are several;
     spectrum-corrected or not when ``spectrum_correction`` says)."""
-    from pathlib import Path
-
-    from asc.store import MANIFEST, current_stores
+    from asc.store import MANIFEST, current_stores  # late: pyarrow; --help, describe and synth start without it
 
     root = Path(path)
     if (root / MANIFEST).is_file():
@@ -60,8 +57,6 @@ def resolve_store(path: str, n_mels: int | None = None, spectrum_correction: boo
 
 
 def _system_config(args, system_id: str, checkpoint_dir: str | None):
-    from asc.systems import get_system, system_config
-
     system = get_system(system_id)
     return system, system_config(
         system_id, resolve_store(args.store, args.n_mels, system.spectrum_correction), args.model, args.weights, args.allow_download,
@@ -77,7 +72,7 @@ def _describe_system(system_id, system, config) -> str:
 
 
 def _train(args) -> None:
-    from asc.train import train, write_json
+    from asc.train import train, write_json  # late: torch; --help, describe and synth start without it
 
     if args.json_out:  # before training: a finished run must not be lost to a path that cannot be written
         writable_file(args.json_out, "--json-out")
@@ -98,8 +93,7 @@ def _train(args) -> None:
 
 def _compare(args) -> None:
     """Several systems, one after the other, and their device table beside the paper's."""
-    from asc.systems import format_comparison
-    from asc.train import check_config, train, train_seeds, write_json
+    from asc.train import check_config, train, train_seeds, write_json  # late: torch, as in _train
 
     if args.json_out:
         writable_file(args.json_out, "--json-out")
@@ -149,8 +143,6 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from asc.synth import SynthConfig
-
     parser = ArgumentParser(prog="python -m asc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 

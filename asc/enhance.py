@@ -140,6 +140,8 @@ def median_filter(x: np.ndarray, size: tuple[int, int] = (7, 21)) -> np.ndarray:
     Equal to ``x - scipy.signal.medfilt2d(x, size)`` for every clip: zero-padded edges, odd sizes.
     The paper uses (7 Mel bands, 21 frames).
     """
+    # late: scipy.ndimage; a trial's worker imports this module (through its Space) and needs it only
+    # for a median filter on the CPU
     from scipy.ndimage import median_filter as ndimage_median
 
     bands, frames = size
@@ -157,7 +159,7 @@ def median_filter_torch(x, size: tuple[int, int] = (7, 21), max_elements: int = 
     ``[clips, n_mels, frames]``. Equal to :func:`median_filter` (a median picks one of the window's
     values; the sizes are odd). The windows are unfolded a few clips at a time, within
     ``max_elements`` values."""
-    import torch
+    import torch  # late: the median-filter cache's workers (asc.parallel, Ray) import this module without it
     import torch.nn.functional as F
 
     bands, frames = size
@@ -303,7 +305,7 @@ def freq_mixstyle(x, p: float, alpha: float, rng: np.random.Generator, eps: floa
     time (detached from the gradient) and re-scaled with statistics mixed with a shuffled partner's,
     lambda ~ Beta(alpha, alpha) per clip. Draws come from ``rng`` (one number, then the lambdas and the
     permutation when it mixes), so a run resumed at an epoch draws what it drew."""
-    import torch
+    import torch  # late: as in median_filter_torch
 
     if rng.random() > p:
         return x

@@ -4,6 +4,10 @@ The command-line entry points catch :class:`AscError` and print its message as a
 anything else is a bug and keeps its traceback.
 """
 
+import os
+import sys
+from pathlib import Path
+
 
 class AscError(Exception):
     """Bad input: the message names the file (and line) or option at fault and what would be right."""
@@ -19,9 +23,6 @@ def run_command(args) -> int:
 def writable_folder(path, what: str):
     """``path`` as a folder this process can write into, made if missing; else an AscError naming
     ``what`` (the option) and the path. Called before long work whose output goes there."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AscError(f"{what} {path}: is a file, not a folder")
@@ -37,9 +38,6 @@ def writable_folder(path, what: str):
 def writable_file(path, what: str):
     """``path`` as a file this process can (over)write, in a folder that exists; else an AscError
     naming ``what`` and the path. Nothing is created."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     folder = path.parent
     if path.is_dir():
@@ -60,9 +58,6 @@ def run_main(main) -> int:
     ``error:`` line and status 2; Ctrl-C one line and status 130 (the code being interrupted removes
     what it had half-written as the interrupt unwinds it); a closed pipe on stdout (``| head``)
     ends the command quietly."""
-    import os
-    import sys
-
     try:
         status = main() or 0
         sys.stdout.flush()  # a reader that went away shows here, not as a warning at exit

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import numbers as numbers_module
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -88,8 +89,6 @@ class FeatureConfig:
     def check_mel_bands(self) -> None:
         """Every Mel band must hold some FFT bin: an empty one (too many bands for n_fft between fmin
         and fmax) is a constant log(eps) row, not a feature. librosa only warns; this refuses."""
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa's "Empty filters detected": said below, in one line
             basis = mel_basis(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax)
@@ -146,7 +145,7 @@ def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np
     if sr != sample_rate:
         if not resample:
             raise AscError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (ask for resampling to convert)")
-        import librosa
+        import librosa  # late: the CLI's parsers import this module (start-up time)
 
         y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate)
     return np.ascontiguousarray(y, dtype=np.float32)
@@ -170,7 +169,7 @@ def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: floa
     product costs ~0.5 ms a clip where librosa's dense one costs 7 ms (14 ms at 256 bands): with it,
     extra band counts on the same STFT are nearly free.
     """
-    import librosa
+    import librosa  # late: as in load_audio
     import scipy.sparse
 
     return scipy.sparse.csr_matrix(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax))
@@ -181,7 +180,7 @@ def stft_magnitude(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
 
     y : np.ndarray [shape=(..., samples)] -> [shape=(..., 1 + n_fft // 2, frames)]
     """
-    import librosa
+    import librosa  # late: as in load_audio
 
     return np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True, pad_mode=config.pad_mode))
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from asc import REFERENCE_DEVICE
+from asc.dataset import _natural_key
 from asc.enhance import Enhancement
 from asc.errors import AscError
 from asc.features import FeatureConfig, check_finite, load_audio, log_mels
@@ -207,7 +208,7 @@ class Ensemble:
 
 def member_from_checkpoint(best_file: str | Path, source: dict | None = None) -> Member:
     """A :class:`Member` from a training run's ``best.pt`` and the store it names."""
-    from asc.store import MANIFEST, read_manifest
+    from asc.store import MANIFEST, read_manifest  # late: pyarrow; a served model imports this module, reads no store
 
     best = torch.load(str(best_file), map_location="cpu", weights_only=False)
     if "norm_mean" not in best:
@@ -235,8 +236,6 @@ def member_from_checkpoint(best_file: str | Path, source: dict | None = None) ->
 def audio_paths(items: str | Path | Sequence[str | Path]) -> list[str]:
     """Audio files from paths and folders: a folder gives its ``.wav`` files (recursively, in natural
     order: ``2.wav`` before ``10.wav``). A path that does not exist is an AscError naming it."""
-    from asc.dataset import _natural_key
-
     if isinstance(items, (str, Path)):
         items = [items]
     out: list[str] = []

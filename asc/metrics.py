@@ -15,7 +15,8 @@ sqrt(p (1 - p) / n) of an accuracy, and for the figures made of two accuracies o
 (Metric B, the gaps) the delta method, which for these linear combinations is exact: Var(MB) =
 (Var(A) + Var(B&C)) / 4, Var(gap) = Var(A) + Var(B&C). Closed forms from the counts alone, so every
 table, run and tag can carry them; a stratified bootstrap over the clips agrees with them (tested) and
-is what fusion uses where it compares two ensembles on the same clips (``asc.fusion``).
+is what fusion uses where it compares two ensembles on the same clips (``asc.fusion``). Over several
+seeds a figure is their mean with its standard error from the seeds, ``<figure>_sem`` (:func:`mean_sem`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,19 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
 
 SELECTION_METRICS = ("metric_a", "metric_b")
 SUFFIXES = ("_cse", "_sem")  # a figure's standard error from the clips, from the seeds
+HEADS = {"acc_bc": "B&C", "device_gap": "gap", "acc_unseen": "unseen", "unseen_gap": "u-gap", "metric_a": "MA",
+         "metric_b": "MB"}
+
+
+def column_head(key: str) -> str:
+    """A figure's column head in every device table: its device for ``acc_<device>`` (``B``), else
+    ``B&C``, ``gap``, ``unseen``, ``u-gap``, ``MA``, ``MB``."""
+    return HEADS.get(key) or key[len("acc_"):].upper()
+
+
+def column_heads(keys, width: int) -> str:
+    """The heads of ``keys``, each right-aligned in ``width`` characters."""
+    return "".join(f"{column_head(k):>{width}}" for k in keys)
 
 
 def device_accuracies(metrics: dict) -> dict[str, float]:
@@ -98,3 +112,12 @@ def device_accuracies(metrics: dict) -> dict[str, float]:
     unseen accuracies, not the standard errors)."""
     return {k[4:]: v for k, v in metrics.items() if k.startswith("acc_") and k not in ("acc_bc", "acc_unseen")
             and not k.endswith(SUFFIXES)}
+
+
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n); nan for one value)."""
+    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if not len(values):
+        return math.nan, math.nan
+    sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return float(values.mean()), sem

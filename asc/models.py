@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from asc.errors import AscError
 
@@ -87,7 +86,7 @@ class MSXception(nn.Module):
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
-        import pretrainedmodels
+        import pretrainedmodels  # late: it imports torchvision, which only MSXception needs
 
         self.config = config
         backbone = pretrainedmodels.xception(num_classes=1000, pretrained=None)
@@ -127,7 +126,7 @@ def xception_weights_file(path: str | os.PathLike | None, allow_download: bool =
     if not target.is_file():
         if path is None and allow_download:
             try:
-                import pretrainedmodels
+                import pretrainedmodels  # late: as in MSXception
 
                 pretrainedmodels.xception(num_classes=1000, pretrained="imagenet")  # fills the cache
             except Exception as exc:  # any network failure: say what was expected where

@@ -22,7 +22,7 @@ def limit_cpus(n: float) -> int:
     trial was given, not what the node has, so that trials sharing a node do not oversubscribe it.
     Sets torch's intra-op threads too (their count also decides the order of floating-point sums: a
     trial resumed elsewhere computes what it computed before only with as many threads). Returns it."""
-    import torch
+    import torch  # late: `python -m search --help` and synth import this module (start-up time)
 
     global _CPU_LIMIT
     _CPU_LIMIT = max(1, int(n))

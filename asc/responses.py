@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile
 
 from asc.errors import AscError
 
@@ -34,8 +36,6 @@ def read_responses(spec: str, sample_rate: int) -> list[tuple[str, np.ndarray]]:
     """(file name, response at ``sample_rate``, unit energy) for every WAV file of the folder; one
     AscError line for a folder that is missing or empty, or a file that is not mono audio, cannot be
     resampled, or is silent."""
-    import soundfile
-
     folder = response_folder(spec)
     what = f"dir_responses {spec}" + ("" if spec == "micirp" else "")
     if not folder.is_dir():
@@ -55,8 +55,6 @@ def read_responses(spec: str, sample_rate: int) -> list[tuple[str, np.ndarray]]:
         if not np.isfinite(h).all():
             raise AscError(f"{path}: holds NaN or infinite samples")
         if sr != sample_rate:
-            import librosa
-
             try:
                 h = librosa.resample(h, orig_sr=sr, target_sr=sample_rate)
             except Exception as exc:  # resampy / soxr raise several types for absurd rates
@@ -73,8 +71,6 @@ def mel_gains(spec: str, sample_rate: int, n_fft: int, n_mels: int, fmin: float,
               power: float) -> np.ndarray:
     """``[responses, n_mels]``: each response's gain per Mel band, in the features' natural-log units
     (see the module docstring). Computed once per process for a folder and feature setting."""
-    import librosa
-
     basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
     gains = []
     for _, h in read_responses(spec, sample_rate):

@@ -40,7 +40,7 @@ import pyarrow as pa
 from filelock import FileLock
 
 from asc import REFERENCE_DEVICE
-from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, Clip, Dataset, audio_info, validation_locations
+from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, Clip, Dataset, audio_info, read_dataset, validation_locations
 from asc.errors import AscError
 from asc.faults import fault_point
 from asc.features import FeatureConfig, check_finite, correction_coefficients, load_audio, log_mels, mean_magnitude_spectrum
@@ -625,8 +625,6 @@ def current_stores(store_root: str | Path) -> list[tuple[Path, dict]]:
 
 def _fingerprint_now(data_root: str | None) -> str | None:
     """The fingerprint of the dataset at ``data_root`` as it is now; None when it cannot be read here."""
-    from asc.dataset import read_dataset
-
     if not data_root or not Path(data_root).is_dir():
         return None
     try:

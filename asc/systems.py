@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asc.enhance import Enhancement, composition
 from asc.errors import AscError
+from asc.metrics import column_heads, device_metrics
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,10 @@ class System:
 
     def enhancement(self):
         """The system's enhancements (``asc.enhance.Enhancement``; spectrum correction is its store's)."""
-        from asc.enhance import Enhancement
-
         return Enhancement(self.normalization, self.mean_subtraction, self.median_filter, self.freq_mixstyle, self.dir)
 
     def composition(self) -> str:
         """Its enhancements as a search space names them (``median_filter``, ``dir+freq_mixstyle``)."""
-        from asc.enhance import composition
-
         return composition(self.enhancement().names + (("spectrum_correction",) if self.spectrum_correction else ()))
 
 
@@ -89,6 +87,7 @@ def system_config(system_id: str, store: str, model_name: str = "msxception", we
     """The ``TrainConfig`` of a paper system on ``store``: its enhancement, mixup and selection metric,
     MSXception pretrained where the paper's system is (the small CNN never is); ``train_settings``
     (epochs, seed, protocol, device, checkpoint_dir, ...) fill in the rest."""
+    # late: torch; search.space and `python -m asc --help` read the systems without it
     from asc.models import ModelConfig
     from asc.train import TrainConfig
 
@@ -100,23 +99,30 @@ def system_config(system_id: str, store: str, model_name: str = "msxception", we
                        mixup_alpha=system.mixup_alpha, selection=selection_metric(system_id), **train_settings)
 
 
+PAPER_KEYS = ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap")  # the figures of System.paper, in its order
+
+
+def paper_cells(system: System) -> str:
+    """The paper's figures of ``system`` (:data:`PAPER_KEYS`, %), six characters each, under
+    ``column_heads(PAPER_KEYS, 6)``."""
+    return "".join(f"{v:>6.1f}" for v in system.paper)
+
+
 def format_comparison(rows) -> str:
     """``rows`` of (system id, System, train() result): the device table beside the paper's."""
-    head = (f"{'system':<7}{'A':>7}{'B':>7}{'C':>7}{'B&C':>7}{'gap':>7}  |  paper (MSXception, real data):"
-            f"{'A':>6}{'B':>6}{'C':>6}{'B&C':>6}{'gap':>6}")
-    keys = ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap")
     seeds = max((len(r.get("seeds", [])) for _, _, r in rows), default=0)
-    if seeds > 1:  # means over seeds with their standard errors (train_seeds results)
-        head = (f"{'system':<7}" + "".join(f"{h:>12}" for h in ("A", "B", "C", "B&C", "gap"))
-                + f"  |  paper (MSXception, real data):{'A':>6}{'B':>6}{'C':>6}{'B&C':>6}{'gap':>6}")
+    # several seeds: means over seeds with their standard errors (train_seeds results), wider cells
+    head = (f"{'system':<7}{column_heads(PAPER_KEYS, 12 if seeds > 1 else 7)}  |  paper (MSXception, real data):"
+            f"{column_heads(PAPER_KEYS, 6)}")
     lines = [head, "-" * len(head)]
     for sid, system, result in rows:
         t = result["test"]
         if seeds > 1:
-            ours = "".join(f"{100 * t.get(k, math.nan):>7.1f}+-{100 * t.get(k + '_sem', math.nan):<3.1f}" for k in keys)
+            ours = "".join(f"{100 * t.get(k, math.nan):>7.1f}+-{100 * t.get(k + '_sem', math.nan):<3.1f}"
+                           for k in PAPER_KEYS)
         else:
-            ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in keys)
-        paper = "".join(f"{v:>6.1f}" for v in system.paper) if system.paper else f"{'-':>6}" * 5
+            ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in PAPER_KEYS)
+        paper = paper_cells(system) if system.paper else f"{'-':>6}" * 5
         lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
     if seeds > 1:
         lines.append(f"ours: mean +- standard error over {seeds} seeds, evaluation split")
@@ -136,8 +142,6 @@ def parallel_mask(filenames, devices) -> np.ndarray:
 def prediction_metrics(probs: np.ndarray, labels: np.ndarray, devices, filenames, seen=None) -> dict:
     """Device metrics of one set of predictions on all its clips and on its parallel groups alone.
     ``seen``: the training clips' devices (the others are reported as unseen)."""
-    from asc.metrics import device_metrics
-
     pred, devices = np.asarray(probs).argmax(axis=1), np.asarray(devices)
     n_classes = np.asarray(probs).shape[1]
     mask = parallel_mask(filenames, devices)
@@ -145,12 +149,3 @@ def prediction_metrics(probs: np.ndarray, labels: np.ndarray, devices, filenames
     if mask.any():
         out["parallel"] = device_metrics(np.asarray(labels)[mask], pred[mask], devices[mask], n_classes, seen=seen)
     return {part: {k: v for k, v in m.items() if isinstance(v, float)} for part, m in out.items()}
-
-
-def mean_sem(values) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample standard deviation / sqrt(n); nan for one value)."""
-    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if not len(values):
-        return math.nan, math.nan
-    sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-    return float(values.mean()), sem

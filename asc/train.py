@@ -35,9 +35,11 @@ from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
 from asc.enhance import CachedMedianFilter, Enhancement, freq_mixstyle, median_filter_torch
 from asc.errors import AscError, writable_file, writable_folder
 from asc.faults import fault_point, injected
-from asc.metrics import SELECTION_METRICS, device_metrics
-from asc.models import ModelConfig, build_model
+from asc.features import FeatureConfig
+from asc.metrics import SELECTION_METRICS, device_metrics, mean_sem
+from asc.models import ModelConfig, build_model, xception_weights_file
 from asc.parallel import process_map
+from asc.responses import gains_for
 from asc.store import FeatureStore
 
 Report = Callable[[int, dict, str | None], None]
@@ -202,9 +204,6 @@ class FeatureView:
         self.seen_devices = sorted({c.device for c in base.clips if c.split == "train"})
         self.gains = None  # DIR: each response's gain per Mel band, for this store's features
         if self.enhancement.dir is not None:
-            from asc.features import FeatureConfig
-            from asc.responses import gains_for
-
             self.gains = gains_for(self.enhancement.dir[1], FeatureConfig(**base.manifest["config"]))
         self.classes = list(base.manifest["dataset"]["scenes"])
         self.devices = list(base.manifest["dataset"]["devices"])
@@ -285,8 +284,6 @@ def check_config(config: TrainConfig) -> tuple[Path | None, FeatureStore, tuple]
     weights file. :class:`Training` starts with it; ``compare`` calls it for every system before the
     first trains, so that the last one's mistake does not cost the first ones. Returns the checkpoint
     folder, the opened store and :func:`split_indices`."""
-    from asc.models import xception_weights_file
-
     _device(config)
     ckpt_dir = writable_folder(config.checkpoint_dir, "checkpoint_dir") if config.checkpoint_dir else None
     store = FeatureStore(config.store)
@@ -666,8 +663,6 @@ def mean_and_sem(reports: list[dict]) -> dict:
     """Every number of ``reports`` (one dict per seed, the same keys) as its mean over the seeds, and
     beside it its standard error ``<name>_sem`` (nan for one seed). Nested dicts are combined the
     same way; other values are taken from the first report."""
-    from asc.systems import mean_sem
-
     out: dict = {}
     for key, value in reports[0].items():
         if isinstance(value, bool) or not isinstance(value, (int, float, dict)):

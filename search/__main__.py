@@ -8,21 +8,26 @@ fusion, a submission file; see ``search/demo.py``); ``prepare``, ``run``, ``resu
 from __future__ import annotations
 
 import argparse
+import importlib
+import shlex
 import sys
 from pathlib import Path
 
 from asc.cli import SAMPLE_RATE, ArgumentParser, COUNT, NON_NEGATIVE, SEED, integer, number
-from asc.errors import run_command, run_main
+from asc.errors import AscError, run_command, run_main
+from search.demo import add_arguments, run_demo
+
+# Each command imports what it runs on (numpy, scipy, pyarrow, Ray, MLflow, torch) when it runs, the
+# parser the modules its defaults come from when it is built: `--help` and a benchmark, which skips
+# the parser, start without them.
+
 
 def _demo(args) -> None:
-    from search.demo import run_demo
-
     run_demo(args)
 
 
 def _prepare(args) -> None:
-    from asc.features import FeatureConfig
-    from asc.errors import AscError
+    from asc.features import FeatureConfig  # late, as the module says
     from asc.store import MANIFEST, current_stores
     from search.prepare import format_report, prepare
 
@@ -46,9 +51,7 @@ def _prepare(args) -> None:
 
 
 def _run(args) -> None:
-    import shlex
-
-    from search.tuner import SearchSettings, run_search
+    from search.tuner import SearchSettings, run_search  # late, as the module says
 
     settings = SearchSettings(space=args.space, store=args.store, name=args.name, data=args.data,
                               num_samples=args.num_samples, max_concurrent=args.max_concurrent,
@@ -62,13 +65,13 @@ def _run(args) -> None:
 
 
 def _resume(args) -> None:
-    from search.tuner import resume_search
+    from search.tuner import resume_search  # late, as the module says
 
     return 1 if resume_search(args.name, storage=args.storage, address=args.address)["failed"] else 0
 
 
 def _fuse(args) -> None:
-    from search.fuse import fuse, format_result
+    from search.fuse import fuse, format_result  # late, as the module says
     from search.tracking import tracking_uri
     from search.tuner import DEFAULT_STORAGE
 
@@ -84,7 +87,7 @@ def _fuse(args) -> None:
 
 
 def _predict(args) -> None:
-    from search.predict import format_prediction, predict
+    from search.predict import format_prediction, predict  # late, as the module says
     from search.tracking import tracking_uri
     from search.tuner import DEFAULT_STORAGE
 
@@ -95,7 +98,7 @@ def _predict(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from asc.features import PAD_MODES, FeatureConfig
+    from asc.features import PAD_MODES, FeatureConfig  # late, as the module says
     from asc.synth import SynthConfig
 
     defaults = SynthConfig()
@@ -105,8 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in BENCHMARKS.items():
         commands.add_parser(name, help=f"benchmark (see python -m search {name} --help)", add_help=False)
     demo = commands.add_parser("demo", help="run the main job on the embedded defaults")
-    from search.demo import add_arguments
-
     add_arguments(demo, defaults)
     demo.set_defaults(run=_demo)
 
@@ -228,8 +229,6 @@ BENCHMARKS = {"bench-features": "search.bench.features", "bench-train": "search.
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in BENCHMARKS:  # benchmarks own their options
-        import importlib
-
         return run_main(lambda: importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]))
     return run_command(build_parser().parse_args(argv))
 

@@ -14,6 +14,9 @@ import logging
 import time
 from pathlib import Path
 
+import ray._private.worker as ray_worker
+from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
 LOG_FILE = "ray.log"
 SAY = "[asc] "  # a trial worker's line that starts with this is the project's own, for the console
 
@@ -46,9 +49,6 @@ def route_ray_messages(search_dir: Path) -> Path:
     workers' output reaches the driver through ``ray._private.ray_logging``'s dispatcher (Ray 2.60):
     the first is wrapped here, and the dispatcher's printing handler is replaced by one that files.
     """
-    import ray._private.worker as ray_worker
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
     path = Path(search_dir) / LOG_FILE
     log = _RayLog(path)
     printer = getattr(ray_worker.print_to_stdstream, "_asc_original", ray_worker.print_to_stdstream)

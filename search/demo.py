@@ -13,10 +13,15 @@ whose driver was stopped is resumed); delete the folder to start over.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
+
 from asc.cli import COUNT, SECONDS, SEED, SEGMENTS, integer
+
+# The steps import their libraries (Ray, MLflow, Optuna, torch, scipy) when they run: `python -m search`
+# imports this module for the demo's options at every start.
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPACE = REPO / "spaces" / "demo.yaml"
@@ -30,15 +35,13 @@ def _step(n: int, text: str) -> None:
 
 def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
     """Run the demo's search, resume it, or find it done; returns (experiment id, best-trials table)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # late, as the module says
 
     from search.tracking import tracking_uri
     from search.tuner import SEARCH_FILE, SearchSettings, resume_search, run_search
 
     uri = tracking_uri(None, storage)  # $MLFLOW_TRACKING_URI when it is set, else the demo's own store
     if (storage / SEARCH_NAME / SEARCH_FILE).is_file():
-        import json
-
         info = json.loads((storage / SEARCH_NAME / SEARCH_FILE).read_text())
         client = MlflowClient(uri)
         parent = client.get_run(info["parent_run_id"])
@@ -59,7 +62,7 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
 
 def _fusion(uri: str, experiment_id: str, size: int):
     """Fuse the search's trials by Metric B, or find the fusion done; returns (model URI, table)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # late, as the module says
 
     from search.fuse import format_result, fuse
     from search.tracking import MODEL_TAG, ROLE_TAG
@@ -78,13 +81,14 @@ def _fusion(uri: str, experiment_id: str, size: int):
 
 
 def run_demo(args) -> None:
+    # late, as the module says
     from asc.dataset import read_development
     from asc.describe import format_summary, summarize
     from asc.synth import SynthConfig, write_dataset
     from search.predict import format_prediction, predict
     from search.prepare import format_report, prepare
+    from search.report import ui_command
     from search.space import load_space
-    from search.tuner import ui_command
 
     start = time.perf_counter()
     workdir = args.workdir.resolve()

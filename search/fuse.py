@@ -25,14 +25,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from tqdm import tqdm
 
+from asc import fusion
+from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
+from asc.metrics import device_metrics
+from search.device_table import device_table
 from search.objectives import SINGLE, Objective
-from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, check_tracking_uri, selected_on
+from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
+from search.report import clip_warning
+from search.serving import download_members, log_audio_model
+from search.space import CONDITIONAL
+from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _clean, _log_params, \
+    check_tracking_uri, confusion_figure, selected_on
+from search.warmstart import _parse
 
 METHODS = ("gated", "greedy", "top", "per-enhancement")
 RESAMPLES = 200  # the gated fusion's bootstrap resamples of the selection clips
-SPLITS = ("selection", "evaluation")
 
 
 @dataclass
@@ -76,9 +88,7 @@ class FusionResult:
     registered: str | None = None
 
     def fused(self, split: str) -> np.ndarray:
-        from asc.fusion import average
-
-        return average([self.candidates[i].probs[split] for i in self.members], self.weights)
+        return fusion.average([self.candidates[i].probs[split] for i in self.members], self.weights)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,10 +97,6 @@ class FusionResult:
 def _group(params: dict) -> str:
     """A trial's enhancement, settings included, as its one label (``medfilt7x21``): the groups of the
     best-per-enhancement fusion. ``params``: the run's MLflow params (strings)."""
-    from asc.enhance import Enhancement, parse_composition
-    from search.space import CONDITIONAL
-    from search.warmstart import _parse
-
     if not params.get("enhancement"):
         return params.get("point") or "?"
     names = parse_composition(params["enhancement"])
@@ -99,35 +105,11 @@ def _group(params: dict) -> str:
         "spectrum_correction" in names)
 
 
-def _read_predictions(path: Path, run_label: str):
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path).to_pandas()
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise AscError(f"{run_label}: unreadable predictions.parquet ({type(exc).__name__})") from None
-    classes = [c[2:] for c in table.columns if c.startswith("p_")]
-    # a several-seed trial: p_<class> is the seed average, seed<k>/p_<class> each seed's own
-    seeds = sorted({c.split("/")[0] for c in table.columns if "/p_" in c}, key=lambda n: int(n[4:]) if n[4:].isdigit() else 0)
-    out, per_seed = {}, {}
-    for split in SPLITS:
-        part = table[table["split"] == split].sort_values("filename", kind="stable")
-        if not len(part):
-            continue
-        out[split] = (part["filename"].to_numpy(str), part["device"].to_numpy(str), part["label"].to_numpy(str),
-                      part[[f"p_{c}" for c in classes]].to_numpy(np.float64))
-        for seed in seeds:
-            per_seed.setdefault(seed, {})[split] = part[[f"{seed}/p_{c}" for c in classes]].to_numpy(np.float64)
-    return classes, out, per_seed
-
-
 def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False,
                     seed_members: bool = False):
     """The search's candidate runs with their predictions; returns (candidates, clips, classes,
     refused lines, parent run id). ``seed_members``: each seed of a several-seed trial is a candidate
     of its own (``t003/seed1``) instead of the trial's seed average."""
-    from tqdm import tqdm
-
     runs = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=5000)
     parents = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'search'", max_results=2)
     parent_id = parents[0].info.run_id if parents else None
@@ -140,11 +122,11 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
         for run in tqdm(runs, desc="predictions", unit="run", disable=not progress, file=sys.stderr):
             name = run.info.run_name or run.info.run_id
             label = name.split(" ")[0]
-            if not any(a.path == "predictions.parquet" for a in client.list_artifacts(run.info.run_id)):
+            if not any(a.path == PREDICTIONS for a in client.list_artifacts(run.info.run_id)):
                 skipped.append(label)
                 continue
-            local = client.download_artifacts(run.info.run_id, "predictions.parquet", tmp)
-            classes, splits, per_seed = _read_predictions(Path(local), f"run {label} ({run.info.run_id})")
+            local = client.download_artifacts(run.info.run_id, PREDICTIONS, tmp)
+            classes, splits, per_seed = read_predictions(Path(local), f"run {label} ({run.info.run_id})")
             candidate = Candidate(run.info.run_id, label, name[len(label):].strip(), _group(run.data.params),
                                   run.data.tags.get(MODEL_TAG))
             if not (seed_members and per_seed):
@@ -199,8 +181,6 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
 # Choosing
 # --------------------------------------------------------------------------------------------------
 def metrics_of(probs: np.ndarray, clips: Clips) -> dict:
-    from asc.metrics import device_metrics
-
     m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1], seen=clips.seen)
     return {k: v for k, v in m.items() if isinstance(v, float)}
 
@@ -216,8 +196,6 @@ def scorer(objective: Objective, clips: Clips):
 
 def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, objective: Objective,
            size: int | None = None, bags: int = 0, seed: int = 0):
-    from asc import fusion
-
     sel = [c.probs["selection"] for c in candidates]
     score = scorer(objective, clips["selection"])
     if all(score(p) == -math.inf for p in sel):
@@ -253,8 +231,6 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
          seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False,
          protocol: str = "validation", alias: str | None = None) -> FusionResult:
-    from mlflow.tracking import MlflowClient
-
     if method not in METHODS:
         raise AscError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if by not in SINGLE:
@@ -295,9 +271,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
                           list(selection.weights), metrics, notes, full_budget, protocol=protocol, note=selection.note)
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
-    # what the selection clips can tell about the candidates it ranked (search.tuner.clip_warning)
-    from search.tuner import clip_warning
-
+    # what the selection clips can tell about the candidates it ranked, as the search's table says it
     rows = sorted(({"label": c.label, "objective": objective.values(metrics[c.label]["selection"])["objective"],
                     "objective_cse": objective.clip_se(metrics[c.label]["selection"]),
                     **{f"sel_{k}": v for k, v in metrics[c.label]["selection"].items() if k.startswith("n_")}}
@@ -313,23 +287,10 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     return result
 
 
-def _predictions_table(result: FusionResult):
-    import pyarrow as pa
-
-    parts = []
-    for split, c in result.clips.items():
-        probs = result.fused(split)
-        columns = {"split": [split] * len(probs), "filename": c.filenames, "device": c.devices,
-                   "label": [result.classes[k] for k in c.labels]}
-        columns.update({f"p_{name}": probs[:, k].astype(np.float32) for k, name in enumerate(result.classes)})
-        parts.append(pa.table(columns))
-    return pa.concat_tables(parts)
-
-
 def gap_figure(result: FusionResult):
     """Every candidate's B&C accuracy against its device gap (selection clips and evaluation split),
     the members marked, the fusion a star."""
-    import matplotlib
+    import matplotlib  # here, not at the top: pyplot only after choosing the Agg backend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -364,13 +325,7 @@ def gap_figure(result: FusionResult):
 def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, result: FusionResult, objective: Objective,
                register: str | None, settings: dict, alias: str | None = None) -> None:
     """The fusion's run (under the search's run), its figures and predictions, and its audio model."""
-    import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
-    from mlflow.entities import Metric
-
-    from search.serving import download_members, log_audio_model
-    from search.tracking import _clean, _log_params, confusion_figure
-
+    import matplotlib.pyplot as plt  # not at the top: importing pyplot picks a backend (the figures ask for Agg)
     members = [result.candidates[i] for i in result.members]
     missing = [m.label for m in members if not m.model_uri]
     if missing:
@@ -401,10 +356,11 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
                                               "description": m.description} for m, w in zip(members, result.weights)],
                                  "method": result.method, "by": result.by,
                                  "metrics": {k: v for k, v in result.metrics.items()}}, "fusion.json")
-        table = _predictions_table(result)
+        table = predictions_table(result.classes, [
+            (split, c.filenames, c.devices, [result.classes[k] for k in c.labels], result.fused(split), {})
+            for split, c in result.clips.items()])
+        log_predictions(client, run_id, table)
         with tempfile.TemporaryDirectory() as tmp:
-            pq.write_table(table, Path(tmp) / "predictions.parquet")
-            client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
             for split in result.clips:
                 fig = confusion_figure(table, result.classes, split, "fusion")
                 client.log_figure(run_id, fig, f"confusion_{split}.png")
@@ -441,37 +397,6 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
 # --------------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------------
-def device_columns(metrics_by_split: list[dict]) -> tuple[list[str], list[str]]:
-    """(metric keys, column heads) for the device table (``search.tuner.device_columns``)."""
-    from search.tuner import device_columns as columns
-
-    from asc.metrics import device_accuracies
-
-    devices = sorted({d for m in metrics_by_split for d in device_accuracies(m)}, key=lambda d: (d != "a", d))
-    return columns(devices, any("acc_unseen" in m for m in metrics_by_split))
-
-
-def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def device_table(rows: list[tuple[str, str, dict]], splits: list[str]) -> str:
-    """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side."""
-    keys, heads = device_columns([m for _, _, by_split in rows for m in by_split.values()])
-    width = max([len(name) for name, _, _ in rows] + [6]) + 2
-    weighted = any(weight is not None for _, weight, _ in rows)  # a weight column only for ensembles
-    w = 7 if weighted else 0
-    cells = 7 * len(heads)
-    group = f"{'':<{width + w}}" + "".join(f" |{s + ' clips (%)':^{cells}}" for s in splits)
-    head = f"{'':<{width}}{'weight' if weighted else '':>{w}}" + "".join(" |" + "".join(f"{h:>7}" for h in heads)
-                                                                      for _ in splits)
-    lines = [group.rstrip(), head, "-" * len(head)]
-    for name, weight, by_split in rows:
-        lines.append(f"{name:<{width}}{weight or '':>{w}}" + "".join(
-            " |" + "".join(f"{_pct(by_split.get(s, {}).get(k)):>7}" for k in keys) for s in splits))
-    return "\n".join(lines)
-
-
 def format_result(result: FusionResult) -> str:
     splits = [s for s in SPLITS if s in result.clips]
     rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",

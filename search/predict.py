@@ -12,18 +12,21 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from tqdm import tqdm
 
+from asc.dataset import read_dataset
 from asc.errors import AscError
+from asc.metrics import device_metrics
+from asc.submission import FORMATS, write_submission
+from search.device_table import device_table
+from search.serving import AudioSceneModel
+from search.tracking import check_tracking_uri
 
 
 def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
     """The :class:`search.serving.AudioSceneModel` behind ``model_uri`` (loaded through pyfunc)."""
-    import mlflow
-
-    from search.serving import AudioSceneModel
-    from search.tracking import check_tracking_uri
-
     local = Path(model_uri)
     if local.exists():
         model_uri = str(local.resolve())
@@ -46,12 +49,6 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
             mlflow_uri: str | None = None, progress: bool | None = None, device: str | None = None) -> dict:
     """Predict every clip of ``data_dir`` (of ``split`` on a labelled set) and write the submission.
     Returns {"file", "clips", "metrics" (labelled sets), "seconds", "probs", "filenames"}."""
-    from tqdm import tqdm
-
-    from asc.dataset import read_dataset
-    from asc.metrics import device_metrics
-    from asc.submission import FORMATS, write_submission
-
     if fmt not in FORMATS:
         raise AscError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -94,8 +91,6 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
 
 
 def format_prediction(result: dict, model_uri: str, split: str) -> str:
-    from search.fuse import device_table
-
     lines = [f"{result['clips']} clips predicted in {result['seconds']:.1f} s by {model_uri}",
              f"submission: {result['file']}"]
     if result["metrics"] is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -169,8 +170,6 @@ def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureCo
 
 
 def format_report(report: BuildReport) -> str:
-    import json
-
     lines = [f"{'store':<40}{'n_mels':>7}{'shape':>12}{'dtype':>9}  status"]
     for status, paths in (("built", report.built), ("up to date", report.up_to_date)):
         for path in paths:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from search.searcher import RESUMING  # `resume` names where the search's folder is now
+
 STATE_FILE = "asha_state.json"
 
 
@@ -88,8 +90,6 @@ class PersistentASHA(ASHAScheduler):
     def _path(self) -> Path | None:
         if not self.state_file:
             return None
-        from search.searcher import RESUMING  # `resume` names where the search's folder is now
-
         if RESUMING.get("search_dir") is not None:
             return Path(RESUMING["search_dir"]) / STATE_FILE
         return Path(self.state_file)

@@ -30,6 +30,7 @@ import random
 import warnings
 from pathlib import Path
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher as TuneSearcher
 from ray.tune.search.optuna import OptunaSearch
@@ -46,8 +47,6 @@ MAX_REPEATS = 5  # repeated proposals in a row before a configuration not yet tr
 
 
 def make_sampler(space: Space, seed: int, num_samples: int, constant_liar: bool = True):
-    import optuna
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if space.sampler == "tpe":
         # group: the median filter's size exists only in some trials (define-by-run, conditional);
@@ -65,8 +64,6 @@ def make_sampler(space: Space, seed: int, num_samples: int, constant_liar: bool 
 
 
 def study_storage(search_dir: Path):
-    import optuna
-
     return optuna.storages.RDBStorage(f"sqlite:///{(search_dir / STUDY_FILE).resolve()}")
 
 
@@ -201,8 +198,6 @@ class Searcher(OptunaSearch):
         self._known.setdefault(key, entry)
 
     def restore(self, checkpoint_path):
-        import optuna
-
         super().restore(checkpoint_path)
         ACTIVE["searcher"] = self
         # The study's database holds every trial it had, also those asked after the pickle was saved;

@@ -12,21 +12,30 @@ audio (see ``asc.inference``). The ``asc`` and ``search`` packages travel inside
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import os
 import shutil
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
+import mlflow
 import numpy as np
+import pandas as pd
+import soundfile
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, Schema
 
+import asc
 from asc.errors import AscError
-
-try:
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # keep the module importable for its helpers
-    PythonModel = object
+from asc.inference import Ensemble, Member, audio_paths
 
 SPEC = "ensemble.json"
 
@@ -41,10 +50,6 @@ def input_clips(model_input, folder: Path) -> tuple[list[str], list[str], list[s
     bytes of each clip; base64 in JSON, which MLflow's model server decodes by the signature), and an
     optional ``device`` column (a spectrum-corrected model needs it for clips whose name does not say
     it). Audio bytes are written into ``folder`` for reading."""
-    from asc.inference import audio_paths
-
-    import pandas as pd
-
     if isinstance(model_input, pd.Series):
         model_input = model_input.to_frame(PATH if model_input.name != AUDIO else AUDIO)
     if not isinstance(model_input, pd.DataFrame):
@@ -61,9 +66,6 @@ def input_clips(model_input, folder: Path) -> tuple[list[str], list[str], list[s
         names, paths = [], []
         for k, blob in enumerate(model_input[AUDIO].tolist()):
             if isinstance(blob, str):  # base64 text, when a caller sends it without the signature's decoding
-                import base64
-                import binascii
-
                 try:
                     blob = base64.b64decode(blob, validate=True)
                 except (binascii.Error, ValueError):
@@ -97,25 +99,18 @@ class AudioSceneModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        from asc.inference import Ensemble, Member
-
         spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
         self.ensemble = Ensemble([Member.load(context.artifacts[name]) for name in spec["members"]], spec["weights"])
 
     def predict(self, context, model_input, params=None):
         """One row per clip: each scene's probability and the ``label``, indexed by the clip's path
         (or, for audio bytes, the ``path`` column's name, else ``clip<k>``)."""
-        import pandas as pd
-
         paths, names = [], []
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 paths, names, devices = input_clips(model_input, Path(tmp))
                 probs = self.ensemble.predict(paths, devices=devices)
         except AscError as exc:  # bad input: MLflow's model server answers it with HTTP 400 and this line
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
             message = str(exc)
             for path, name in zip(paths, names):  # a clip sent as bytes is named as the caller named it
                 message = message.replace(path, name)
@@ -128,9 +123,6 @@ class AudioSceneModel(PythonModel):
 def signature(classes: list[str]):
     """The model's input and output schema, for MLflow's UI and its model server: clips as ``audio``
     bytes or as ``path`` names, an optional ``device``; each scene's probability and the label."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
     inputs = Schema([ColSpec("binary", AUDIO, required=False), ColSpec("string", PATH, required=False),
                      ColSpec("string", DEVICE, required=False)])
     outputs = Schema([ColSpec("double", c) for c in classes] + [ColSpec("string", LABEL)])
@@ -141,11 +133,6 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
                     registered_model_name: str | None = None, metadata: dict | None = None) -> str:
     """Log (and optionally register) an :class:`AudioSceneModel` of ``member_files`` with ``weights``
     under ``run_id``; returns the model's URI (``models:/<id>``)."""
-    import mlflow
-
-    import asc
-    from asc.inference import Member
-
     weights = list(weights) if weights is not None else [1.0] * len(member_files)
     members = [Member.load(f) for f in member_files]
     names = [f"member{k}" for k in range(len(member_files))]
@@ -184,8 +171,6 @@ MSXCEPTION_PACKAGES = ("torchvision", "pretrainedmodels")
 def model_requirements(members) -> list[str]:
     """The packages the members need, pinned to the versions installed here (where they were trained
     and logged), so that an environment MLflow builds from the model's own files can load it."""
-    from importlib.metadata import version
-
     names = list(SERVING_PACKAGES) + (list(MSXCEPTION_PACKAGES) if any(
         m.model_config.name == "msxception" for m in members) else [])
     return [f"{name}=={version(name).split('+')[0]}" for name in names]
@@ -194,11 +179,6 @@ def model_requirements(members) -> list[str]:
 def _input_example():
     """One row as a model server takes it: a clip's encoded audio bytes (here, 0.1 s of silence as a
     WAV file: the example shows the form, it is not a clip the model can score) and its name."""
-    import io
-
-    import pandas as pd
-    import soundfile
-
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros(4410, np.float32), 44100, format="WAV", subtype="PCM_16")
     return pd.DataFrame({AUDIO: [buffer.getvalue()], PATH: ["audio/example-a.wav"]})
@@ -206,8 +186,6 @@ def _input_example():
 
 def download_members(model_uri: str, folder: Path, tracking_uri: str) -> tuple[list[Path], list[float]]:
     """The member files and weights of a logged :class:`AudioSceneModel`, downloaded into ``folder``."""
-    import mlflow
-
     # models:/ URIs resolve through the process's tracking and registry URIs, whatever one passes
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

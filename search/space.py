@@ -25,6 +25,8 @@ from asc.enhance import ENHANCEMENTS, Enhancement, composition, parse_compositio
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS
+from asc.responses import read_responses
+from asc.systems import SYSTEMS, selection_metric
 from search.objectives import OBJECTIVES, Objective
 
 NORMALIZATIONS = ("auto", "none", "gms", "gmsvn")
@@ -228,6 +230,7 @@ class Space:
 
     def optuna_distributions(self, params: dict) -> dict:
         """Optuna's distributions of :meth:`optuna_params` (to add a finished trial to a study)."""
+        # late: optuna; a trial's worker imports this module (to unpickle its Space) at every start
         import optuna.distributions as od
 
         if self.sampler == "points":
@@ -283,6 +286,7 @@ class Space:
         return sorted(unique.values(), key=lambda c: (c.spectrum_correction, c.n_mels))
 
     def train_config(self, params: dict, store: str, checkpoint_dir: str | None = None, **runtime):
+        # late: torch; bench-replay reads and searches spaces without training (start-up time)
         from asc.models import ModelConfig
         from asc.train import TrainConfig
 
@@ -557,8 +561,6 @@ def _dist(spec: dict, param: Param, key: str, fail) -> Dist:
 
 def _points(points, fixed: dict, searched: dict, fail) -> list:
     """``points``: a list of system ids (the paper's A1-A7, B1-B7, and SC) or mappings of params (with an ``id``)."""
-    from asc.systems import SYSTEMS, selection_metric
-
     if not isinstance(points, list) or not points:
         fail("points", "the points sampler needs a non-empty list of systems (A1..B7, SC) or parameter mappings")
     if searched:
@@ -638,8 +640,6 @@ def _check_conditional(fixed: dict, searched: dict, points: list, fail) -> None:
 
 def _check_responses(fixed: dict, searched: dict, points: list, features: dict, fail) -> None:
     """DIR's response folders are read (and checked) before anything runs."""
-    from asc.responses import read_responses
-
     key = "dir_responses"
     values = ([(f"points[{i}].{key}", p[key]) for i, (_, p) in enumerate(points) if key in p]
               + ([(f"params.{key}", fixed[key])] if key in fixed else [])

@@ -11,26 +11,37 @@ instead of opening a second one.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import pickle
 import re
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from asc.errors import AscError
+from asc.metrics import confusion
+from search.predictions import log_predictions, predictions_table
 
 TRIAL_TAG = "tune_trial_id"
 SEARCH_TAG = "search"
 ROLE_TAG = "role"  # "search" (the parent run), "trial" or "fusion"
 MODEL_TAG = "model_uri"  # a trial's or a fusion's audio model (search.serving)
 SELECTED_ON_TAG = "selected_on"  # "validation" (held-out training locations) or "evaluation" (protocol paper)
-STORE_TAG = "store_name"  # the identity of the feature store a trial read (search.tuner.store_identity)
+STORE_TAG = "store_name"  # the identity of the feature store a trial read (search.stores.store_identity)
 KEY_TAG = "config_key"  # the configuration's identity (search.space.Space.config_key)
 
 
@@ -45,8 +56,6 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False)
     (fuse, predict) refuse a database file that is not there instead of creating an empty one."""
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
-        import urllib.request
-
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status != 200:
@@ -75,8 +84,6 @@ URI_ORDER = "--mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///STORAGE/mlf
 def tracking_uri(explicit: str | None, folder: Path) -> str:
     """The tracking URI a command uses, as MLflow users expect (:data:`URI_ORDER`): the option, the
     environment variable every MLflow tool honours, or the local store under ``folder``."""
-    import os
-
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or None
     if uri is None:
         return default_uri(Path(folder))
@@ -90,8 +97,6 @@ def start_search(uri: str, name: str, artifact_root: Path | None, space, command
     """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id).
     The experiment's tags say what its trials can be compared with (``--warm-start`` reads them):
     objective, protocol, seeds and the feature stores' identities."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(uri)
     if client.get_experiment_by_name(name) is not None:
         raise AscError(f"MLflow at {uri} already has an experiment named {name!r} (another search of that name): "
@@ -118,8 +123,6 @@ def start_search(uri: str, name: str, artifact_root: Path | None, space, command
 
 
 def _log_params(client, run_id: str, params: dict) -> None:
-    from mlflow.entities import Param
-
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
@@ -136,8 +139,6 @@ except ImportError:  # tracking helpers stay importable without Ray
 def _tolerant(hook):
     """A tracking failure (a tracking server's hiccup) is a warning, never the end of the search:
     Tune would turn an exception in a callback into a failed experiment."""
-    import functools
-
     @functools.wraps(hook)
     def wrapper(self, *args, **kwargs):
         try:
@@ -159,11 +160,6 @@ class RetryingClient:
     DEFERRABLE = ("log_batch", "set_tag", "set_terminated", "update_run")
 
     def __init__(self, uri: str, delays: tuple = (1, 2, 4, 8, 16)):
-        import threading
-        from collections import deque
-
-        from mlflow.tracking import MlflowClient
-
         self.uri, self.delays = uri, delays
         self._client = MlflowClient(uri)
         self.pending: deque = deque()
@@ -229,8 +225,6 @@ class RetryingClient:
 
 def _transient(exc) -> bool:
     """A failure a later try can fix: the server did not answer, or answered 5xx / 429."""
-    from mlflow.exceptions import MlflowException
-
     text = f"{type(exc).__name__} {exc}"
     if isinstance(exc, MlflowException):
         code = getattr(exc, "get_http_status_code", lambda: 500)()
@@ -243,8 +237,6 @@ PENDING_FILE = "mlflow_pending.pkl"
 
 def save_pending(clients: list, search_dir: Path) -> None:
     """Writes still unsent at the end of a search, kept for `resume` (:func:`send_pending`)."""
-    import pickle
-
     path = Path(search_dir) / PENDING_FILE
     pending = [w for c in clients for w in c.pending]
     if pending:
@@ -255,8 +247,6 @@ def save_pending(clients: list, search_dir: Path) -> None:
 
 def send_pending(uri: str, search_dir: Path) -> int:
     """Send the writes an earlier driver kept (:func:`save_pending`); returns how many are still unsent."""
-    import pickle
-
     path = Path(search_dir) / PENDING_FILE
     if not path.is_file():
         return 0
@@ -342,8 +332,6 @@ class MlflowTracker(Callback):
 
     @_tolerant
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
         step, now = int(result["epoch"]), int(time.time() * 1000)
         run_id = self.run_id(trial)
         if step <= self.logged.get(trial.trial_id, 0):
@@ -368,8 +356,6 @@ class MlflowTracker(Callback):
             self.client.set_tag(run_id, "diverged_at_epoch", str(diverged))
             self.client.set_tag(run_id, "diverged_reason", str(result.get("diverged_reason", ""))[:4000])
         if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
         self._pending.append(self._executor.submit(self._finish, run_id, trial.checkpoint, trial_label(trial),
                                                    "FAILED" if diverged else "FINISHED"))
@@ -421,13 +407,10 @@ def seed_folders(folder: Path) -> list[tuple[str, Path]]:
     return [(p.name, p) for p in runs] if runs else [("", folder)]
 
 
-def predictions_table(probs_files: list[tuple[str, Path]]):
-    """The selected epoch's predictions as an Arrow table: split, filename, device, label and one
-    probability column per class (``p_<class>``), selection clips and evaluation clips. Several seeds
-    (``[(name, best_probs.npz), ...]``): ``p_<class>`` is their average (the trial as one member) and
-    each seed's own follow as ``<name>/p_<class>`` (``seed1/p_tram``), for fusion by seed."""
-    import pyarrow as pa
-
+def trial_predictions(probs_files: list[tuple[str, Path]]):
+    """The selected epoch's predictions (``best_probs.npz``: selection clips and evaluation clips) as a
+    ``predictions.parquet`` table (``search.predictions``), and the classes. Several seeds
+    (``[(name, best_probs.npz), ...]``): their average, and each seed's own under its name."""
     datas = [(name, np.load(f)) for name, f in probs_files]
     first = datas[0][1]
     classes = [str(c) for c in first["classes"]]
@@ -439,26 +422,18 @@ def predictions_table(probs_files: list[tuple[str, Path]]):
             if list(data[prefix + "filenames"]) != list(first[prefix + "filenames"]):
                 raise AscError(f"{name}: its {split} clips differ from {datas[0][0]}'s")
         probs = np.mean([data[prefix + "probs"] for _, data in datas], axis=0)
-        columns = {"split": [split] * len(probs), "filename": first[prefix + "filenames"].astype(str),
-                   "device": first[prefix + "devices"].astype(str),
-                   "label": [classes[i] for i in first[prefix + "labels"]]}
-        columns.update({f"p_{c}": probs[:, k].astype(np.float32) for k, c in enumerate(classes)})
-        if len(datas) > 1:
-            for name, data in datas:
-                columns.update({f"{name}/p_{c}": data[prefix + "probs"][:, k].astype(np.float32)
-                                for k, c in enumerate(classes)})
-        parts.append(pa.table(columns))
-    return pa.concat_tables(parts), classes
+        per_seed = {name: data[prefix + "probs"] for name, data in datas} if len(datas) > 1 else {}
+        parts.append((split, first[prefix + "filenames"].astype(str), first[prefix + "devices"].astype(str),
+                      [classes[i] for i in first[prefix + "labels"]], probs, per_seed))
+    return predictions_table(classes, parts), classes
 
 
 def confusion_figure(table, classes: list[str], split: str, title: str):
     """One confusion matrix per device (rows: true scene, columns: predicted), accuracy in each title."""
-    import matplotlib
+    import matplotlib  # here, not at the top: pyplot only after choosing the Agg backend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from asc.metrics import confusion
 
     rows = table.filter(np.array(table.column("split").to_pylist()) == split)
     devices = sorted(set(rows.column("device").to_pylist()), key=lambda d: (d != "a", d))
@@ -487,16 +462,13 @@ def confusion_figure(table, classes: list[str], split: str, title: str):
 
 def log_trial_artifacts(client, uri: str, run_id: str, folder: Path, title: str) -> None:
     """Predictions (Parquet), confusion matrices and the selected epoch's model from a checkpoint folder."""
-    import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
+    import matplotlib.pyplot as plt  # not at the top: importing pyplot picks a backend (confusion_figure asks for Agg)
 
     runs = seed_folders(folder)
     probs_files = [(name, f / "best_probs.npz") for name, f in runs if (f / "best_probs.npz").is_file()]
     if probs_files and len(probs_files) == len(runs):
-        table, classes = predictions_table(probs_files)
-        with tempfile.TemporaryDirectory() as tmp:
-            pq.write_table(table, Path(tmp) / "predictions.parquet")
-            client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
+        table, classes = trial_predictions(probs_files)
+        log_predictions(client, run_id, table)
         for split in sorted(set(table.column("split").to_pylist())):
             fig = confusion_figure(table, classes, split, title)
             client.log_figure(run_id, fig, f"confusion_{split}.png")
@@ -511,8 +483,7 @@ def log_model(uri: str, run_id: str, best_files: list[Path], title: str = "", se
     (``search.serving``): each carries its feature configuration, normalisation statistics and
     enhancement, so that ``search predict`` and a fusion feed it features computed from audio exactly
     as its store did. Tags the run with the model's URI."""
-    from mlflow.tracking import MlflowClient
-
+    # late: torch; the searcher, warm start and bench-replay import this module and never log a model
     from asc.inference import member_from_checkpoint
     from search.serving import log_audio_model
 
@@ -531,8 +502,6 @@ def close_dangling_runs(uri: str, experiment_id: str, parent_run_id: str, trials
     """After a search: a trial run of this search still RUNNING (its driver died before closing it)
     gets its artifacts from the trial's checkpoint if the trial finished, and the status its trial
     ended with. ``trials``: Tune trial id -> (Tune status, checkpoint or None). Returns how many."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(uri)
     closed = 0
     for run in client.search_runs([experiment_id], filter_string=(

@@ -15,6 +15,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import ray
+from ray import tune
+
+from asc.faults import fault_point, set_fault_context
+from asc.metrics import mean_sem
+from asc.parallel import limit_cpus
+from asc.train import CheckpointMismatch, Diverged, train, train_seeds
 from search.console import say
 from search.objectives import Objective
 from search.space import Space
@@ -49,8 +56,6 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
         result["objective_cse"] = objective.clip_se(selected)  # from the selection clips (asc.metrics)
     per_seed = metrics.get("per_seed")
     if per_seed:
-        from asc.systems import mean_sem
-
         seeds = {seed: flatten_report(m, epochs, objective) for seed, m in per_seed.items()}
         for name in objective.metrics + ([] if objective.multi else ["epoch_objective"]):
             result[name], result[name + "_sem"] = mean_sem([r[name] for r in seeds.values()])
@@ -70,13 +75,6 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     CPUs Ray assigned it, wherever it runs. A checkpoint that cannot resume it (truncated, another
     version, configuration or seed count) is named in one line and the trial starts again from its
     first epoch, which computes the same result."""
-    import ray
-    from ray import tune
-
-    from asc.faults import fault_point, set_fault_context
-    from asc.parallel import limit_cpus
-    from asc.train import CheckpointMismatch, Diverged, train, train_seeds
-
     params = dict(config)
     store = stores[space.feature_config(params).key()]
     trial_dir = Path(tune.get_context().get_trial_dir())

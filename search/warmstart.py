@@ -20,7 +20,12 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
 from asc.errors import AscError
+from search.searcher import KEY_ATTR, WARM_ATTR
 from search.space import PARAMS, Space
 from search.tracking import ROLE_TAG, SELECTED_ON_TAG, STORE_TAG, selected_on
 
@@ -68,8 +73,6 @@ def contains(space: Space, params: dict) -> bool:
 
 def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[str, str]) -> tuple[list[WarmTrial], str]:
     """The trials the experiments ``names`` give the search, and one line saying what was taken and skipped."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(uri)
     taken: dict[str, WarmTrial] = {}
     skipped: Counter = Counter()
@@ -136,11 +139,6 @@ def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[
 
 def apply(searcher, trials: list[WarmTrial]) -> None:
     """Add the taken trials to the searcher's study and make it know their configurations."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from search.searcher import KEY_ATTR, WARM_ATTR
-
     space = searcher.space
     for w in trials:
         state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "diverged": TrialState.FAIL}[w.state]

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asc.systems import mean_sem, parallel_mask, prediction_metrics
+from asc.metrics import mean_sem
+from asc.systems import parallel_mask, prediction_metrics
 from search.bench.devices import directions
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,17 +1,21 @@
 """The benchmarks: each a ``python -m search bench-*`` command that prints this project's figures beside
 a reference measured in the same run (README.md in this folder says what each measures and lists the
-figures measured so far). This module holds what they share: the contention meter, the table, the
-report options."""
+figures measured so far). This module holds what they share: the contention meter, the synthetic
+set of a size, the table, the report options, the end of a run."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from asc.cli import number
+from asc.errors import AscError
 
 
 class CpuMeter:
@@ -81,8 +85,6 @@ class CpuMeter:
         return total / cls.TICK
 
     def measure(self, name: str):
-        import contextlib
-
         @contextlib.contextmanager
         def section():
             self.wait_quiet()
@@ -93,6 +95,28 @@ class CpuMeter:
             self.sections[name] = max(others, 0.0) / wall if wall > 0 else math.nan
 
         return section()
+
+
+def search_env_defaults() -> None:
+    """The environment of a benchmark that runs searches: no usage reports, Ray's workers at normal
+    priority (set before Ray starts: its workers inherit it)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's nice-15 workers crawl beside busy processes
+
+
+def synth_for(clips: int, base: dict):
+    """The smallest synthetic set with at least ``clips`` clips (SynthConfig's share of parallel
+    A/B/C segments, 6 of 40) on ``base``'s clip length, rate and seed. Returns (config, clip count)."""
+    from asc.synth import SynthConfig, plan  # late: scipy; every benchmark's --help imports this module
+
+    segments = 2
+    while True:
+        config = SynthConfig(segments_per_scene=segments, parallel_per_scene=round(segments * 6 / 40), **base)
+        count = sum(len(s.devices) for s in plan(config))
+        if count >= clips:
+            return config, count
+        segments += 1
 
 
 def table_lines(table: list[dict]) -> list[str]:
@@ -108,6 +132,30 @@ def table_lines(table: list[dict]) -> list[str]:
         return " | ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()
 
     return [fmt_row(header), "-+-".join("-" * w for w in widths), *[fmt_row(c) for c in cells]]
+
+
+def json_rows(table: list[dict]) -> list[dict]:
+    """The table's rows as ``--json`` writes them: the figures without their formats."""
+    return [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in table]
+
+
+def run_benchmark(body: Callable[[], None], clean_up: Callable[[], None]) -> int:
+    """``body()`` (the measurements, their table, the ``--json`` file) as every benchmark runs it: exit
+    status 0, or 2 with one ``error:`` line for bad input; then, however it ended, the Ray instance it
+    started is stopped and ``clean_up()`` tidies its work folder."""
+    try:
+        body()
+        return 0
+    except AscError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if "ray" in sys.modules:
+            import ray  # loaded already: by this run, which may have started Ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        clean_up()
 
 
 def add_report_options(parser: argparse.ArgumentParser, quiet_wait: float | None = None) -> None:

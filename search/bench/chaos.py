@@ -33,9 +33,10 @@ from pathlib import Path
 
 from asc.cli import ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError
-from search.bench import add_report_options, table_lines
-from search.bench.search import SCALES, build_data, feature_config, machine_line, mlflow_trials, synth_for, write_yaml
+from search.bench import add_report_options, json_rows, run_benchmark, search_env_defaults, synth_for, table_lines
+from search.bench.search import SCALES, build_data, feature_config, machine_line, mlflow_trials, write_yaml
 
+# The search (Ray, MLflow, Optuna, torch) is imported late, where a search runs: `--help` starts without it.
 MARK = "ASC_BENCH_CHAOS"  # in this process's environment, so in its Ray workers': whose workers to kill
 # What differs between two runs of one trial without changing what it computed.
 VOLATILE = {"timestamp", "time_this_iter_s", "time_total_s", "time_since_restore", "pid", "hostname", "node_ip",
@@ -142,6 +143,10 @@ def same_rows(a: list[dict], b: list[dict]) -> bool:
 
 def run_chaos_search(settings, every: float | None, mark: str, seed: int) -> dict:
     """One search, with a killer every ``every`` seconds (None: undisturbed)."""
+    # late, as noted at the top
+    from search.report import format_trials  # the table as the search printed it, for comparison
+    from search.space import load_space
+    from search.stores import store_devices
     from search.tuner import run_search
 
     killer = Killer(every, mark, seed) if every else None
@@ -156,13 +161,10 @@ def run_chaos_search(settings, every: float | None, mark: str, seed: int) -> dic
             killer.halt.set()
             killer.join()
     seconds = time.perf_counter() - start
-    from search.tuner import format_trials, load_space
-    from search.tuner import _devices  # the table as the search printed it, for comparison
-
     search_dir = Path(settings.storage) / settings.name
     info = json.loads((search_dir / "search.json").read_text())
     space = load_space(search_dir / "space.yaml")
-    table = format_trials(result["trials"], space, _devices(info["stores"]), len(result["trials"]))
+    table = format_trials(result["trials"], space, store_devices(info["stores"]), len(result["trials"]))
     runs = mlflow_trials(info["mlflow_uri"], settings.name)
     retries = sum(int(r.data.tags.get("retries", 0)) for r in runs)
     return {"seconds": seconds, "kills": len(killer.kills) if killer else 0, "retries": retries,
@@ -220,58 +222,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.bench.search import _env_defaults
-    from search.tuner import SearchSettings
-
     args = build_parser().parse_args(argv)
-    _env_defaults()
+    search_env_defaults()
     mark = str(os.getpid())
     os.environ[MARK] = mark  # before Ray starts: its workers inherit it
-    scale = SCALES[args.scale]
     temporary = args.workdir is None
     work = Path(tempfile.mkdtemp(prefix="asc-bench-chaos-")) if temporary else args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    runs = work / "runs"
-    shutil.rmtree(runs, ignore_errors=True)
-    try:
-        synth, count = synth_for(240, {**scale.synth, "seed": 3})
-        _log(f"[1/{2 + len(args.every)}] data: {count} synthetic clips and their store in {work}")
-        data = build_data(work, synth, feature_config(scale))
-        space = write_yaml(work / "spaces" / "chaos.yaml", grid_space(scale, args.trials, args.epochs))
-        searches: dict = {}
-        for k, every in enumerate([None, *args.every]):
-            name = "undisturbed" if every is None else f"kill-every-{every:g}s"
-            _log(f"[{2 + k}/{2 + len(args.every)}] search {name}: {args.trials} trials x {args.epochs} epochs, "
-                 "two at once" + ("" if every is None else f", a random trial worker killed every {every:g} s"))
-            settings = SearchSettings(space=str(space), store=str(data.store_root), name=name, storage=str(runs),
-                                      max_failures=args.max_failures, top=args.trials)
-            searches[every] = run_chaos_search(settings, every, mark, args.seed)
-        calm = searches.pop(None)
-        table = rows(calm, searches)
-        lines = [machine_line(), f"data: {count} synthetic clips ({synth.seconds:g} s, {synth.sample_rate} Hz); "
-                 f"space {space} ({args.trials} points x {args.epochs} epochs, 2 trials at once, "
-                 f"--max-failures {args.max_failures})", ""]
-        lines += table_lines(table)
-        lines += ["", "'this project | reference': the search with kills | the undisturbed one."]
-        print("\n".join(lines), flush=True)
-        if args.json:
-            out = {"calm": {k: v for k, v in calm.items() if k != "records"},
-                   "chaos": {str(e): {k: v for k, v in c.items() if k != "records"} for e, c in searches.items()},
-                   "table": [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in table]}
-            args.json.write_text(json.dumps(out, indent=1, default=str))
-        return 0
-    except AscError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        import ray
+    shutil.rmtree(work / "runs", ignore_errors=True)
+    return run_benchmark(lambda: _measure(args, work, mark),
+                         lambda: shutil.rmtree(work, ignore_errors=True) if temporary else _log(f"kept {work}"))
 
-        if ray.is_initialized():
-            ray.shutdown()
-        if temporary:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            _log(f"kept {work}")
+
+def _measure(args, work: Path, mark: str) -> None:
+    """The undisturbed search, one search per ``--every``, then the table (and the ``--json`` file)."""
+    from search.tuner import SearchSettings  # late, as noted at the top
+
+    scale = SCALES[args.scale]
+    runs = work / "runs"
+    synth, count = synth_for(240, {**scale.synth, "seed": 3})
+    _log(f"[1/{2 + len(args.every)}] data: {count} synthetic clips and their store in {work}")
+    data = build_data(work, synth, feature_config(scale))
+    space = write_yaml(work / "spaces" / "chaos.yaml", grid_space(scale, args.trials, args.epochs))
+    searches: dict = {}
+    for k, every in enumerate([None, *args.every]):
+        name = "undisturbed" if every is None else f"kill-every-{every:g}s"
+        _log(f"[{2 + k}/{2 + len(args.every)}] search {name}: {args.trials} trials x {args.epochs} epochs, "
+             "two at once" + ("" if every is None else f", a random trial worker killed every {every:g} s"))
+        settings = SearchSettings(space=str(space), store=str(data.store_root), name=name, storage=str(runs),
+                                  max_failures=args.max_failures, top=args.trials)
+        searches[every] = run_chaos_search(settings, every, mark, args.seed)
+    calm = searches.pop(None)
+    table = rows(calm, searches)
+    lines = [machine_line(), f"data: {count} synthetic clips ({synth.seconds:g} s, {synth.sample_rate} Hz); "
+             f"space {space} ({args.trials} points x {args.epochs} epochs, 2 trials at once, "
+             f"--max-failures {args.max_failures})", ""]
+    lines += table_lines(table)
+    lines += ["", "'this project | reference': the search with kills | the undisturbed one."]
+    print("\n".join(lines), flush=True)
+    if args.json:
+        out = {"calm": {k: v for k, v in calm.items() if k != "records"},
+               "chaos": {str(e): {k: v for k, v in c.items() if k != "records"} for e, c in searches.items()},
+               "table": json_rows(table)}
+        args.json.write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -44,30 +44,35 @@ from pathlib import Path
 
 import numpy as np
 
+from asc.__main__ import resolve_store
 from asc.cli import ArgumentParser, COUNT, SECONDS, SEGMENTS, integer
+from asc.dataset import read_development
+from asc.errors import AscError
+from asc.features import FeatureConfig, load_audio, log_mels
+from asc.metrics import column_head, column_heads, device_accuracies, mean_sem
+from asc.responses import gains_for, read_responses
 from asc.synth import SynthConfig, write_dataset
+from asc.systems import PAPER_KEYS, get_system, paper_cells, prediction_metrics, system_config
 from search.bench import add_report_options
+
+# Training (torch), the store (pyarrow), Ray and scipy's filters are imported late, where they are used:
+# `--help` starts without them.
 
 SYSTEMS = ("A2", "A3", "A6", "SC", "FMS", "DIR", "DIRFMS")
 PARTS = (("all", "all evaluation clips"), ("parallel", "parallel segments only"))
-COLUMNS = (("acc_a", "A"), ("acc_b", "B"), ("acc_c", "C"), ("acc_bc", "B&C"), ("device_gap", "gap"),
-           ("acc_unseen", "unseen"), ("unseen_gap", "u-gap"), ("spread", "spread"))
+COLUMNS = tuple((k, column_head(k)) for k in PAPER_KEYS + ("acc_unseen", "unseen_gap")) + (("spread", "spread"),)
 
 
 def spread(metrics: dict) -> float:
     """The standard deviation of the per-device accuracies (every device, seen or not): how unequal
     the devices are (DIR and Freq-MixStyle are published to halve it)."""
-    from asc.metrics import device_accuracies
-
     values = [v for v in device_accuracies(metrics).values() if isinstance(v, float) and not math.isnan(v)]
     return float(np.std(values)) if len(values) > 1 else math.nan
 
 
 def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, systems) -> dict:
     """{system: [per-seed {"all": metrics, "parallel": metrics, "seconds": s}]}, resuming finished runs."""
-    from asc.__main__ import resolve_store
-    from asc.systems import get_system, prediction_metrics, system_config
-    from asc.train import train
+    from asc.train import train  # late, as noted at the top
 
     results: dict[str, list[dict]] = {}
     for system_id in systems:
@@ -95,31 +100,27 @@ def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, syst
 
 def seen_devices(store: str) -> list[str]:
     """The devices of a store's training split."""
-    from asc.store import MANIFEST, read_manifest
+    from asc.store import MANIFEST, read_manifest  # late, as noted at the top
 
     return sorted(read_manifest(Path(store) / MANIFEST)["counts"].get("train", {}))
 
 
 def _cell(values) -> str:
-    from asc.systems import mean_sem
-
     mean, sem = mean_sem([100 * v for v in values])
     return f"{mean:5.1f}" + (f" +-{sem:4.1f}" if not math.isnan(sem) else "      ")
 
 
 def format_table(results: dict) -> str:
-    from asc.systems import get_system
-
     width = 13
     head = f"{'system':<8}" + "".join(f"{label:>{width}}" for _, label in COLUMNS)
     lines = []
     for part, title in PARTS:
-        paper_head = "  |  paper" + "".join(f"{label:>6}" for _, label in COLUMNS[:5]) if part == "all" else ""
+        paper_head = "  |  paper" + column_heads(PAPER_KEYS, 6) if part == "all" else ""
         lines += [f"{title}:", head + paper_head, "-" * len(head + paper_head)]
         for system_id, runs in results.items():
             cells = "".join(f"{_cell([r[part].get(key, math.nan) for r in runs]):>{width}}" for key, _ in COLUMNS)
-            paper = get_system(system_id).paper
-            ref = "".join(f"{v:>6.1f}" for v in paper) if paper else ""
+            system = get_system(system_id)
+            ref = paper_cells(system) if system.paper else ""
             lines.append(f"{system_id:<8}{cells}" + (f"  |  {'':<5}{ref}" if part == "all" else ""))
         lines.append("")
     return "\n".join(lines)
@@ -127,8 +128,6 @@ def format_table(results: dict) -> str:
 
 def directions(results: dict) -> list[dict]:
     """The paper's directions, each as figures per seed, its goal and whether the mean meets it."""
-    from asc.systems import mean_sem
-
     def per_seed(system: str, part: str, key: str) -> np.ndarray:
         return np.array([100 * r[part][key] for r in results[system]])
 
@@ -180,10 +179,7 @@ def format_directions(checks: list[dict]) -> str:
 def dir_error(dataset, clips: int, config) -> dict:
     """The feature-domain DIR's error against convolving the waveform (see the module docstring): dB
     per band, over every frame of ``clips`` device-A clips and every shipped response."""
-    from scipy.signal import fftconvolve
-
-    from asc.features import load_audio, log_mels
-    from asc.responses import gains_for, read_responses
+    from scipy.signal import fftconvolve  # late, as noted at the top
 
     rng = np.random.default_rng(0)
     a_clips = [c for c in dataset.clips if c.device == "a"]
@@ -231,12 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    import torch
+    import torch  # late, as noted at the top
 
-    from asc.dataset import read_development
-    from asc.errors import AscError
-    from asc.features import FeatureConfig
-    from asc.systems import get_system
     from search.prepare import format_report, prepare
 
     if args.seeds < 1 or args.epochs < 1:

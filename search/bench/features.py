@@ -21,6 +21,7 @@ order, so that a figure and its reference come from the same machine, clips and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from asc.cli import ArgumentParser, COUNT
+from asc.enhance import CachedMedianFilter, Enhancement
 from asc.errors import AscError
-from search.bench import CpuMeter, add_report_options, table_lines
+from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, synth_for, table_lines
 
 PAPER_EPS = np.finfo(np.float32).eps
 MEDIAN_SIZE = (7, 21)
@@ -43,6 +45,8 @@ BATCH = 32
 REPEATS = 3  # best of, for the in-memory reads and the copy
 MEDFILT_REFERENCE_CLIPS = 256  # medfilt2d costs ~90 ms a clip: time at most this many
 SUBDIRS = ("data", "warmup-data", "warmup-store", "store-1", "store-3")
+# The rest (the store, the synthetic set, Ray, librosa, soundfile, scipy's filters) is imported late, by
+# the step that uses it: `--help` starts without it.
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,23 +56,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def synth_config_for(clips: int, seed: int = 0, seconds: float = 10.0):
-    """The smallest synthetic set with at least ``clips`` clips, with SynthConfig's default share of
-    parallel A/B/C segments (6 of 40). Returns (config, exact clip count)."""
-    from asc.synth import SynthConfig, plan
-
-    segments = 2
-    while True:
-        config = SynthConfig(segments_per_scene=segments, parallel_per_scene=round(segments * 6 / 40),
-                             seconds=seconds, seed=seed)
-        count = sum(len(s.devices) for s in plan(config))
-        if count >= clips:
-            return config, count
-        segments += 1
-
-
 def machine_info() -> dict:
-    import librosa
+    import librosa  # late, as noted at the top
     import pyarrow
     import ray
     import scipy
@@ -83,7 +72,7 @@ def machine_info() -> dict:
         pass
     blas = "unknown"
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # optional: without it the BLAS is "unknown"
 
         import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, if it has one)
 
@@ -101,7 +90,7 @@ def machine_info() -> dict:
 
 def _paper_features(path: str) -> np.ndarray:
     """The paper's per-file extraction, as its code does it."""
-    import librosa
+    import librosa  # late, as noted at the top
 
     y, sr = librosa.load(path, sr=None)
     S = librosa.feature.melspectrogram(y=y, sr=44100, n_fft=4096, hop_length=1024, n_mels=128, fmax=22050)
@@ -110,12 +99,10 @@ def _paper_features(path: str) -> np.ndarray:
 
 def _blas_threads(n: int | None):
     """A context limiting BLAS to ``n`` threads (no-op for None or without threadpoolctl)."""
-    import contextlib
-
     if n is None:
         return contextlib.nullcontext()
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # optional: without it BLAS keeps its threads
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=n, user_api="blas")
@@ -152,39 +139,64 @@ def copy_seconds(nbytes_shape: tuple, dtype, repeats: int = REPEATS) -> float:
 # The measurements
 # --------------------------------------------------------------------------------------------------
 def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float = 0.0) -> dict:
-    import ray
-    import scipy.signal
-    import soundfile
-
-    from asc.enhance import CachedMedianFilter, Enhancement
-    from asc.features import FeatureConfig
+    """Every figure of the module docstring, measured in its order; the phases below, one a step."""
+    from asc.features import FeatureConfig  # late, as noted at the top
     from asc.store import FeatureStore
-    from asc.synth import SynthConfig, write_dataset
-    from search.prepare import init_ray, prepare, ray_map
 
     fig: dict = {}
     meter = CpuMeter()
     with meter.measure("before start (1 s idle)"):
         time.sleep(1.0)
     meter.wait_budget = wait_budget
+    dataset, warm = _synthesize(work, clips, fig)
+    paper_first = _references([str(dataset.path(c)) for c in dataset.clips], meter, fig)
+    three = [FeatureConfig(n_mels=m) for m in (64, 128, 256)]
+    enhancement = Enhancement(normalization="gms", median_filter=MEDIAN_SIZE)
+    _start_ray(work, cpus, len(warm), three, enhancement, fig)
+    store_path = _prepare(work, cpus, shard_size, three, len(dataset), meter, fig)
+    store = FeatureStore(store_path)
+    first = store.features([store.index_of(dataset.clips[0].filename)])[0]
+    fig["feature_shape"] = list(first.shape)
+    fig["store_vs_paper_max_abs_diff"] = float(np.abs(first - paper_first[:, :-1]).max())
+    filtered, transform = _median_cache_ray(store, enhancement, len(dataset), meter, fig)
+    order = np.random.default_rng(0).permutation(len(dataset))
+    _median_serial(store, filtered, transform, first, dataset.clips[0].filename, enhancement, order, meter, fig)
+    _store_read(store_path, order, meter, fig)
+    meter.wait_budget = 0.0
+    with meter.measure("after the end (1 s idle)"):
+        time.sleep(1.0)
+    fig["other_processes_cores"] = {k: round(v, 3) for k, v in meter.sections.items()}
+    fig["waited_for_quiet_seconds"] = round(meter.waited, 1)
+    return fig
 
-    # ---- data -------------------------------------------------------------------------------------
-    config, expected = synth_config_for(clips)
+
+def _synthesize(work: Path, clips: int, fig: dict):
+    """[1/7] The clips to measure on, and a short set that warms Ray's workers up: (both datasets)."""
+    import soundfile  # late, as noted at the top
+
+    from asc.synth import SynthConfig, write_dataset
+
+    config, expected = synth_for(clips, {"seconds": 10.0, "seed": 0})
     _log(f"[1/7] synthesizing {expected} clips (segments_per_scene={config.segments_per_scene}, "
          f"parallel_per_scene={config.parallel_per_scene}) into {work / 'data'}")
     start = time.perf_counter()
     dataset = write_dataset(work / "data", config)
     warm = write_dataset(work / "warmup-data", SynthConfig(segments_per_scene=2, parallel_per_scene=0, seconds=2.0, seed=1))
-    n = len(dataset)
-    fig["clips"] = n
+    fig["clips"] = len(dataset)
     fig["synth_seconds"] = time.perf_counter() - start
     fig["synth_config"] = {"segments_per_scene": config.segments_per_scene,
                            "parallel_per_scene": config.parallel_per_scene, "seed": config.seed}
-    paths = [str(dataset.path(c)) for c in dataset.clips]
-    info = soundfile.info(paths[0])
+    info = soundfile.info(str(dataset.path(dataset.clips[0])))
     fig["clip_format"] = f"{info.duration:.1f} s, {info.samplerate} Hz, {info.subtype}"
+    return dataset, warm
 
-    # ---- 1a decode floor --------------------------------------------------------------------------
+
+def _references(paths: list[str], meter, fig: dict) -> np.ndarray:
+    """[2/7] 1a the decoding floor and 1b the paper's per-file loop, in this process; returns the
+    paper's features of the first clip."""
+    import soundfile  # late, as noted at the top
+
+    n = len(paths)
     _log("[2/7] references: decoding and the paper's per-file loop (one process)")
     soundfile.read(paths[0], dtype="float32")
     with meter.measure("decode"):
@@ -194,7 +206,6 @@ def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float =
         fig["decode_seconds"] = time.perf_counter() - start
     fig["decode_clips_per_s"] = n / fig["decode_seconds"]
 
-    # ---- 1b paper loop ----------------------------------------------------------------------------
     paper_first = _paper_features(paths[0])  # numba / librosa warm-up, not timed
     for key, threads in (("paper", 1), ("paper_default_blas", None)):
         with _blas_threads(threads), meter.measure(key):
@@ -203,22 +214,31 @@ def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float =
                 _paper_features(p)
             fig[f"{key}_seconds"] = time.perf_counter() - start
         fig[f"{key}_clips_per_s"] = n / fig[f"{key}_seconds"]
+    return paper_first
 
-    # ---- Ray start and warm-up (not timed) --------------------------------------------------------
-    _log(f"[3/7] starting Ray on {cpus} cpus and warming its workers up on {len(warm)} short clips")
+
+def _start_ray(work: Path, cpus: int, warm_clips: int, configs: list, enhancement, fig: dict) -> None:
+    """[3/7] Ray started and its workers warmed up on the short set (neither timed in the figures)."""
+    from asc.store import FeatureStore  # late, as noted at the top
+    from search.prepare import init_ray, prepare, ray_map
+
+    _log(f"[3/7] starting Ray on {cpus} cpus and warming its workers up on {warm_clips} short clips")
     start = time.perf_counter()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_ray(None, cpus)
-    three = [FeatureConfig(n_mels=m) for m in (64, 128, 256)]
-    warm_report = prepare(work / "warmup-data", work / "warmup-store", three, num_cpus=cpus, shard_size=2, progress=False)
+    warm_report = prepare(work / "warmup-data", work / "warmup-store", configs, num_cpus=cpus, shard_size=2, progress=False)
     warm_store = next(FeatureStore(p) for p in warm_report.built if FeatureStore(p).config.n_mels == 128)
-    enhancement = Enhancement(normalization="gms", median_filter=MEDIAN_SIZE)
     warm_store.derived(enhancement.cache_key,
                        CachedMedianFilter(enhancement, tuple(warm_store.train_mean), tuple(warm_store.train_std)),
                        map_fn=ray_map)
     fig["ray_warmup_seconds"] = time.perf_counter() - start
 
-    # ---- 1c / 1d prepare --------------------------------------------------------------------------
+
+def _prepare(work: Path, cpus: int, shard_size: int, three: list, n: int, meter, fig: dict) -> Path:
+    """[4/7] 1c / 1d ``prepare`` with 128 Mel bands, then 64 + 128 + 256; returns the 128-band store."""
+    from asc.features import FeatureConfig  # late, as noted at the top
+    from search.prepare import prepare
+
     _log(f"[4/7] prepare: 128 Mel bands, then 64 + 128 + 256 (shard size {shard_size})")
     for key, configs, folder in (("prepare1", [FeatureConfig(n_mels=128)], "store-1"), ("prepare3", three, "store-3")):
         with meter.measure(key):
@@ -233,15 +253,17 @@ def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float =
         fig[f"{key}_clips_per_s"] = n / seconds
         if key == "prepare1":
             store_path = report.built[0]
-    shards = [min(shard_size, n - i) for i in range(0, n, shard_size)]
-    fig["shards"] = shards
+    fig["shards"] = [min(shard_size, n - i) for i in range(0, n, shard_size)]
+    return store_path
 
-    store = FeatureStore(store_path)
-    first = store.features([store.index_of(dataset.clips[0].filename)])[0]
-    fig["feature_shape"] = list(first.shape)
-    fig["store_vs_paper_max_abs_diff"] = float(np.abs(first - paper_first[:, :-1]).max())
 
-    # ---- 2 median filter: the cache built with Ray -----------------------------------------------
+def _median_cache_ray(store, enhancement, n: int, meter, fig: dict):
+    """[5/7] 2 the median-filtered cache built with Ray, which then stops; returns (the cache, its
+    transform)."""
+    import ray  # late, as noted at the top
+
+    from search.prepare import ray_map
+
     _log("[5/7] median filter: building the cached copy with Ray")
     transform = CachedMedianFilter(enhancement, tuple(store.train_mean), tuple(store.train_std))
     with meter.measure("cache_build_ray"):
@@ -249,8 +271,16 @@ def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float =
         filtered = store.derived(enhancement.cache_key, transform, map_fn=ray_map)
         fig["cache_build_ray_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
     ray.shutdown()  # the rest runs in this process, with no Ray processes beside it
+    return filtered, transform
 
-    # ---- 2 median filter: references and serial build, in this process ---------------------------
+
+def _median_serial(store, filtered, transform, first: np.ndarray, first_name: str, enhancement, order: np.ndarray,
+                   meter, fig: dict) -> None:
+    """[6/7] 2 the references in this process: ``medfilt2d`` per clip, the cache built serially, and
+    epochs read with and without the filter."""
+    import scipy.signal  # late, as noted at the top
+
+    n = len(order)
     _log("[6/7] median filter: scipy.signal.medfilt2d per clip, serial cache build, epoch reads")
     m = min(n, MEDFILT_REFERENCE_CLIPS)
     x = store.features(np.arange(m))
@@ -264,7 +294,7 @@ def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float =
 
     normalized = first - store.train_mean[:, None]
     expected_filtered = normalized - scipy.signal.medfilt2d(normalized, MEDIAN_SIZE)
-    got = filtered.features([filtered.index_of(dataset.clips[0].filename)])[0]
+    got = filtered.features([filtered.index_of(first_name)])[0]
     fig["cache_vs_medfilt2d_max_abs_diff"] = float(np.abs(got - expected_filtered).max())
 
     transform(x[:1])  # imports scipy.ndimage in this process
@@ -273,27 +303,24 @@ def run(work: Path, clips: int, cpus: int, shard_size: int, wait_budget: float =
         store.derived(enhancement.cache_key + "-serial", transform)
         fig["cache_build_serial_ms_per_clip"] = (time.perf_counter() - start) * 1000 / n
 
-    order = np.random.default_rng(0).permutation(n)
     meter.wait_quiet()
     fig["epoch_filtered_ms_per_clip"] = epoch_seconds(filtered, order) * 1000 / n
     fig["epoch_plain_ms_per_clip"] = epoch_seconds(store, order) * 1000 / n
 
-    # ---- 3 store read vs memory copy --------------------------------------------------------------
+
+def _store_read(store_path: Path, order: np.ndarray, meter, fig: dict) -> None:
+    """[7/7] 3 an epoch read from a freshly opened store against a copy of as many bytes in memory."""
+    from asc.store import FeatureStore  # late, as noted at the top
+
     _log("[7/7] store read vs an in-memory copy")
     fresh = FeatureStore(store_path)
     meter.wait_quiet()
-    shape = (n, *fresh.shape)
+    shape = (len(order), *fresh.shape)
     dtype = np.dtype(fresh.config.dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     fig["epoch_bytes"] = nbytes
     fig["store_read_gb_per_s"] = nbytes / epoch_seconds(fresh, order) / 1e9
     fig["copy_gb_per_s"] = nbytes / copy_seconds(shape, dtype) / 1e9
-    meter.wait_budget = 0.0
-    with meter.measure("after the end (1 s idle)"):
-        time.sleep(1.0)
-    fig["other_processes_cores"] = {k: round(v, 3) for k, v in meter.sections.items()}
-    fig["waited_for_quiet_seconds"] = round(meter.waited, 1)
-    return fig
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,34 +437,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {', '.join(clash)} already exist; choose another --workdir", file=sys.stderr)
         return 2
     work.mkdir(parents=True, exist_ok=True)
-    try:
-        fig = run(work, args.clips, args.cpus, args.shard_size, args.quiet_wait)
-        machine = machine_info()
-        table = rows(fig, args.cpus)
-        print(format_table(fig, machine, table, args.cpus), flush=True)
-        if args.json:
-            out = {"machine": machine, "cpus": args.cpus, "figures": fig,
-                   "table": [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in table]}
-            args.json.write_text(json.dumps(out, indent=1))
-        return 0
-    except AscError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        try:
-            import ray
+    return run_benchmark(lambda: _measure(args, work), lambda: _clean_up(work, args.keep, created))
 
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:
-            pass
-        if args.keep:
-            _log(f"kept {work}")
-        elif created:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            for d in SUBDIRS:
-                shutil.rmtree(work / d, ignore_errors=True)
+
+def _measure(args, work: Path) -> None:
+    """The figures, then the table (and the ``--json`` file)."""
+    fig = run(work, args.clips, args.cpus, args.shard_size, args.quiet_wait)
+    machine = machine_info()
+    table = rows(fig, args.cpus)
+    print(format_table(fig, machine, table, args.cpus), flush=True)
+    if args.json:
+        out = {"machine": machine, "cpus": args.cpus, "figures": fig, "table": json_rows(table)}
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+def _clean_up(work: Path, keep: bool, created: bool) -> None:
+    """What the benchmark wrote: kept, or removed (the whole folder if it made it)."""
+    if keep:
+        _log(f"kept {work}")
+    elif created:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        for d in SUBDIRS:
+            shutil.rmtree(work / d, ignore_errors=True)
 
 
 if __name__ == "__main__":

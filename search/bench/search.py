@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -81,8 +82,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from asc.cli import ArgumentParser, COUNT, number
 from asc.errors import AscError
+from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, search_env_defaults, synth_for, \
+    table_lines
+
+# The rest (asc's synthetic set, features, store and training, torch, Ray, MLflow, Optuna, YAML,
+# matplotlib) is imported late, by the part that uses it: `--help` starts without it, and a memory
+# reader (a child process) imports what a trial's reading does.
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 32  # rows per read in the memory readers (the paper's and the trials' batch size)
@@ -139,22 +148,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def synth_for(clips: int, base: dict):
-    """The smallest synthetic set with at least ``clips`` clips (SynthConfig's share of parallel
-    A/B/C segments, 6 of 40) on ``base``'s clip length, rate and seed. Returns (config, clip count)."""
-    from asc.synth import SynthConfig, plan
-
-    segments = 2
-    while True:
-        config = SynthConfig(segments_per_scene=segments, parallel_per_scene=round(segments * 6 / 40), **base)
-        count = sum(len(s.devices) for s in plan(config))
-        if count >= clips:
-            return config, count
-        segments += 1
-
-
 def feature_config(scale: Scale):
-    from asc.features import FeatureConfig
+    from asc.features import FeatureConfig  # late, as noted at the top
 
     return FeatureConfig(n_mels=scale.n_mels, **scale.features)
 
@@ -170,7 +165,7 @@ class Data:
 
 def build_data(work: Path, synth, features) -> Data:
     """The synthetic set and its store, in folders named after the set (reused when they exist)."""
-    from asc.dataset import read_development
+    from asc.dataset import read_development  # late, as noted at the top
     from asc.parallel import process_map
     from asc.store import build_stores
     from asc.synth import write_dataset
@@ -196,24 +191,18 @@ def build_data(work: Path, synth, features) -> Data:
 
 def store_bytes(store: str) -> int:
     """The store's size on disk: its Arrow shard files (not the derived caches)."""
-    from asc.store import MANIFEST, read_manifest
+    from asc.store import MANIFEST, read_manifest  # late, as noted at the top
 
     manifest = read_manifest(Path(store) / MANIFEST)
     return sum((Path(store) / s["file"]).stat().st_size for s in manifest["shards"])
 
 
 def write_yaml(path: Path, doc: dict) -> Path:
-    import yaml
+    import yaml  # late, as noted at the top
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def _env_defaults() -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's nice-15 workers crawl beside busy processes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,11 +256,7 @@ def mapping_processes(folder: str) -> list[int]:
 def _reader(store: str) -> None:
     """A memory reader (a child process): import, wait for "go", read every row as a trial does, report,
     wait for the line that lets it exit (the store stays mapped until then)."""
-    import gc
-
-    import numpy as np
-
-    import torch
+    import torch  # late, as noted at the top
 
     from asc.enhance import Enhancement
     from asc.store import MANIFEST, read_manifest
@@ -389,7 +374,7 @@ def overhead_space(scale: Scale, trials: int) -> dict:
 
 
 def mlflow_trials(uri: str, name: str) -> list:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # late, as noted at the top
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
@@ -411,7 +396,7 @@ def tune_pids(search_dir: Path) -> dict[str, set]:
 
 def run_one_search(settings, label: str) -> dict:
     """``run_search`` with its console output sent to stderr (progress) so that stdout holds the table."""
-    from search.tuner import run_search
+    from search.tuner import run_search  # late, as noted at the top
 
     with contextlib.redirect_stdout(sys.stderr):
         return run_search(settings, command=f"python -m search bench-search ({label})")
@@ -419,21 +404,40 @@ def run_one_search(settings, label: str) -> dict:
 
 def overhead_part(work: Path, data: Data, scale: Scale, trials: int, cpus_per_trial: float, gpus_per_trial: float,
                   runs: Path, meter) -> dict:
-    import numpy as np
-    import torch
-
-    from asc.train import train
-    from search.prepare import init_ray
+    """The smoke trials by (a) plain ``train`` and (b) the search, with reuse_actors True and False."""
+    from search.prepare import init_ray  # late, as noted at the top
     from search.space import load_space
-    from search.trainable import flatten_report
-    from search.tuner import SearchSettings
 
     space_path = write_yaml(work / "spaces" / "overhead.yaml", overhead_space(scale, trials))
     space = load_space(space_path)
     device = "cpu" if gpus_per_trial == 0 else "auto"  # a trial without a GPU share sees no GPU under Ray
     fig: dict = {"trials": trials, "space": str(space_path), "cpus_per_trial": cpus_per_trial}
+    plain, plain_tail, plain_epochs = _plain_trials(work, data, space, device, cpus_per_trial, meter)
+    fig["plain"] = plain
+    fig["plain_tail"] = plain_tail
+    fig["plain_sum"] = sum(plain.values())
+    fig["plain_mean"] = fig["plain_sum"] / trials
+    fig["plain_epoch_seconds"] = float(np.mean(plain_epochs))
 
-    # ---- (a) plain train(), serially, in this process --------------------------------------------
+    start = time.perf_counter()
+    init_ray(None)
+    fig["ray_start_seconds"] = time.perf_counter() - start
+    for reuse in (True, False):
+        key = "reuse" if reuse else "fresh"
+        fig[key] = _search_trials(space_path, data, runs, trials, cpus_per_trial, gpus_per_trial, reuse, fig, meter)
+        _log(f"      overhead-{key}: span {fig[key]['span']:.1f} s for {trials} trials; overhead "
+             f"{fig[key]['overhead']:.2f} s/trial")
+    return fig
+
+
+def _plain_trials(work: Path, data: Data, space, device: str, cpus_per_trial: float, meter):
+    """(a) The points by plain ``train()``, serially, in this process, after an untimed 1-epoch warm-up:
+    ({point: seconds}, {point: seconds after its last report}, every epoch's seconds)."""
+    import torch  # late, as noted at the top
+
+    from asc.train import train
+    from search.trainable import flatten_report
+
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, math.floor(cpus_per_trial)))  # Ray sets OMP_NUM_THREADS so for a trial
     checkpoints = work / "plain-checkpoints"
@@ -464,62 +468,59 @@ def overhead_part(work: Path, data: Data, scale: Scale, trials: int, cpus_per_tr
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(checkpoints, ignore_errors=True)
-    fig["plain"] = plain
-    fig["plain_tail"] = plain_tail
-    fig["plain_sum"] = sum(plain.values())
-    fig["plain_mean"] = fig["plain_sum"] / trials
-    fig["plain_epoch_seconds"] = float(np.mean(plain_epochs))
+    return plain, plain_tail, plain_epochs
 
-    # ---- (b) the same trials through the search ---------------------------------------------------
-    start = time.perf_counter()
-    init_ray(None)
-    fig["ray_start_seconds"] = time.perf_counter() - start
-    for reuse in (True, False):
-        key = "reuse" if reuse else "fresh"
-        name = f"overhead-{key}"
-        _log(f"      search {name}: {trials} trials, max_concurrent 1, reuse_actors={reuse}")
-        settings = SearchSettings(space=str(space_path), store=str(data.store_root), name=name, storage=str(runs),
-                                  num_samples=trials, max_concurrent=1, cpus_per_trial=cpus_per_trial,
-                                  gpus_per_trial=gpus_per_trial, seed=0, reuse_actors=reuse, top=trials)
-        with meter.measure(f"search {key}"):
-            run_one_search(settings, f"overhead, reuse_actors={reuse}")
-        uri = f"sqlite:///{runs / 'mlflow.db'}"
-        mruns = mlflow_trials(uri, name)
-        bad = [r.info.run_name for r in mruns if r.info.status != "FINISHED" or not r.info.end_time]
-        if len(mruns) != trials or bad:
-            raise AscError(f"search {name}: {len(mruns)} MLflow trial runs of {trials}, unfinished: {bad}")
-        starts = [r.info.start_time / 1000 for r in mruns]
-        ends = [r.info.end_time / 1000 for r in mruns]
-        points = [r.data.params.get("point") for r in mruns]
-        if sorted(points) != sorted(plain):
-            raise AscError(f"search {name}: trials ran points {points}, expected {sorted(plain)}")
-        span = max(ends) - min(starts)
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(uri)
-        epoch_seconds, last_result = [], []
-        for r in mruns:
-            history = client.get_metric_history(r.info.run_id, "epoch_seconds")
-            epoch_seconds += [m.value for m in history]
-            last_result.append(max(m.timestamp for m in history) / 1000)  # the driver got the last epoch
-        # start -> last result: the trainable in the actor (imports on a fresh actor, Tune's reports and
-        # checkpoint copies) against plain train() up to its last report; last result -> run closed: the
-        # trial's completion and the driver's trial-end logging against plain train()'s final evaluation.
-        to_last = [lr - s - (plain[p] - plain_tail[p]) for s, lr, p in zip(starts, last_result, points)]
-        closing = [e - lr - plain_tail[p] for lr, e, p in zip(last_result, ends, points)]
-        gaps = [starts[i + 1] - ends[i] for i in range(trials - 1)]
-        pids = tune_pids(runs / name)
-        later = [to_last[i] + closing[i] + gaps[i - 1] for i in range(1, trials)]  # each with the gap before it
-        fig[key] = {"span": span, "per_trial": span / trials, "overhead": (span - fig["plain_sum"]) / trials,
-                    "later": float(np.mean(later)) if later else math.nan,
-                    "to_last": float(np.mean(to_last)), "to_last_each": to_last,
-                    "closing": float(np.mean(closing)), "closing_each": closing,
-                    "gap": float(np.mean(gaps)) if gaps else math.nan, "gaps": gaps,
-                    "worker_pids": len(set().union(*pids.values())) if pids else 0,
-                    "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else math.nan,
-                    "order": points}
-        _log(f"      {name}: span {span:.1f} s for {trials} trials; overhead {fig[key]['overhead']:.2f} s/trial")
-    return fig
+def _search_trials(space_path: Path, data: Data, runs: Path, trials: int, cpus_per_trial: float,
+                   gpus_per_trial: float, reuse: bool, fig: dict, meter) -> dict:
+    """(b) The same points through the search, one at a time, timed from its MLflow runs against
+    ``fig``'s plain trials (:func:`_plain_trials`)."""
+    from mlflow.tracking import MlflowClient  # late, as noted at the top
+
+    from search.tuner import SearchSettings
+
+    key = "reuse" if reuse else "fresh"
+    name = f"overhead-{key}"
+    plain, plain_tail = fig["plain"], fig["plain_tail"]
+    _log(f"      search {name}: {trials} trials, max_concurrent 1, reuse_actors={reuse}")
+    settings = SearchSettings(space=str(space_path), store=str(data.store_root), name=name, storage=str(runs),
+                              num_samples=trials, max_concurrent=1, cpus_per_trial=cpus_per_trial,
+                              gpus_per_trial=gpus_per_trial, seed=0, reuse_actors=reuse, top=trials)
+    with meter.measure(f"search {key}"):
+        run_one_search(settings, f"overhead, reuse_actors={reuse}")
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    mruns = mlflow_trials(uri, name)
+    bad = [r.info.run_name for r in mruns if r.info.status != "FINISHED" or not r.info.end_time]
+    if len(mruns) != trials or bad:
+        raise AscError(f"search {name}: {len(mruns)} MLflow trial runs of {trials}, unfinished: {bad}")
+    starts = [r.info.start_time / 1000 for r in mruns]
+    ends = [r.info.end_time / 1000 for r in mruns]
+    points = [r.data.params.get("point") for r in mruns]
+    if sorted(points) != sorted(plain):
+        raise AscError(f"search {name}: trials ran points {points}, expected {sorted(plain)}")
+    span = max(ends) - min(starts)
+    client = MlflowClient(uri)
+    epoch_seconds, last_result = [], []
+    for r in mruns:
+        history = client.get_metric_history(r.info.run_id, "epoch_seconds")
+        epoch_seconds += [m.value for m in history]
+        last_result.append(max(m.timestamp for m in history) / 1000)  # the driver got the last epoch
+    # start -> last result: the trainable in the actor (imports on a fresh actor, Tune's reports and
+    # checkpoint copies) against plain train() up to its last report; last result -> run closed: the
+    # trial's completion and the driver's trial-end logging against plain train()'s final evaluation.
+    to_last = [lr - s - (plain[p] - plain_tail[p]) for s, lr, p in zip(starts, last_result, points)]
+    closing = [e - lr - plain_tail[p] for lr, e, p in zip(last_result, ends, points)]
+    gaps = [starts[i + 1] - ends[i] for i in range(trials - 1)]
+    pids = tune_pids(runs / name)
+    later = [to_last[i] + closing[i] + gaps[i - 1] for i in range(1, trials)]  # each with the gap before it
+    return {"span": span, "per_trial": span / trials, "overhead": (span - fig["plain_sum"]) / trials,
+            "later": float(np.mean(later)) if later else math.nan,
+            "to_last": float(np.mean(to_last)), "to_last_each": to_last,
+            "closing": float(np.mean(closing)), "closing_each": closing,
+            "gap": float(np.mean(gaps)) if gaps else math.nan, "gaps": gaps,
+            "worker_pids": len(set().union(*pids.values())) if pids else 0,
+            "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else math.nan,
+            "order": points}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -542,7 +543,7 @@ def efficiency_spaces(scale: Scale, concurrent: int) -> tuple[dict, dict]:
 def best_so_far(uri: str, name: str) -> tuple[list[tuple[int, float]], float, float]:
     """(cumulative trial-epochs, best objective so far) per result the driver received, in its order;
     the search's wall span (first run start to last run end, s)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # late, as noted at the top
 
     client = MlflowClient(uri)
     runs = mlflow_trials(uri, name)
@@ -559,7 +560,7 @@ def best_so_far(uri: str, name: str) -> tuple[list[tuple[int, float]], float, fl
 
 
 def plot_curves(path: Path, grid: list, asha: list, grid_best: float, need: float, title: str) -> None:
-    import matplotlib
+    import matplotlib  # late, as noted at the top; pyplot only after choosing the Agg backend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -586,7 +587,7 @@ def plot_curves(path: Path, grid: list, asha: list, grid_best: float, need: floa
 
 def efficiency_part(work: Path, scale: Scale, scale_name: str, concurrent: int, cpus_per_trial: float,
                     gpus_per_trial: float, runs: Path, meter, seeds: int = 1) -> dict:
-    from asc.synth import SynthConfig
+    from asc.synth import SynthConfig  # late, as noted at the top
     from search.prepare import init_ray
     from search.tuner import SearchSettings
 
@@ -636,8 +637,6 @@ def efficiency_part(work: Path, scale: Scale, scale_name: str, concurrent: int, 
 # The table
 # --------------------------------------------------------------------------------------------------
 def _contended(meter, sections) -> list[str]:
-    from search.bench import CpuMeter
-
     return [s for s in sections if meter.sections.get(s, 0.0) >= CpuMeter.QUIET]
 
 
@@ -699,7 +698,7 @@ def rows(fig: dict, meter) -> list[dict]:
 
 
 def machine_line() -> str:
-    import mlflow
+    import mlflow  # late, as noted at the top
     import optuna
     import ray
     import torch
@@ -720,47 +719,14 @@ def format_table(fig: dict, table: list[dict], meter) -> str:
         lines.append(f"data: {d['clips']} synthetic clips ({d['clip']}), store {d['store']} "
                      f"({d['store_mb']:.1f} MB on disk, features {d['shape']})")
     lines.append("")
-    from search.bench import table_lines
-
     lines += table_lines(table)
     lines += ["", "'this project | reference' in a measure names the two columns; ratio = this project / reference."]
-    mem = fig.get("memory")
-    if mem:
-        mb = 1e6
-        per = "; ".join(f"pid {r['pid']}: private {g / mb:+.1f}, anonymous {a / mb:+.1f}, Pss {p / mb:+.1f}, "
-                        f"Rss {s / mb:+.1f}, shared {h / mb:+.1f}"
-                        for r, g, a, p, s, h in zip(mem["readers"], mem["private_growth"], mem["anon_growth"],
-                                                    mem["pss_growth"], mem["rss_growth"], mem["shared_growth"]))
-        lines.append(f"memory: {mem['k']} reader processes, each FeatureView(store, GMSVN) reading all {mem['rows']} "
-                     f"rows in shuffled batches of {BATCH}; growth per reader, MB: {per}.")
-        lines.append(f"memory: the store files' own mappings (smaps), MB: Pss {' + '.join(f'{x / mb:.1f}' for x in mem['store_pss'])}"
-                     f" = {sum(mem['store_pss']) / mb:.1f} (one copy: {mem['store_bytes'] / mb:.1f}); Rss "
-                     f"{' + '.join(f'{x / mb:.1f}' for x in mem['store_rss'])}; private "
-                     f"{' + '.join(f'{x / mb:.1f}' for x in mem['store_private'])}; processes mapping the store: "
-                     f"{mem['mappers']}{' (the readers only)' if mem['mappers_are_readers'] else ' (not only the readers!)'}.")
-    ov = fig.get("overhead")
-    if ov:
-        lines.append(f"overhead: {ov['trials']} trials ({Path(ov['space']).name}: points, no scheduler), "
-                     f"{ov['cpus_per_trial']:g} cpu per trial, one at a time. plain = asc.train.train in this process, "
-                     f"torch threads = cpus per trial, after an untimed 1-epoch warm-up: "
-                     + ", ".join(f"{k} {v:.1f} s" for k, v in ov["plain"].items()) + ".")
-        lines.append("overhead: search span = last MLflow trial run end_time - first start_time (driver callback: "
-                     "run created at on_trial_start, closed after the trial-end logging), Ray start-up "
-                     f"({ov['ray_start_seconds']:.1f} s) and the end-of-search report left out.")
-        for key, label in (("reuse", "True"), ("fresh", "False")):
-            o = ov[key]
-            lines.append(f"overhead, reuse_actors={label}: span {o['span']:.1f} s; per trial in run order, start to "
-                         f"last result {', '.join(f'{x:+.2f}' for x in o['to_last_each'])} s, last result to closed "
-                         f"{', '.join(f'{x:+.2f}' for x in o['closing_each'])} s; gaps "
-                         f"{', '.join(f'{x:.2f}' for x in o['gaps'])} s; {o['worker_pids']} worker pid(s) in "
-                         f"result.json; epoch {o['epoch_seconds']:.2f} s (plain {ov['plain_epoch_seconds']:.2f} s).")
-    ef = fig.get("efficiency")
-    if ef:
-        lines.append(f"efficiency: {ef['clips']} clips; grid {ef['grid_points']} points x {ef['epochs']} epochs, best "
-                     f"{ef['grid']['best_trial']} ({100 * ef['grid']['best']:.1f}%; the grid itself got within 1 point "
-                     f"after {ef['grid_need']:.0f} trial-epochs in its order); TPE + ASHA best {ef['asha']['best_trial']} "
-                     f"({100 * ef['asha']['best']:.1f}%), {ef['asha']['stopped']} of {ef['grid_points']} trials stopped by ASHA.")
-        lines.append(f"efficiency: spaces {ef['spaces']['grid']}, {ef['spaces']['asha']}; plot {ef['plot']}")
+    if fig.get("memory"):
+        lines += _memory_notes(fig["memory"])
+    if fig.get("overhead"):
+        lines += _overhead_notes(fig["overhead"])
+    if fig.get("efficiency"):
+        lines += _efficiency_notes(fig["efficiency"])
     others = meter.sections
     if others:
         text = "other processes' CPU while measured, cores: " + ", ".join(f"{k} {v:.2f}" for k, v in others.items())
@@ -770,6 +736,52 @@ def format_table(fig: dict, table: list[dict], meter) -> str:
             text += f"; waited {meter.waited:.0f} s in all for a quiet machine"
         lines.append(text)
     return "\n".join(lines)
+
+
+def _series(values, spec: str, sep: str = ", ") -> str:
+    """``values`` formatted with ``spec``, joined with ``sep``."""
+    return sep.join(format(v, spec) for v in values)
+
+
+def _memory_notes(mem: dict) -> list[str]:
+    mb = 1e6
+    per = "; ".join(f"pid {r['pid']}: private {g / mb:+.1f}, anonymous {a / mb:+.1f}, Pss {p / mb:+.1f}, "
+                    f"Rss {s / mb:+.1f}, shared {h / mb:+.1f}"
+                    for r, g, a, p, s, h in zip(mem["readers"], mem["private_growth"], mem["anon_growth"],
+                                                mem["pss_growth"], mem["rss_growth"], mem["shared_growth"]))
+    return [f"memory: {mem['k']} reader processes, each FeatureView(store, GMSVN) reading all {mem['rows']} "
+            f"rows in shuffled batches of {BATCH}; growth per reader, MB: {per}.",
+            f"memory: the store files' own mappings (smaps), MB: Pss "
+            f"{_series((x / mb for x in mem['store_pss']), '.1f', ' + ')} = {sum(mem['store_pss']) / mb:.1f} (one copy: "
+            f"{mem['store_bytes'] / mb:.1f}); Rss {_series((x / mb for x in mem['store_rss']), '.1f', ' + ')}; private "
+            f"{_series((x / mb for x in mem['store_private']), '.1f', ' + ')}; processes mapping the store: "
+            f"{mem['mappers']}{' (the readers only)' if mem['mappers_are_readers'] else ' (not only the readers!)'}."]
+
+
+def _overhead_notes(ov: dict) -> list[str]:
+    lines = [f"overhead: {ov['trials']} trials ({Path(ov['space']).name}: points, no scheduler), "
+             f"{ov['cpus_per_trial']:g} cpu per trial, one at a time. plain = asc.train.train in this process, "
+             f"torch threads = cpus per trial, after an untimed 1-epoch warm-up: "
+             + ", ".join(f"{k} {v:.1f} s" for k, v in ov["plain"].items()) + ".",
+             "overhead: search span = last MLflow trial run end_time - first start_time (driver callback: "
+             "run created at on_trial_start, closed after the trial-end logging), Ray start-up "
+             f"({ov['ray_start_seconds']:.1f} s) and the end-of-search report left out."]
+    for key, label in (("reuse", "True"), ("fresh", "False")):
+        o = ov[key]
+        lines.append(f"overhead, reuse_actors={label}: span {o['span']:.1f} s; per trial in run order, start to "
+                     f"last result {_series(o['to_last_each'], '+.2f')} s, last result to closed "
+                     f"{_series(o['closing_each'], '+.2f')} s; gaps {_series(o['gaps'], '.2f')} s; {o['worker_pids']} "
+                     f"worker pid(s) in result.json; epoch {o['epoch_seconds']:.2f} s (plain "
+                     f"{ov['plain_epoch_seconds']:.2f} s).")
+    return lines
+
+
+def _efficiency_notes(ef: dict) -> list[str]:
+    return [f"efficiency: {ef['clips']} clips; grid {ef['grid_points']} points x {ef['epochs']} epochs, best "
+            f"{ef['grid']['best_trial']} ({100 * ef['grid']['best']:.1f}%; the grid itself got within 1 point "
+            f"after {ef['grid_need']:.0f} trial-epochs in its order); TPE + ASHA best {ef['asha']['best_trial']} "
+            f"({100 * ef['asha']['best']:.1f}%), {ef['asha']['stopped']} of {ef['grid_points']} trials stopped by ASHA.",
+            f"efficiency: spaces {ef['spaces']['grid']}, {ef['spaces']['asha']}; plot {ef['plot']}"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -802,8 +814,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where data, stores and runs go; kept, and reused by the next run (default: a temporary "
                              "folder, removed at the end but for its efficiency/ outputs)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    from search.bench import add_report_options
-
     add_report_options(parser, quiet_wait=30.0)
     return parser
 
@@ -818,14 +828,18 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --clips >= 20, --trials and --concurrent >= 1, --cpus-per-trial > 0, --gpus-per-trial >= 0",
               file=sys.stderr)
         return 2
-    _env_defaults()
+    search_env_defaults()
     temporary = args.workdir is None
     work = Path(tempfile.mkdtemp(prefix="asc-bench-search-")) if temporary else args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    runs = work / "runs"
-    shutil.rmtree(runs, ignore_errors=True)  # Tune, Optuna and MLflow of the previous run
-    from search.bench import CpuMeter
+    shutil.rmtree(work / "runs", ignore_errors=True)  # Tune, Optuna and MLflow of the previous run
+    return run_benchmark(lambda: _measure(args, parts, scale, clips, work),
+                         lambda: _clean_up(work, temporary and not args.keep))
 
+
+def _measure(args, parts: list[str], scale: Scale, clips: int, work: Path) -> None:
+    """The parts in their order, then the table (and the ``--json`` file)."""
+    runs = work / "runs"
     meter = CpuMeter(wait_budget=args.quiet_wait)
     fig: dict = {"parts": parts, "scale": args.scale, "workdir": str(work)}
     steps = len(parts) + (1 if {"memory", "overhead"} & set(parts) else 0)
@@ -836,56 +850,55 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         _log(f"[{step}/{steps}] {text}")
 
-    try:
-        if {"memory", "overhead"} & set(parts):
-            synth, count = synth_for(clips, scale.synth)
-            stage(f"data: {count} synthetic clips ({synth.seconds:g} s, {synth.sample_rate} Hz; segments_per_scene="
-                  f"{synth.segments_per_scene}, parallel_per_scene={synth.parallel_per_scene}) and their store in {work}")
-            data = build_data(work, synth, feature_config(scale))
-            from asc.store import MANIFEST, read_manifest
+    if {"memory", "overhead"} & set(parts):
+        data = data_part(work, clips, scale, fig, stage)
+    if "memory" in parts:
+        stage(f"memory: {args.concurrent} processes memory-map {Path(data.store).name} and read every row")
+        fig["memory"] = memory_part(data.store, args.concurrent, meter)
+    if "overhead" in parts:
+        stage(f"overhead: {args.trials} smoke trials by plain train(), then through the search with "
+              "reuse_actors True and False")
+        fig["overhead"] = overhead_part(work, data, scale, args.trials, args.cpus_per_trial, args.gpus_per_trial,
+                                        runs, meter)
+    if "efficiency" in parts:
+        stage(f"efficiency: the full-budget grid, then TPE + ASHA, over the same space (--scale {args.scale})")
+        fig["efficiency"] = efficiency_part(work, scale, args.scale, args.concurrent, args.cpus_per_trial,
+                                            args.gpus_per_trial, runs, meter, seeds=args.seeds)
+    table = rows(fig, meter)
+    print(format_table(fig, table, meter), flush=True)
+    if args.json:
+        fig["table"] = json_rows(table)
+        fig["other_processes_cores"] = meter.sections
+        args.json.write_text(json.dumps(fig, indent=1, default=str))
 
-            shape = read_manifest(Path(data.store) / MANIFEST)["shape"]
-            fig["data"] = {"clips": data.clips, "clip": f"{synth.seconds:g} s, {synth.sample_rate} Hz",
-                           "store": Path(data.store).name, "store_mb": store_bytes(data.store) / 1e6,
-                           "shape": "x".join(map(str, shape)), "seconds": data.seconds}
-        if "memory" in parts:
-            stage(f"memory: {args.concurrent} processes memory-map {Path(data.store).name} and read every row")
-            fig["memory"] = memory_part(data.store, args.concurrent, meter)
-        if "overhead" in parts:
-            stage(f"overhead: {args.trials} smoke trials by plain train(), then through the search with "
-                  "reuse_actors True and False")
-            fig["overhead"] = overhead_part(work, data, scale, args.trials, args.cpus_per_trial, args.gpus_per_trial,
-                                            runs, meter)
-        if "efficiency" in parts:
-            stage(f"efficiency: the full-budget grid, then TPE + ASHA, over the same space (--scale {args.scale})")
-            fig["efficiency"] = efficiency_part(work, scale, args.scale, args.concurrent, args.cpus_per_trial,
-                                                args.gpus_per_trial, runs, meter, seeds=args.seeds)
-        table = rows(fig, meter)
-        print(format_table(fig, table, meter), flush=True)
-        if args.json:
-            fig["table"] = [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in table]
-            fig["other_processes_cores"] = meter.sections
-            args.json.write_text(json.dumps(fig, indent=1, default=str))
-        return 0
-    except AscError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if "ray" in sys.modules:
-            import ray
 
-            if ray.is_initialized():
-                ray.shutdown()
-        if temporary and not args.keep:
-            for child in work.iterdir():
-                if child.name != "efficiency":
-                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
-            if not any(work.iterdir()):
-                work.rmdir()
-            else:
-                _log(f"kept {work / 'efficiency'}")
+def data_part(work: Path, clips: int, scale: Scale, fig: dict, stage) -> Data:
+    """The synthetic set of the memory and overhead parts and its store (``fig["data"]``)."""
+    from asc.store import MANIFEST, read_manifest  # late, as noted at the top
+
+    synth, count = synth_for(clips, scale.synth)
+    stage(f"data: {count} synthetic clips ({synth.seconds:g} s, {synth.sample_rate} Hz; segments_per_scene="
+          f"{synth.segments_per_scene}, parallel_per_scene={synth.parallel_per_scene}) and their store in {work}")
+    data = build_data(work, synth, feature_config(scale))
+    shape = read_manifest(Path(data.store) / MANIFEST)["shape"]
+    fig["data"] = {"clips": data.clips, "clip": f"{synth.seconds:g} s, {synth.sample_rate} Hz",
+                   "store": Path(data.store).name, "store_mb": store_bytes(data.store) / 1e6,
+                   "shape": "x".join(map(str, shape)), "seconds": data.seconds}
+    return data
+
+
+def _clean_up(work: Path, remove: bool) -> None:
+    """The work folder: kept, or (a temporary one) removed but for its efficiency/ outputs."""
+    if remove:
+        for child in work.iterdir():
+            if child.name != "efficiency":
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        if not any(work.iterdir()):
+            work.rmdir()
         else:
-            _log(f"kept {work}")
+            _log(f"kept {work / 'efficiency'}")
+    else:
+        _log(f"kept {work}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""The feature stores a search reads: found (or prepared) before it starts, checked before it resumes.
+
+A space's trials can ask for several feature configurations (n_mels, spectrum correction): the
+driver resolves each to one store folder under ``--store`` before any trial runs
+(:func:`resolve_stores`), refuses a space whose objective the selection clips cannot measure, and
+names the ``prepare`` command that makes a missing store. A resumed search refuses stores that changed
+since its first trials read them (:func:`check_stores_unchanged`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asc import REFERENCE_DEVICE
+from asc.errors import AscError
+from asc.features import FeatureConfig
+from asc.store import MANIFEST, FeatureStore, current_stores, read_manifest, store_damage
+from asc.train import split_indices
+from search.prepare import format_report, prepare
+from search.space import Space
+
+
+def resolve_stores(space: Space, store_root: str, data: str | None = None, address: str | None = None) -> dict[str, str]:
+    """feature-config key -> store folder, for every store a trial of ``space`` can ask for.
+
+    With ``data`` the stores are prepared first (over the Ray cluster at ``address``); without it a
+    missing one is an error naming the ``prepare`` command that makes it.
+    """
+    configs = space.feature_configs()
+    if str(store_root).startswith(("s3://", "gs://")):
+        raise AscError(f"--store {store_root}: a file system folder (local or NFS), not an object store")
+    if data is not None:
+        print(f"preparing the {len(configs)} feature store(s) the space needs from {data}")
+        print(format_report(prepare(data, store_root, configs, address=address)))
+    if not Path(store_root).is_dir():
+        raise AscError(f"--store {store_root}: no such folder (make the stores with `python -m search prepare "
+                       "DATA_DIR --store ...`, or pass --data DATA_DIR)")
+    current = current_stores(store_root)
+    stores, missing = {}, []
+    for config in configs:
+        matches = [path for path, manifest in current if manifest.get("config") == config.to_dict()]
+        if data is not None:  # of several datasets in one root, the one just prepared
+            matches = [p for p in matches if Path(read_manifest(p / MANIFEST)["dataset"]["root"]) == Path(data).resolve()] or matches
+        if not matches:
+            missing.append(config)
+            continue
+        if len(matches) > 1:
+            raise AscError(f"{store_root}: several datasets have a store for n_mels={config.n_mels} "
+                           f"({', '.join(p.name for p in matches)}): give a store root that holds one dataset's")
+        stores[config.key()] = str(matches[0].resolve())
+    if missing:
+        what = ", ".join(f"n_mels={c.n_mels}{' with spectrum correction' if c.spectrum_correction else ''}"
+                         for c in missing)
+        commands = " and ".join(f"`{prepare_command(group, store_root)}`" for group in
+                                ([c for c in missing if not c.spectrum_correction], [c for c in missing if c.spectrum_correction])
+                                if group)
+        raise AscError(f"{store_root}: no feature store for {what}; make them with {commands} (or pass --data DATA_DIR)")
+    space.check_frames(min(FeatureStore(p).shape[1] for p in stores.values()))
+    _check_selection_devices(space, next(iter(stores.values())))
+    return stores
+
+
+NEEDS_OTHER_DEVICES = ("metric_b", "acc_bc", "gap_penalized", "pareto")  # acc_bc is part of each
+
+
+def _check_selection_devices(space: Space, store: str) -> None:
+    """An objective on B&C needs B or C clips among the clips each protocol selects on; without
+    them every trial's objective is NaN (ASHA cannot stop such trials, Optuna records them FAIL)."""
+    if space.objective.name not in NEEDS_OTHER_DEVICES:
+        return
+    clips = FeatureStore(store).clips
+    protocol = space.protocol
+    if space.objective.name == "acc_unseen":
+        config = space.train_config({**space.fixed, "protocol": protocol}, store)
+        _, select, _ = split_indices(clips, config)
+        seen = {c.device for c in clips if c.split == "train"}
+        if not {clips[i].device for i in select} - seen:
+            raise AscError(f"{space.path}: objective: acc_unseen needs clips of devices unseen in training among the "
+                           f"selection clips, but the {protocol} protocol selects on devices "
+                           f"{', '.join(sorted({clips[i].device.upper() for i in select}))} only, all seen in "
+                           f"training ({store}); the evaluation split holds them: protocol paper")
+        return
+    config = space.train_config({**space.fixed, "protocol": protocol}, store)
+    _, select, _ = split_indices(clips, config)
+    devices = sorted({clips[i].device for i in select})
+    both = space.objective.name != "acc_bc"  # Metric B and what is built on it need A clips too
+    if not set(devices) - {REFERENCE_DEVICE} or (both and REFERENCE_DEVICE not in devices):
+        raise AscError(f"{space.path}: objective: {space.objective.name} needs clips of devices other than "
+                       f"{REFERENCE_DEVICE.upper()}{' and of ' + REFERENCE_DEVICE.upper() if both else ''} among the "
+                       f"selection clips, but the {protocol} protocol selects "
+                       f"on {len(select)} clips of device {', '.join(d.upper() for d in devices)} only ({store})")
+
+
+def prepare_command(configs: list, store_root) -> str:
+    """The `prepare` command line that makes the stores of ``configs`` (which differ only in n_mels)."""
+    default, config = FeatureConfig(), configs[0]
+    flags = [f"--n-mels {' '.join(str(c.n_mels) for c in configs)}"]
+    for key, flag in (("sample_rate", "--sample-rate"), ("n_fft", "--n-fft"), ("hop_length", "--hop-length"),
+                      ("fmin", "--fmin"), ("fmax", "--fmax"), ("power", "--power"), ("dtype", "--dtype"),
+                      ("pad_mode", "--pad-mode")):
+        if getattr(config, key) != getattr(default, key):
+            flags.append(f"{flag} {getattr(config, key):g}" if isinstance(getattr(config, key), float)
+                         else f"{flag} {getattr(config, key)}")
+    for key, flag in (("spectrum_correction", "--spectrum-correction"), ("resample", "--resample")):
+        if getattr(config, key):
+            flags.append(flag)
+    if not config.drop_last_frame:
+        flags.append("--keep-last-frame")
+    return f"python -m search prepare DATA_DIR --store {store_root} {' '.join(flags)}"
+
+
+def store_identity(path: str) -> str:
+    """The name a store's manifest gives it: a hash of its feature configuration and of the audio it
+    was extracted from (``asc.store.store_name``), the same after a rebuild of the same audio."""
+    return read_manifest(Path(path) / MANIFEST)["name"]
+
+
+def check_stores_unchanged(info: dict, info_file: Path) -> None:
+    """Refuse to resume a search whose trials would read other features than its earlier trials did:
+    a store folder gone, damaged, or holding another store (other audio or settings) since it started.
+    ``info``: the search's settings as ``info_file`` (its ``search.json``) holds them."""
+    for key, path in info["stores"].items():
+        try:
+            now = store_identity(path)
+        except AscError:
+            now = None
+        recorded = info.get("store_names", {}).get(key, now)
+        damage = store_damage(Path(path)) if now is not None else None
+        if now is None or now != recorded or damage:
+            what = ("is gone" if now is None else f"holds store {now}, not {recorded}" if now != recorded else
+                    f"is damaged ({damage})")
+            raise AscError(f"{path}: the feature store this search's trials read {what}; resuming would train "
+                           f"its remaining trials on other features than the finished ones ({info_file}). "
+                           "Restore the store (`python -m search prepare` on the same audio rebuilds it), or start "
+                           "a new search")
+
+
+def store_devices(stores: dict) -> list[str]:
+    """The devices of the dataset the stores (feature-config key -> folder) were extracted from."""
+    return list(read_manifest(Path(next(iter(stores.values()))) / MANIFEST)["dataset"]["devices"])
