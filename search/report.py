@@ -169,7 +169,8 @@ def clip_warning(ranked: list[dict], objective, z: float = 2.0) -> str:
                            and (d := k[6:]) not in ("bc", "unseen") and not k.endswith(("_sem", "_cse")))
         line = (f"warning: the selection clips ({counts}) know {objective.label()} only within +-{100 * width:.1f} "
                 f"points ({z:g} standard errors), more than the {100 * spread:.1f} points between the trials ranked "
-                "here: hold out more locations (validation_share), choose by metric_a (all clips), or add seeds")
+                "here: more B and C clips in the held-out locations (a larger set), choose by metric_a (all clips), "
+                "or add seeds")
     sem = best.get("objective_sem")
     if isinstance(sem, float) and math.isfinite(sem) and sem > 0:
         dominant = "the clips'" if best["objective_cse"] > sem else "the seeds'"
