@@ -65,10 +65,11 @@ class Definition:
         return f"{self.name}_{setting}"
 
     def label(self, values: dict) -> str:
-        """``medfilt7x21``, ``fms p=0.4 a=0.3``: the short name and the settings' values."""
+        """``medfilt7x21``, ``fms p=0.4 alpha=0.3``: the short name and the settings' values, named in
+        full (a trial's label also says ``a=`` for mixup's alpha)."""
         if self.name == "median_filter":
             return f"{self.short}{values['bands']}x{values['frames']}"
-        parts = [f"{s.name[0] if s.kind is float else s.name}={_fmt(values[s.name])}" for s in self.settings
+        parts = [f"{s.name}={_fmt(values[s.name])}" for s in self.settings
                  if s.kind is not str or values[s.name] != s.default]
         return " ".join([self.short, *parts])
 
@@ -247,7 +248,7 @@ class Enhancement:
         return dict(zip((s.name for s in ENHANCEMENTS[name].settings), value or ()))
 
     def label(self, spectrum_correction: bool = False) -> str:
-        """The one label of this composition: ``plain``, ``mean-sub``, ``medfilt7x21+fms p=0.4 a=0.4``."""
+        """The one label of this composition: ``plain``, ``mean-sub``, ``medfilt7x21+fms p=0.4 alpha=0.4``."""
         names = (("spectrum_correction",) if spectrum_correction else ()) + self.names
         return "+".join(ENHANCEMENTS[n].label(self.settings(n) if ENHANCEMENTS[n].settings else {})
                         for n in ENHANCEMENTS if n in names) or "plain"

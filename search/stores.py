@@ -66,7 +66,7 @@ NEEDS_OTHER_DEVICES = ("metric_b", "acc_bc", "gap_penalized", "pareto")  # acc_b
 def _check_selection_devices(space: Space, store: str) -> None:
     """An objective on B&C needs B or C clips among the clips each protocol selects on; without
     them every trial's objective is NaN (ASHA cannot stop such trials, Optuna records them FAIL)."""
-    if space.objective.name not in NEEDS_OTHER_DEVICES:
+    if space.objective.name not in NEEDS_OTHER_DEVICES + ("acc_unseen",):
         return
     clips = FeatureStore(store).clips
     protocol = space.protocol

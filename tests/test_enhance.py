@@ -54,7 +54,7 @@ def test_compositions_are_canonical_and_labelled_once():
         parse_composition("dir+dir")
     e = Enhancement.compose(["median_filter", "freq_mixstyle"], {"median_filter_bands": 5})
     assert e.median_filter == (5, 21) and e.freq_mixstyle == (0.4, 0.4)
-    assert e.label() == "medfilt5x21+fms p=0.4 a=0.4" and Enhancement().label(spectrum_correction=True) == "spec-corr"
+    assert e.label() == "medfilt5x21+fms p=0.4 alpha=0.4" and Enhancement().label(spectrum_correction=True) == "spec-corr"
     assert Enhancement.from_dict({"normalization": "gms", "mean_subtraction": True, "median_filter": None}) == \
         Enhancement("gms", True)  # a checkpoint from before the newer fields
 

@@ -253,6 +253,21 @@ def _kill_group(proc) -> None:
     proc.wait(timeout=60)
 
 
+def test_an_objective_the_selection_clips_cannot_measure_is_refused_before_ray_starts(store):
+    """acc_unseen on a set whose selection clips hold no unseen device, and Metric B on one whose hold
+    no B or C: one line naming the space, the objective and what would measure it; Metric B where
+    they are passes."""
+    from asc.errors import AscError
+    from search.space import load_space
+    from search.stores import resolve_stores
+
+    unseen = load_space(SMOKE, [*SHRINK, "objective=acc_unseen"])
+    with pytest.raises(AscError, match="acc_unseen needs clips of devices unseen in training") as err:
+        resolve_stores(unseen, str(store))
+    assert "\n" not in str(err.value) and "smoke.yaml" in str(err.value)
+    assert resolve_stores(load_space(SMOKE, list(SHRINK)), str(store))
+
+
 def test_pareto_search_prints_and_records_its_front(store, tmp_path):
     storage = tmp_path / "runs"
     cmd = [sys.executable, "-m", "search", "run", str(REPO / "spaces" / "pareto.yaml"), "--store", str(store),
