@@ -165,20 +165,20 @@ def gated_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray, in
     ranked = sorted(range(n), key=lambda i: -score_on(probs[i], None))
     chosen = [ranked[0]]
     total = probs[ranked[0]].copy()
-    path, history = [list(chosen)], [score_on(total, None)]
+    path, fused, history = [list(chosen)], [total.copy()], [score_on(total, None)]
     for _ in range(steps):
         best = max(ranked, key=lambda i: score_on((total + probs[i]) / (len(chosen) + 1), None))
         chosen.append(best)
         total = total + probs[best]
         path.append(list(chosen))
-        history.append(score_on(total / len(chosen), None))
+        fused.append(total / len(chosen))
+        history.append(score_on(fused[-1], None))
     single = np.array([score_on(probs[ranked[0]], b) for b in range(resamples)])
     passing = []
     for k in range(1, len(path)):
         if history[k] <= history[0]:
             continue  # not even higher on the clips it is chosen on
-        fused = np.sum([probs[i] for i in path[k]], axis=0) / len(path[k])
-        gains = np.array([score_on(fused, b) for b in range(resamples)]) - single
+        gains = np.array([score_on(fused[k], b) for b in range(resamples)]) - single
         if np.quantile(gains, quantile) > 0:
             passing.append(k)
     pick = max(passing, key=lambda k: (history[k], -k)) if passing else 0

@@ -128,7 +128,7 @@ def one_draw(pool: Pool, n_bc: int, trials: int, rng: np.random.Generator, seed:
                                                      for s, ix in parts.items()}) for i in picked]
 
     def metric_b(selection, split: str) -> float:
-        fused = sum(w * candidates[m].probs[split] for m, w in zip(selection.members, selection.weights))
+        fused = selection.fuse([c.probs[split] for c in candidates])
         return 100 * objective.values(metrics_of(fused, clips[split]))["objective"]
 
     best = choose(candidates, clips, "top", objective, size=1)
