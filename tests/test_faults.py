@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -296,52 +295,6 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(sto
     assert again.returncode == 2 and "no search named 'nope'" in again.stderr
 
 
-def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_restarts_a_damaged_trial(store,
-                                                                                                     tmp_path):
-    """Ctrl-C: Tune saves its state and returns; the search must not close the study as if it were
-    over, but say which command continues it. Before that command runs, the search's store goes away
-    (resume refuses, in one line) and comes back, and the unfinished trial's checkpoint is truncated
-    (the trial says so and starts again from its first epoch, to the same result)."""
-    storage, faults = tmp_path / "runs", tmp_path / "faults"
-    shutil.copytree(store, tmp_path / "store")  # this test moves it
-    point = "trial=t001/reported/epoch=1"
-    cmd = search_cmd(tmp_path / "store", storage, "ctrlc", "--num-samples", "2", "--max-concurrent", "1",
-                     sets=["epochs=3", "scheduler=none"])
-    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, point), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        wait_fault(faults, point, proc)
-        proc.send_signal(signal.SIGINT)  # the driver only, as Ray's workers ignore a terminal's Ctrl-C
-        release(faults, point)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
-    assert proc.returncode == 2, err[-3000:]
-    assert f"python -m search resume ctrlc --storage {storage}" in err.strip().splitlines()[-1]
-    _, _, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "ctrlc")
-    assert all(r.info.status != "RUNNING" for r in parent + trials)
-
-    (folder,) = [p for p in (tmp_path / "store").iterdir() if p.name.startswith("logmel")]
-    folder.rename(folder.with_name("elsewhere"))
-    gone = run([sys.executable, "-m", "search", "resume", "ctrlc", "--storage", str(storage)], timeout=120)
-    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
-    assert f"{folder}: the feature store this search's trials read is gone" in gone.stderr
-    folder.with_name("elsewhere").rename(folder)
-
-    t001 = label_ids(storage, "ctrlc")["t001"]
-    checkpoints = list((storage / "ctrlc").glob(f"t001_{t001}/checkpoint_*/last.pt"))
-    assert checkpoints
-    for last in checkpoints:  # as a disk that filled up mid-copy would leave it
-        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    done = run([sys.executable, "-m", "search", "resume", "ctrlc", "--storage", str(storage)], timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "t001: its checkpoint" in done.stdout and "the trial starts again from its first epoch" in done.stdout
-    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "ctrlc", 2)
-    check_study(storage, "ctrlc", records["results"])
-    assert_same_rows(records["results"][t001], reference_reports(storage, "ctrlc", t001), "t001")
-
-
 def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
     """SIGINT to the process group, as a terminal's Ctrl-C, while a shard task is paused right after
     writing its shard: exit 130, one line, no half store."""
@@ -454,7 +407,7 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
 
 
 # --------------------------------------------------------------------------------------------------
-# A tracking server that blinks
+# A real MLflow server, on loopback (here and in tests/test_stops.py)
 # --------------------------------------------------------------------------------------------------
 def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(
@@ -462,37 +415,3 @@ def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
          "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
-
-
-def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
-    """The server is stopped after a trial's first epoch and started again after its second: every
-    epoch of every trial is in MLflow exactly once, and every run is closed."""
-    port, faults = _free_port(), tmp_path / "faults"
-    first, second = "trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2"
-    uri = f"http://127.0.0.1:{port}"
-    server = _mlflow_server(tmp_path, port)
-    search = None
-    try:
-        _wait_http(f"{uri}/health", 300)
-        search = subprocess.Popen(
-            search_cmd(store, tmp_path / "runs", "blink", "--num-samples", "2", "--max-concurrent", "1",
-                       "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
-            cwd=REPO, env=armed(faults, first, second), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
-        wait_fault(faults, first, search)
-        _kill_group(server)  # the server goes away while the trial trains its second epoch
-        release(faults, first)
-        wait_fault(faults, second, search)  # the driver has had its second epoch while no server answered
-        server = _mlflow_server(tmp_path, port)
-        _wait_http(f"{uri}/health", 300)
-        release(faults, second)
-        out, err = search.communicate(timeout=600)
-        assert search.returncode == 0, err[-3000:]
-        assert "does not answer" in err and "answers again" in err
-        records = check_records(uri, tmp_path / "runs", "blink", 2)  # every epoch once, every run FINISHED
-        check_study(tmp_path / "runs", "blink", records["results"])
-        assert not (tmp_path / "runs" / "blink" / "mlflow_pending.pkl").exists()
-    finally:
-        if search is not None and search.poll() is None:
-            _kill_group(search)
-        _kill_group(server)
