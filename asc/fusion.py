@@ -12,11 +12,12 @@ the chosen ensemble, never for choosing it.
   the candidates and pool the counts) against overfitting the selection clips.
 - :func:`top_k` and :func:`best_per_group` (the paper's A5 + A6 + A7: the best system of each
   enhancement).
-- :func:`gated_greedy`: Caruana's forward selection whose ensemble is taken only when its gain over
-  the best single candidate on the selection clips is larger than the noise of that gain: in at
-  least ``1 - quantile`` of stratified bootstrap resamples of the clips (by device, the same resample
-  for both: a paired comparison), the ensemble scores higher. A gain one or two clips make is not
-  taken; with nothing beyond noise it is the best single candidate.
+- :func:`held_back_greedy`: bagged forward selection whose ensemble is taken only when it beats the
+  best single candidate on clips it was not chosen on: the selection clips are split in halves within
+  each device, the ensemble and the best single candidate are chosen on one half and compared on the
+  other, both ways and over several splits. Compared on the clips it was chosen on, the ensemble is
+  flattered by the choice, and so is the single candidate (the winner of a noisy ranking); on the
+  held-back half neither is. With no gain there it is the best single candidate.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Selection:
     weights: tuple[float, ...]  # one per member, summing to 1
     score: float  # the ensemble's score on the selection clips
     history: tuple[float, ...] = ()  # greedy: the score after each step (before truncation)
-    note: str = ""  # what the choice did that a user should know (gated_greedy's fallback)
+    note: str = ""  # what the choice did that a user should know (held_back_greedy's fallback)
 
     def fuse(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         return average([probs[i] for i in self.members], self.weights)
@@ -133,60 +134,65 @@ def best_per_group(probs: Sequence[np.ndarray], groups: Sequence[str], score: Sc
     return _counts_to_selection({i: 1.0 for i in chosen}, chosen, probs, score)
 
 
-def bootstrap_indices(strata: Sequence, resamples: int, seed: int = 0) -> list[np.ndarray]:
-    """``resamples`` resamples of the clips (indices), each stratified: every stratum (device) keeps
-    its count, drawn with replacement from its own clips."""
+def stratified_halves(strata: Sequence, repeats: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``2 * repeats`` (choose-on, held-back) pairs of clip indices: ``repeats`` random splits of the
+    clips into halves within each stratum (device), each half once on either side."""
     strata = np.asarray(strata)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))]
-    return [np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups]) for _ in range(resamples)]
+    pairs = []
+    for _ in range(repeats):
+        first, second = [], []
+        for g in groups:
+            order = rng.permutation(g)
+            cut = len(g) // 2 + (rng.random() < 0.5 if len(g) % 2 else 0)  # an odd clip to either half
+            first.append(order[:cut])
+            second.append(order[cut:])
+        a, b = np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+        pairs += [(a, b), (b, a)]
+    return pairs
 
 
-def gated_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray, int | None], float],
-                 resamples: int, steps: int = 10, quantile: float = 0.1) -> Selection:
-    """Caruana's forward selection whose ensemble is accepted only beyond the noise (module docstring).
+def held_back_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray | None], Score],
+                     strata: Sequence, steps: int = 9, bags: int = 20, repeats: int = 5,
+                     seed: int = 0) -> Selection:
+    """Bagged forward selection, taken only when it beats the best single candidate on held-back clips.
 
-    ``score_on(fused, b)`` scores fused probabilities on the selection clips (``b`` None) or on the
-    ``b``-th bootstrap resample of them (0 .. ``resamples`` - 1; the caller draws them, e.g. with
-    :func:`bootstrap_indices`, stratified by device).
-
-    The greedy path runs its ``steps`` additions in full, as :func:`greedy_selection` does: an addition
-    that does not help at once can help with the next (two members disagreeing tie; a third decides).
-    Each prefix of the path that scores above the best single candidate is then compared with it on
-    the same resamples; the prefixes whose gain is positive in at least ``1 - quantile`` of them pass,
-    and the best-scoring of those (the smallest on a tie) is the ensemble. None passes: the best
-    single candidate, with a note that says why."""
+    ``score_on(rows)`` is the score on the selection clips ``rows`` (an index array; None: all of
+    them); ``strata`` the clips' devices. For each pair of :func:`stratified_halves`, the ensemble
+    (:func:`greedy_selection` with ``bags``) and the best single candidate are chosen on one half and
+    scored on the other; the ensemble chosen on all the clips is the fusion when it scored higher in
+    most of the held-back halves and on average, else the best single candidate, with a note that
+    says why (a gain that one clip makes shows in the halves that hold that clip back, half of them). A pair whose
+    halves cannot define the score (a device with one clip) does not count; with none left, the best
+    single candidate."""
     n = len(probs)
     if n == 0:
         raise AscError("fusion needs at least one candidate")
-    if resamples < 10 or not 0 < quantile < 0.5 or steps < 0:
-        raise AscError("gated greedy: at least 10 resamples, quantile in (0, 0.5), steps >= 0")
+    if steps < 0 or bags < 1 or repeats < 1:
+        raise AscError("held-back greedy: steps >= 0, bags and repeats >= 1")
     probs = [np.asarray(p, dtype=np.float64) for p in probs]
-    ranked = sorted(range(n), key=lambda i: -score_on(probs[i], None))
-    chosen = [ranked[0]]
-    total = probs[ranked[0]].copy()
-    path, fused, history = [list(chosen)], [total.copy()], [score_on(total, None)]
-    for _ in range(steps):
-        best = max(ranked, key=lambda i: score_on((total + probs[i]) / (len(chosen) + 1), None))
-        chosen.append(best)
-        total = total + probs[best]
-        path.append(list(chosen))
-        fused.append(total / len(chosen))
-        history.append(score_on(fused[-1], None))
-    single = np.array([score_on(probs[ranked[0]], b) for b in range(resamples)])
-    passing = []
-    for k in range(1, len(path)):
-        if history[k] <= history[0]:
-            continue  # not even higher on the clips it is chosen on
-        gains = np.array([score_on(fused[k], b) for b in range(resamples)]) - single
-        if np.quantile(gains, quantile) > 0:
-            passing.append(k)
-    pick = max(passing, key=lambda k: (history[k], -k)) if passing else 0
-    members = path[pick]
-    counts = {i: float(members.count(i)) for i in set(members)}
-    selection = _counts_to_selection(counts, members, probs, lambda p: score_on(p, None), history[:pick + 1])
-    if len(selection.members) == 1:
-        note = ("the best single trial: no ensemble beat it by more than the noise of the selection clips"
-                if max(history) > history[0] else "the best single trial: no ensemble scored higher on the selection clips")
-        return dataclasses.replace(selection, note=note)
-    return selection
+    everything = score_on(None)
+    single = top_k(probs, everything, 1)
+    if n == 1:
+        return single
+    gains = []
+    for chosen_on, held in stratified_halves(strata, repeats, seed):
+        score_fit, score_held = score_on(chosen_on), score_on(held)
+        fit = [p[chosen_on] for p in probs]
+        ensemble = greedy_selection(fit, score_fit, steps=steps, bags=bags, seed=seed)
+        best = top_k(fit, score_fit, 1)
+        rest = [p[held] for p in probs]
+        gain = score_held(ensemble.fuse(rest)) - score_held(best.fuse(rest))
+        if np.isfinite(gain):
+            gains.append(gain)
+    if not gains:
+        return dataclasses.replace(single, note="the best single trial: the selection clips are too few to hold "
+                                                "any back and check an ensemble on them")
+    ensemble = greedy_selection(probs, everything, steps=steps, bags=bags, seed=seed)
+    gain, wins = float(np.mean(gains)), int(np.sum(np.asarray(gains) > 0))
+    if gain > 0 and wins > len(gains) / 2 and len(ensemble.members) > 1:
+        return ensemble
+    return dataclasses.replace(single, note=f"the best single trial: ensembles chosen on half the selection clips "
+                                            f"did not beat it on the other half (higher in {wins} of {len(gains)} "
+                                            f"halves, mean gain {gain:+.4f})")

@@ -44,7 +44,8 @@ from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _c
 from search.warmstart import _parse
 
 METHODS = ("gated", "greedy", "top", "per-enhancement")
-RESAMPLES = 200  # the gated fusion's bootstrap resamples of the selection clips
+GATE_BAGS = 20  # the gated fusion's bagged repeats, unless --bags says otherwise
+GATE_SPLITS = 5  # its random halvings of the selection clips (each half held back once)
 
 
 @dataclass
@@ -203,17 +204,15 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
                        f"(devices there: {', '.join(sorted(set(clips['selection'].devices.tolist())))})")
     if method == "gated":
         clips_sel = clips["selection"]
-        rows = fusion.bootstrap_indices(clips_sel.devices, RESAMPLES, seed)
-        resamples = [Clips(clips_sel.filenames[ix], clips_sel.devices[ix], clips_sel.labels[ix], clips_sel.seen)
-                     for ix in rows]
 
-        def score_on(fused: np.ndarray, b: int | None) -> float:
-            if b is None:
-                return score(fused)
-            value = objective.values(metrics_of(fused[rows[b]], resamples[b]))["objective"]
-            return -math.inf if math.isnan(value) else value
+        def score_on(rows: np.ndarray | None):
+            if rows is None:
+                return score
+            return scorer(objective, Clips(clips_sel.filenames[rows], clips_sel.devices[rows], clips_sel.labels[rows],
+                                           clips_sel.seen))
 
-        return fusion.gated_greedy(sel, score_on, RESAMPLES, steps=max((size or 10) - 1, 0))
+        return fusion.held_back_greedy(sel, score_on, clips_sel.devices, steps=max((size or 10) - 1, 0),
+                                       bags=bags or GATE_BAGS, repeats=GATE_SPLITS, seed=seed)
     if method == "greedy":
         steps = max((size or 10) - 1, 0)
         return fusion.greedy_selection(sel, score, steps=steps, init=1, bags=bags, seed=seed)

@@ -101,18 +101,17 @@ def _onehot(pred, n_classes=3, sharp=0.9):
 
 
 def _gate_case(second, labels, devices):
-    from asc.fusion import bootstrap_indices, gated_greedy
+    from asc.fusion import held_back_greedy
     from asc.metrics import device_metrics
 
     half = len(labels) // 2  # the first model: right on the first half, confidently wrong on the second
     first = _onehot(labels[:half].tolist() + [(y + 1) % 3 for y in labels[half:]])
-    rows = bootstrap_indices(devices, 200, seed=0)
 
-    def score_on(fused, b):
-        ix = np.arange(len(labels)) if b is None else rows[b]
-        return device_metrics(labels[ix], fused[ix].argmax(1), devices[ix], 3)["metric_a"]
+    def score_on(rows):  # the score on the clips `rows`, of probabilities already cut to them
+        ix = np.arange(len(labels)) if rows is None else rows
+        return lambda fused: device_metrics(labels[ix], fused.argmax(1), devices[ix], 3)["metric_a"]
 
-    return gated_greedy([first, second], score_on, 200, steps=5)
+    return held_back_greedy([first, second], score_on, devices, steps=5)
 
 
 def test_the_gate_takes_a_real_gain_and_refuses_one_a_clip_makes():
@@ -127,11 +126,31 @@ def test_the_gate_takes_a_real_gain_and_refuses_one_a_clip_makes():
     one = np.full((60, 3), 1 / 3)
     one[45] = _onehot([labels[45]], sharp=0.95)[0]
     refused = _gate_case(one, labels, devices)
-    assert refused.members == (0,) and "no ensemble beat it by more than the noise" in refused.note
+    assert refused.members == (0,) and "did not beat it on the other half" in refused.note
 
 
-def test_bootstrap_resamples_keep_each_devices_count_and_agree_with_the_binomial_error():
-    from asc.fusion import bootstrap_indices
+def test_held_back_halves_split_every_device_and_hold_each_clip_back_once_per_split():
+    from asc.fusion import stratified_halves
+
+    devices = np.array(["a"] * 7 + ["b"] * 3 + ["c"] * 2)
+    pairs = stratified_halves(devices, 4, seed=0)
+    assert len(pairs) == 8
+    for k in range(0, 8, 2):
+        (fit, held), (fit2, held2) = pairs[k], pairs[k + 1]
+        assert np.array_equal(fit, held2) and np.array_equal(held, fit2)
+        assert sorted(np.concatenate([fit, held]).tolist()) == list(range(12))
+        for d, n in (("a", 7), ("b", 3), ("c", 2)):
+            assert sorted([(devices[fit] == d).sum(), (devices[held] == d).sum()]) == [n // 2, n - n // 2]
+
+
+def bootstrap_indices(strata, resamples: int, seed: int = 0) -> list[np.ndarray]:
+    """Resamples of the clips (indices) that keep each stratum's (device's) count."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))]
+    return [np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups]) for _ in range(resamples)]
+
+
+def test_stratified_bootstrap_of_the_clips_agrees_with_the_binomial_error():
     from asc.metrics import device_metrics
 
     devices = np.array(["a"] * 60 + ["b"] * 20 + ["c"] * 20)
