@@ -157,7 +157,7 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
                 # stated, not inferred (inference imports and probes every package: slow), and pinned
                 pip_requirements=model_requirements(members),
                 signature=signature(members[0].classes),
-                input_example=_input_example())
+                input_example=_input_example(members[0]))
     return info.model_uri
 
 
@@ -176,11 +176,16 @@ def model_requirements(members) -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in names]
 
 
-def _input_example():
-    """One row as a model server takes it: a clip's encoded audio bytes (here, 0.1 s of silence as a
-    WAV file: the example shows the form, it is not a clip the model can score) and its name."""
+def _input_example(member) -> pd.DataFrame:
+    """One row as a model server takes it: a clip's encoded audio bytes and its name. The clip is
+    silence of the length the model was trained on, so that MLflow's check of the example (it predicts
+    it when the model is logged) passes as a real request would; named as a device-A clip, so that a
+    spectrum-corrected member knows its device."""
+    config = member.features
+    frames = member.frames or 1
+    samples = (frames - 1) * config.hop_length  # librosa's centred STFT: 1 + samples // hop frames
     buffer = io.BytesIO()
-    soundfile.write(buffer, np.zeros(4410, np.float32), 44100, format="WAV", subtype="PCM_16")
+    soundfile.write(buffer, np.zeros(max(samples, 1), np.float32), config.sample_rate, format="WAV", subtype="PCM_16")
     return pd.DataFrame({AUDIO: [buffer.getvalue()], PATH: ["audio/example-a.wav"]})
 
 

@@ -124,6 +124,12 @@ def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the
     info = mlflow.models.get_model_info("models:/smoke-fusion/1")
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["audio", "path", "device"]
     assert info.signature.outputs.input_names()[-1] == "label"
+    # The input example shown in the UI (and checked by MLflow when the model is logged) is a request
+    # the model answers: a clip of the length it was trained on.
+    example = mlflow.models.Model.load("models:/smoke-fusion/1").load_input_example(
+        mlflow.artifacts.download_artifacts("models:/smoke-fusion/1"))
+    answer = model.predict(example)
+    assert answer.index.tolist() == ["audio/example-a.wav"] and answer["label"].iloc[0] in classes
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException, match=r"row 0 of column 'audio' holds no audio bytes"):
