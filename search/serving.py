@@ -183,7 +183,8 @@ def _input_example(member) -> pd.DataFrame:
     spectrum-corrected member knows its device."""
     config = member.features
     frames = member.frames or 1
-    samples = (frames - 1) * config.hop_length  # librosa's centred STFT: 1 + samples // hop frames
+    # librosa's centred STFT gives 1 + samples // hop frames, one fewer where the last is dropped
+    samples = (frames - 1 + int(config.drop_last_frame)) * config.hop_length
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros(max(samples, 1), np.float32), config.sample_rate, format="WAV", subtype="PCM_16")
     return pd.DataFrame({AUDIO: [buffer.getvalue()], PATH: ["audio/example-a.wav"]})
