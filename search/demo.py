@@ -37,7 +37,7 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
     """Run the demo's search, resume it, or find it done; returns (experiment id, best-trials table)."""
     from mlflow.tracking import MlflowClient  # late, as the module says
 
-    from search.tracking import tracking_uri
+    from search.tracking import artifact_text, tracking_uri
     from search.tuner import SEARCH_FILE, SearchSettings, resume_search, run_search
 
     uri = tracking_uri(None, storage)  # $MLFLOW_TRACKING_URI when it is set, else the demo's own store
@@ -48,7 +48,7 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
         if parent.info.status == "FINISHED":
             print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} has finished: reusing its trials "
                   "(delete the folder to search again)")
-            table = Path(client.download_artifacts(parent.info.run_id, "best_trials.txt")).read_text().rstrip()
+            table = artifact_text(client, parent.info.run_id, "best_trials.txt").rstrip()
             return info["experiment_id"], uri, table
         print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} did not finish: resuming it")
         result = resume_search(SEARCH_NAME, storage=str(storage))
@@ -56,7 +56,7 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
         settings = SearchSettings(space=str(space_path), store=str(store), name=SEARCH_NAME, storage=str(storage), mlflow_uri=uri,
                                   overrides=overrides, top=5)
         result = run_search(settings, command=f"python -m search demo (spaces/{space_path.name})")
-    table = Path(MlflowClient(uri).download_artifacts(result["parent_run_id"], "best_trials.txt")).read_text().rstrip()
+    table = artifact_text(MlflowClient(uri), result["parent_run_id"], "best_trials.txt").rstrip()
     return result["experiment_id"], uri, table
 
 
@@ -65,7 +65,7 @@ def _fusion(uri: str, experiment_id: str, size: int):
     from mlflow.tracking import MlflowClient  # late, as the module says
 
     from search.fuse import format_result, fuse
-    from search.tracking import MODEL_TAG, ROLE_TAG
+    from search.tracking import MODEL_TAG, ROLE_TAG, artifact_text
 
     client = MlflowClient(uri)
     done = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'fusion' and attributes.status = 'FINISHED'",
@@ -74,7 +74,7 @@ def _fusion(uri: str, experiment_id: str, size: int):
         run = done[0]
         print(f"      fusion run {run.info.run_id} exists: reusing it and its model "
               f"{run.data.tags.get('registered_model', run.data.tags[MODEL_TAG])}")
-        table = Path(client.download_artifacts(run.info.run_id, "fusion.txt")).read_text().rstrip()
+        table = artifact_text(client, run.info.run_id, "fusion.txt").rstrip()
         return run.data.tags.get("registered_model", run.data.tags[MODEL_TAG]), table, True
     result = fuse(SEARCH_NAME, uri, by="metric_b", method="gated", size=size, register=MODEL_NAME)
     return result.registered or result.model_uri, format_result(result), False

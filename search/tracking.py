@@ -50,6 +50,13 @@ def selected_on(protocol: str) -> str:
     return "evaluation" if protocol == "paper" else "validation"
 
 
+def artifact_text(client, run_id: str, path: str) -> str:
+    """A text artifact of a run. Downloaded into a folder that is removed afterwards: MLflow's own
+    download, given no destination, leaves a temporary folder behind on every call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False) -> None:
     """Fail in seconds, with one line, when a tracking server does not answer (MLflow itself retries
     for minutes), or when a local store cannot be written. ``must_exist``: commands that only read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -55,3 +56,12 @@ def fast_config():
     from asc.features import FeatureConfig
 
     return FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)
+
+
+def predictions_artifact(client, run_id: str):
+    """A run's ``predictions.parquet`` as an Arrow table, downloaded into a folder removed afterwards
+    (MLflow's download without a destination leaves a temporary folder per call)."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return pq.read_table(client.download_artifacts(run_id, "predictions.parquet", tmp))

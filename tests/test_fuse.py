@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import predictions_artifact
 from tests.test_search import ENV, REPO, mlflow_runs, run, search_cmd, store  # noqa: F401 (fixture)
 
 NAME = "fusesearch"
@@ -35,9 +36,7 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def predictions(client, run_id: str):
     """A run's predictions.parquet as {split: (filenames, devices, labels, probs)}, sorted by file."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(client.download_artifacts(run_id, "predictions.parquet")).to_pandas()
+    table = predictions_artifact(client, run_id).to_pandas()
     classes = [c[2:] for c in table.columns if c.startswith("p_")]
     out = {}
     for split, part in table.groupby("split"):
@@ -95,7 +94,7 @@ def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(
     searched["members"] = member_ids
 
 
-def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the_store(searched):
+def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the_store(searched, tmp_path):
     import mlflow
 
     if "members" not in searched:
@@ -126,8 +125,8 @@ def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the
     assert info.signature.outputs.input_names()[-1] == "label"
     # The input example shown in the UI (and checked by MLflow when the model is logged) is a request
     # the model answers: a clip of the length it was trained on.
-    example = mlflow.models.Model.load("models:/smoke-fusion/1").load_input_example(
-        mlflow.artifacts.download_artifacts("models:/smoke-fusion/1"))
+    local = mlflow.artifacts.download_artifacts("models:/smoke-fusion/1", dst_path=str(tmp_path / "model"))
+    example = mlflow.models.Model.load(local).load_input_example(local)
     answer = model.predict(example)
     assert answer.index.tolist() == ["audio/example-a.wav"] and answer["label"].iloc[0] in classes
     from mlflow.exceptions import MlflowException
@@ -248,7 +247,7 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
     client, experiment, parent, trials = mlflow_runs(searched["uri"], NAME)
     # A run of the search whose predictions miss a clip (another split, another dataset).
     source = trials[0]
-    table = pq.read_table(client.download_artifacts(source.info.run_id, "predictions.parquet"))
+    table = predictions_artifact(client, source.info.run_id)
     stray = client.create_run(experiment.experiment_id, run_name="t099 other clips",
                               tags={"role": "trial", "mlflow.parentRunId": parent[0].info.run_id})
     pq.write_table(table.slice(1), tmp_path / "predictions.parquet")

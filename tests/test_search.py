@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL_SYNTH
+from tests.conftest import SMALL_SYNTH, predictions_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "spaces" / "smoke.yaml"
@@ -94,7 +94,6 @@ def tune_results(storage: Path, name: str, raw: bool = False) -> dict[str, list[
 def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
     """What every search must leave: one finished MLflow run per trial, nested under the search's run,
     with its per-epoch metrics, predictions, confusion matrices and model; a study that agrees."""
-    import pyarrow.parquet as pq
 
     client, experiment, parent, trials = mlflow_runs(uri, name)
     # A trial a killed driver had started before Tune's experiment state recorded it is unknown to the
@@ -123,7 +122,7 @@ def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
         assert r.data.params["n_mels"] == "32" and "enhancement" in r.data.params
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"predictions.parquet", "confusion_selection.png", "confusion_evaluation.png"} <= artifacts
-        table = pq.read_table(client.download_artifacts(r.info.run_id, "predictions.parquet"))
+        table = predictions_artifact(client, r.info.run_id)
         assert {"split", "filename", "device", "label", "p_airport", "p_tram"} <= set(table.column_names)
         probs = np.stack([table.column(c).to_numpy() for c in table.column_names if c.startswith("p_")], axis=1)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)

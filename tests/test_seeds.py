@@ -17,6 +17,7 @@ from asc.dataset import read_development
 from asc.train import TrainConfig, mean_and_sem, train, train_seeds
 from search.objectives import Objective
 from search.trainable import flatten_report
+from tests.conftest import predictions_artifact
 from tests.test_search import ENV, mlflow_runs, run, search_cmd, store  # noqa: F401 (fixture)
 
 KEYS = ("train_loss", "loss", "acc_a", "acc_bc", "metric_a", "metric_b", "device_gap", "lr")
@@ -111,7 +112,6 @@ def test_a_resumed_several_seed_run_equals_the_uninterrupted_one(small_store, tm
 
 
 def test_search_with_seeds_reports_means_and_records_each_seed(store, tmp_path):  # noqa: F811
-    import pyarrow.parquet as pq
 
     storage = tmp_path / "runs"
     done = run(search_cmd(store, storage, "seeded", "--seeds", "2", "--num-samples", "2",
@@ -126,7 +126,7 @@ def test_search_with_seeds_reports_means_and_records_each_seed(store, tmp_path):
                     "seed0/metric_b", "seed1/metric_b", "seed1/eval_acc_bc"):
             assert key in m, key
         assert m["metric_b"] == pytest.approx((m["seed0/metric_b"] + m["seed1/metric_b"]) / 2)
-        table = pq.read_table(client.download_artifacts(r.info.run_id, "predictions.parquet"))
+        table = predictions_artifact(client, r.info.run_id)
         mean = table.column("p_tram").to_numpy()
         each = [table.column(f"seed{s}/p_tram").to_numpy() for s in (0, 1)]
         np.testing.assert_allclose(mean, (each[0] + each[1]) / 2, atol=1e-6)
@@ -150,7 +150,7 @@ def test_search_with_seeds_reports_means_and_records_each_seed(store, tmp_path):
     files, expected = None, []
     for member in members:
         label, seed = member.split("/")
-        table = pq.read_table(client.download_artifacts(by_label[label].info.run_id, "predictions.parquet")).to_pandas()
+        table = predictions_artifact(client, by_label[label].info.run_id).to_pandas()
         table = table[table["split"] == "evaluation"].sort_values("filename")
         files = table["filename"].tolist()
         expected.append(table[[c for c in table.columns if c.startswith(f"{seed}/p_")]].to_numpy())

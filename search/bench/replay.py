@@ -138,6 +138,7 @@ def export_recording(uri: str, experiment: str, out: Path, command: str) -> Reco
 
     from search.bench.search import machine_line
     from search.space import parse_space
+    from search.tracking import artifact_text
     from search.warmstart import _parse
     import yaml
 
@@ -150,7 +151,7 @@ def export_recording(uri: str, experiment: str, out: Path, command: str) -> Reco
         raise AscError(f"experiment {experiment!r}: no search run")
     space_file = next(a.path for a in client.list_artifacts(parents[0].info.run_id) if a.path.endswith(".yaml"))
     with contextlib.redirect_stderr(io.StringIO()):
-        text = Path(client.download_artifacts(parents[0].info.run_id, space_file)).read_text()
+        text = artifact_text(client, parents[0].info.run_id, space_file)
     space = parse_space(yaml.safe_load(text), space_file, text)
     runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial'", max_results=10000)
     rows, params = [], []
