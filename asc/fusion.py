@@ -163,9 +163,9 @@ def held_back_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray
     (:func:`greedy_selection` with ``bags``) and the best single candidate are chosen on one half and
     scored on the other; the ensemble chosen on all the clips is the fusion when it scored higher in
     most of the held-back halves and on average, else the best single candidate, with a note that
-    says why (a gain that one clip makes shows in the halves that hold that clip back, half of them). A pair whose
-    halves cannot define the score (a device with one clip) does not count; with none left, the best
-    single candidate."""
+    says why. A gain that one clip makes shows only in the halves that hold that clip back, half of
+    them, and is not taken. A pair whose halves cannot define the score (a device with one clip) does
+    not count; with none left, the best single candidate."""
     n = len(probs)
     if n == 0:
         raise AscError("fusion needs at least one candidate")
