@@ -278,8 +278,9 @@ def test_bad_override(tmp_path, override, key, match):
 # --------------------------------------------------------------------------------------------------
 # The shipped spaces
 # --------------------------------------------------------------------------------------------------
-def test_five_spaces_are_shipped():
-    assert [p.name for p in SHIPPED] == ["demo.yaml", "device_robust.yaml", "paper.yaml", "pareto.yaml", "smoke.yaml"]
+def test_six_spaces_are_shipped():
+    assert [p.name for p in SHIPPED] == ["demo.yaml", "device_robust.yaml", "median_cost.yaml", "paper.yaml",
+                                         "pareto.yaml", "smoke.yaml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -552,7 +553,7 @@ def test_choice_of_booleans_models_and_strings(tmp_path):
 
 
 def test_readme_examples_are_valid(tmp_path):
-    """The YAML examples in spaces/README.md load, and it lists the four shipped files."""
+    """The YAML examples in spaces/README.md load, and it lists every shipped file."""
     text = (SPACES / "README.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
     assert len(blocks) >= 2
