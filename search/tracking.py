@@ -496,13 +496,27 @@ def log_model(uri: str, run_id: str, best_files: list[Path], title: str = "", se
 
     members = [member_from_checkpoint(f, source={"run_id": run_id, "trial": title, "seed": seed})
                for f, seed in zip(best_files, seeds)]
+    client = MlflowClient(uri)
+    drop_earlier_models(client, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         files = [m.save(Path(tmp) / f"member{k}.pt") for k, m in enumerate(members)]
         model_uri = log_audio_model(uri, run_id, files, metadata={
             "epochs": [m.source["epoch"] for m in members], "store": members[0].source["store"],
             "seeds": list(seeds)})
-    MlflowClient(uri).set_tag(run_id, MODEL_TAG, model_uri)
+    client.set_tag(run_id, MODEL_TAG, model_uri)
     return model_uri
+
+
+def drop_earlier_models(client, run_id: str) -> int:
+    """Remove the models logged from ``run_id`` so far; returns how many. A trial run is tagged with
+    its model only once the model is complete, so a model of it found before logging one was left
+    half logged by a driver that died while logging it (MLflow registers a model before its files);
+    without this, a resumed search would leave the run with two."""
+    stale = client.search_logged_models([client.get_run(run_id).info.experiment_id],
+                                        filter_string=f"source_run_id = '{run_id}'")
+    for model in stale:
+        client.delete_logged_model(model.model_id)
+    return len(stale)
 
 
 def close_dangling_runs(uri: str, experiment_id: str, parent_run_id: str, trials: dict) -> int:

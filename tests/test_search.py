@@ -361,3 +361,18 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert "--warm-start once: its trials were compared by protocol paper, this search by validation" in other.stderr
     assert not (storage / "third").exists()
+
+
+def test_a_model_left_half_logged_by_a_dead_driver_is_dropped_before_the_run_logs_its_own(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import drop_earlier_models
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("x", artifact_location=str(tmp_path / "artifacts"))
+    run, other = client.create_run(experiment), client.create_run(experiment)
+    client.create_logged_model(experiment, name="model", source_run_id=run.info.run_id)  # PENDING: never finished
+    kept = client.create_logged_model(experiment, name="model", source_run_id=other.info.run_id)
+    assert drop_earlier_models(client, run.info.run_id) == 1
+    assert not client.search_logged_models([experiment], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [m.model_id for m in client.search_logged_models([experiment])] == [kept.model_id]
