@@ -174,7 +174,7 @@ def held_back_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray
     probs = [np.asarray(p, dtype=np.float64) for p in probs]
     everything = score_on(None)
     single = top_k(probs, everything, 1)
-    if n == 1:
+    if n == 1 or steps == 0:  # one candidate, or one pick (--size 1): the best single candidate
         return single
     gains = []
     for chosen_on, held in stratified_halves(strata, repeats, seed):

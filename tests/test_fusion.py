@@ -129,6 +129,20 @@ def test_the_gate_takes_a_real_gain_and_refuses_one_a_clip_makes():
     assert refused.members == (0,) and "did not beat it on the other half" in refused.note
 
 
+def test_the_gate_with_one_pick_is_the_best_single_candidate():
+    from asc.fusion import held_back_greedy
+
+    labels = np.array([0, 1, 2] * 10)
+    devices = np.array(["a", "b", "c"] * 10)
+    probs = [_onehot(labels.tolist()), _onehot([(y + 1) % 3 for y in labels]), np.full((30, 3), 1 / 3)]
+
+    def score_on(rows):
+        ix = np.arange(30) if rows is None else rows
+        return lambda fused: float((fused.argmax(1) == labels[ix]).mean())
+
+    assert held_back_greedy(probs, score_on, devices, steps=0).members == (0,)
+
+
 def test_held_back_halves_split_every_device_and_hold_each_clip_back_once_per_split():
     from asc.fusion import stratified_halves
 
