@@ -63,6 +63,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False)
     (fuse, predict) refuse a database file that is not there instead of creating an empty one."""
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
+        retry_delays()  # a bad $ASC_MLFLOW_RETRY_DELAYS is one line now, not at the server's first blink
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status != 200:
@@ -158,7 +159,8 @@ def _tolerant(hook):
 
 class RetryingClient:
     """An ``MlflowClient`` whose writes survive a tracking server that blinks. Every call is retried
-    with back-off (``delays``: about half a minute in all, on top of MLflow's own few retries). A
+    with back-off (``delays``, else :func:`retry_delays`: about half a minute in all, on top of
+    MLflow's own few retries). A
     metric, parameter, tag or status write that still fails is not dropped: it is kept, in order,
     together with every such write after it (so that a run is never closed before its last epoch is
     written), and tried again before the next write, and at the end of the search (:meth:`flush`).
@@ -166,8 +168,8 @@ class RetryingClient:
 
     DEFERRABLE = ("log_batch", "set_tag", "set_terminated", "update_run")
 
-    def __init__(self, uri: str, delays: tuple = (1, 2, 4, 8, 16)):
-        self.uri, self.delays = uri, delays
+    def __init__(self, uri: str, delays: tuple | None = None):
+        self.uri, self.delays = uri, retry_delays() if delays is None else delays
         self._client = MlflowClient(uri)
         self.pending: deque = deque()
         self._lock = threading.RLock()
@@ -228,6 +230,25 @@ class RetryingClient:
                 print(f"MLflow at {self.uri} answers again: every kept write is sent", file=sys.stderr, flush=True)
                 self._warned = False
             return len(self.pending)
+
+
+RETRY_ENV = "ASC_MLFLOW_RETRY_DELAYS"
+
+
+def retry_delays(default: tuple = (1, 2, 4, 8, 16)) -> tuple:
+    """Seconds between the tries of an unanswered MLflow write before it is kept for later: the
+    comma-separated list in ``$ASC_MLFLOW_RETRY_DELAYS``, else about half a minute in all. A search
+    waits this long (its driver's loop blocked) the first time a tracking server stops answering."""
+    text = os.environ.get(RETRY_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        delays = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise AscError(f"{RETRY_ENV}={text!r}: give seconds separated by commas, e.g. 1,2,4,8,16") from None
+    if any(d < 0 or math.isnan(d) for d in delays):
+        raise AscError(f"{RETRY_ENV}={text!r}: a delay is negative")
+    return delays
 
 
 def _transient(exc) -> bool:

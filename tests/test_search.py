@@ -198,6 +198,18 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "y").exists()
 
 
+def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_line(monkeypatch):
+    from asc.errors import AscError
+    from search.tracking import RETRY_ENV, RetryingClient, check_tracking_uri, retry_delays
+
+    assert retry_delays() == (1, 2, 4, 8, 16)
+    monkeypatch.setenv(RETRY_ENV, "0.5, 3")
+    assert retry_delays() == (0.5, 3.0) and RetryingClient("http://127.0.0.1:1").delays == (0.5, 3.0)
+    monkeypatch.setenv(RETRY_ENV, "2,soon")
+    with pytest.raises(AscError, match=f"{RETRY_ENV}='2,soon': give seconds separated by commas"):
+        check_tracking_uri("http://127.0.0.1:1")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ import sys
 
 from tests.test_faults import (_mlflow_server, armed, assert_same_rows, label_ids, reference_reports, release,
                                wait_fault)
-from tests.test_search import (REPO, _free_port, _kill_group, _wait_http, check_records, check_study,  # noqa: F401
+from tests.test_search import (ENV, REPO, _free_port, _kill_group, _wait_http, check_records, check_study,  # noqa: F401
                                mlflow_runs, run, search_cmd, store)
 
 
@@ -67,6 +67,11 @@ def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_r
 
 
 
+# The driver gives up on an unanswered write after these waits and keeps it (half a minute by default,
+# and MLflow's own retries of each try): what is tested is what it does after, so it gives up at once.
+QUICK_RETRIES = {**ENV, "ASC_MLFLOW_RETRY_DELAYS": "0.2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+
+
 def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
     """The server is stopped after a trial's first epoch and started again after its second: every
     epoch of every trial is in MLflow exactly once, and every run is closed."""
@@ -80,7 +85,7 @@ def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
         search = subprocess.Popen(
             search_cmd(store, tmp_path / "runs", "blink", "--num-samples", "2", "--max-concurrent", "1",
                        "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
-            cwd=REPO, env=armed(faults, first, second), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, env=armed(faults, first, second, base=QUICK_RETRIES), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         wait_fault(faults, first, search)
         _kill_group(server)  # the server goes away while the trial trains its second epoch
