@@ -61,9 +61,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False)
     """Fail in seconds, with one line, when a tracking server does not answer (MLflow itself retries
     for minutes), or when a local store cannot be written. ``must_exist``: commands that only read
     (fuse, predict) refuse a database file that is not there instead of creating an empty one."""
+    retry_delays()  # a bad $ASC_MLFLOW_RETRY_DELAYS is one line now, not at the store's first hiccup
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
-        retry_delays()  # a bad $ASC_MLFLOW_RETRY_DELAYS is one line now, not at the server's first blink
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status != 200:

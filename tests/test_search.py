@@ -198,7 +198,7 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "y").exists()
 
 
-def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_line(monkeypatch):
+def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_line(monkeypatch, tmp_path):
     from asc.errors import AscError
     from search.tracking import RETRY_ENV, RetryingClient, check_tracking_uri, retry_delays
 
@@ -208,6 +208,8 @@ def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_li
     monkeypatch.setenv(RETRY_ENV, "2,soon")
     with pytest.raises(AscError, match=f"{RETRY_ENV}='2,soon': give seconds separated by commas"):
         check_tracking_uri("http://127.0.0.1:1")
+    with pytest.raises(AscError, match=RETRY_ENV):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def _free_port() -> int:
