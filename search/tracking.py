@@ -160,10 +160,10 @@ def _tolerant(hook):
 class RetryingClient:
     """An ``MlflowClient`` whose writes survive a tracking server that blinks. Every call is retried
     with back-off (``delays``, else :func:`retry_delays`: about half a minute in all, on top of
-    MLflow's own few retries). A
-    metric, parameter, tag or status write that still fails is not dropped: it is kept, in order,
-    together with every such write after it (so that a run is never closed before its last epoch is
-    written), and tried again before the next write, and at the end of the search (:meth:`flush`).
+    MLflow's own few retries). A metric, parameter, tag or status write that still fails is not
+    dropped: it is kept, in order, together with every such write after it (so that a run is never
+    closed before its last epoch is written), and tried again before the next write, and at the end
+    of the search (:meth:`flush`).
     Artifact writes (files in temporary folders) are retried in place and raise if they still fail."""
 
     DEFERRABLE = ("log_batch", "set_tag", "set_terminated", "update_run")
@@ -247,7 +247,7 @@ def retry_delays(default: tuple = (1, 2, 4, 8, 16)) -> tuple:
     except ValueError:
         raise AscError(f"{RETRY_ENV}={text!r}: give seconds separated by commas, e.g. 1,2,4,8,16") from None
     if any(d < 0 or math.isnan(d) for d in delays):
-        raise AscError(f"{RETRY_ENV}={text!r}: a delay is negative")
+        raise AscError(f"{RETRY_ENV}={text!r}: a delay is negative or not a number")
     return delays
 
 

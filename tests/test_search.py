@@ -210,6 +210,9 @@ def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_li
         check_tracking_uri("http://127.0.0.1:1")
     with pytest.raises(AscError, match=RETRY_ENV):
         check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(RETRY_ENV, "1,-2")
+    with pytest.raises(AscError, match="a delay is negative or not a number"):
+        retry_delays()
 
 
 def _free_port() -> int:

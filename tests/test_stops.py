@@ -85,8 +85,8 @@ def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
         search = subprocess.Popen(
             search_cmd(store, tmp_path / "runs", "blink", "--num-samples", "2", "--max-concurrent", "1",
                        "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
-            cwd=REPO, env=armed(faults, first, second, base=QUICK_RETRIES), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+            cwd=REPO, env=armed(faults, first, second, base=QUICK_RETRIES), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
         wait_fault(faults, first, search)
         _kill_group(server)  # the server goes away while the trial trains its second epoch
         release(faults, first)
