@@ -45,12 +45,14 @@ def _accuracy(mask: np.ndarray, correct: np.ndarray) -> float:
 
 
 def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequence[str], n_classes: int,
-                   reference: str = REFERENCE_DEVICE, seen: Sequence[str] | None = None) -> dict:
+                   reference: str = REFERENCE_DEVICE, seen: Sequence[str] | None = None, detail: bool = True) -> dict:
     """Every metric above from true and predicted class indices and each clip's device. ``seen``:
     the devices of the training clips (None: every device here counts as seen).
 
     Returns a flat dict of floats (``nan`` where a group has no clips) plus ``class_acc`` (list per
-    class) and ``confusion`` ({device: matrix as nested lists}).
+    class) and ``confusion`` ({device: matrix as nested lists}). ``detail=False``: the accuracies and
+    what is made of them only, without counts, standard errors, per-class figures and confusion
+    matrices (fusion scores thousands of candidate ensembles this way).
     """
     y_true, y_pred, devices = np.asarray(y_true), np.asarray(y_pred), np.asarray(devices)
     correct = y_true == y_pred
@@ -64,6 +66,11 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
     if unseen.any():
         out["acc_unseen"] = _accuracy(unseen, correct)
         out["unseen_gap"] = acc_ref - out["acc_unseen"]
+    # nan unless both halves exist: Metric B of one device's clips would be that device's accuracy
+    # under another name
+    combined = {"metric_b": (acc_ref + out["acc_bc"]) / 2, "device_gap": acc_ref - out["acc_bc"]}
+    if not detail:
+        return out | combined
     # how many clips each figure stands on, and its standard error from them (the module docstring)
     out["n"] = float(len(devices))
     var = {"metric_a": _binomial_var(out["metric_a"], len(devices))}
@@ -80,10 +87,7 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
         var["acc_unseen"] = _binomial_var(out["acc_unseen"], unseen.sum())
         var["unseen_gap"] = ref_var + var["acc_unseen"]
     out.update({f"{k}_cse": math.sqrt(v) if v >= 0 else math.nan for k, v in var.items()})
-    # nan unless both halves exist: Metric B of one device's clips would be that device's accuracy
-    # under another name
-    out["metric_b"] = (acc_ref + out["acc_bc"]) / 2
-    out["device_gap"] = acc_ref - out["acc_bc"]
+    out.update(combined)
     out["class_acc"] = [_accuracy(y_true == k, correct) for k in range(n_classes)]
     out["confusion"] = {d: confusion(y_true[devices == d], y_pred[devices == d], n_classes).tolist()
                         for d in sorted(set(devices.tolist()))}

@@ -181,8 +181,9 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
 # --------------------------------------------------------------------------------------------------
 # Choosing
 # --------------------------------------------------------------------------------------------------
-def metrics_of(probs: np.ndarray, clips: Clips) -> dict:
-    m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1], seen=clips.seen)
+def metrics_of(probs: np.ndarray, clips: Clips, detail: bool = True) -> dict:
+    m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1], seen=clips.seen,
+                       detail=detail)
     return {k: v for k, v in m.items() if isinstance(v, float)}
 
 
@@ -190,7 +191,7 @@ def scorer(objective: Objective, clips: Clips):
     """``score(probs)`` on the selection clips. A metric the clips cannot define (Metric B without
     B/C clips) is refused here, not turned into another metric."""
     def score(probs: np.ndarray) -> float:
-        value = objective.values(metrics_of(probs, clips))["objective"]
+        value = objective.values(metrics_of(probs, clips, detail=False))["objective"]
         return -math.inf if math.isnan(value) else value
     return score
 

@@ -20,8 +20,9 @@ so does the best single candidate (chosen the same way). The figure is the gain 
 best single candidate on the rest, in points; the same draws serve every method (paired).
 
 It prints, per selection size and method, the gain's median and 10th-90th percentiles, how often the
-method kept the best single candidate alone, and the median gain on the selection part itself (what a
-user sees when choosing), with the goals: the default's median gain >= 0 at every size, and its 10th
+method ended below the best single candidate (what a gate on noise guards against), how often it kept
+the best single candidate alone, and the median gain on the selection part itself (what a user sees
+when choosing), with the goals: the default's median gain >= 0 at every size, and its 10th
 percentile no worse than plain greedy's.
 """
 
@@ -164,7 +165,8 @@ def summarize(results: dict[int, list[dict]]) -> list[dict]:
             gains = np.array([d[label]["eval"] for d in draws])
             rows.append({"n_bc": n, "method": label, "median": float(np.median(gains)),
                          "p10": float(np.percentile(gains, 10)), "p90": float(np.percentile(gains, 90)),
-                         "mean": float(gains.mean()), "single": float(np.mean([d[label]["single"] for d in draws])),
+                         "mean": float(gains.mean()), "lost": float(np.mean(gains < 0)),
+                         "single": float(np.mean([d[label]["single"] for d in draws])),
                          "members": float(np.mean([d[label]["members"] for d in draws])),
                          "sel_median": float(np.median([d[label]["sel"] for d in draws])), "draws": len(draws)})
     return rows
@@ -182,11 +184,13 @@ def goals(rows: list[dict]) -> list[tuple[str, bool]]:
 
 
 def format_table(rows: list[dict], pool: Pool, trials: int, machine: str, seconds: float) -> str:
-    header = ["B&C sel", "A sel", "method", "median", "p10", "p90", "mean", "kept single", "members", "median on sel"]
+    header = ["B&C sel", "A sel", "method", "median", "p10", "p90", "mean", "lost", "kept single", "members",
+              "median on sel"]
     a_clips = int((pool.clips.devices == "a").sum())
     cells = [[str(r["n_bc"]), str(min(round(A_PER_BC * r["n_bc"]), a_clips // 2)), r["method"],
               f"{r['median']:+.2f}", f"{r['p10']:+.2f}", f"{r['p90']:+.2f}", f"{r['mean']:+.2f}",
-              f"{100 * r['single']:.0f}%", f"{r['members']:.1f}", f"{r['sel_median']:+.2f}"] for r in rows]
+              f"{100 * r['lost']:.0f}%", f"{100 * r['single']:.0f}%", f"{r['members']:.1f}",
+              f"{r['sel_median']:+.2f}"] for r in rows]
     widths = [max(len(x[i]) for x in [header, *cells]) for i in range(len(header))]
     lines = [" | ".join(f"{v:<{w}}" if i == 2 else f"{v:>{w}}" for i, (v, w) in enumerate(zip(row, widths))).rstrip()
              for row in [header, *cells]]
@@ -199,8 +203,9 @@ def format_table(rows: list[dict], pool: Pool, trials: int, machine: str, second
             f"{seconds:.0f} s",
             "", "gain in Metric B over the best single candidate (chosen on the same clips), points, on the pool's other "
             "clips:", *lines, "",
-            "kept single: share of draws where the method's fusion is the best single candidate alone; "
-            "median on sel: the gain on the clips it chose on.", "goals:"]
+            "lost: share of draws where the method ends below the best single candidate on the other clips; "
+            "kept single: share where its fusion is the best single candidate alone; median on sel: the gain on "
+            "the clips it chose on.", "goals:"]
     text += [f"  {'met    ' if ok else 'NOT met'}  {line}" for line, ok in goals(rows)]
     return "\n".join(text)
 
