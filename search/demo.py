@@ -68,8 +68,10 @@ def _fusion(uri: str, experiment_id: str, size: int):
     from search.tracking import MODEL_TAG, ROLE_TAG, artifact_text
 
     client = MlflowClient(uri)
-    done = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'fusion' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    # the demo's own fusion (registered under MODEL_NAME), not one a user ran by hand on the same search
+    own = (f"tags.{ROLE_TAG} = 'fusion' and attributes.status = 'FINISHED' "
+           f"and tags.registered_model LIKE 'models:/{MODEL_NAME}/%'")
+    done = client.search_runs([experiment_id], filter_string=own, order_by=["attributes.start_time DESC"], max_results=1)
     if done and done[0].data.tags.get(MODEL_TAG):
         run = done[0]
         print(f"      fusion run {run.info.run_id} exists: reusing it and its model "

@@ -30,6 +30,13 @@ def test_demo_runs_the_whole_loop_and_a_rerun_reuses_its_work(tmp_path):
     evaluate = (tmp_path / "data" / "evaluation_setup" / "fold1_evaluate.csv").read_text().splitlines()[1:]
     assert lines[0] == "Id,Scene_label" and len(lines) - 1 == len([e for e in evaluate if e.strip()])
 
+    # a fusion the user runs by hand on the demo's search is not the demo's: the rerun keeps its own
+    store = out.split("mlflow ui --backend-store-uri ")[1].split()[0]
+    by_hand = subprocess.run([sys.executable, "-m", "search", "fuse", "--experiment", "demo", "--mlflow-uri", store,
+                              "--method", "top", "--size", "2"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                             timeout=600)
+    assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+
     second = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     again = second.stdout
