@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asc.errors import AscError
-from search.bench.replay import DEFAULT, Strategy, load_recording, reach, replay, summarize
+from search.bench.replay import DEFAULT, Strategy, goals, load_recording, reach, replay, summarize
 
 SPACE = """sampler: grid
 objective: metric_b
@@ -63,8 +63,18 @@ def test_replays_of_a_known_table(tmp_path):
 
     tpe = replay(Strategy("TPE"), recording, seed=1)
     assert tpe.distinct == 4 and len(tpe.decisions) == 4  # each configuration once, though num_samples allows more
-    row = summarize("TPE + ASHA", DEFAULT, [replay(DEFAULT, recording, seed=s) for s in range(3)], recording)
+    row = summarize(DEFAULT.name, DEFAULT, [replay(DEFAULT, recording, seed=s) for s in range(3)], recording)
     assert row["distinct"] == 4 and row["regret_50"][1] == pytest.approx(0.0)
+
+    # The goals, judged against the peers the rows hold (here random search alone), each as computed
+    rand = summarize("random", Strategy("random", sampler="random"),
+                     [replay(Strategy("random", sampler="random"), recording, seed=s) for s in range(3)], recording)
+    met = dict(goals([row, rand]))
+    assert len(met) == 2 and all(line.startswith(DEFAULT.name) for line in met)
+    reach_line = next(line for line in met if "reaches (b)" in line)
+    assert met[reach_line] == (row["reach_b"][1] / row["grid_budget"] <= 0.25)
+    regret_line = next(line for line in met if "random search's" in line)
+    assert met[regret_line] == all(row[f"regret_{p}"][1] < rand[f"regret_{p}"][1] for p in (10, 25, 50))
 
 
 def test_bad_tables_are_one_line(tmp_path):
