@@ -45,9 +45,40 @@ def busy_machine():
 
 
 def armed(folder: Path, *patterns: str, base: dict = ENV) -> dict:
-    """An environment in which the fault points ``patterns`` pause (markers into ``folder``)."""
+    """An environment in which the fault points ``patterns`` pause (markers into ``folder``), and a
+    process sent SIGABRT prints every thread's Python stack (``finish``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return {**base, POINTS_ENV: ",".join(patterns), DIR_ENV: str(folder)}
+    return {**base, POINTS_ENV: ",".join(patterns), DIR_ENV: str(folder), "PYTHONFAULTHANDLER": "1"}
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a command a test stops with SIGINT: the default disposition, as a terminal's
+    foreground job has it. A test runner started in the background of a script or under nohup ignores
+    SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt: the command
+    would go on as if Ctrl-C had never been pressed, which is right for a background job and not
+    what the test means."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """``proc.communicate(timeout=timeout)``; a process still running then has hung after its fault:
+    it is sent SIGABRT, on which Python's faulthandler prints every thread's stack to its stderr, and
+    the test fails with that stack (and the Ray log a command's stderr goes to while Ray shuts down,
+    ``search.prepare``), so that a hang says where it hangs."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    os.kill(proc.pid, signal.SIGABRT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        _, err = proc.communicate()
+    _kill_group(proc)  # what is left of its process group
+    logs = sorted(Path("/tmp/ray").glob("session_*/logs/asc-*.err"), key=lambda p: p.stat().st_mtime)[-1:]
+    pytest.fail(f"{' '.join(map(str, proc.args[:4]))} ... still running {timeout} s after its fault; stderr:\n"
+                f"{(err or '')[-6000:]}" + "".join(f"\n{log}:\n{log.read_text()[-6000:]}" for log in logs))
 
 
 def wait_fault(folder: Path, pattern: str, proc=None, seconds: float = 600) -> dict:
@@ -198,7 +229,7 @@ def test_trial_workers_killed_anywhere_end_every_trial_where_an_uninterrupted_on
     try:
         for pattern, _ in WORKER_KILLS:
             os.kill(wait_fault(faults, pattern, proc)["pid"], signal.SIGKILL)
-        out, err = proc.communicate(timeout=600)
+        out, err = finish(proc, 600)
     finally:
         if proc.poll() is None:
             _kill_group(proc)
@@ -227,7 +258,7 @@ def test_a_trial_lost_for_good_is_the_last_line_and_fails_the_search(store, tmp_
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         os.kill(wait_fault(faults, "trial=t001/start", proc)["pid"], signal.SIGKILL)
-        out, err = proc.communicate(timeout=300)
+        out, err = finish(proc, 300)
     finally:
         if proc.poll() is None:
             _kill_group(proc)
@@ -305,12 +336,12 @@ def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "search", "prepare", str(data), "--store", str(store_root),
                              "--sample-rate", "22050", "--n-fft", "1024", "--n-mels", "32", "64", "--shard-size", "4",
                              "--num-cpus", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=armed(faults, point), start_new_session=True)
+                            env=armed(faults, point), start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         wait_fault(faults, point, proc)
         assert list((store_root / ".staging").glob("*/part-00001.arrow"))  # mid-build: a shard is written
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
+        _, err = finish(proc, 300)
     finally:
         if proc.poll() is None:
             _kill_group(proc)

@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 
-from tests.test_faults import (_mlflow_server, armed, assert_same_rows, label_ids, reference_reports, release,
-                               wait_fault)
+from tests.test_faults import (_mlflow_server, armed, assert_same_rows, ctrl_c_as_in_a_terminal, finish, label_ids,
+                               reference_reports, release, wait_fault)
 from tests.test_search import (ENV, REPO, _free_port, _kill_group, _wait_http, check_records, check_study,  # noqa: F401
                                mlflow_runs, run, search_cmd, store)
 
@@ -32,12 +32,12 @@ def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_r
     cmd = search_cmd(tmp_path / "store", storage, "ctrlc", "--num-samples", "2", "--max-concurrent", "1",
                      sets=["epochs=3", "scheduler=none"])
     proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, point), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         wait_fault(faults, point, proc)
         proc.send_signal(signal.SIGINT)  # the driver only, as Ray's workers ignore a terminal's Ctrl-C
         release(faults, point)
-        out, err = proc.communicate(timeout=300)
+        out, err = finish(proc, 300)
     finally:
         if proc.poll() is None:
             _kill_group(proc)
