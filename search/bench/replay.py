@@ -216,6 +216,14 @@ def strategies(default: Strategy) -> list[Strategy]:
     return out
 
 
+def sweep(default: Strategy) -> list[Strategy]:
+    """The three-seed search at every grace period, reduction factor and noise_z of a small grid
+    around the recommended variant (``--sweep``): does any setting reach the grid's pick sooner?"""
+    return [replace(default, name=f"{default.name.split(' g')[0]} g{grace} rf{rf:g}, 3 seeds, noise_z {z:g}",
+                    grace=grace, rf=rf, noise_z=z, seeds=3)
+            for grace in (1, 2, 3) for rf in (2.0, 3.0) for z in (0.5, 1.0, 2.0)]
+
+
 # --------------------------------------------------------------------------------------------------
 # The simulated cluster: Ray Tune's controller protocol, the table standing in for training
 # --------------------------------------------------------------------------------------------------
@@ -659,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="only the strategies whose names start with these")
     parser.add_argument("--plot", type=Path, default=Path("replay.png"), help="the regret plot (default %(default)s)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also replay the three-seed search at grace 1-3, reduction factor 2-3, noise_z 0.5-2")
     parser.add_argument("--check", action="store_true",
                         help="also run one replay of the default strategy through the real Tune loop and compare")
     parser.add_argument("--mlflow-uri", default=None, help="log the table and the plot to this tracking URI")
@@ -712,7 +722,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.table}: {len(rec.params)} configurations x {rec.seeds} seeds x {rec.epochs} epochs")
             return 0
         recording = load_recording(args.table)
-        chosen = [s for s in strategies(DEFAULT) if not args.only or any(s.name.startswith(o) for o in args.only)]
+        every = strategies(DEFAULT)
+        if args.sweep:
+            every += [s for s in sweep(DEFAULT) if s.name not in {t.name for t in every}]
+        chosen = [s for s in every if not args.only or any(s.name.startswith(o) for o in args.only)]
         if DEFAULT not in chosen and not args.only:
             chosen.insert(0, DEFAULT)
         rows = []
