@@ -22,6 +22,12 @@ def test_metrics_from_a_hand_made_confusion():
     assert m["class_acc"] == [pytest.approx(2 / 3), pytest.approx(2 / 3), pytest.approx(2 / 4)]
     assert m["confusion"]["a"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     assert m["confusion"]["c"] == [[1, 0, 0], [0, 0, 1], [1, 0, 1]]
+    # what fusion scores its ensembles with: the same accuracies and what is made of them, nothing else
+    light = device_metrics(y_true, y_pred, devices, n_classes=3, seen=["a", "b"], detail=False)
+    full = device_metrics(y_true, y_pred, devices, n_classes=3, seen=["a", "b"])
+    assert set(light) == {"metric_a", "acc_a", "acc_b", "acc_c", "acc_bc", "acc_unseen", "unseen_gap", "metric_b",
+                          "device_gap"}
+    assert light == {k: full[k] for k in light}
 
 
 def test_confusion_counts():
