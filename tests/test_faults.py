@@ -63,8 +63,9 @@ def ctrl_c_as_in_a_terminal() -> None:
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
     """``proc.communicate(timeout=timeout)``; a process still running then has hung after its fault:
     it is sent SIGABRT, on which Python's faulthandler prints every thread's stack to its stderr, and
-    the test fails with that stack (and the Ray log a command's stderr goes to while Ray shuts down,
-    ``search.prepare``), so that a hang says where it hangs."""
+    the test fails with that stack, so that a hang says where it hangs. While a local Ray shuts down
+    after Ctrl-C, ``search.prepare`` sends the command's stderr to an ``asc-*.err`` file in the Ray
+    session's logs: the newest such file is shown too."""
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
