@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -45,9 +46,20 @@ from asc.store import FeatureStore
 Report = Callable[[int, dict, str | None], None]
 
 
-# What last.pt holds (model, optimiser, scheduler, every random state, history, selection). A
-# checkpoint of another format is refused, never half-read.
-CHECKPOINT_FORMAT = 2
+# What last.pt holds (model, optimiser, scheduler, every random state, history, selection, the code
+# that wrote it). A checkpoint of another format is refused, never half-read.
+CHECKPOINT_FORMAT = 3
+
+
+@functools.cache
+def code_version() -> str:
+    """A fingerprint of the ``asc`` package's source: what a run computes is this code's, so a
+    checkpoint written by other code (an upgrade between a search and its resume, a node with another
+    checkout) is refused rather than resumed into a result neither version would give."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class CheckpointMismatch(AscError):
@@ -72,6 +84,9 @@ def read_checkpoint(path: Path, keys: tuple = ("config", "history", "best", "epo
     if path.name == "last.pt" and state.get("format", 1) != CHECKPOINT_FORMAT:
         raise CheckpointMismatch(path, f"written by another version (checkpoint format {state.get('format', 1)}; "
                                        f"this version reads {CHECKPOINT_FORMAT})")
+    if path.name == "last.pt" and state.get("code") != code_version():
+        raise CheckpointMismatch(path, f"written by other code (asc source {state.get('code')}; this is "
+                                       f"{code_version()})")
     return state
 
 
@@ -474,9 +489,13 @@ class Training:
                            "asked for; ask for as many or more, or use another checkpoint_dir")
         if state["best"].get("epoch", 0) > 0:
             read_checkpoint(ckpt_dir / "best.pt", keys=("model", "model_config"))  # the selected epoch's, whole
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # tensors of another shape or name
+            raise CheckpointMismatch(path, f"its model or optimiser does not fit this run's "
+                                           f"({str(exc).splitlines()[0][:120]})") from None
         _set_rng_state({"torch": state["torch_rng"], "numpy": state["numpy_rng"], "python": state["python_rng"],
                         "cuda": state.get("cuda_rng")}, self.device)
         self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
@@ -578,7 +597,7 @@ class Training:
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                           "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                           "history": self.history, "best": best, "epoch": epoch, "config": config.to_dict(),
-                          "format": CHECKPOINT_FORMAT},
+                          "format": CHECKPOINT_FORMAT, "code": code_version()},
                          ckpt_dir / "last.pt")
         self.epoch = epoch
         self.rng = _rng_state(device)

@@ -238,8 +238,8 @@ def test_bad_run_settings_are_one_line_errors(small_store, tmp_path):
 
 
 def test_a_checkpoint_that_cannot_resume_the_run_names_what_differs(small_store, tmp_path):
-    """Another configuration, another seed count, another version, a file truncated mid-write: one
-    line each, naming the checkpoint and what differs (a search's trial restarts on it instead)."""
+    """Another configuration, another seed count, another version or code, a model that does not fit, a
+    file truncated mid-write: one line each, naming the checkpoint and what differs (a search's trial restarts on it instead)."""
     from asc.train import CheckpointMismatch, train_seeds
 
     one, two = tmp_path / "one", tmp_path / "two"
@@ -257,6 +257,14 @@ def test_a_checkpoint_that_cannot_resume_the_run_names_what_differs(small_store,
     state = torch.load(one / "last.pt", weights_only=False)
     torch.save({**state, "format": 1}, one / "last.pt")
     with pytest.raises(CheckpointMismatch, match=r"last.pt: written by another version \(checkpoint format 1; "):
+        train(_config(small_store, epochs=2, checkpoint_dir=str(one)))
+    torch.save({**state, "code": "0123456789ab"}, one / "last.pt")
+    with pytest.raises(CheckpointMismatch, match=r"last.pt: written by other code \(asc source 0123456789ab; this is "):
+        train(_config(small_store, epochs=2, checkpoint_dir=str(one)))
+    model = dict(state["model"])
+    model[next(iter(model))] = torch.zeros(3, 3)
+    torch.save({**state, "model": model}, one / "last.pt")
+    with pytest.raises(CheckpointMismatch, match=r"last.pt: its model or optimiser does not fit this run's"):
         train(_config(small_store, epochs=2, checkpoint_dir=str(one)))
     torch.save(state, one / "last.pt")
     whole = (one / "best.pt").read_bytes()
