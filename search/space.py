@@ -182,14 +182,25 @@ class Space:
         return self.suggest(trial)
 
     def resolve(self, values: dict) -> dict:
-        """Defaults filled in, the enhancement's name canonical (its parts in their order), and every
-        enhancement setting dropped whose enhancement is not on."""
+        """Defaults filled in, the enhancement's name canonical (its parts in their order), every
+        enhancement setting dropped whose enhancement is not on, ``normalization: auto`` resolved to
+        what it trains, and the settings the model ignores at one value (the cnn's ``pretrained`` and
+        ``weights``, MSXception's ``width``)."""
         out = {k: values.get(k, p.default) for k, p in PARAMS.items()}
         names = enhancement_names(out)
         out["enhancement"] = composition(names)
         for key, name in CONDITIONAL.items():
             if name not in names:
                 out.pop(key)
+        if out["normalization"] == "auto":  # the paper: GMS whenever mean subtraction or the median filter is on
+            out["normalization"] = "gms" if {"mean_subtraction", "median_filter"} & set(names) else "gmsvn"
+        # settings the chosen model ignores take one value, so that they do not tell configurations apart
+        if out["model"] != "msxception":
+            out["pretrained"], out["weights"] = False, None
+        else:
+            out["width"] = PARAMS["width"].default
+            if not out["pretrained"]:
+                out["weights"] = None
         return out
 
     def grid(self) -> dict:
@@ -292,10 +303,8 @@ class Space:
 
         p = self.resolve(params)
         names = enhancement_names(p)
-        norm = p["normalization"]
-        if norm == "auto":  # the paper: GMS whenever mean subtraction or the median filter is on
-            norm = "gms" if {"mean_subtraction", "median_filter"} & set(names) else "gmsvn"
-        model = ModelConfig(name=p["model"], pretrained=p["pretrained"] and p["model"] == "msxception",
+        norm = p["normalization"]  # "auto" is resolved
+        model = ModelConfig(name=p["model"], pretrained=p["pretrained"],
                             weights=p["weights"], dropout=p["dropout"], width=p["width"])
         return TrainConfig(store=store, model=model,
                            enhancement=Enhancement.compose([n for n in names if n != "spectrum_correction"], p, norm),

@@ -67,6 +67,23 @@ def test_a_grid_over_a_parameter_a_configuration_does_not_use_has_no_duplicates(
     assert space.config_key(a) == space.config_key({"enhancement": "none"}) and "median_filter_bands" not in space.canonical(a)
 
 
+def test_normalization_auto_and_the_settings_a_model_ignores_do_not_tell_configurations_apart():
+    """``auto`` trains GMS with mean subtraction and GMSVN without: a grid over {auto, gms, gmsvn} x
+    {none, mean_subtraction} trains four things, not six; the cnn ignores ImageNet weights."""
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]},
+                      "normalization": {"choice": ["auto", "gms", "gmsvn"]},
+                      "pretrained": {"choice": [True, False]}}, sampler="grid")
+    distinct = space.distinct_points()
+    assert len(distinct) == 4 and {p["normalization"] for p in distinct} == {"gms", "gmsvn"}
+    assert space.canonical({"enhancement": "mean_subtraction", "normalization": "auto"})["normalization"] == "gms"
+    assert space.canonical({"enhancement": "none", "normalization": "auto"})["normalization"] == "gmsvn"
+    assert all(p["pretrained"] is False for p in distinct)  # the cnn: no ImageNet weights, whatever is asked
+    trained = run_sequentially(searcher_for(space), 6)
+    assert len(trained) == 4 and len({space.config_key(p) for p in trained}) == 4
+    msx = space_of({"model": "msxception", "width": {"choice": [8, 16]}})
+    assert msx.config_key({"width": 8}) == msx.config_key({"width": 16})  # MSXception has no width
+
+
 def test_tpe_with_eight_samples_over_four_configurations_trains_four():
     space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
     searcher = searcher_for(space)

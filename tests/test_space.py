@@ -463,7 +463,8 @@ def test_train_config_fields():
     assert (config.batch_size, config.lr_factor, config.lr_patience, config.seed) == (16, 0.3, 2, 4)
     assert (config.bf16, config.channels_last, config.num_workers) == (True, True, 2)
     assert (config.model.name, config.model.dropout, config.model.width, config.model.weights) == (
-        "cnn", 0.1, 8, "/w.pth")
+        "cnn", 0.1, 8, None)  # ImageNet weights are the MSXception's: the cnn ignores them
+    assert space.train_config({"model": "msxception", "weights": "/w.pth"}, "s").model.weights == "/w.pth"
     # defaults: the paper's
     default = space.train_config({}, "s")
     assert (default.lr, default.batch_size, default.epochs, default.model.name) == (1e-3, 32, 80, "msxception")
