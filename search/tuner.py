@@ -53,7 +53,7 @@ from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, TRIAL_TAG, MlflowT
     check_tracking_uri, close_dangling_runs, save_pending, send_pending, tracking_uri, \
     start_search, trial_label
 from search.trainable import run_trial
-from search.warmstart import apply as apply_warm_start, read_warm_start
+from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start
 
 SEARCH_FILE = "search.json"  # what `resume` needs: settings, stores, MLflow ids
 SPACE_FILE = "space.yaml"  # the space as run (overrides applied)
@@ -200,12 +200,14 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     if (search_dir / SEARCH_FILE).exists():
         raise AscError(f"{search_dir}: a search named {name!r} exists; continue it with "
                        f"`python -m search resume {name} --storage {storage}` or give another --name")
+    mlflow_uri = tracking_uri(settings.mlflow_uri, storage)
+    if settings.warm_start:  # an earlier search's store must be there: nothing is created to find out
+        check_warm_start_store(mlflow_uri, settings.warm_start)
     try:
         storage.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
     _quiet_tune()
-    mlflow_uri = tracking_uri(settings.mlflow_uri, storage)
     check_tracking_uri(mlflow_uri)
 
     distinct = space.distinct_points()

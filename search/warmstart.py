@@ -19,6 +19,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -52,23 +53,30 @@ def _parse(key: str, text: str):
 
 
 def contains(space: Space, params: dict) -> bool:
-    """Whether the configuration ``params`` (canonical) is one this space can propose."""
+    """Whether the configuration ``params`` (canonical) is one this space can propose: each searched
+    value one the space can draw (a choice counts by what it trains: ``auto`` may be ``gms``), and the
+    rest what the space fixes."""
     if space.sampler == "points":
         return any(space.config_key({**space.fixed, **p}) == space.config_key(params) for _, p in space.points)
-    resolved = space.resolve(space.fixed)
-    for key, value in params.items():
-        if key in ("point", "num_workers"):
+    for key, dist in space.searched.items():
+        if key not in params:  # a setting of an enhancement that is off
             continue
-        dist = space.searched.get(key)
-        if dist is None:
-            if key in resolved and resolved[key] != value:
-                return False
-        elif dist.kind == "choice":
-            if value not in dist.values:
+        value = params[key]
+        if dist.kind == "choice":
+            if not any(space.canonical({**params, key: v}).get(key) == value for v in dist.values):
                 return False
         elif not dist.low <= value <= dist.high:
             return False
-    return True
+    proposal = {**space.fixed, **{k: params[k] for k in space.searched if k in params}}
+    return space.config_key(proposal) == space.config_key(params)
+
+
+def check_warm_start_store(uri: str, names: list[str]) -> None:
+    """A local MLflow database that is not there holds no earlier search: one line, before MLflow
+    would create an empty one."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise AscError(f"--warm-start {' '.join(names)}: no MLflow database at {uri[len('sqlite:///'):]} "
+                       "(give the --mlflow-uri the earlier search ran with)")
 
 
 def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[str, str]) -> tuple[list[WarmTrial], str]:

@@ -24,7 +24,7 @@ params:
 """
 
 
-def write_table(path, drop: int = 0, space: str = SPACE):
+def write_table(path, drop: int = 0, space: str = SPACE, epochs: int = 3):
     """Four configurations x 2 seeds x 3 epochs. The best, mean subtraction at lr 0.003, is better at
     its first epoch (0.70) than any other configuration ever is (at most 0.55)."""
     from search.space import parse_space
@@ -36,7 +36,7 @@ def write_table(path, drop: int = 0, space: str = SPACE):
     for c, p in enumerate(params):
         best = p["enhancement"] == "mean_subtraction" and p["lr"] == 0.003
         for s in range(2):
-            for e in range(1, 4):
+            for e in range(1, epochs + 1):
                 obj = 0.7 + 0.05 * e if best else 0.3 + 0.05 * e + 0.01 * c
                 rows.append({"config": c, "seed": s, "epoch": e, "objective": obj, "eval_metric_b": obj - 0.02})
     rows = rows[:len(rows) - drop]
@@ -86,6 +86,9 @@ def test_bad_tables_are_one_line(tmp_path):
     write_table(tmp_path / "short.parquet", drop=5)
     with pytest.raises(AscError, match=r"short.parquet: 19 rows, not 4 configurations x 2 seeds x 3 epochs"):
         load_recording(tmp_path / "short.parquet")
+    write_table(tmp_path / "early.parquet", epochs=2)  # whole, but its last epoch is missing
+    with pytest.raises(AscError, match=r"early.parquet: 2 seeds x 2 epochs, where its space trains 2 x 3"):
+        load_recording(tmp_path / "early.parquet")
     write_table(tmp_path / "other.parquet", space=SPACE.replace("0.003]", "0.003, 0.01]"))
     with pytest.raises(AscError, match=r"other.parquet: its configurations are not those of its space"):
         load_recording(tmp_path / "other.parquet")

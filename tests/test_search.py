@@ -378,6 +378,9 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert "--warm-start once: its trials were compared by protocol paper, this search by validation" in other.stderr
     assert not (storage / "third").exists()
+    fresh = run(search_cmd(store, tmp_path / "fresh", "x", "--warm-start", "once", sets=sets), timeout=120)
+    assert fresh.returncode == 2 and "--warm-start once: no MLflow database at" in fresh.stderr, fresh.stderr
+    assert not (tmp_path / "fresh").exists()  # no empty database, no storage folder
 
 
 def test_a_model_left_half_logged_by_a_dead_driver_is_dropped_before_the_run_logs_its_own(tmp_path):

@@ -129,6 +129,9 @@ def load_recording(path: Path) -> Recording:
     distinct = space.distinct_points()
     if distinct is None or {space.config_key(p) for p in distinct} != set(recording.index(space)):
         raise AscError(f"{path}: its configurations are not those of its space (another space's table)")
+    if epochs != space.max_epochs() or seeds != space.seeds:
+        raise AscError(f"{path}: {seeds} seeds x {epochs} epochs, where its space trains {space.seeds} x "
+                       f"{space.max_epochs()} (truncated, or not from one full-budget grid)")
     return recording
 
 
