@@ -34,7 +34,7 @@ from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
 from asc.metrics import device_metrics
 from search.device_table import device_table
-from search.objectives import SINGLE, Objective
+from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
 from search.report import clip_warning
 from search.serving import download_members, log_audio_model
@@ -264,6 +264,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
                                                                    seed_members)
     for note in notes:
         print(f"note: {note}")
+    check_pooled_devices(by, clips["selection"].devices.tolist(), clips["selection"].seen or (),
+                         f"fusion of {experiment!r} by")
     selection = choose(candidates, clips, method, objective, size, bags, seed)
     metrics: dict = {}
     for i, c in enumerate(candidates):

@@ -17,6 +17,7 @@ from asc.features import FeatureConfig
 from asc.store import MANIFEST, FeatureStore, current_stores, read_manifest, store_damage
 from asc.train import split_indices
 from search.prepare import format_report, prepare
+from search.objectives import POOLED, check_pooled_devices
 from search.space import Space
 
 
@@ -60,7 +61,7 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
     return stores
 
 
-NEEDS_OTHER_DEVICES = ("metric_b", "acc_bc", "gap_penalized", "pareto")  # acc_bc is part of each
+NEEDS_OTHER_DEVICES = POOLED
 
 
 def _check_selection_devices(space: Space, store: str) -> None:
@@ -83,6 +84,8 @@ def _check_selection_devices(space: Space, store: str) -> None:
     config = space.train_config({**space.fixed, "protocol": protocol}, store)
     _, select, _ = split_indices(clips, config)
     devices = sorted({clips[i].device for i in select})
+    check_pooled_devices(space.objective.name, devices, {c.device for c in clips if c.split == "train"},
+                         f"{space.path}: objective")
     both = space.objective.name != "acc_bc"  # Metric B and what is built on it need A clips too
     if not set(devices) - {REFERENCE_DEVICE} or (both and REFERENCE_DEVICE not in devices):
         raise AscError(f"{space.path}: objective: {space.objective.name} needs clips of devices other than "

@@ -108,3 +108,15 @@ def test_summary_columns():
     row = summary(METRICS, ["a", "b", "c", "s2"])
     assert list(row) == ["acc_a", "acc_b", "acc_c", "acc_s2", "acc_bc", "metric_a", "metric_b", "device_gap"]
     assert row["acc_b"] == 0.5 and math.isnan(row["acc_s2"]) and row["device_gap"] == pytest.approx(0.25)
+
+
+def test_an_objective_pooling_b_and_c_refuses_a_selection_without_one_of_them():
+    from search.objectives import check_pooled_devices
+
+    check_pooled_devices("metric_b", ["a", "b", "c"], ["a", "b", "c"], "s.yaml: objective")
+    check_pooled_devices("metric_a", ["a", "b"], ["a", "b", "c"], "s.yaml: objective")  # per device: no pool
+    with pytest.raises(AscError, match=r"^s.yaml: objective: metric_b pools devices B, C \(seen in training\), but the "
+                                       r"selection clips hold none of device C: its figure would be B's alone; "):
+        check_pooled_devices("metric_b", ["a", "b", "s1"], ["a", "b", "c"], "s.yaml: objective")
+    with pytest.raises(AscError, match="acc_bc pools devices B, C"):
+        check_pooled_devices("acc_bc", ["c"], ["a", "b", "c"], "fusion of 'x' by")

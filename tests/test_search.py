@@ -270,9 +270,9 @@ def _kill_group(proc) -> None:
 
 
 def test_an_objective_the_selection_clips_cannot_measure_is_refused_before_ray_starts(store):
-    """acc_unseen on a set whose selection clips hold no unseen device, and Metric B on one whose hold
-    no B or C: one line naming the space, the objective and what would measure it; Metric B where
-    they are passes."""
+    """acc_unseen on a set whose selection clips hold no unseen device: one line naming the space, the
+    objective and what would measure it; Metric B, whose B and C clips are there, passes (a selection
+    without one of them: tests/test_objectives.py)."""
     from asc.errors import AscError
     from search.space import load_space
     from search.stores import resolve_stores
