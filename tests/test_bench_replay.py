@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asc.errors import AscError
-from search.bench.replay import DEFAULT, Strategy, goals, load_recording, reach, replay, summarize
+from search.bench.replay import DEFAULT, RECOMMENDED, Strategy, goals, load_recording, reach, regret_at, replay, summarize
 
 SPACE = """sampler: grid
 objective: metric_b
@@ -63,7 +64,8 @@ def test_replays_of_a_known_table(tmp_path):
 
     tpe = replay(Strategy("TPE"), recording, seed=1)
     assert tpe.distinct == 4 and len(tpe.decisions) == 4  # each configuration once, though num_samples allows more
-    row = summarize(DEFAULT.name, DEFAULT, [replay(DEFAULT, recording, seed=s) for s in range(3)], recording)
+    default = replace(DEFAULT, grace=2)  # the default's rules, its first rung inside this table's 3 epochs
+    row = summarize(DEFAULT.name, default, [replay(default, recording, seed=s) for s in range(3)], recording)
     assert row["distinct"] == 4 and row["regret_50"][1] == pytest.approx(0.0)
 
     # The goals, judged against the peers the rows hold (here random search alone), each as computed
@@ -75,6 +77,12 @@ def test_replays_of_a_known_table(tmp_path):
     assert met[reach_line] == (row["reach_b"][1] / row["grid_budget"] <= 0.25)
     regret_line = next(line for line in met if "random search's" in line)
     assert met[regret_line] == all(row[f"regret_{p}"][1] < rand[f"regret_{p}"][1] for p in (10, 25, 50))
+    # a several-seed search against one-seed peers at equal compute: their regret at K times its budget
+    several = replace(default, name=f"{DEFAULT.name}, {RECOMMENDED}", seeds=2, noise_z=0.5)
+    row2 = summarize(several.name, several, [replay(several, recording, seed=s) for s in range(3)], recording)
+    line = next(line for line, _ in goals([row, rand, row2]) if line.startswith(several.name) and "random" in line)
+    assert "random search's (at 20%, 50%, 100%)" in line
+    assert line.endswith(" ".join(f"{regret_at(rand, 2 * b):.1f}" for b in (0.10, 0.25, 0.50)))
 
 
 def test_bad_tables_are_one_line(tmp_path):
