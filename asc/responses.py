@@ -4,7 +4,7 @@ response's gain per Mel band.
 
 DIR (Morocutti et al., EUSIPCO 2023) convolves a device-A training clip with a real microphone's
 impulse response. The responses are short (99% of the energy within 141 samples, median, of a
-2048-sample window), so convolution is close to multiplying every STFT frame by the response's
+4096-sample window), so convolution is close to multiplying every STFT frame by the response's
 frequency response H(f), and, where the spectrum is smooth within a Mel band, to adding
 ``ln(sum_f w_bf |H(f)|^p / sum_f w_bf)`` to the band's natural-log Mel energy (w: the Mel filter, p:
 the features' power). That is what :func:`mel_gains` computes once per response and feature setting,

@@ -354,6 +354,14 @@ def _device(config: TrainConfig) -> torch.device:
     return device
 
 
+def dir_draws(rng: np.random.Generator, stream: np.ndarray, p: float, is_reference: np.ndarray,
+              n_responses: int) -> np.ndarray:
+    """DIR's draw for the clips of ``stream`` (indices into the view): per clip the impulse response
+    added to its features, or -1. Only device A's clips (``is_reference``), each with probability p:
+    the other devices' clips are already recorded through another microphone."""
+    return np.where((rng.random(len(stream)) < p) & is_reference[stream], rng.integers(n_responses, size=len(stream)), -1)
+
+
 def mix(x1: torch.Tensor, x2: torch.Tensor, lam: float) -> torch.Tensor:
     """The paper's eq. 7 on inputs: lambda * x1 + (1 - lambda) * x2 (new tensor)."""
     return lam * x1 + (1 - lam) * x2
@@ -519,8 +527,7 @@ class Training:
         responses = None
         if config.enhancement.dir is not None:  # DIR: a response for a share p of the device-A clips
             p = config.enhancement.dir[0]
-            responses = [np.where((rng.random(len(st)) < p) & self.is_reference[st],
-                                  rng.integers(len(view.gains), size=len(st)), -1) for st in streams]
+            responses = [dir_draws(rng, st, p, self.is_reference, len(view.gains)) for st in streams]
         loader = torch.utils.data.DataLoader(
             _Steps(view, streams, config.batch_size, responses), batch_size=None, shuffle=False,
             num_workers=config.num_workers, pin_memory=device.type == "cuda",

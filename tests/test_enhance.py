@@ -161,7 +161,8 @@ def stores(synth_set, fast_config, tmp_path_factory):
 
 # every enhancement alone, and the compositions the shipped spaces search (spaces/*.yaml)
 SERVED = ["none", "mean_subtraction", "median_filter", "spectrum_correction", "freq_mixstyle", "dir",
-          "dir+freq_mixstyle", "median_filter+freq_mixstyle", "dir+mean_subtraction+freq_mixstyle", "bf16"]
+          "dir+freq_mixstyle", "median_filter+freq_mixstyle", "mean_subtraction+freq_mixstyle",
+          "dir+mean_subtraction+freq_mixstyle", "bf16"]
 
 
 @pytest.mark.parametrize("case", SERVED)
@@ -242,6 +243,22 @@ def test_the_batched_torch_median_filter_equals_scipys(size):
     x = np.random.default_rng(1).normal(size=(5, 32, 40)).astype(np.float32)
     got = median_filter_torch(torch.from_numpy(x), size, max_elements=10_000).numpy()  # several chunks
     np.testing.assert_allclose(got, median_filter(x, size), atol=1e-6)
+
+
+def test_dir_changes_the_features_of_the_device_a_clips_it_draws_and_no_others(stores):
+    from asc.train import FeatureView, dir_draws
+
+    plain, _ = stores
+    view = FeatureView(plain, Enhancement("gmsvn", dir=(1.0, str(SHIPPED))))
+    reference = np.array([c.device == "a" for c in view.clips])
+    rows = np.arange(len(view.clips))
+    drawn = dir_draws(np.random.default_rng(0), rows, 1.0, reference, len(view.gains))
+    assert (drawn[reference] >= 0).all() and (drawn[~reference] == -1).all()  # p = 1: every A clip, no other
+    half = dir_draws(np.random.default_rng(0), rows, 0.5, reference, len(view.gains))
+    assert 0 < (half >= 0).sum() < reference.sum() and (half[~reference] == -1).all()
+    plain_x, with_dir = view.batch(rows)[0].numpy(), view.batch(rows, half)[0].numpy()
+    changed = np.abs(with_dir - plain_x).reshape(len(rows), -1).max(axis=1) > 1e-4
+    np.testing.assert_array_equal(changed, half >= 0)  # the drawn clips changed, every other is as stored
 
 
 def test_a_view_filtering_on_the_device_reads_what_the_cache_gives(stores):
