@@ -138,11 +138,17 @@ class Dist:
 class Scheduler:
     name: str = "asha"  # "asha" or "none" (every trial runs its full epochs)
     max_t: int = 0  # ASHA: the most epochs a trial runs (default: the space's largest epochs)
-    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    # ASHA: epochs every trial gets before it can be stopped (0 in a space: 40% of max_t, the first
+    # rung that bench-replay found stops no later winner; earlier rungs rank noise)
+    grace_period: int = 0
     reduction_factor: float = 3.0  # ASHA: keep 1 / reduction_factor at each rung
     # ASHA with seeds: stop a trial only when objective + noise_z * its standard error over the seeds is
-    # below the rung's cutoff (0: Ray's rule; search.schedulers)
-    noise_z: float = 0.0
+    # below the rung's cutoff (0: Ray's rule; search.schedulers). None in a space: 0.5 with seeds >= 2
+    noise_z: float | None = None
+
+
+GRACE_SHARE = 0.4  # the default first rung, a share of max_t
+NOISE_Z = 0.5  # the default noise_z of a search with seeds >= 2
 
 
 @dataclass(frozen=True)
@@ -485,9 +491,12 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
         if max_t < max_epochs:
             fail("scheduler.max_t", f"{max_t} is below the space's largest epochs ({max_epochs}): ASHA would stop "
                  "every trial before its end")
-        if scheduler.grace_period > max_t:
+        grace = scheduler.grace_period or max(1, round(GRACE_SHARE * max_t))
+        if grace > max_t:
             fail("scheduler.grace_period", f"{scheduler.grace_period} is above max_t ({max_t})")
-        space = dataclasses.replace(space, scheduler=dataclasses.replace(scheduler, max_t=max_t))
+        noise_z = scheduler.noise_z if scheduler.noise_z is not None else NOISE_Z if space.seeds > 1 else 0.0
+        space = dataclasses.replace(space, scheduler=dataclasses.replace(scheduler, max_t=max_t, grace_period=grace,
+                                                                         noise_z=noise_z))
     return space
 
 

@@ -295,11 +295,22 @@ def test_shipped_space_loads(path):
         assert space.scheduler.max_t >= space.max_epochs()
 
 
+def test_asha_defaults_are_what_the_replay_benchmark_found():
+    """Unset, the first rung is at 40% of max_t and noise_z is 0.5 with several seeds (0 with one)."""
+    one = parse_space({"params": {"model": "cnn", "epochs": 10}}, "s.yaml")
+    assert (one.scheduler.grace_period, one.scheduler.max_t, one.scheduler.noise_z) == (4, 10, 0.0)
+    three = parse_space({"seeds": 3, "params": {"model": "cnn", "epochs": 2}}, "s.yaml")
+    assert (three.scheduler.grace_period, three.scheduler.noise_z) == (1, 0.5)
+    kept = parse_space({"seeds": 3, "scheduler": {"name": "asha", "grace_period": 1, "noise_z": 0},
+                        "params": {"model": "cnn", "epochs": 10}}, "s.yaml")
+    assert (kept.scheduler.grace_period, kept.scheduler.noise_z) == (1, 0.0)
+
+
 def test_shipped_space_settings():
     robust = load_space(SPACES / "device_robust.yaml")
     assert (robust.objective.name, robust.objective.gap_lambda) == ("gap_penalized", 0.5)
-    assert (robust.scheduler.name, robust.scheduler.max_t, robust.scheduler.grace_period) == ("asha", 40, 12)
-    assert robust.seeds == 3 and robust.scheduler.noise_z == 1
+    assert (robust.scheduler.name, robust.scheduler.max_t, robust.scheduler.grace_period) == ("asha", 40, 16)
+    assert robust.seeds == 3 and robust.scheduler.noise_z == 0.5
     assert set(robust.searched) >= {"enhancement", *MEDIAN_KEYS, "normalization", "n_mels", "mixup_alpha", "lr",
                                     "dropout"}
     pareto = load_space(SPACES / "pareto.yaml")
