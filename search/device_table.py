@@ -43,14 +43,19 @@ def head_cells(heads: list[str]) -> str:
     return "".join(f"{h:>{WIDTH}}" for h in heads)
 
 
-def row_cells(metrics: dict, keys: list[str], prefix: str = "", width: int = 0) -> str:
-    """One row's cells: ``metrics[prefix + key]`` of every key in percent (:func:`pct` with ``width``),
-    each right-aligned in its column."""
+def row_cells(metrics: dict, keys: list[str], prefix: str = "", width: int = 0, suffix: str = "") -> str:
+    """One row's cells: ``metrics[prefix + key + suffix]`` of every key in percent (:func:`pct` with
+    ``width``), each right-aligned in its column; ``suffix="_cse"``: the figures' standard errors
+    from their clips, each written ``+-x.x``."""
+    if suffix:
+        return "".join(f"{'+-' + pct(v).strip() if isinstance(v := metrics.get(prefix + k + suffix), float) and not math.isnan(v) else '-':>{WIDTH}}"
+                       for k in keys)
     return "".join(f"{pct(metrics.get(prefix + k), width):>{WIDTH}}" for k in keys)
 
 
-def device_table(rows: list[tuple[str, str, dict]], splits: list[str]) -> str:
-    """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side."""
+def device_table(rows: list[tuple[str, str, dict]], splits: list[str], clip_se: tuple[int, ...] = ()) -> str:
+    """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side;
+    under each row of ``clip_se`` (indices) a line of its figures' standard errors from the clips."""
     keys, heads = columns_of([m for _, _, by_split in rows for m in by_split.values()])
     width = max([len(name) for name, _, _ in rows] + [6]) + 2
     weighted = any(weight is not None for _, weight, _ in rows)  # a weight column only for ensembles
@@ -59,7 +64,10 @@ def device_table(rows: list[tuple[str, str, dict]], splits: list[str]) -> str:
     group = f"{'':<{width + w}}" + "".join(f" |{s + ' clips (%)':^{cells}}" for s in splits)
     head = f"{'':<{width}}{'weight' if weighted else '':>{w}}" + "".join(" |" + head_cells(heads) for _ in splits)
     lines = [group.rstrip(), head, "-" * len(head)]
-    for name, weight, by_split in rows:
+    for k, (name, weight, by_split) in enumerate(rows):
         lines.append(f"{name:<{width}}{weight or '':>{w}}"
                      + "".join(" |" + row_cells(by_split.get(s, {}), keys) for s in splits))
+        if k in clip_se or k - len(rows) in clip_se:
+            lines.append(f"{'  +- (clips)':<{width}}{'':>{w}}"
+                         + "".join(" |" + row_cells(by_split.get(s, {}), keys, suffix="_cse") for s in splits))
     return "\n".join(lines)

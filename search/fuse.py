@@ -84,6 +84,7 @@ class FusionResult:
     full_budget: bool = False
     protocol: str = "validation"  # "paper": the trials and the fusion choose on the evaluation split
     note: str = ""  # what the choice did that a user should know (the gated fusion's fallback)
+    gap_lambda: float | None = None  # --by gap_penalized's weight of |device gap|
     run_id: str | None = None
     model_uri: str | None = None
     registered: str | None = None
@@ -271,7 +272,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     for i, c in enumerate(candidates):
         metrics[c.label] = {s: metrics_of(c.probs[s], clips[s]) for s in clips}
     result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
-                          list(selection.weights), metrics, notes, full_budget, protocol=protocol, note=selection.note)
+                          list(selection.weights), metrics, notes, full_budget, protocol=protocol, note=selection.note,
+                          gap_lambda=gap_lambda)
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
     # what the selection clips can tell about the candidates it ranked, as the search's table says it
     rows = sorted(({"label": c.label, "objective": objective.values(metrics[c.label]["selection"])["objective"],
@@ -404,7 +406,8 @@ def format_result(result: FusionResult) -> str:
     rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",
              result.metrics[result.candidates[i].label]) for i, w in zip(result.members, result.weights)]
     rows.append(("fusion", "1.00", result.metrics["fusion"]))
-    return _title(result) + "\n" + device_table(rows, splits)
+    return (_title(result) + "\n" + device_table(rows, splits, clip_se=(0, -1))
+            + "\n+- (clips): one standard error from the clips (binomial; the delta method for Metric B and the gaps)")
 
 
 def _title(result: FusionResult) -> str:
@@ -416,9 +419,9 @@ def _title(result: FusionResult) -> str:
     sel = result.metrics["fusion"]["selection"]
     devices = ", ".join(f"{k[2:].upper()} {int(v)}" for k, v in sorted(sel.items(), key=lambda kv: (kv[0] != "n_a", kv[0]))
                         if k.startswith("n_") and k not in ("n_bc", "n_unseen"))
+    se = Objective(result.by, result.gap_lambda).clip_se(sel)
     known = (f"; {devices} selection clips (B&C {int(sel.get('n_bc', 0))}) know its {result.by} within "
-             f"+-{100 * sel.get(result.by + '_cse', math.nan):.1f} points (one standard error, binomial)"
-             if devices and result.by + "_cse" in sel else "")
+             f"+-{100 * se:.1f} points (one standard error, binomial)" if devices and math.isfinite(se) else "")
     note = f"; {result.note}" if result.note else ""
     return (f"{result.method} fusion by {result.by} of the trials of {result.experiment!r}: {len(result.members)} "
             f"member(s) of {len(result.candidates)} candidate(s) (every finished trial {rule}), chosen on {where}"

@@ -131,6 +131,10 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
                        for c in obj_cols)
         lines.append(f"{r['label']:<6}{_params_cell(r, searched):<{width_params + 2}}{state:<12}"
                      f"{r['epoch']:>3}/{r['epochs']:<3}{str(r.get('best_epoch') or '-'):>7} |{sel} |{objs} |{ev}")
+        if r is shown[0] and any(f"sel_{c}_cse" in r for c in cols):  # how well the clips know the best's figures
+            lines.append(f"{'':<6}{'  +- (clips)':<{width_params + 2}}{'':<12}{'':>7}{'':>7} |"
+                         f"{row_cells(r, cols, 'sel_', suffix='_cse')} |{'':>{obj_width * len(obj_heads)}} |"
+                         f"{row_cells(r, cols, 'eval_', suffix='_cse')}")
     note = noise_note(shown) if seeds and not space.objective.multi else ""
     if note:
         lines.append(note)
@@ -149,8 +153,8 @@ def clips_line(rows: list[dict], paper: bool = False) -> str:
                       and not k.endswith(("_sem", "_cse"))), key=lambda d: (d != "a", d))
     parts = ", ".join(f"{d.upper()} {int(row['sel_n_' + d])}" for d in devices)
     where = "the evaluation split" if paper else "selection clips"
-    return (f"{where}: {parts} (B&C {int(row.get('sel_n_bc', 0))}); objective +- c: its standard error from these "
-            "clips (binomial; the delta method for Metric B and the gaps)"
+    return (f"{where}: {parts} (B&C {int(row.get('sel_n_bc', 0))}); +- (clips) and objective +- c: standard errors "
+            "from these clips (binomial; the delta method for Metric B and the gaps)"
             + ("; +- s: from the seeds" if any(k.endswith("_sem") for k in row) else ""))
 
 

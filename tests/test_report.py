@@ -1,0 +1,65 @@
+"""The search's best-trials table and fuse's device table say how well their clips know each figure:
+the clip counts, a standard error under the best trial's and the fusion's figures, the objective's
++- c (and +- s over seeds), and the one-line warning when the clips cannot rank the trials."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asc.metrics import device_metrics
+from search.device_table import device_table
+from search.objectives import Objective
+from search.report import clip_warning, format_trials
+from search.space import parse_space
+
+
+def metrics(correct_a: int, correct_b: int, correct_c: int, n_a: int = 60, n_bc: int = 4) -> dict:
+    """Device metrics of n_a A clips and n_bc B and C clips each, the first ``correct_*`` right."""
+    devices = ["a"] * n_a + ["b"] * n_bc + ["c"] * n_bc
+    truth = np.zeros(len(devices), int)
+    right = [k < correct_a for k in range(n_a)] + [k < correct_b for k in range(n_bc)] + [k < correct_c for k in range(n_bc)]
+    return device_metrics(truth, np.where(right, 0, 1), devices, 2)
+
+
+def row(label: str, m: dict, objective: Objective, sem: float | None = None) -> dict:
+    out = {"label": label, "state": "finished", "epoch": 3, "epochs": 3, "best_epoch": 3, "params": {"lr": 0.001}}
+    out.update({f"sel_{k}": v for k, v in m.items() if isinstance(v, float)})
+    out.update({f"eval_{k}": v for k, v in m.items() if isinstance(v, float)})
+    out["objective"], out["objective_cse"] = objective.values(m)["objective"], objective.clip_se(m)
+    if sem is not None:
+        out["objective_sem"] = sem
+    return out
+
+
+def test_the_best_trials_table_shows_the_clip_counts_and_standard_errors_and_warns_when_they_cannot_rank():
+    space = parse_space({"sampler": "tpe", "objective": "metric_b", "scheduler": "none",
+                         "params": {"model": "cnn", "epochs": 3, "lr": {"float": [0.0005, 0.003], "log": True}}}, "s.yaml")
+    objective = space.objective
+    best, second = metrics(45, 3, 2), metrics(44, 2, 2)  # one B clip apart: 6.25 points of Metric B
+    rows = [row("t000", best, objective, sem=0.01), row("t001", second, objective, sem=0.01)]
+    table = format_trials(rows, space, ["a", "b", "c"], 2)
+    assert "selection clips: A 60, B 4, C 4 (B&C 8); +- (clips) and objective +- c: standard errors" in table
+    assert "; +- s: from the seeds" in table
+    se_line = next(line for line in table.splitlines() if "+- (clips)" in line and "|" in line)
+    # under the best trial: A's binomial standard error (45 of 60 right) and Metric B's delta method
+    assert f"+-{100 * (0.75 * 0.25 / 60) ** 0.5:.1f}" in se_line and f"+-{100 * best['metric_b_cse']:.1f}" in se_line
+    assert best["metric_b_cse"] ** 2 == pytest.approx(
+        (best["acc_a_cse"] ** 2 + best["acc_bc_cse"] ** 2) / 4)
+    warning = clip_warning(rows, objective)
+    assert warning.startswith("warning: the selection clips (A 60, B 4, C 4) know metric_b only within +-18.0 points (2 standard errors)")
+    assert "for t000, the clips' standard error is the larger" in warning
+    # many clips and a clear gap: no warning, only which error dominates
+    many = [row("t000", metrics(500, 450, 450, 600, 600), objective, sem=0.03),
+            row("t001", metrics(300, 200, 200, 600, 600), objective, sem=0.03)]
+    assert clip_warning(many, objective) == ("for t000, the seeds' standard error is the larger (clips +-"
+                                             f"{100 * many[0]['objective_cse']:.1f}, seeds +-3.0 points)")
+
+
+def test_the_fusion_table_puts_the_clips_standard_errors_under_the_first_member_and_the_fusion():
+    m = metrics(45, 3, 2)
+    table = device_table([("t000 member", "0.50", {"selection": m}), ("t001 member", "0.50", {"selection": m}),
+                          ("fusion", "1.00", {"selection": m})], ["selection"], clip_se=(0, -1))
+    lines = table.splitlines()
+    assert [k for k, line in enumerate(lines) if line.startswith("  +- (clips)")] == [4, 7]
+    assert f"+-{100 * m['acc_bc_cse']:.1f}" in lines[7] and f"+-{100 * m['device_gap_cse']:.1f}" in lines[7]
