@@ -167,6 +167,28 @@ def test_bad_invocations_are_one_line_before_any_work(tool, argv, culprit, synth
     assert not (tmp_path / "none.db").exists()  # a command that reads does not create a store
 
 
+@pytest.mark.parametrize("argv, culprit", [
+    (["fuse", "--experiment", "x"], "sqlite:///TMP/env.db: no such database"),
+    (["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv"], "sqlite:///TMP/env.db: no such database"),
+    (["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/real.db"],
+     "models:/x/1: cannot load it (Registered Model with name=x not found)"),  # the option beats the variable
+    (["predict", "models:/x@champion", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/real.db"],
+     "models:/x@champion: cannot load it"),
+], ids=["fuse", "predict", "option first", "no such alias"])
+def test_commands_use_mlflow_tracking_uri_as_mlflow_users_expect(argv, culprit, synth_set, tmp_path, capsys, monkeypatch):
+    """MLFLOW_TRACKING_URI when --mlflow-uri is not given; the option when it is; a model or alias the
+    store does not hold is one line, and no submission file is written."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'real.db'}").search_experiments()  # an empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    swap = lambda s: s.replace("DATA", str(synth_set)).replace("TMP", str(tmp_path))  # noqa: E731
+    status = _main("search", [swap(a) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.splitlines()) == 1 and swap(culprit) in err, err
+    assert not (tmp_path / "env.db").exists() and not (tmp_path / "o.csv").exists()
+
+
 def _run(*args, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_worker_niceness": "0"}
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=300, **kwargs)

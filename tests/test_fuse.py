@@ -146,6 +146,8 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
     import urllib.error
     import urllib.request
 
+    import pandas as pd
+
     from tests.test_search import _free_port, _wait_http
 
     if "members" not in searched:
@@ -172,12 +174,13 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
         done = cli("predict", "models:/smoke-fusion@champion", str(searched["data"]), "--split", "all", "--out", str(out),
                    "--mlflow-uri", searched["uri"])
         assert done.returncode == 0, done.stderr[-3000:]
+        written = pd.read_csv(out)  # the submission `predict` wrote: the same label for each posted clip
+        by_id = dict(zip(written.iloc[:, 0].astype(str), written.iloc[:, 1]))
+        assert [by_id[Path(f).stem] for f in files] == [r["label"] for r in rows], (by_id, rows)
         import mlflow
 
         mlflow.set_tracking_uri(searched["uri"])
         mlflow.set_registry_uri(searched["uri"])
-        import pandas as pd
-
         local = mlflow.pyfunc.load_model("models:/smoke-fusion@champion").predict(
             pd.DataFrame({"path": [str(searched["data"] / f) for f in files]}))
         classes = [c for c in local.columns if c != "label"]

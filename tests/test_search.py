@@ -295,6 +295,10 @@ def test_pareto_search_prints_and_records_its_front(store, tmp_path):
     assert "ASHA is off: it is single-objective" in done.stdout and "Pareto front:" in done.stdout
     client, _, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "pareto")
     assert len(trials) == 3 and parent[0].data.tags["note"].startswith("ASHA is off")
+    # the run note a user lands on in MLflow's UI: the table and the command that fuses the trials
+    run_note = parent[0].data.tags["mlflow.note.content"]
+    assert "Pareto" in run_note or "best " in run_note
+    assert f"python -m search fuse --experiment pareto --mlflow-uri sqlite:///{storage / 'mlflow.db'}" in run_note
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"pareto_front.txt", "optuna_pareto_front.png"} <= artifacts
     front = study(storage, "pareto").best_trials
