@@ -62,6 +62,13 @@ def test_replays_of_a_known_table(tmp_path):
     assert reach(grid, recording, target_a) == 3 * order.index(best) + 3
     assert reach(grid, recording, target_a - 0.2) == 3 * order.index(best) + 1  # its first epoch is enough
 
+    # without de-duplication TPE trains the best configuration again; the repeat is another trial and
+    # does not move the pick back to its first epoch (the search keeps the first trial's checkpoint)
+    again = replay(Strategy("TPE, no de-duplication", dedup=False), recording, seed=0, num_samples=8)
+    assert sum(c == best for c, _, _ in again.decisions) >= 2
+    epochs_of_pick = [e for c, e in zip(again.pick, again.pick_epoch) if c == best]
+    assert epochs_of_pick == sorted(epochs_of_pick) and epochs_of_pick[-1] == 3
+
     tpe = replay(Strategy("TPE"), recording, seed=1)
     assert tpe.distinct == 4 and len(tpe.decisions) == 4  # each configuration once, though num_samples allows more
     default = replace(DEFAULT, grace=2)  # the default's rules, its first rung inside this table's 3 epochs

@@ -354,7 +354,10 @@ def replay(strategy: Strategy, recording: Recording, seed: int, num_samples: int
     trace, created, spent = Trace(), 0, 0
     seen: set = set()
     finished = False
-    best = (-math.inf, -1, 0)  # (objective seen, config, epoch)
+    # the incumbent: (objective seen, trial, its configuration, its epoch). By trial, not by
+    # configuration: a repeat of the picked configuration (a strategy without de-duplication) is
+    # another trial, with its own checkpoints, and does not move the pick back to its first epoch.
+    best = (-math.inf, None, -1, 0)
 
     def result_of(c: int, epoch: int) -> dict:
         if strategy.seeds == 1:
@@ -402,12 +405,12 @@ def replay(strategy: Strategy, recording: Recording, seed: int, num_samples: int
             trial.last_result = result
             spent += 1
             if result["objective"] > best[0]:
-                best = (result["objective"], c, trial.epoch)
-            elif best[1] == c:  # the picked trial went on: its epoch advances with it
-                best = (best[0], c, trial.epoch)
+                best = (result["objective"], trial.trial_id, c, trial.epoch)
+            elif best[1] == trial.trial_id:  # the picked trial went on: its epoch advances with it
+                best = (best[0], trial.trial_id, c, trial.epoch)
             trace.budget.append(spent)
-            trace.pick.append(best[1])
-            trace.pick_epoch.append(best[2])
+            trace.pick.append(best[2])
+            trace.pick_epoch.append(best[3])
             decision = scheduler.on_trial_result(ctrl, trial, dict(result))
             if decision != TrialScheduler.STOP:
                 searcher.on_trial_result(trial.trial_id, dict(result))
@@ -446,7 +449,7 @@ def replay_optuna(strategy: Strategy, recording: Recording, seed: int, num_sampl
     trace, spent, created = Trace(), 0, 0
     running: list = []
     seen: set = set()
-    best = (-math.inf, -1, 0)
+    best = (-math.inf, None, -1, 0)  # as in replay(): the incumbent by trial
     while True:
         while created < num_samples and len(running) < strategy.concurrency:
             trial = study.ask()
@@ -463,12 +466,12 @@ def replay_optuna(strategy: Strategy, recording: Recording, seed: int, num_sampl
             value = float(recording.objective[c, seed_of[c], e - 1])
             spent += 1
             if value > best[0]:
-                best = (value, c, e)
-            elif best[1] == c:
-                best = (best[0], c, e)
+                best = (value, trial.number, c, e)
+            elif best[1] == trial.number:
+                best = (best[0], trial.number, c, e)
             trace.budget.append(spent)
-            trace.pick.append(best[1])
-            trace.pick_epoch.append(best[2])
+            trace.pick.append(best[2])
+            trace.pick_epoch.append(best[3])
             trial.report(value, e)
             if trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
