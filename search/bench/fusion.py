@@ -38,9 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tqdm import tqdm
+
 from asc.cli import ArgumentParser, COUNT
 from asc.errors import AscError
 from search.bench import add_report_options
+from search.bench.search import machine_line
+from search.objectives import Objective
+
+# MLflow, the fusion command's module (MLflow, torch) and matplotlib are imported late, by the part
+# that uses them: `--help` starts without them.
 
 SIZES = (8, 20, 60)  # B&C clips in the selection part
 A_PER_BC = 7.5  # A clips per B&C clip in the selection part (a 60 A : 8 B&C split, as in small sets)
@@ -117,7 +124,6 @@ def one_draw(pool: Pool, n_bc: int, trials: int, rng: np.random.Generator, seed:
     """One small search and one selection split: every method's gain over the best single candidate, on
     the rest (``eval``) and on the selection part (``sel``), in points of Metric B, and its member count."""
     from search.fuse import Clips, choose, metrics_of
-    from search.objectives import Objective
 
     objective = Objective("metric_b")
     picked = [int(rng.choice(pool.configs[k])) for k in rng.choice(len(pool.configs), size=trials, replace=False)]
@@ -145,8 +151,6 @@ def one_draw(pool: Pool, n_bc: int, trials: int, rng: np.random.Generator, seed:
 
 
 def run(pool: Pool, sizes: list[int], trials: int, draws: int, seed: int, progress: bool) -> dict:
-    from tqdm import tqdm
-
     rng = np.random.default_rng(seed)
     results: dict[int, list[dict]] = {}
     with tqdm(total=len(sizes) * draws, desc="draws", unit="draw", disable=not progress, file=sys.stderr) as bar:
@@ -248,7 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.bench.search import machine_line
     from search.tracking import tracking_uri
 
     args = build_parser().parse_args(argv)

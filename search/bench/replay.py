@@ -37,9 +37,11 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -47,9 +49,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
 
 from asc.cli import ArgumentParser, COUNT, SEED
 from asc.errors import AscError
+from search.bench import add_report_options
+from search.space import parse_space
+
+# Ray Tune, MLflow, matplotlib and the search's searcher and scheduler (which import Ray) are imported
+# late, by the part that uses them: `--help` and a table check start without them.
 
 TABLE = Path(__file__).resolve().parent / "data" / "replay.parquet"
 COLUMNS = ("config", "seed", "epoch", "objective", "eval_metric_b")
@@ -81,10 +92,6 @@ class Recording:
         return self.objective.shape[1]
 
     def space(self):
-        import yaml
-
-        from search.space import parse_space
-
         return parse_space(yaml.safe_load(self.space_text), "recorded space", self.space_text)
 
     def index(self, space) -> dict[str, int]:
@@ -101,9 +108,6 @@ class Recording:
 
 def load_recording(path: Path) -> Recording:
     """The table, checked: one line naming the file and what is wrong."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.is_file():
         raise AscError(f"{path}: no replay table here (record one with --export, or use the shipped {TABLE.name})")
@@ -137,15 +141,11 @@ def load_recording(path: Path) -> Recording:
 
 def export_recording(uri: str, experiment: str, out: Path, command: str) -> Recording:
     """The replay table from a recorded search in MLflow (a grid, every trial its full epochs)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from mlflow.tracking import MlflowClient
 
     from search.bench.search import machine_line
-    from search.space import parse_space
     from search.tracking import artifact_text
     from search.warmstart import _parse
-    import yaml
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -284,10 +284,6 @@ class Trace:
 
 
 def _silence() -> None:
-    import logging
-
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
@@ -296,7 +292,6 @@ def _silence() -> None:
 
 def make_search(strategy: Strategy, space, seed: int, num_samples: int):
     """(searcher wrapped as Tune wraps it, scheduler) for one replay."""
-    import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -433,7 +428,6 @@ def replay(strategy: Strategy, recording: Recording, seed: int, num_samples: int
 def replay_optuna(strategy: Strategy, recording: Recording, seed: int, num_samples: int | None = None) -> Trace:
     """Optuna alone, as its documentation runs it: TPE asks, each trial reports every epoch and asks
     ``should_prune()`` (HyperbandPruner), ``concurrency`` trials at a time through ask and tell."""
-    import optuna
 
     space = recording.space()
     index = recording.index(space)
@@ -665,8 +659,6 @@ DEFAULT = Strategy("TPE + ASHA g4 rf3", scheduler="asha", grace=4, rf=3.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.bench import add_report_options
-
     parser = ArgumentParser(prog="python -m search bench-replay", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", type=Path, default=TABLE, help="the recording (default: the shipped one)")
@@ -776,8 +768,6 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, args.plot, f"{len(rows)} strategies x {args.replays} replays on {args.table.name}")
         print(f"\nplot: {args.plot}; {time.perf_counter() - start:.0f} s in all")
         if args.check:
-            import tempfile
-
             with tempfile.TemporaryDirectory() as tmp:
                 tuned, simulated = tune_check(replace(DEFAULT, concurrency=1), recording, args.seed, Path(tmp))
             same = tuned == simulated
