@@ -100,6 +100,7 @@ def system_config(system_id: str, store: str, model_name: str = "msxception", we
 
 
 PAPER_KEYS = ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap")  # the figures of System.paper, in its order
+UNSEEN_KEYS = ("acc_unseen", "unseen_gap")  # beside them where the set has devices unseen in training
 
 
 def paper_cells(system: System) -> str:
@@ -111,17 +112,19 @@ def paper_cells(system: System) -> str:
 def format_comparison(rows) -> str:
     """``rows`` of (system id, System, train() result): the device table beside the paper's."""
     seeds = max((len(r.get("seeds", [])) for _, _, r in rows), default=0)
+    # the devices unseen in training, where the set has them (the paper's had none): after the paper's
+    keys = PAPER_KEYS + (UNSEEN_KEYS if any("acc_unseen" in r["test"] for _, _, r in rows) else ())
     # several seeds: means over seeds with their standard errors (train_seeds results), wider cells
-    head = (f"{'system':<7}{column_heads(PAPER_KEYS, 12 if seeds > 1 else 7)}  |  paper (MSXception, real data):"
+    head = (f"{'system':<7}{column_heads(keys, 12 if seeds > 1 else 7)}  |  paper (MSXception, real data):"
             f"{column_heads(PAPER_KEYS, 6)}")
     lines = [head, "-" * len(head)]
     for sid, system, result in rows:
         t = result["test"]
         if seeds > 1:
             ours = "".join(f"{100 * t.get(k, math.nan):>7.1f}+-{100 * t.get(k + '_sem', math.nan):<3.1f}"
-                           for k in PAPER_KEYS)
+                           for k in keys)
         else:
-            ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in PAPER_KEYS)
+            ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in keys)
         paper = paper_cells(system) if system.paper else f"{'-':>6}" * 5
         lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
     if seeds > 1:

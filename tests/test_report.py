@@ -63,3 +63,15 @@ def test_the_fusion_table_puts_the_clips_standard_errors_under_the_first_member_
     lines = table.splitlines()
     assert [k for k, line in enumerate(lines) if line.startswith("  +- (clips)")] == [4, 7]
     assert f"+-{100 * m['acc_bc_cse']:.1f}" in lines[7] and f"+-{100 * m['device_gap_cse']:.1f}" in lines[7]
+
+
+def test_asc_compare_shows_the_unseen_devices_beside_the_papers_columns_where_the_set_has_them():
+    from asc.systems import SYSTEMS, format_comparison
+
+    seen = {"acc_a": 0.7, "acc_b": 0.6, "acc_c": 0.5, "acc_bc": 0.55, "device_gap": 0.15}
+    plain = format_comparison([("A2", SYSTEMS["A2"], {"test": seen})])
+    assert "unseen" not in plain and "u-gap" not in plain  # a set without unseen devices: the paper's columns
+    table = format_comparison([("A2", SYSTEMS["A2"], {"test": {**seen, "acc_unseen": 0.4, "unseen_gap": 0.3}})])
+    head, _, row = table.splitlines()[:3]
+    assert head.split("|")[0].split()[-2:] == ["unseen", "u-gap"]
+    assert row.split("|")[0].split()[-2:] == ["40.0", "30.0"]
