@@ -164,7 +164,8 @@ class RetryingClient:
     dropped: it is kept, in order, together with every such write after it (so that a run is never
     closed before its last epoch is written), and tried again before the next write, and at the end
     of the search (:meth:`flush`).
-    Artifact writes (files in temporary folders) are retried in place and raise if they still fail."""
+    Artifact writes (files in temporary folders) are retried in place and raise if they still fail;
+    a trial's whole model and artifacts are retried the same way (:func:`retry_transient`)."""
 
     DEFERRABLE = ("log_batch", "set_tag", "set_terminated", "update_run")
 
@@ -176,13 +177,7 @@ class RetryingClient:
         self._warned = False
 
     def _retry(self, method, args, kwargs, delays):
-        for delay in (*delays, None):
-            try:
-                return method(*args, **kwargs)
-            except Exception as exc:  # MLflow raises its own, requests' and OS errors for an absent server
-                if delay is None or not _transient(exc):
-                    raise
-                time.sleep(delay)
+        return retry_transient(lambda: method(*args, **kwargs), delays)
 
     def __getattr__(self, name):
         method = getattr(self._client, name)
@@ -249,6 +244,21 @@ def retry_delays(default: tuple = (1, 2, 4, 8, 16)) -> tuple:
     if any(d < 0 or math.isnan(d) for d in delays):
         raise AscError(f"{RETRY_ENV}={text!r}: a delay is negative or not a number")
     return delays
+
+
+def retry_transient(call, delays: tuple, on_retry=None):
+    """``call()``, tried again after each of ``delays`` (seconds) while it fails as an unreachable or
+    overloaded server does (:func:`_transient`); any other failure, or the last, is raised.
+    ``on_retry(exc)`` hears each failure that is tried again."""
+    for delay in (*delays, None):
+        try:
+            return call()
+        except Exception as exc:  # MLflow raises its own, requests' and OS errors for an absent server
+            if delay is None or not _transient(exc):
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(delay)
 
 
 def _transient(exc) -> bool:
@@ -392,7 +402,9 @@ class MlflowTracker(Callback):
         try:
             if checkpoint is not None:
                 with checkpoint.as_directory() as folder:
-                    log_trial_artifacts(self.client, self.uri, run_id, Path(folder), label)
+                    # a server that blinks: the whole logging again (it drops a half-logged model first)
+                    retry_transient(lambda: log_trial_artifacts(self.client, self.uri, run_id, Path(folder), label),
+                                    self.client.delays)
         except Exception as exc:  # a bug or a full disk here must not fail the search: the trial is done
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             print(f"warning: {label}: could not log its artifacts to MLflow ({message})", file=sys.stderr)

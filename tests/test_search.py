@@ -198,6 +198,28 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "y").exists()
 
 
+def test_a_write_is_tried_again_while_the_server_is_unreachable_and_not_after_another_failure():
+    """What a trial's model and artifacts go through (and every RetryingClient call): a connection
+    refused twice, then an answer; a failure no later try can fix is raised at once."""
+    from search.tracking import retry_transient
+
+    tries, heard = [], []
+
+    def flaky():
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        return "logged"
+
+    assert retry_transient(flaky, (0, 0, 0), on_retry=heard.append) == "logged" and len(tries) == 3
+    assert [type(e).__name__ for e in heard] == ["ConnectionRefusedError"] * 2
+    tries.clear()
+    with pytest.raises(ConnectionRefusedError):
+        retry_transient(flaky, (0,))  # out of tries
+    with pytest.raises(ValueError):
+        retry_transient(lambda: (_ for _ in ()).throw(ValueError("a bug")), (0, 0))
+
+
 def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_line(monkeypatch, tmp_path):
     from asc.errors import AscError
     from search.tracking import RETRY_ENV, RetryingClient, check_tracking_uri, retry_delays
