@@ -310,6 +310,7 @@ class MlflowTracker(Callback):
         # The last epoch logged per trial: a trial retried from its last registered checkpoint may
         # report an epoch again (with the same figures: resuming reproduces them); it is logged once.
         self.logged: dict[str, int] = {}
+        self.waiting: dict[str, list] = {}  # results not yet logged because the trial's run is not there yet
         self._client = None
         # A finished trial's artifacts (model, predictions, plots: 1-2 s) are logged on one background
         # thread, so that Tune starts the next trial meanwhile; the run is closed after them.
@@ -370,8 +371,19 @@ class MlflowTracker(Callback):
 
     @_tolerant
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        # Kept until the trial's run exists: a server that does not answer when a trial starts (longer
+        # than the retries) would otherwise lose the epochs reported before it answers again.
+        waiting = self.__dict__.setdefault("waiting", {})
+        waiting.setdefault(trial.trial_id, []).append(dict(result))
+        self._log_waiting(trial)
+
+    def _log_waiting(self, trial) -> None:
+        run_id = self.run_id(trial)  # raises while the server does not answer: the results stay kept
+        for result in self.__dict__.get("waiting", {}).pop(trial.trial_id, []):
+            self._log_result(run_id, trial, result)
+
+    def _log_result(self, run_id: str, trial, result: dict) -> None:
         step, now = int(result["epoch"]), int(time.time() * 1000)
-        run_id = self.run_id(trial)
         if step <= self.logged.get(trial.trial_id, 0):
             return
         keys = [k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -383,6 +395,7 @@ class MlflowTracker(Callback):
 
     @_tolerant
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._log_waiting(trial)
         run_id = self.run_id(trial)
         result = trial.last_result or {}
         reached, epochs = int(result.get("epoch", 0)), int(result.get("epochs", 0))

@@ -104,3 +104,40 @@ def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
         if search is not None and search.poll() is None:
             _kill_group(search)
         _kill_group(server)
+
+
+def test_a_tracking_server_down_when_a_trial_starts_loses_none_of_its_epochs(store, tmp_path):
+    """The server goes away as the first trial ends and comes back after the second trial's first
+    epoch: the second trial's run, created late, holds every epoch once; the first trial's model,
+    which could not be logged, is said so on its run (`artifact_error`), and every run is closed."""
+    port, faults = _free_port(), tmp_path / "faults"
+    first_end, second = "trial=t001/end", "trial=t002/reported/epoch=1"
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    search = None
+    try:
+        _wait_http(f"{uri}/health", 300)
+        search = subprocess.Popen(
+            search_cmd(store, tmp_path / "runs", "late", "--num-samples", "2", "--max-concurrent", "1",
+                       "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
+            cwd=REPO, env=armed(faults, first_end, second, base=QUICK_RETRIES), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        wait_fault(faults, first_end, search)
+        _kill_group(server)  # gone before the driver opens the second trial's run
+        release(faults, first_end)
+        wait_fault(faults, second, search)
+        server = _mlflow_server(tmp_path, port)
+        _wait_http(f"{uri}/health", 300)
+        release(faults, second)
+        out, err = search.communicate(timeout=600)
+        assert search.returncode == 0, err[-3000:]
+        client, _, _, trials = mlflow_runs(uri, "late")
+        by_label = {r.data.tags["mlflow.runName"].split()[0]: r for r in trials}
+        assert sorted(by_label) == ["t001", "t002"] and all(r.info.status == "FINISHED" for r in trials)
+        history = client.get_metric_history(by_label["t002"].info.run_id, "objective")
+        assert sorted(m.step for m in history) == [1, 2, 3], history  # epoch 1 reported while no run existed
+        assert "artifact_error" in by_label["t001"].data.tags and "model_uri" in by_label["t002"].data.tags
+    finally:
+        if search is not None and search.poll() is None:
+            _kill_group(search)
+        _kill_group(server)
