@@ -14,9 +14,13 @@ the order :data:`ENHANCEMENTS` lists them, which is also the order of the stages
   subtraction), cacheable in the store's derived caches where costly (the median filter on a CPU);
 - ``train`` on the model's input: augmentations of the batch (Freq-MixStyle), training only.
 
-Adding an enhancement is a new :class:`Definition` here, its function, the stage's one line in
-``asc.train`` (and in ``Enhancement.__call__`` for a ``batch`` one), and its tests (tests/test_enhance.py
-holds those every enhancement must pass).
+Adding an enhancement is, here: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the
+dict is its place in the order), a field of :class:`Enhancement` of the same name (a bool without
+settings, else ``tuple | None``: the definition checks, composes, names and labels it), and its
+function; in ``asc.train``, the stage's one line (``FeatureView`` for a ``train`` step before
+normalisation, ``Training.run_epoch`` for one on the model's input), or, for a ``batch`` one, a line in
+``Enhancement.__call__``, which the served model (``asc.inference``) calls too; and its tests
+(tests/test_enhance.py holds those every enhancement must pass, served-equals-trained included).
 
 The functions take ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and return a
 new array of the same shape; the input is never changed.
@@ -49,6 +53,31 @@ class Setting:
     odd: bool = False  # median-filter sizes
     help: str = ""
 
+    def check(self, value, enhancement: str):
+        """``value`` as this setting's kind, within its bounds; else an AscError naming it."""
+        what = f"{enhancement} {self.name}"
+        try:
+            if self.kind is int:
+                if isinstance(value, bool) or float(value) != int(value):
+                    raise ValueError
+                value = int(value)
+            elif self.kind is float:
+                if isinstance(value, bool) or not np.isfinite(float(value)):
+                    raise ValueError
+                value = float(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise AscError(f"{what} must be {'an integer' if self.kind is int else 'a number'}, not {value!r}") \
+                from None
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise AscError(f"{what} must be {'>' if self.low_open else '>='} {self.low:g}, not {value!r}")
+        if self.high is not None and value > self.high:
+            raise AscError(f"{what} must be <= {self.high:g}, not {value!r}")
+        if self.odd and value % 2 == 0:
+            raise AscError(f"{what} must be odd, not {value!r}")
+        return value
+
 
 @dataclass(frozen=True)
 class Definition:
@@ -63,6 +92,15 @@ class Definition:
 
     def key(self, setting: str) -> str:
         return f"{self.name}_{setting}"
+
+    def check(self, values) -> tuple:
+        """A configuration's values of these settings, in their order, each of its kind and within its
+        bounds; else an AscError naming the enhancement, the setting and the value."""
+        values = tuple(values)
+        if len(values) != len(self.settings):
+            raise AscError(f"{self.name} takes {len(self.settings)} settings "
+                           f"({', '.join(s.name for s in self.settings)}), not {values!r}")
+        return tuple(s.check(v, self.name) for s, v in zip(self.settings, values))
 
     def label(self, values: dict) -> str:
         """``medfilt7x21``, ``fms p=0.4 alpha=0.3``: the short name and the settings' values, named in
@@ -97,6 +135,9 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
         help="Freq-MixStyle (Schmid et al. 2022): per-band statistics mixed with a batch partner's"),
 )}
 PAPER_ENHANCEMENTS = ("none", "mean_subtraction", "median_filter", "spectrum_correction")  # the paper's choices
+# The enhancements a trial switches on (spectrum correction is a store's): each is a field of
+# Enhancement of the same name, a bool without settings, else the tuple of its settings or None.
+_ON_FEATURES = {n: d for n, d in ENHANCEMENTS.items() if d.stage != "store"}
 
 
 def parse_composition(text: str) -> tuple[str, ...]:
@@ -201,50 +242,35 @@ class Enhancement:
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise AscError(f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}")
-        if self.median_filter is not None:
-            object.__setattr__(self, "median_filter", tuple(self.median_filter))
-            b, f = self.median_filter
-            if b % 2 == 0 or f % 2 == 0 or b < 1 or f < 1:
-                raise AscError(f"median_filter must be two odd positive sizes, not {self.median_filter}")
-        if self.freq_mixstyle is not None:
-            p, alpha = self.freq_mixstyle
-            object.__setattr__(self, "freq_mixstyle", (float(p), float(alpha)))
-            if not (0 <= p <= 1 and alpha > 0 and np.isfinite(alpha)):
-                raise AscError(f"freq_mixstyle needs p in [0, 1] and alpha > 0, not p {p}, alpha {alpha}")
-        if self.dir is not None:
-            p, responses = self.dir
-            object.__setattr__(self, "dir", (float(p), str(responses)))
-            if not 0 <= p <= 1:
-                raise AscError(f"dir needs p in [0, 1], not {p}")
+        for name, d in _ON_FEATURES.items():  # each field checked by its definition
+            value = getattr(self, name)
+            if not d.settings:
+                object.__setattr__(self, name, bool(value))
+            elif value is not None:
+                object.__setattr__(self, name, d.check(value))
 
     # ---- as a composition of definitions ------------------------------------------------------------
     @classmethod
     def compose(cls, names, values: dict, normalization: str = "gmsvn") -> "Enhancement":
         """From enhancement names and their settings' values (``{"median_filter_bands": 7, ...}``,
         defaults for those missing)."""
-        def get(name: str, setting: str):
-            d = ENHANCEMENTS[name]
-            default = next(s.default for s in d.settings if s.name == setting)
-            return values.get(d.key(setting), default)
-
         names = set(names)
-        return cls(normalization=normalization, mean_subtraction="mean_subtraction" in names,
-                   median_filter=(get("median_filter", "bands"), get("median_filter", "frames"))
-                   if "median_filter" in names else None,
-                   freq_mixstyle=(get("freq_mixstyle", "p"), get("freq_mixstyle", "alpha"))
-                   if "freq_mixstyle" in names else None,
-                   dir=(get("dir", "p"), get("dir", "responses")) if "dir" in names else None)
+        fields = {}
+        for name, d in _ON_FEATURES.items():
+            if not d.settings:
+                fields[name] = name in names
+            elif name in names:
+                fields[name] = tuple(values.get(d.key(s.name), s.default) for s in d.settings)
+        return cls(normalization=normalization, **fields)
 
     @property
     def names(self) -> tuple[str, ...]:
         """The enhancements that are on, in their order (spectrum correction is the store's)."""
-        on = {"mean_subtraction": self.mean_subtraction, "median_filter": self.median_filter is not None,
-              "freq_mixstyle": self.freq_mixstyle is not None, "dir": self.dir is not None}
-        return tuple(n for n in ENHANCEMENTS if on.get(n))
+        return tuple(n for n in _ON_FEATURES if getattr(self, n) not in (None, False))
 
     def settings(self, name: str) -> dict:
         """An enhancement's settings by name (``{"bands": 7, "frames": 21}``)."""
-        value = {"median_filter": self.median_filter, "freq_mixstyle": self.freq_mixstyle, "dir": self.dir}.get(name)
+        value = getattr(self, name, None) if ENHANCEMENTS[name].settings else None
         return dict(zip((s.name for s in ENHANCEMENTS[name].settings), value or ()))
 
     def label(self, spectrum_correction: bool = False) -> str:

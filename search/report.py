@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 from mlflow.entities import Metric
 
-from asc.enhance import Enhancement, parse_composition
+from asc.enhance import ENHANCEMENTS, Enhancement, parse_composition
 from search.device_table import WIDTH, columns, head_cells, row_cells
 from search.searcher import DUPLICATE_ATTR
 from search.space import CONDITIONAL, Space
@@ -218,11 +218,15 @@ def _params_cell(row: dict, keys: list[str]) -> str:
     return " ".join(cells) or row["describe"]
 
 
-_SHORT = {"enhancement": "enh", "median_filter_bands": "mf_b", "median_filter_frames": "mf_f", "normalization": "norm",
-          "mixup_alpha": "alpha", "mean_subtraction": "ms"}
+_SHORT = {"enhancement": "enh", "normalization": "norm", "mixup_alpha": "alpha"}
 
 
 def _short(key: str) -> str:
+    """A parameter's name in the tables: an enhancement's setting by its definition's short name
+    (``medfilt.bands``, ``fms.p``), a few others abbreviated."""
+    if key in CONDITIONAL:
+        d = ENHANCEMENTS[CONDITIONAL[key]]
+        return f"{d.short}.{key[len(d.name) + 1:]}"
     return _SHORT.get(key, key)
 
 

@@ -43,6 +43,17 @@ def test_every_definition_is_complete(name):
 
     for s in d.settings:
         assert PARAMS[d.key(s.name)].default == s.default and CONDITIONAL[d.key(s.name)] == name
+    # a trial's switch for it: the Enhancement field of its name, checked by its definition
+    if d.stage != "store":
+        assert name in {f.name for f in dataclasses.fields(Enhancement)}
+        defaults = tuple(s.default for s in d.settings) if d.settings else True
+        assert Enhancement(**{name: defaults}).names == (name,)
+        for k, s in enumerate(d.settings):
+            if s.low is not None:
+                bad = list(defaults)
+                bad[k] = s.low - 1
+                with pytest.raises(AscError, match=f"^{name} {s.name} must be >"):
+                    Enhancement(**{name: tuple(bad)})
 
 
 def test_compositions_are_canonical_and_labelled_once():
