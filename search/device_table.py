@@ -53,15 +53,18 @@ def row_cells(metrics: dict, keys: list[str], prefix: str = "", width: int = 0, 
     return "".join(f"{pct(metrics.get(prefix + k), width):>{WIDTH}}" for k in keys)
 
 
-def device_table(rows: list[tuple[str, str, dict]], splits: list[str], clip_se: tuple[int, ...] = ()) -> str:
-    """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side;
-    under each row of ``clip_se`` (indices) a line of its figures' standard errors from the clips."""
+def device_table(rows: list[tuple[str, str, dict]], splits: list[str], clip_se: tuple[int, ...] = (),
+                 titles: dict[str, str] | None = None) -> str:
+    """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side,
+    each under ``titles[split]`` (default ``<split> clips (%)``); under each row of ``clip_se``
+    (indices) a line of its figures' standard errors from the clips."""
     keys, heads = columns_of([m for _, _, by_split in rows for m in by_split.values()])
     width = max([len(name) for name, _, _ in rows] + [6]) + 2
     weighted = any(weight is not None for _, weight, _ in rows)  # a weight column only for ensembles
     w = WIDTH if weighted else 0
     cells = WIDTH * len(heads)
-    group = f"{'':<{width + w}}" + "".join(f" |{s + ' clips (%)':^{cells}}" for s in splits)
+    titles = titles or {}
+    group = f"{'':<{width + w}}" + "".join(f" |{titles.get(s, s + ' clips (%)'):^{cells}}" for s in splits)
     head = f"{'':<{width}}{'weight' if weighted else '':>{w}}" + "".join(" |" + head_cells(heads) for _ in splits)
     lines = [group.rstrip(), head, "-" * len(head)]
     for k, (name, weight, by_split) in enumerate(rows):

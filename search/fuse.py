@@ -406,7 +406,10 @@ def format_result(result: FusionResult) -> str:
     rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",
              result.metrics[result.candidates[i].label]) for i, w in zip(result.members, result.weights)]
     rows.append(("fusion", "1.00", result.metrics["fusion"]))
-    return (_title(result) + "\n" + device_table(rows, splits, clip_se=(0, -1))
+    # protocol paper: the trials and the fusion chose on the evaluation split, and the table says so
+    titles = ({"selection": "chosen on: evaluation split (%)", "evaluation": "evaluation split, = chosen on (%)"}
+              if result.protocol == "paper" else None)
+    return (_title(result) + "\n" + device_table(rows, splits, clip_se=(0, -1), titles=titles)
             + "\n+- (clips): one standard error from the clips (binomial; the delta method for Metric B and the gaps)")
 
 

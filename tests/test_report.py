@@ -75,3 +75,12 @@ def test_asc_compare_shows_the_unseen_devices_beside_the_papers_columns_where_th
     head, _, row = table.splitlines()[:3]
     assert head.split("|")[0].split()[-2:] == ["unseen", "u-gap"]
     assert row.split("|")[0].split()[-2:] == ["40.0", "30.0"]
+
+
+def test_a_device_table_names_its_column_groups_as_asked():
+    m = metrics(45, 3, 2)
+    plain = device_table([("t000", None, {"selection": m, "evaluation": m})], ["selection", "evaluation"])
+    assert "selection clips (%)" in plain.splitlines()[0] and "evaluation clips (%)" in plain.splitlines()[0]
+    paper = device_table([("t000", None, {"selection": m})], ["selection"],
+                         titles={"selection": "chosen on: evaluation split (%)"})
+    assert "chosen on: evaluation split (%)" in paper.splitlines()[0] and "selection clips" not in paper

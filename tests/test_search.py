@@ -390,6 +390,10 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     refused = run([sys.executable, "-m", "search", "fuse", "--experiment", "once", "--mlflow-uri",
                    f"sqlite:///{storage / 'mlflow.db'}"], timeout=120)
     assert refused.returncode == 2 and "chose their epochs on the evaluation clips (protocol paper)" in refused.stderr
+    fused = run([sys.executable, "-m", "search", "fuse", "--experiment", "once", "--mlflow-uri",
+                 f"sqlite:///{storage / 'mlflow.db'}", "--protocol", "paper"], timeout=300)
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    assert "chosen on: evaluation split (%)" in fused.stdout and "selection clips (%)" not in fused.stdout
 
     again = run(search_cmd(store, storage, "again", "--num-samples", "8", "--warm-start", "once", sets=sets), env=env)
     assert again.returncode == 0, again.stderr[-3000:]
