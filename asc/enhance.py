@@ -70,12 +70,13 @@ class Setting:
         except (TypeError, ValueError):
             raise AscError(f"{what} must be {'an integer' if self.kind is int else 'a number'}, not {value!r}") \
                 from None
+        if self.odd and (value % 2 == 0 or (self.low is not None and value < self.low)):
+            raise AscError(f"{what} must be an odd integer{f' >= {self.low:g}' if self.low is not None else ''}, "
+                           f"not {value!r}")
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             raise AscError(f"{what} must be {'>' if self.low_open else '>='} {self.low:g}, not {value!r}")
         if self.high is not None and value > self.high:
             raise AscError(f"{what} must be <= {self.high:g}, not {value!r}")
-        if self.odd and value % 2 == 0:
-            raise AscError(f"{what} must be odd, not {value!r}")
         return value
 
 

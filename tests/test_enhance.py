@@ -52,7 +52,7 @@ def test_every_definition_is_complete(name):
             if s.low is not None:
                 bad = list(defaults)
                 bad[k] = s.low - 1
-                with pytest.raises(AscError, match=f"^{name} {s.name} must be >"):
+                with pytest.raises(AscError, match=f"^{name} {s.name} must be (>|an odd integer >=)"):
                     Enhancement(**{name: tuple(bad)})
 
 

@@ -293,8 +293,9 @@ def tune_epochs(search_dir: Path) -> dict[str, int]:
 def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(store, tmp_path):
     storage, faults = tmp_path / "runs", tmp_path / "faults"
     point = "trial=t002/reported/epoch=2"
+    studies = tmp_path / "studies"  # --study-dir: the study on the driver's own disk, as on a cluster
     cmd = search_cmd(store, storage, "crash", "--num-samples", "3", "--max-concurrent", "1",
-                     sets=["epochs=4", "scheduler=none"])
+                     "--study-dir", str(studies), sets=["epochs=4", "scheduler=none"])
     proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, point), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -311,11 +312,16 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(sto
     results_before = tune_results(storage, "crash", raw=True)
     assert [r["epoch"] for r in results_before[ids["t001"]]] == [1, 2, 3, 4]
 
+    assert (studies / "crash" / "optuna.db").is_file() and not (storage / "crash" / "optuna.db").exists()
+    (studies / "crash").rename(studies / "away")  # resumed on a machine without the study: refused
+    away = run([sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)], timeout=120)
+    assert away.returncode == 2 and "the search's Optuna study is not here" in away.stderr, away.stderr
+    (studies / "away").rename(studies / "crash")
     done = run([sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming search 'crash'" in done.stdout and "3 trials: 3 finished" in done.stdout
     records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "crash", 3)
-    check_study(storage, "crash", records["results"])
+    check_study(studies, "crash", records["results"])
     assert not records["orphans"]
     results_after = tune_results(storage, "crash", raw=True)
     assert [r["epoch"] for r in results_after[ids["t001"]]] == [1, 2, 3, 4]  # not run again
