@@ -48,9 +48,12 @@ def row_cells(metrics: dict, keys: list[str], prefix: str = "", width: int = 0, 
     ``width``), each right-aligned in its column; ``suffix="_cse"``: the figures' standard errors
     from their clips, each written ``+-x.x``."""
     if suffix:
-        return "".join(f"{'+-' + pct(v).strip() if isinstance(v := metrics.get(prefix + k + suffix), float) and not math.isnan(v) else '-':>{WIDTH}}"
-                       for k in keys)
+        return "".join(f"{_plus_minus(metrics.get(prefix + k + suffix)):>{WIDTH}}" for k in keys)
     return "".join(f"{pct(metrics.get(prefix + k), width):>{WIDTH}}" for k in keys)
+
+
+def _plus_minus(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else "+-" + pct(value).strip()
 
 
 def device_table(rows: list[tuple[str, str, dict]], splits: list[str], clip_se: tuple[int, ...] = (),

@@ -61,13 +61,10 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
     return stores
 
 
-NEEDS_OTHER_DEVICES = POOLED
-
-
 def _check_selection_devices(space: Space, store: str) -> None:
     """An objective on B&C needs B or C clips among the clips each protocol selects on; without
     them every trial's objective is NaN (ASHA cannot stop such trials, Optuna records them FAIL)."""
-    if space.objective.name not in NEEDS_OTHER_DEVICES + ("acc_unseen",):
+    if space.objective.name not in POOLED + ("acc_unseen",):
         return
     clips = FeatureStore(store).clips
     protocol = space.protocol

@@ -246,18 +246,15 @@ def retry_delays(default: tuple = (1, 2, 4, 8, 16)) -> tuple:
     return delays
 
 
-def retry_transient(call, delays: tuple, on_retry=None):
+def retry_transient(call, delays: tuple):
     """``call()``, tried again after each of ``delays`` (seconds) while it fails as an unreachable or
-    overloaded server does (:func:`_transient`); any other failure, or the last, is raised.
-    ``on_retry(exc)`` hears each failure that is tried again."""
+    overloaded server does (:func:`_transient`); any other failure, or the last, is raised."""
     for delay in (*delays, None):
         try:
             return call()
         except Exception as exc:  # MLflow raises its own, requests' and OS errors for an absent server
             if delay is None or not _transient(exc):
                 raise
-            if on_retry is not None:
-                on_retry(exc)
             time.sleep(delay)
 
 
@@ -320,6 +317,9 @@ class MlflowTracker(Callback):
     def __getstate__(self):  # pickled with the experiment state: keep no connection, no thread
         return {**self.__dict__, "_client": None, "runs": {}, "logged": {}, "_executor": None, "_pending": []}
 
+    def __setstate__(self, state):  # a tracker pickled by an earlier version has no waiting results
+        self.__dict__.update({"waiting": {}, **state})
+
     @property
     def client(self) -> RetryingClient:
         if self._client is None:
@@ -373,13 +373,12 @@ class MlflowTracker(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Kept until the trial's run exists: a server that does not answer when a trial starts (longer
         # than the retries) would otherwise lose the epochs reported before it answers again.
-        waiting = self.__dict__.setdefault("waiting", {})
-        waiting.setdefault(trial.trial_id, []).append(dict(result))
+        self.waiting.setdefault(trial.trial_id, []).append(dict(result))
         self._log_waiting(trial)
 
     def _log_waiting(self, trial) -> None:
         run_id = self.run_id(trial)  # raises while the server does not answer: the results stay kept
-        for result in self.__dict__.get("waiting", {}).pop(trial.trial_id, []):
+        for result in self.waiting.pop(trial.trial_id, []):
             self._log_result(run_id, trial, result)
 
     def _log_result(self, run_id: str, trial, result: dict) -> None:

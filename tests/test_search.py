@@ -203,7 +203,7 @@ def test_a_write_is_tried_again_while_the_server_is_unreachable_and_not_after_an
     refused twice, then an answer; a failure no later try can fix is raised at once."""
     from search.tracking import retry_transient
 
-    tries, heard = [], []
+    tries = []
 
     def flaky():
         tries.append(1)
@@ -211,8 +211,7 @@ def test_a_write_is_tried_again_while_the_server_is_unreachable_and_not_after_an
             raise ConnectionRefusedError("[Errno 111] Connection refused")
         return "logged"
 
-    assert retry_transient(flaky, (0, 0, 0), on_retry=heard.append) == "logged" and len(tries) == 3
-    assert [type(e).__name__ for e in heard] == ["ConnectionRefusedError"] * 2
+    assert retry_transient(flaky, (0, 0, 0)) == "logged" and len(tries) == 3  # two refusals, then the answer
     tries.clear()
     with pytest.raises(ConnectionRefusedError):
         retry_transient(flaky, (0,))  # out of tries
