@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -46,6 +47,21 @@ def writable_file(path, what: str):
         raise AscError(f"{what} {path}: no folder {folder} to write it into")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise AscError(f"{what} {path}: not writable")
+    return path
+
+
+def write_atomic(path, text: str) -> Path:
+    """``text`` written to ``path`` aside (a uniquely named file in its folder) and renamed over it:
+    a reader, a crash or a second writer never sees it half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

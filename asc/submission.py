@@ -11,12 +11,10 @@ interrupted write leaves the previous file (or nothing), never half of one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from asc.errors import AscError
+from asc.errors import AscError, write_atomic
 
 FORMATS = ("kaggle", "dcase")
 
@@ -42,12 +40,4 @@ def write_submission(filenames: Sequence[str], labels: Sequence[str], path: str 
         raise AscError(f"{path}: is a folder; give the submission file's path")
     if not path.parent.is_dir():
         raise AscError(f"{path.parent}: no such folder for the submission file")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, text)

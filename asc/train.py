@@ -34,7 +34,7 @@ from asc import REFERENCE_DEVICE
 from asc.cli import MAX_SEED
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
 from asc.enhance import CachedMedianFilter, Enhancement, freq_mixstyle, median_filter_torch
-from asc.errors import AscError, writable_file, writable_folder
+from asc.errors import AscError, writable_file, writable_folder, write_atomic
 from asc.faults import fault_point, injected
 from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS, device_metrics, mean_sem
@@ -783,10 +783,7 @@ def write_json(result: dict, path: str | Path) -> None:
     """``result`` as strict JSON, written aside and renamed into place (callers check the path with
     :func:`asc.errors.writable_file` before the work whose result it is)."""
     path = writable_file(path, "json_out")
-    tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        tmp.write_text(json.dumps(_json_safe(result), indent=1, default=float, allow_nan=False))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(_json_safe(result), indent=1, default=float, allow_nan=False))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise AscError(f"{path}: cannot be written ({exc.strerror or exc})") from None

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from asc.errors import write_atomic
 from search.searcher import RESUMING  # `resume` names where the search's folder is now
 
 STATE_FILE = "asha_state.json"
@@ -100,9 +100,7 @@ class PersistentASHA(ASHAScheduler):
             return
         state = {"rungs": [[[m, {k: float(v) for k, v in rec.items()}] for m, rec in b._rungs] for b in self._brackets],
                  "stopped": self._stopped, "num_stopped": self._num_stopped}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(state))
 
     def _load(self) -> None:
         if self._loaded:

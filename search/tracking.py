@@ -32,7 +32,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from asc.errors import AscError
+from asc.errors import AscError, write_atomic
 from asc.metrics import confusion
 from search.predictions import log_predictions, predictions_table
 
@@ -292,6 +292,44 @@ def send_pending(uri: str, search_dir: Path) -> int:
     return left
 
 
+ARTIFACT_ERROR_TAG = "artifact_error"
+UNLOGGED_FILE = "artifacts_unlogged.json"  # in a trial's folder: its artifacts are not in MLflow yet
+
+
+def unlogged_trials(search_dir: Path) -> list[tuple[Path, dict]]:
+    """(record file, record) of every trial of the search whose artifacts could not be logged (its
+    run is tagged ``artifact_error``); its checkpoint is still in its folder."""
+    found = []
+    for path in sorted(Path(search_dir).glob(f"*/{UNLOGGED_FILE}")):
+        try:
+            found.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:
+            print(f"warning: {path}: unreadable ({exc}); its trial's artifacts stay unlogged", file=sys.stderr)
+    return found
+
+
+def send_unlogged(uri: str, search_dir: Path) -> list[str]:
+    """Log the artifacts that a search could not (:func:`unlogged_trials`) from the trials' checkpoints
+    and clear their runs' ``artifact_error``; returns the labels of those that still fail."""
+    client, failed = RetryingClient(uri), []
+    for path, record in unlogged_trials(search_dir):
+        folder = path.parent / record["checkpoint"]
+        try:
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is gone")
+            retry_transient(lambda: log_trial_artifacts(client, uri, record["run_id"], folder, record["label"]),
+                            client.delays)
+            client.delete_tag(record["run_id"], ARTIFACT_ERROR_TAG)
+        except Exception as exc:
+            print(f"warning: {record['label']}: its artifacts still cannot be logged to MLflow "
+                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr)
+            failed.append(record["label"])
+            continue
+        path.unlink()
+        print(f"{record['label']}: its model and artifacts are logged to MLflow now")
+    return failed
+
+
 ACTIVE: dict = {}  # the tracker of the search this driver runs (the end of the search flushes it)
 
 
@@ -420,7 +458,10 @@ class MlflowTracker(Callback):
         except Exception as exc:  # a bug or a full disk here must not fail the search: the trial is done
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             print(f"warning: {label}: could not log its artifacts to MLflow ({message})", file=sys.stderr)
-            self.client.set_tag(run_id, "artifact_error", message[:4000])
+            self.client.set_tag(run_id, ARTIFACT_ERROR_TAG, message[:4000])
+            if checkpoint is not None:  # beside the checkpoint they come from, for `resume` (send_unlogged)
+                write_atomic(Path(checkpoint.path).parent / UNLOGGED_FILE, json.dumps({
+                    "run_id": run_id, "label": label, "checkpoint": Path(checkpoint.path).name, "error": message}))
         finally:
             self.client.set_terminated(run_id, status)
 

@@ -40,7 +40,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from asc.errors import AscError
+from asc.errors import AscError, write_atomic
 from search.console import LOG_FILE, route_ray_messages
 from search.device_table import pct
 from search.prepare import init_ray
@@ -50,8 +50,8 @@ from search.searcher import ACTIVE, RESUMING, STUDY_FILE, Searcher, make_sampler
 from search.space import Space, load_space
 from search.stores import check_stores_unchanged, resolve_stores, store_devices, store_identity
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, TRIAL_TAG, MlflowTracker, RetryingClient, \
-    check_tracking_uri, close_dangling_runs, save_pending, send_pending, tracking_uri, \
-    start_search, trial_label
+    check_tracking_uri, close_dangling_runs, save_pending, send_pending, send_unlogged, tracking_uri, \
+    start_search, trial_label, unlogged_trials
 from search.trainable import run_trial
 from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start
 
@@ -240,7 +240,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
             "reuse_actors": settings.reuse_actors, "top": settings.top, "store_names": store_names,
             "warm_start": list(settings.warm_start),
             "study_dir": str(Path(settings.study_dir).expanduser().resolve() / name) if settings.study_dir else None}
-    _write_json(search_dir / SEARCH_FILE, info)
+    write_atomic(search_dir / SEARCH_FILE, json.dumps(info, indent=1))
     tuner = _new_tuner(space, info, storage, warm)
     if warm_line:
         print(warm_line)
@@ -261,12 +261,6 @@ def _check_resources(settings: SearchSettings) -> None:
     if settings.address is not None and settings.storage is None:
         print("note: --storage defaults to ./runs on this machine; trials on other nodes need a shared path "
               "(NFS) to checkpoint to and resume from")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _quiet_tune() -> None:
@@ -351,6 +345,7 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     left = send_pending(info["mlflow_uri"], search_dir)  # what a blinking server missed last time
     if left:
         print(f"warning: {left} kept MLflow write(s) still cannot reach {info['mlflow_uri']}")
+    send_unlogged(info["mlflow_uri"], search_dir)  # trials' models it could not take then
     init_ray(address or info.get("address"))
     route_ray_messages(search_dir)
     print(f"resuming search {name!r} from {search_dir}")
@@ -417,6 +412,10 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
     if searcher is not None and (searcher.repeats or searcher.finished):
         print(distinct_line(space, searcher, info["num_samples"], len(trials)))
     print(f"browse them: {ui_command(info['mlflow_uri'], info['experiment_id'])}")
+    unlogged = [record["label"] for _, record in unlogged_trials(search_dir)]
+    if unlogged:
+        print(f"warning: {len(unlogged)} trial(s) have no model in MLflow ({', '.join(unlogged)}: tagged "
+              f"artifact_error); `{resume}` logs them from their checkpoints", file=sys.stderr)
     failed = [t["label"] for t in trials if t["state"] == "failed"]
     if failed:  # the last line, and a non-zero exit (search.__main__): a lost trial is not a result
         print(f"{len(failed)} trial(s) failed for good after {info.get('max_failures', 3) + 1} tries: "

@@ -109,7 +109,8 @@ def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
 def test_a_tracking_server_down_when_a_trial_starts_loses_none_of_its_epochs(store, tmp_path):
     """The server goes away as the first trial ends and comes back after the second trial's first
     epoch: the second trial's run, created late, holds every epoch once; the first trial's model,
-    which could not be logged, is said so on its run (`artifact_error`), and every run is closed."""
+    which could not be logged, is said so on its run (`artifact_error`) and in the search's last
+    lines, every run is closed, and `resume` logs the model from the trial's checkpoint."""
     port, faults = _free_port(), tmp_path / "faults"
     first_end, second = "trial=t001/end", "trial=t002/reported/epoch=1"
     uri = f"http://127.0.0.1:{port}"
@@ -137,6 +138,15 @@ def test_a_tracking_server_down_when_a_trial_starts_loses_none_of_its_epochs(sto
         history = client.get_metric_history(by_label["t002"].info.run_id, "objective")
         assert sorted(m.step for m in history) == [1, 2], history  # epoch 1 reported while no run existed
         assert "artifact_error" in by_label["t001"].data.tags and "model_uri" in by_label["t002"].data.tags
+        assert "1 trial(s) have no model in MLflow (t001" in err and "python -m search resume late" in err
+        done = run([sys.executable, "-m", "search", "resume", "late", "--storage", str(tmp_path / "runs")],
+                   timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "t001: its model and artifacts are logged to MLflow now" in done.stdout
+        assert "have no model in MLflow" not in done.stderr
+        t001 = client.get_run(by_label["t001"].info.run_id)
+        assert "artifact_error" not in t001.data.tags and "model_uri" in t001.data.tags
+        assert {a.path for a in client.list_artifacts(t001.info.run_id)} >= {"predictions.parquet"}
     finally:
         if search is not None and search.poll() is None:
             _kill_group(search)
