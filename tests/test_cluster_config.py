@@ -175,7 +175,7 @@ def test_every_node_mounts_the_shared_storage(config):
         assert mount < _index(commands, lambda c: "requirements.txt" in c), f"{kind}: mount first"
         assert mount < _index(commands, lambda c: "ray start" in c)
         # A stopped node restarted by `ray up` skips setup_commands: the mount must come back at boot.
-        assert re.search(rf"/etc/fstab", commands[mount]) and "_netdev" in commands[mount], kind
+        assert re.search(r"/etc/fstab", commands[mount]) and "_netdev" in commands[mount], kind
         for folder in (STORE, RUNS, ARTIFACTS, DATA):
             assert folder in commands[mount], f"{kind}: {folder} is not made on the share"
 

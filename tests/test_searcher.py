@@ -14,7 +14,7 @@ from ray.tune.search import Searcher as TuneSearcher
 
 from asc.errors import AscError
 from search.schedulers import PersistentASHA
-from search.searcher import DIVERGED_ATTR, DUPLICATE_ATTR, KEY_ATTR, Searcher, make_sampler
+from search.searcher import DIVERGED_ATTR, DUPLICATE_ATTR, Searcher, make_sampler
 from search.space import parse_space
 
 

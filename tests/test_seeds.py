@@ -18,7 +18,7 @@ from asc.train import TrainConfig, mean_and_sem, train, train_seeds
 from search.objectives import Objective
 from search.trainable import flatten_report
 from tests.conftest import predictions_artifact
-from tests.test_search import ENV, mlflow_runs, run, search_cmd, store  # noqa: F401 (fixture)
+from tests.test_search import mlflow_runs, run, search_cmd, store  # noqa: F401 (fixture)
 
 KEYS = ("train_loss", "loss", "acc_a", "acc_bc", "metric_a", "metric_b", "device_gap", "lr")
 
