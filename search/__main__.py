@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top", type=COUNT, default=10, help="rows of the best-trials table (default %(default)s)")
     run.set_defaults(run=_run)
 
-    resume = commands.add_parser("resume", help="continue a search whose driver died")
+    resume = commands.add_parser("resume", help="continue a search whose driver died, and send what MLflow missed")
     resume.add_argument("name", help="the search's name (--name of `run`)")
     resume.add_argument("--storage", default=None, help="the --storage it ran with (default: ./runs)")
     resume.add_argument("--address", default=None, help="Ray cluster address (default: the one it ran with)")

@@ -9,6 +9,7 @@ what they check does not depend on timing, and the suite's time stays within its
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -72,66 +73,58 @@ def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_r
 QUICK_RETRIES = {**ENV, "ASC_MLFLOW_RETRY_DELAYS": "0.2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 
 
-def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
-    """The server is stopped after a trial's first epoch and started again after its second: every
-    epoch of every trial is in MLflow exactly once, and every run is closed."""
+@contextlib.contextmanager
+def server_away(store, tmp_path, name: str, down: str, up: str, sets: list[str]):
+    """A two-trial search against a real `mlflow server` that is stopped when the search reaches the
+    fault point ``down`` and started again (on the same port and store) when it reaches ``up``.
+    Yields (tracking URI, the search's stderr) once the search has ended with exit status 0."""
     port, faults = _free_port(), tmp_path / "faults"
-    first, second = "trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2"
     uri = f"http://127.0.0.1:{port}"
     server = _mlflow_server(tmp_path, port)
     search = None
     try:
         _wait_http(f"{uri}/health", 300)
         search = subprocess.Popen(
-            search_cmd(store, tmp_path / "runs", "blink", "--num-samples", "2", "--max-concurrent", "1",
-                       "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
-            cwd=REPO, env=armed(faults, first, second, base=QUICK_RETRIES), stdout=subprocess.PIPE,
+            search_cmd(store, tmp_path / "runs", name, "--num-samples", "2", "--max-concurrent", "1",
+                       "--mlflow-uri", uri, sets=sets),
+            cwd=REPO, env=armed(faults, down, up, base=QUICK_RETRIES), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True)
-        wait_fault(faults, first, search)
-        _kill_group(server)  # the server goes away while the trial trains its second epoch
-        release(faults, first)
-        wait_fault(faults, second, search)  # the driver has had its second epoch while no server answered
+        wait_fault(faults, down, search)
+        _kill_group(server)
+        release(faults, down)
+        wait_fault(faults, up, search)  # the driver has gone on while no server answered
         server = _mlflow_server(tmp_path, port)
         _wait_http(f"{uri}/health", 300)
-        release(faults, second)
+        release(faults, up)
         out, err = search.communicate(timeout=600)
         assert search.returncode == 0, err[-3000:]
-        assert "does not answer" in err and "answers again" in err
-        records = check_records(uri, tmp_path / "runs", "blink", 2)  # every epoch once, every run FINISHED
-        check_study(tmp_path / "runs", "blink", records["results"])
-        assert not (tmp_path / "runs" / "blink" / "mlflow_pending.pkl").exists()
+        yield uri, err
     finally:
         if search is not None and search.poll() is None:
             _kill_group(search)
         _kill_group(server)
 
 
+def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
+    """The server is stopped after a trial's first epoch (so, while it trains its second) and started
+    again after its second: every epoch of every trial is in MLflow exactly once, and every run is
+    closed."""
+    with server_away(store, tmp_path, "blink", "trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2",
+                     ["epochs=3", "scheduler=none"]) as (uri, err):
+        assert "does not answer" in err and "answers again" in err
+        records = check_records(uri, tmp_path / "runs", "blink", 2)  # every epoch once, every run FINISHED
+        check_study(tmp_path / "runs", "blink", records["results"])
+        assert not (tmp_path / "runs" / "blink" / "mlflow_pending.pkl").exists()
+
+
 def test_a_tracking_server_down_when_a_trial_starts_loses_none_of_its_epochs(store, tmp_path):
-    """The server goes away as the first trial ends and comes back after the second trial's first
-    epoch: the second trial's run, created late, holds every epoch once; the first trial's model,
-    which could not be logged, is said so on its run (`artifact_error`) and in the search's last
-    lines, every run is closed, and `resume` logs the model from the trial's checkpoint."""
-    port, faults = _free_port(), tmp_path / "faults"
-    first_end, second = "trial=t001/end", "trial=t002/reported/epoch=1"
-    uri = f"http://127.0.0.1:{port}"
-    server = _mlflow_server(tmp_path, port)
-    search = None
-    try:
-        _wait_http(f"{uri}/health", 300)
-        search = subprocess.Popen(
-            search_cmd(store, tmp_path / "runs", "late", "--num-samples", "2", "--max-concurrent", "1",
-                       "--mlflow-uri", uri, sets=["epochs=2", "scheduler=none"]),
-            cwd=REPO, env=armed(faults, first_end, second, base=QUICK_RETRIES), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True)
-        wait_fault(faults, first_end, search)
-        _kill_group(server)  # gone before the driver opens the second trial's run
-        release(faults, first_end)
-        wait_fault(faults, second, search)
-        server = _mlflow_server(tmp_path, port)
-        _wait_http(f"{uri}/health", 300)
-        release(faults, second)
-        out, err = search.communicate(timeout=600)
-        assert search.returncode == 0, err[-3000:]
+    """The server goes away as the first trial ends (before the driver opens the second trial's run)
+    and comes back after the second trial's first epoch: the second trial's run, created late, holds
+    every epoch once; the first trial's model, which could not be logged, is said so on its run
+    (`artifact_error`) and in the search's last lines, every run is closed, and `resume` logs the
+    model from the trial's checkpoint."""
+    with server_away(store, tmp_path, "late", "trial=t001/end", "trial=t002/reported/epoch=1",
+                     ["epochs=2", "scheduler=none"]) as (uri, err):
         client, _, _, trials = mlflow_runs(uri, "late")
         by_label = {r.data.tags["mlflow.runName"].split()[0]: r for r in trials}
         assert sorted(by_label) == ["t001", "t002"] and all(r.info.status == "FINISHED" for r in trials)
@@ -147,7 +140,3 @@ def test_a_tracking_server_down_when_a_trial_starts_loses_none_of_its_epochs(sto
         t001 = client.get_run(by_label["t001"].info.run_id)
         assert "artifact_error" not in t001.data.tags and "model_uri" in t001.data.tags
         assert {a.path for a in client.list_artifacts(t001.info.run_id)} >= {"predictions.parquet"}
-    finally:
-        if search is not None and search.poll() is None:
-            _kill_group(search)
-        _kill_group(server)
