@@ -5,8 +5,8 @@ cutoffs are computed) in the driver's memory only, and ``Tuner.restore`` rebuild
 the pickle made when the search started (ray-project/ray#30838, open): a resumed search compares its
 trials against the results reported after the restore only, and so stops different trials than an
 uninterrupted one would. :class:`PersistentASHA` is Ray's class with its state (every rung's recorded
-results, and the trials it decided to stop) written to ``asha_state.json`` in the search's folder after
-every decision, and read back the first time a restored search uses it; given the same results it
+results, and the trials it decided to stop) written to ``asha_state.json`` beside the search's Optuna
+study (the driver's own state: the search's folder, or ``--study-dir``) after every decision, and read back the first time a restored search uses it; given the same results it
 stops the same trials, interrupted or not.
 
 ``noise_z``: with several seeds per trial, a trial's objective is a mean with a standard error. ASHA
@@ -26,7 +26,7 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from asc.errors import write_atomic
-from search.searcher import RESUMING  # `resume` names where the search's folder is now
+from search.searcher import RESUMING  # `resume` names where the study's folder is now
 
 STATE_FILE = "asha_state.json"
 
@@ -90,8 +90,8 @@ class PersistentASHA(ASHAScheduler):
     def _path(self) -> Path | None:
         if not self.state_file:
             return None
-        if RESUMING.get("search_dir") is not None:
-            return Path(RESUMING["search_dir"]) / STATE_FILE
+        if RESUMING.get("study_dir") is not None:
+            return Path(RESUMING["study_dir"]) / STATE_FILE
         return Path(self.state_file)
 
     def _save(self) -> None:

@@ -81,8 +81,9 @@ def study_storage(search_dir: Path):
 # unpickled copy, which registers itself in restore): the end-of-search report reads its counts.
 ACTIVE: dict = {}
 
-# The folder of the search `resume` continues (the study's database is there, wherever the pickled
-# searcher thought it was: the folder may have moved, or be an NFS mount at another path).
+# The study folder of the search `resume` continues: the study's database and ASHA's state are there,
+# wherever the pickled searcher and scheduler thought they were (the folder may have moved, or be an
+# NFS mount at another path). The search's folder unless it ran with --study-dir.
 RESUMING: dict = {}
 
 
@@ -212,8 +213,8 @@ class Searcher(OptunaSearch):
         ACTIVE["searcher"] = self
         # The study's database holds every trial it had, also those asked after the pickle was saved;
         # `resume` names where it is now (the folder may have moved, or be mounted elsewhere).
-        if RESUMING.get("search_dir") is not None:
-            self._storage = study_storage(RESUMING["search_dir"])
+        if RESUMING.get("study_dir") is not None:
+            self._storage = study_storage(RESUMING["study_dir"])
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
                                            sampler=self._sampler, pruner=optuna.pruners.NopPruner())
         self._ot_trials, self._completed_trials, self._reported = {}, set(), {}

@@ -289,7 +289,7 @@ def _new_tuner(space: Space, info: dict, storage: Path, warm: list = ()):
         scheduler = PersistentASHA(time_attr="epoch", metric=metric, mode=mode, max_t=space.scheduler.max_t,
                                    grace_period=space.scheduler.grace_period,
                                    reduction_factor=space.scheduler.reduction_factor,
-                                   state_file=str(storage / info["name"] / ASHA_STATE), noise_z=space.scheduler.noise_z)
+                                   state_file=str(study_folder(info, storage / info["name"]) / ASHA_STATE), noise_z=space.scheduler.noise_z)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
@@ -334,9 +334,9 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     info["storage"] = str(storage_path)  # where it is now (the folder may have moved)
     space = load_space(search_dir / SPACE_FILE)
     check_tracking_uri(info["mlflow_uri"])
-    RESUMING["search_dir"] = study_folder(info, search_dir)
-    if not (RESUMING["search_dir"] / STUDY_FILE).is_file():
-        raise AscError(f"{RESUMING['search_dir'] / STUDY_FILE}: the search's Optuna study is not here (on a cluster "
+    RESUMING["study_dir"] = study_folder(info, search_dir)
+    if not (RESUMING["study_dir"] / STUDY_FILE).is_file():
+        raise AscError(f"{RESUMING['study_dir'] / STUDY_FILE}: the search's Optuna study is not here (on a cluster "
                        "it lives on the disk of the machine that ran the driver: resume there)")
     if not tune.Tuner.can_restore(str(search_dir)):
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "

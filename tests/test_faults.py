@@ -20,13 +20,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from ray.tune.schedulers import TrialScheduler
 
 from asc.faults import DIR_ENV, POINTS_ENV, marker_path
 from asc.train import TrainConfig, train, train_seeds
 from search.bench.chaos import marked_processes
+from search.schedulers import PersistentASHA
 from tests.test_seeds import _config, small_store  # noqa: F401 (fixture)
 from tests.test_search import (ENV, REPO, _free_port, _kill_group, _listening, _nodes, _wait_for, _wait_http,
                                check_records, check_study, mlflow_runs, run, search_cmd, store, tune_results)  # noqa: F401
@@ -290,12 +293,16 @@ def tune_epochs(search_dir: Path) -> dict[str, int]:
     return out
 
 
-def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(store, tmp_path):
+def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_rungs_intact(store, tmp_path):
+    """The driver dies half-way through the second of three trials, before its first ASHA rung
+    (epoch 3 of 4); `resume` continues it from its checkpoint. The Optuna study and ASHA's state are
+    on the driver's own disk (--study-dir), and ASHA decides after the resume what it would have
+    decided uninterrupted, given the same results: its rung still holds the first trial's value."""
     storage, faults = tmp_path / "runs", tmp_path / "faults"
     point = "trial=t002/reported/epoch=2"
     studies = tmp_path / "studies"  # --study-dir: the study on the driver's own disk, as on a cluster
     cmd = search_cmd(store, storage, "crash", "--num-samples", "3", "--max-concurrent", "1",
-                     "--study-dir", str(studies), sets=["epochs=4", "scheduler=none"])
+                     "--study-dir", str(studies), sets=["epochs=4", "scheduler.grace_period=3"])
     proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, point), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -319,15 +326,31 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_intact(sto
     (studies / "away").rename(studies / "crash")
     done = run([sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming search 'crash'" in done.stdout and "3 trials: 3 finished" in done.stdout
+    assert "resuming search 'crash'" in done.stdout and "3 trials: " in done.stdout
     records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "crash", 3)
     check_study(studies, "crash", records["results"])
     assert not records["orphans"]
     results_after = tune_results(storage, "crash", raw=True)
     assert [r["epoch"] for r in results_after[ids["t001"]]] == [1, 2, 3, 4]  # not run again
     resumed = records["results"][ids["t002"]]
-    assert resumed[-1]["epoch"] == 4 and resumed[-1]["iterations_since_restore"] == 2  # from epoch 3 on
+    after = [r for r in resumed if r["epoch"] > 2]
+    assert [r["iterations_since_restore"] for r in after] == list(range(1, len(after) + 1))  # from epoch 3 on
     assert_same_rows(resumed, reference_reports(storage, "crash", ids["t002"]), "t002")
+
+    # ASHA's state: beside the study, and its rung still holds t001's value, recorded before the driver died
+    ids = label_ids(storage, "crash")  # t003 too, now
+    state = json.loads((studies / "crash" / "asha_state.json").read_text())
+    assert not (storage / "crash" / "asha_state.json").exists()
+    rung3 = {tid for bracket in state["rungs"] for milestone, recorded in bracket if milestone == 3 for tid in recorded}
+    assert rung3 == {ids["t001"], ids["t002"], ids["t003"]}, state
+    # given the same results, a scheduler that was never interrupted stops the same trials at the same epochs
+    fresh = PersistentASHA(time_attr="epoch", metric="objective", mode="max", max_t=4, grace_period=3,
+                           reduction_factor=2)
+    for label in ("t001", "t002", "t003"):
+        trial, rows = SimpleNamespace(trial_id=ids[label]), records["results"][ids[label]]
+        fresh.on_trial_add(None, trial)
+        decided = next(r["epoch"] for r in rows if fresh.on_trial_result(None, trial, r) == TrialScheduler.STOP)
+        assert decided == rows[-1]["epoch"], (label, decided, [r["epoch"] for r in rows])
 
     again = run([sys.executable, "-m", "search", "resume", "nope", "--storage", str(storage)], timeout=120)
     assert again.returncode == 2 and "no search named 'nope'" in again.stderr

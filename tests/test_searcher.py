@@ -141,7 +141,7 @@ def test_a_restored_searcher_knows_every_configuration_of_the_study(tmp_path):
     searcher.save(str(tmp_path / "searcher.pkl"))
     restored = Searcher(space=space, metric="objective", mode="max", sampler=make_sampler(space, 0, 8),
                         storage=study_storage(tmp_path), study_name="s", seed=0)
-    RESUMING["search_dir"] = tmp_path
+    RESUMING["study_dir"] = tmp_path
     try:
         restored.restore(str(tmp_path / "searcher.pkl"))
     finally:
