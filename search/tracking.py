@@ -11,6 +11,7 @@ instead of opening a second one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -459,7 +460,8 @@ class MlflowTracker(Callback):
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             print(f"warning: {label}: could not log its artifacts to MLflow ({message})", file=sys.stderr)
             self.client.set_tag(run_id, ARTIFACT_ERROR_TAG, message[:4000])
-            if checkpoint is not None:  # beside the checkpoint they come from, for `resume` (send_unlogged)
+            # beside the checkpoint they come from, for `resume` (send_unlogged); the tag says it if not
+            with contextlib.suppress(OSError):
                 write_atomic(Path(checkpoint.path).parent / UNLOGGED_FILE, json.dumps({
                     "run_id": run_id, "label": label, "checkpoint": Path(checkpoint.path).name, "error": message}))
         finally:

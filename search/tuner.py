@@ -289,7 +289,8 @@ def _new_tuner(space: Space, info: dict, storage: Path, warm: list = ()):
         scheduler = PersistentASHA(time_attr="epoch", metric=metric, mode=mode, max_t=space.scheduler.max_t,
                                    grace_period=space.scheduler.grace_period,
                                    reduction_factor=space.scheduler.reduction_factor,
-                                   state_file=str(study_folder(info, storage / info["name"]) / ASHA_STATE), noise_z=space.scheduler.noise_z)
+                                   state_file=str(study_folder(info, storage / info["name"]) / ASHA_STATE),
+                                   noise_z=space.scheduler.noise_z)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
