@@ -106,11 +106,6 @@ def column_head(key: str) -> str:
     return HEADS.get(key) or key[len("acc_"):].upper()
 
 
-def column_heads(keys, width: int) -> str:
-    """The heads of ``keys``, each right-aligned in ``width`` characters."""
-    return "".join(f"{column_head(k):>{width}}" for k in keys)
-
-
 def device_accuracies(metrics: dict) -> dict[str, float]:
     """``{device: accuracy}`` from a metrics dict's ``acc_<device>`` entries (not the pooled B&C or
     unseen accuracies, not the standard errors)."""

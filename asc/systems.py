@@ -8,14 +8,14 @@ the paper's: A2 on spectrum-corrected features (the DCASE2019 Task 1B winner's e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from asc.enhance import Enhancement, composition
 from asc.errors import AscError
-from asc.metrics import column_heads, device_metrics
+from asc.device_table import MEAN_SE_WIDTH, WIDTH, head_cells, mean_se, row_cells
+from asc.metrics import column_head, device_metrics
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,13 @@ PAPER_KEYS = ("acc_a", "acc_b", "acc_c", "acc_bc", "device_gap")  # the figures 
 UNSEEN_KEYS = ("acc_unseen", "unseen_gap")  # beside them where the set has devices unseen in training
 
 
+PAPER_HEAD = head_cells([column_head(k) for k in PAPER_KEYS], 6)  # over paper_cells
+
+
 def paper_cells(system: System) -> str:
     """The paper's figures of ``system`` (:data:`PAPER_KEYS`, %), six characters each, under
-    ``column_heads(PAPER_KEYS, 6)``."""
-    return "".join(f"{v:>6.1f}" for v in system.paper)
+    :data:`PAPER_HEAD`; dashes for a system that is not the paper's."""
+    return "".join(f"{v:>6.1f}" for v in system.paper) if system.paper else f"{'-':>6}" * len(PAPER_KEYS)
 
 
 def format_comparison(rows) -> str:
@@ -115,17 +118,14 @@ def format_comparison(rows) -> str:
     # the devices unseen in training, where the set has them (the paper's had none): after the paper's
     keys = PAPER_KEYS + (UNSEEN_KEYS if any("acc_unseen" in r["test"] for _, _, r in rows) else ())
     # several seeds: means over seeds with their standard errors (train_seeds results), wider cells
-    head = (f"{'system':<7}{column_heads(keys, 12 if seeds > 1 else 7)}  |  paper (MSXception, real data):"
-            f"{column_heads(PAPER_KEYS, 6)}")
+    heads = [column_head(k) for k in keys]
+    head = (f"{'system':<7}{head_cells(heads, MEAN_SE_WIDTH if seeds > 1 else WIDTH)}  |  paper (MSXception, "
+            f"real data):{PAPER_HEAD}")
     lines = [head, "-" * len(head)]
     for sid, system, result in rows:
         t = result["test"]
-        if seeds > 1:
-            ours = "".join(f"{100 * t.get(k, math.nan):>7.1f}+-{100 * t.get(k + '_sem', math.nan):<3.1f}"
-                           for k in keys)
-        else:
-            ours = "".join(f"{100 * t.get(k, float('nan')):>7.1f}" for k in keys)
-        paper = paper_cells(system) if system.paper else f"{'-':>6}" * 5
+        ours = "".join(mean_se(t.get(k), t.get(k + "_sem")) for k in keys) if seeds > 1 else row_cells(t, keys)
+        paper = paper_cells(system)
         lines.append(f"{sid:<7}{ours}  |  {'':<30}{paper}")
     if seeds > 1:
         lines.append(f"ours: mean +- standard error over {seeds} seeds, evaluation split")

@@ -33,7 +33,7 @@ from asc import fusion
 from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
 from asc.metrics import device_metrics
-from search.device_table import device_table
+from asc.device_table import device_table
 from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
 from search.report import clip_warning

@@ -20,7 +20,7 @@ from asc.dataset import read_dataset
 from asc.errors import AscError
 from asc.metrics import device_metrics
 from asc.submission import FORMATS, write_submission
-from search.device_table import device_table
+from asc.device_table import device_table
 from search.serving import AudioSceneModel
 from search.tracking import check_tracking_uri
 

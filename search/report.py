@@ -20,7 +20,7 @@ import optuna
 from mlflow.entities import Metric
 
 from asc.enhance import ENHANCEMENTS, Enhancement, parse_composition
-from search.device_table import WIDTH, columns, head_cells, row_cells
+from asc.device_table import WIDTH, columns, head_cells, row_cells
 from search.searcher import DUPLICATE_ATTR
 from search.space import CONDITIONAL, Space
 from search.tracking import TRIAL_TAG

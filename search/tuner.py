@@ -42,7 +42,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from asc.errors import AscError, write_atomic
 from search.console import LOG_FILE, route_ray_messages
-from search.device_table import pct
+from asc.device_table import pct
 from search.prepare import init_ray
 from search.report import distinct_line, report_results, trial_rows, ui_command
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA

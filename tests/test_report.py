@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from asc.metrics import device_metrics
-from search.device_table import device_table
+from asc.device_table import device_table
 from search.objectives import Objective
 from search.report import clip_warning, format_trials
 from search.space import parse_space

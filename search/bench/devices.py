@@ -49,10 +49,11 @@ from asc.cli import ArgumentParser, COUNT, SECONDS, SEGMENTS, integer
 from asc.dataset import read_development
 from asc.errors import AscError
 from asc.features import FeatureConfig, load_audio, log_mels
-from asc.metrics import column_head, column_heads, device_accuracies, mean_sem
+from asc.device_table import MEAN_SE_WIDTH, head_cells, mean_se
+from asc.metrics import column_head, device_accuracies, mean_sem
 from asc.responses import gains_for, read_responses
 from asc.synth import SynthConfig, write_dataset
-from asc.systems import PAPER_KEYS, get_system, paper_cells, prediction_metrics, system_config
+from asc.systems import PAPER_HEAD, PAPER_KEYS, get_system, paper_cells, prediction_metrics, system_config
 from search.bench import add_report_options
 
 # Training (torch), the store (pyarrow), Ray and scipy's filters are imported late, where they are used:
@@ -105,23 +106,16 @@ def seen_devices(store: str) -> list[str]:
     return sorted(read_manifest(Path(store) / MANIFEST)["counts"].get("train", {}))
 
 
-def _cell(values) -> str:
-    mean, sem = mean_sem([100 * v for v in values])
-    return f"{mean:5.1f}" + (f" +-{sem:4.1f}" if not math.isnan(sem) else "      ")
-
-
 def format_table(results: dict) -> str:
-    width = 13
-    head = f"{'system':<8}" + "".join(f"{label:>{width}}" for _, label in COLUMNS)
+    head = f"{'system':<8}" + head_cells([label for _, label in COLUMNS], MEAN_SE_WIDTH)
     lines = []
     for part, title in PARTS:
-        paper_head = "  |  paper" + column_heads(PAPER_KEYS, 6) if part == "all" else ""
+        paper_head = "  |  paper" + PAPER_HEAD if part == "all" else ""
         lines += [f"{title}:", head + paper_head, "-" * len(head + paper_head)]
         for system_id, runs in results.items():
-            cells = "".join(f"{_cell([r[part].get(key, math.nan) for r in runs]):>{width}}" for key, _ in COLUMNS)
-            system = get_system(system_id)
-            ref = paper_cells(system) if system.paper else ""
-            lines.append(f"{system_id:<8}{cells}" + (f"  |  {'':<5}{ref}" if part == "all" else ""))
+            cells = "".join(mean_se(*mean_sem([r[part].get(key, math.nan) for r in runs])) for key, _ in COLUMNS)
+            ref = f"  |  {'':<5}{paper_cells(get_system(system_id))}" if part == "all" else ""
+            lines.append(f"{system_id:<8}{cells}{ref}")
         lines.append("")
     return "\n".join(lines)
 

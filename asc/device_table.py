@@ -2,9 +2,9 @@
 the devices unseen in training and their gap where there are any, Metric A and B, in percent.
 
 The search's best trials and Pareto front (``search.report``), its progress lines (``search.tuner``),
-a fusion (``search.fuse``) and a prediction (``search.predict``) all build their columns, heads and
-cells here; the heads are ``asc.metrics.column_head``'s, as in ``python -m asc compare`` and
-``bench-devices``, whose cells (means over seeds, the paper's figures beside) are their own.
+a fusion (``search.fuse``) and a prediction (``search.predict``) build their columns, heads and
+cells here, and so do ``python -m asc compare`` (``asc.systems``) and ``bench-devices``, whose cells
+are means over seeds with their standard errors (:func:`mean_se`), the paper's figures beside.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 from asc.metrics import column_head, device_accuracies
 
 WIDTH = 7  # characters per column
+MEAN_SE_WIDTH = 13  # characters per column of "mean +-se" cells
 
 
 def pct(value, width: int = 0) -> str:
@@ -38,9 +39,16 @@ def columns_of(metrics: list[dict]) -> tuple[list[str], list[str]]:
     return columns(devices, any("acc_unseen" in m for m in metrics))
 
 
-def head_cells(heads: list[str]) -> str:
-    """The column heads, each right-aligned in its column."""
-    return "".join(f"{h:>{WIDTH}}" for h in heads)
+def head_cells(heads: list[str], width: int = WIDTH) -> str:
+    """The column heads, each right-aligned in a column of ``width`` characters."""
+    return "".join(f"{h:>{width}}" for h in heads)
+
+
+def mean_se(mean, sem) -> str:
+    """A mean over seeds and its standard error, fractions in percent (``62.3 +- 1.4``; the mean
+    alone where there is no standard error), right-aligned in a column of :data:`MEAN_SE_WIDTH`."""
+    missing = sem is None or (isinstance(sem, float) and math.isnan(sem))
+    return f"{pct(mean, 5) + (' ' * 7 if missing else ' +-' + pct(sem, 4)):>{MEAN_SE_WIDTH}}"
 
 
 def row_cells(metrics: dict, keys: list[str], prefix: str = "", width: int = 0, suffix: str = "") -> str:
