@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -398,11 +399,14 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
     loopback; trials run on both nodes and every record goes through the server. The worker node is
     killed whole (raylet, agents, workers, by process id) while its trial is paused after its first
     epoch's report: the trial continues from that checkpoint on the head, and the search finishes
-    with every trial recorded once."""
+    with every trial recorded once. The head's trial pauses after its second epoch until the search
+    has printed its line about the lost node: Ray marks a node dead only after its health checks fail,
+    and a search that ended sooner would never say it (the trial's own line comes from its worker's
+    death, which Ray sees at once)."""
     port, mlflow_port = _free_port(), _free_port()
     mark = f"worker-{tmp_path.name}"
     faults = tmp_path / "faults"
-    point = "trial=*/reported/epoch=1"
+    point, on_head = "trial=*/reported/epoch=1", "trial=*/reported/epoch=2"
     # The head notices a dead node after 5 failed health checks: at Ray's 3 s period, 15 s; 1 s here.
     env = {**ENV, "RAY_AUTH_MODE": "token", "RAY_health_check_period_ms": "1000"}
     worker_env = {**armed(faults, point, base=env), NODE_MARK: mark}
@@ -417,7 +421,8 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
         # so that the test stops exactly them (never `ray stop`, which would stop every Ray here).
         procs.append(subprocess.Popen(["ray", "start", "--block", "--head", "--node-ip-address=127.0.0.2",
                                        f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                                       "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL,
+                                       "--disable-usage-stats"], env=armed(faults, on_head, base=env),
+                                      stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))
         _wait_for(lambda: _listening("127.0.0.2", port), 300, "the Ray head", procs[-1])
         worker_node = subprocess.Popen(["ray", "start", "--block", f"--address=127.0.0.2:{port}",
@@ -432,13 +437,22 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
                        "--address", f"127.0.0.2:{port}", "--mlflow-uri", uri, sets=["epochs=3", "scheduler=none"]),
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         procs.append(search)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(search.stdout.readline, "")), daemon=True)
+        reader.start()
         paused = wait_fault(faults, point, search)
         victims = node_processes(mark)
         assert paused["pid"] in victims and len(victims) >= 3  # raylet, an agent, the trial's worker at least
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        out, err = search.communicate(timeout=600)
+        wait_fault(faults, on_head, search)  # the head's trial holds the search open ...
+        _wait_for(lambda: any(line.startswith("node 127.0.0.3 lost") for line in lines), 600,
+                  "the search's line about the lost node", search)
+        release(faults, on_head)  # ... until the search has said the node is lost
+        search.wait(timeout=600)
+        reader.join(timeout=60)
+        out, err = "".join(lines), search.stderr.read()
         assert search.returncode == 0, err[-3000:]
         assert f"open {uri}/#/experiments/" in out
         faults_seen = [line for line in out.splitlines() if "lost its" in line or line.startswith("node ")]
