@@ -10,6 +10,7 @@ what they check does not depend on timing, and the suite's time stays within its
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -140,3 +141,24 @@ def test_a_tracking_server_down_when_a_trial_starts_loses_none_of_its_epochs(sto
         t001 = client.get_run(by_label["t001"].info.run_id)
         assert "artifact_error" not in t001.data.tags and "model_uri" in t001.data.tags
         assert {a.path for a in client.list_artifacts(t001.info.run_id)} >= {"predictions.parquet"}
+
+
+def test_resume_names_a_trial_whose_artifacts_still_cannot_be_logged_and_keeps_its_record(tmp_path, capsys):
+    """What `resume` does with the record of a trial whose model never reached MLflow when its
+    checkpoint is gone, or when the record itself is unreadable: a warning line naming the trial or
+    the file, and the record kept for a later resume."""
+    from search.tracking import UNLOGGED_FILE, send_unlogged, unlogged_trials
+
+    gone = tmp_path / "search" / "t001_abc"
+    gone.mkdir(parents=True)
+    (gone / UNLOGGED_FILE).write_text(json.dumps({"run_id": "0" * 32, "label": "t001", "checkpoint": "checkpoint_000002",
+                                                 "error": "ConnectionError: refused"}))
+    broken = tmp_path / "search" / "t002_def"
+    broken.mkdir()
+    (broken / UNLOGGED_FILE).write_text('{"run_id": ')
+    assert send_unlogged(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search") == ["t001"]
+    err = capsys.readouterr().err
+    assert "t001: its artifacts still cannot be logged to MLflow (FileNotFoundError: " in err
+    assert f"{broken / UNLOGGED_FILE}: unreadable" in err
+    assert [record["label"] for _, record in unlogged_trials(tmp_path / "search")] == ["t001"]
+    assert (gone / UNLOGGED_FILE).is_file() and (broken / UNLOGGED_FILE).is_file()
