@@ -352,6 +352,8 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_
         fresh.on_trial_add(None, trial)
         decided = next(r["epoch"] for r in rows if fresh.on_trial_result(None, trial, r) == TrialScheduler.STOP)
         assert decided == rows[-1]["epoch"], (label, decided, [r["epoch"] for r in rows])
+    finished = sum(records["results"][tid][-1]["epoch"] == 4 for tid in ids.values())
+    assert f"3 trials: {finished} finished, {3 - finished} stopped by ASHA, 0 failed" in done.stdout
 
     again = run([sys.executable, "-m", "search", "resume", "nope", "--storage", str(storage)], timeout=120)
     assert again.returncode == 2 and "no search named 'nope'" in again.stderr
