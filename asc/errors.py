@@ -1,4 +1,5 @@
-"""The one error type for problems a user can cause (bad files, bad options).
+"""The one error type for problems a user can cause (bad files, bad options), and the checks and the
+atomic write that keep a command's output whole.
 
 The command-line entry points catch :class:`AscError` and print its message as a single line;
 anything else is a bug and keeps its traceback.

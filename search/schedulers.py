@@ -6,8 +6,9 @@ the pickle made when the search started (ray-project/ray#30838, open): a resumed
 trials against the results reported after the restore only, and so stops different trials than an
 uninterrupted one would. :class:`PersistentASHA` is Ray's class with its state (every rung's recorded
 results, and the trials it decided to stop) written to ``asha_state.json`` beside the search's Optuna
-study (the driver's own state: the search's folder, or ``--study-dir``) after every decision, and read back the first time a restored search uses it; given the same results it
-stops the same trials, interrupted or not.
+study (the driver's own state: the search's folder, or ``--study-dir``) after every decision, and read
+back the first time a restored search uses it; given the same results it stops the same trials,
+interrupted or not.
 
 ``noise_z``: with several seeds per trial, a trial's objective is a mean with a standard error. ASHA
 stops a trial whose result is below a rung's cutoff; with ``noise_z`` > 0 it stops it only when the

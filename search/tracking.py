@@ -303,9 +303,13 @@ def unlogged_trials(search_dir: Path) -> list[tuple[Path, dict]]:
     found = []
     for path in sorted(Path(search_dir).glob(f"*/{UNLOGGED_FILE}")):
         try:
-            found.append((path, json.loads(path.read_text())))
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or not {"run_id", "label", "checkpoint"} <= record.keys():
+                raise ValueError("not a record of run_id, label and checkpoint")
         except (OSError, ValueError) as exc:
             print(f"warning: {path}: unreadable ({exc}); its trial's artifacts stay unlogged", file=sys.stderr)
+            continue
+        found.append((path, record))
     return found
 
 

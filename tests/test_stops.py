@@ -156,9 +156,13 @@ def test_resume_names_a_trial_whose_artifacts_still_cannot_be_logged_and_keeps_i
     broken = tmp_path / "search" / "t002_def"
     broken.mkdir()
     (broken / UNLOGGED_FILE).write_text('{"run_id": ')
+    partial = tmp_path / "search" / "t003_ghi"
+    partial.mkdir()
+    (partial / UNLOGGED_FILE).write_text('{"run_id": "x"}')
     assert send_unlogged(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search") == ["t001"]
     err = capsys.readouterr().err
     assert "t001: its artifacts still cannot be logged to MLflow (FileNotFoundError: " in err
     assert f"{broken / UNLOGGED_FILE}: unreadable" in err
+    assert f"{partial / UNLOGGED_FILE}: unreadable (not a record of run_id, label and checkpoint)" in err
     assert [record["label"] for _, record in unlogged_trials(tmp_path / "search")] == ["t001"]
-    assert (gone / UNLOGGED_FILE).is_file() and (broken / UNLOGGED_FILE).is_file()
+    assert all((d / UNLOGGED_FILE).is_file() for d in (gone, broken, partial))
