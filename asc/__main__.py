@@ -66,7 +66,7 @@ def _system_config(args, system_id: str, checkpoint_dir: str | None):
 
 def _describe_system(system_id, system, config) -> str:
     return (f"{system_id.upper()}: {config.model.name}, {system.normalization}, "
-            f"{system.enhancement().label(system.spectrum_correction)}"
+            f"{system.enhancement.label(system.spectrum_correction)}"
             + (f", mixup alpha {system.mixup_alpha}" if system.mixup_alpha else "")
             + f"; {config.epochs} epochs, best by {config.selection}, {config.protocol} protocol")
 

@@ -21,22 +21,19 @@ from asc.metrics import column_head, device_metrics
 @dataclass(frozen=True)
 class System:
     pretrained: bool
-    normalization: str  # "gmsvn" or "gms"
-    mean_subtraction: bool
-    median_filter: tuple[int, int] | None
+    enhancement: Enhancement  # normalisation and the composed enhancements (spectrum correction: the store's)
     mixup_alpha: float
     paper: tuple[float, float, float, float, float] | None  # the paper's A, B, C, B&C, gap (%) for comparison
     spectrum_correction: bool = False  # trains on a spectrum-corrected store
-    freq_mixstyle: tuple[float, float] | None = None  # (p, alpha): the DCASE 2022-2023 systems' augmentations
-    dir: tuple[float, str] | None = None  # (p, responses)
 
-    def enhancement(self):
-        """The system's enhancements (``asc.enhance.Enhancement``; spectrum correction is its store's)."""
-        return Enhancement(self.normalization, self.mean_subtraction, self.median_filter, self.freq_mixstyle, self.dir)
+    # the enhancement's settings under the names the paper's tables use
+    normalization = property(lambda self: self.enhancement.normalization)
+    mean_subtraction = property(lambda self: self.enhancement.mean_subtraction)
+    median_filter = property(lambda self: self.enhancement.median_filter)
 
     def composition(self) -> str:
         """Its enhancements as a search space names them (``median_filter``, ``dir+freq_mixstyle``)."""
-        return composition(self.enhancement().names + (("spectrum_correction",) if self.spectrum_correction else ()))
+        return composition(self.enhancement.names + (("spectrum_correction",) if self.spectrum_correction else ()))
 
 
 _TABLE = {  # id: (pretrained, norm, mean sub, median filter, mixup alpha), Table 2 (A) / Table 3 (B) results
@@ -56,17 +53,26 @@ _PAPER = {
     "B4": (71.6, 59.6, 61.7, 60.6, 11.0), "B5": (76.7, 64.3, 67.0, 65.6, 11.1), "B6": (69.6, 67.2, 67.6, 67.4, 2.2),
     "B7": (74.0, 60.2, 65.6, 62.9, 11.1),
 }
-PAPER_SYSTEMS: dict[str, System] = {sid: System(*_TABLE[sid[1]], _PAPER[sid]) for sid in _PAPER}
+
+
+def _system(row: str, paper=None, spectrum_correction: bool = False, **enhancements) -> System:
+    """A system from its row of _TABLE, with the enhancements of later years (``freq_mixstyle``, ``dir``)."""
+    pretrained, normalization, mean_subtraction, median_filter, mixup_alpha = _TABLE[row]
+    return System(pretrained, Enhancement(normalization, mean_subtraction, median_filter, **enhancements),
+                  mixup_alpha, paper, spectrum_correction)
+
+
+PAPER_SYSTEMS: dict[str, System] = {sid: _system(sid[1], _PAPER[sid]) for sid in _PAPER}
 # Beyond the paper, each on A2 (no enhancement of the paper's): SC, the 2019 winner's spectrum
 # correction; and the device-generalisation methods of DCASE 2022-2023 at their published settings:
 # Freq-MixStyle (p 0.4, alpha 0.4; Schmid et al. 2023), DIR (p 0.4, the MicIRP responses; Morocutti et
 # al. 2023) and both together.
 SYSTEMS: dict[str, System] = {
     **PAPER_SYSTEMS,
-    "SC": System(*_TABLE["2"], paper=None, spectrum_correction=True),
-    "FMS": System(*_TABLE["2"], paper=None, freq_mixstyle=(0.4, 0.4)),
-    "DIR": System(*_TABLE["2"], paper=None, dir=(0.4, "micirp")),
-    "DIRFMS": System(*_TABLE["2"], paper=None, freq_mixstyle=(0.4, 0.4), dir=(0.4, "micirp")),
+    "SC": _system("2", spectrum_correction=True),
+    "FMS": _system("2", freq_mixstyle=(0.4, 0.4)),
+    "DIR": _system("2", dir=(0.4, "micirp")),
+    "DIRFMS": _system("2", freq_mixstyle=(0.4, 0.4), dir=(0.4, "micirp")),
 }
 
 
@@ -95,7 +101,7 @@ def system_config(system_id: str, store: str, model_name: str = "msxception", we
     model = ModelConfig(name=model_name, pretrained=system.pretrained and model_name == "msxception",
                         weights=weights, allow_download=allow_download)
     return TrainConfig(store=store, model=model,
-                       enhancement=system.enhancement(),
+                       enhancement=system.enhancement,
                        mixup_alpha=system.mixup_alpha, selection=selection_metric(system_id), **train_settings)
 
 

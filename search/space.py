@@ -592,7 +592,7 @@ def _points(points, fixed: dict, searched: dict, fail) -> list:
             params = {"pretrained": system.pretrained, "normalization": system.normalization,
                       "enhancement": system.composition(), "mixup_alpha": system.mixup_alpha,
                       "selection": selection_metric(point)}
-            enhancement = system.enhancement()
+            enhancement = system.enhancement
             for name in enhancement.names:  # each enhancement's settings, as the space names them
                 params.update({ENHANCEMENTS[name].key(k): v for k, v in enhancement.settings(name).items()})
             out.append((point.upper(), params))
