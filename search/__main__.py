@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module in BENCHMARKS.items():
         commands.add_parser(name, help=f"benchmark (see python -m search {name} --help)", add_help=False)
-    demo = commands.add_parser("demo", help="run the main job on the embedded defaults")
+    demo = commands.add_parser("demo", help="run the main job on the embedded defaults",
+                               description="Run the main job on the embedded defaults. MLflow: $MLFLOW_TRACKING_URI "
+                                           "when it is set, else WORKDIR/runs/mlflow.db.")
     add_arguments(demo, defaults)
     demo.set_defaults(run=_demo)
 
@@ -169,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top", type=COUNT, default=10, help="rows of the best-trials table (default %(default)s)")
     run.set_defaults(run=_run)
 
-    resume = commands.add_parser("resume", help="continue a search whose driver died, and send what MLflow missed")
+    resume = commands.add_parser("resume", help="continue a search whose driver died, and send what MLflow missed",
+                                 description="Continue a search whose driver died, and send what MLflow missed. "
+                                             "MLflow: the tracking URI the search ran with (kept in its folder); "
+                                             "$MLFLOW_TRACKING_URI does not move a running search.")
     resume.add_argument("name", help="the search's name (--name of `run`)")
     resume.add_argument("--storage", default=None, help="the --storage it ran with (default: ./runs)")
     resume.add_argument("--address", default=None, help="Ray cluster address (default: the one it ran with)")
@@ -206,11 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.set_defaults(run=_fuse)
 
     pred = commands.add_parser("predict", help="a submission file from a trial's or a fusion's model, from audio")
-    pred.add_argument("model_uri", help="models:/NAME/VERSION, models:/ID, runs:/RUN_ID/model or a model folder")
+    pred.add_argument("model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS, models:/ID, runs:/RUN_ID/model or a model folder")
     pred.add_argument("data_dir", help="a labelled development folder or an unlabelled set (audio/0.wav ...)")
     pred.add_argument("--out", required=True, help="submission file (overwritten whole)")
     pred.add_argument("--format", default="kaggle", choices=("kaggle", "dcase"),
-                      help="kaggle: Id,Scene_label; dcase: filename<TAB>scene_label (default %(default)s)")
+                      help="kaggle: Id,Scene_label with that header; dcase: filename<TAB>scene_label, no header "
+                           "(default %(default)s)")
     pred.add_argument("--split", default="evaluate", choices=("evaluate", "train", "all"),
                       help="labelled sets: which clips (default %(default)s)")
     pred.add_argument("--mlflow-uri", default=None,

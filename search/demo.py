@@ -91,6 +91,7 @@ def run_demo(args) -> None:
     from search.prepare import format_report, prepare
     from search.report import ui_command
     from search.space import load_space
+    from search.tracking import default_uri
 
     start = time.perf_counter()
     workdir = args.workdir.resolve()
@@ -136,13 +137,17 @@ def run_demo(args) -> None:
                                 model_uri, "evaluate"))
 
     print(f"\n{'=' * 100}\nthe demo's search, best trials first\n{trials_table}\n\n{fusion_table}")
+    local = uri == default_uri(storage)  # else $MLFLOW_TRACKING_URI's
+    mlflow_line = ("  runs/mlflow.db, runs/mlartifacts/   the MLflow store: every trial, the fusion, the models\n"
+                   if local else "")
     print(f"\nfiles (all under {workdir}):\n"
           f"  data/         the synthetic dataset (meta.csv, evaluation_setup/, audio/)\n"
           f"  store/        the feature stores (Arrow IPC, memory-mapped by every trial)\n"
           f"  runs/demo/    Tune's and Optuna's state of the search (resumable)\n"
-          f"  runs/mlflow.db, runs/mlartifacts/   the MLflow store: every trial, the fusion, the models\n"
+          f"{mlflow_line}"
           f"  submission.csv   the fused model's scenes for the evaluation split (Kaggle format)\n"
-          f"predict other audio: python -m search predict {model_uri} DATA_DIR --out FILE --mlflow-uri {uri}\n"
+          + ("" if local else f"MLflow ($MLFLOW_TRACKING_URI): {uri}: every trial, the fusion, the models\n")
+          + f"predict other audio: python -m search predict {model_uri} DATA_DIR --out FILE --mlflow-uri {uri}\n"
           f"browse in MLflow: {ui_command(uri, experiment_id)}\n"
           f"demo took {time.perf_counter() - start:.0f} s")
 

@@ -86,8 +86,11 @@ def input_clips(model_input, folder: Path) -> tuple[list[str], list[str], list[s
         if paths is None:
             raise AscError(f"audio model input: column {PATH!r} must hold file paths")
         return paths, paths, devices
+    # No column at all: what mlflow.pyfunc hands on from a list or a string, whose unnamed column the
+    # signature check drops.
+    got = f"got {columns}" if columns else "got none (a plain list or string loses its column to the signature check)"
     raise AscError(f"audio model input: a DataFrame needs an {AUDIO!r} column (encoded audio bytes) or a {PATH!r} "
-                   f"column (files), got {columns}")
+                   f"column (files), {got}")
 
 
 class AudioSceneModel(PythonModel):

@@ -116,6 +116,18 @@ def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the
     # model server is sent).
     one = model.predict(pd.DataFrame({"path": [str(searched["data"] / files[0])]}))
     np.testing.assert_allclose(one[classes].to_numpy()[0], expected[0], atol=1e-5)
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for f in files[:2]:
+        shutil.copy(searched["data"] / f, folder / Path(f).name)
+    both = model.predict(pd.DataFrame({"path": [str(folder)]}))
+    order = [[Path(f).name for f in files[:2]].index(Path(p).name) for p in both.index]
+    assert sorted(order) == [0, 1]
+    np.testing.assert_allclose(both[classes].to_numpy(), expected[order], atol=1e-5)
+    # A plain list reaches the model without its column (MLflow's signature check drops it): refused
+    # in one line that says so.
+    with pytest.raises(mlflow.exceptions.MlflowException, match="a plain list or string loses its column"):
+        model.predict([str(searched["data"] / files[0])])
     sent = model.predict(pd.DataFrame({"audio": [(searched["data"] / f).read_bytes() for f in files[:2]],
                                        "path": files[:2]}))
     assert sent.index.tolist() == files[:2]
