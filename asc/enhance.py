@@ -19,7 +19,8 @@ dict is its place in the order), a field of :class:`Enhancement` of the same nam
 settings, else ``tuple | None``: the definition checks, composes, names and labels it), and its
 function; in ``asc.train``, the stage's one line (``FeatureView`` for a ``train`` step before
 normalisation, ``Training.run_epoch`` for one on the model's input), or, for a ``batch`` one, a line in
-``Enhancement.__call__``, which the served model (``asc.inference``) calls too; and its tests
+``Enhancement.after_median`` (numpy or torch), which every path of a batch ends in, the served model's
+(``asc.inference``) included; and its tests
 (tests/test_enhance.py holds those every enhancement must pass, served-equals-trained included).
 
 The functions take ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and return a
@@ -174,7 +175,7 @@ def mean_subtraction(x: np.ndarray) -> np.ndarray:
     A device's response adds a constant per band in the log-Mel domain (eq. 4); this removes it,
     together with the clip's own long-term spectrum.
     """
-    return x - x.mean(axis=-1, keepdims=True)
+    return x - x.mean(-1, keepdims=True)  # numpy or torch alike (a batch on the training device)
 
 
 def median_filter(x: np.ndarray, size: tuple[int, int] = (7, 21)) -> np.ndarray:
@@ -301,9 +302,14 @@ class Enhancement:
             out = median_filter(out, self.median_filter)
             if cache_dtype is not None:
                 out = out.astype(cache_dtype).astype(np.float32)
-        if self.mean_subtraction:
-            out = mean_subtraction(out)
-        return out
+        return self.after_median(out)
+
+    def after_median(self, x):
+        """The every-batch steps after the median filter, in their order (mean subtraction), on a numpy
+        array or a torch tensor. The one place they are written: :meth:`__call__`, a trial reading the
+        median filter's cache and a trial filtering on its device (``asc.train.FeatureView``) all end
+        here, so a step added here is trained and served alike."""
+        return mean_subtraction(x) if self.mean_subtraction else x
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

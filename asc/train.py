@@ -208,8 +208,7 @@ class FeatureView:
         elif cache_key:
             transform = CachedMedianFilter(self.enhancement, tuple(self.mean.tolist()), tuple(self.std.tolist()))
             self.source = base.derived(cache_key, transform, map_fn=process_map)
-            self._post = (lambda x: x - x.mean(axis=-1, keepdims=True)) if self.enhancement.mean_subtraction else (
-                lambda x: x)
+            self._post = self.enhancement.after_median
         else:
             self.source = base
             self._post = lambda x: self.enhancement(x, self.mean, self.std)
@@ -252,8 +251,7 @@ class FeatureView:
         mean subtraction; nothing otherwise."""
         if not self.device_median:
             return x
-        x = median_filter_torch(x, self.enhancement.median_filter)
-        return x - x.mean(dim=-1, keepdim=True) if self.enhancement.mean_subtraction else x
+        return self.enhancement.after_median(median_filter_torch(x, self.enhancement.median_filter))
 
 
 class _Steps(torch.utils.data.Dataset):

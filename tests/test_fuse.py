@@ -236,6 +236,10 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
     assert done.returncode == 0, done.stderr[-3000:]
     lines = out.read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == [f"audio/{i}.wav" for i in range(3)]  # no header line
+    import dcase_util  # what predict wrote, read by the challenge's own tools: the default loader and the
+    for kwargs in ({}, {"fields": ["filename", "scene_label"], "csv_header": False, "delimiter": "\t"}):  # baseline's
+        items = dcase_util.containers.MetaDataContainer().load(str(out), **kwargs)
+        assert [(item.filename, item.scene_label) for item in items] == [tuple(x.split("\t")) for x in lines], kwargs
     assert "clips (%)" not in done.stdout  # no labels, no device table
     # A clip the model cannot read: one line naming it, and the previous file is left as it was.
     before = out.read_text()
