@@ -12,6 +12,10 @@ the chosen ensemble, never for choosing it.
   the candidates and pool the counts) against overfitting the selection clips.
 - :func:`top_k` and :func:`best_per_group` (the paper's A5 + A6 + A7: the best system of each
   enhancement).
+- :func:`bootstrap_greedy`: forward selection bagged over bootstrap resamples of the selection clips
+  (Breiman's bagging of Caruana's selection): a member's weight is the share of resamples whose
+  ensemble took it, so a gain that a clip or two make weighs what those clips' luck weighs; when
+  every resample keeps one candidate alone, that candidate is the fusion, and the note says so.
 - :func:`held_back_greedy`: bagged forward selection whose ensemble is taken only when it beats the
   best single candidate on clips it was not chosen on: the selection clips are split in halves within
   each device, the ensemble and the best single candidate are chosen on one half and compared on the
@@ -54,7 +58,7 @@ class Selection:
     weights: tuple[float, ...]  # one per member, summing to 1
     score: float  # the ensemble's score on the selection clips
     history: tuple[float, ...] = ()  # greedy: the score after each step (before truncation)
-    note: str = ""  # what the choice did that a user should know (held_back_greedy's fallback)
+    note: str = ""  # what the choice did that a user should know (a fallback to one candidate)
 
     def fuse(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         return average([probs[i] for i in self.members], self.weights)
@@ -151,6 +155,52 @@ def stratified_halves(strata: Sequence, repeats: int, seed: int = 0) -> list[tup
         a, b = np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
         pairs += [(a, b), (b, a)]
     return pairs
+
+
+def stratified_bootstrap(strata: Sequence, rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap resample of clip indices, drawn with replacement within each stratum (device), so
+    that every device keeps its count of clips (a resample without a B clip has no Metric B)."""
+    strata = np.asarray(strata)
+    return np.concatenate([rng.choice(g, size=len(g), replace=True)
+                           for g in (np.flatnonzero(strata == s) for s in sorted(set(strata.tolist())))])
+
+
+def bootstrap_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray | None], Score],
+                     strata: Sequence, steps: int = 9, bags: int = 40, seed: int = 0) -> Selection:
+    """Forward selection (:func:`greedy_selection`, every candidate) on each of ``bags`` bootstrap
+    resamples of the selection clips (:func:`stratified_bootstrap`), each resample's ensemble weighing
+    the same in the pooled weights.
+
+    ``score_on(rows)`` is the score on the selection clips ``rows`` (an index array, repeats counted;
+    None: all of them); ``strata`` the clips' devices. Where the clips cannot tell candidates apart,
+    the resamples disagree and the weight is shared among them, instead of going to whichever a
+    single ranking of noisy figures put first (greedy selection's winner's curse); where one
+    candidate or one ensemble is better beyond the clips' noise, every resample takes it. A member
+    whose gain one clip makes is taken only by the resamples that draw that clip in its favour. When
+    every resample keeps one candidate alone, it is the fusion, with a note."""
+    n = len(probs)
+    if n == 0:
+        raise AscError("fusion needs at least one candidate")
+    if steps < 0 or bags < 1:
+        raise AscError("bootstrap greedy: steps >= 0, bags >= 1")
+    probs = [np.asarray(p, dtype=np.float64) for p in probs]
+    everything = score_on(None)
+    if n == 1 or steps == 0:  # one candidate, or one pick (--size 1): the best single candidate
+        return top_k(probs, everything, 1)
+    rng = np.random.default_rng(seed)
+    counts: dict[int, float] = {}
+    order: list[int] = []
+    for _ in range(bags):
+        rows = stratified_bootstrap(strata, rng)
+        chosen, _ = _greedy_once([p[rows] for p in probs], score_on(rows), list(range(n)), steps, 1)
+        for i in chosen:
+            counts[i] = counts.get(i, 0.0) + 1.0 / len(chosen)
+        order += chosen
+    selection = _counts_to_selection(counts, order, probs, everything)
+    if len(selection.members) == 1:
+        return dataclasses.replace(selection, note=f"one trial alone: every one of {bags} bootstrap resamples of the "
+                                                   "selection clips kept it alone (no ensemble beat it on any)")
+    return selection
 
 
 def held_back_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray | None], Score],

@@ -185,16 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--mlflow-uri", default=None,
                       help="tracking URI (order: --mlflow-uri, $MLFLOW_TRACKING_URI, sqlite:///runs/mlflow.db)")
     fuse.add_argument("--by", default="metric_b", help="objective to maximise on the selection clips (default %(default)s)")
-    fuse.add_argument("--method", default="gated", choices=("gated", "greedy", "top", "per-enhancement"),
-                      help="gated: bagged greedy forward selection, taken only when it beats the best single trial "
-                           "on selection clips held back from choosing it (halves within each device, most of them "
-                           "and on average), else the best single trial; greedy: forward selection with replacement (Caruana 2004); the top K; or the best "
-                           "trial of each enhancement (the paper's A5 + A6 + A7) (default %(default)s)")
+    fuse.add_argument("--method", default="bootstrap", choices=("bootstrap", "gated", "greedy", "top", "per-enhancement"),
+                      help="bootstrap: greedy forward selection on each of 40 bootstrap resamples of the selection "
+                           "clips (within each device), the resamples' ensembles pooled, so that a member weighs "
+                           "what the clips' evidence for it weighs; gated: bagged greedy selection, taken only when "
+                           "it beats the best single trial on selection clips held back from choosing it, else the "
+                           "best single trial; greedy: forward selection with replacement (Caruana 2004); the top K; "
+                           "or the best trial of each enhancement (the paper's A5 + A6 + A7) (default %(default)s)")
     fuse.add_argument("--size", type=COUNT, default=None,
-                      help="gated, greedy: most picks, with replacement (default 10); top: members (default 3)")
+                      help="bootstrap, gated, greedy: most picks, with replacement (default 10); top: members "
+                           "(default 3)")
     fuse.add_argument("--bags", type=NON_NEGATIVE, default=0,
-                      help="greedy: bagged repeats on random halves of the candidates (default 0); gated: the same "
-                           "(0: 20)")
+                      help="bootstrap: resamples of the selection clips (0: 40); greedy: bagged repeats on random "
+                           "halves of the candidates (default 0); gated: the same (0: 20)")
     fuse.add_argument("--full-budget", action="store_true", help="candidates: only trials that trained every epoch")
     fuse.add_argument("--seed-members", action="store_true",
                       help="searches with seeds: every seed's model is a candidate (default: each trial's seed average)")

@@ -78,7 +78,7 @@ def _fusion(uri: str, experiment_id: str, size: int):
               f"{run.data.tags.get('registered_model', run.data.tags[MODEL_TAG])}")
         table = artifact_text(client, run.info.run_id, "fusion.txt").rstrip()
         return run.data.tags.get("registered_model", run.data.tags[MODEL_TAG]), table, True
-    result = fuse(SEARCH_NAME, uri, by="metric_b", method="gated", size=size, register=MODEL_NAME)
+    result = fuse(SEARCH_NAME, uri, by="metric_b", method="bootstrap", size=size, register=MODEL_NAME)
     return result.registered or result.model_uri, format_result(result), False
 
 
@@ -160,5 +160,5 @@ def add_arguments(demo, defaults) -> None:
     demo.add_argument("--seed", type=SEED, default=defaults.seed)
     demo.add_argument("--num-samples", type=COUNT, default=None, help="trials (default: spaces/demo.yaml's)")
     demo.add_argument("--epochs", type=COUNT, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
-    demo.add_argument("--fusion-size", type=COUNT, default=6, help="greedy fusion: most picks (default %(default)s)")
+    demo.add_argument("--fusion-size", type=COUNT, default=6, help="fusion: most picks (default %(default)s)")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of spaces/demo.yaml")

@@ -43,7 +43,8 @@ from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _c
     check_tracking_uri, confusion_figure, selected_on
 from search.warmstart import _parse
 
-METHODS = ("gated", "greedy", "top", "per-enhancement")
+METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
+BOOTSTRAP_BAGS = 40  # the default fusion's bootstrap resamples of the selection clips, unless --bags says
 GATE_BAGS = 20  # the gated fusion's bagged repeats, unless --bags says otherwise
 GATE_SPLITS = 5  # its random halvings of the selection clips (each half held back once)
 
@@ -83,7 +84,7 @@ class FusionResult:
     refused: list[str]
     full_budget: bool = False
     protocol: str = "validation"  # "paper": the trials and the fusion choose on the evaluation split
-    note: str = ""  # what the choice did that a user should know (the gated fusion's fallback)
+    note: str = ""  # what the choice did that a user should know (a fallback to one trial)
     gap_lambda: float | None = None  # --by gap_penalized's weight of |device gap|
     run_id: str | None = None
     model_uri: str | None = None
@@ -204,15 +205,18 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
     if all(score(p) == -math.inf for p in sel):
         raise AscError(f"fusion by {objective.label()}: undefined on the selection clips "
                        f"(devices there: {', '.join(sorted(set(clips['selection'].devices.tolist())))})")
+    clips_sel = clips["selection"]
+
+    def score_on(rows: np.ndarray | None):  # the score on some of the selection clips (repeats counted)
+        if rows is None:
+            return score
+        return scorer(objective, Clips(clips_sel.filenames[rows], clips_sel.devices[rows], clips_sel.labels[rows],
+                                       clips_sel.seen))
+
+    if method == "bootstrap":
+        return fusion.bootstrap_greedy(sel, score_on, clips_sel.devices, steps=max((size or 10) - 1, 0),
+                                       bags=bags or BOOTSTRAP_BAGS, seed=seed)
     if method == "gated":
-        clips_sel = clips["selection"]
-
-        def score_on(rows: np.ndarray | None):
-            if rows is None:
-                return score
-            return scorer(objective, Clips(clips_sel.filenames[rows], clips_sel.devices[rows], clips_sel.labels[rows],
-                                           clips_sel.seen))
-
         return fusion.held_back_greedy(sel, score_on, clips_sel.devices, steps=max((size or 10) - 1, 0),
                                        bags=bags or GATE_BAGS, repeats=GATE_SPLITS, seed=seed)
     if method == "greedy":
@@ -228,7 +232,7 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
 # --------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------
-def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = "gated",
+def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = METHODS[0],
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
          seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False,
          protocol: str = "validation", alias: str | None = None) -> FusionResult:

@@ -22,7 +22,7 @@ def test_demo_runs_the_whole_loop_and_a_rerun_reuses_its_work(tmp_path):
     out = first.stdout
     assert all(f"[{k}/5]" in out for k in range(1, 6))
     assert "parallel groups" in out and " built" in out
-    assert "best 2 of 2 trials by metric_b" in out and "gated fusion by metric_b" in out
+    assert "best 2 of 2 trials by metric_b" in out and "bootstrap fusion by metric_b" in out
     assert "models:/asc-demo-fusion/1" in out and "mlflow ui --backend-store-uri" in out
     summary = out[out.index("=" * 100):]
     assert "selection clips (%)" in summary and "\nfusion " in summary

@@ -201,7 +201,8 @@ def test_the_audio_model_predicts_from_audio_what_the_trial_predicted_from_the_s
 
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
-        with mlflow.start_run() as run:
+        experiment = mlflow.create_experiment("served", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
             pass
         model_uri = log_audio_model(uri, run.info.run_id, [member.save(tmp_path / "member.pt")])
         got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"path": files, "device": saved["devices"]}))

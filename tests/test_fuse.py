@@ -292,7 +292,7 @@ def test_bench_fusion_draws_searches_from_the_recorded_trials_and_prints_every_m
     done = cli("bench-fusion", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--sizes", "4", "--trials", "2",
                "--draws", "3", "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
-    for method in ("gated (default)", "greedy", "greedy, 20 bags", "top 3", "per enhancement"):
+    for method in ("bootstrap (default)", "greedy", "greedy, 20 bags", "gated", "top 3", "per enhancement"):
         assert method in done.stdout
     assert "20 A, 10 B, 10 C clips" in done.stdout and "goals:" in done.stdout
     figures = json.loads(out.read_text())

@@ -143,6 +143,50 @@ def test_the_gate_with_one_pick_is_the_best_single_candidate():
     assert held_back_greedy(probs, score_on, devices, steps=0).members == (0,)
 
 
+def _bootstrap_case(probs, labels, devices, **options):
+    from asc.fusion import bootstrap_greedy
+    from asc.metrics import device_metrics
+
+    def score_on(rows):  # the score on the clips `rows` (repeats counted), of probabilities cut to them
+        ix = np.arange(len(labels)) if rows is None else rows
+        return lambda fused: device_metrics(labels[ix], fused.argmax(1), devices[ix], 3)["metric_a"]
+
+    return bootstrap_greedy(probs, score_on, devices, **options)
+
+
+def test_the_bootstrap_fusion_takes_a_real_gain_and_weighs_a_gain_one_clip_makes_as_that_clips_luck():
+    labels = np.array([0, 1, 2] * 20)
+    devices = np.array(["a", "b", "c"] * 20)
+    first = _onehot(labels[:30].tolist() + [(y + 1) % 3 for y in labels[30:]])  # wrong on the second half
+    good = np.full((60, 3), 1 / 3)
+    good[30:] = _onehot(labels[30:].tolist(), sharp=0.95)  # right where the first is wrong: a real gain
+    taken = _bootstrap_case([first, good], labels, devices, steps=5)
+    assert set(taken.members) == {0, 1} and not taken.note and taken.score == 1.0
+    one = np.full((60, 3), 1 / 3)
+    one[45] = _onehot([labels[45]], sharp=0.95)[0]  # knows one clip the first misses: luck, not evidence
+    lucky = _bootstrap_case([first, one], labels, devices, steps=5)
+    weights = dict(zip(lucky.members, lucky.weights))
+    assert weights[0] > 0.5 > weights.get(1, 0.0)  # taken only by the resamples that drew clip 45
+    np.testing.assert_array_equal(lucky.fuse([first, one]).argmax(1), first.argmax(1))  # and it changes nothing
+
+
+def test_the_bootstrap_fusion_keeps_a_candidate_no_resample_could_improve_and_says_so():
+    labels = np.array([0, 1, 2] * 10)
+    devices = np.array(["a", "b", "c"] * 10)
+    probs = [_onehot([(y + 1) % 3 for y in labels]), _onehot(labels.tolist()), np.full((30, 3), 1 / 3)]
+    alone = _bootstrap_case(probs, labels, devices, steps=5, bags=10)
+    assert alone.members == (1,) and alone.weights == (1.0,) and "every one of 10 bootstrap resamples" in alone.note
+    assert _bootstrap_case(probs, labels, devices, steps=0).members == (1,)  # one pick: the best single
+
+
+def test_a_bootstrap_resample_keeps_every_devices_count():
+    from asc.fusion import stratified_bootstrap
+
+    devices = np.array(["a"] * 7 + ["b"] * 3 + ["c"] * 2)
+    rows = stratified_bootstrap(devices, np.random.default_rng(0))
+    assert [int((devices[rows] == d).sum()) for d in ("a", "b", "c")] == [7, 3, 2]
+
+
 def test_held_back_halves_split_every_device_and_hold_each_clip_back_once_per_split():
     from asc.fusion import stratified_halves
 

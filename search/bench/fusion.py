@@ -52,8 +52,8 @@ from search.objectives import Objective
 SIZES = (8, 20, 60)  # B&C clips in the selection part
 A_PER_BC = 7.5  # A clips per B&C clip in the selection part (a 60 A : 8 B&C split, as in small sets)
 # (label, fuse --method, options): the default first, then the methods `fuse --method` keeps.
-METHODS = (("gated (default)", "gated", {}), ("greedy", "greedy", {}), ("greedy, 20 bags", "greedy", {"bags": 20}),
-           ("top 3", "top", {"size": 3}), ("per enhancement", "per-enhancement", {}))
+METHODS = (("bootstrap (default)", "bootstrap", {}), ("greedy", "greedy", {}), ("greedy, 20 bags", "greedy", {"bags": 20}),
+           ("gated", "gated", {}), ("top 3", "top", {"size": 3}), ("per enhancement", "per-enhancement", {}))
 
 
 @dataclass
