@@ -76,6 +76,12 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
     seconds = time.perf_counter() - start
     predicted = [ensemble.classes[k] for k in probs.argmax(axis=1)]
     write_submission([c.filename for c in clips], predicted, out, fmt)
+    if fmt == "dcase" and out.suffix.lower() == ".csv":
+        # dcase_util's default loader reads a .csv file's first line as its header (a .txt file's rows it
+        # reads as they are); the format has none, so the first clip would be lost to it.
+        print(f"note: {out.name}: dcase_util's default loader takes a .csv file's first line for a header; read "
+              "it with csv_header=False and fields=['filename', 'scene_label'] (as the 2019 baseline does), or "
+              "name it .txt")
     result = {"file": str(out), "clips": len(clips), "seconds": seconds, "probs": probs,
               "filenames": [c.filename for c in clips], "metrics": None}
     if dataset.labeled:

@@ -236,9 +236,18 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
     assert done.returncode == 0, done.stderr[-3000:]
     lines = out.read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == [f"audio/{i}.wav" for i in range(3)]  # no header line
-    import dcase_util  # what predict wrote, read by the challenge's own tools: the default loader and the
-    for kwargs in ({}, {"fields": ["filename", "scene_label"], "csv_header": False, "delimiter": "\t"}):  # baseline's
-        items = dcase_util.containers.MetaDataContainer().load(str(out), **kwargs)
+    # What predict wrote, read by the challenge's own tools: the 2019 baseline's way whatever the name,
+    # dcase_util's default loader as a .txt (a .csv's first line it takes for a header, which predict notes).
+    import dcase_util
+
+    assert "dcase_util's default loader takes a .csv file's first line for a header" in done.stdout
+    baseline = {"fields": ["filename", "scene_label"], "csv_header": False, "delimiter": "\t"}
+    txt = tmp_path / "sub.txt"
+    done = cli("predict", f"runs:/{trial}/model", str(unlabeled.parent), "--out", str(txt), "--format", "dcase",
+               "--mlflow-uri", searched["uri"])
+    assert done.returncode == 0 and "header" not in done.stdout and txt.read_text() == out.read_text()
+    for path, kwargs in ((out, baseline), (txt, baseline), (txt, {})):
+        items = dcase_util.containers.MetaDataContainer().load(str(path), **kwargs)
         assert [(item.filename, item.scene_label) for item in items] == [tuple(x.split("\t")) for x in lines], kwargs
     assert "clips (%)" not in done.stdout  # no labels, no device table
     # A clip the model cannot read: one line naming it, and the previous file is left as it was.
