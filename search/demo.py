@@ -78,7 +78,7 @@ def _fusion(uri: str, experiment_id: str, size: int):
               f"{run.data.tags.get('registered_model', run.data.tags[MODEL_TAG])}")
         table = artifact_text(client, run.info.run_id, "fusion.txt").rstrip()
         return run.data.tags.get("registered_model", run.data.tags[MODEL_TAG]), table, True
-    result = fuse(SEARCH_NAME, uri, by="metric_b", method="bootstrap", size=size, register=MODEL_NAME)
+    result = fuse(SEARCH_NAME, uri, by="metric_b", size=size, register=MODEL_NAME)  # fuse's default method
     return result.registered or result.model_uri, format_result(result), False
 
 

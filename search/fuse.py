@@ -206,6 +206,7 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
         raise AscError(f"fusion by {objective.label()}: undefined on the selection clips "
                        f"(devices there: {', '.join(sorted(set(clips['selection'].devices.tolist())))})")
     clips_sel = clips["selection"]
+    steps = max((size or 10) - 1, 0)  # the greedy methods: picks after the first
 
     def score_on(rows: np.ndarray | None):  # the score on some of the selection clips (repeats counted)
         if rows is None:
@@ -214,13 +215,12 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
                                        clips_sel.seen))
 
     if method == "bootstrap":
-        return fusion.bootstrap_greedy(sel, score_on, clips_sel.devices, steps=max((size or 10) - 1, 0),
-                                       bags=bags or BOOTSTRAP_BAGS, seed=seed)
+        return fusion.bootstrap_greedy(sel, score_on, clips_sel.devices, steps=steps, bags=bags or BOOTSTRAP_BAGS,
+                                       seed=seed)
     if method == "gated":
-        return fusion.held_back_greedy(sel, score_on, clips_sel.devices, steps=max((size or 10) - 1, 0),
-                                       bags=bags or GATE_BAGS, repeats=GATE_SPLITS, seed=seed)
+        return fusion.held_back_greedy(sel, score_on, clips_sel.devices, steps=steps, bags=bags or GATE_BAGS,
+                                       repeats=GATE_SPLITS, seed=seed)
     if method == "greedy":
-        steps = max((size or 10) - 1, 0)
         return fusion.greedy_selection(sel, score, steps=steps, init=1, bags=bags, seed=seed)
     if method == "top":
         return fusion.top_k(sel, score, min(size or 3, len(sel)))
