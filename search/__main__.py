@@ -67,7 +67,8 @@ def _run(args) -> None:
 def _resume(args) -> None:
     from search.tuner import resume_search  # late, as the module says
 
-    return 1 if resume_search(args.name, storage=args.storage, address=args.address)["failed"] else 0
+    return 1 if resume_search(args.name, storage=args.storage, address=args.address,
+                              mlflow_uri=args.mlflow_uri)["failed"] else 0
 
 
 def _fuse(args) -> None:
@@ -173,9 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="continue a search whose driver died, and send what MLflow missed",
                                  description="Continue a search whose driver died, and send what MLflow missed. "
-                                             "MLflow: the tracking URI the search ran with (kept in its folder); "
-                                             "$MLFLOW_TRACKING_URI does not move a running search.")
+                                             "MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else the tracking "
+                                             "URI the search ran with (kept in its folder). Either of the first two "
+                                             "must reach the same store (its runs there), e.g. a tracking server on "
+                                             "a new head: a --mlflow-uri that does not is refused, a "
+                                             "$MLFLOW_TRACKING_URI that does not is passed over, saying so.")
     resume.add_argument("name", help="the search's name (--name of `run`)")
+    resume.add_argument("--mlflow-uri", default=None,
+                        help="the store the search ran with, at the address it has now (default: as above)")
     resume.add_argument("--storage", default=None, help="the --storage it ran with (default: ./runs)")
     resume.add_argument("--address", default=None, help="Ray cluster address (default: the one it ran with)")
     resume.set_defaults(run=_resume)

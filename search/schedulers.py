@@ -27,7 +27,7 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from asc.errors import write_atomic
-from search.searcher import RESUMING  # `resume` names where the study's folder is now
+from search.tracking import RESUMING  # `resume` names where the study's folder is now
 
 STATE_FILE = "asha_state.json"
 

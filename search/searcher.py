@@ -36,7 +36,7 @@ from ray.tune.search import Searcher as TuneSearcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.space import Space
-from search.tracking import TRIAL_TAG
+from search.tracking import RESUMING, TRIAL_TAG
 
 STUDY_FILE = "optuna.db"
 KEY_ATTR = "config_key"  # the configuration's identity (Space.config_key), on every Optuna trial
@@ -81,10 +81,6 @@ def study_storage(search_dir: Path):
 # unpickled copy, which registers itself in restore): the end-of-search report reads its counts.
 ACTIVE: dict = {}
 
-# The study folder of the search `resume` continues: the study's database and ASHA's state are there,
-# wherever the pickled searcher and scheduler thought they were (the folder may have moved, or be an
-# NFS mount at another path). The search's folder unless it ran with --study-dir.
-RESUMING: dict = {}
 
 
 class Searcher(OptunaSearch):

@@ -101,6 +101,37 @@ def tracking_uri(explicit: str | None, folder: Path) -> str:
     return uri
 
 
+def resume_tracking_uri(recorded: str, explicit: str | None, experiment_id: str, parent_run_id: str) -> tuple[str, str]:
+    """The tracking URI ``resume`` writes to, and a line to print when it is not the recorded one.
+
+    A resumed search must write to the store it ran with (its experiment and parent run are there),
+    but that store may be reached at another address now: a tracking server on a new head, a
+    database whose folder moved. So, as every MLflow tool: ``--mlflow-uri``, else
+    ``$MLFLOW_TRACKING_URI``, else the URI the search recorded; a URI other than the recorded one is
+    taken only if it holds the search's parent run. An option that does not is refused in one line;
+    an environment variable that does not (set for another project, say) is passed over, saying so."""
+    given = explicit or os.environ.get("MLFLOW_TRACKING_URI") or None
+    uri = tracking_uri(given, Path(".")) if given else recorded
+    if uri == recorded:
+        check_tracking_uri(recorded, must_exist=True)
+        return recorded, ""
+    source = "--mlflow-uri" if explicit else "$MLFLOW_TRACKING_URI"
+    try:
+        check_tracking_uri(uri, must_exist=True)
+        run = MlflowClient(uri).get_run(parent_run_id)
+        missing = "" if run.info.experiment_id == experiment_id else f"run {parent_run_id} is of another experiment"
+    except AscError as exc:
+        missing = str(exc)
+    except MlflowException:
+        missing = f"no run {parent_run_id}"
+    if not missing:
+        return uri, f"MLflow: {uri} ({source}; the search ran with {recorded}, and its runs are here)"
+    if explicit:
+        raise AscError(f"{source} {uri}: not the store this search ran with ({missing}); it ran with {recorded}")
+    check_tracking_uri(recorded, must_exist=True)
+    return recorded, f"note: {source} {uri} does not hold this search ({missing}); MLflow: {recorded}, as it ran"
+
+
 def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict,
                  store_names: dict | None = None) -> tuple[str, str]:
     """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id).
@@ -337,6 +368,12 @@ def send_unlogged(uri: str, search_dir: Path) -> list[str]:
 
 ACTIVE: dict = {}  # the tracker of the search this driver runs (the end of the search flushes it)
 
+# What `resume` knows better than the pickled experiment state: where the search's study folder is
+# now (the study's database and ASHA's state are there, wherever the pickled searcher and scheduler
+# thought they were: the folder may have moved, or be an NFS mount at another path; the search's
+# folder unless it ran with --study-dir), and the tracking URI its runs are reached at now.
+RESUMING: dict = {}
+
 
 class MlflowTracker(Callback):
     """The Tune callback that writes every trial to MLflow (see the module docstring)."""
@@ -362,6 +399,7 @@ class MlflowTracker(Callback):
 
     def __setstate__(self, state):  # a tracker pickled by an earlier version has no waiting results
         self.__dict__.update({"waiting": {}, **state})
+        self.uri = RESUMING.get("mlflow_uri", self.uri)  # the store may be reached at another address now
 
     @property
     def client(self) -> RetryingClient:

@@ -46,12 +46,12 @@ from asc.device_table import pct
 from search.prepare import init_ray
 from search.report import distinct_line, report_results, trial_rows, ui_command
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
-from search.searcher import ACTIVE, RESUMING, STUDY_FILE, Searcher, make_sampler, study_storage
+from search.searcher import ACTIVE, STUDY_FILE, Searcher, make_sampler, study_storage
 from search.space import Space, load_space
 from search.stores import check_stores_unchanged, resolve_stores, store_devices, store_identity
-from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, TRIAL_TAG, MlflowTracker, RetryingClient, \
-    check_tracking_uri, close_dangling_runs, save_pending, send_pending, send_unlogged, tracking_uri, \
-    start_search, trial_label, unlogged_trials
+from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TAG, MlflowTracker, RetryingClient, \
+    check_tracking_uri, close_dangling_runs, resume_tracking_uri, save_pending, send_pending, send_unlogged, \
+    tracking_uri, start_search, trial_label, unlogged_trials
 from search.trainable import run_trial
 from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start
 
@@ -316,8 +316,10 @@ def _callbacks(space: Space, info: dict) -> list:
     return [tracker, Progress(space, store_devices(info["stores"]), info.get("max_failures", 3), str(log))]
 
 
-def resume_search(name: str, storage: str | None = None, address: str | None = None) -> dict:
-    """Continue the search ``name`` whose driver died (or was stopped)."""
+def resume_search(name: str, storage: str | None = None, address: str | None = None,
+                  mlflow_uri: str | None = None) -> dict:
+    """Continue the search ``name`` whose driver died (or was stopped). ``mlflow_uri``: the store it
+    ran with, at the address it has now (:func:`~search.tracking.resume_tracking_uri`)."""
     storage_path = Path(storage or DEFAULT_STORAGE).resolve()
     search_dir = storage_path / name
     if not (search_dir / SEARCH_FILE).is_file():
@@ -334,7 +336,7 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
         raise AscError(f"{search_dir / SEARCH_FILE}: lacks {', '.join(missing)}; the search cannot be resumed")
     info["storage"] = str(storage_path)  # where it is now (the folder may have moved)
     space = load_space(search_dir / SPACE_FILE)
-    check_tracking_uri(info["mlflow_uri"])
+    uri, uri_line = resume_tracking_uri(info["mlflow_uri"], mlflow_uri, info["experiment_id"], info["parent_run_id"])
     RESUMING["study_dir"] = study_folder(info, search_dir)
     if not (RESUMING["study_dir"] / STUDY_FILE).is_file():
         raise AscError(f"{RESUMING['study_dir'] / STUDY_FILE}: the search's Optuna study is not here (on a cluster "
@@ -343,6 +345,13 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
                        "with another --name")
     check_stores_unchanged(info, search_dir / SEARCH_FILE)
+    if uri_line:
+        print(uri_line)
+    if uri != info["mlflow_uri"]:  # the same store at a new address: the search's runs go on there
+        write_atomic(search_dir / SEARCH_FILE,
+                     json.dumps({**json.loads((search_dir / SEARCH_FILE).read_text()), "mlflow_uri": uri}, indent=1))
+        info["mlflow_uri"] = uri
+    RESUMING["mlflow_uri"] = uri  # for the tracker, unpickled from the experiment state with the old one
     left = send_pending(info["mlflow_uri"], search_dir)  # what a blinking server missed last time
     if left:
         print(f"warning: {left} kept MLflow write(s) still cannot reach {info['mlflow_uri']}")

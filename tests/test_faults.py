@@ -321,14 +321,27 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_
     assert [r["epoch"] for r in results_before[ids["t001"]]] == [1, 2, 3, 4]
 
     assert (studies / "crash" / "optuna.db").is_file() and not (storage / "crash" / "optuna.db").exists()
+    # The tracking store moves (as a tracking server to a new head's address): a resume at the old
+    # address is refused, naming it; at the new one (--mlflow-uri) the search's runs go on there.
+    recorded, moved = f"sqlite:///{storage / 'mlflow.db'}", tmp_path / "moved"
+    moved.mkdir()
+    for part in storage.glob("mlflow.db*"):  # with a journal the killed driver may have left
+        part.rename(moved / part.name)
+    resume = [sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)]
+    lost = run(resume, timeout=120)
+    assert lost.returncode == 2 and f"MLflow store {recorded}: no such database" in lost.stderr, lost.stderr
+    resume += ["--mlflow-uri", f"sqlite:///{moved / 'mlflow.db'}"]
     (studies / "crash").rename(studies / "away")  # resumed on a machine without the study: refused
-    away = run([sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)], timeout=120)
+    away = run(resume, timeout=120)
     assert away.returncode == 2 and "the search's Optuna study is not here" in away.stderr, away.stderr
     (studies / "away").rename(studies / "crash")
-    done = run([sys.executable, "-m", "search", "resume", "crash", "--storage", str(storage)], timeout=600)
+    done = run(resume, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming search 'crash'" in done.stdout and "3 trials: " in done.stdout
-    records = check_records(f"sqlite:///{storage / 'mlflow.db'}", storage, "crash", 3)
+    assert f"(--mlflow-uri; the search ran with {recorded}, and its runs are here)" in done.stdout
+    assert json.loads((storage / "crash" / "search.json").read_text())["mlflow_uri"] == resume[-1]
+    assert not (storage / "mlflow.db").exists()  # nothing went to the old address
+    records = check_records(resume[-1], storage, "crash", 3)
     check_study(studies, "crash", records["results"])
     assert not records["orphans"]
     results_after = tune_results(storage, "crash", raw=True)

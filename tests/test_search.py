@@ -198,6 +198,48 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "y").exists()
 
 
+def test_resume_takes_the_store_it_ran_with_at_a_new_address_and_refuses_another(monkeypatch, tmp_path):
+    """``resume``'s tracking URI: --mlflow-uri, else $MLFLOW_TRACKING_URI, else the recorded one; a new
+    address must reach the search's own runs (an option that does not is refused, the variable is
+    passed over, saying so)."""
+    from mlflow.tracking import MlflowClient
+
+    from asc.errors import AscError
+    from search.tracking import resume_tracking_uri
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    recorded, other = f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    client = MlflowClient(recorded)
+    experiment = client.create_experiment("s", artifact_location=str(tmp_path / "art"))
+    parent = client.create_run(experiment).info.run_id
+    MlflowClient(other).create_run(MlflowClient(other).create_experiment("s", artifact_location=str(tmp_path / "x")))
+    (tmp_path / "new").symlink_to(tmp_path / "a")  # the same database, reached by another path
+    moved = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    assert resume_tracking_uri(recorded, None, experiment, parent) == (recorded, "")
+    uri, line = resume_tracking_uri(recorded, moved, experiment, parent)
+    assert uri == moved and line == f"MLflow: {moved} (--mlflow-uri; the search ran with {recorded}, and its runs are here)"
+    with pytest.raises(AscError, match=rf"^--mlflow-uri {other}: not the store this search ran with \(no run {parent}\); "
+                                       rf"it ran with {recorded}$"):
+        resume_tracking_uri(recorded, other, experiment, parent)
+    with pytest.raises(AscError, match="no such database"):
+        resume_tracking_uri(recorded, f"sqlite:///{tmp_path / 'b' / 'none.db'}", experiment, parent)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", moved)
+    assert resume_tracking_uri(recorded, None, experiment, parent)[0] == moved
+    assert resume_tracking_uri(recorded, recorded, experiment, parent) == (recorded, "")  # the option first
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)  # set for another project: passed over, said
+    assert resume_tracking_uri(recorded, None, experiment, parent) == (
+        recorded, f"note: $MLFLOW_TRACKING_URI {other} does not hold this search (no run {parent}); "
+                  f"MLflow: {recorded}, as it ran")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")  # nothing answers there
+    uri, line = resume_tracking_uri(recorded, None, experiment, parent)
+    assert uri == recorded and "not reachable" in line and len(line.splitlines()) == 1
+    assert not (tmp_path / "b" / "none.db").exists()
+
+
 def test_a_write_is_tried_again_while_the_server_is_unreachable_and_not_after_another_failure():
     """What a trial's model and artifacts go through (and every RetryingClient call): a connection
     refused twice, then an answer; a failure no later try can fix is raised at once."""
