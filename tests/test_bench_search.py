@@ -40,3 +40,24 @@ def test_bench_search_is_a_search_command():
     bad = subprocess.run([sys.executable, "-m", "search", "bench-search", "--trials", "0"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_bench_chaos_times_the_work_each_kill_threw_away_from_the_killed_workers_reports():
+    """bench-chaos's cost of a kill: from the killed worker's last report to the kill; a kill of a
+    worker that never reported (during its start or restore) is counted apart, as it cannot be timed."""
+    from search.bench.chaos import kill_costs, rows
+
+    records = {"p00": {"reports": [(10, 100), (10, 105), (11, 112)], "raw": 3, "rows": []},
+               "p01": {"reports": [(20, 101)], "raw": 1, "rows": []}}
+    kills = [(107.5, 10), (103.0, 20), (109.0, 12)]  # 2.5 s into p00's epoch, 2 s into p01's, a new worker
+    assert kill_costs(kills, records) == (4.5, 1)
+    assert kill_costs([], records) == (0.0, 0)
+    calm = {"records": {"p00": {"reports": [], "raw": 2, "rows": [{"epoch": 1, "time_this_iter_s": 2.0},
+                                                                  {"epoch": 2, "time_this_iter_s": 4.0}]}},
+            "retries": 0, "finished": 1, "trials": 1, "failed": 0, "table": "", "mlflow_runs": 1, "running": 0,
+            "seconds": 10.0}
+    table = {r["measure"].split(",")[0]: r["this_project"] for r in rows(calm, {5.0: {**calm, "kills": kills,
+                                                                                   "records": records}})}
+    assert table["seconds of training the kills threw away (each up to 1 s more)"] == 4.5
+    assert table["the same in undisturbed trial-epochs (3.0 s each)"] == 1.5
+    assert table["kills before the worker's first report (start and restore lost: not timed)"] == 1

@@ -9,7 +9,9 @@ Each search is a real one (``search.tuner.run_search``: Ray Tune, Optuna, MLflow
 
 Reported per N, beside the undisturbed search: kills; retries (Tune's failures per trial); trials
 finished and lost for good; trial-epochs trained (each result Tune received, re-trained epochs
-included) and how many of them were recomputed; and how many configurations ended with results
+included) and how many of them were recomputed; the work the kills threw away (from each killed
+worker's last report to the kill, in seconds and in undisturbed epochs; kills that came before a
+worker's first report lost its start and restore too, counted apart); and how many configurations ended with results
 identical to the undisturbed search's (every epoch's figures, exactly), and whether the best-trials
 tables are the same text. Nothing lost and everything identical is the goal.
 
@@ -116,7 +118,8 @@ def grid_space(scale, trials: int, epochs: int) -> dict:
 
 
 def trial_records(search_dir: Path) -> dict[str, dict]:
-    """point id -> {"rows": the last result of every epoch, "raw": results received, "failures": n}."""
+    """point id -> {"rows": the last result of every epoch, "raw": results received, "reports": (worker
+    pid, Tune's whole-second timestamp) of each}."""
     out = {}
     for folder in search_dir.glob("t*_*"):
         f = folder / "result.json"
@@ -126,8 +129,29 @@ def trial_records(search_dir: Path) -> dict[str, dict]:
         if not raw:
             continue
         rows = sorted({r["epoch"]: r for r in raw}.values(), key=lambda r: r["epoch"])
-        out[raw[0]["config"]["point"]] = {"rows": rows, "raw": len(raw)}
+        out[raw[0]["config"]["point"]] = {"rows": rows, "raw": len(raw),
+                                          "reports": [(r.get("pid"), r.get("timestamp")) for r in raw]}
     return out
+
+
+def kill_costs(kills: list[tuple[float, int]], records: dict[str, dict]) -> tuple[float, int]:
+    """The seconds of training the kills threw away, and the kills that landed before the killed
+    worker's first report. A kill of a worker that had reported costs the time since its last report
+    (the epoch under way; Tune's timestamps are whole seconds, so each is up to a second long); a
+    kill before a worker's first report cost its start, its restore and part of an epoch, which the
+    results do not time (no report names that worker): those are counted, not timed."""
+    reported: dict[int, list[int]] = {}
+    for record in records.values():
+        for pid, stamp in record["reports"]:
+            reported.setdefault(pid, []).append(stamp)
+    lost, early = 0.0, 0
+    for when, pid in kills:
+        before = [stamp for stamp in reported.get(pid, []) if stamp is not None and stamp <= when]
+        if before:
+            lost += when - max(before)
+        else:
+            early += 1
+    return lost, early
 
 
 def same_rows(a: list[dict], b: list[dict]) -> bool:
@@ -167,7 +191,7 @@ def run_chaos_search(settings, every: float | None, mark: str, seed: int) -> dic
     table = format_trials(result["trials"], space, store_devices(info["stores"]), len(result["trials"]))
     runs = mlflow_trials(info["mlflow_uri"], settings.name)
     retries = sum(int(r.data.tags.get("retries", 0)) for r in runs)
-    return {"seconds": seconds, "kills": len(killer.kills) if killer else 0, "retries": retries,
+    return {"seconds": seconds, "kills": killer.kills if killer else [], "retries": retries,
             "finished": sum(t["state"] != "failed" for t in result["trials"]), "failed": len(result["failed"]),
             "trials": len(result["trials"]), "records": trial_records(search_dir), "table": table,
             "mlflow_runs": len(runs), "running": sum(r.info.status == "RUNNING" for r in runs)}
@@ -182,18 +206,24 @@ def rows(calm: dict, chaos: dict[float, dict]) -> list[dict]:
                       "met": ok, "fmt": "{:.0f}" if isinstance(ours, int) else "{:.1f}", "ratio_fmt": "{:.2f}"})
 
     calm_epochs = sum(r["raw"] for r in calm["records"].values())
+    seconds = [r["time_this_iter_s"] for c in calm["records"].values() for r in c["rows"] if "time_this_iter_s" in r]
+    epoch_seconds = sum(seconds) / len(seconds) if seconds else float("nan")
     for every, c in chaos.items():
         epochs = sum(r["raw"] for r in c["records"].values())
         recomputed = sum(r["raw"] - len(r["rows"]) for r in c["records"].values())
         same = sum(1 for p, r in c["records"].items() if p in calm["records"] and same_rows(r["rows"], calm["records"][p]["rows"]))
         tag = f"kill every {every:g} s | undisturbed"
-        row(f"kills, {tag}", c["kills"], 0)
+        lost, early = kill_costs(c["kills"], c["records"])
+        row(f"kills, {tag}", len(c["kills"]), 0)
         row(f"retries, {tag}", c["retries"], calm["retries"])
         row(f"trials finished, {tag}", c["finished"], calm["finished"], f"= {calm['trials']}",
             "yes" if c["finished"] == calm["trials"] else "NO")
         row(f"trials lost for good, {tag}", c["failed"], calm["failed"], "0", "yes" if c["failed"] == 0 else "NO")
         row(f"trial-epochs trained, {tag}", epochs, calm_epochs)
         row(f"trial-epochs reported twice (recomputed after a kill), {tag}", recomputed, 0)
+        row(f"seconds of training the kills threw away (each up to 1 s more), {tag}", lost, 0.0)
+        row(f"the same in undisturbed trial-epochs ({epoch_seconds:.1f} s each), {tag}", lost / epoch_seconds, 0.0)
+        row(f"kills before the worker's first report (start and restore lost: not timed), {tag}", early, 0)
         row(f"configurations with identical results, {tag}", same, len(calm["records"]), f"= {len(calm['records'])}",
             "yes" if same == len(calm["records"]) else "NO")
         row(f"best-trials table identical (1 = yes), {tag}", int(c["table"] == calm["table"]), 1, "= 1",
