@@ -58,6 +58,6 @@ def test_bench_chaos_times_the_work_each_kill_threw_away_from_the_killed_workers
             "seconds": 10.0}
     table = {r["measure"].split(",")[0]: r["this_project"] for r in rows(calm, {5.0: {**calm, "kills": kills,
                                                                                    "records": records}})}
-    assert table["seconds of training the kills threw away (each up to 1 s more)"] == 4.5
+    assert table["seconds of training the kills threw away (each up to 1 s over)"] == 4.5
     assert table["the same in undisturbed trial-epochs (3.0 s each)"] == 1.5
     assert table["kills before the worker's first report (start and restore lost: not timed)"] == 1

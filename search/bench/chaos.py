@@ -137,9 +137,9 @@ def trial_records(search_dir: Path) -> dict[str, dict]:
 def kill_costs(kills: list[tuple[float, int]], records: dict[str, dict]) -> tuple[float, int]:
     """The seconds of training the kills threw away, and the kills that landed before the killed
     worker's first report. A kill of a worker that had reported costs the time since its last report
-    (the epoch under way; Tune's timestamps are whole seconds, so each is up to a second long); a
-    kill before a worker's first report cost its start, its restore and part of an epoch, which the
-    results do not time (no report names that worker): those are counted, not timed."""
+    (the epoch under way; Tune's timestamps are whole seconds, so each is counted up to a second
+    long); a kill before a worker's first report cost its start, its restore and part of an epoch,
+    which the results do not time (no report names that worker): those are counted, not timed."""
     reported: dict[int, list[int]] = {}
     for record in records.values():
         for pid, stamp in record["reports"]:
@@ -221,7 +221,7 @@ def rows(calm: dict, chaos: dict[float, dict]) -> list[dict]:
         row(f"trials lost for good, {tag}", c["failed"], calm["failed"], "0", "yes" if c["failed"] == 0 else "NO")
         row(f"trial-epochs trained, {tag}", epochs, calm_epochs)
         row(f"trial-epochs reported twice (recomputed after a kill), {tag}", recomputed, 0)
-        row(f"seconds of training the kills threw away (each up to 1 s more), {tag}", lost, 0.0)
+        row(f"seconds of training the kills threw away (each up to 1 s over), {tag}", lost, 0.0)
         row(f"the same in undisturbed trial-epochs ({epoch_seconds:.1f} s each), {tag}", lost / epoch_seconds, 0.0)
         row(f"kills before the worker's first report (start and restore lost: not timed), {tag}", early, 0)
         row(f"configurations with identical results, {tag}", same, len(calm["records"]), f"= {len(calm['records'])}",
