@@ -11,9 +11,9 @@ Reported per N, beside the undisturbed search: kills; retries (Tune's failures p
 finished and lost for good; trial-epochs trained (each result Tune received, re-trained epochs
 included) and how many of them were recomputed; the work the kills threw away (from each killed
 worker's last report to the kill, in seconds and in undisturbed epochs; kills that came before a
-worker's first report lost its start and restore too, counted apart); and how many configurations ended with results
-identical to the undisturbed search's (every epoch's figures, exactly), and whether the best-trials
-tables are the same text. Nothing lost and everything identical is the goal.
+worker's first report lost its start and restore too, counted apart); and how many configurations
+ended with results identical to the undisturbed search's (every epoch's figures, exactly), and
+whether the best-trials tables are the same text. Nothing lost and everything identical is the goal.
 
 The set, its store and the runs go under ``--workdir`` (default: a temporary folder, removed).
 """
