@@ -106,8 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, module in BENCHMARKS.items():
-        commands.add_parser(name, help=f"benchmark (see python -m search {name} --help)", add_help=False)
     demo = commands.add_parser("demo", help="run the main job on the embedded defaults",
                                description="Run the main job on the embedded defaults. MLflow: $MLFLOW_TRACKING_URI "
                                            "when it is set, else WORKDIR/runs/mlflow.db.")
@@ -235,18 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the recording device of clips whose file names do not say it (audio/0.wav ...); a "
                            "spectrum-corrected model needs it, and refuses such clips without it")
     pred.set_defaults(run=_predict)
+    for name, (_, what) in BENCHMARKS.items():  # after the user's commands; each owns its options
+        commands.add_parser(name, help=f"benchmark: {what}", add_help=False)
     return parser
 
 
-BENCHMARKS = {"bench-features": "search.bench.features", "bench-train": "search.bench.train", "bench-search": "search.bench.search",
-              "bench-devices": "search.bench.devices", "bench-chaos": "search.bench.chaos",
-              "bench-replay": "search.bench.replay", "bench-fusion": "search.bench.fusion"}
+# name -> (module, what it measures); the module is imported only when its command runs
+BENCHMARKS = {"bench-features": ("search.bench.features", "feature extraction and the store"),
+              "bench-train": ("search.bench.train", "training throughput per model and precision"),
+              "bench-search": ("search.bench.search", "what the search machinery costs beside plain training"),
+              "bench-devices": ("search.bench.devices", "enhancements on seen and unseen devices, over seeds"),
+              "bench-chaos": ("search.bench.chaos", "a search while its trial workers are killed at random"),
+              "bench-replay": ("search.bench.replay", "search strategies on recorded learning curves"),
+              "bench-fusion": ("search.bench.fusion", "fusion methods across many small searches")}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in BENCHMARKS:  # benchmarks own their options
-        return run_main(lambda: importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]))
+        return run_main(lambda: importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:]))
     return run_command(build_parser().parse_args(argv))
 
 
