@@ -18,7 +18,13 @@ MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 0 .. 2**32 - 1; torch and P
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the error as one line: ``error: PROG: argument --x: why (see PROG --help)``.
 
-    Sub-command parsers are made with the parent's class, so they inherit this."""
+    Sub-command parsers are made with the parent's class, so they inherit this. A description taken
+    from a module's docstring loses its reStructuredText literal quotes (``x``), which a terminal
+    would show as they are."""
+
+    def __init__(self, *args, description: str | None = None, **kwargs):
+        super().__init__(*args, description=description.replace("``", "") if description else description,
+                         **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
