@@ -82,7 +82,6 @@ def study_storage(search_dir: Path):
 ACTIVE: dict = {}
 
 
-
 class Searcher(OptunaSearch):
     """See the module docstring. ``space`` is the search's :class:`Space`; ``seed`` seeds the draw of
     configurations not yet trained."""
