@@ -166,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=PROCESSES, default=None, help="processes (default or 0: one per core)")
     synth.set_defaults(run=_synth)
 
-    tr = commands.add_parser("train", help="train one of the paper's systems (A1-A7, B1-B7) without Ray")
-    tr.add_argument("--system", required=True, help="A1-A7 (best epoch by Metric A) or B1-B7 (Metric B)")
+    tr = commands.add_parser("train", help="train one of the paper's systems (A1-A7, B1-B7) or SC, FMS, DIR, DIRFMS "
+                             "without Ray")
+    tr.add_argument("--system", required=True,
+                    help="A1-A7 (best epoch by Metric A), B1-B7 (Metric B), or on A2: SC (spectrum correction), "
+                         "FMS (Freq-MixStyle), DIR (device impulse responses), DIRFMS (both), by Metric A")
     tr.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here; rerun to resume")
     _training_options(tr)
     tr.set_defaults(run=_train)

@@ -1,4 +1,4 @@
-"""Shared fixtures and markers. Slow tests run only with ``--runslow`` (or ``-m slow``)."""
+"""Shared fixtures and markers. The fresh-virtual-environment test runs only with ``--runvenv``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
     parser.addoption("--runvenv", action="store_true",
                      help="also run tests marked venv (a fresh virtual environment from a model's requirements)")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes minutes on 2 cores; run with --runslow")
-    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
     config.addinivalue_line("markers", "venv: builds a virtual environment (minutes, GBs); run with --runvenv")
 
 
@@ -37,12 +34,8 @@ def _module_rank(item) -> int:
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_module_rank)  # stable: each module's own order is kept
-    run_slow = config.getoption("--runslow") or "slow" in (config.getoption("-m") or "")
-    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
     skip_venv = pytest.mark.skip(reason="builds a virtual environment: run with --runvenv (.ci/run does)")
     for item in items:
-        if "slow" in item.keywords and not run_slow:
-            item.add_marker(skip_slow)
         if "venv" in item.keywords and not config.getoption("--runvenv"):
             item.add_marker(skip_venv)
 

@@ -1,6 +1,6 @@
 """The paper's directions on the default synthetic set: is there a device gap for a search to close?
 
-    python -m search bench-devices [--seeds 2] [--epochs 15] [--workdir bench-devices] [--json devices.json]
+    python -m search bench-devices [--seeds 3] [--epochs 15] [--workdir bench-devices] [--json devices.json]
 
 From nothing, in one run: the default synthetic set (``asc synth``'s defaults; the seconds it took to
 write are printed), its feature store with and without spectrum correction (``prepare``, Ray tasks),

@@ -214,7 +214,7 @@ def strategies(default: Strategy) -> list[Strategy]:
         out.append(replace(default, name=f"{default.name}, {c} at once", concurrency=c))
         out.append(replace(default, name=f"{default.name}, {c} at once, no constant liar", concurrency=c,
                            constant_liar=False))
-    out.append(replace(default, name=f"{default.name}, 3 seeds", seeds=3))
+    out.append(replace(default, name=f"{default.name}, 3 seeds, noise_z 0", seeds=3))
     out.append(replace(default, name=f"{default.name}, {RECOMMENDED}", seeds=3, noise_z=0.5))
     out.append(Strategy("random, 3 seeds", sampler="random", seeds=3))
     out.append(Strategy("grid (in order), 3 seeds", sampler="grid", seeds=3))

@@ -1,7 +1,7 @@
 """``python -m search bench-search``: what the search machinery costs beside plain training, in one run.
 
     python -m search bench-search [--clips 260] [--trials 4] [--concurrent 2] [--workdir DIR]
-    python -m search bench-search --efficiency [--scale tiny] [--seeds K]  # also the ~30 min search-efficiency part
+    python -m search bench-search --efficiency [--scale tiny] [--seeds K]  # also the ~40 min search-efficiency part
     python -m search bench-search --only memory --scale tiny       # one part, on test-sized clips
 
 It writes its own synthetic set (``asc.synth.write_dataset``) and feature store (``asc.store.build_stores``)
@@ -48,8 +48,8 @@ ratio | goal | met?) like ``bench-features``. Progress goes to stderr, the table
    a new actor, the next suggestion). The notes also give the worker pids Tune's ``result.json`` recorded
    (one pid for every trial = the actor was reused) and the mean epoch seconds in both, which show
    whether the trials trained at the reference's speed (a busy machine slows one and not the other).
-3. Search efficiency (``--efficiency``; at ``--scale full`` about half an hour on 2 cores, an estimate
-   from the smoke trials' epoch time (the full scale has not been run yet); about 2 minutes at ``tiny``). A small discrete space (enhancement x mixup x lr at full scale, enhancement x lr at tiny)
+3. Search efficiency (``--efficiency``; at ``--scale full`` about 40 minutes on 2 cores, about 2 minutes
+   at ``tiny``). A small discrete space (enhancement x mixup x lr at full scale, enhancement x lr at tiny)
    is searched twice, K trials at once: the full-budget grid (``sampler: grid``, no scheduler: every point
    for all its epochs) and TPE + ASHA (as many trials as grid points, grace period 1, reduction factor 3).
    Both YAML spaces are written into ``WORKDIR/efficiency/``. Each trial-epoch is one result the driver
@@ -124,7 +124,7 @@ class Scale:
 
 SCALES = {
     # 10 s, 44.1 kHz clips and the paper's 128 x 430 log-Mel features; the smoke space's CNN. The
-    # efficiency set is the demo's (SynthConfig's defaults, 1320 clips of 3 s: the set spaces/smoke.yaml is for).
+    # efficiency set is the demo's (SynthConfig's defaults, 1480 clips of 3 s: the set spaces/smoke.yaml is for).
     "full": Scale(synth={"seconds": 10.0, "sample_rate": 44100, "seed": 0}, default_clips=260, features={},
                   n_mels=128, batch_size=32, width=8, smoke_epochs=3,
                   efficiency_synth={"seed": 0},
@@ -805,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="efficiency part: models per trial in lockstep; both searches compared on the mean "
                              "over them (default %(default)s)")
     parser.add_argument("--efficiency", action="store_true",
-                        help="also the search-efficiency part (about 30 min on 2 cores at --scale full, estimated; 2 min at tiny)")
+                        help="also the search-efficiency part (about 40 min on 2 cores at --scale full; 2 min at tiny)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=None,
                         help="run only these parts (default: memory and overhead, and efficiency with --efficiency)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full",
