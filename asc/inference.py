@@ -14,6 +14,7 @@ makes one from a training run's ``best.pt`` and its store.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class Member:
 
     def __post_init__(self):
         self._model = None
+        self._feature_key = None
 
     def to_dict(self) -> dict:
         return {"format": MEMBER_FORMAT, "model": self.state, "model_config": dataclasses.asdict(self.model_config),
@@ -88,8 +90,14 @@ class Member:
 
     @property
     def feature_key(self) -> tuple:
-        """Members with equal keys see equal log-Mel features (computed once for all of them)."""
-        return self.features.key, self.corrections is not None
+        """Members with equal keys see equal log-Mel features (computed once for all of them): the same
+        feature configuration and, for spectrum-corrected members, the same coefficients."""
+        if self._feature_key is None:
+            corrections = None if self.corrections is None else hashlib.sha256(b"".join(
+                device.encode() + np.asarray(c, np.float32).tobytes()
+                for device, c in sorted(self.corrections.items()))).hexdigest()[:12]
+            self._feature_key = (self.features.key(), corrections)
+        return self._feature_key
 
     def correction(self, device: str | None, path=None) -> np.ndarray | None:
         """The spectrum-correction coefficients of a clip's device: None for a member without spectrum

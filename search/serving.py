@@ -141,7 +141,7 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
     names = [f"member{k}" for k in range(len(member_files))]
     description = {"members": names, "weights": [float(w) for w in weights], "classes": members[0].classes,
                    "sources": [m.source for m in members],
-                   "features": [m.features.key for m in members],
+                   "features": [m.features.key() for m in members],
                    "enhancements": [m.enhancement.__dict__ for m in members]}
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / SPEC

@@ -17,7 +17,7 @@ import torch
 from asc.dataset import read_development
 from asc.enhance import ENHANCEMENTS, STAGES, Enhancement, composition, freq_mixstyle, parse_composition
 from asc.errors import AscError
-from asc.inference import Ensemble, member_from_checkpoint
+from asc.inference import Ensemble, clip_device, member_from_checkpoint
 from asc.metrics import device_metrics
 from asc.models import ModelConfig
 from asc.responses import SHIPPED, mel_gains, read_responses
@@ -240,6 +240,24 @@ def test_the_audio_model_refuses_unknown_devices_and_other_lengths_and_notes_uns
     soundfile.write(tmp_path / "short-a.wav", y[: len(y) // 2], sr, subtype="PCM_24")
     with pytest.raises(AscError, match=r"short-a.wav: 0.50 s gives \d+ frames; the model was trained on clips of \d+"):
         Ensemble([member]).predict([str(tmp_path / "short-a.wav")])
+
+
+def test_members_of_one_feature_setting_share_one_computation_of_the_features(stores, synth_set, tmp_path):
+    plain, corrected = stores
+    for name, store in (("plain", plain), ("sc", corrected)):
+        train(TrainConfig(store=store, model=ModelConfig(name="cnn", width=4), epochs=1, batch_size=8,
+                          checkpoint_dir=str(tmp_path / name)))
+    # each load its own FeatureConfig: equal settings, other objects
+    twice = [member_from_checkpoint(tmp_path / "plain" / "best.pt") for _ in range(2)]
+    sc = member_from_checkpoint(tmp_path / "sc" / "best.pt")
+    files = sorted(str(f) for f in (synth_set / "audio").glob("*.wav"))[:4]
+    ensemble = Ensemble(twice + [sc])
+    features = ensemble._features(files, [clip_device(f) for f in files], {})
+    assert len(features) == 2 and twice[0].feature_key == twice[1].feature_key != sc.feature_key
+    other = dataclasses.replace(sc, corrections={d: c * 2 for d, c in sc.corrections.items()})
+    assert other.feature_key != sc.feature_key  # other coefficients: other features
+    np.testing.assert_allclose(ensemble.predict(files),
+                               (2 * Ensemble(twice[:1]).predict(files) + Ensemble([sc]).predict(files)) / 3, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
