@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import mlflow
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name
 from tqdm import tqdm
 
 from asc import fusion
@@ -246,11 +249,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError(f"--bags {bags}: must be 0 (no bagging) or more")
     if by == "gap_penalized" and gap_lambda is None:
         raise AscError("--by gap_penalized needs --gap-lambda (the weight of |device gap|)")
-    if alias is not None and not register:
-        raise AscError(f"--alias {alias}: an alias names a registered version; give --register NAME too")
-    if alias is not None and (not alias.replace("_", "").replace("-", "").isalnum() or alias[0].isdigit()
-                              or alias.lower() == "latest"):
-        raise AscError(f"--alias {alias!r}: letters, digits, '_' and '-', not starting with a digit, not 'latest'")
+    check_registry_names(register, alias)
     objective = Objective(by, gap_lambda)
     progress = sys.stderr.isatty() if progress is None else progress
     check_tracking_uri(mlflow_uri, must_exist=True)
@@ -383,23 +382,38 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
                     member_files, member_weights = [member_files[member.member]], [1.0]
                 files += member_files
                 weights += [weight * w / sum(member_weights) for w in member_weights]
-            result.model_uri = log_audio_model(uri, run_id, files, weights, registered_model_name=register,
-                                               metadata={"search": result.experiment, "method": result.method,
-                                                         "by": result.by})
+            result.model_uri = log_audio_model(uri, run_id, files, weights, metadata={
+                "search": result.experiment, "method": result.method, "by": result.by})
         client.set_tag(run_id, MODEL_TAG, result.model_uri)
-        if register:
-            versions = client.search_model_versions(f"name = '{register}'")
-            newest = max(versions, key=lambda v: int(v.version))
-            result.registered = f"models:/{register}/{newest.version}"
-            client.update_model_version(register, newest.version, description=_title(result))
+        if register:  # the names were checked before any work (check_registry_names)
+            mlflow.set_registry_uri(uri)
+            version = mlflow.register_model(result.model_uri, register).version
+            result.registered = f"models:/{register}/{version}"
+            client.update_model_version(register, version, description=_title(result))
             if alias:  # MLflow's aliases: models:/NAME@ALIAS follows whichever version holds it
-                client.set_registered_model_alias(register, alias, newest.version)
+                client.set_registered_model_alias(register, alias, version)
                 result.registered = f"models:/{register}@{alias}"
             client.set_tag(run_id, "registered_model", result.registered)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+
+
+def check_registry_names(register: str | None, alias: str | None) -> None:
+    """``--register`` and ``--alias`` as MLflow's registry will take them, checked before any work (a name
+    it refuses after the fusion run and its model were written would leave both behind). MLflow's own
+    checks, so that the rules are the registry's: its version is pinned in requirements.txt."""
+    if alias is not None and not register:
+        raise AscError(f"--alias {alias}: an alias names a registered version; give --register NAME too")
+    for option, value, checks in (("--register", register, (_validate_model_name,)),
+                                  ("--alias", alias, (_validate_model_alias_name, _validate_model_alias_name_reserved))):
+        try:
+            for check in checks if value is not None else ():
+                check(value)
+        except MlflowException as exc:
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise AscError(f"{option} {shown!r}: {exc.message}") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -80,15 +80,16 @@ def input_clips(model_input, folder: Path) -> tuple[list[str], list[str], list[s
             paths.append(str(target))
             names.append(str(name))
         return paths, names, devices
-    if PATH in columns or len(columns) == 1:
+    if PATH in columns or (len(columns) == 1 and columns[0] != DEVICE):  # a device alone names no clip
         values = model_input[PATH if PATH in columns else columns[0]].tolist()
         paths = audio_paths(values) if all(isinstance(v, str) for v in values) else None
         if paths is None:
             raise AscError(f"audio model input: column {PATH!r} must hold file paths")
         return paths, paths, devices
     # No column at all: what mlflow.pyfunc hands on from a list or a string, whose unnamed column the
-    # signature check drops.
-    got = f"got {columns}" if columns else "got none (a plain list or string loses its column to the signature check)"
+    # signature check drops, as it drops every column the signature does not name.
+    got = f"got {columns}" if columns else ("got none (MLflow's signature check drops the columns it does not name, "
+                                            "and the unnamed one of a plain list or string)")
     raise AscError(f"audio model input: a DataFrame needs an {AUDIO!r} column (encoded audio bytes) or a {PATH!r} "
                    f"column (files), {got}")
 
@@ -133,9 +134,9 @@ def signature(classes: list[str]):
 
 
 def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights: Sequence[float] | None = None,
-                    registered_model_name: str | None = None, metadata: dict | None = None) -> str:
-    """Log (and optionally register) an :class:`AudioSceneModel` of ``member_files`` with ``weights``
-    under ``run_id``; returns the model's URI (``models:/<id>``)."""
+                    metadata: dict | None = None) -> str:
+    """Log an :class:`AudioSceneModel` of ``member_files`` with ``weights`` under ``run_id``; returns the
+    model's URI (``models:/<id>``)."""
     weights = list(weights) if weights is not None else [1.0] * len(member_files)
     members = [Member.load(f) for f in member_files]
     names = [f"member{k}" for k in range(len(member_files))]
@@ -155,7 +156,6 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("audio_model.py")), artifacts=artifacts,
                 code_paths=[os.path.dirname(asc.__file__), os.path.dirname(os.path.abspath(__file__))],
-                registered_model_name=registered_model_name,
                 metadata=json.loads(json.dumps({**(metadata or {}), **description}, default=str)),
                 # stated, not inferred (inference imports and probes every package: slow), and pinned
                 pip_requirements=model_requirements(members),

@@ -126,8 +126,10 @@ def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the
     np.testing.assert_allclose(both[classes].to_numpy(), expected[order], atol=1e-5)
     # A plain list reaches the model without its column (MLflow's signature check drops it): refused
     # in one line that says so.
-    with pytest.raises(mlflow.exceptions.MlflowException, match="a plain list or string loses its column"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match="the unnamed one of a plain list or string"):
         model.predict([str(searched["data"] / files[0])])
+    with pytest.raises(mlflow.exceptions.MlflowException, match="needs an 'audio' column .* got \\['device'\\]"):
+        model.predict(pd.DataFrame({"device": ["b"]}))  # a device names no clip
     sent = model.predict(pd.DataFrame({"audio": [(searched["data"] / f).read_bytes() for f in files[:2]],
                                        "path": files[:2]}))
     assert sent.index.tolist() == files[:2]
@@ -286,12 +288,20 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
     refused = [line for line in done.stdout.splitlines() if line.startswith("note: refused")]
     assert len(refused) == 1 and "t099" in refused[0]
     assert "t099" not in done.stdout.split("note: refused")[1].split("\n", 1)[1]
+    runs = len(client.search_runs([experiment.experiment_id]))
+    versions = len(client.search_model_versions())
+    # names MLflow's registry refuses are refused before the fusion run and its model are written
     for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"),
-                          (["--experiment", "nope"], "nope")):
+                          (["--experiment", "nope"], "nope"), (["--register", "a/b"], "--register 'a/b'"),
+                          (["--register", " "], "--register"), (["--alias", "champion"], "--register NAME"),
+                          (["--register", "smoke-fusion", "--alias", "v2"], "--alias 'v2'"),
+                          (["--register", "smoke-fusion", "--alias", "x" * 300], "--alias")):
         argv = ["fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], *args]
         done = cli(*argv)
         assert done.returncode != 0 and "Traceback" not in done.stderr, args
         assert len(done.stderr.strip().splitlines()) == 1 and culprit in done.stderr, done.stderr
+    assert len(client.search_runs([experiment.experiment_id])) == runs
+    assert len(client.search_model_versions()) == versions
 
 
 def test_bench_fusion_draws_searches_from_the_recorded_trials_and_prints_every_method(searched, tmp_path):
