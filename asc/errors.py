@@ -6,8 +6,9 @@ anything else is a bug and keeps its traceback.
 """
 
 import os
+import stat
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -53,11 +54,15 @@ def writable_file(path, what: str):
 
 def write_atomic(path, text: str) -> Path:
     """``text`` written to ``path`` aside (a uniquely named file in its folder) and renamed over it:
-    a reader, a crash or a second writer never sees it half-written."""
+    a reader, a crash or a second writer never sees it half-written. The file gets the mode a plain
+    ``open`` would give it (the umask's; an existing file keeps its own), not mkstemp's 0600."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.partial"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the OS applies the umask
     try:
         with os.fdopen(fd, "w", newline="") as f:
+            if path.exists():
+                os.fchmod(f.fileno(), stat.S_IMODE(path.stat().st_mode))
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

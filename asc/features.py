@@ -126,11 +126,12 @@ class FeatureConfig:
                 self.pad_mode)
 
 
-def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int, resample: bool = False,
+               convert: str = "prepare --resample converts it") -> np.ndarray:
     """Read a clip as float32 mono at ``sample_rate``.
 
-    A file at another rate is an AscError naming it unless ``resample`` (librosa's default
-    resampler); a file that cannot be decoded is an AscError naming it. Multichannel files are
+    A file at another rate is an AscError naming it (and ``convert``, what would convert it) unless
+    ``resample`` (librosa's default resampler); a file that cannot be decoded is an AscError naming it. Multichannel files are
     averaged to mono.
     """
     try:
@@ -144,7 +145,7 @@ def load_audio(path: str | Path, sample_rate: int, resample: bool = False) -> np
         raise AscError(f"{path}: audio holds {np.count_nonzero(~np.isfinite(y))} NaN or infinite samples")
     if sr != sample_rate:
         if not resample:
-            raise AscError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (ask for resampling to convert)")
+            raise AscError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz ({convert})")
         import librosa  # late: the CLI's parsers import this module (start-up time)
 
         y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate)

@@ -198,7 +198,8 @@ class Ensemble:
             for key, member in by_key.items():
                 config = member.features
                 if audio[config.sample_rate] is None:
-                    audio[config.sample_rate] = load_audio(path, config.sample_rate, config.resample)
+                    audio[config.sample_rate] = load_audio(  # the model's store refused other rates too
+                        path, config.sample_rate, config.resample, f"resample it to {config.sample_rate} Hz first")
                 y = audio[config.sample_rate]  # load_audio refuses NaN and infinite samples
                 x = check_finite(log_mels(y, [config], member.correction(device, path))[0], y, path, config)
                 trained = member.frames or frames.setdefault(key, x.shape[-1])

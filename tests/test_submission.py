@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from asc import AscError
@@ -37,6 +40,18 @@ def test_a_rerun_overwrites_and_leaves_no_partial_file(tmp_path):
     write_submission(FILES[:1], ["metro"], path)
     assert path.read_text() == "Id,Scene_label\n0,metro\n"
     assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
+
+
+def test_the_file_gets_the_umasks_mode_and_an_existing_file_keeps_its_own(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        write_submission(FILES, LABELS, tmp_path / "new.csv")
+        assert stat.S_IMODE((tmp_path / "new.csv").stat().st_mode) == 0o640  # as open() gives it, not 0600
+        (tmp_path / "new.csv").chmod(0o604)
+        write_submission(FILES, LABELS, tmp_path / "new.csv")
+        assert stat.S_IMODE((tmp_path / "new.csv").stat().st_mode) == 0o604
+    finally:
+        os.umask(umask)
 
 
 @pytest.mark.parametrize("files, labels, fmt, culprit", [
