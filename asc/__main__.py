@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from asc.cli import COUNT, PROCESSES, SAMPLE_RATE, SECONDS, SEED, SEGMENTS, ArgumentParser, integer
+from asc.cli import COUNT, PROCESSES, SAMPLE_RATE, SEED, ArgumentParser, add_synth_arguments
 from asc.dataset import read_dataset
 from asc.describe import format_summary, summarize
 from asc.errors import AscError, run_command, writable_file, writable_folder
@@ -156,13 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SynthConfig()
     synth = commands.add_parser("synth", help="write a synthetic multi-device dataset in the DCASE layout")
     synth.add_argument("out", help="folder to create (must not exist or be empty)")
-    synth.add_argument("--segments-per-scene", type=SEGMENTS, default=defaults.segments_per_scene,
-                       help="device-A segments per scene (default %(default)s)")
-    synth.add_argument("--parallel-per-scene", type=integer(0, 100_000), default=defaults.parallel_per_scene,
-                       help="of those, segments also recorded by every other device (default %(default)s)")
-    synth.add_argument("--seconds", type=SECONDS, default=defaults.seconds, help="clip length (default %(default)s)")
+    add_synth_arguments(synth, defaults)
     synth.add_argument("--sample-rate", type=SAMPLE_RATE, default=defaults.sample_rate, help="Hz (default %(default)s)")
-    synth.add_argument("--seed", type=SEED, default=defaults.seed, help="(default %(default)s)")
     synth.add_argument("--workers", type=PROCESSES, default=None, help="processes (default or 0: one per core)")
     synth.set_defaults(run=_synth)
 

@@ -83,3 +83,14 @@ PROCESSES = integer(0, 1024)  # worker processes (0: none, or all cores where th
 SAMPLE_RATE = integer(1, 768_000)  # Hz: the highest rate audio interfaces record
 SEGMENTS = integer(1, 100_000)  # synthetic segments per scene (1e5 x 10 scenes is a 3 TB set at 44.1 kHz, 3 s)
 SECONDS = number(above=0)
+
+
+def add_synth_arguments(parser, defaults) -> None:
+    """The synthetic set's size, clip length and seed, as ``asc synth`` and ``search demo`` take them
+    (``defaults``: a :class:`asc.synth.SynthConfig`)."""
+    parser.add_argument("--segments-per-scene", type=SEGMENTS, default=defaults.segments_per_scene,
+                        help="device-A segments per scene (default %(default)s)")
+    parser.add_argument("--parallel-per-scene", type=integer(0, 100_000), default=defaults.parallel_per_scene,
+                        help="of those, segments also recorded by every other device (default %(default)s)")
+    parser.add_argument("--seconds", type=SECONDS, default=defaults.seconds, help="clip length (default %(default)s)")
+    parser.add_argument("--seed", type=SEED, default=defaults.seed, help="the set's seed (default %(default)s)")

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from asc.cli import COUNT, SECONDS, SEED, SEGMENTS, integer
+from asc.cli import COUNT, add_synth_arguments
 
 # The steps import their libraries (Ray, MLflow, Optuna, torch, scipy) when they run: `python -m search`
 # imports this module for the demo's options at every start.
@@ -153,11 +153,9 @@ def run_demo(args) -> None:
 
 
 def add_arguments(demo, defaults) -> None:
-    demo.add_argument("--workdir", type=Path, default=Path("asc-demo"), help="(default %(default)s)")
-    demo.add_argument("--segments-per-scene", type=SEGMENTS, default=defaults.segments_per_scene)
-    demo.add_argument("--parallel-per-scene", type=integer(0, 100_000), default=defaults.parallel_per_scene)
-    demo.add_argument("--seconds", type=SECONDS, default=defaults.seconds)
-    demo.add_argument("--seed", type=SEED, default=defaults.seed)
+    demo.add_argument("--workdir", type=Path, default=Path("asc-demo"),
+                      help="the folder everything goes under (default %(default)s)")
+    add_synth_arguments(demo, defaults)
     demo.add_argument("--num-samples", type=COUNT, default=None, help="trials (default: spaces/demo.yaml's)")
     demo.add_argument("--epochs", type=COUNT, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
     demo.add_argument("--fusion-size", type=COUNT, default=6, help="fusion: most picks (default %(default)s)")
