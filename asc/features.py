@@ -131,8 +131,8 @@ def load_audio(path: str | Path, sample_rate: int, resample: bool = False,
     """Read a clip as float32 mono at ``sample_rate``.
 
     A file at another rate is an AscError naming it (and ``convert``, what would convert it) unless
-    ``resample`` (librosa's default resampler); a file that cannot be decoded is an AscError naming it. Multichannel files are
-    averaged to mono.
+    ``resample`` (librosa's default resampler); a file that cannot be decoded is an AscError naming it.
+    Multichannel files are averaged to mono.
     """
     try:
         y, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
