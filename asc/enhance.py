@@ -53,6 +53,7 @@ class Setting:
     high: float | None = None  # largest allowed value (included)
     odd: bool = False  # median-filter sizes
     help: str = ""
+    path: bool = False  # a file or folder (other than the default): a search resolves it where it is read
 
     def check(self, value, enhancement: str):
         """``value`` as this setting's kind, within its bounds; else an AscError naming it."""
@@ -123,7 +124,8 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
                help="per-device STFT coefficients from parallel A/device pairs (DCASE2019 Task 1B winner)"),
     Definition("dir", "dir", "train", (
         Setting("p", float, 0.4, low=0.0, high=1.0, help="share of device-A training clips given a response"),
-        Setting("responses", str, "micirp", help="a folder of impulse responses, or micirp: the 66 shipped")),
+        Setting("responses", str, "micirp", path=True,
+                help="a folder of impulse responses, or micirp: the 66 shipped")),
         help="device impulse responses (Morocutti et al. 2023): a real microphone's response on device-A clips",
         before_normalization=True),
     Definition("median_filter", "medfilt", "batch", (
@@ -151,6 +153,10 @@ def parse_composition(text: str) -> tuple[str, ...]:
         return ()
     names = [n.strip() for n in text.split("+")]
     for n in names:
+        if not n:
+            raise AscError(f"{text!r}: an empty name between or beside the '+'")
+        if n == "none":
+            raise AscError(f"{text!r}: none is no enhancement and joins no other")
         if n not in ENHANCEMENTS:
             raise AscError(f"{n!r} is not one of none, {', '.join(ENHANCEMENTS)} (or several of them joined by '+')")
     if len(set(names)) != len(names):

@@ -38,6 +38,19 @@ def writable_folder(path, what: str):
     return path
 
 
+def creatable_folder(path, what: str) -> Path:
+    """``path`` as a folder this process could make, or may already write into, checked without
+    creating anything (for checks that come before a command writes); else an AscError naming
+    ``what`` (the option) and the path."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise AscError(f"{what} {path}: " + ("is a file, not a folder" if existing == path else f"{existing} is a file"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AscError(f"{what} {path}: {existing} is not writable")
+    return path
+
+
 def writable_file(path, what: str):
     """``path`` as a file this process can (over)write, in a folder that exists; else an AscError
     naming ``what`` and the path. Nothing is created."""

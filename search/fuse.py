@@ -283,7 +283,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
                     "objective_cse": objective.clip_se(metrics[c.label]["selection"]),
                     **{f"sel_{k}": v for k, v in metrics[c.label]["selection"].items() if k.startswith("n_")}}
                    for c in candidates), key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
-    warning = clip_warning(rows, objective)
+    warning = clip_warning(rows, objective, paper=protocol == "paper")
     if warning:
         print(warning)
     if selection.note:

@@ -138,7 +138,7 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     note = noise_note(shown) if seeds and not space.objective.multi else ""
     if note:
         lines.append(note)
-    warning = clip_warning(shown, space.objective) if not space.objective.multi else ""
+    warning = clip_warning(shown, space.objective, paper=paper) if not space.objective.multi else ""
     if warning:
         lines.append(warning)
     return "\n".join(lines)
@@ -158,9 +158,10 @@ def clips_line(rows: list[dict], paper: bool = False) -> str:
             + ("; +- s: from the seeds" if any(k.endswith("_sem") for k in row) else ""))
 
 
-def clip_warning(ranked: list[dict], objective, z: float = 2.0) -> str:
+def clip_warning(ranked: list[dict], objective, z: float = 2.0, paper: bool = False) -> str:
     """One line when the clips cannot tell the trials apart: the best trial's objective is uncertain
-    by more (z clip standard errors) than the spread of the objectives it is ranked among."""
+    by more (z clip standard errors) than the spread of the objectives it is ranked among. ``paper``:
+    the trials chose on the evaluation split (protocol paper), which is what the line names."""
     valid = [r for r in ranked if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])]
     if len(valid) < 2 or not isinstance(valid[0].get("objective_cse"), float):
         return ""
@@ -171,10 +172,11 @@ def clip_warning(ranked: list[dict], objective, z: float = 2.0) -> str:
     else:
         counts = ", ".join(f"{d.upper()} {int(best[k])}" for k in sorted(best) if k.startswith("sel_n_")
                            and (d := k[6:]) not in ("bc", "unseen") and not k.endswith(("_sem", "_cse")))
-        line = (f"warning: the selection clips ({counts}) know {objective.label()} only within +-{100 * width:.1f} "
+        clips = "the evaluation split's clips, which chose here (protocol paper)," if paper else "the selection clips"
+        more = "a larger evaluation split" if paper else "more B and C clips in the held-out locations (a larger set)"
+        line = (f"warning: {clips} ({counts}) know {objective.label()} only within +-{100 * width:.1f} "
                 f"points ({z:g} standard errors), more than the {100 * spread:.1f} points between the trials ranked "
-                "here: more B and C clips in the held-out locations (a larger set), choose by metric_a (all clips), "
-                "or add seeds")
+                f"here: {more}, choose by metric_a (all clips), or add seeds")
     sem = best.get("objective_sem")
     if isinstance(sem, float) and math.isfinite(sem) and sem > 0:
         dominant = "the clips'" if best["objective_cse"] > sem else "the seeds'"

@@ -48,6 +48,9 @@ class Param:
     high_open: bool = True  # high itself not allowed
     odd: bool = False  # median-filter sizes: odd only
     help: str = ""
+    # a file or folder: a relative one is made absolute where the space is read, since every trial
+    # runs in its own working directory (Tune's default); the default value (a name) is kept as it is
+    path: bool = False
 
 
 # Every key a space's `params` (or a point) may set, with the paper's default where it has one.
@@ -57,7 +60,7 @@ PARAMS: dict[str, Param] = {
                                           "winner); dir, freq_mixstyle (DCASE 2022-2023)"),
     # each enhancement's settings, <enhancement>_<setting>, used only when it is on (from asc.enhance)
     **{key: Param(st.kind, st.default, low=st.low, low_open=st.low_open, high=st.high, high_open=False,
-                  odd=st.odd, help=f"{d.name}: {st.help}") for key, (d, st) in setting_keys().items()},
+                  odd=st.odd, help=f"{d.name}: {st.help}", path=st.path) for key, (d, st) in setting_keys().items()},
     "normalization": Param(str, "auto", NORMALIZATIONS, help="auto: GMS with mean subtraction / median filter, else GMSVN"),
     "n_mels": Param(int, 128, low=1, help="Mel bands (one store each); paper 128"),
     "mixup_alpha": Param(float, 0.0, low=0.0, help="Beta(alpha, alpha); 0 = no mixup; paper 0.3"),
@@ -68,7 +71,8 @@ PARAMS: dict[str, Param] = {
     "dropout": Param(float, 0.3, low=0.0, high=1.0, help="before each linear layer; paper's code 0.3"),
     "model": Param(str, "msxception", MODELS, help="msxception (paper, GPU) or cnn (small, CPU)"),
     "pretrained": Param(bool, True, help="ImageNet weights for MSXception (ignored by the cnn)"),
-    "weights": Param(str, None, help="ImageNet Xception weights file (default: pretrainedmodels' cache file)"),
+    "weights": Param(str, None, help="ImageNet Xception weights file (default: pretrainedmodels' cache file)",
+                     path=True),
     "width": Param(int, 16, low=1, help="small CNN: channels of its first block"),
     "selection": Param(str, "metric_a", SELECTION_METRICS, help="epoch kept by Metric A or B"),
     "protocol": Param(str, "validation", ("paper", "validation"), help="select on held-out train locations or on evaluate"),
@@ -381,7 +385,12 @@ def load_space(path: str | Path, overrides: list[str] | tuple = ()) -> Space:
         key, sep, value = item.partition("=")
         if not sep or not key or "" in key.split("."):
             raise AscError(f"{path}: --set {item!r}: expected KEY=VALUE (e.g. lr=3e-4, scheduler.grace_period=2)")
-        parts = key.split(".") if "." in key else (["params", key] if key in PARAMS or key not in TOP_KEYS else [key])
+        parts = key.split(".")
+        if parts[0] not in PARAMS and parts[0] not in TOP_KEYS:
+            raise AscError(f"{path}: --set {item!r}: {parts[0]!r} is an unknown parameter (known: {', '.join(PARAMS)}) "
+                           f"and no key of a space ({', '.join(TOP_KEYS)})")
+        if parts[0] in PARAMS:  # a parameter, or one of its distribution's keys (lr.float=[1e-4, 1e-2])
+            parts = ["params", *parts]
         node = doc
         for i, part in enumerate(parts[:-1]):
             if node.get(part) is None:
@@ -512,6 +521,8 @@ def _value(value, param: Param, key: str, fail):
         fail(key, f"expected {_KIND_NAMES[param.kind]}, not {value!r}")
     if param.choices is not None and value not in param.choices:
         fail(key, f"{value!r} is not one of {', '.join(map(str, param.choices))}")
+    if param.path and value != param.default:
+        value = str(Path(value).expanduser().resolve())
     if param is PARAMS["enhancement"]:  # a composition: its parts known, in their order
         try:
             value = composition(parse_composition(value))

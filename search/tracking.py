@@ -58,10 +58,11 @@ def artifact_text(client, run_id: str, path: str) -> str:
         return Path(client.download_artifacts(run_id, path, tmp)).read_text()
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False) -> None:
+def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False, created: Path | None = None) -> None:
     """Fail in seconds, with one line, when a tracking server does not answer (MLflow itself retries
     for minutes), or when a local store cannot be written. ``must_exist``: commands that only read
-    (fuse, predict) refuse a database file that is not there instead of creating an empty one."""
+    (fuse, predict) refuse a database file that is not there instead of creating an empty one.
+    ``created``: a folder the caller creates later (a search's ``--storage``), fine as the database's."""
     retry_delays()  # a bad $ASC_MLFLOW_RETRY_DELAYS is one line now, not at the store's first hiccup
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
@@ -74,7 +75,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False)
             raise AscError(f"MLflow tracking server {uri}: not reachable ({reason})") from None
     elif parsed.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
-        if not path.parent.is_dir():
+        if not path.parent.is_dir() and (created is None or path.parent != created.resolve()):
             raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist")
         if must_exist and not path.is_file():
             raise AscError(f"MLflow store {uri}: no such database (give the --mlflow-uri the search ran with)")
@@ -132,15 +133,23 @@ def resume_tracking_uri(recorded: str, explicit: str | None, experiment_id: str,
     return recorded, f"note: {source} {uri} does not hold this search ({missing}); MLflow: {recorded}, as it ran"
 
 
+def check_new_experiment(uri: str, name: str) -> None:
+    """A search's experiment name must be new in the tracking store: checked before anything starts
+    (a local database that is not there yet holds none, and is not created to find out)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return
+    if MlflowClient(uri).get_experiment_by_name(name) is not None:
+        raise AscError(f"MLflow at {uri} already has an experiment named {name!r} (another search of that name): "
+                       "give another --name")
+
+
 def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict,
                  store_names: dict | None = None) -> tuple[str, str]:
     """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id).
     The experiment's tags say what its trials can be compared with (``--warm-start`` reads them):
     objective, protocol, seeds and the feature stores' identities."""
+    check_new_experiment(uri, name)  # again: another search may have taken the name since
     client = MlflowClient(uri)
-    if client.get_experiment_by_name(name) is not None:
-        raise AscError(f"MLflow at {uri} already has an experiment named {name!r} (another search of that name): "
-                       "give another --name")
     location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
     experiment_id = client.create_experiment(name, artifact_location=location, tags={
         "space": space.path, "objective": space.objective.label(), "protocol": space.protocol,

@@ -40,7 +40,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from asc.errors import AscError, write_atomic
+from asc.errors import AscError, creatable_folder, write_atomic
 from search.console import LOG_FILE, route_ray_messages
 from asc.device_table import pct
 from search.prepare import init_ray
@@ -50,8 +50,8 @@ from search.searcher import ACTIVE, STUDY_FILE, Searcher, make_sampler, study_st
 from search.space import Space, load_space
 from search.stores import check_stores_unchanged, resolve_stores, store_devices, store_identity
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TAG, MlflowTracker, RetryingClient, \
-    check_tracking_uri, close_dangling_runs, resume_tracking_uri, save_pending, send_pending, send_unlogged, \
-    tracking_uri, start_search, trial_label, unlogged_trials
+    check_new_experiment, check_tracking_uri, close_dangling_runs, resume_tracking_uri, save_pending, send_pending, \
+    send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
 from search.trainable import run_trial
 from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start
 
@@ -195,7 +195,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     name = settings.name or space.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise AscError(f"--name {name!r}: letters, digits, '.', '_' and '-' only (it names a folder and an experiment)")
-    storage = Path(settings.storage or DEFAULT_STORAGE).resolve()
+    storage = creatable_folder(Path(settings.storage or DEFAULT_STORAGE).resolve(), "--storage")
     search_dir = storage / name
     if (search_dir / SEARCH_FILE).exists():
         raise AscError(f"{search_dir}: a search named {name!r} exists; continue it with "
@@ -203,13 +203,14 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     mlflow_uri = tracking_uri(settings.mlflow_uri, storage)
     if settings.warm_start:  # an earlier search's store must be there: nothing is created to find out
         check_warm_start_store(mlflow_uri, settings.warm_start)
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
     _quiet_tune()
-    check_tracking_uri(mlflow_uri)
+    check_tracking_uri(mlflow_uri, created=storage)
+    check_new_experiment(mlflow_uri, name)
 
+    if space.protocol == "paper":
+        choosers = "the epochs, ASHA and the sampler" if space.scheduler.name == "asha" else "the epochs and the sampler"
+        print(f"note: protocol paper: {choosers} choose on the evaluation split, as the paper did; its figures are "
+              "then no unbiased estimate (protocol validation holds out training locations)")
     distinct = space.distinct_points()
     if distinct is not None and num_samples > len(distinct):
         print(f"note: {space.path} holds {len(distinct)} distinct configuration(s): each is trained once "
@@ -219,6 +220,10 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     warm, warm_line = [], ""
     if settings.warm_start:  # read and checked before anything is written
         warm, warm_line = read_warm_start(mlflow_uri, settings.warm_start, space, store_names)
+    try:  # every check passed: the first thing written
+        storage.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
     init_ray(settings.address)
     _check_resources(settings)
     search_dir.mkdir(parents=True, exist_ok=True)

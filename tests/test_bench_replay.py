@@ -110,3 +110,14 @@ def test_bad_tables_are_one_line(tmp_path):
     pq.write_table(pa.table({"x": np.arange(3)}), tmp_path / "plain.parquet")
     with pytest.raises(AscError, match=r"plain.parquet: not a replay table"):
         load_recording(tmp_path / "plain.parquet")
+    write_table(tmp_path / "yaml.parquet", space="params: [oops")
+    with pytest.raises(AscError, match=r"yaml.parquet: its metadata is damaged"):
+        load_recording(tmp_path / "yaml.parquet")
+    table = pq.read_table(tmp_path / "other.parquet")
+    meta = {**table.schema.metadata, b"params": b"{not json"}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "json.parquet")
+    with pytest.raises(AscError, match=r"json.parquet: its metadata is damaged"):
+        load_recording(tmp_path / "json.parquet")
+    write_table(tmp_path / "badspace.parquet", space=SPACE + "bogus: 1\n")
+    with pytest.raises(AscError, match=r"badspace.parquet \(its recorded space\): bogus: unknown key"):
+        load_recording(tmp_path / "badspace.parquet")

@@ -63,6 +63,10 @@ def test_compositions_are_canonical_and_labelled_once():
         parse_composition("median+dir")
     with pytest.raises(AscError, match="names an enhancement twice"):
         parse_composition("dir+dir")
+    with pytest.raises(AscError, match="^'none\\+mean_subtraction': none is no enhancement and joins no other$"):
+        parse_composition("none+mean_subtraction")
+    with pytest.raises(AscError, match="^'mean_subtraction\\+': an empty name between or beside the"):
+        parse_composition("mean_subtraction+")
     e = Enhancement.compose(["median_filter", "freq_mixstyle"], {"median_filter_bands": 5})
     assert e.median_filter == (5, 21) and e.freq_mixstyle == (0.4, 0.4)
     assert e.label() == "medfilt5x21+fms p=0.4 alpha=0.4" and Enhancement().label(spectrum_correction=True) == "spec-corr"
@@ -156,6 +160,21 @@ def test_a_space_with_bad_dir_settings_is_refused_before_anything_runs(tmp_path)
         space(freq_mixstyle_p=0.5)
     with pytest.raises(AscError, match=r"s.yaml: params.enhancement: 'mixstyle' is not one of"):
         space(enhancement="dir+mixstyle")
+
+
+def test_a_relative_response_folder_is_the_one_the_space_was_read_beside(tmp_path, monkeypatch):
+    """Every trial runs in its own working directory: the folder checked is the folder trained with."""
+    from search.space import parse_space
+
+    (tmp_path / "irs").mkdir()
+    soundfile.write(tmp_path / "irs" / "r.wav", np.r_[1.0, 0.5, np.zeros(62)], 22050)
+    monkeypatch.chdir(tmp_path)
+    space = parse_space({"params": {"model": "cnn", "enhancement": "dir", "dir_responses": {"choice": ["irs",
+                                                                                                      "micirp"]}}},
+                        "s.yaml")
+    assert space.searched["dir_responses"].values == (str(tmp_path / "irs"), "micirp")
+    monkeypatch.chdir("/")  # where a trial runs
+    assert len(read_responses(space.searched["dir_responses"].values[0], 22050)) == 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ def test_the_best_trials_table_shows_the_clip_counts_and_standard_errors_and_war
     warning = clip_warning(rows, objective)
     assert warning.startswith("warning: the selection clips (A 60, B 4, C 4) know metric_b only within +-18.0 points (2 standard errors)")
     assert "for t000, the clips' standard error is the larger" in warning
+    paper = clip_warning(rows, objective, paper=True)  # protocol paper chose on the evaluation split
+    assert paper.startswith("warning: the evaluation split's clips, which chose here (protocol paper), (A 60, B 4, C 4)")
+    assert "a larger evaluation split" in paper and "held-out locations" not in paper
     # many clips and a clear gap: no warning, only which error dominates
     many = [row("t000", metrics(500, 450, 450, 600, 600), objective, sem=0.03),
             row("t001", metrics(300, 200, 200, 600, 600), objective, sem=0.03)]

@@ -196,6 +196,16 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     assert missing.returncode == 2 and "python -m search prepare DATA_DIR" in missing.stderr
     assert "--n-mels 40" in missing.stderr and "--sample-rate 22050" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "y").exists()
+    # a name the tracking store already holds: refused before Ray starts or anything is written
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "other").mkdir()
+    taken = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    MlflowClient(taken).create_experiment("z", artifact_location=str(tmp_path / "other" / "art"))
+    clash = run(search_cmd(store, tmp_path / "runs", "z", "--mlflow-uri", taken), timeout=120)
+    assert clash.returncode == 2 and "already has an experiment named 'z'" in clash.stderr
+    assert len(clash.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # no check above left even an empty --storage behind
 
 
 def test_resume_takes_the_store_it_ran_with_at_a_new_address_and_refuses_another(monkeypatch, tmp_path):
@@ -417,6 +427,7 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     assert "4 distinct configuration(s) trained of the 4 the space holds" in out
     assert out.count("diverged at epoch 2: ") == 4  # the result line and the end line of each
     assert "chosen on: evaluation split" in out and "protocol paper" in out
+    assert "note: protocol paper: the epochs and the sampler choose on the evaluation split" in out
     client, experiment, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "once")
     assert len(trials) == 4 and parent[0].data.tags["selected_on"] == "evaluation"
     diverged = [r for r in trials if r.data.tags.get("diverged_at_epoch") == "2"]

@@ -91,8 +91,8 @@ class Recording:
     def seeds(self) -> int:
         return self.objective.shape[1]
 
-    def space(self):
-        return parse_space(yaml.safe_load(self.space_text), "recorded space", self.space_text)
+    def space(self, where: str = "recorded space"):
+        return parse_space(yaml.safe_load(self.space_text), where, self.space_text)
 
     def index(self, space) -> dict[str, int]:
         return {space.config_key(p): i for i, p in enumerate(self.params)}
@@ -119,7 +119,14 @@ def load_recording(path: Path) -> Recording:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing or "space" not in meta or "params" not in meta:
         raise AscError(f"{path}: not a replay table (lacks {', '.join(missing) or 'its space in the metadata'})")
-    params = json.loads(meta["params"])
+    try:
+        params = json.loads(meta["params"])
+        if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
+            raise ValueError("not a list of configurations")
+        if not isinstance(yaml.safe_load(meta["space"]), dict):
+            raise ValueError("its space is not a YAML mapping")
+    except (ValueError, yaml.YAMLError) as exc:
+        raise AscError(f"{path}: its metadata is damaged ({str(exc).splitlines()[0]})") from None
     df = table.to_pandas()
     n_configs, seeds, epochs = len(params), df["seed"].nunique(), int(df["epoch"].max())
     if len(df) != n_configs * seeds * epochs or set(df["config"]) != set(range(n_configs)):
@@ -129,7 +136,7 @@ def load_recording(path: Path) -> Recording:
     shape = (n_configs, seeds, epochs)
     recording = Recording(meta["space"], params, df["objective"].to_numpy(float).reshape(shape),
                           df["eval_metric_b"].to_numpy(float).reshape(shape), meta)
-    space = recording.space()
+    space = recording.space(f"{path} (its recorded space)")
     distinct = space.distinct_points()
     if distinct is None or {space.config_key(p) for p in distinct} != set(recording.index(space)):
         raise AscError(f"{path}: its configurations are not those of its space (another space's table)")
