@@ -138,7 +138,6 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
         Setting("alpha", float, 0.4, low=0.0, low_open=True, help="Beta(alpha, alpha) mixing; 0.4 (2023), 0.3 (2022)")),
         help="Freq-MixStyle (Schmid et al. 2022): per-band statistics mixed with a batch partner's"),
 )}
-PAPER_ENHANCEMENTS = ("none", "mean_subtraction", "median_filter", "spectrum_correction")  # the paper's choices
 # The enhancements a trial switches on (spectrum correction is a store's): each is a field of
 # Enhancement of the same name, a bool without settings, else the tuple of its settings or None.
 _ON_FEATURES = {n: d for n, d in ENHANCEMENTS.items() if d.stage != "store"}

@@ -110,10 +110,6 @@ class ShardTask:
         return f"part-{self.index:05d}.arrow"
 
 
-def _tensor_type(config: FeatureConfig, frames: int) -> pa.DataType:
-    return pa.fixed_shape_tensor(pa.from_numpy_dtype(np.dtype(config.dtype)), [config.n_mels, frames])
-
-
 def write_table_file(path: str | Path, clips: Sequence[Clip], features: np.ndarray) -> None:
     """One Arrow IPC file, one record batch: metadata columns plus the ``logmel`` tensor column."""
     columns = {name: pa.array([getattr(c, name) for c in clips], pa.string()) for name in META_COLUMNS}
