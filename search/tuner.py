@@ -217,9 +217,10 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
               f"(num_samples {num_samples})")
     stores = resolve_stores(space, settings.store, settings.data, settings.address)
     store_names = {key: store_identity(path) for key, path in stores.items()}
-    warm, warm_line = [], ""
+    warm = []
     if settings.warm_start:  # read and checked before anything is written
         warm, warm_line = read_warm_start(mlflow_uri, settings.warm_start, space, store_names)
+        print(warm_line)  # before anything starts: a warm start that takes nothing is seen at once
     try:  # every check passed: the first thing written
         storage.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -247,8 +248,6 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
             "study_dir": str(Path(settings.study_dir).expanduser().resolve() / name) if settings.study_dir else None}
     write_atomic(search_dir / SEARCH_FILE, json.dumps(info, indent=1))
     tuner = _new_tuner(space, info, storage, warm)
-    if warm_line:
-        print(warm_line)
     return _fit_and_report(tuner, space, info, search_dir)
 
 
