@@ -221,12 +221,12 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     if settings.warm_start:  # read and checked before anything is written
         warm, warm_line = read_warm_start(mlflow_uri, settings.warm_start, space, store_names)
         print(warm_line)  # before anything starts: a warm start that takes nothing is seen at once
-    try:  # every check passed: the first thing written
+    init_ray(settings.address)
+    _check_resources(settings)  # the last check: what the Ray cluster holds
+    try:  # the first thing written
         storage.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
-    init_ray(settings.address)
-    _check_resources(settings)
     search_dir.mkdir(parents=True, exist_ok=True)
     if settings.study_dir:
         try:

@@ -205,6 +205,8 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     clash = run(search_cmd(store, tmp_path / "runs", "z", "--mlflow-uri", taken), timeout=120)
     assert clash.returncode == 2 and "already has an experiment named 'z'" in clash.stderr
     assert len(clash.stderr.strip().splitlines()) == 1
+    greedy = run(search_cmd(store, tmp_path / "runs", "w", "--cpus-per-trial", "4096"), timeout=180)
+    assert greedy.returncode == 2 and "--cpus-per-trial 4096: the Ray cluster has" in greedy.stderr
     assert not (tmp_path / "runs").exists()  # no check above left even an empty --storage behind
 
 
