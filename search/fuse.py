@@ -290,7 +290,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         print(f"note: {selection.note}")
     if log:
         log_fusion(client, mlflow_uri, exp.experiment_id, parent_id, result, objective, register,
-                   {"size": size, "full_budget": full_budget, "bags": bags, "seed": seed}, alias)
+                   {"size": size, "full_budget": full_budget, "seed": seed,  # the resamples it ran, not 0
+                    "bags": bags or (BOOTSTRAP_BAGS if method == "bootstrap" else 0)}, alias)
     return result
 
 
@@ -342,6 +343,7 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
     name = f"fusion {result.method} by {result.by}: " + "+".join(m.label for m in members)
+    tags["mlflow.note.content"] = fusion_note(result)  # its Description in MLflow's UI
     run = client.create_run(experiment_id, run_name=name[:250], tags=tags)
     run_id = result.run_id = run.info.run_id
     try:
@@ -389,7 +391,11 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
             mlflow.set_registry_uri(uri)
             version = mlflow.register_model(result.model_uri, register).version
             result.registered = f"models:/{register}/{version}"
-            client.update_model_version(register, version, description=_title(result))
+            client.update_model_version(register, version, description=f"{_headline(result)}. {_title(result)}")
+            client.update_registered_model(register, description=(
+                f"Fusions registered by `python -m search fuse`; the latest from the search {result.experiment!r}. "
+                "Each version's description says what it fused and how well it scores; it takes audio bytes "
+                "(column `audio`) or file paths (`path`), and optionally each clip's `device`."))
             if alias:  # MLflow's aliases: models:/NAME@ALIAS follows whichever version holds it
                 client.set_registered_model_alias(register, alias, version)
                 result.registered = f"models:/{register}@{alias}"
@@ -429,6 +435,30 @@ def format_result(result: FusionResult) -> str:
               if result.protocol == "paper" else None)
     return (_title(result) + "\n" + device_table(rows, splits, clip_se=(0, -1), titles=titles)
             + "\n+- (clips): one standard error from the clips (binomial; the delta method for Metric B and the gaps)")
+
+
+def _headline(result: FusionResult) -> str:
+    """The fusion's score in one phrase: Metric B on the clips that chose it and on the evaluation split."""
+    se = {s: Objective("metric_b").clip_se(m) for s, m in result.metrics["fusion"].items()}
+    def mb(split):
+        m = result.metrics["fusion"].get(split, {})
+        value = m.get("metric_b", math.nan)
+        return (f"{100 * value:.1f}" + (f" ± {100 * se[split]:.1f}" if math.isfinite(se.get(split, math.nan)) else "")
+                if math.isfinite(value) else "-")
+    if result.protocol == "paper":
+        return f"Metric B {mb('evaluation')} % on the evaluation split, which chose it (protocol paper)"
+    return f"Metric B {mb('selection')} % on the selection clips that chose it, {mb('evaluation')} % on the evaluation split"
+
+
+def fusion_note(result: FusionResult) -> str:
+    """The fusion run's note (Markdown): its score, what it is, and each member with its weight."""
+    rows = ["| member | weight | selection clips: Metric B % | evaluation split: Metric B % |", "|---|---|---|---|"]
+    for i, w in zip(result.members, result.weights):
+        c = result.candidates[i]
+        mb = {s: result.metrics[c.label].get(s, {}).get("metric_b", math.nan) for s in ("selection", "evaluation")}
+        rows.append(f"| {c.label} {c.description} | {w:.2f} | "
+                    + " | ".join(f"{100 * v:.1f}" if math.isfinite(v) else "-" for v in mb.values()) + " |")
+    return f"{_headline(result)} (± one standard error from the clips).\n\n{_title(result)}.\n\n" + "\n".join(rows)
 
 
 def _title(result: FusionResult) -> str:

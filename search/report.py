@@ -74,8 +74,11 @@ def report_results(client, info: dict, space: Space, trials: list[dict], study, 
     # MLflow's run note (Markdown): where a user lands in the UI, the result and what to do next
     fuse_cmd = (f"python -m search fuse --experiment {info['name']} --mlflow-uri {info['mlflow_uri']}"
                 + (" --protocol paper" if space.protocol == "paper" else "") + " --register NAME --alias champion")
+    counts_line = clips_line(sorted(trials, key=_rank_key(space)), space.protocol == "paper")
+    files = "`best_trials.txt` (Artifacts)" + (", the Pareto front's: `pareto_front.txt`" if front else "")
     client.set_tag(parent, "mlflow.note.content", f"{space.description}\n\n`{info['command']}`\n\n"
-                   f"```text\n{table}\n```\n\nFuse the trials into one model:\n\n`{fuse_cmd}`\n")
+                   f"{markdown_trials(trials, space, info['top'])}\n\n{counts_line}. Every device's figures: "
+                   f"{files}.\n\nFuse the trials into one model:\n\n`{fuse_cmd}`\n")
     return front, counts
 
 
@@ -123,8 +126,7 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     lines.append(head)
     lines.append("-" * len(head))
     for r in shown:
-        state = {"finished": "done", "stopped": f"ASHA@{r['epoch']}", "failed": "FAILED",
-                 "diverged": f"diverged@{r.get('diverged')}"}[r["state"]]
+        state = _state(r)
         sel = row_cells(r, cols, "sel_", width=5)
         ev = row_cells(r, cols, "eval_", width=5)
         objs = "".join(f"{_num(r.get(c), pct=space.objective.multi, sem=r.get(c + '_sem') if seeds else None, cse=r.get(c + '_cse')):>{obj_width}}"
@@ -141,6 +143,39 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     warning = clip_warning(shown, space.objective, paper=paper) if not space.objective.multi else ""
     if warning:
         lines.append(warning)
+    return "\n".join(lines)
+
+
+def _state(row: dict) -> str:
+    return {"finished": "done", "stopped": f"ASHA@{row['epoch']}", "failed": "FAILED",
+            "diverged": f"diverged@{row.get('diverged')}"}[row["state"]]
+
+
+def markdown_trials(rows: list[dict], space: Space, top: int) -> str:
+    """The best trials as a narrow Markdown table for the search run's note in MLflow's UI (the wide
+    table of every device is ``best_trials.txt``): what each tried, how far it ran, the figures that
+    chose it with their standard errors from the clips (and the seeds), and the evaluation split's."""
+    def pct(row, key):
+        value = row.get(key)
+        if not isinstance(value, float) or not math.isfinite(value):
+            return "-"
+        errors = [f"{100 * row[key + s]:.1f}{w}" for s, w in (("_cse", " clips"), ("_sem", " seeds"))
+                  if isinstance(row.get(key + s), float) and math.isfinite(row[key + s])]
+        return f"{100 * value:.1f}" + (f" ± {', '.join(errors)}" if errors else "")
+
+    shown = sorted(rows, key=_rank_key(space))[:top]
+    where = "evaluation split" if space.protocol == "paper" else "selection clips"
+    # the objective's own column where it is not Metric B itself (a Pareto pair has none)
+    objective = [] if space.objective.multi or space.objective.label() == "metric_b" else [
+        f"{space.objective.label()} %".replace("|", "\\|")]  # GitHub Markdown's escape in a table
+    lines = ["| trial | state | chosen epoch | " + " | ".join(objective + [
+        f"{where}: Metric B %", "B&C %", "gap", "evaluation split: Metric B %"]) + " |",
+             "|---" * (7 + len(objective)) + "|"]
+    for r in shown:
+        cells = [f"{r['label']} {r.get('describe', '')}".strip(), _state(r), str(r.get("best_epoch") or "-")]
+        cells += [pct(r, "objective")] if objective else []
+        cells += [pct(r, "sel_metric_b"), pct(r, "sel_acc_bc"), pct(r, "sel_device_gap"), pct(r, "eval_metric_b")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -495,6 +495,7 @@ class MlflowTracker(Callback):
         if diverged:
             self.client.set_tag(run_id, "diverged_at_epoch", str(diverged))
             self.client.set_tag(run_id, "diverged_reason", str(result.get("diverged_reason", ""))[:4000])
+        self.client.set_tag(run_id, "mlflow.note.content", trial_note(result, (trial.config or {}).get("protocol")))
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
         self._pending.append(self._executor.submit(self._finish, run_id, trial.checkpoint, trial_label(trial),
@@ -533,6 +534,28 @@ class MlflowTracker(Callback):
         if trial.error_file and os.path.isfile(trial.error_file):
             self.client.set_tag(run_id, "error", Path(trial.error_file).read_text()[-4000:])
         self.client.set_terminated(run_id, "FAILED")
+
+
+def trial_note(result: dict, protocol: str | None = None) -> str:
+    """A finished trial's run note (its Description in MLflow's UI): how far it ran, the epoch it kept,
+    and the figures that chose it, in percent with their standard errors from the clips."""
+    def pct(key):
+        value = result.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "-"
+        se = result.get(key + "_cse")
+        return f"{100 * value:.1f}" + (f" ± {100 * se:.1f}" if isinstance(se, float) and math.isfinite(se) else "")
+
+    reached, epochs = int(result.get("epoch", 0)), int(result.get("epochs", 0))
+    if result.get("diverged"):
+        ran = f"Diverged at epoch {result['diverged']} ({str(result.get('diverged_reason', ''))[:200]})"
+    else:
+        ran = f"Ran {reached} of {epochs} epochs" + (" (stopped by ASHA)" if reached < epochs else "")
+    where = "the evaluation split (protocol paper)" if protocol == "paper" else "the selection clips"
+    return (f"{ran}; kept epoch {result.get('best_epoch') or '-'}, chosen on {where}: Metric B {pct('sel_metric_b')} %, "
+            f"B&C {pct('sel_acc_bc')} %, device gap {pct('sel_device_gap')} points (± one standard error from the "
+            f"clips). Evaluation split at that epoch: Metric B {pct('eval_metric_b')} %. Every figure per epoch: "
+            "Model metrics; the kept epoch's: the `sel_*` and `eval_*` metrics.")
 
 
 def trial_label(trial_or_name) -> str:
@@ -587,7 +610,7 @@ def confusion_figure(table, classes: list[str], split: str, title: str):
     truth = np.array([classes.index(x) for x in rows.column("label").to_pylist()])
     pred = probs.argmax(1)
     device_of = np.array(rows.column("device").to_pylist())
-    fig, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 6.0), squeeze=False, layout="constrained")
     for ax, device in zip(axes[0], devices):
         mask = device_of == device
         matrix = confusion(truth[mask], pred[mask], len(classes))
@@ -601,8 +624,7 @@ def confusion_figure(table, classes: list[str], split: str, title: str):
         ax.set_yticks(range(len(classes)), classes if ax is axes[0][0] else [], fontsize=6)
         ax.set_xlabel("predicted")
     axes[0][0].set_ylabel("true")
-    fig.suptitle(f"{title}: {split} clips")
-    fig.tight_layout()
+    fig.suptitle(f"{title}: {split} clips")  # the constrained layout keeps every label inside the figure
     return fig
 
 

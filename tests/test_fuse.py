@@ -91,6 +91,15 @@ def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(
             "fusion.txt", "fusion.json"} <= artifacts
     versions = client.search_model_versions("name = 'smoke-fusion'")
     assert [str(v.version) for v in versions] == ["1"]
+    # what a person lands on in the UI: the score first, in percent, with the clips' standard error
+    mb = f"{100 * fusion.data.metrics['sel_metric_b']:.1f} ± {100 * fusion.data.metrics['sel_metric_b_cse']:.1f}"
+    headline = f"Metric B {mb} % on the selection clips that chose it"
+    assert versions[0].description.startswith(headline)
+    note = fusion.data.tags["mlflow.note.content"]
+    assert note.startswith(headline) and note.count("\n| t0") == 2 and "| 0.50 |" in note
+    assert "audio bytes" in client.get_registered_model("smoke-fusion").description
+    trial_notes = [t.data.tags.get("mlflow.note.content", "") for t in trials]
+    assert all(n.startswith(("Ran ", "Diverged")) and "chosen on the selection clips: Metric B" in n for n in trial_notes)
     searched["members"] = member_ids
 
 

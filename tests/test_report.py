@@ -10,7 +10,7 @@ import pytest
 from asc.metrics import device_metrics
 from asc.device_table import device_table
 from search.objectives import Objective
-from search.report import clip_warning, format_trials
+from search.report import clip_warning, format_trials, markdown_trials
 from search.space import parse_space
 
 
@@ -87,3 +87,15 @@ def test_a_device_table_names_its_column_groups_as_asked():
     paper = device_table([("t000", None, {"selection": m})], ["selection"],
                          titles={"selection": "chosen on: evaluation split (%)"})
     assert "chosen on: evaluation split (%)" in paper.splitlines()[0] and "selection clips" not in paper
+
+
+def test_the_search_runs_note_is_a_narrow_markdown_table_in_percent():
+    space = parse_space({"sampler": "tpe", "objective": "gap_penalized", "lambda": 0.5, "scheduler": "none",
+                         "params": {"model": "cnn", "epochs": 3, "lr": {"float": [0.0005, 0.003], "log": True}}}, "s.yaml")
+    rows = [{"label": "t001", "describe": "plain lr=1e-03", "state": "stopped", "epoch": 2, "epochs": 3, "best_epoch": 2,
+             "objective": 0.55, "objective_cse": 0.04, "objective_sem": 0.01, "sel_metric_b": 0.6, "sel_metric_b_cse": 0.043,
+             "sel_acc_bc": 0.575, "sel_device_gap": 0.068, "eval_metric_b": 0.599}]
+    table = markdown_trials(rows, space, 5).splitlines()
+    assert table[0] == ("| trial | state | chosen epoch | metric_b - 0.5 * \\|gap\\| % | selection clips: Metric B % | "
+                        "B&C % | gap | evaluation split: Metric B % |")
+    assert table[2] == "| t001 plain lr=1e-03 | ASHA@2 | 2 | 55.0 ± 4.0 clips, 1.0 seeds | 60.0 ± 4.3 clips | 57.5 | 6.8 | 59.9 |"

@@ -372,7 +372,8 @@ def test_pareto_search_prints_and_records_its_front(store, tmp_path):
     assert len(trials) == 3 and parent[0].data.tags["note"].startswith("ASHA is off")
     # the run note a user lands on in MLflow's UI: the table and the command that fuses the trials
     run_note = parent[0].data.tags["mlflow.note.content"]
-    assert "Pareto" in run_note or "best " in run_note
+    assert "| trial | state | chosen epoch | selection clips: Metric B % |" in run_note  # no objective column
+    assert "Pareto front's: `pareto_front.txt`" in run_note
     assert f"python -m search fuse --experiment pareto --mlflow-uri sqlite:///{storage / 'mlflow.db'}" in run_note
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"pareto_front.txt", "optuna_pareto_front.png"} <= artifacts
