@@ -74,11 +74,16 @@ def report_results(client, info: dict, space: Space, trials: list[dict], study, 
     # MLflow's run note (Markdown): where a user lands in the UI, the result and what to do next
     fuse_cmd = (f"python -m search fuse --experiment {info['name']} --mlflow-uri {info['mlflow_uri']}"
                 + (" --protocol paper" if space.protocol == "paper" else "") + " --register NAME --alias champion")
-    counts_line = clips_line(sorted(trials, key=_rank_key(space)), space.protocol == "paper")
+    where = "The evaluation split, which chose (protocol paper)" if space.protocol == "paper" else "Selection clips"
+    counts_line = (f"{where}: {clip_counts(trials)}; ± one standard error from these clips (binomial; the delta "
+                   "method for Metric B and the gap)" + ("; seeds: from the seeds" if space.seeds > 1 else "") + ". "
+                   if clip_counts(trials) else "")
     files = "`best_trials.txt` (Artifacts)" + (", the Pareto front's: `pareto_front.txt`" if front else "")
-    client.set_tag(parent, "mlflow.note.content", f"{space.description}\n\n`{info['command']}`\n\n"
-                   f"{markdown_trials(trials, space, info['top'])}\n\n{counts_line}. Every device's figures: "
-                   f"{files}.\n\nFuse the trials into one model:\n\n`{fuse_cmd}`\n")
+    # the result first: the UI shows a note's first lines until "Show more"
+    client.set_tag(parent, "mlflow.note.content", f"{_best_line(trials, space)}\n\n"
+                   f"{markdown_trials(trials, space, info['top'])}\n\n{counts_line}Every device's figures: "
+                   f"{files}.\n\nFuse the trials into one model:\n\n`{fuse_cmd}`\n\n{space.description}\n\n"
+                   f"`{info['command']}`\n")
     return front, counts
 
 
@@ -151,6 +156,20 @@ def _state(row: dict) -> str:
             "diverged": f"diverged@{row.get('diverged')}"}[row["state"]]
 
 
+def _best_line(rows: list[dict], space: Space) -> str:
+    """The search's result in one sentence (the best trial by the objective), for its run note."""
+    ranked = sorted(rows, key=_rank_key(space))
+    best = ranked[0] if ranked else None
+    if best is None or space.objective.multi or not isinstance(best.get("sel_metric_b"), float):
+        return f"**{len(rows)} trials**; the best by {space.objective.label()} below."
+    where = "the evaluation split, which chose it" if space.protocol == "paper" else "the selection clips"
+    ev = best.get("eval_metric_b")
+    return (f"**Best of {len(rows)} trials by {space.objective.label()}: {best['label']} {best.get('describe', '')}**, "
+            f"Metric B {100 * best['sel_metric_b']:.1f} % on {where}"
+            + (f", {100 * ev:.1f} % on the evaluation split" if isinstance(ev, float) and space.protocol != "paper"
+               else "") + ".")
+
+
 def markdown_trials(rows: list[dict], space: Space, top: int) -> str:
     """The best trials as a narrow Markdown table for the search run's note in MLflow's UI (the wide
     table of every device is ``best_trials.txt``): what each tried, how far it ran, the figures that
@@ -159,7 +178,7 @@ def markdown_trials(rows: list[dict], space: Space, top: int) -> str:
         value = row.get(key)
         if not isinstance(value, float) or not math.isfinite(value):
             return "-"
-        errors = [f"{100 * row[key + s]:.1f}{w}" for s, w in (("_cse", " clips"), ("_sem", " seeds"))
+        errors = [f"{100 * row[key + s]:.1f}{w}" for s, w in (("_cse", ""), ("_sem", " seeds"))
                   if isinstance(row.get(key + s), float) and math.isfinite(row[key + s])]
         return f"{100 * value:.1f}" + (f" ± {', '.join(errors)}" if errors else "")
 
@@ -179,16 +198,24 @@ def markdown_trials(rows: list[dict], space: Space, top: int) -> str:
     return "\n".join(lines)
 
 
-def clips_line(rows: list[dict], paper: bool = False) -> str:
-    """How many clips the choosing figures stand on, per device (from the first row that says)."""
+def clip_counts(rows: list[dict]) -> str:
+    """``A 168, B 20, C 20 (B&C 40)``: the clips the choosing figures stand on (from the first row that says)."""
     row = next((r for r in rows if "sel_n" in r), None)
     if row is None:
         return ""
     devices = sorted((k[6:] for k in row if k.startswith("sel_n_") and k[6:] not in ("bc", "unseen")
                       and not k.endswith(("_sem", "_cse"))), key=lambda d: (d != "a", d))
-    parts = ", ".join(f"{d.upper()} {int(row['sel_n_' + d])}" for d in devices)
+    return ", ".join(f"{d.upper()} {int(row['sel_n_' + d])}" for d in devices) + f" (B&C {int(row.get('sel_n_bc', 0))})"
+
+
+def clips_line(rows: list[dict], paper: bool = False) -> str:
+    """How many clips the choosing figures stand on, per device, and what the table's +- are."""
+    counts = clip_counts(rows)
+    if not counts:
+        return ""
+    row = next(r for r in rows if "sel_n" in r)
     where = "the evaluation split" if paper else "selection clips"
-    return (f"{where}: {parts} (B&C {int(row.get('sel_n_bc', 0))}); +- (clips) and objective +- c: standard errors "
+    return (f"{where}: {counts}; +- (clips) and objective +- c: standard errors "
             "from these clips (binomial; the delta method for Metric B and the gaps)"
             + ("; +- s: from the seeds" if any(k.endswith("_sem") for k in row) else ""))
 

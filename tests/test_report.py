@@ -98,4 +98,4 @@ def test_the_search_runs_note_is_a_narrow_markdown_table_in_percent():
     table = markdown_trials(rows, space, 5).splitlines()
     assert table[0] == ("| trial | state | chosen epoch | metric_b - 0.5 * \\|gap\\| % | selection clips: Metric B % | "
                         "B&C % | gap | evaluation split: Metric B % |")
-    assert table[2] == "| t001 plain lr=1e-03 | ASHA@2 | 2 | 55.0 ± 4.0 clips, 1.0 seeds | 60.0 ± 4.3 clips | 57.5 | 6.8 | 59.9 |"
+    assert table[2] == "| t001 plain lr=1e-03 | ASHA@2 | 2 | 55.0 ± 4.0, 1.0 seeds | 60.0 ± 4.3 | 57.5 | 6.8 | 59.9 |"
