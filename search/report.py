@@ -75,9 +75,10 @@ def report_results(client, info: dict, space: Space, trials: list[dict], study, 
     fuse_cmd = (f"python -m search fuse --experiment {info['name']} --mlflow-uri {info['mlflow_uri']}"
                 + (" --protocol paper" if space.protocol == "paper" else "") + " --register NAME --alias champion")
     where = "The evaluation split, which chose (protocol paper)" if space.protocol == "paper" else "Selection clips"
-    counts_line = (f"{where}: {clip_counts(trials)}; ± one standard error from these clips (binomial; the delta "
-                   "method for Metric B and the gap)" + ("; seeds: from the seeds" if space.seeds > 1 else "") + ". "
-                   if clip_counts(trials) else "")
+    clips = clip_counts(trials)
+    counts_line = (f"{where}: {clips}; ± one standard error from these clips (binomial; the delta method for "
+                   "Metric B and the gap)" + ("; seeds: from the seeds" if space.seeds > 1 else "") + ". "
+                   if clips else "")
     files = "`best_trials.txt` (Artifacts)" + (", the Pareto front's: `pareto_front.txt`" if front else "")
     # the result first: the UI shows a note's first lines until "Show more"
     client.set_tag(parent, "mlflow.note.content", f"{_best_line(trials, space)}\n\n"
