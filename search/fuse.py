@@ -43,7 +43,7 @@ from search.report import clip_warning
 from search.serving import download_members, log_audio_model
 from search.space import CONDITIONAL
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _clean, _log_params, \
-    check_tracking_uri, confusion_figure, selected_on
+    check_tracking_uri, confusion_figure, percent, selected_on
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
@@ -439,12 +439,9 @@ def format_result(result: FusionResult) -> str:
 
 def _headline(result: FusionResult) -> str:
     """The fusion's score in one phrase: Metric B on the clips that chose it and on the evaluation split."""
-    se = {s: Objective("metric_b").clip_se(m) for s, m in result.metrics["fusion"].items()}
     def mb(split):
         m = result.metrics["fusion"].get(split, {})
-        value = m.get("metric_b", math.nan)
-        return (f"{100 * value:.1f}" + (f" ± {100 * se[split]:.1f}" if math.isfinite(se.get(split, math.nan)) else "")
-                if math.isfinite(value) else "-")
+        return percent({"mb": m.get("metric_b"), "mb_cse": Objective("metric_b").clip_se(m) if m else None}, "mb")
     if result.protocol == "paper":
         return f"Metric B {mb('evaluation')} % on the evaluation split, which chose it (protocol paper)"
     return f"Metric B {mb('selection')} % on the selection clips that chose it, {mb('evaluation')} % on the evaluation split"
@@ -457,7 +454,7 @@ def fusion_note(result: FusionResult) -> str:
         c = result.candidates[i]
         mb = {s: result.metrics[c.label].get(s, {}).get("metric_b", math.nan) for s in ("selection", "evaluation")}
         rows.append(f"| {c.label} {c.description} | {w:.2f} | "
-                    + " | ".join(f"{100 * v:.1f}" if math.isfinite(v) else "-" for v in mb.values()) + " |")
+                    + " | ".join(percent(mb, s, ()) for s in mb) + " |")
     return f"{_headline(result)} (± one standard error from the clips).\n\n{_title(result)}.\n\n" + "\n".join(rows)
 
 

@@ -23,7 +23,7 @@ from asc.enhance import ENHANCEMENTS, Enhancement, parse_composition
 from asc.device_table import WIDTH, columns, head_cells, row_cells
 from search.searcher import DUPLICATE_ATTR
 from search.space import CONDITIONAL, Space
-from search.tracking import TRIAL_TAG
+from search.tracking import TRIAL_TAG, percent
 
 
 def trial_rows(results, space: Space) -> list[dict]:
@@ -176,12 +176,7 @@ def markdown_trials(rows: list[dict], space: Space, top: int) -> str:
     table of every device is ``best_trials.txt``): what each tried, how far it ran, the figures that
     chose it with their standard errors from the clips (and the seeds), and the evaluation split's."""
     def pct(row, key):
-        value = row.get(key)
-        if not isinstance(value, float) or not math.isfinite(value):
-            return "-"
-        errors = [f"{100 * row[key + s]:.1f}{w}" for s, w in (("_cse", ""), ("_sem", " seeds"))
-                  if isinstance(row.get(key + s), float) and math.isfinite(row[key + s])]
-        return f"{100 * value:.1f}" + (f" ± {', '.join(errors)}" if errors else "")
+        return percent(row, key, (("_cse", ""), ("_sem", " seeds")))
 
     shown = sorted(rows, key=_rank_key(space))[:top]
     where = "evaluation split" if space.protocol == "paper" else "selection clips"

@@ -536,15 +536,23 @@ class MlflowTracker(Callback):
         self.client.set_terminated(run_id, "FAILED")
 
 
+def percent(figures: dict, key: str, errors: tuple = (("_cse", ""),)) -> str:
+    """``figures[key]`` in percent for a run note, with its standard errors (``key + suffix``, each
+    named by its word), e.g. ``61.0 ± 4.3``; ``-`` where the figure is missing or not finite."""
+    def finite(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not finite(figures.get(key)):
+        return "-"
+    ses = [f"{100 * figures[key + s]:.1f}{word}" for s, word in errors if finite(figures.get(key + s))]
+    return f"{100 * figures[key]:.1f}" + (f" ± {', '.join(ses)}" if ses else "")
+
+
 def trial_note(result: dict, protocol: str | None = None) -> str:
     """A finished trial's run note (its Description in MLflow's UI): how far it ran, the epoch it kept,
     and the figures that chose it, in percent with their standard errors from the clips."""
     def pct(key):
-        value = result.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            return "-"
-        se = result.get(key + "_cse")
-        return f"{100 * value:.1f}" + (f" ± {100 * se:.1f}" if isinstance(se, float) and math.isfinite(se) else "")
+        return percent(result, key)
 
     reached, epochs = int(result.get("epoch", 0)), int(result.get("epochs", 0))
     if result.get("diverged"):
