@@ -23,7 +23,7 @@ from asc.enhance import ENHANCEMENTS, Enhancement, parse_composition
 from asc.device_table import WIDTH, columns, head_cells, row_cells
 from search.searcher import DUPLICATE_ATTR
 from search.space import CONDITIONAL, Space
-from search.tracking import TRIAL_TAG, percent
+from search.tracking import TRIAL_TAG, percent, runs_url
 
 
 def trial_rows(results, space: Space) -> list[dict]:
@@ -102,7 +102,7 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     """The best trials: parameters, the selection clips' device columns at the selected epoch, the
     objective, the evaluation split beside them, and the epoch each reached."""
     shown = sorted(rows, key=_rank_key(space))[:top]
-    searched = [k for k in space.searched] + (["point"] if space.sampler == "points" else [])
+    searched = space.shown
     cols, heads = columns(devices, any(k.endswith("acc_unseen") for r in rows for k in r))
     obj_cols = space.objective.metrics
     obj_heads = ["B&C*", "|gap|*"] if space.objective.multi else ["objective"]
@@ -360,9 +360,9 @@ def _log_plots(client, run_id: str, study, space: Space) -> None:
 
 def ui_command(uri: str, experiment_id: str) -> str:
     if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        return f"open {runs_url(uri, experiment_id)}"
     return (f"{shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
-            f"  then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+            f"  then open {runs_url('http://127.0.0.1:5000', experiment_id)}")
 
 
 

@@ -241,6 +241,12 @@ class Space:
         canonical = {k: v for k, v in self.canonical(params).items() if k not in ("point", "num_workers")}
         return json.dumps(canonical, sort_keys=True, default=str)
 
+    @property
+    def shown(self) -> list[str]:
+        """The parameters that tell this space's trials apart, as the tables and MLflow's runs view
+        show them: the searched ones (a points space: its point id)."""
+        return list(self.searched) + (["point"] if self.sampler == "points" else [])
+
     def optuna_params(self, params: dict) -> dict:
         """What the Optuna trial of the configuration ``params`` holds: the searched parameters it uses
         (a points space: its point id)."""

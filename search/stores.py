@@ -138,3 +138,10 @@ def check_stores_unchanged(info: dict, info_file: Path) -> None:
 def store_devices(stores: dict) -> list[str]:
     """The devices of the dataset the stores (feature-config key -> folder) were extracted from."""
     return list(read_manifest(Path(next(iter(stores.values()))) / MANIFEST)["dataset"]["devices"])
+
+
+def has_unseen_devices(stores: dict) -> bool:
+    """Whether the dataset of the stores has devices that its training split never hears (the
+    synthetic set's s1 and s2, DCASE 2020's s4-s6; none in 2019)."""
+    clips = FeatureStore(next(iter(stores.values()))).clips
+    return bool({c.device for c in clips} - {c.device for c in clips if c.split == "train"})

@@ -46,6 +46,35 @@ STORE_TAG = "store_name"  # the identity of the feature store a trial read (sear
 KEY_TAG = "config_key"  # the configuration's identity (search.space.Space.config_key)
 
 
+RUNS_VIEW = "trials"  # the key of the runs table every search's experiment carries (runs_view)
+_VIEW_METRICS = ("sel_metric_b", "sel_acc_bc", "sel_device_gap", "eval_metric_b", "eval_acc_bc", "eval_acc_unseen",
+                 "best_epoch")
+
+
+def runs_view(space, unseen: bool = True) -> dict[str, str]:
+    """The experiment tag that makes MLflow's runs table show a search's trials the way a person
+    compares them: MLflow's own shared view (the UI reads an experiment tag
+    ``mlflow.sharedViewState.KEY`` when opened with ``?viewStateShareKey=KEY``, :func:`runs_url`).
+    The trials only (the search's and the fusions' runs left out; a trial is otherwise nested, and
+    folded, under the search's run), best objective first, with the objective and its clips'
+    standard error, the selection and evaluation figures and the epoch ASHA let each reach as
+    columns, after the parameters the space searches. ``unseen``: whether the set has devices unseen in
+    training (their evaluation accuracy is a column then)."""
+    objective = space.objective.metrics + ([] if space.objective.multi else ["objective_cse"])
+    figures = [m for m in _VIEW_METRICS if m not in objective and (unseen or "unseen" not in m)]
+    columns = ([f"params.`{p}`" for p in space.shown] + [f"metrics.`{m}`" for m in objective + figures]
+               + ["tags.`epoch_reached`", "attributes.`Duration`"])
+    view = {"searchFilter": f"tags.{ROLE_TAG} = 'trial'", "orderByKey": f"metrics.`{space.objective.metrics[0]}`",
+            "orderByAsc": space.objective.modes[0] == "min", "selectedColumns": columns, "columnOrder": columns}
+    return {f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(view)}
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The address of a search's trials in MLflow's UI at ``base``, in :func:`runs_view`'s table and in
+    the UI's model-training workspace (MLflow 3 opens in its GenAI one otherwise)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning"
+
+
 def selected_on(protocol: str) -> str:
     """Which clips a protocol chooses on, as the tables and tags name them."""
     return "evaluation" if protocol == "paper" else "validation"
@@ -144,17 +173,18 @@ def check_new_experiment(uri: str, name: str) -> None:
 
 
 def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict,
-                 store_names: dict | None = None) -> tuple[str, str]:
+                 store_names: dict | None = None, unseen: bool = True) -> tuple[str, str]:
     """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id).
     The experiment's tags say what its trials can be compared with (``--warm-start`` reads them):
-    objective, protocol, seeds and the feature stores' identities."""
+    objective, protocol, seeds and the feature stores' identities; and how the runs table shows
+    them (:func:`runs_view`, ``unseen`` as there)."""
     check_new_experiment(uri, name)  # again: another search may have taken the name since
     client = MlflowClient(uri)
     location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
     experiment_id = client.create_experiment(name, artifact_location=location, tags={
         "space": space.path, "objective": space.objective.label(), "protocol": space.protocol,
         SELECTED_ON_TAG: selected_on(space.protocol), "seeds": str(space.seeds),
-        "store_names": json.dumps(store_names or {}, sort_keys=True)})
+        "store_names": json.dumps(store_names or {}, sort_keys=True), **runs_view(space, unseen)})
     run = client.create_run(experiment_id, run_name=f"search {name}",
                             tags={SEARCH_TAG: name, ROLE_TAG: "search", "command": command,
                                   SELECTED_ON_TAG: selected_on(space.protocol),

@@ -48,7 +48,7 @@ from search.report import distinct_line, report_results, trial_rows, ui_command
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
 from search.searcher import ACTIVE, STUDY_FILE, Searcher, make_sampler, study_storage
 from search.space import Space, load_space
-from search.stores import check_stores_unchanged, resolve_stores, store_devices, store_identity
+from search.stores import check_stores_unchanged, has_unseen_devices, resolve_stores, store_devices, store_identity
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TAG, MlflowTracker, RetryingClient, \
     check_new_experiment, check_tracking_uri, close_dangling_runs, resume_tracking_uri, save_pending, send_pending, \
     send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
@@ -239,7 +239,8 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     options = {"num_samples": num_samples, "max_concurrent": max_concurrent, "seed": seed,
                "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
                "store": str(Path(settings.store).resolve()), "storage": str(storage)}
-    experiment_id, parent_run = start_search(mlflow_uri, name, local_artifacts, space, command, options, store_names)
+    experiment_id, parent_run = start_search(mlflow_uri, name, local_artifacts, space, command, options, store_names,
+                                             has_unseen_devices(stores))
     info = {"name": name, "space_path": space.path, "stores": stores, "mlflow_uri": mlflow_uri,
             "experiment_id": experiment_id, "parent_run_id": parent_run, "address": settings.address,
             "command": command, **options, "max_failures": settings.max_failures,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import SMALL_SYNTH, predictions_artifact
 
@@ -61,7 +62,6 @@ def run(cmd, timeout=420, **kw) -> subprocess.CompletedProcess:
 
 
 def mlflow_runs(uri: str, name: str):
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
@@ -169,6 +169,25 @@ def test_smoke_search_on_local_ray_records_every_trial_and_prunes_honestly(store
     stopped_runs = [r for r in records["trials"] if r.data.tags["stopped_early"] == "true"]
     assert len(stopped_runs) == len(stopped) and all(r.info.status == "FINISHED" for r in stopped_runs)
 
+    # The address printed opens MLflow's runs table on the search's own view: its filter selects
+    # exactly the trials, best objective first, and every column it shows is something they logged.
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    assert f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=trials&" in out
+    view = json.loads(experiment.tags["mlflow.sharedViewState.trials"])
+    shown = client.search_runs([experiment.experiment_id], filter_string=view["searchFilter"],
+                               order_by=[view["orderByKey"].replace("`", "") + " DESC"])
+    assert sorted(r.info.run_id for r in shown) == sorted(r.info.run_id for r in records["trials"])
+    assert [r.data.metrics["objective"] for r in shown] == sorted((r.data.metrics["objective"] for r in shown),
+                                                                  reverse=True)
+    assert view["orderByAsc"] is False and view["columnOrder"] == view["selectedColumns"]
+    for column in view["selectedColumns"]:
+        kind, key = column.split(".", 1)
+        key = key.strip("`")
+        if kind != "attributes":
+            assert any(key in getattr(r.data, kind) for r in shown), column
+    assert {"metrics.`objective`", "params.`lr`"} <= set(view["selectedColumns"])
+
     # The same seed proposes the same configurations (a second search, same space and seed).
     again = run(search_cmd(store, tmp_path / "runs", "smoke-again", "--num-samples", "2", "--max-concurrent", "1",
                            sets=["epochs=1", "scheduler.reduction_factor=4", "lr={float: [0.0001, 0.01], log: true}"]))
@@ -197,7 +216,6 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     assert "--n-mels 40" in missing.stderr and "--sample-rate 22050" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "y").exists()
     # a name the tracking store already holds: refused before Ray starts or anything is written
-    from mlflow.tracking import MlflowClient
 
     (tmp_path / "other").mkdir()
     taken = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
@@ -214,7 +232,6 @@ def test_resume_takes_the_store_it_ran_with_at_a_new_address_and_refuses_another
     """``resume``'s tracking URI: --mlflow-uri, else $MLFLOW_TRACKING_URI, else the recorded one; a new
     address must reach the search's own runs (an option that does not is refused, the variable is
     passed over, saying so)."""
-    from mlflow.tracking import MlflowClient
 
     from asc.errors import AscError
     from search.tracking import resume_tracking_uri
@@ -469,7 +486,6 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
 
 
 def test_a_model_left_half_logged_by_a_dead_driver_is_dropped_before_the_run_logs_its_own(tmp_path):
-    from mlflow.tracking import MlflowClient
 
     from search.tracking import drop_earlier_models
 

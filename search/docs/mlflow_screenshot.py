@@ -1,14 +1,14 @@
-"""Screenshot MLflow's runs table of a search as a person sees it, with the columns that matter shown.
+"""Screenshot MLflow's runs table of a search as a person sees it from the address the search prints.
 
-    python search/docs/mlflow_screenshot.py sqlite:///asc-demo/runs/mlflow.db demo out.png
+    python -m search.docs.mlflow_screenshot sqlite:///asc-demo/runs/mlflow.db demo out.png
 
-Starts `mlflow ui` on loopback, opens the experiment's runs table in headless Chromium (it must be
-installed: `chromium` on the PATH), selects the metric and parameter columns below the way the UI
-keeps a user's choice (its local storage), leaves the search's own run out, sorts by the selection
-clips' Metric B, closes the side panel, saves the PNG and stops both processes by their pids. It speaks to Chromium over the DevTools
-protocol; the few lines of WebSocket below are written by hand because the standard library has
-none and the project does not need a WebSocket package anywhere else. A tool for the docs'
-picture (search/docs/mlflow_runs.png), not part of the search.
+Starts `mlflow ui` on loopback, opens the experiment's trials in headless Chromium (it must be
+installed: `chromium` on the PATH) at the address `search run` prints (the runs view every search
+sets up for its experiment: the trials, best first, with their figures and parameters as columns),
+closes the side panels, saves the PNG and stops both processes by their pids. It speaks to Chromium
+over the DevTools protocol; the few lines of WebSocket below are written by hand because the
+standard library has none and the project does not need a WebSocket package anywhere else. A tool
+for the docs' picture (search/docs/mlflow_runs.png), not part of the search.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-METRICS = ["sel_metric_b", "sel_metric_b_cse", "sel_acc_bc", "sel_device_gap", "eval_metric_b", "eval_acc_unseen",
-           "best_epoch"]
-PARAMS = ["enhancement", "mixup_alpha", "lr"]
+from search.tracking import runs_url
+
 
 
 class DevTools:
@@ -127,27 +126,10 @@ def main(uri: str, experiment: str, out: str, port: int = 5079, debug_port: int 
         with urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json") as response:
             page = next(t for t in json.loads(response.read()) if t["type"] == "page")
         tools = DevTools(page["webSocketDebuggerUrl"])
-        base = f"http://127.0.0.1:{port}/"
-        # where the page keeps its state (MLflow 3's key and fields; it writes them once it has loaded)
-        key = f'MLflowLocalStorage-1.1-ExperimentPage-["{exp.experiment_id}"]-ReactComponentState'
-        sort = "metrics.%60sel_metric_b%60"
-        url = (f"{base}#/experiments/{exp.experiment_id}/runs?searchFilter=tags.role%20!%3D%20'search'"
-               f"&orderByKey={sort}&orderByAsc=false")
-        tools.call("Page.navigate", url=url)
-        _until(tools, "page's own state", lambda: tools.js(f"localStorage.getItem({json.dumps(key)}) !== null"))
-        # the runs table keeps a user's column choice in local storage, per experiment: choose there
-        columns = ([f"metrics.`{m}`" for m in METRICS] + [f"params.`{p}`" for p in PARAMS])
-        tools.js(f"""(() => {{
-            const key = {json.dumps(key)};
-            const state = JSON.parse(localStorage.getItem(key) || '{{}}');
-            state.selectedColumns = ['attributes.`Duration`', ...{json.dumps(columns)}];
-            state.orderByKey = 'metrics.`sel_metric_b`';
-            state.orderByAsc = false;
-            state.searchFilter = "tags.role != 'search'";
-            localStorage.setItem(key, JSON.stringify(state)); }})()""")
-        tools.call("Page.reload", ignoreCache=True)
-        _until(tools, "the chosen columns", lambda: tools.js(
-            "Array.from(document.querySelectorAll('[role=columnheader]')).some(h => h.textContent.includes('sel_metric_b'))"))
+        # the search's own view of its trials (search.tracking.runs_view), as the URL it prints opens it
+        tools.call("Page.navigate", url=runs_url(f"http://127.0.0.1:{port}", exp.experiment_id))
+        _until(tools, "the trials' columns", lambda: tools.js(
+            "Array.from(document.querySelectorAll('[role=columnheader]')).some(h => h.textContent.includes('objective'))"))
         tools.js("""(() => { for (const b of document.querySelectorAll('button[aria-label]'))
                        if (/close/i.test(b.getAttribute('aria-label'))) b.click(); })()""")
         time.sleep(2)
