@@ -188,9 +188,9 @@ def _input_example(member) -> pd.DataFrame:
     frames = member.frames or 1
     # librosa's centred STFT gives 1 + samples // hop frames, one fewer where the last is dropped
     samples = (frames - 1 + int(config.drop_last_frame)) * config.hop_length
-    buffer = io.BytesIO()
-    soundfile.write(buffer, np.zeros(max(samples, 1), np.float32), config.sample_rate, format="WAV", subtype="PCM_16")
-    return pd.DataFrame({AUDIO: [buffer.getvalue()], PATH: ["audio/example-a.wav"]})
+    buffer = io.BytesIO()  # FLAC: silence compresses to a few hundred bytes (a WAV of it is 100s of KB of base64)
+    soundfile.write(buffer, np.zeros(max(samples, 1), np.float32), config.sample_rate, format="FLAC", subtype="PCM_16")
+    return pd.DataFrame({PATH: ["audio/example-a.flac"], AUDIO: [buffer.getvalue()]})
 
 
 def download_members(model_uri: str, folder: Path, tracking_uri: str) -> tuple[list[Path], list[float]]:
