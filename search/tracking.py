@@ -697,11 +697,12 @@ def log_model(uri: str, run_id: str, best_files: list[Path], title: str = "", se
                for f, seed in zip(best_files, seeds)]
     client = MlflowClient(uri)
     drop_earlier_models(client, run_id)
+    kept = client.get_run(run_id).data.metrics.get("best_epoch")  # the model carries that epoch's figures
     with tempfile.TemporaryDirectory() as tmp:
         files = [m.save(Path(tmp) / f"member{k}.pt") for k, m in enumerate(members)]
         model_uri = log_audio_model(uri, run_id, files, metadata={
             "epochs": [m.source["epoch"] for m in members], "store": members[0].source["store"],
-            "seeds": list(seeds)})
+            "seeds": list(seeds)}, step=int(kept) if kept is not None else 0)
     client.set_tag(run_id, MODEL_TAG, model_uri)
     return model_uri
 

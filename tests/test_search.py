@@ -129,6 +129,10 @@ def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
         assert set(table.column("split").to_pylist()) == {"selection", "evaluation"}
         models = client.search_logged_models([experiment.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
         assert len(models) == 1 and models[0].name == "model"
+        # the model carries its kept epoch's figures (MLflow's Models tab shows them)
+        linked = {m.key: m for m in models[0].metrics or []}
+        assert linked["sel_metric_b"].step == int(r.data.metrics["best_epoch"])
+        assert linked["sel_metric_b"].value == r.data.metrics["sel_metric_b"]
     return {"client": client, "trials": trials, "results": results, "orphans": orphan_ids}
 
 
