@@ -43,7 +43,7 @@ from search.report import clip_warning
 from search.serving import download_members, log_audio_model
 from search.space import CONDITIONAL
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _clean, _log_params, \
-    check_tracking_uri, confusion_figure, percent, selected_on
+    check_tracking_uri, confusion_figure, percent, run_tags, selected_on
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
@@ -344,7 +344,7 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
         tags["mlflow.parentRunId"] = parent_id
     name = f"fusion {result.method} by {result.by}: " + "+".join(m.label for m in members)
     tags["mlflow.note.content"] = fusion_note(result)  # its Description in MLflow's UI
-    run = client.create_run(experiment_id, run_name=name[:250], tags=tags)
+    run = client.create_run(experiment_id, run_name=name[:250], tags=run_tags(tags))
     run_id = result.run_id = run.info.run_id
     try:
         _log_params(client, run_id, {

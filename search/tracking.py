@@ -32,6 +32,7 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
 from asc.errors import AscError, write_atomic
 from asc.metrics import confusion
@@ -73,6 +74,13 @@ def runs_url(base: str, experiment_id: str) -> str:
     """The address of a search's trials in MLflow's UI at ``base``, in :func:`runs_view`'s table and in
     the UI's model-training workspace (MLflow 3 opens in its GenAI one otherwise)."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning"
+
+
+def run_tags(tags: dict) -> dict:
+    """``tags`` and the ones MLflow's own ``mlflow.start_run`` adds (user, source, the git commit of
+    the code that runs, where there is one), so that the runs this project creates with the client
+    show where they came from as every other MLflow run does."""
+    return resolve_tags(tags)
 
 
 def selected_on(protocol: str) -> str:
@@ -186,9 +194,9 @@ def start_search(uri: str, name: str, artifact_root: Path | None, space, command
         SELECTED_ON_TAG: selected_on(space.protocol), "seeds": str(space.seeds),
         "store_names": json.dumps(store_names or {}, sort_keys=True), **runs_view(space, unseen)})
     run = client.create_run(experiment_id, run_name=f"search {name}",
-                            tags={SEARCH_TAG: name, ROLE_TAG: "search", "command": command,
-                                  SELECTED_ON_TAG: selected_on(space.protocol),
-                                  "mlflow.note.content": f"{space.description}\n\n`{command}`"})
+                            tags=run_tags({SEARCH_TAG: name, ROLE_TAG: "search", "command": command,
+                                           SELECTED_ON_TAG: selected_on(space.protocol),
+                                           "mlflow.note.content": f"{space.description}\n\n`{command}`"}))
     run_id = run.info.run_id
     params = {"space": Path(space.path).name, "sampler": space.sampler, "objective": space.objective.label(),
               "scheduler": space.scheduler.name, **{k: str(v) for k, v in settings.items()}}
@@ -464,12 +472,12 @@ class MlflowTracker(Callback):
             self.logged[trial.trial_id] = max((m.step for m in self.client.get_metric_history(run_id, "train_loss")),
                                               default=0)
         else:
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags={
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags=run_tags({
                 "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SEARCH_TAG: self.search,
                 ROLE_TAG: "trial", "description": self.space.describe(trial.config),
                 SELECTED_ON_TAG: selected_on(self.space.protocol),
                 STORE_TAG: self.store_names.get(self.space.feature_config(trial.config).key(), ""),
-                KEY_TAG: self.space.config_key(trial.config)})
+                KEY_TAG: self.space.config_key(trial.config)}))
             run_id = run.info.run_id
             _log_params(self.client, run_id, {**trial.config, "store": self.stores.get(
                 self.space.feature_config(trial.config).key(), "")})

@@ -112,6 +112,10 @@ def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
         assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
         assert r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
         assert r.info.run_name.startswith("t0") and "mel" in r.info.run_name
+        # where it came from, as mlflow.start_run records it: the source, and the code's commit in a clone
+        assert r.data.tags["mlflow.source.name"].endswith("__main__.py")
+        if (Path(__file__).parents[1] / ".git").exists():
+            assert len(r.data.tags["mlflow.source.git.commit"]) == 40
         rows = results[r.data.tags["tune_trial_id"]]
         history = client.get_metric_history(r.info.run_id, "acc_a")
         assert [m.step for m in history] == [row["epoch"] for row in rows] == list(range(1, rows[-1]["epoch"] + 1))
