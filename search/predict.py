@@ -9,6 +9,7 @@ default) or an unlabelled set (``audio/0.wav ...``). On a labelled set the devic
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +36,11 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
         mlflow.set_tracking_uri(mlflow_uri)
         mlflow.set_registry_uri(mlflow_uri)
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        # into a folder of its own: given none, MLflow loads a local store's model in place and writes a
+        # file into the store's folder (fails on a read-only shared store). The members are read into
+        # memory as the model loads, so the copy goes when it has.
+        with tempfile.TemporaryDirectory() as tmp:
+            model = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
     except Exception as exc:  # MLflow raises its own and OS errors for a wrong URI
         first = (str(exc) or type(exc).__name__).splitlines()[0]
         raise AscError(f"model {model_uri}: cannot load it ({first[:300]})") from None

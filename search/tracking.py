@@ -119,6 +119,12 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
     elif parsed.scheme in ("", "file"):
         raise AscError(f"MLflow tracking URI {uri!r}: use a database (sqlite:///PATH.db) or a server "
                        "(http://HOST:5000); MLflow 3 refuses new file stores")
+    else:  # another database MLflow knows (postgresql://, mysql://, ...) or a scheme it does not
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # MLflow's and the database driver's own errors, of many types
+            first = str(exc).strip().splitlines()[0].split(". See ")[0] if str(exc).strip() else type(exc).__name__
+            raise AscError(f"MLflow tracking URI {uri!r}: cannot use it ({first})") from None
 
 
 def default_uri(folder: Path) -> str:

@@ -118,6 +118,15 @@ def test_bad_tables_are_one_line(tmp_path):
     pq.write_table(table.replace_schema_metadata(meta), tmp_path / "json.parquet")
     with pytest.raises(AscError, match=r"json.parquet: its metadata is damaged"):
         load_recording(tmp_path / "json.parquet")
+    whole = pq.read_table(tmp_path / "other.parquet")  # its metadata whole, its rows not
+    pq.write_table(whole.slice(0, 0), tmp_path / "empty.parquet")
+    with pytest.raises(AscError, match=r"empty.parquet: a replay table without rows"):
+        load_recording(tmp_path / "empty.parquet")
+    text = whole.set_column(whole.column_names.index("objective"), "objective",
+                            pa.array([str(v) for v in whole.column("objective").to_pylist()]))
+    pq.write_table(text, tmp_path / "text.parquet")
+    with pytest.raises(AscError, match=r"text.parquet: column 'objective' holds string values, not numbers"):
+        load_recording(tmp_path / "text.parquet")
     write_table(tmp_path / "badspace.parquet", space=SPACE + "bogus: 1\n")
     with pytest.raises(AscError, match=r"badspace.parquet \(its recorded space\): bogus: unknown key"):
         load_recording(tmp_path / "badspace.parquet")

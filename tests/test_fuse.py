@@ -228,9 +228,12 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
         pytest.skip("needs the fusion of the test before")
     out = tmp_path / "sub.csv"
     out.write_text("stale content that must go\n" * 1000)
+    store = {f: f.stat().st_mtime_ns for f in (searched["storage"] / "mlartifacts").rglob("*")}
     done = cli("predict", "models:/smoke-fusion/1", str(searched["data"]), "--out", str(out),
                "--mlflow-uri", searched["uri"])
     assert done.returncode == 0, done.stderr[-3000:]
+    # reading a model writes nothing into the store (a shared one may be read-only)
+    assert {f: f.stat().st_mtime_ns for f in (searched["storage"] / "mlartifacts").rglob("*")} == store
     lines = out.read_text().splitlines()
     assert lines[0] == "Id,Scene_label" and "stale" not in out.read_text()
     evaluate = [line.split("\t")[0] for line in (searched["data"] / "evaluation_setup" / "fold1_evaluate.csv")

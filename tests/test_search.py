@@ -219,6 +219,10 @@ def test_unreachable_tracking_server_and_missing_store_are_one_line_before_any_t
     assert done.returncode == 2 and f"127.0.0.1:{port}" in done.stderr and "not reachable" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and time.perf_counter() - start < 60
     assert not (tmp_path / "runs" / "x").exists()
+    for uri in ("bogus://host/x", "file:///tmp/x"):  # a scheme MLflow does not know; one MLflow 3 refuses
+        done = run(search_cmd(store, tmp_path / "runs", "x", "--mlflow-uri", uri), timeout=120)
+        assert done.returncode == 2 and f"MLflow tracking URI {uri!r}" in done.stderr, done.stderr[-2000:]
+        assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
     missing = run(search_cmd(store, tmp_path / "runs", "y", sets=["n_mels=40"]), timeout=120)
     assert missing.returncode == 2 and "python -m search prepare DATA_DIR" in missing.stderr
     assert "--n-mels 40" in missing.stderr and "--sample-rate 22050" in missing.stderr

@@ -127,6 +127,12 @@ def load_recording(path: Path) -> Recording:
             raise ValueError("its space is not a YAML mapping")
     except (ValueError, yaml.YAMLError) as exc:
         raise AscError(f"{path}: its metadata is damaged ({str(exc).splitlines()[0]})") from None
+    if table.num_rows == 0:
+        raise AscError(f"{path}: a replay table without rows")
+    for column in COLUMNS:
+        kind = table.schema.field(column).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise AscError(f"{path}: column {column!r} holds {kind} values, not numbers (damaged)")
     df = table.to_pandas()
     n_configs, seeds, epochs = len(params), df["seed"].nunique(), int(df["epoch"].max())
     if len(df) != n_configs * seeds * epochs or set(df["config"]) != set(range(n_configs)):
