@@ -357,7 +357,9 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
         values = [Metric(prefix[s] + k, _clean(v), now, 0) for s, m in fused.items() for k, v in m.items()
                   if _clean(v) is not None]
         objective_value = objective.values(fused["selection"])["objective"]
-        values += [Metric("objective", objective_value, now, 0)] if not math.isnan(objective_value) else []
+        objective_cse = objective.clip_se(fused["selection"])  # as a trial logs it: the runs view's column
+        values += [Metric(k, v, now, 0) for k, v in (("objective", objective_value), ("objective_cse", objective_cse))
+                   if not math.isnan(v)]
         values += [Metric("members", float(len(members)), now, 0)]
         client.log_batch(run_id, metrics=values)
         client.log_text(run_id, format_result(result), "fusion.txt")

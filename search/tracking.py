@@ -56,16 +56,16 @@ def runs_view(space, unseen: bool = True) -> dict[str, str]:
     """The experiment tag that makes MLflow's runs table show a search's trials the way a person
     compares them: MLflow's own shared view (the UI reads an experiment tag
     ``mlflow.sharedViewState.KEY`` when opened with ``?viewStateShareKey=KEY``, :func:`runs_url`).
-    The trials only (the search's and the fusions' runs left out; a trial is otherwise nested, and
-    folded, under the search's run), best objective first, with the objective and its clips'
-    standard error, the selection and evaluation figures and the epoch ASHA let each reach as
-    columns, after the parameters the space searches. ``unseen``: whether the set has devices unseen in
-    training (their evaluation accuracy is a column then)."""
+    The trials and the fusions, the search's own run left out (a trial is otherwise nested, and
+    folded, under it), best objective first, with the objective and its clips' standard error, the
+    selection and evaluation figures and the epoch ASHA let each reach as columns, after the
+    parameters the space searches. ``unseen``: whether the set has devices unseen in training
+    (their evaluation accuracy is a column then)."""
     objective = space.objective.metrics + ([] if space.objective.multi else ["objective_cse"])
     figures = [m for m in _VIEW_METRICS if m not in objective and (unseen or "unseen" not in m)]
     columns = ([f"params.`{p}`" for p in space.shown] + [f"metrics.`{m}`" for m in objective + figures]
                + ["tags.`epoch_reached`", "attributes.`Duration`"])
-    view = {"searchFilter": f"tags.{ROLE_TAG} = 'trial'", "orderByKey": f"metrics.`{space.objective.metrics[0]}`",
+    view = {"searchFilter": f"tags.{ROLE_TAG} != 'search'", "orderByKey": f"metrics.`{space.objective.metrics[0]}`",
             "orderByAsc": space.objective.modes[0] == "min", "selectedColumns": columns, "columnOrder": columns}
     return {f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(view)}
 
@@ -711,12 +711,14 @@ def log_model(uri: str, run_id: str, best_files: list[Path], title: str = "", se
                for f, seed in zip(best_files, seeds)]
     client = MlflowClient(uri)
     drop_earlier_models(client, run_id)
-    kept = client.get_run(run_id).data.metrics.get("best_epoch")  # the model carries that epoch's figures
+    # MLflow links the run's metrics at one step to the model: the last, where sel_* and eval_* are
+    # the kept epoch's figures (each seed's own kept epoch, averaged: this model's figures)
+    last = max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
     with tempfile.TemporaryDirectory() as tmp:
         files = [m.save(Path(tmp) / f"member{k}.pt") for k, m in enumerate(members)]
         model_uri = log_audio_model(uri, run_id, files, metadata={
             "epochs": [m.source["epoch"] for m in members], "store": members[0].source["store"],
-            "seeds": list(seeds)}, step=int(kept) if kept is not None else 0)
+            "seeds": list(seeds)}, step=last)
     client.set_tag(run_id, MODEL_TAG, model_uri)
     return model_uri
 

@@ -95,6 +95,9 @@ def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(
     mb = f"{100 * fusion.data.metrics['sel_metric_b']:.1f} ± {100 * fusion.data.metrics['sel_metric_b_cse']:.1f}"
     headline = f"Metric B {mb} % on the selection clips that chose it"
     assert versions[0].description.startswith(headline)
+    # by Metric B, its objective and that objective's clip standard error are those figures (the runs view's columns)
+    assert fusion.data.metrics["objective"] == fusion.data.metrics["sel_metric_b"]
+    assert fusion.data.metrics["objective_cse"] == pytest.approx(fusion.data.metrics["sel_metric_b_cse"])
     note = fusion.data.tags["mlflow.note.content"]
     assert note.startswith(headline) and note.count("\n| t0") == 2 and "| 0.50 |" in note
     assert "audio bytes" in client.get_registered_model("smoke-fusion").description

@@ -133,10 +133,11 @@ def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
         assert set(table.column("split").to_pylist()) == {"selection", "evaluation"}
         models = client.search_logged_models([experiment.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
         assert len(models) == 1 and models[0].name == "model"
-        # the model carries its kept epoch's figures (MLflow's Models tab shows them)
+        # the model carries its own figures, those of the kept epoch(s) (MLflow's Models tab shows them)
         linked = {m.key: m for m in models[0].metrics or []}
-        assert linked["sel_metric_b"].step == int(r.data.metrics["best_epoch"])
+        assert linked["sel_metric_b"].step == rows[-1]["epoch"]
         assert linked["sel_metric_b"].value == r.data.metrics["sel_metric_b"]
+        assert linked["eval_metric_b"].value == r.data.metrics["eval_metric_b"]
     return {"client": client, "trials": trials, "results": results, "orphans": orphan_ids}
 
 
@@ -178,7 +179,8 @@ def test_smoke_search_on_local_ray_records_every_trial_and_prunes_honestly(store
     assert len(stopped_runs) == len(stopped) and all(r.info.status == "FINISHED" for r in stopped_runs)
 
     # The address printed opens MLflow's runs table on the search's own view: its filter selects
-    # exactly the trials, best objective first, and every column it shows is something they logged.
+    # the trials (and fusions: none yet), best objective first, and every column it shows is
+    # something they logged.
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
     assert f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=trials&" in out
