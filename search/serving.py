@@ -137,7 +137,7 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
                     metadata: dict | None = None, step: int = 0) -> str:
     """Log an :class:`AudioSceneModel` of ``member_files`` with ``weights`` under ``run_id``; returns the
     model's URI (``models:/<id>``). MLflow links the run's metrics at ``step`` to the model (its
-    Models tab shows them): a trial's kept epoch, a fusion's step 0."""
+    Models tab shows them): a trial's last epoch, a fusion's step 0."""
     weights = list(weights) if weights is not None else [1.0] * len(member_files)
     members = [Member.load(f) for f in member_files]
     names = [f"member{k}" for k in range(len(member_files))]
