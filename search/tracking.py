@@ -70,6 +70,15 @@ def runs_view(space, unseen: bool = True) -> dict[str, str]:
     return {f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(view)}
 
 
+def ensure_runs_view(uri: str, experiment_id: str, space, unseen: bool = True) -> None:
+    """Give an experiment made before searches carried :func:`runs_view` that view, so that the
+    address a resumed search prints opens its trials' table (an experiment that has it keeps it)."""
+    client = MlflowClient(uri)
+    key = f"mlflow.sharedViewState.{RUNS_VIEW}"
+    if key not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, key, runs_view(space, unseen)[key])
+
+
 def runs_url(base: str, experiment_id: str) -> str:
     """The address of a search's trials in MLflow's UI at ``base``, in :func:`runs_view`'s table and in
     the UI's model-training workspace (MLflow 3 opens in its GenAI one otherwise)."""

@@ -50,8 +50,8 @@ from search.searcher import ACTIVE, STUDY_FILE, Searcher, make_sampler, study_st
 from search.space import Space, load_space
 from search.stores import check_stores_unchanged, has_unseen_devices, resolve_stores, store_devices, store_identity
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TAG, MlflowTracker, RetryingClient, \
-    check_new_experiment, check_tracking_uri, close_dangling_runs, resume_tracking_uri, save_pending, send_pending, \
-    send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
+    check_new_experiment, check_tracking_uri, close_dangling_runs, ensure_runs_view, resume_tracking_uri, save_pending, \
+    send_pending, send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
 from search.trainable import run_trial
 from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start
 
@@ -361,6 +361,7 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     if left:
         print(f"warning: {left} kept MLflow write(s) still cannot reach {info['mlflow_uri']}")
     send_unlogged(info["mlflow_uri"], search_dir)  # trials' models it could not take then
+    ensure_runs_view(uri, info["experiment_id"], space, has_unseen_devices(info["stores"]))
     init_ray(address or info.get("address"))
     route_ray_messages(search_dir)
     print(f"resuming search {name!r} from {search_dir}")

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from mlflow import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
 from asc.faults import DIR_ENV, POINTS_ENV, marker_path
@@ -335,7 +336,14 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_
     away = run(resume, timeout=120)
     assert away.returncode == 2 and "the search's Optuna study is not here" in away.stderr, away.stderr
     (studies / "away").rename(studies / "crash")
+    # an experiment made before searches carried their runs table's view gains it on resume
+    view = "mlflow.sharedViewState.trials"
+    old = MlflowClient(resume[-1])
+    experiment_id = json.loads((storage / "crash" / "search.json").read_text())["experiment_id"]
+    shown = old.get_experiment(experiment_id).tags[view]
+    old.delete_experiment_tag(experiment_id, view)
     done = run(resume, timeout=600)
+    assert old.get_experiment(experiment_id).tags[view] == shown
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming search 'crash'" in done.stdout and "3 trials: " in done.stdout
     assert f"(--mlflow-uri; the search ran with {recorded}, and its runs are here)" in done.stdout
