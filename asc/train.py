@@ -251,7 +251,11 @@ class FeatureView:
         mean subtraction; nothing otherwise."""
         if not self.device_median:
             return x
-        return self.enhancement.after_median(median_filter_torch(x, self.enhancement.median_filter))
+        # rounded to the store's type, as a cache of it holds the filter's output and as the served
+        # model computes it (Enhancement.__call__'s cache_dtype): a float16 store trains as it serves
+        filtered = median_filter_torch(x, self.enhancement.median_filter)
+        filtered = filtered.to(getattr(torch, self.base.manifest["dtype"])).to(x.dtype)
+        return self.enhancement.after_median(filtered)
 
 
 class _Steps(torch.utils.data.Dataset):

@@ -323,12 +323,26 @@ def test_dir_changes_the_features_of_the_device_a_clips_it_draws_and_no_others(s
     np.testing.assert_array_equal(changed, half >= 0)  # the drawn clips changed, every other is as stored
 
 
-def test_a_view_filtering_on_the_device_reads_what_the_cache_gives(stores):
+@pytest.fixture(scope="module")
+def half_store(synth_set, fast_config, tmp_path_factory):
+    """The small set's store in float16, as ``prepare --dtype float16`` halves a large one."""
+    report = build_stores(read_development(synth_set), [dataclasses.replace(fast_config, dtype="float16")],
+                          tmp_path_factory.mktemp("half"))
+    return report.built[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_view_filtering_on_the_device_reads_what_the_cache_gives_and_the_served_model_computes(
+        stores, half_store, dtype):
     from asc.train import FeatureView
 
-    plain, _ = stores
+    store = stores[0] if dtype == "float32" else half_store
     enhancement = Enhancement("gms", mean_subtraction=True, median_filter=(3, 5))
     rows = np.arange(12)
-    cached = FeatureView(plain, enhancement).batch(rows)[0]
-    view = FeatureView(plain, enhancement, device_median=True)
-    np.testing.assert_allclose(view.finish(view.batch(rows)[0]).numpy(), cached.numpy(), atol=1e-5)
+    cached = FeatureView(store, enhancement).batch(rows)[0]
+    view = FeatureView(store, enhancement, device_median=True)
+    on_device = view.finish(view.batch(rows)[0]).numpy()
+    np.testing.assert_allclose(on_device, cached.numpy(), atol=1e-5)
+    # what the served model computes from the same stored features (asc.inference's Member.enhance)
+    served = enhancement(view.base.features(rows), view.mean, view.std, cache_dtype=dtype)
+    np.testing.assert_allclose(on_device, served, atol=1e-5)
