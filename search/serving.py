@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
@@ -119,6 +120,8 @@ class AudioSceneModel(PythonModel):
             for path, name in zip(paths, names):  # a clip sent as bytes is named as the caller named it
                 message = message.replace(path, name)
             raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE) from None
+        for note in self.ensemble.notes:  # e.g. unseen devices scored without spectrum correction: said, in
+            warnings.warn(note, stacklevel=2)  # the caller's warnings or the model server's log
         out = pd.DataFrame(probs, columns=self.ensemble.classes, index=pd.Index(names, name=PATH))
         out[LABEL] = [self.ensemble.classes[k] for k in probs.argmax(axis=1)]
         return out

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile
 import torch
@@ -23,6 +24,7 @@ from asc.models import ModelConfig
 from asc.responses import SHIPPED, mel_gains, read_responses
 from asc.store import build_stores
 from asc.train import TrainConfig, train
+from search.serving import AudioSceneModel
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,9 +214,12 @@ def test_the_audio_model_predicts_from_audio_what_the_trial_predicted_from_the_s
     files = [str(synth_set / f) for f in saved["filenames"]]
     served = Ensemble([member]).predict(files, devices=list(saved["devices"]))
     np.testing.assert_allclose(served, saved["probs"], atol=1e-5)
+    model = AudioSceneModel()  # the logged model's code, sent the clips' bytes as a model server is
+    model.ensemble = Ensemble([member])
+    sent = model.predict(None, pd.DataFrame({"audio": [Path(f).read_bytes() for f in files], "device": saved["devices"]}))
+    np.testing.assert_allclose(sent[member.classes].to_numpy(), saved["probs"], atol=1e-5)
     if case == "median_filter+mean_subtraction":  # the batch steps after a cached median filter, and the
         import mlflow  # model as MLflow logs and loads it (the pyfunc flavour every server uses)
-        import pandas as pd
 
         from search.serving import log_audio_model
 
@@ -255,6 +260,10 @@ def test_the_audio_model_refuses_unknown_devices_and_other_lengths_and_notes_uns
     unseen = next((unseen_set / "audio").glob("*-s1.wav"))
     ensemble.predict([str(unseen)])
     assert ensemble.notes and "(s1: unseen in training) were scored uncorrected" in ensemble.notes[0]
+    served = AudioSceneModel()  # the logged model says so too (a warning: the model server's log)
+    served.ensemble = ensemble
+    with pytest.warns(UserWarning, match=r"1 clip\(s\) of devices .*\(s1: unseen in training\) were scored uncorrected"):
+        served.predict(None, pd.DataFrame({"path": [str(unseen)]}))
     y, sr = soundfile.read(str(clip))
     soundfile.write(tmp_path / "short-a.wav", y[: len(y) // 2], sr, subtype="PCM_24")
     with pytest.raises(AscError, match=r"short-a.wav: 0.50 s gives \d+ frames; the model was trained on clips of \d+"):
