@@ -278,7 +278,7 @@ def _params_cell(row: dict, keys: list[str]) -> str:
     return " ".join(cells) or row["describe"]
 
 
-_SHORT = {"enhancement": "enh", "normalization": "norm", "mixup_alpha": "alpha"}
+_SHORT = {"enhancement": "enh", "normalization": "norm", "mixup_alpha": "mixup"}
 
 
 def _short(key: str) -> str:
