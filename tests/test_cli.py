@@ -202,3 +202,21 @@ def test_describe_piped_into_head_ends_quietly(synth_set):
     assert result.stderr.strip() in ("status=0", "status=141"), result.stderr
 
 
+
+
+def test_only_the_command_line_sets_its_quiet_defaults():
+    """A process that loads a logged model imports this package (the model carries it): its environment
+    and logging stay its own. ``python -m search`` sets the command line's defaults."""
+    probe = ("import logging, os, sys; import search.serving, search.tuner; "
+             "print(sorted(k for k in ('TUNE_WARN_THRESHOLD_S', 'MLFLOW_HTTP_REQUEST_MAX_RETRIES', "
+             "'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR') if k in os.environ), "
+             "logging.getLogger('alembic.runtime.migration').level)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNE_", "MLFLOW_"))}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] 0", out
+    cli = subprocess.run([sys.executable, "-c", "import runpy, os, sys; sys.argv = ['search', '--help'];\n"
+                          "try: runpy.run_module('search', run_name='__main__')\nexcept SystemExit: pass\n"
+                          "print(os.environ['TUNE_WARN_THRESHOLD_S'])"], cwd=Path(__file__).resolve().parents[1],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert cli.strip().endswith("5"), cli[-200:]
