@@ -88,3 +88,14 @@ def test_bench_devices_end_to_end_on_a_tiny_set(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "reusing it" in again.stdout and "nothing to do" in again.stdout
+
+
+def test_dirs_feature_domain_error_is_small_beside_what_dir_changes(synth_set, fast_config):
+    """--dir-error on the small set: the approximation's error per band, and the yardstick it is judged by."""
+    from asc.dataset import read_development
+    from search.bench.devices import dir_error
+
+    err = dir_error(read_development(synth_set), 2, fast_config)
+    assert err["clips"] == 2 and err["responses"] == 66 and len(err["per_band_mean_db"]) == fast_config.n_mels
+    assert 0 <= err["bias_db"] <= err["mean_db"] <= err["p95_band_db"] <= err["worst_band_db"]
+    assert err["mean_db"] < err["shaping_mean_db"] / 5, err
