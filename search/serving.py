@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from importlib.metadata import version
@@ -95,6 +96,17 @@ def input_clips(model_input, folder: Path) -> tuple[list[str], list[str], list[s
                    f"column (files), {got}")
 
 
+SERVE_PATHS = "ASC_SERVE_PATHS"  # "1": a model server may read the files its clients name
+
+
+def _over_http() -> bool:
+    """Whether this process is MLflow's model server (``mlflow models serve``, its Docker image), whose
+    clients should not read the server's files by naming them (a folder would list them, a missing file
+    would say so): there, clips come as bytes unless the server is started with ``ASC_SERVE_PATHS=1``.
+    MLflow has no public flag for it; its server's application module is loaded only there."""
+    return "mlflow.pyfunc.scoring_server.app" in sys.modules and os.environ.get(SERVE_PATHS) != "1"
+
+
 class AudioSceneModel(PythonModel):
     """Scene probabilities from audio (see the module docstring)."""
 
@@ -112,6 +124,10 @@ class AudioSceneModel(PythonModel):
         (or, for audio bytes, the ``path`` column's name, else ``clip<k>``)."""
         paths, names = [], []
         try:
+            if _over_http() and not (isinstance(model_input, pd.DataFrame) and AUDIO in model_input.columns):
+                raise AscError(f"audio model input: this model server reads no files its clients name (no {AUDIO!r} "
+                               f"column); send each clip's bytes in an {AUDIO!r} column, or start the server with "
+                               f"{SERVE_PATHS}=1 to let clients name its files")
             with tempfile.TemporaryDirectory() as tmp:
                 paths, names, devices = input_clips(model_input, Path(tmp))
                 probs = self.ensemble.predict(paths, devices=devices)

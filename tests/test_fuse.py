@@ -218,6 +218,14 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
         assert refused.value.code == 400
         message = json.loads(refused.value.read())["message"]  # MLflow's "Failed to predict ...", then ours
         assert message.strip().splitlines()[-1].startswith("Error: bad-b.wav: not a readable audio file"), message
+        with pytest.raises(urllib.error.HTTPError) as named:  # the server's own files are not its clients' to read
+            body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[str(searched["data"] / "audio")]]}})
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                                          headers={"Content-Type": "application/json"}), timeout=120)
+        assert named.value.code == 400
+        message = json.loads(named.value.read())["message"].strip().splitlines()[-1]
+        assert "this model server reads no files its clients name (no 'audio' column)" in message, message
+        assert "ASC_SERVE_PATHS=1" in message
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)
