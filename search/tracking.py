@@ -486,6 +486,11 @@ class MlflowTracker(Callback):
             self.client.set_tag(run_id, "resumed", "true")
             self.logged[trial.trial_id] = max((m.step for m in self.client.get_metric_history(run_id, "train_loss")),
                                               default=0)
+            self.runs[trial.trial_id] = run_id
+            # epochs an earlier driver kept for a server that did not answer, and died holding: Tune
+            # recorded them, and will not report those before the trial's checkpoint again
+            for result in recorded_results(trial):
+                self._log_result(run_id, trial, result)
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags=run_tags({
                 "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SEARCH_TAG: self.search,
@@ -587,6 +592,25 @@ class MlflowTracker(Callback):
         if trial.error_file and os.path.isfile(trial.error_file):
             self.client.set_tag(run_id, "error", Path(trial.error_file).read_text()[-4000:])
         self.client.set_terminated(run_id, "FAILED")
+
+
+def recorded_results(trial) -> list[dict]:
+    """The results Tune recorded for ``trial`` (its ``result.json``), one per epoch (the last report
+    of an epoch counts: a trial resumed from the checkpoint before it reports it again, equal), in
+    order; none where the file is not there or not readable."""
+    for folder in (trial.path, trial.local_path):
+        path = Path(folder or "") / "result.json"
+        if folder and path.is_file():
+            break
+    else:
+        return []
+    rows = {}
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):  # a line cut short by the driver's death
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("epoch"), (int, float)):
+                rows[int(row["epoch"])] = row
+    return [rows[e] for e in sorted(rows)]
 
 
 def percent(figures: dict, key: str, errors: tuple = (("_cse", ""),)) -> str:

@@ -392,6 +392,9 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
     try:
         results = tuner.fit()
     except BaseException:  # a crash of the driver's own: leave nothing RUNNING, say how to continue
+        tracker = TRACKERS.get("tracker")
+        if tracker is not None and tracker._client is not None:  # kept writes, for `resume` to send
+            save_pending([tracker.client], search_dir)
         close_dangling_runs(info["mlflow_uri"], info["experiment_id"], parent, {})
         client.set_terminated(parent, "KILLED")
         print(f"the search stopped; continue it with `{resume}`", file=sys.stderr)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 
 from tests.test_faults import (_mlflow_server, armed, assert_same_rows, ctrl_c_as_in_a_terminal, finish, label_ids,
-                               reference_reports, release, wait_fault)
-from tests.test_search import (ENV, REPO, _free_port, _kill_group, _wait_http, check_records, check_study,  # noqa: F401
-                               mlflow_runs, run, search_cmd, store)
+                               reference_reports, release, tune_epochs, wait_fault)
+from tests.test_search import (ENV, REPO, _free_port, _kill_group, _wait_for, _wait_http, check_records,  # noqa: F401
+                               check_study, mlflow_runs, run, search_cmd, store)
 
 
 def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_restarts_a_damaged_trial(store,
@@ -141,6 +142,45 @@ def test_a_tracking_server_down_when_a_trial_starts_loses_none_of_its_epochs(sto
         t001 = client.get_run(by_label["t001"].info.run_id)
         assert "artifact_error" not in t001.data.tags and "model_uri" in t001.data.tags
         assert {a.path for a in client.list_artifacts(t001.info.run_id)} >= {"predictions.parquet"}
+
+
+def test_a_driver_killed_while_the_tracking_server_is_away_loses_no_epoch_once_resumed(store, tmp_path):
+    """The server stops after the first trial's first epoch, the driver keeps that trial's epochs for
+    it and is killed holding them; the server comes back and `resume` finishes the search: every epoch
+    of every trial is in MLflow exactly once, those the dead driver held taken from Tune's records."""
+    storage, faults, port = tmp_path / "runs", tmp_path / "faults", _free_port()
+    uri, down, held = f"http://127.0.0.1:{port}", "trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2"
+    server, search, paused = _mlflow_server(tmp_path, port), None, {}
+    try:
+        _wait_http(f"{uri}/health", 300)
+        search = subprocess.Popen(
+            search_cmd(store, storage, "held", "--num-samples", "2", "--max-concurrent", "1", "--mlflow-uri", uri,
+                       sets=["epochs=3", "scheduler=none"]),
+            cwd=REPO, env=armed(faults, down, held, base=QUICK_RETRIES), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        wait_fault(faults, down, search)
+        _kill_group(server)
+        release(faults, down)
+        paused = wait_fault(faults, held, search)
+        # the driver has processed the second epoch (Tune saved it), so it holds it for the server
+        t001 = lambda: label_ids(storage, "held").get("t001")  # noqa: E731
+        _wait_for(lambda: t001() and tune_epochs(storage / "held").get(t001()) == 2, 600,
+                  "Tune's saved state to hold the first trial's epoch 2", search)
+    finally:
+        if search is not None:
+            _kill_group(search)
+        with contextlib.suppress(ProcessLookupError, KeyError):
+            os.kill(paused["pid"], signal.SIGKILL)  # it dies with its raylet anyway
+        _kill_group(server)
+    server = _mlflow_server(tmp_path, port)
+    try:
+        _wait_http(f"{uri}/health", 300)
+        done = run([sys.executable, "-m", "search", "resume", "held", "--storage", str(storage)], timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        records = check_records(uri, storage, "held", 2)  # every epoch once, every run FINISHED
+        check_study(storage, "held", records["results"])
+    finally:
+        _kill_group(server)
 
 
 def test_resume_names_a_trial_whose_artifacts_still_cannot_be_logged_and_keeps_its_record(tmp_path, capsys):
