@@ -222,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--size", type=COUNT, default=None,
                       help="bootstrap, gated, greedy: most picks, with replacement (default 10); top: members "
                            "(default 3)")
-    fuse.add_argument("--bags", type=NON_NEGATIVE, default=0,
+    fuse.add_argument("--bags", type=integer(0, 1000), default=0,
                       help="bootstrap: resamples of the selection clips (0: 40); greedy: bagged repeats on random "
-                           "halves of the candidates (default 0); gated: the same (0: 20)")
+                           "halves of the candidates (default 0); gated: the same (0: 20); at most 1000")
     fuse.add_argument("--full-budget", action="store_true", help="candidates: only trials that trained every epoch")
     fuse.add_argument("--seed-members", action="store_true",
                       help="searches with seeds: every seed's model is a candidate (default: each trial's seed average)")

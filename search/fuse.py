@@ -47,6 +47,7 @@ from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _c
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
+MAX_BAGS = 1000  # resamples (or bagged repeats) a fusion may ask for: each is a greedy selection
 BOOTSTRAP_BAGS = 40  # the default fusion's bootstrap resamples of the selection clips, unless --bags says
 GATE_BAGS = 20  # the gated fusion's bagged repeats, unless --bags says otherwise
 GATE_SPLITS = 5  # its random halvings of the selection clips (each half held back once)
@@ -245,8 +246,12 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError(f"--by {by!r}: fusion needs one number to maximise: one of {', '.join(SINGLE)}")
     if size is not None and size < 1:
         raise AscError(f"--size {size}: must be at least 1")
-    if bags < 0:
-        raise AscError(f"--bags {bags}: must be 0 (no bagging) or more")
+    if not 0 <= bags <= MAX_BAGS:
+        raise AscError(f"--bags {bags}: must be 0 (the method's default) to {MAX_BAGS}")
+    if bags and method in ("top", "per-enhancement"):
+        raise AscError(f"--bags {bags}: --method {method} does not resample (bootstrap, gated and greedy do)")
+    if size is not None and method == "per-enhancement":
+        raise AscError(f"--size {size}: --method per-enhancement takes one trial of each enhancement, whatever their number")
     if by == "gap_penalized" and gap_lambda is None:
         raise AscError("--by gap_penalized needs --gap-lambda (the weight of |device gap|)")
     check_registry_names(register, alias)
@@ -270,6 +275,9 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         print(f"note: {note}")
     check_pooled_devices(by, clips["selection"].devices.tolist(), clips["selection"].seen or (),
                          f"fusion of {experiment!r} by")
+    if method == "top" and size is not None and size > len(candidates):
+        raise AscError(f"--size {size}: the top {size} of {len(candidates)} candidate(s) of {experiment!r}; give "
+                       f"--size {len(candidates)} or less")
     selection = choose(candidates, clips, method, objective, size, bags, seed)
     metrics: dict = {}
     for i, c in enumerate(candidates):

@@ -319,7 +319,10 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
                           (["--experiment", "nope"], "nope"), (["--register", "a/b"], "--register 'a/b'"),
                           (["--register", " "], "--register"), (["--alias", "champion"], "--register NAME"),
                           (["--register", "smoke-fusion", "--alias", "v2"], "--alias 'v2'"),
-                          (["--register", "smoke-fusion", "--alias", "x" * 300], "--alias")):
+                          (["--register", "smoke-fusion", "--alias", "x" * 300], "--alias"),
+                          (["--bags", "1001"], "--bags"), (["--method", "top", "--bags", "5"], "--bags 5"),
+                          (["--method", "top", "--size", "99"], "--size 99"),
+                          (["--method", "per-enhancement", "--size", "2"], "--size 2")):
         argv = ["fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], *args]
         done = cli(*argv)
         assert done.returncode != 0 and "Traceback" not in done.stderr, args
