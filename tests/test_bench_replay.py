@@ -130,3 +130,14 @@ def test_bad_tables_are_one_line(tmp_path):
     write_table(tmp_path / "badspace.parquet", space=SPACE + "bogus: 1\n")
     with pytest.raises(AscError, match=r"badspace.parquet \(its recorded space\): bogus: unknown key"):
         load_recording(tmp_path / "badspace.parquet")
+    write_table(tmp_path / "good.parquet")
+    good = pq.read_table(tmp_path / "good.parquet")
+    rows = good.to_pylist()
+    pq.write_table(pa.Table.from_pylist(rows[:-1] + rows[:1]).replace_schema_metadata(good.schema.metadata),
+                   tmp_path / "twice.parquet")  # the row count whole, one row in another's place
+    with pytest.raises(AscError, match=r"twice.parquet: configuration 0, seed 0, epoch 1 recorded twice"):
+        load_recording(tmp_path / "twice.parquet")
+    rows[3]["objective"] = float("nan")
+    pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata(good.schema.metadata), tmp_path / "nan.parquet")
+    with pytest.raises(AscError, match=r"nan.parquet: a figure that is not a finite number"):
+        load_recording(tmp_path / "nan.parquet")

@@ -138,6 +138,15 @@ def load_recording(path: Path) -> Recording:
     if len(df) != n_configs * seeds * epochs or set(df["config"]) != set(range(n_configs)):
         raise AscError(f"{path}: {len(df)} rows, not {n_configs} configurations x {seeds} seeds x {epochs} epochs "
                        "(truncated, or not from one full-budget grid)")
+    repeated = df.duplicated(["config", "seed", "epoch"])
+    if (repeated.any() or set(df["seed"]) != set(range(seeds)) or set(df["epoch"]) != set(range(1, epochs + 1))):
+        where = df[repeated].iloc[0] if repeated.any() else None
+        raise AscError(f"{path}: " + (f"configuration {int(where['config'])}, seed {int(where['seed'])}, epoch "
+                                      f"{int(where['epoch'])} recorded twice" if where is not None else
+                                      f"seeds {sorted(set(df['seed']))} or epochs not 0..{seeds - 1} and 1..{epochs}")
+                       + " (damaged, or not from one full-budget grid)")
+    if not np.isfinite(df[["objective", "eval_metric_b"]].to_numpy(float)).all():
+        raise AscError(f"{path}: a figure that is not a finite number (damaged)")
     df = df.sort_values(["config", "seed", "epoch"])
     shape = (n_configs, seeds, epochs)
     recording = Recording(meta["space"], params, df["objective"].to_numpy(float).reshape(shape),
@@ -157,9 +166,10 @@ def export_recording(uri: str, experiment: str, out: Path, command: str) -> Reco
     from mlflow.tracking import MlflowClient
 
     from search.bench.search import machine_line
-    from search.tracking import artifact_text
+    from search.tracking import artifact_text, check_tracking_uri
     from search.warmstart import _parse
 
+    check_tracking_uri(uri, must_exist=True)  # a store that is not there is not made to find that out
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -192,6 +202,11 @@ def export_recording(uri: str, experiment: str, out: Path, command: str) -> Reco
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     pq.write_table(table.replace_schema_metadata({k: str(v) for k, v in meta.items()}), tmp)
+    try:  # checked before it replaces anything (the shipped recording is the default --table)
+        load_recording(tmp)
+    except AscError as exc:
+        tmp.unlink()
+        raise AscError(f"--export {experiment}: not a replay table, nothing written: {exc}") from None
     os.replace(tmp, out)
     return load_recording(out)
 
@@ -750,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             every += [s for s in sweep(DEFAULT) if s.name not in {t.name for t in every}]
         chosen = [s for s in every if not args.only or any(s.name.startswith(o) for o in args.only)]
+        if not chosen:
+            raise AscError(f"--only {' '.join(args.only)}: no strategy's name starts so (the strategies: "
+                           f"{', '.join(s.name for s in every)})")
         if DEFAULT not in chosen and not args.only:
             chosen.insert(0, DEFAULT)
         rows = []
