@@ -112,7 +112,10 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
         try:
             fit()
         except CheckpointMismatch as exc:
-            say(f"{label}: its checkpoint {exc.path}: {exc.reason}; the trial starts again from its first epoch")
+            shown = Path(exc.path)  # named where it is kept (Tune's checkpoint), not in the work copy deleted below
+            if checkpoint is not None and shown.is_relative_to(work):
+                shown = Path(checkpoint.path) / shown.relative_to(work)
+            say(f"{label}: its checkpoint {shown}: {exc.reason}; the trial starts again from its first epoch")
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             fit()
