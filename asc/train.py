@@ -87,6 +87,8 @@ def read_checkpoint(path: Path, keys: tuple = ("config", "history", "best", "epo
     if path.name == "last.pt" and state.get("code") != code_version():
         raise CheckpointMismatch(path, f"written by other code (asc source {state.get('code')}; this is "
                                        f"{code_version()})")
+    if path.name == "last.pt" and state.get("torch") != torch.__version__:  # its kernels may sum in another order
+        raise CheckpointMismatch(path, f"written with torch {state.get('torch')}; this is torch {torch.__version__}")
     return state
 
 
@@ -346,14 +348,26 @@ def _enough(train: np.ndarray, config: TrainConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 def _device(config: TrainConfig) -> torch.device:
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(config.device)
-    except RuntimeError as exc:
-        raise AscError(f"device {config.device!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AscError(f"device {config.device!r}: no CUDA device here (use 'auto' or 'cpu')")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(config.device)
+        except RuntimeError as exc:
+            raise AscError(f"device {config.device!r}: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise AscError(f"device {config.device!r}: no CUDA device here (use 'auto' or 'cpu')")
+    if device.type == "cuda":
+        _deterministic_cuda()
     return device
+
+
+def _deterministic_cuda() -> None:
+    """cuDNN's deterministic kernels, chosen the same way every run (no autotuning), and cuBLAS's fixed
+    workspace: what a run resumed from its checkpoint needs to compute what the uninterrupted run does
+    (the CPU's kernels already are). Whether it does on a GPU, and at what cost, is not measured yet."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, at the first matmul
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def dir_draws(rng: np.random.Generator, stream: np.ndarray, p: float, is_reference: np.ndarray,
@@ -606,7 +620,8 @@ class Training:
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                           "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                           "history": self.history, "best": best, "epoch": epoch, "config": config.to_dict(),
-                          "format": CHECKPOINT_FORMAT, "code": code_version()},
+                          "format": CHECKPOINT_FORMAT, "code": code_version(),
+                          "torch": torch.__version__},
                          ckpt_dir / "last.pt")
         self.epoch = epoch
         self.rng = _rng_state(device)

@@ -261,6 +261,9 @@ def test_a_checkpoint_that_cannot_resume_the_run_names_what_differs(small_store,
     torch.save({**state, "code": "0123456789ab"}, one / "last.pt")
     with pytest.raises(CheckpointMismatch, match=r"last.pt: written by other code \(asc source 0123456789ab; this is "):
         train(_config(small_store, epochs=2, checkpoint_dir=str(one)))
+    torch.save({**state, "torch": "1.0.0"}, one / "last.pt")
+    with pytest.raises(CheckpointMismatch, match=r"last.pt: written with torch 1.0.0; this is torch "):
+        train(_config(small_store, epochs=2, checkpoint_dir=str(one)))
     model = dict(state["model"])
     model[next(iter(model))] = torch.zeros(3, 3)
     torch.save({**state, "model": model}, one / "last.pt")
