@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=SEED, default=None, help="sampler seed (default: the space's)")
     run.add_argument("--study-dir", default=None,
                      help="where the Optuna study (SQLite) lives, in STUDY_DIR/NAME; on a cluster a folder on the "
-                          "head's own disk, not the NFS --storage (default: STORAGE/NAME)")
+                          "head's own disk, not the NFS --storage (default: STORAGE/NAME, or ~/asc-studies/NAME when "
+                          "STORAGE is on a network file system)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a space key, e.g. --set epochs=3 --set scheduler.grace_period=1 (repeatable)")
     run.add_argument("--seeds", type=COUNT, default=None,

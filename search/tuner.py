@@ -228,11 +228,18 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     except OSError as exc:
         raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
     search_dir.mkdir(parents=True, exist_ok=True)
-    if settings.study_dir:
+    study_dir = settings.study_dir
+    shared = network_filesystem(storage)
+    if study_dir is None and shared:  # SQLite's locks do not hold there; the driver's own disk does
+        study_dir = LOCAL_STUDIES
+        print(f"note: --storage {storage} is on {shared}, where SQLite's locking is not safe: the Optuna study "
+              f"goes to this machine's disk, {Path(study_dir).expanduser() / name} (--study-dir chooses; resume "
+              "runs here)")
+    if study_dir:
         try:
-            (Path(settings.study_dir).expanduser().resolve() / name).mkdir(parents=True, exist_ok=True)
+            (Path(study_dir).expanduser().resolve() / name).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise AscError(f"--study-dir {settings.study_dir}: cannot create it ({exc.strerror or exc})") from None
+            raise AscError(f"--study-dir {study_dir}: cannot create it ({exc.strerror or exc})") from None
     route_ray_messages(search_dir)
     (search_dir / SPACE_FILE).write_text(space.text)
     local_artifacts = None if mlflow_uri.startswith(("http://", "https://")) else storage / "mlartifacts"
@@ -246,10 +253,35 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
             "command": command, **options, "max_failures": settings.max_failures,
             "reuse_actors": settings.reuse_actors, "top": settings.top, "store_names": store_names,
             "warm_start": list(settings.warm_start),
-            "study_dir": str(Path(settings.study_dir).expanduser().resolve() / name) if settings.study_dir else None}
+            "study_dir": str(Path(study_dir).expanduser().resolve() / name) if study_dir else None}
     write_atomic(search_dir / SEARCH_FILE, json.dumps(info, indent=1))
     tuner = _new_tuner(space, info, storage, warm)
     return _fit_and_report(tuner, space, info, search_dir)
+
+
+LOCAL_STUDIES = "~/asc-studies"  # a study's folder when --storage is a network file system (cluster.yaml's too)
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "ceph", "fuse.sshfs",
+                       "fuse.s3fs", "fuse.gcsfuse", "fuse.glusterfs", "fuse.cephfs", "9p")
+
+
+def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the network file system ``path`` lies on (``nfs4``), or None for a local disk (or
+    where the mount table cannot be read). ``mounts``: the text of ``/proc/mounts`` (read when None)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    path = Path(path).resolve()
+    best, kind = None, None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (path == point or point in path.parents) and (best is None or len(point.parts) > len(best.parts)):
+            best, kind = point, fields[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
 
 
 def _check_resources(settings: SearchSettings) -> None:

@@ -292,3 +292,17 @@ def test_readme_check_catches_a_wrong_command(config):
         check_readme_commands(good.replace("--gpus-per-trial", "--gpu-per-trial"), config)
     with pytest.raises(AssertionError):  # the study on the NFS share
         check_readme_commands(good.replace("--study-dir ~/asc-studies", f"--study-dir {RUNS}"), config)
+
+
+def test_a_search_on_the_share_keeps_its_study_on_the_heads_disk_without_being_told(config):
+    """`run` without --study-dir whose --storage is the cluster's NFS share puts the Optuna study in the
+    folder the head's setup makes (SQLite's locks do not hold on NFS); a local --storage keeps it there."""
+    from search.tuner import LOCAL_STUDIES, network_filesystem
+
+    fstab = next(c for c in _node_commands(config)["head"] if "/etc/fstab" in c)
+    kind = re.search(rf"\$NFS_SOURCE {SHARED} (\S+) ", fstab).group(1)  # the share's type, as fstab mounts it
+    mounts = f"/dev/nvme0n1p1 / ext4 rw 0 0\nfs-0123.efs.example:/ {SHARED} {kind} rw,relatime 0 0\n"
+    assert network_filesystem(Path(RUNS), mounts) == kind
+    assert network_filesystem(Path("/home/ubuntu/runs"), mounts) is None
+    head_dirs = " ".join(c for c in config["head_setup_commands"] if "mkdir" in c)
+    assert LOCAL_STUDIES in head_dirs
