@@ -40,7 +40,7 @@ from asc.device_table import device_table
 from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
 from search.report import clip_warning
-from search.serving import download_members, log_audio_model
+from search.serving import download_members, log_audio_model, registry_uri
 from search.space import CONDITIONAL
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _clean, _log_params, \
     check_tracking_uri, confusion_figure, percent, run_tags, selected_on
@@ -258,7 +258,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     objective = Objective(by, gap_lambda)
     progress = sys.stderr.isatty() if progress is None else progress
     check_tracking_uri(mlflow_uri, must_exist=True)
-    client = MlflowClient(mlflow_uri)
+    client = MlflowClient(mlflow_uri, registry_uri=registry_uri(mlflow_uri))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         known = [e.name for e in client.search_experiments(max_results=50) if e.name != "Default"]
@@ -398,7 +398,7 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
                 "search": result.experiment, "method": result.method, "by": result.by})
         client.set_tag(run_id, MODEL_TAG, result.model_uri)
         if register:  # the names were checked before any work (check_registry_names)
-            mlflow.set_registry_uri(uri)
+            mlflow.set_registry_uri(registry_uri(uri))
             version = mlflow.register_model(result.model_uri, register).version
             result.registered = f"models:/{register}/{version}"
             client.update_model_version(register, version, description=f"{_headline(result)}. {_title(result)}")

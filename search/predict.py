@@ -22,7 +22,7 @@ from asc.errors import AscError
 from asc.metrics import device_metrics
 from asc.submission import FORMATS, write_submission
 from asc.device_table import device_table
-from search.serving import AudioSceneModel
+from search.serving import AudioSceneModel, registry_uri
 from search.tracking import check_tracking_uri
 
 
@@ -34,7 +34,7 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
     elif mlflow_uri:
         check_tracking_uri(mlflow_uri, must_exist=True)
         mlflow.set_tracking_uri(mlflow_uri)
-        mlflow.set_registry_uri(mlflow_uri)
+        mlflow.set_registry_uri(registry_uri(mlflow_uri))
     try:
         # into a folder of its own: given none, MLflow loads a local store's model in place and writes a
         # file into the store's folder (fails on a read-only shared store). The members are read into

@@ -213,11 +213,17 @@ def _input_example(member) -> pd.DataFrame:
     return pd.DataFrame({PATH: ["audio/example-a.flac"], AUDIO: [buffer.getvalue()]})
 
 
+def registry_uri(tracking_uri: str) -> str:
+    """Where models are registered and ``models:/`` URIs resolve: ``MLFLOW_REGISTRY_URI`` when it is set
+    (MLflow's own order), else the tracking store."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+
+
 def download_members(model_uri: str, folder: Path, tracking_uri: str) -> tuple[list[Path], list[float]]:
     """The member files and weights of a logged :class:`AudioSceneModel`, downloaded into ``folder``."""
     # models:/ URIs resolve through the process's tracking and registry URIs, whatever one passes
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri(tracking_uri))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
     spec_files = list(local.glob(f"artifacts/{SPEC}"))
     if not spec_files:

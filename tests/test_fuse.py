@@ -234,6 +234,27 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
 
 
+def test_a_registry_apart_from_the_tracking_store_is_where_fuse_registers_and_predict_looks(searched, tmp_path):
+    """`MLFLOW_REGISTRY_URI`, as MLflow itself reads it: the fusion's model version and alias go to that
+    registry, and `predict models:/NAME@ALIAS` finds them there."""
+    from mlflow import MlflowClient
+
+    if "members" not in searched:
+        pytest.skip("needs the fusion of the test before")
+    registry = f"sqlite:///{tmp_path / 'registry.db'}"
+    env = {**ENV, "MLFLOW_REGISTRY_URI": registry}
+    done = run([sys.executable, "-m", "search", "fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"],
+                "--method", "top", "--size", "1", "--register", "apart", "--alias", "champion"], env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    apart = MlflowClient(searched["uri"], registry_uri=registry).get_model_version_by_alias("apart", "champion")
+    assert int(apart.version) == 1
+    assert not MlflowClient(searched["uri"]).search_registered_models(filter_string="name = 'apart'")
+    out = tmp_path / "sub.csv"
+    done = run([sys.executable, "-m", "search", "predict", "models:/apart@champion", str(searched["data"]), "--out",
+                str(out), "--mlflow-uri", searched["uri"]], env=env, timeout=300)
+    assert done.returncode == 0 and out.is_file(), done.stderr[-3000:]
+
+
 def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, tmp_path):
     if "members" not in searched:
         pytest.skip("needs the fusion of the test before")
