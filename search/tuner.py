@@ -83,7 +83,8 @@ class SearchSettings:
     max_failures: int = 3  # retries of a trial whose worker died, each from its last checkpoint
     # Off, as Ray Tune's own default since 2024 (ray-project/ray#42951): with reuse, a worker killed as
     # one trial ended and the next began made the next trial fail twice on the same dead cached actor
-    # and end FAILED. A fresh actor per trial costs a few seconds a trial (search/bench/search.py).
+    # and end FAILED. A fresh actor per trial costs about 10 s a trial against 1.4 s with reuse, on a busy
+    # 2-core machine (python -m search bench-search; search/bench/README.md).
     reuse_actors: bool = False
     top: int = 10  # rows of the best-trials table
 
