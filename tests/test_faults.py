@@ -41,8 +41,10 @@ TIMING = ("seconds", "train_seconds", "data_wait_share", "train_clips_per_s", "e
 
 @pytest.fixture(scope="module", autouse=True)
 def busy_machine():
-    """Two processes burning a core each at normal priority, for as long as this module's tests run."""
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    """Two processes burning a core each at normal priority, for as long as this module's tests run
+    (and no longer: each stops when its parent does, should the test runner be killed)."""
+    burn = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
     yield
     for proc in burners:
         proc.kill()
