@@ -2,6 +2,7 @@
 points at a document or path a clone does not have, and every link between its Markdown pages resolves."""
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -43,3 +44,67 @@ def test_every_relative_link_of_a_page_resolves(page):
               if "://" not in target and not target.startswith("mailto:")
               and not (path.parent / target).resolve().exists()]
     assert not broken, f"{page} links to files the repository lacks: {broken}"
+
+
+# Every command the Markdown pages show, in their code blocks: `python -m search ...` and
+# `python -m asc ...`, synopses included (``[--opt X]`` is taken as given, ``a|b`` as ``a``, ``N`` as a
+# number, ``...`` dropped). The folder map's lines (a command, then a description after two spaces) and
+# lists of commands (``demo|prepare|...``) are not commands.
+FENCE = re.compile(r"```(?:bash|sh|console)?\n(.*?)```", re.S)
+COMMAND = re.compile(r"python -m (search|asc) ([^'`#\n&;]*)")
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    found = []
+    for path in tracked_text_files():
+        if path.suffix != ".md":
+            continue
+        for block in FENCE.findall(path.read_text()):
+            for line in block.replace("\\\n", " ").splitlines():
+                for tool, rest in COMMAND.findall(line):
+                    rest = rest.split(" | ")[0].strip()  # a pipe into another command
+                    if not rest or "|" in rest.split()[0] or re.match(r"\S+ {2,}", rest):
+                        continue
+                    words = [w.split("|")[0] for w in shlex.split(rest.replace("[", " ").replace("]", " "))
+                             if w != "..."]
+                    found.append((str(path.relative_to(REPO)), tool, ["2" if w == "N" else w for w in words]))
+    return found
+
+
+def test_every_documented_command_parses_with_the_real_command_line():
+    import importlib
+
+    from asc.__main__ import build_parser as asc_parser
+    from search.__main__ import BENCHMARKS, build_parser as search_parser
+
+    commands = documented_commands()
+    assert len(commands) >= 30, commands  # the extraction itself works
+    wrong = []
+    for page, tool, words in commands:
+        if tool == "search" and words[0] in BENCHMARKS:
+            parser, argv = importlib.import_module(BENCHMARKS[words[0]][0]).build_parser(), words[1:]
+        else:
+            parser, argv = (search_parser() if tool == "search" else asc_parser()), words
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            wrong.append(f"{page}: python -m {tool} {' '.join(words)}")
+            continue
+        # argparse takes an option's prefix too (``--stor``): the page must spell it whole
+        spelled = {w.split("=")[0] for w in argv if w.startswith("--")} - option_strings(parser)
+        if spelled:
+            wrong.append(f"{page}: python -m {tool} {' '.join(words)}: {', '.join(sorted(spelled))} abbreviated")
+    assert not wrong, "commands the command line refuses:\n" + "\n".join(wrong)
+
+
+def option_strings(parser) -> set[str]:
+    """Every option of ``parser`` and of its sub-commands."""
+    import argparse
+
+    out = set()
+    for action in parser._actions:
+        out.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= option_strings(sub)
+    return out
