@@ -37,7 +37,7 @@ def read_responses(spec: str, sample_rate: int) -> list[tuple[str, np.ndarray]]:
     AscError line for a folder that is missing or empty, or a file that is not mono audio, cannot be
     resampled, or is silent."""
     folder = response_folder(spec)
-    what = f"dir_responses {spec}" + ("" if spec == "micirp" else "")
+    what = f"dir_responses {spec}"
     if not folder.is_dir():
         raise AscError(f"{what}: no such folder of impulse responses")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".wav", ".flac") and p.is_file())

@@ -83,10 +83,10 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
     write_submission([c.filename for c in clips], predicted, out, fmt)
     if fmt == "dcase" and out.suffix.lower() == ".csv":
         # dcase_util's default loader reads a .csv file's first line as its header (a .txt file's rows it
-        # reads as they are); the format has none, so the first clip would be lost to it.
-        print(f"note: {out.name}: dcase_util's default loader takes a .csv file's first line for a header; read "
-              "it with csv_header=False and fields=['filename', 'scene_label'] (as the 2019 baseline does), or "
-              "name it .txt")
+        # reads as they are); the format has none, so that loader loses the first clip and names no file.
+        print(f"note: {out.name}: dcase_util's default loader misreads a .csv file in this format (it takes the "
+              "first clip for a header and then finds no file names); read it with csv_header=False and "
+              "fields=['filename', 'scene_label'] (as the 2019 baseline does), or name it .txt")
     result = {"file": str(out), "clips": len(clips), "seconds": seconds, "probs": probs,
               "filenames": [c.filename for c in clips], "metrics": None}
     if dataset.labeled:

@@ -50,18 +50,21 @@ def startup_trials(space: Space) -> int:
     """TPE's random trials before it models: Optuna's default (10) on a space without an end; on a
     space of N distinct configurations a tenth of them, at least 2. Optuna's 10 suits searches of
     hundreds of trials; on the 24 points of the replay recording it spends 42% of the space at random
-    and reached the grid's pick later (bench-replay: 0.34 of the grid's trial-epochs at 10, 0.24 at 2)."""
+    and reached the grid's pick later (bench-replay, three seeds, grace 3, noise_z 1: 0.34 of the grid's
+    trial-epochs with 10, 0.29 with 2; ``--startup``)."""
     points = space.distinct_points()
     return 10 if points is None else min(10, max(2, len(points) // 10))
 
 
-def make_sampler(space: Space, seed: int, num_samples: int, constant_liar: bool = True):
+def make_sampler(space: Space, seed: int, num_samples: int, constant_liar: bool = True, startup: int | None = None):
+    """The Optuna sampler of ``space.sampler``. ``startup``: TPE's random trials, instead of
+    :func:`startup_trials` (bench-replay's comparison)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if space.sampler == "tpe":
         # group: the median filter's size exists only in some trials (define-by-run, conditional);
         # constant_liar: concurrent trials do not all propose the same point.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=constant_liar,
-                                          n_startup_trials=startup_trials(space))
+                                          n_startup_trials=startup if startup is not None else startup_trials(space))
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if space.sampler == "nsga2":

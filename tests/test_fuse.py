@@ -287,7 +287,7 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
     # dcase_util's default loader as a .txt (a .csv's first line it takes for a header, which predict notes).
     import dcase_util
 
-    assert "dcase_util's default loader takes a .csv file's first line for a header" in done.stdout
+    assert "dcase_util's default loader misreads a .csv file in this format" in done.stdout
     baseline = {"fields": ["filename", "scene_label"], "csv_header": False, "delimiter": "\t"}
     txt = tmp_path / "sub.txt"
     done = cli("predict", f"runs:/{trial}/model", str(unlabeled.parent), "--out", str(txt), "--format", "dcase",

@@ -226,6 +226,7 @@ class Strategy:
     constant_liar: bool = True
     dedup: bool = True
     seeds: int = 1  # seeds per trial (3: the mean over the recorded seeds, with its standard error)
+    startup: int | None = None  # TPE's random trials (None: the project's rule, search.searcher.startup_trials)
 
 
 def strategies(default: Strategy) -> list[Strategy]:
@@ -257,7 +258,7 @@ def sweep(default: Strategy) -> list[Strategy]:
     around the recommended variant (``--sweep``): does any setting reach the grid's pick sooner?"""
     return [replace(default, name=f"{default.name.split(' g')[0]} g{grace} rf{rf:g}, 3 seeds, noise_z {z:g}",
                     grace=grace, rf=rf, noise_z=z, seeds=3)
-            for grace in (1, 2, 3, 4, 5) for rf in (2.0, 3.0) for z in (0.5, 1.0, 2.0)]
+            for grace in (1, 2, 3, 4, 5) for rf in (2.0, 3.0) for z in (0.0, 0.5, 1.0, 2.0)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,7 +335,8 @@ def make_search(strategy: Strategy, space, seed: int, num_samples: int):
     if strategy.sampler in ("tpe", "random", "grid"):
         s = replace(space, sampler=strategy.sampler)
         searcher = Searcher(space=s, metric="objective", mode="max", storage=optuna.storages.InMemoryStorage(),
-                            sampler=make_sampler(s, seed, num_samples, constant_liar=strategy.constant_liar),
+                            sampler=make_sampler(s, seed, num_samples, constant_liar=strategy.constant_liar,
+                                                 startup=strategy.startup),
                             study_name="replay", seed=seed, dedup=strategy.dedup)
     elif strategy.sampler == "anchor":
         dists = {k: optuna.distributions.CategoricalDistribution(list(d.values)) for k, d in space.searched.items()}
@@ -699,7 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only the strategies whose names start with these")
     parser.add_argument("--plot", type=Path, default=Path("replay.png"), help="the regret plot (default %(default)s)")
     parser.add_argument("--sweep", action="store_true",
-                        help="also replay the three-seed search at grace 1-5, reduction factor 2-3, noise_z 0.5-2")
+                        help="also replay the three-seed search at grace 1-5, reduction factor 2-3, noise_z 0-2")
+    parser.add_argument("--startup", type=COUNT, default=None, metavar="N",
+                        help="TPE's random trials before it models, in every TPE strategy (default: a tenth of the "
+                             "space's configurations, 2 to 10)")
     parser.add_argument("--check", action="store_true",
                         help="also run one replay of the default strategy through the real Tune loop and compare")
     parser.add_argument("--mlflow-uri", default=None, help="log the table and the plot to this tracking URI")
@@ -798,6 +803,9 @@ def main(argv: list[str] | None = None) -> int:
                            f"{', '.join(s.name for s in every)})")
         if DEFAULT not in chosen and not args.only:
             chosen.insert(0, DEFAULT)
+        if args.startup is not None:
+            chosen = [replace(s, startup=args.startup) if s.sampler == "tpe" else s for s in chosen]
+            print(f"TPE starts with {args.startup} random trial(s) in every TPE strategy (--startup)")
         rows = []
         start = time.perf_counter()
         from asc.parallel import process_map
@@ -814,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         traces = process_map(_replay_task, tasks, progress)
         for k, strategy in enumerate(chosen):
             row = summarize(strategy.name, strategy, traces[k * args.replays:(k + 1) * args.replays], recording)
-            row["default"] = strategy == DEFAULT
+            row["default"] = strategy.name == DEFAULT.name
             rows.append(row)
         table = format_table(rows, recording, DEFAULT.name)
         met = goals(rows)
