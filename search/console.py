@@ -14,8 +14,11 @@ import logging
 import time
 from pathlib import Path
 
-import ray._private.worker as ray_worker
-from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+try:  # Ray's internals (see route_ray_messages): another Ray than requirements.txt's may lack them
+    import ray._private.worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+except ImportError:
+    ray_worker = dispatcher = None
 
 LOG_FILE = "ray.log"
 SAY = "[asc] "  # a trial worker's line that starts with this is the project's own, for the console
@@ -50,6 +53,13 @@ def route_ray_messages(search_dir: Path) -> Path:
     the first is wrapped here, and the dispatcher's printing handler is replaced by one that files.
     """
     path = Path(search_dir) / LOG_FILE
+    if not all(hasattr(m, a) for m, a in ((ray_worker, "print_to_stdstream"), (dispatcher, "add_handler"),
+                                          (dispatcher, "remove_handler"))):
+        import ray
+
+        print(f"note: Ray {ray.__version__} lacks the internals by which this version files Ray's messages "
+              f"(Ray 2.60's): they stay on the console, and {path} is not written")
+        return path
     log = _RayLog(path)
     printer = getattr(ray_worker.print_to_stdstream, "_asc_original", ray_worker.print_to_stdstream)
 

@@ -220,3 +220,14 @@ def test_only_the_command_line_sets_its_quiet_defaults():
                           "print(os.environ['TUNE_WARN_THRESHOLD_S'])"], cwd=Path(__file__).resolve().parents[1],
                          env=env, capture_output=True, text=True, check=True).stdout
     assert cli.strip().endswith("5"), cli[-200:]
+
+
+def test_a_ray_without_the_internals_the_console_routing_uses_keeps_its_messages_on_the_console(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    """The search files Ray's messages through Ray 2.60's internals; another Ray says so and goes on."""
+    import search.console as console
+
+    monkeypatch.setattr(console, "ray_worker", None)
+    assert console.route_ray_messages(tmp_path) == tmp_path / console.LOG_FILE
+    out = capsys.readouterr().out
+    assert out.startswith("note: Ray ") and "they stay on the console" in out and len(out.splitlines()) == 1
