@@ -12,6 +12,7 @@ the same epoch's figures on the evaluation split (``eval_*``, reported beside, n
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     label = trial_dir.name.split("_")[0]  # t007 (search.tuner.trial_dirname)
     set_fault_context(f"trial={label}")  # a test's fault points name the trial (asc.faults)
     fault_point("start")
-    limit_cpus(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+    cpus = limit_cpus(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
     work = trial_dir / "work"
     shutil.rmtree(work, ignore_errors=True)  # a retried trial starts from Tune's checkpoint only
     work.mkdir(parents=True)
@@ -90,6 +91,10 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
         with checkpoint.as_directory() as saved:
             shutil.copytree(saved, work, dirs_exist_ok=True)
     train_config = space.train_config(params, store, checkpoint_dir=str(work))
+    if train_config.num_workers > cpus - 1:  # loader processes beside the training one, within the trial's CPUs
+        # (the batches are the same with any number of workers: the order and the draws are made in the trainer)
+        say(f"{label}: num_workers {train_config.num_workers} -> {cpus - 1}: the trial has {cpus} CPU(s)")
+        train_config = dataclasses.replace(train_config, num_workers=cpus - 1)
 
     last: dict = {}
 

@@ -394,11 +394,13 @@ def test_pareto_search_prints_and_records_its_front(store, tmp_path):
     storage = tmp_path / "runs"
     cmd = [sys.executable, "-m", "search", "run", str(REPO / "spaces" / "pareto.yaml"), "--store", str(store),
            "--storage", str(storage), "--num-samples", "3", "--max-concurrent", "1"]
-    for item in [*SHRINK, "model=cnn", "epochs=1", "enhancement={choice: [none, mean_subtraction]}"]:
+    for item in [*SHRINK, "model=cnn", "epochs=1", "enhancement={choice: [none, mean_subtraction]}", "num_workers=2"]:
         cmd += ["--set", item]
     done = run(cmd)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ASHA is off: it is single-objective" in done.stdout and "Pareto front:" in done.stdout
+    # loader processes within the CPUs Ray gave the trial (one, by default): the trainer's own
+    assert "t001: num_workers 2 -> 0: the trial has 1 CPU(s)" in done.stdout
     client, _, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "pareto")
     assert len(trials) == 3 and parent[0].data.tags["note"].startswith("ASHA is off")
     # the run note a user lands on in MLflow's UI: the table and the command that fuses the trials
