@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_faults import (_mlflow_server, armed, assert_same_rows, ctrl_c_as_in_a_terminal, finish, label_ids,
                                reference_reports, release, tune_epochs, wait_fault)
 from tests.test_search import (ENV, REPO, _free_port, _kill_group, _wait_for, _wait_http, check_records,  # noqa: F401
@@ -208,3 +210,26 @@ def test_resume_names_a_trial_whose_artifacts_still_cannot_be_logged_and_keeps_i
     assert f"{partial / UNLOGGED_FILE}: unreadable (not a record of run_id, label and checkpoint)" in err
     assert [record["label"] for _, record in unlogged_trials(tmp_path / "search")] == ["t001"]
     assert all((d / UNLOGGED_FILE).is_file() for d in (gone, broken, partial))
+
+
+def test_resume_refuses_a_store_that_is_damaged_or_holds_another_store(store, tmp_path):
+    """What `resume` checks before Ray starts (a store that is gone: the Ctrl-C test above): a shard
+    cut short, and a folder that now holds another store (other audio or settings), each one line
+    naming the folder and what differs."""
+    from asc.errors import AscError
+    from search.stores import check_stores_unchanged, store_identity
+
+    folder = next(p for p in store.iterdir() if p.name.startswith("logmel"))
+    copy = tmp_path / "store" / folder.name
+    shutil.copytree(folder, copy)
+    info = {"stores": {"key": str(copy)}, "store_names": {"key": store_identity(str(copy))}}
+    check_stores_unchanged(info, tmp_path / "search.json")  # as it was: resumes
+    other = {**info, "store_names": {"key": "logmel32-0123456789ab"}}
+    with pytest.raises(AscError, match=rf"{copy}: the feature store this search's trials read holds store "
+                                       rf"{info['store_names']['key']}, not logmel32-0123456789ab; resuming"):
+        check_stores_unchanged(other, tmp_path / "search.json")
+    shard = sorted(copy.glob("*.arrow"))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(AscError, match=rf"{copy}: the feature store this search's trials read is damaged "
+                                       rf"\({shard.name} .*\); resuming"):
+        check_stores_unchanged(info, tmp_path / "search.json")
