@@ -116,4 +116,4 @@ def check_pooled_devices(objective: str, selection_devices, seen_devices, culpri
                        f"training), but the selection clips hold none of device "
                        f"{', '.join(d.upper() for d in missing)}: its figure would be "
                        f"{', '.join(d.upper() for d in pooled if d in here)}'s alone; hold out more locations for "
-                       "the selection or choose another objective")
+                       "the selection (validation_share in the space) or choose another objective")

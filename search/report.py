@@ -231,7 +231,8 @@ def clip_warning(ranked: list[dict], objective, z: float = 2.0, paper: bool = Fa
         counts = ", ".join(f"{d.upper()} {int(best[k])}" for k in sorted(best) if k.startswith("sel_n_")
                            and (d := k[6:]) not in ("bc", "unseen") and not k.endswith(("_sem", "_cse")))
         clips = "the evaluation split's clips, which chose here (protocol paper)," if paper else "the selection clips"
-        more = "a larger evaluation split" if paper else "more B and C clips in the held-out locations (a larger set)"
+        more = "a larger evaluation split" if paper else ("more B and C clips in the held-out locations (a larger "
+                                                          "validation_share in the space, or a larger set)")
         line = (f"warning: {clips} ({counts}) know {objective.label()} only within +-{100 * width:.1f} "
                 f"points ({z:g} standard errors), more than the {100 * spread:.1f} points between the trials ranked "
                 f"here: {more}, choose by metric_a (all clips), or add seeds")

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from asc.enhance import ENHANCEMENTS, Enhancement, composition, parse_composition, setting_keys
+from asc.dataset import VALIDATION_SHARE
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS
@@ -76,12 +77,16 @@ PARAMS: dict[str, Param] = {
     "width": Param(int, 16, low=1, help="small CNN: channels of its first block"),
     "selection": Param(str, "metric_a", SELECTION_METRICS, help="epoch kept by Metric A or B"),
     "protocol": Param(str, "validation", ("paper", "validation"), help="select on held-out train locations or on evaluate"),
+    "validation_share": Param(float, VALIDATION_SHARE, low=0.0, low_open=True, high=1.0,
+                              help="protocol validation: the share of each scene's training locations held out to "
+                                   "select on (more: more B and C clips to choose by, fewer to train on)"),
     "epochs": Param(int, 80, low=1, help="paper 80"),
     "seed": Param(int, 0, low=0, help="training seed"),
     "bf16": Param(bool, False, help="bf16 autocast (GPU)"),
     "channels_last": Param(bool, False, help="channels_last memory format (GPU)"),
     "num_workers": Param(int, 0, low=0, help="DataLoader worker processes per trial"),
 }
+PER_SEARCH = ("protocol", "validation_share")  # keys a search cannot vary: they decide the clips trials are ranked on
 MEDIAN_KEYS = ("median_filter_bands", "median_filter_frames")
 CONDITIONAL = {key: d.name for key, (d, _) in setting_keys().items()}  # sampled only when their enhancement is on
 # Feature settings every store of a search shares (n_mels and spectrum correction vary per trial).
@@ -221,9 +226,17 @@ class Space:
     @property
     def protocol(self) -> str:
         """The protocol every trial selects its epoch by (a space cannot search over it)."""
+        return self._per_search("protocol")
+
+    @property
+    def validation_share(self) -> float:
+        """The share of training locations every trial holds out to select on (one per search)."""
+        return self._per_search("validation_share")
+
+    def _per_search(self, key: str):
         if self.points:
-            return self.resolve({**self.fixed, **self.points[0][1]})["protocol"]
-        return self.resolve(self.fixed)["protocol"]
+            return self.resolve({**self.fixed, **self.points[0][1]})[key]
+        return self.resolve(self.fixed)[key]
 
     def canonical(self, params: dict) -> dict:
         """``params`` as the configuration they train: defaults filled in, every parameter the
@@ -326,7 +339,8 @@ class Space:
                            enhancement=Enhancement.compose([n for n in names if n != "spectrum_correction"], p, norm),
                            mixup_alpha=p["mixup_alpha"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
                            lr_factor=p["lr_factor"], lr_patience=p["lr_patience"], selection=p["selection"],
-                           protocol=p["protocol"], seed=p["seed"], bf16=p["bf16"], channels_last=p["channels_last"],
+                           protocol=p["protocol"], validation_share=p["validation_share"], seed=p["seed"],
+                           bf16=p["bf16"], channels_last=p["channels_last"],
                            num_workers=p["num_workers"], checkpoint_dir=checkpoint_dir, **runtime)
 
     def max_epochs(self) -> int:
@@ -450,15 +464,21 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
                 fail(f"params.{key}", "the grid sampler needs a choice or an int range, not a float range")
 
     _check_conditional(fixed, searched, points, fail)
-    # Trials compared on different clips (held-out training locations or the evaluation split) cannot
-    # be ranked against each other: one protocol per search.
-    if "protocol" in searched:
-        fail("params.protocol", "one protocol per search: trials selected on different clips cannot be ranked "
-             "against each other (run one search per protocol)")
-    protocols = {p.get("protocol", fixed.get("protocol", PARAMS["protocol"].default)) for _, p in points}
-    if len(protocols) > 1:
-        fail("points", f"one protocol per search, not {' and '.join(sorted(protocols))}: trials selected on "
-             "different clips cannot be ranked against each other")
+    # Trials compared on different clips (held-out training locations or the evaluation split, more or
+    # fewer locations) cannot be ranked against each other: one protocol and one share per search.
+    for key in PER_SEARCH:
+        if key in searched:
+            fail(f"params.{key}", f"one {key} per search: trials selected on different clips cannot be ranked "
+                 f"against each other (run one search per {key})")
+        values = {p.get(key, fixed.get(key, PARAMS[key].default)) for _, p in points}
+        if len(values) > 1:
+            fail("points", f"one {key} per search, not {' and '.join(sorted(map(str, values)))}: trials selected on "
+                 "different clips cannot be ranked against each other")
+    share = fixed.get("validation_share", PARAMS["validation_share"].default)
+    if share != VALIDATION_SHARE and "spectrum_correction" in (
+            {n for _, p in points for n in enhancement_names({**fixed, **p})} if points else _enhancements(fixed, searched)):
+        fail("params.validation_share", f"{share:g} with spectrum_correction: its stores are fitted without the "
+             f"locations of validation_share {VALIDATION_SHARE:g} (`prepare`), and would have seen some of these")
 
     objective_spec = doc.get("objective", "metric_b")
     if objective_spec not in OBJECTIVES:

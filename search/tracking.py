@@ -206,6 +206,7 @@ def start_search(uri: str, name: str, artifact_root: Path | None, space, command
     location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
     experiment_id = client.create_experiment(name, artifact_location=location, tags={
         "space": space.path, "objective": space.objective.label(), "protocol": space.protocol,
+        "validation_share": f"{space.validation_share:g}",
         SELECTED_ON_TAG: selected_on(space.protocol), "seeds": str(space.seeds),
         "store_names": json.dumps(store_names or {}, sort_keys=True), **runs_view(space, unseen)})
     run = client.create_run(experiment_id, run_name=f"search {name}",

@@ -25,6 +25,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from asc.dataset import VALIDATION_SHARE
 from asc.errors import AscError
 from search.searcher import KEY_ATTR, WARM_ATTR
 from search.space import PARAMS, Space
@@ -93,6 +94,10 @@ def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[
         tags = exp.tags
         for what, theirs, ours in (("objective", tags.get("objective"), space.objective.label()),
                                    ("protocol", tags.get("protocol"), space.protocol),
+                                   # a search made before the share was a setting held out the default
+                                   ("validation_share", tags.get("validation_share", f"{VALIDATION_SHARE:g}")
+                                    if space.protocol == "validation" else None,
+                                    f"{space.validation_share:g}" if space.protocol == "validation" else None),
                                    ("seeds", tags.get("seeds"), str(space.seeds))):
             if theirs != ours:
                 raise AscError(f"--warm-start {name}: its trials were compared by {what} {theirs or '(not recorded)'}, "

@@ -575,3 +575,25 @@ def test_readme_examples_are_valid(tmp_path):
         load_space(space_file(tmp_path, block, f"readme_{i}.yaml")).check_frames(430)
     for path in SHIPPED:
         assert f"`{path.name}`" in text
+
+
+def test_validation_share_is_one_per_search_and_reaches_every_trial():
+    """More held-out locations give the selection more B and C clips: a setting of the search, not of a
+    trial (trials chosen on different clips cannot be ranked together), and not beside spectrum
+    correction, whose stores are fitted without the default share's locations."""
+    space = parse_space({"params": {"model": "cnn", "validation_share": 0.4,
+                                    "enhancement": {"choice": ["none", "mean_subtraction"]}}}, "s.yaml")
+    assert space.validation_share == 0.4
+    assert space.train_config({**space.fixed, "enhancement": "none"}, "/store").validation_share == 0.4
+    assert parse_space({"params": {"model": "cnn"}}, "s.yaml").validation_share == 0.2
+    with pytest.raises(AscError, match=r"s.yaml: params.validation_share: one validation_share per search"):
+        parse_space({"params": {"model": "cnn", "validation_share": {"choice": [0.2, 0.4]}}}, "s.yaml")
+    with pytest.raises(AscError, match=r"s.yaml: points: one validation_share per search, not 0.2 and 0.4"):
+        parse_space({"sampler": "points", "params": {"model": "cnn"},
+                     "points": [{"validation_share": 0.2}, {"validation_share": 0.4}]}, "s.yaml")
+    with pytest.raises(AscError, match=r"params.validation_share: 0.4 with spectrum_correction: its stores are "
+                                       r"fitted without the locations of validation_share 0.2"):
+        parse_space({"params": {"model": "cnn", "validation_share": 0.4,
+                                "enhancement": {"choice": ["none", "spectrum_correction"]}}}, "s.yaml")
+    with pytest.raises(AscError, match=r"params.validation_share: 1.0 must be < 1"):
+        parse_space({"params": {"model": "cnn", "validation_share": 1.0}}, "s.yaml")
