@@ -36,7 +36,7 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
-from asc.cli import SAMPLE_RATE, ArgumentParser, COUNT, NON_NEGATIVE, SEED, integer, number
+from asc.cli import SAMPLE_RATE, ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError, run_command, run_main
 from search.demo import add_arguments, run_demo
 
