@@ -145,3 +145,17 @@ def test_bad_tables_are_one_line(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata(good.schema.metadata), tmp_path / "nan.parquet")
     with pytest.raises(AscError, match=r"nan.parquet: a figure that is not a finite number"):
         load_recording(tmp_path / "nan.parquet")
+
+
+def test_a_replay_through_the_real_tune_loop_makes_the_simulations_decisions(tmp_path):
+    """The simulation stands for Ray Tune's controller: one replay of the default's rules, and of its
+    several-seed variant (noise_z reads the seeds' error), through `ray.tune.Tuner` ends every trial at
+    the epoch the simulation ends it."""
+    from search.bench.replay import tune_check
+
+    write_table(tmp_path / "t.parquet")
+    recording = load_recording(tmp_path / "t.parquet")
+    for strategy in (replace(DEFAULT, grace=2), replace(DEFAULT, grace=2, seeds=2, noise_z=0.5)):
+        tuned, simulated = tune_check(strategy, recording, seed=0, storage=tmp_path / strategy.name.replace(" ", "_"))
+        assert len(tuned) == 4 and tuned == simulated, strategy
+        assert any(epochs < 3 for _, epochs in tuned) or strategy.seeds > 1  # ASHA stopped something
