@@ -479,8 +479,7 @@ class MlflowTracker(Callback):
         """The trial's run: the one opened before (also by an earlier driver), else a new one."""
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
-        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}'",
-                                        max_results=2)
+        found = self._trial_runs(trial)
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -493,17 +492,31 @@ class MlflowTracker(Callback):
             for result in recorded_results(trial):
                 self._log_result(run_id, trial, result)
         else:
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial), tags=run_tags({
+            tags = run_tags({
                 "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SEARCH_TAG: self.search,
                 ROLE_TAG: "trial", "description": self.space.describe(trial.config),
                 SELECTED_ON_TAG: selected_on(self.space.protocol),
                 STORE_TAG: self.store_names.get(self.space.feature_config(trial.config).key(), ""),
-                KEY_TAG: self.space.config_key(trial.config)}))
-            run_id = run.info.run_id
+                KEY_TAG: self.space.config_key(trial.config)})
+
+            tries = []
+
+            def create():  # a try whose answer was lost may have made the run: look before making another
+                made = self._trial_runs(trial, retry=False) if tries else []
+                tries.append(1)
+                return made[0] if made else self.client._client.create_run(
+                    self.experiment_id, run_name=self.run_name(trial), tags=tags)
+            run_id = retry_transient(create, self.client.delays).info.run_id
             _log_params(self.client, run_id, {**trial.config, "store": self.stores.get(
                 self.space.feature_config(trial.config).key(), "")})
         self.runs[trial.trial_id] = run_id
         return run_id
+
+    def _trial_runs(self, trial, retry: bool = True) -> list:
+        """The runs of ``trial`` in the experiment (one, or none yet)."""
+        client = self.client if retry else self.client._client
+        return client.search_runs([self.experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}'",
+                                  max_results=2)
 
     @_tolerant
     def on_trial_start(self, iteration, trials, trial, **info):

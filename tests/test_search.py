@@ -283,6 +283,38 @@ def test_resume_takes_the_store_it_ran_with_at_a_new_address_and_refuses_another
     assert not (tmp_path / "b" / "none.db").exists()
 
 
+def test_a_trial_run_whose_creation_lost_its_answer_is_not_made_twice(tmp_path, monkeypatch):
+    """The tracking server made the trial's run but its answer was lost: the next try finds that run
+    rather than making a second one for the same trial."""
+    from types import SimpleNamespace
+
+    from search.space import parse_space
+    from search.tracking import TRIAL_TAG, MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("lost", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    space = parse_space({"params": {"model": "cnn", "lr": {"choice": [0.001, 0.01]}}}, "s.yaml")
+    tracker = MlflowTracker(uri, experiment, parent, "lost", space, {})
+    tracker.client.delays = (0, 0)
+    real = tracker.client._client.create_run
+    answers = []
+
+    def lost_once(*args, **kwargs):
+        run = real(*args, **kwargs)  # made on the server...
+        answers.append(run)
+        if len(answers) == 1:
+            raise ConnectionResetError("[Errno 104] Connection reset by peer")  # ...and the answer lost
+        return run
+
+    monkeypatch.setattr(tracker.client._client, "create_run", lost_once)
+    trial = SimpleNamespace(trial_id="abc12_00001", experiment_tag="1_lr=0.01", config={**space.fixed, "lr": 0.01})
+    run_id = tracker.run_id(trial)
+    runs = client.search_runs([experiment], filter_string=f"tags.{TRIAL_TAG} = 'abc12_00001'")
+    assert len(answers) == 1 and [r.info.run_id for r in runs] == [run_id]
+
+
 def test_a_write_is_tried_again_while_the_server_is_unreachable_and_not_after_another_failure():
     """What a trial's model and artifacts go through (and every RetryingClient call): a connection
     refused twice, then an answer; a failure no later try can fix is raised at once."""
