@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from asc.enhance import ENHANCEMENTS, Enhancement, composition, parse_composition, setting_keys
 from asc.dataset import VALIDATION_SHARE
+from asc.enhance import ENHANCEMENTS, Enhancement, composition, parse_composition, setting_keys
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS
@@ -474,7 +474,8 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
         if len(values) > 1:
             fail("points", f"one {key} per search, not {' and '.join(sorted(map(str, values)))}: trials selected on "
                  "different clips cannot be ranked against each other")
-    share = fixed.get("validation_share", PARAMS["validation_share"].default)
+    share = next(iter({p.get("validation_share", fixed.get("validation_share", VALIDATION_SHARE)) for _, p in points}
+                      or {fixed.get("validation_share", VALIDATION_SHARE)}))
     if share != VALIDATION_SHARE and "spectrum_correction" in (
             {n for _, p in points for n in enhancement_names({**fixed, **p})} if points else _enhancements(fixed, searched)):
         fail("params.validation_share", f"{share:g} with spectrum_correction: its stores are fitted without the "

@@ -654,9 +654,9 @@ def table_result(objective: np.ndarray, c: int, seed: int | None, epoch: int, ep
 def _replay_trainable(config: dict, table: list, seed_of: dict, epochs: int, keys: dict, space, several: bool) -> None:
     from ray import tune
 
-    c = keys[space.config_key({**space.fixed, **config})]
+    c, objective = keys[space.config_key({**space.fixed, **config})], np.asarray(table)
     for epoch in range(1, epochs + 1):
-        tune.report(table_result(np.asarray(table), c, None if several else seed_of[c], epoch, epochs))
+        tune.report(table_result(objective, c, None if several else seed_of[c], epoch, epochs))
 
 
 def tune_check(strategy: Strategy, recording: Recording, seed: int, storage: Path) -> tuple[list, list]:
@@ -713,7 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TPE's random trials before it models, in every TPE strategy (default: a tenth of the "
                              "space's configurations, 2 to 10)")
     parser.add_argument("--check", action="store_true",
-                        help="also run one replay of the default strategy through the real Tune loop and compare")
+                        help="also run one replay of the default strategy, and one of its three-seed variant, "
+                             "through the real Tune loop and compare")
     parser.add_argument("--mlflow-uri", default=None, help="log the table and the plot to this tracking URI")
     parser.add_argument("--export", metavar="EXPERIMENT", default=None,
                         help="make the table from a recorded search's MLflow experiment (with --mlflow-uri) into "
