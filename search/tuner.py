@@ -204,7 +204,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     mlflow_uri = tracking_uri(settings.mlflow_uri, storage)
     if settings.warm_start:  # an earlier search's store must be there: nothing is created to find out
         check_warm_start_store(mlflow_uri, settings.warm_start)
-    _quiet_tune()
+    quiet_tune()
     check_tracking_uri(mlflow_uri, created=storage)
     check_new_experiment(mlflow_uri, name)
 
@@ -301,7 +301,7 @@ def _check_resources(settings: SearchSettings) -> None:
               "(NFS) to checkpoint to and resume from")
 
 
-def _quiet_tune() -> None:
+def quiet_tune() -> None:
     """Tune's own console output off (the Progress callback prints a line per trial-epoch instead),
     and the libraries' INFO chatter (table creation, study creation, pickle notices) with it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -413,7 +413,7 @@ def study_folder(info: dict, search_dir: Path) -> Path:
 # The end of a search: interrupted or done, the study closed, the report (search.report), the summary
 # --------------------------------------------------------------------------------------------------
 def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
-    _quiet_tune()
+    quiet_tune()
     start = time.perf_counter()
     note = ("ASHA is off: it is single-objective and cannot stop trials on a Pareto pair; every trial runs "
             "its full epochs" if space.objective.multi else "")

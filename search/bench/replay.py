@@ -665,6 +665,9 @@ def tune_check(strategy: Strategy, recording: Recording, seed: int, storage: Pat
     import ray
     from ray import tune
 
+    from search.tuner import quiet_tune
+
+    quiet_tune()  # the trials' progress is the table this command prints, not Tune's boxes
     space = recording.space()
     index = recording.index(space)
     searcher, scheduler = make_search(strategy, space, seed, len(recording.params))
