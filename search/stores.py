@@ -140,6 +140,24 @@ def store_devices(stores: dict) -> list[str]:
     return list(read_manifest(Path(next(iter(stores.values()))) / MANIFEST)["dataset"]["devices"])
 
 
+def cache_line(stores: dict) -> str | None:
+    """One line on the disk the trials' caches take beside the stores (the median filter's on CPU
+    nodes: a store-sized copy per setting trained), or None where there are none (or they are on
+    another machine's disk)."""
+    count, size, folders = 0, 0, []
+    for path in dict.fromkeys(stores.values()):
+        folder = Path(path) / "_derived"
+        caches = [c for c in folder.glob("*") if c.is_dir() and not c.name.startswith(".")] if folder.is_dir() else []
+        if caches:
+            count += len(caches)
+            size += sum(f.stat().st_size for c in caches for f in c.rglob("*") if f.is_file())
+            folders.append(str(folder))
+    if not count:
+        return None
+    return (f"caches: {count} median-filter cache(s), {size / 1e9:.2f} GB in {', '.join(folders)}; a trial that "
+            "needs one rebuilds it, so they may be deleted while no search reads the store")
+
+
 def has_unseen_devices(stores: dict) -> bool:
     """Whether the dataset of the stores has devices that its training split never hears (the
     synthetic set's s1 and s2, DCASE 2020's s4-s6; none in 2019)."""

@@ -48,7 +48,7 @@ from search.report import distinct_line, report_results, trial_rows, ui_command
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
 from search.searcher import ACTIVE, STUDY_FILE, Searcher, make_sampler, study_storage
 from search.space import Space, load_space
-from search.stores import check_stores_unchanged, has_unseen_devices, resolve_stores, store_devices, store_identity
+from search.stores import cache_line, check_stores_unchanged, has_unseen_devices, resolve_stores, store_devices, store_identity
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TAG, MlflowTracker, RetryingClient, \
     check_new_experiment, check_tracking_uri, close_dangling_runs, ensure_runs_view, resume_tracking_uri, save_pending, \
     send_pending, send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
@@ -464,6 +464,9 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
     if searcher is not None and (searcher.repeats or searcher.finished):
         print(distinct_line(space, searcher, info["num_samples"], len(trials)))
     print(f"browse them: {ui_command(info['mlflow_uri'], info['experiment_id'])}")
+    caches = cache_line(info["stores"])
+    if caches:
+        print(caches)
     unlogged = [record["label"] for _, record in unlogged_trials(search_dir)]
     if unlogged:
         print(f"warning: {len(unlogged)} trial(s) have no model in MLflow ({', '.join(unlogged)}: tagged "

@@ -168,6 +168,14 @@ def test_median_filter_trains_from_the_store_cache(small_store):
     enhancement = Enhancement("gms", mean_subtraction=True, median_filter=(7, 21))
     train(_config(small_store, epochs=1, enhancement=enhancement))
     assert (Path(small_store) / "_derived" / "gms-medfilt7x21" / "_manifest.json").is_file()
+    from search.stores import cache_line  # what a search's last lines say about the disk it takes
+
+    caches = sorted(p for p in (Path(small_store) / "_derived").iterdir() if not p.name.startswith("."))
+    size = sum(f.stat().st_size for c in caches for f in c.rglob("*") if f.is_file())
+    line = cache_line({"a": small_store, "b": small_store})  # one store read by two configurations
+    assert line.startswith(f"caches: {len(caches)} median-filter cache(s), {size / 1e9:.2f} GB in ")
+    assert line.count(str(Path(small_store) / "_derived")) == 1
+    assert cache_line({"a": str(Path(small_store) / "_derived" / "gms-medfilt7x21")}) is None
     view, store = FeatureView(small_store, enhancement), FeatureStore(small_store)
     idx = np.array([41, 3, 17, 60])  # unsorted, as a shuffled batch is
     x, y = view.batch(idx)
