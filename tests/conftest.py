@@ -64,6 +64,33 @@ def fast_config():
     return FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)
 
 
+# Module-scoped: each module that uses them builds its own (test_cli.py and test_store.py define a
+# `store` of their own, which takes the place of this one there).
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A feature store of a small synthetic set with enough training locations to hold some out: what the
+    searches of the tests read."""
+    from asc.dataset import read_development
+    from asc.features import FeatureConfig
+    from asc.store import build_stores
+    from asc.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("search")
+    write_dataset(root / "data", SynthConfig(**{**SMALL_SYNTH, "segments_per_scene": 6}), workers=1)
+    config = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)
+    build_stores(read_development(root / "data"), [config], root / "store")
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def small_store(synth_set, fast_config, tmp_path_factory):
+    """The store of the shared small set (``synth_set``), in the fast feature settings."""
+    from asc.dataset import read_development
+    from asc.store import build_stores
+
+    return build_stores(read_development(synth_set), [fast_config], tmp_path_factory.mktemp("store")).built[0]
+
+
 def predictions_artifact(client, run_id: str):
     """A run's ``predictions.parquet`` as an Arrow table, downloaded into a folder removed afterwards
     (MLflow's download without a destination leaves a temporary folder per call)."""

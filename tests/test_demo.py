@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.test_search import ENV
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import ENV, REPO
 
 
 def test_demo_runs_the_whole_loop_and_a_rerun_reuses_its_work(tmp_path):

@@ -14,29 +14,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from mlflow import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
-from asc.faults import DIR_ENV, POINTS_ENV, marker_path
 from asc.train import TrainConfig, train, train_seeds
 from search.bench.chaos import marked_processes
 from search.schedulers import PersistentASHA
-from tests.test_seeds import _config, small_store  # noqa: F401 (fixture)
-from tests.test_search import (ENV, REPO, _free_port, _kill_group, _listening, _nodes, _wait_for, _wait_http,
-                               check_records, check_study, mlflow_runs, run, search_cmd, store, tune_results)  # noqa: F401
-
-TIMING = ("seconds", "train_seconds", "data_wait_share", "train_clips_per_s", "epoch_seconds")
+from tests.helpers import (ENV, REPO, armed, assert_same_rows, check_records, check_study, ctrl_c_as_in_a_terminal,
+                           finish, free_port, kill_group, label_ids, listening, lockstep_config, mlflow_runs,
+                           one_thread, ray_nodes, reference_reports, release, run, search_cmd, tune_epochs,
+                           tune_results, wait_fault, wait_for, wait_http)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,82 +44,6 @@ def busy_machine():
     for proc in burners:
         proc.kill()
         proc.wait()
-
-
-def armed(folder: Path, *patterns: str, base: dict = ENV) -> dict:
-    """An environment in which the fault points ``patterns`` pause (markers into ``folder``), and a
-    process sent SIGABRT prints every thread's Python stack (``finish``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return {**base, POINTS_ENV: ",".join(patterns), DIR_ENV: str(folder), "PYTHONFAULTHANDLER": "1"}
-
-
-def ctrl_c_as_in_a_terminal() -> None:
-    """``preexec_fn`` of a command a test stops with SIGINT: the default disposition, as a terminal's
-    foreground job has it. A test runner started in the background of a script or under nohup ignores
-    SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt: the command
-    would go on as if Ctrl-C had never been pressed, which is right for a background job and not
-    what the test means."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    """``proc.communicate(timeout=timeout)``; a process still running then has hung after its fault:
-    it is sent SIGABRT, on which Python's faulthandler prints every thread's stack to its stderr, and
-    the test fails with that stack, so that a hang says where it hangs. While a local Ray shuts down
-    after Ctrl-C, ``search.prepare`` sends the command's stderr to an ``asc-*.err`` file in the Ray
-    session's logs: the newest such file is shown too."""
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    os.kill(proc.pid, signal.SIGABRT)
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        _, err = proc.communicate()
-    _kill_group(proc)  # what is left of its process group
-    logs = sorted(Path("/tmp/ray").glob("session_*/logs/asc-*.err"), key=lambda p: p.stat().st_mtime)[-1:]
-    pytest.fail(f"{' '.join(map(str, proc.args[:4]))} ... still running {timeout} s after its fault; stderr:\n"
-                f"{(err or '')[-6000:]}" + "".join(f"\n{log}:\n{log.read_text()[-6000:]}" for log in logs))
-
-
-def wait_fault(folder: Path, pattern: str, proc=None, seconds: float = 600) -> dict:
-    """The marker of ``pattern`` once a process paused there ({"pid", "point", ...})."""
-    marker = marker_path(folder, pattern)
-    _wait_for(marker.is_file, seconds, f"fault point {pattern}", proc)
-    return json.loads(marker.read_text())
-
-
-def release(folder: Path, pattern: str) -> None:
-    marker = marker_path(folder, pattern)
-    marker.with_name(marker.name + ".release").touch()
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Train here as a one-CPU trial or child does: the thread count decides the order of sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
-def assert_same_rows(got: list[dict], want: list[dict], what: str) -> None:
-    """Epoch by epoch, every figure of ``want`` (timings aside) equal in ``got``: exactly."""
-    assert [r["epoch"] for r in got] == [r["epoch"] for r in want], what
-    for g, w in zip(got, want):
-        differ = {k: (g.get(k), v) for k, v in w.items()
-                  if k.rsplit("/", 1)[-1] not in TIMING and not same(g.get(k), v)}
-        assert not differ, f"{what}, epoch {w['epoch']}: {differ}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,8 +80,8 @@ KILLS = [
                                                             for k, p, _ in KILLS])
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_history(small_store, tmp_path, seeds, point, reports):
     if seeds not in _REFERENCE:
-        _REFERENCE[seeds] = _fit(_config(small_store), seeds)
-    config = _config(small_store, checkpoint_dir=str(tmp_path / "ckpt"))
+        _REFERENCE[seeds] = _fit(lockstep_config(small_store), seeds)
+    config = lockstep_config(small_store, checkpoint_dir=str(tmp_path / "ckpt"))
     faults = tmp_path / "faults"
     child = subprocess.Popen([sys.executable, "-m", "tests.train_child", json.dumps(config.to_dict()),
                               json.dumps(list(range(seeds)))], cwd=REPO, env=armed(faults, point),
@@ -186,35 +105,6 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_history(small_store,
 # --------------------------------------------------------------------------------------------------
 # A search's trial workers killed anywhere
 # --------------------------------------------------------------------------------------------------
-def reference_reports(storage: Path, name: str, trial_id: str) -> list[dict]:
-    """What an uninterrupted trial reports, epoch by epoch: its configuration trained here, in one
-    thread, through the trainable's own flattening (Tune's result rows hold the same keys)."""
-    from search.space import load_space
-    from search.trainable import flatten_report
-
-    search_dir = storage / name
-    space = load_space(search_dir / "space.yaml")
-    info = json.loads((search_dir / "search.json").read_text())
-    first = (next(search_dir.glob(f"t*_{trial_id}")) / "result.json").read_text().splitlines()[0]
-    params = json.loads(first)["config"]
-    config = space.train_config(params, info["stores"][space.feature_config(params).key()],
-                                checkpoint_dir=None)
-    rows = []
-
-    def report(epoch, metrics, ckpt):
-        rows.append(flatten_report(metrics, config.epochs, space.objective))
-
-    with one_thread():
-        if space.seeds > 1:
-            train_seeds(config, [config.seed + k for k in range(space.seeds)], report, evaluate_best=True)
-        else:
-            train(config, report, evaluate_best=True)
-    return rows
-
-
-def label_ids(storage: Path, name: str) -> dict[str, str]:
-    """t001 -> Tune trial id, from the trial folders."""
-    return {p.name.split("_")[0]: p.name.split("_", 1)[1] for p in (storage / name).glob("t*_*") if p.is_dir()}
 
 
 # Fired in this order (one trial at a time): (the point, what it stands for).
@@ -240,7 +130,7 @@ def test_trial_workers_killed_anywhere_end_every_trial_where_an_uninterrupted_on
         out, err = finish(proc, 600)
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            kill_group(proc)
     assert proc.returncode == 0, err[-3000:]
     # one line per fault, and none of Ray's own messages on the console (they are in ray.log)
     lost = [line for line in out.splitlines() if "lost its worker" in line]
@@ -269,7 +159,7 @@ def test_a_trial_lost_for_good_is_the_last_line_and_fails_the_search(store, tmp_
         out, err = finish(proc, 300)
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            kill_group(proc)
     assert proc.returncode == 1, err[-3000:]
     assert "FAILED for good: lost its worker" in out and "no tries left" in out
     last = err.strip().splitlines()[-1]
@@ -281,20 +171,6 @@ def test_a_trial_lost_for_good_is_the_last_line_and_fails_the_search(store, tmp_
 # --------------------------------------------------------------------------------------------------
 # The driver killed, or stopped with Ctrl-C
 # --------------------------------------------------------------------------------------------------
-def tune_epochs(search_dir: Path) -> dict[str, int]:
-    """Tune trial id -> the epoch of its last result, as Tune's newest saved experiment state has it."""
-    states = sorted(search_dir.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-    except ValueError:  # Tune writes it aside and renames it; a reader can still meet an older one
-        return {}
-    out = {}
-    for trial, runtime in data["trial_data"]:
-        last = json.loads(runtime).get("last_result") or {}
-        out[json.loads(trial)["trial_id"]] = int(last.get("epoch", 0))
-    return out
 
 
 def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_rungs_intact(store, tmp_path):
@@ -313,10 +189,10 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_
         paused = wait_fault(faults, point, proc)
         # The driver dies once Tune's saved state holds the half-way trial: one finished, one at epoch 2.
         t002 = lambda: label_ids(storage, "crash").get("t002")  # noqa: E731
-        _wait_for(lambda: t002() and tune_epochs(storage / "crash").get(t002()) == 2, 600,
+        wait_for(lambda: t002() and tune_epochs(storage / "crash").get(t002()) == 2, 600,
                   "Tune's saved state to hold the second trial's epoch 2", proc)
     finally:
-        _kill_group(proc)
+        kill_group(proc)
         with contextlib.suppress(ProcessLookupError):
             os.kill(paused["pid"], signal.SIGKILL)  # it dies with its raylet anyway
     ids = label_ids(storage, "crash")
@@ -400,7 +276,7 @@ def test_ctrl_c_during_prepare_is_one_line_and_leaves_no_staging(tmp_path):
         _, err = finish(proc, 300)
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            kill_group(proc)
     assert proc.returncode == 130, err
     assert [line for line in err.splitlines() if line.strip()] == ["interrupted: stopped by Ctrl-C"], err
     assert not list(store_root.glob("logmel*"))
@@ -428,7 +304,7 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
     has printed its line about the lost node: Ray marks a node dead only after its health checks fail,
     and a search that ended sooner would never say it (the trial's own line comes from its worker's
     death, which Ray sees at once)."""
-    port, mlflow_port = _free_port(), _free_port()
+    port, mlflow_port = free_port(), free_port()
     mark = f"worker-{tmp_path.name}"
     faults = tmp_path / "faults"
     point, on_head = "trial=*/reported/epoch=1", "trial=*/reported/epoch=2"
@@ -449,13 +325,13 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
                                        "--disable-usage-stats"], env=armed(faults, on_head, base=env),
                                       stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for(lambda: _listening("127.0.0.2", port), 300, "the Ray head", procs[-1])
+        wait_for(lambda: listening("127.0.0.2", port), 300, "the Ray head", procs[-1])
         worker_node = subprocess.Popen(["ray", "start", "--block", f"--address=127.0.0.2:{port}",
                                         "--node-ip-address=127.0.0.3", "--num-cpus=1"], env=worker_env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         procs.append(worker_node)
-        _wait_for(lambda: _nodes(f"127.0.0.2:{port}", env) == 2, 300, "the worker node to join", worker_node)
-        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", 300)
+        wait_for(lambda: ray_nodes(f"127.0.0.2:{port}", env) == 2, 300, "the worker node to join", worker_node)
+        wait_http(f"http://127.0.0.1:{mlflow_port}/health", 300)
         uri = f"http://127.0.0.1:{mlflow_port}"
         search = subprocess.Popen(
             search_cmd(store, tmp_path / "runs", "cluster", "--num-samples", "2", "--max-concurrent", "2",
@@ -472,7 +348,7 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         wait_fault(faults, on_head, search)  # the head's trial holds the search open ...
-        _wait_for(lambda: any(line.startswith("node 127.0.0.3 lost") for line in lines), 600,
+        wait_for(lambda: any(line.startswith("node 127.0.0.3 lost") for line in lines), 600,
                   "the search's line about the lost node", search)
         release(faults, on_head)  # ... until the search has said the node is lost
         search.wait(timeout=600)
@@ -500,7 +376,7 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
+                kill_group(proc)
             except ProcessLookupError:
                 pass
         for pid in node_processes(mark):
@@ -511,9 +387,3 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
 # --------------------------------------------------------------------------------------------------
 # A real MLflow server, on loopback (here and in tests/test_stops.py)
 # --------------------------------------------------------------------------------------------------
-def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)

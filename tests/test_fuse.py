@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import predictions_artifact
-from tests.test_search import ENV, REPO, mlflow_runs, run, search_cmd, store  # noqa: F401 (fixture)
+from tests.helpers import ENV, REPO, mlflow_runs, run, search_cmd
 
 NAME = "fusesearch"
 
@@ -175,18 +175,18 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
 
     import pandas as pd
 
-    from tests.test_search import _free_port, _wait_http
+    from tests.helpers import free_port, wait_http
 
     if "members" not in searched:
         pytest.skip("needs the fusion of the test before")
     files = sorted(p.relative_to(searched["data"]).as_posix() for p in (searched["data"] / "audio").glob("*-b.wav"))[:2]
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/smoke-fusion@champion",
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
                               cwd=REPO, env={**ENV, "MLFLOW_TRACKING_URI": searched["uri"]},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/ping", 300)
+        wait_http(f"http://127.0.0.1:{port}/ping", 300)
 
         def post(rows):
             body = json.dumps({"dataframe_split": {"columns": ["audio", "path"], "data": rows}}).encode()

@@ -9,153 +9,15 @@ whole module takes a few minutes on 2 cores.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SMALL_SYNTH, predictions_artifact
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "spaces" / "smoke.yaml"
-# The small set's feature settings (conftest's fast_config) and a batch its training split fills.
-SHRINK = ["features.sample_rate=22050", "features.n_fft=1024", "features.hop_length=256", "features.fmax=11025",
-          "n_mels=32", "batch_size=8", "width=8"]
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO),
-       "RAY_worker_niceness": "0"}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A feature store of a small synthetic set with enough training locations to hold some out."""
-    from asc.dataset import read_development
-    from asc.features import FeatureConfig
-    from asc.store import build_stores
-    from asc.synth import SynthConfig, write_dataset
-
-    root = tmp_path_factory.mktemp("search")
-    write_dataset(root / "data", SynthConfig(**{**SMALL_SYNTH, "segments_per_scene": 6}), workers=1)
-    config = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=32, fmax=11025.0)
-    build_stores(read_development(root / "data"), [config], root / "store")
-    return root / "store"
-
-
-def search_cmd(store: Path, storage: Path, name: str, *extra: str, sets: list[str] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "search", "run", str(SMOKE), "--store", str(store), "--storage", str(storage),
-           "--name", name, *extra]
-    for item in [*SHRINK, *sets]:
-        cmd += ["--set", item]
-    return cmd
-
-
-def run(cmd, timeout=420, **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=kw.pop("cwd", REPO), env=kw.pop("env", ENV), capture_output=True, text=True,
-                          timeout=timeout, **kw)
-    return done
-
-
-def mlflow_runs(uri: str, name: str):
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    assert experiment is not None, f"no experiment {name}"
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parent = [r for r in runs if r.data.tags.get("role") == "search"]
-    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
-    return client, experiment, parent, trials
-
-
-def study(storage: Path, name: str):
-    import optuna
-
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
-
-
-def tune_results(storage: Path, name: str, raw: bool = False) -> dict[str, list[dict]]:
-    """trial id -> the results Tune recorded for it, one per epoch. Tune appends to result.json: a
-    trial stopped after reporting an epoch but before that epoch's checkpoint was saved resumes from
-    the one before and reports the epoch again; the last report of an epoch is the one that counts
-    (and the one MLflow keeps). ``raw``: every row as written."""
-    out = {}
-    for f in (storage / name).glob("t*_*/result.json"):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        if rows:
-            out[rows[0]["trial_id"]] = rows if raw else sorted({r["epoch"]: r for r in rows}.values(), key=lambda r: r["epoch"])
-    return out
-
-
-def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
-    """What every search must leave: one finished MLflow run per trial, nested under the search's run,
-    with its per-epoch metrics, predictions, confusion matrices and model; a study that agrees."""
-
-    client, experiment, parent, trials = mlflow_runs(uri, name)
-    # A trial a killed driver had started before Tune's experiment state recorded it is unknown to the
-    # resumed search: its run is kept, tagged an orphan and KILLED, and its folder is not a trial's.
-    orphans = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'orphan'")
-    assert all(r.info.status == "KILLED" and "driver died" in r.data.tags.get("note", "") for r in orphans)
-    orphan_ids = {r.data.tags.get("tune_trial_id") for r in orphans}
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    parent_artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
-    assert {"smoke.yaml", "command.txt", "best_trials.txt", "optuna_history.png"} <= parent_artifacts
-    ids = [r.data.tags["tune_trial_id"] for r in trials]
-    assert len(ids) == len(set(ids)) == n_trials, "exactly one run per trial"
-    results = {k: v for k, v in tune_results(storage, name).items() if k not in orphan_ids}
-    assert set(results) == set(ids)
-    for r in trials:
-        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
-        assert r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
-        assert r.info.run_name.startswith("t0") and "mel" in r.info.run_name
-        # where it came from, as mlflow.start_run records it: the source, and the code's commit in a clone
-        assert r.data.tags["mlflow.source.name"].endswith("__main__.py")
-        if (Path(__file__).parents[1] / ".git").exists():
-            assert len(r.data.tags["mlflow.source.git.commit"]) == 40
-        rows = results[r.data.tags["tune_trial_id"]]
-        history = client.get_metric_history(r.info.run_id, "acc_a")
-        assert [m.step for m in history] == [row["epoch"] for row in rows] == list(range(1, rows[-1]["epoch"] + 1))
-        assert int(r.data.tags["epoch_reached"]) == rows[-1]["epoch"]
-        for key in ("acc_b", "acc_c", "acc_bc", "device_gap", "metric_a", "metric_b", "loss", "objective",
-                    "eval_metric_b"):
-            assert key in r.data.metrics, key
-        assert r.data.params["n_mels"] == "32" and "enhancement" in r.data.params
-        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert {"predictions.parquet", "confusion_selection.png", "confusion_evaluation.png"} <= artifacts
-        table = predictions_artifact(client, r.info.run_id)
-        assert {"split", "filename", "device", "label", "p_airport", "p_tram"} <= set(table.column_names)
-        probs = np.stack([table.column(c).to_numpy() for c in table.column_names if c.startswith("p_")], axis=1)
-        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-        assert set(table.column("split").to_pylist()) == {"selection", "evaluation"}
-        models = client.search_logged_models([experiment.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
-        assert len(models) == 1 and models[0].name == "model"
-        # the model carries its own figures, those of the kept epoch(s) (MLflow's Models tab shows them)
-        linked = {m.key: m for m in models[0].metrics or []}
-        assert linked["sel_metric_b"].step == rows[-1]["epoch"]
-        assert linked["sel_metric_b"].value == r.data.metrics["sel_metric_b"]
-        assert linked["eval_metric_b"].value == r.data.metrics["eval_metric_b"]
-    return {"client": client, "trials": trials, "results": results, "orphans": orphan_ids}
-
-
-def check_study(storage: Path, name: str, results: dict[str, list[dict]]) -> None:
-    """Optuna holds every trial with what really happened: COMPLETE at full budget, PRUNED (with its
-    intermediate values up to the epoch it reached) when ASHA stopped it."""
-    from optuna.trial import TrialState
-
-    # (an orphan's study trial, asked for by a driver that died before Tune recorded it, ends FAIL)
-    trials = [t for t in study(storage, name).get_trials()
-              if t.user_attrs.get("tune_trial_id") in results or t.state != TrialState.FAIL]
-    assert len(trials) == len(results)
-    for t in trials:
-        rows = results[t.user_attrs["tune_trial_id"]]
-        reached, epochs = rows[-1]["epoch"], rows[-1]["epochs"]
-        assert t.state == (TrialState.COMPLETE if reached == epochs else TrialState.PRUNED), (t.number, t.state)
-        assert sorted(t.intermediate_values) == list(range(1, reached + 1))
-        assert t.intermediate_values[reached] == pytest.approx(rows[-1]["objective"])
+from tests.helpers import (ENV, REPO, SHRINK, SMOKE, check_records, check_study, free_port, mlflow_runs, run,
+                           search_cmd, study)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,7 +139,7 @@ def test_resume_takes_the_store_it_ran_with_at_a_new_address_and_refuses_another
     assert resume_tracking_uri(recorded, None, experiment, parent) == (
         recorded, f"note: $MLFLOW_TRACKING_URI {other} does not hold this search (no run {parent}); "
                   f"MLflow: {recorded}, as it ran")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")  # nothing answers there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing answers there
     uri, line = resume_tracking_uri(recorded, None, experiment, parent)
     assert uri == recorded and "not reachable" in line and len(line.splitlines()) == 1
     assert not (tmp_path / "b" / "none.db").exists()
@@ -351,60 +213,6 @@ def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_li
     monkeypatch.setenv(RETRY_ENV, "1,-2")
     with pytest.raises(AscError, match="a delay is negative or not a number"):
         retry_delays()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, seconds: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer in {seconds} s")
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _nodes(address: str, env: dict) -> int:
-    status = subprocess.run(["ray", "status", f"--address={address}"], env=env, capture_output=True, text=True,
-                            timeout=60)
-    active = status.stdout.split("Active:")[-1].split("Pending:")[0]
-    return sum(" node_" in line for line in active.splitlines())
-
-
-def _wait_for(predicate, seconds: float, what: str, proc=None):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the search ended before {what}: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
 
 
 def test_an_objective_the_selection_clips_cannot_measure_is_refused_before_ray_starts(store):

@@ -10,27 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from asc.enhance import Enhancement
-from asc.models import ModelConfig
-from asc.store import build_stores
-from asc.dataset import read_development
-from asc.train import TrainConfig, mean_and_sem, train, train_seeds
+from asc.train import mean_and_sem, train, train_seeds
 from search.objectives import Objective
 from search.trainable import flatten_report
 from tests.conftest import predictions_artifact
-from tests.test_search import mlflow_runs, run, search_cmd, store  # noqa: F401 (fixture)
+from tests.helpers import lockstep_config, mlflow_runs, run, search_cmd
 
 KEYS = ("train_loss", "loss", "acc_a", "acc_bc", "metric_a", "metric_b", "device_gap", "lr")
-
-
-@pytest.fixture(scope="module")
-def small_store(synth_set, fast_config, tmp_path_factory):
-    return build_stores(read_development(synth_set), [fast_config], tmp_path_factory.mktemp("store")).built[0]
-
-
-def _config(store, **kw) -> TrainConfig:
-    return TrainConfig(**{"store": store, "model": ModelConfig(name="cnn", width=8), "epochs": 3, "batch_size": 8,
-                          "mixup_alpha": 0.3, "enhancement": Enhancement("gms", mean_subtraction=True), **kw})
 
 
 def same(a: float, b: float) -> bool:
@@ -41,10 +27,10 @@ def test_lockstep_seeds_equal_separate_runs_epoch_by_epoch(small_store):
     separate = {}
     for seed in (3, 4, 5):
         rows = []
-        train(_config(small_store, seed=seed), report=lambda e, m, c: rows.append(m))
+        train(lockstep_config(small_store, seed=seed), report=lambda e, m, c: rows.append(m))
         separate[seed] = rows
     reports = []
-    result = train_seeds(_config(small_store), [3, 4, 5], report=lambda e, m, c: reports.append((e, m)))
+    result = train_seeds(lockstep_config(small_store), [3, 4, 5], report=lambda e, m, c: reports.append((e, m)))
     assert [e for e, _ in reports] == [1, 2, 3]
     for (epoch, combined), k in zip(reports, range(3)):
         for seed in (3, 4, 5):
@@ -83,7 +69,7 @@ def test_mean_and_standard_error_against_a_hand_computation():
 
 
 def test_a_resumed_several_seed_run_equals_the_uninterrupted_one(small_store, tmp_path):
-    whole = train_seeds(_config(small_store, checkpoint_dir=str(tmp_path / "whole")), [0, 1])
+    whole = train_seeds(lockstep_config(small_store, checkpoint_dir=str(tmp_path / "whole")), [0, 1])
 
     class Crash(Exception):
         pass
@@ -94,11 +80,11 @@ def test_a_resumed_several_seed_run_equals_the_uninterrupted_one(small_store, tm
                 raise Crash
         return report
 
-    config = _config(small_store, checkpoint_dir=str(tmp_path / "resumed"))
+    config = lockstep_config(small_store, checkpoint_dir=str(tmp_path / "resumed"))
     with pytest.raises(Crash):
         train_seeds(config, [0, 1], report=crash_after(2))
     # A kill between the two seeds' checkpoints of epoch 2: seed 1 is an epoch behind and catches up.
-    early = _config(small_store, checkpoint_dir=str(tmp_path / "early"))
+    early = lockstep_config(small_store, checkpoint_dir=str(tmp_path / "early"))
     with pytest.raises(Crash):
         train_seeds(early, [0, 1], report=crash_after(1))
     shutil.copy(tmp_path / "early" / "seed1" / "last.pt", tmp_path / "resumed" / "seed1" / "last.pt")

@@ -19,10 +19,9 @@ import sys
 
 import pytest
 
-from tests.test_faults import (_mlflow_server, armed, assert_same_rows, ctrl_c_as_in_a_terminal, finish, label_ids,
-                               reference_reports, release, tune_epochs, wait_fault)
-from tests.test_search import (ENV, REPO, _free_port, _kill_group, _wait_for, _wait_http, check_records,  # noqa: F401
-                               check_study, mlflow_runs, run, search_cmd, store)
+from tests.helpers import (ENV, REPO, armed, assert_same_rows, check_records, check_study, ctrl_c_as_in_a_terminal,
+                           finish, free_port, kill_group, label_ids, mlflow_runs, mlflow_server, reference_reports,
+                           release, run, search_cmd, tune_epochs, wait_fault, wait_for, wait_http)
 
 
 def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_restarts_a_damaged_trial(store,
@@ -45,7 +44,7 @@ def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_r
         out, err = finish(proc, 300)
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            kill_group(proc)
     assert proc.returncode == 2, err[-3000:]
     assert f"python -m search resume ctrlc --storage {storage}" in err.strip().splitlines()[-1]
     _, _, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "ctrlc")
@@ -84,31 +83,31 @@ def server_away(store, tmp_path, name: str, down: str, up: str, sets: list[str])
     """A two-trial search against a real `mlflow server` that is stopped when the search reaches the
     fault point ``down`` and started again (on the same port and store) when it reaches ``up``.
     Yields (tracking URI, the search's stderr) once the search has ended with exit status 0."""
-    port, faults = _free_port(), tmp_path / "faults"
+    port, faults = free_port(), tmp_path / "faults"
     uri = f"http://127.0.0.1:{port}"
-    server = _mlflow_server(tmp_path, port)
+    server = mlflow_server(tmp_path, port)
     search = None
     try:
-        _wait_http(f"{uri}/health", 300)
+        wait_http(f"{uri}/health", 300)
         search = subprocess.Popen(
             search_cmd(store, tmp_path / "runs", name, "--num-samples", "2", "--max-concurrent", "1",
                        "--mlflow-uri", uri, sets=sets),
             cwd=REPO, env=armed(faults, down, up, base=QUICK_RETRIES), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True)
         wait_fault(faults, down, search)
-        _kill_group(server)
+        kill_group(server)
         release(faults, down)
         wait_fault(faults, up, search)  # the driver has gone on while no server answered
-        server = _mlflow_server(tmp_path, port)
-        _wait_http(f"{uri}/health", 300)
+        server = mlflow_server(tmp_path, port)
+        wait_http(f"{uri}/health", 300)
         release(faults, up)
         out, err = search.communicate(timeout=600)
         assert search.returncode == 0, err[-3000:]
         yield uri, err
     finally:
         if search is not None and search.poll() is None:
-            _kill_group(search)
-        _kill_group(server)
+            kill_group(search)
+        kill_group(server)
 
 
 def test_a_tracking_server_stopped_mid_search_loses_nothing(store, tmp_path):
@@ -152,39 +151,39 @@ def test_a_driver_killed_while_the_tracking_server_is_away_loses_no_epoch_once_r
     """The server stops after the first trial's first epoch, the driver keeps that trial's epochs for
     it and is killed holding them; the server comes back and `resume` finishes the search: every epoch
     of every trial is in MLflow exactly once, those the dead driver held taken from Tune's records."""
-    storage, faults, port = tmp_path / "runs", tmp_path / "faults", _free_port()
+    storage, faults, port = tmp_path / "runs", tmp_path / "faults", free_port()
     uri, down, held = f"http://127.0.0.1:{port}", "trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2"
-    server, search, paused = _mlflow_server(tmp_path, port), None, {}
+    server, search, paused = mlflow_server(tmp_path, port), None, {}
     try:
-        _wait_http(f"{uri}/health", 300)
+        wait_http(f"{uri}/health", 300)
         search = subprocess.Popen(
             search_cmd(store, storage, "held", "--num-samples", "2", "--max-concurrent", "1", "--mlflow-uri", uri,
                        sets=["epochs=3", "scheduler=none"]),
             cwd=REPO, env=armed(faults, down, held, base=QUICK_RETRIES), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True)
         wait_fault(faults, down, search)
-        _kill_group(server)
+        kill_group(server)
         release(faults, down)
         paused = wait_fault(faults, held, search)
         # the driver has processed the second epoch (Tune saved it), so it holds it for the server
         t001 = lambda: label_ids(storage, "held").get("t001")  # noqa: E731
-        _wait_for(lambda: t001() and tune_epochs(storage / "held").get(t001()) == 2, 600,
+        wait_for(lambda: t001() and tune_epochs(storage / "held").get(t001()) == 2, 600,
                   "Tune's saved state to hold the first trial's epoch 2", search)
     finally:
         if search is not None:
-            _kill_group(search)
+            kill_group(search)
         with contextlib.suppress(ProcessLookupError, KeyError):
             os.kill(paused["pid"], signal.SIGKILL)  # it dies with its raylet anyway
-        _kill_group(server)
-    server = _mlflow_server(tmp_path, port)
+        kill_group(server)
+    server = mlflow_server(tmp_path, port)
     try:
-        _wait_http(f"{uri}/health", 300)
+        wait_http(f"{uri}/health", 300)
         done = run([sys.executable, "-m", "search", "resume", "held", "--storage", str(storage)], timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         records = check_records(uri, storage, "held", 2)  # every epoch once, every run FINISHED
         check_study(storage, "held", records["results"])
     finally:
-        _kill_group(server)
+        kill_group(server)
 
 
 def test_resume_names_a_trial_whose_artifacts_still_cannot_be_logged_and_keeps_its_record(tmp_path, capsys):

@@ -20,16 +20,10 @@ from asc.enhance import Enhancement
 from asc.models import ModelConfig, build_model
 from asc.store import FeatureStore, build_stores
 from asc.synth import SynthConfig, write_dataset
-from asc.dataset import read_development
 from asc.train import FeatureView, TrainConfig, evaluate, make_optimizer, mix, mixup_loss, split_indices, train
 
 REPO = Path(__file__).resolve().parents[1]
 CNN = ModelConfig(name="cnn")
-
-
-@pytest.fixture(scope="module")
-def small_store(synth_set, fast_config, tmp_path_factory):
-    return build_stores(read_development(synth_set), [fast_config], tmp_path_factory.mktemp("store")).built[0]
 
 
 @pytest.fixture(scope="module")
