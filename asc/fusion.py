@@ -214,8 +214,8 @@ def held_back_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray
     scored on the other; the ensemble chosen on all the clips is the fusion when it scored higher in
     most of the held-back halves and on average, else the best single candidate, with a note that
     says why. A gain that one clip makes shows only in the halves that hold that clip back, half of
-    them, and is not taken. A pair whose halves cannot define the score (a device with one clip) does
-    not count; with none left, the best single candidate."""
+    them, and is not taken. A pair whose halves do not both hold every device (a device with one clip)
+    does not count: a half without C would choose on B alone; with none left, the best single candidate."""
     n = len(probs)
     if n == 0:
         raise AscError("fusion needs at least one candidate")
@@ -227,7 +227,11 @@ def held_back_greedy(probs: Sequence[np.ndarray], score_on: Callable[[np.ndarray
     if n == 1 or steps == 0:  # one candidate, or one pick (--size 1): the best single candidate
         return single
     gains = []
+    strata = np.asarray(strata)
+    devices = set(strata.tolist())
     for chosen_on, held in stratified_halves(strata, repeats, seed):
+        if set(strata[chosen_on].tolist()) != devices or set(strata[held].tolist()) != devices:
+            continue  # a half without one of the devices scores another figure (B&C of B alone)
         score_fit, score_held = score_on(chosen_on), score_on(held)
         fit = [p[chosen_on] for p in probs]
         ensemble = greedy_selection(fit, score_fit, steps=steps, bags=bags, seed=seed)

@@ -10,13 +10,21 @@
 - ``device_gap``: ``acc_<reference> - acc_bc``.
 
 Every figure comes with how many clips it stands on (``n_<device>``, ``n_bc``, ``n_unseen``, ``n``)
-and its standard error from those clips, ``<figure>_cse``: the binomial standard error
-sqrt(p (1 - p) / n) of an accuracy, and for the figures made of two accuracies on disjoint clips
-(Metric B, the gaps) the delta method, which for these linear combinations is exact: Var(MB) =
-(Var(A) + Var(B&C)) / 4, Var(gap) = Var(A) + Var(B&C). Closed forms from the counts alone, so every
-table, run and tag can carry them; a stratified bootstrap over the clips agrees with them (tested) and
-is what fusion uses where it compares two ensembles on the same clips (``asc.fusion``). Over several
-seeds a figure is their mean with its standard error from the seeds, ``<figure>_sem`` (:func:`mean_sem`).
+and its standard error from those clips, ``<figure>_cse`` (:func:`clip_errors`): how far the figure
+would move on another draw of as many clips from each device. A device's accuracy is a binomial
+proportion; its variance is Agresti and Coull's, p~ (1 - p~) / (n + 4) with p~ = (right + 2) / (n + 4),
+rather than the plain p (1 - p) / n, which is 0 when every clip (or none) is right: 4 of 4 B clips
+right is not a certainty to within +-0. A pooled accuracy (B&C, Metric A, the unseen devices) is
+stratified by device, as the selection splits are made: Var = sum over devices of (n_d / n)^2 Var_d,
+which is smaller than one binomial over the pooled clips when the devices' accuracies differ. Metric B
+and the gaps are sums of accuracies on disjoint clips: Var(MB) = (Var(A) + Var(B&C)) / 4, Var(gap) =
+Var(A) + Var(B&C). These are what a stratified bootstrap over the clips gives (tested), in closed form
+from the counts, so that every table, run and tag can carry them; fusion, which compares two
+ensembles on the same clips, bootstraps (``asc.fusion``). Over several seeds a figure is their mean
+with its standard error from the seeds, ``<figure>_sem`` (:func:`mean_sem`), and its clip error is
+that of each clip's correctness averaged over the seeds: the seeds share their clips, so a clip one
+seed gets wrong the others tend to get wrong too, and the mean of the seeds' own clip errors would
+overstate the mean's.
 """
 
 from __future__ import annotations
@@ -35,9 +43,38 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
         n_classes, n_classes)
 
 
-def _binomial_var(p: float, n: int) -> float:
-    """Variance of an accuracy ``p`` measured on ``n`` independent clips (nan without clips)."""
-    return p * (1 - p) / n if n and not math.isnan(p) else math.nan
+def clip_variance(scores: np.ndarray) -> float:
+    """Variance of the mean of per-clip scores (a clip's correctness, 0 or 1, or its mean over seeds)
+    over a draw of as many clips: their variance over n, with two right and two wrong clips added
+    (Agresti and Coull's adjustment; for 0/1 scores p~ (1 - p~) / (n + 4)). nan without clips."""
+    if not len(scores):
+        return math.nan
+    padded = np.concatenate([np.asarray(scores, dtype=float), [1.0, 1.0, 0.0, 0.0]])
+    return float(padded.var() / len(padded))
+
+
+def clip_errors(scores, devices, reference: str = REFERENCE_DEVICE, seen: Sequence[str] | None = None) -> dict:
+    """``<figure>_cse`` for every figure of :func:`device_metrics` from per-clip scores (each clip's
+    correctness, or its mean over seeds) and each clip's device (the module docstring)."""
+    scores, devices = np.asarray(scores, dtype=float), np.asarray(devices)
+    names = sorted(set(devices.tolist()))
+    count = {d: int((devices == d).sum()) for d in names}
+    var = {f"acc_{d}": clip_variance(scores[devices == d]) for d in names}
+
+    def pooled(group: list[str]) -> float:  # stratified by device
+        n = sum(count[d] for d in group)
+        return sum((count[d] / n) ** 2 * var[f"acc_{d}"] for d in group) if n else math.nan
+
+    unseen = [] if seen is None else [d for d in names if d not in set(seen)]
+    var["metric_a"] = pooled(names)
+    var["acc_bc"] = pooled([d for d in names if d != reference and d not in unseen])
+    ref_var = var.get(f"acc_{reference}", math.nan)
+    var["metric_b"] = (ref_var + var["acc_bc"]) / 4
+    var["device_gap"] = ref_var + var["acc_bc"]
+    if unseen:
+        var["acc_unseen"] = pooled(unseen)
+        var["unseen_gap"] = ref_var + var["acc_unseen"]
+    return {f"{k}_cse": math.sqrt(v) if v >= 0 else math.nan for k, v in var.items()}
 
 
 def _accuracy(mask: np.ndarray, correct: np.ndarray) -> float:
@@ -73,20 +110,12 @@ def device_metrics(y_true: Sequence[int], y_pred: Sequence[int], devices: Sequen
         return out | combined
     # how many clips each figure stands on, and its standard error from them (the module docstring)
     out["n"] = float(len(devices))
-    var = {"metric_a": _binomial_var(out["metric_a"], len(devices))}
     for device in sorted(set(devices.tolist())):
         out[f"n_{device}"] = float((devices == device).sum())
-        var[f"acc_{device}"] = _binomial_var(out[f"acc_{device}"], (devices == device).sum())
     out["n_bc"] = float(bc.sum())
-    var["acc_bc"] = _binomial_var(out["acc_bc"], bc.sum())
-    ref_var = var.get(f"acc_{reference}", math.nan)
-    var["metric_b"] = (ref_var + var["acc_bc"]) / 4
-    var["device_gap"] = ref_var + var["acc_bc"]
     if unseen.any():
         out["n_unseen"] = float(unseen.sum())
-        var["acc_unseen"] = _binomial_var(out["acc_unseen"], unseen.sum())
-        var["unseen_gap"] = ref_var + var["acc_unseen"]
-    out.update({f"{k}_cse": math.sqrt(v) if v >= 0 else math.nan for k, v in var.items()})
+    out.update(clip_errors(correct, devices, reference, seen))
     out.update(combined)
     out["class_acc"] = [_accuracy(y_true == k, correct) for k in range(n_classes)]
     out["confusion"] = {d: confusion(y_true[devices == d], y_pred[devices == d], n_classes).tolist()

@@ -37,7 +37,7 @@ from asc.enhance import CachedMedianFilter, Enhancement, freq_mixstyle, median_f
 from asc.errors import AscError, writable_file, writable_folder, write_atomic
 from asc.faults import fault_point, injected
 from asc.features import FeatureConfig
-from asc.metrics import SELECTION_METRICS, device_metrics, mean_sem
+from asc.metrics import SELECTION_METRICS, clip_errors, device_metrics, mean_sem
 from asc.models import ModelConfig, build_model, xception_weights_file
 from asc.parallel import process_map
 from asc.responses import gains_for
@@ -491,6 +491,7 @@ class Training:
         self.optimizer, self.scheduler = make_optimizer(self.model, config)
         self.history: list[dict] = []
         self.best = {"epoch": 0, "value": -math.inf}
+        self.correct = None  # the latest epoch's per-clip correctness on the selection clips
         self.best_state: dict | None = None
         self.epoch = 0
         if self.ckpt_dir is not None:
@@ -585,6 +586,7 @@ class Training:
             fetch_start = time.perf_counter()
         train_seconds = time.perf_counter() - epoch_start
         metrics, probs = evaluate(model, view, self.select_idx, device, config)
+        self.correct = probs.argmax(1) == view.labels[self.select_idx]  # per clip: a lockstep's clip errors
         value = metrics[config.selection]
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with; the step may lower the next
         self.scheduler.step(value)
@@ -598,12 +600,13 @@ class Training:
         improved = value > best["value"]
         test_probs = None
         if improved:
-            best = self.best = {"epoch": epoch, "value": value, "metrics": scalars(metrics)}
+            best = self.best = {"epoch": epoch, "value": value, "metrics": scalars(metrics), "correct": self.correct}
             if test_idx is not None and ckpt_dir is None:  # no best.pt to come back to: keep it here
                 self.best_state = copy.deepcopy(model.state_dict())
             if self.evaluate_best and test_idx is not None:
                 test_metrics, test_probs = evaluate(model, view, test_idx, device, config)
                 best["test"] = _test_summary(test_metrics, view)
+                best["test_correct"] = test_probs.argmax(1) == view.labels[test_idx]
         if ckpt_dir is not None:
             if improved:
                 _atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(self.model_config),
@@ -712,9 +715,34 @@ def mean_and_sem(reports: list[dict]) -> dict:
             out[key] = value
         elif isinstance(value, dict):
             out[key] = mean_and_sem([r.get(key, {}) for r in reports])
+        elif key.endswith("_cse"):  # an error itself: its mean, which seeds_clip_errors replaces where it can
+            out[key] = mean_sem([r.get(key, math.nan) for r in reports])[0]
         else:
             out[key], out[key + "_sem"] = mean_sem([r.get(key, math.nan) for r in reports])
     return out
+
+
+def seeds_clip_errors(runs: list["Training"], epoch: dict | None = None, best: dict | None = None,
+                      test: dict | None = None) -> None:
+    """The clip errors (``<figure>_cse``) of the seeds' mean figures, in place: ``epoch`` (the latest
+    epoch's, selection clips), ``best`` (the selected epochs', selection clips) and ``test`` (the
+    selected epochs' on the evaluation split), from each clip's correctness averaged over the seeds
+    (``asc.metrics``): the seeds are scored on the same clips, and the mean of their own clip errors
+    would overstate the error of their mean. A run resumed from a checkpoint that predates the
+    per-clip record keeps that mean."""
+    view, select_idx, test_idx = runs[0].view, runs[0].select_idx, runs[0].test_idx
+
+    def update(figures: dict | None, correct: list, indices: np.ndarray) -> None:
+        if figures and all(c is not None for c in correct):
+            figures.update(clip_errors(np.mean(correct, axis=0), [view.clips[i].device for i in indices],
+                                       seen=view.seen_devices))
+
+    update(epoch, [r.correct for r in runs], select_idx)
+    update(best, [r.best.get("correct") for r in runs], select_idx)
+    if test_idx is None:  # the paper protocol: the selected epoch's figures are the evaluation split's
+        update(test, [r.best.get("correct") for r in runs], select_idx)
+    else:
+        update(test, [r.best.get("test_correct") for r in runs], test_idx)
 
 
 def train_seeds(config: TrainConfig, seeds: list[int], report: Report | None = None,
@@ -745,14 +773,15 @@ def train_seeds(config: TrainConfig, seeds: list[int], report: Report | None = N
         reports = [run.run_epoch() for run in runs]
         if report is not None:
             combined = mean_and_sem(reports)
+            seeds_clip_errors(runs, combined, combined.get("best_metrics"), combined.get("best_test"))
             combined["epoch"] = reports[0]["epoch"]
             combined["best_epoch"] = int(round(combined["best_epoch"]))
             combined["per_seed"] = dict(zip(seeds, reports))
             report(reports[0]["epoch"], combined, config.checkpoint_dir)
     results = [run.result() for run in runs]
-    return {"seeds": list(seeds), "results": results,
-            "best": mean_and_sem([scalars(r["best"]) for r in results]),
-            "test": mean_and_sem([scalars(r["test"]) for r in results])}
+    best, test = (mean_and_sem([scalars(r[k]) for r in results]) for k in ("best", "test"))
+    seeds_clip_errors(runs, best=best, test=test)
+    return {"seeds": list(seeds), "results": results, "best": best, "test": test}
 
 
 def _test_summary(metrics: dict, view: FeatureView) -> dict:

@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "or the best trial of each enhancement (the paper's A5 + A6 + A7) (default %(default)s)")
     fuse.add_argument("--size", type=COUNT, default=None,
                       help="bootstrap, gated, greedy: most picks, with replacement (default 10); top: members "
-                           "(default 3)")
+                           "(default 3); at most 100")
     fuse.add_argument("--bags", type=integer(0, 1000), default=0,
                       help="bootstrap: resamples of the selection clips (0: 40); greedy: bagged repeats on random "
                            "halves of the candidates (default 0); gated: the same (0: 20); at most 1000")

@@ -16,7 +16,6 @@ with the members marked) together with the fused audio model (``search.serving``
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import tempfile
@@ -39,15 +38,17 @@ from asc.metrics import device_metrics
 from asc.device_table import device_table
 from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
-from search.report import clip_warning
+from search.report import CLIP_SE_HOW, clip_warning
 from search.serving import download_members, log_audio_model, registry_uri
 from search.space import CONDITIONAL
-from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, _clean, _log_params, \
+from search.stores import training_devices
+from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, TRAIN_DEVICES_TAG, _clean, _log_params, \
     check_tracking_uri, confusion_figure, percent, run_tags, selected_on
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
 MAX_BAGS = 1000  # resamples (or bagged repeats) a fusion may ask for: each is a greedy selection
+MAX_SIZE = 100  # picks of a greedy fusion (with repeats, a member's weight): each is a pass over the candidates
 BOOTSTRAP_BAGS = 40  # the default fusion's bootstrap resamples of the selection clips, unless --bags says
 GATE_BAGS = 20  # the gated fusion's bagged repeats, unless --bags says otherwise
 GATE_SPLITS = 5  # its random halvings of the selection clips (each half held back once)
@@ -167,12 +168,23 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     _, classes, splits = next(item for item in read if signature(item) == reference)
     if "selection" not in splits:
         raise AscError(f"experiment {experiment_id}: the trials' predictions hold no selection clips to choose on")
-    # Which devices training saw: the selection clips' under the validation protocol (training
-    # locations: never an unseen device), else the store's training split where it can be read here.
-    seen = tuple(sorted(set(splits["selection"][1].tolist())))
+    # Which devices training saw (Metric B pools the others but the reference as B&C; the rest are
+    # unseen): the store's training split where it can be read here, else what the search recorded,
+    # else, under the validation protocol, the selection clips' (training locations: never an unseen
+    # device). The evaluation split may hold unseen devices: nothing else can tell them apart.
     store = next((r.data.params.get("store") for r in runs if r.data.params.get("store")), None)
+    tags = client.get_experiment(experiment_id).tags
     if store and Path(store, "_manifest.json").is_file():
-        seen = tuple(sorted(json.loads(Path(store, "_manifest.json").read_text())["counts"].get("train", {})))
+        seen = tuple(training_devices(store))
+    elif tags.get(TRAIN_DEVICES_TAG):
+        seen = tuple(tags[TRAIN_DEVICES_TAG].split(","))
+    elif tags.get(SELECTED_ON_TAG) != selected_on("paper"):
+        seen = tuple(sorted(set(splits["selection"][1].tolist())))
+    else:
+        raise AscError(f"experiment {experiment_id}: its trials chose on the evaluation split (protocol paper), "
+                       f"which may hold devices training never heard, and neither their store ({store}) can be read "
+                       f"here nor does the experiment say which devices trained (tag {TRAIN_DEVICES_TAG}); fuse where "
+                       "the store can be read, or set that tag (e.g. a,b,c)")
     clips = {s: Clips(splits[s][0], splits[s][1], np.array([classes.index(x) for x in splits[s][2]]), seen)
              for s in splits}
     notes = []
@@ -244,8 +256,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if by not in SINGLE:
         raise AscError(f"--by {by!r}: fusion needs one number to maximise: one of {', '.join(SINGLE)}")
-    if size is not None and size < 1:
-        raise AscError(f"--size {size}: must be at least 1")
+    if size is not None and not 1 <= size <= MAX_SIZE:
+        raise AscError(f"--size {size}: must be 1 to {MAX_SIZE}")
     if not 0 <= bags <= MAX_BAGS:
         raise AscError(f"--bags {bags}: must be 0 (the method's default) to {MAX_BAGS}")
     if bags and method in ("top", "per-enhancement"):
@@ -444,7 +456,7 @@ def format_result(result: FusionResult) -> str:
     titles = ({"selection": "chosen on: evaluation split (%)", "evaluation": "evaluation split, = chosen on (%)"}
               if result.protocol == "paper" else None)
     return (_title(result) + "\n" + device_table(rows, splits, clip_se=(0, -1), titles=titles)
-            + "\n+- (clips): one standard error from the clips (binomial; the delta method for Metric B and the gaps)")
+            + f"\n+- (clips): one standard error from the clips ({CLIP_SE_HOW})")
 
 
 def _headline(result: FusionResult) -> str:
@@ -479,7 +491,7 @@ def _title(result: FusionResult) -> str:
                         if k.startswith("n_") and k not in ("n_bc", "n_unseen"))
     se = Objective(result.by, result.gap_lambda).clip_se(sel)
     known = (f"; {devices} selection clips (B&C {int(sel.get('n_bc', 0))}) know its {result.by} within "
-             f"+-{100 * se:.1f} points (one standard error, binomial)" if devices and math.isfinite(se) else "")
+             f"+-{100 * se:.1f} points (one standard error from the clips)" if devices and math.isfinite(se) else "")
     note = f"; {result.note}" if result.note else ""
     return (f"{result.method} fusion by {result.by} of the trials of {result.experiment!r}: {len(result.members)} "
             f"member(s) of {len(result.candidates)} candidate(s) (every finished trial {rule}), chosen on {where}"

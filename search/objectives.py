@@ -73,7 +73,8 @@ class Objective:
 
     def clip_se(self, metrics: dict) -> float:
         """The single objective's standard error from the clips it was measured on (``asc.metrics``:
-        binomial, and the delta method for what is made of several accuracies); nan for the Pareto pair."""
+        a binomial error per device, pooled figures stratified by device, sums of accuracies on disjoint
+        clips adding their variances); nan for the Pareto pair."""
         if self.multi:
             return math.nan
         if self.name == "worst_device":

@@ -26,6 +26,9 @@ from search.space import CONDITIONAL, Space
 from search.tracking import TRIAL_TAG, percent, runs_url
 
 
+# How the clip errors are computed (asc.metrics), as every table's legend says it.
+CLIP_SE_HOW = "binomial, Agresti-Coull; B&C and Metric A stratified by device"
+
 def trial_rows(results, space: Space) -> list[dict]:
     """One row per trial of Tune's results: its state, epochs, parameters and reported figures."""
     rows = []
@@ -76,8 +79,8 @@ def report_results(client, info: dict, space: Space, trials: list[dict], study, 
                 + (" --protocol paper" if space.protocol == "paper" else "") + " --register NAME --alias champion")
     where = "The evaluation split, which chose (protocol paper)" if space.protocol == "paper" else "Selection clips"
     clips = clip_counts(trials)
-    counts_line = (f"{where}: {clips}; ± one standard error from these clips (binomial; the delta method for "
-                   "Metric B and the gap)" + ("; seeds: from the seeds" if space.seeds > 1 else "") + ". "
+    counts_line = (f"{where}: {clips}; ± one standard error from these clips ({CLIP_SE_HOW})"
+                   + ("; seeds: from the seeds" if space.seeds > 1 else "") + ". "
                    if clips else "")
     files = "`best_trials.txt` (Artifacts)" + (", the Pareto front's: `pareto_front.txt`" if front else "")
     # the result first: the UI shows a note's first lines until "Show more"
@@ -146,7 +149,9 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     note = noise_note(shown) if seeds and not space.objective.multi else ""
     if note:
         lines.append(note)
-    warning = clip_warning(shown, space.objective, paper=paper) if not space.objective.multi else ""
+    # among the trials shown, and at least the best two: can the clips tell the best from the next?
+    ranked = shown if len(shown) > 1 else sorted(rows, key=_rank_key(space))[:2]
+    warning = clip_warning(ranked, space.objective, paper=paper) if not space.objective.multi else ""
     if warning:
         lines.append(warning)
     return "\n".join(lines)
@@ -212,7 +217,7 @@ def clips_line(rows: list[dict], paper: bool = False) -> str:
     row = next(r for r in rows if "sel_n" in r)
     where = "the evaluation split" if paper else "selection clips"
     return (f"{where}: {counts}; +- (clips) and objective +- c: standard errors "
-            "from these clips (binomial; the delta method for Metric B and the gaps)"
+            f"from these clips ({CLIP_SE_HOW})"
             + ("; +- s: from the seeds" if any(k.endswith("_sem") for k in row) else ""))
 
 

@@ -158,6 +158,13 @@ def cache_line(stores: dict) -> str | None:
             "needs one rebuilds it, so they may be deleted while no search reads the store")
 
 
+def training_devices(stores: dict | str | Path) -> list[str]:
+    """The devices of the training split of a store (its folder) or of a search's stores (feature-config
+    key -> folder; one dataset): what the models heard, the others being unseen."""
+    folder = next(iter(stores.values())) if isinstance(stores, dict) else stores
+    return sorted(read_manifest(Path(folder) / MANIFEST)["counts"].get("train", {}))
+
+
 def has_unseen_devices(stores: dict) -> bool:
     """Whether the dataset of the stores has devices that its training split never hears (the
     synthetic set's s1 and s2, DCASE 2020's s4-s6; none in 2019)."""

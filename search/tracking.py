@@ -45,6 +45,9 @@ MODEL_TAG = "model_uri"  # a trial's or a fusion's audio model (search.serving)
 SELECTED_ON_TAG = "selected_on"  # "validation" (held-out training locations) or "evaluation" (protocol paper)
 STORE_TAG = "store_name"  # the identity of the feature store a trial read (search.stores.store_identity)
 KEY_TAG = "config_key"  # the configuration's identity (search.space.Space.config_key)
+# The devices of the training split ("a,b,c"): which devices Metric B pools as B&C and which are
+# unseen, for `fuse` where the store cannot be read.
+TRAIN_DEVICES_TAG = "train_devices"
 
 
 RUNS_VIEW = "trials"  # the key of the runs table every search's experiment carries (runs_view)
@@ -70,13 +73,18 @@ def runs_view(space, unseen: bool = True) -> dict[str, str]:
     return {f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(view)}
 
 
-def ensure_runs_view(uri: str, experiment_id: str, space, unseen: bool = True) -> None:
+def ensure_runs_view(uri: str, experiment_id: str, space, unseen: bool = True,
+                     train_devices: list[str] | None = None) -> None:
     """Give an experiment made before searches carried :func:`runs_view` that view, so that the
-    address a resumed search prints opens its trials' table (an experiment that has it keeps it)."""
+    address a resumed search prints opens its trials' table (an experiment that has it keeps it),
+    and the devices its training split holds (``TRAIN_DEVICES_TAG``)."""
     client = MlflowClient(uri)
     key = f"mlflow.sharedViewState.{RUNS_VIEW}"
-    if key not in client.get_experiment(experiment_id).tags:
+    tags = client.get_experiment(experiment_id).tags
+    if key not in tags:
         client.set_experiment_tag(experiment_id, key, runs_view(space, unseen)[key])
+    if train_devices and TRAIN_DEVICES_TAG not in tags:
+        client.set_experiment_tag(experiment_id, TRAIN_DEVICES_TAG, ",".join(train_devices))
 
 
 def runs_url(base: str, experiment_id: str) -> str:
@@ -196,11 +204,12 @@ def check_new_experiment(uri: str, name: str) -> None:
 
 
 def start_search(uri: str, name: str, artifact_root: Path | None, space, command: str, settings: dict,
-                 store_names: dict | None = None, unseen: bool = True) -> tuple[str, str]:
+                 store_names: dict | None = None, unseen: bool = True,
+                 train_devices: list[str] | None = None) -> tuple[str, str]:
     """Create the search's experiment (one per search) and its parent run; returns (experiment id, run id).
     The experiment's tags say what its trials can be compared with (``--warm-start`` reads them):
-    objective, protocol, seeds and the feature stores' identities; and how the runs table shows
-    them (:func:`runs_view`, ``unseen`` as there)."""
+    objective, protocol, seeds and the feature stores' identities; the devices of the training
+    split; and how the runs table shows them (:func:`runs_view`, ``unseen`` as there)."""
     check_new_experiment(uri, name)  # again: another search may have taken the name since
     client = MlflowClient(uri)
     location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
@@ -208,7 +217,8 @@ def start_search(uri: str, name: str, artifact_root: Path | None, space, command
         "space": space.path, "objective": space.objective.label(), "protocol": space.protocol,
         "validation_share": f"{space.validation_share:g}",
         SELECTED_ON_TAG: selected_on(space.protocol), "seeds": str(space.seeds),
-        "store_names": json.dumps(store_names or {}, sort_keys=True), **runs_view(space, unseen)})
+        "store_names": json.dumps(store_names or {}, sort_keys=True), **runs_view(space, unseen),
+        **({TRAIN_DEVICES_TAG: ",".join(train_devices)} if train_devices else {})})
     run = client.create_run(experiment_id, run_name=f"search {name}",
                             tags=run_tags({SEARCH_TAG: name, ROLE_TAG: "search", "command": command,
                                            SELECTED_ON_TAG: selected_on(space.protocol),

@@ -48,7 +48,8 @@ from search.report import distinct_line, report_results, trial_rows, ui_command
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
 from search.searcher import ACTIVE, STUDY_FILE, Searcher, make_sampler, study_storage
 from search.space import Space, load_space
-from search.stores import cache_line, check_stores_unchanged, has_unseen_devices, resolve_stores, store_devices, store_identity
+from search.stores import (cache_line, check_stores_unchanged, has_unseen_devices, resolve_stores, store_devices,
+                           store_identity, training_devices)
 from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TAG, MlflowTracker, RetryingClient, \
     check_new_experiment, check_tracking_uri, close_dangling_runs, ensure_runs_view, resume_tracking_uri, save_pending, \
     send_pending, send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
@@ -248,7 +249,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
                "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
                "store": str(Path(settings.store).resolve()), "storage": str(storage)}
     experiment_id, parent_run = start_search(mlflow_uri, name, local_artifacts, space, command, options, store_names,
-                                             has_unseen_devices(stores))
+                                             has_unseen_devices(stores), training_devices(stores))
     info = {"name": name, "space_path": space.path, "stores": stores, "mlflow_uri": mlflow_uri,
             "experiment_id": experiment_id, "parent_run_id": parent_run, "address": settings.address,
             "command": command, **options, "max_failures": settings.max_failures,
@@ -394,7 +395,8 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     if left:
         print(f"warning: {left} kept MLflow write(s) still cannot reach {info['mlflow_uri']}")
     send_unlogged(info["mlflow_uri"], search_dir)  # trials' models it could not take then
-    ensure_runs_view(uri, info["experiment_id"], space, has_unseen_devices(info["stores"]))
+    ensure_runs_view(uri, info["experiment_id"], space, has_unseen_devices(info["stores"]),
+                     training_devices(info["stores"]))
     init_ray(address or info.get("address"))
     route_ray_messages(search_dir)
     print(f"resuming search {name!r} from {search_dir}")

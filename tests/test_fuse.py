@@ -336,7 +336,7 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
     runs = len(client.search_runs([experiment.experiment_id]))
     versions = len(client.search_model_versions())
     # names MLflow's registry refuses are refused before the fusion run and its model are written
-    for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"),
+    for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"), (["--size", "101"], "--size 101"),
                           (["--experiment", "nope"], "nope"), (["--register", "a/b"], "--register 'a/b'"),
                           (["--register", " "], "--register"), (["--alias", "champion"], "--register NAME"),
                           (["--register", "smoke-fusion", "--alias", "v2"], "--alias 'v2'"),
@@ -366,3 +366,40 @@ def test_bench_fusion_draws_searches_from_the_recorded_trials_and_prints_every_m
     assert {r["n_bc"] for r in figures["rows"]} == {4} and len(figures["goals"]) == 2
     bad = cli("bench-fusion", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--sizes", "12")
     assert bad.returncode != 0 and "--sizes 12" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_fuse_takes_the_training_devices_from_the_store_else_the_search_and_never_pools_unseen_ones(tmp_path):
+    """Protocol paper chooses on the evaluation split, which holds devices training never heard (s1).
+    Metric B pools B and C only: the devices come from the store, else the search's experiment tag;
+    with neither, fuse refuses in one line rather than count s1 as seen."""
+    from mlflow import MlflowClient
+
+    from asc.errors import AscError
+    from search.fuse import load_candidates
+    from search.predictions import log_predictions, predictions_table
+    from search.tracking import SELECTED_ON_TAG, TRAIN_DEVICES_TAG
+
+    rng = np.random.default_rng(0)
+    devices = np.array(["a"] * 12 + ["b"] * 4 + ["c"] * 4 + ["s1"] * 4)
+    files = [f"audio/x{k:02d}-{d}.wav" for k, d in enumerate(devices)]
+    labels = rng.choice(["park", "tram"], len(devices))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def experiment(name: str, tags: dict) -> str:
+        eid = client.create_experiment(name, artifact_location=(tmp_path / name).as_uri(), tags=tags)
+        for k in range(2):
+            run = client.create_run(eid, run_name=f"t00{k} none", tags={"role": "trial"})
+            client.log_param(run.info.run_id, "store", str(tmp_path / "gone"))  # not readable here
+            probs = rng.dirichlet([1, 1], len(devices))
+            log_predictions(client, run.info.run_id, predictions_table(
+                ["park", "tram"], [("selection", files, devices.tolist(), labels.tolist(), probs, {})]))
+            client.set_terminated(run.info.run_id, "FINISHED")
+        return eid
+
+    tagged = experiment("tagged", {SELECTED_ON_TAG: "evaluation", TRAIN_DEVICES_TAG: "a,b,c"})
+    _, clips, *_ = load_candidates(client, tagged)
+    assert tuple(clips["selection"].seen) == ("a", "b", "c")
+    untagged = experiment("untagged", {SELECTED_ON_TAG: "evaluation"})
+    with pytest.raises(AscError, match=rf"protocol paper.*{TRAIN_DEVICES_TAG}") as refused:
+        load_candidates(client, untagged)
+    assert "\n" not in str(refused.value)

@@ -129,6 +129,17 @@ def test_the_gate_takes_a_real_gain_and_refuses_one_a_clip_makes():
     assert refused.members == (0,) and "did not beat it on the other half" in refused.note
 
 
+def test_the_gate_never_chooses_on_a_half_that_lacks_a_device():
+    """One C clip: every split of the clips leaves one half without C, where B&C would be B alone.
+    No pair counts, and the fusion is the best single candidate, saying why."""
+    labels = np.array([0, 1, 2] * 20)
+    devices = np.array((["a", "b"] * 30)[:59] + ["c"])
+    good = np.full((60, 3), 1 / 3)
+    good[30:] = _onehot(labels[30:].tolist(), sharp=0.95)
+    alone = _gate_case(good, labels, devices)
+    assert len(alone.members) == 1 and "too few to hold any back" in alone.note
+
+
 def test_the_gate_with_one_pick_is_the_best_single_candidate():
     from asc.fusion import held_back_greedy
 
@@ -199,25 +210,3 @@ def test_held_back_halves_split_every_device_and_hold_each_clip_back_once_per_sp
         assert sorted(np.concatenate([fit, held]).tolist()) == list(range(12))
         for d, n in (("a", 7), ("b", 3), ("c", 2)):
             assert sorted([(devices[fit] == d).sum(), (devices[held] == d).sum()]) == [n // 2, n - n // 2]
-
-
-def bootstrap_indices(strata, resamples: int, seed: int = 0) -> list[np.ndarray]:
-    """Resamples of the clips (indices) that keep each stratum's (device's) count."""
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))]
-    return [np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups]) for _ in range(resamples)]
-
-
-def test_stratified_bootstrap_of_the_clips_agrees_with_the_binomial_error():
-    from asc.metrics import device_metrics
-
-    devices = np.array(["a"] * 60 + ["b"] * 20 + ["c"] * 20)
-    rows = bootstrap_indices(devices, 2000, seed=1)
-    assert all(sorted(devices[ix].tolist()) == sorted(devices.tolist()) for ix in rows[:20])
-    rng = np.random.default_rng(2)
-    labels = np.zeros(100, int)
-    pred = (rng.random(100) < 0.3).astype(int)  # about 70% right
-    m = device_metrics(labels, pred, devices, 2)
-    boot = [device_metrics(labels[ix], pred[ix], devices[ix], 2)["metric_b"] for ix in rows]
-    assert np.std(boot) == pytest.approx(m["metric_b_cse"], rel=0.1)
-    assert m["n_bc"] == 40 and m["acc_bc_cse"] == pytest.approx(np.sqrt(m["acc_bc"] * (1 - m["acc_bc"]) / 40))

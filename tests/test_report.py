@@ -42,12 +42,15 @@ def test_the_best_trials_table_shows_the_clip_counts_and_standard_errors_and_war
     assert "selection clips: A 60, B 4, C 4 (B&C 8); +- (clips) and objective +- c: standard errors" in table
     assert "; +- s: from the seeds" in table
     se_line = next(line for line in table.splitlines() if "+- (clips)" in line and "|" in line)
-    # under the best trial: A's binomial standard error (45 of 60 right) and Metric B's delta method
-    assert f"+-{100 * (0.75 * 0.25 / 60) ** 0.5:.1f}" in se_line and f"+-{100 * best['metric_b_cse']:.1f}" in se_line
+    # under the best trial: A's binomial standard error (45 of 60 right, Agresti-Coull) and Metric B's
+    assert f"+-{100 * ((47 / 64) * (17 / 64) / 64) ** 0.5:.1f}" in se_line and f"+-{100 * best['metric_b_cse']:.1f}" in se_line
     assert best["metric_b_cse"] ** 2 == pytest.approx(
         (best["acc_a_cse"] ** 2 + best["acc_bc_cse"] ** 2) / 4)
     warning = clip_warning(rows, objective)
-    assert warning.startswith("warning: the selection clips (A 60, B 4, C 4) know metric_b only within +-18.0 points (2 standard errors)")
+    assert best["acc_bc_cse"] ** 2 == pytest.approx((((5 / 8) * (3 / 8) + 0.25) / 8) / 4)  # B 3 of 4, C 2 of 4, stratified
+    assert warning.startswith("warning: the selection clips (A 60, B 4, C 4) know metric_b only within "
+                              f"+-{200 * best['metric_b_cse']:.1f} points (2 standard errors)")
+    assert 13 < 200 * best["metric_b_cse"] < 14
     assert "for t000, the clips' standard error is the larger" in warning
     paper = clip_warning(rows, objective, paper=True)  # protocol paper chose on the evaluation split
     assert paper.startswith("warning: the evaluation split's clips, which chose here (protocol paper), (A 60, B 4, C 4)")

@@ -45,6 +45,7 @@ def test_smoke_search_on_local_ray_records_every_trial_and_prunes_honestly(store
     # something they logged.
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
+    assert experiment.tags["train_devices"] == "a,b,c"  # what `fuse` pools as B&C where the store is not at hand
     assert f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=trials&" in out
     view = json.loads(experiment.tags["mlflow.sharedViewState.trials"])
     shown = client.search_runs([experiment.experiment_id], filter_string=view["searchFilter"],

@@ -42,6 +42,31 @@ def test_lockstep_seeds_equal_separate_runs_epoch_by_epoch(small_store):
     assert [r["config"]["seed"] for r in result["results"]] == [3, 4, 5]
 
 
+def test_the_seeds_mean_carries_the_clip_error_of_the_mean_not_the_mean_of_the_seeds_errors(small_store, tmp_path):
+    """The seeds are scored on the same clips: the clip error of their mean figure is that of each
+    clip's correctness averaged over the seeds (each seed's selected epoch, as its best_probs.npz
+    holds it), on the selection clips and on the evaluation split, in every report and the result;
+    never more than the mean of the seeds' own clip errors."""
+    from asc.metrics import clip_errors
+
+    reports = []
+    config = lockstep_config(small_store, epochs=2, checkpoint_dir=str(tmp_path), protocol="validation",
+                             validation_share=0.3)
+    result = train_seeds(config, [0, 1, 2], report=lambda e, m, c: reports.append(m), evaluate_best=True)
+    saved = [dict(np.load(tmp_path / f"seed{s}" / "best_probs.npz")) for s in (0, 1, 2)]
+    last = reports[-1]
+    for prefix, figures, per_seed in (("", last["best_metrics"], "best_metrics"), ("test_", last["best_test"], "best_test"),
+                                      ("", result["best"], None), ("test_", result["test"], None)):
+        correct = np.mean([z[prefix + "probs"].argmax(1) == z[prefix + "labels"] for z in saved], axis=0)
+        want = clip_errors(correct, saved[0][prefix + "devices"])
+        assert set(want) >= {"acc_a_cse", "acc_bc_cse", "metric_b_cse", "device_gap_cse"}
+        for key, value in want.items():
+            assert figures[key] == pytest.approx(value), (prefix, key)
+            assert key + "_sem" not in figures  # no standard error of an error
+            if per_seed:
+                assert value <= np.mean([last["per_seed"][s][per_seed][key] for s in (0, 1, 2)]) + 1e-12, key
+
+
 def test_mean_and_standard_error_against_a_hand_computation():
     reports = [{"metric_b": 0.5, "epoch": 2, "best_metrics": {"acc_a": 0.6}},
                {"metric_b": 0.7, "epoch": 2, "best_metrics": {"acc_a": 0.8}},

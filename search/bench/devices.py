@@ -74,6 +74,7 @@ def spread(metrics: dict) -> float:
 def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, systems) -> dict:
     """{system: [per-seed {"all": metrics, "parallel": metrics, "seconds": s}]}, resuming finished runs."""
     from asc.train import train  # late, as noted at the top
+    from search.stores import training_devices
 
     results: dict[str, list[dict]] = {}
     for system_id in systems:
@@ -86,7 +87,7 @@ def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, syst
             result = train(config)
             with np.load(ckpt / "best_probs.npz") as npz:
                 metrics = prediction_metrics(npz["probs"], npz["labels"], npz["devices"], npz["filenames"],
-                                             seen=seen_devices(store))
+                                             seen=training_devices(store))
             for part in metrics.values():
                 part["spread"] = spread(part)
             metrics["seconds"] = time.perf_counter() - start
@@ -97,13 +98,6 @@ def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, syst
                   f"B&C {100 * a['acc_bc']:5.1f}  gap {100 * a['device_gap']:+5.1f}  "
                   f"parallel gap {100 * metrics['parallel']['device_gap']:+5.1f}  ({metrics['seconds']:.0f} s)", flush=True)
     return results
-
-
-def seen_devices(store: str) -> list[str]:
-    """The devices of a store's training split."""
-    from asc.store import MANIFEST, read_manifest  # late, as noted at the top
-
-    return sorted(read_manifest(Path(store) / MANIFEST)["counts"].get("train", {}))
 
 
 def format_table(results: dict) -> str:
