@@ -99,7 +99,18 @@ SCHEDULER_KEYS = ("name", "max_t", "grace_period", "reduction_factor", "noise_z"
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, but ``1e-3`` is a float as in YAML 1.2 (YAML 1.1 needs ``1.0e-3``, and
-    reads ``lr: 1e-3`` or ``--set lr=3e-4`` as a string)."""
+    reads ``lr: 1e-3`` or ``--set lr=3e-4`` as a string), and a key given twice in one mapping is an
+    error, as YAML 1.2 says (PyYAML keeps the last silently: ``epochs: 3`` then ``epochs: 4`` ran 4)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
@@ -610,6 +621,11 @@ def _dist(spec: dict, param: Param, key: str, fail) -> Dist:
             fail(f"{key}.step", f"a positive {'integer' if kind == 'int' else 'number'}, not {step!r}")
         if log:
             fail(f"{key}.step", "a log range takes no step")
+        steps = (high - low) / step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):  # Optuna would lower high without a word
+            fail(f"{key}.step", f"{step:g} does not divide the range [{low:g}, {high:g}], whose bounds are both "
+                                f"values to try: make high {low + math.floor(steps) * step:g} or "
+                                f"{low + math.ceil(steps) * step:g}")
     if param.odd and (step is None or step % 2):
         fail(f"{key}.step", "an odd size needs an even step (e.g. int: [3, 11], step: 2), else even sizes come up")
     return Dist(kind, low=low, high=high, step=step, log=log)

@@ -115,6 +115,10 @@ ENH_CHOICE = {"enhancement": {"choice": ["none", "mean_subtraction", "median_fil
     (with_(params={"lr": "fast"}), "params.lr", "expected a number"),
     (with_(params={"pretrained": 1}), "params.pretrained", "true or false"),
     (with_(params={"model": 3}), "params.model", "expected a string"),
+    # a step that does not divide the range: Optuna would lower high unasked (0.5 -> 0.3)
+    (with_(params={"mixup_alpha": {"float": [0.0, 0.5], "step": 0.3}}), "params.mixup_alpha.step",
+     "0.3 does not divide the range [0, 0.5], whose bounds are both values to try: make high 0.3 or 0.6"),
+    (with_(params={"width": {"int": [8, 18], "step": 4}}), "params.width.step", "make high 16 or 20"),
     (with_(num_samples=0), "num_samples", "integer >= 1"),
     (with_(max_concurrent="two"), "max_concurrent", "integer >= 1"),
     (with_(seed=-1), "seed", "integer >= 0"),
@@ -245,6 +249,10 @@ def test_invalid_yaml_names_the_line(tmp_path):
     assert str(info.value).startswith(f"{path}:4: not valid YAML")
     path = space_file(tmp_path, "params:\n  lr: [0.001, 0.01\n  model: cnn\n", "unclosed.yaml")
     with pytest.raises(AscError, match=rf"^{re.escape(str(path))}:\d+: not valid YAML"):
+        load_space(path)
+    # a key given twice: YAML 1.2 refuses it, PyYAML would keep the last without a word
+    path = space_file(tmp_path, "params:\n  model: cnn\n  epochs: 3\n  epochs: 4\n", "twice.yaml")
+    with pytest.raises(AscError, match=rf"^{re.escape(str(path))}:4: not valid YAML \(the key 'epochs' is given twice\)$"):
         load_space(path)
 
 
