@@ -201,6 +201,12 @@ class Ensemble:
                     audio[config.sample_rate] = load_audio(  # the model's store refused other rates too
                         path, config.sample_rate, config.resample, f"resample it to {config.sample_rate} Hz first")
                 y = audio[config.sample_rate]  # load_audio refuses NaN and infinite samples
+                if len(y) < config.n_fft:  # before librosa warns about it: the length is the culprit
+                    trained = member.frames or frames.get(key)
+                    raise AscError(f"{path}: {len(y) / config.sample_rate:.2f} s is shorter than one STFT window "
+                                   f"({config.n_fft} samples)" + (f"; the model was trained on clips of {trained} "
+                                                                 "frames: every clip must have that length"
+                                                                 if trained else ""))
                 x = check_finite(log_mels(y, [config], member.correction(device, path))[0], y, path, config)
                 trained = member.frames or frames.setdefault(key, x.shape[-1])
                 if x.shape[-1] != trained:

@@ -23,6 +23,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Against a tracking server MLflow prints "View run ... at: URL" and "View experiment at: URL" to stdout
 # whenever a run ends: two lines per trial between the search's own. The search prints where to look.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# MLflow's INFO lines (it validates a model's input example, it registered a model) between the
+# command's own tables, which say what was logged and registered: warnings and errors stay.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 # MLflow retries an unanswered request 7 times with doubling waits (minutes); the search's own
 # RetryingClient (search.tracking) retries and keeps writes instead, so MLflow's own retries are few.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -103,11 +106,15 @@ def _fuse(args) -> None:
     result = fuse(args.experiment, uri, by=args.by, size=args.size, method=args.method, register=args.register,
                   full_budget=args.full_budget, bags=args.bags, gap_lambda=args.gap_lambda, seed=args.seed,
                   seed_members=args.seed_members, protocol=args.protocol, alias=args.alias)
+    from search.report import ui_command
+    from search.tracking import FUSIONS_VIEW
+
     print(format_result(result))
     print(f"\nfusion run {result.run_id} in {uri}\nmodel: {result.model_uri}"
-          + (f"\nregistered: {result.registered}" if result.registered else ""))
+          + (f"\nregistered: {result.registered} (version {result.version})" if result.registered else ""))
     target = result.registered or result.model_uri
     print(f"predict with: python -m search predict {target} DATA_DIR --out submission.csv --mlflow-uri {uri}")
+    print(f"browse the search's fusions: {ui_command(uri, result.experiment_id, FUSIONS_VIEW)}")
 
 
 def _predict(args) -> None:

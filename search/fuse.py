@@ -16,6 +16,8 @@ with the members marked) together with the fused audio model (``search.serving``
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 import tempfile
@@ -43,7 +45,7 @@ from search.serving import download_members, log_audio_model, registry_uri
 from search.space import CONDITIONAL
 from search.stores import training_devices
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, TRAIN_DEVICES_TAG, _clean, _log_params, \
-    check_tracking_uri, confusion_figure, percent, run_tags, selected_on
+    check_tracking_uri, confusion_figure, fusions_view, percent, run_tags, selected_on
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
@@ -92,8 +94,10 @@ class FusionResult:
     note: str = ""  # what the choice did that a user should know (a fallback to one trial)
     gap_lambda: float | None = None  # --by gap_penalized's weight of |device gap|
     run_id: str | None = None
+    experiment_id: str | None = None
     model_uri: str | None = None
     registered: str | None = None
+    version: int | None = None  # the registered model's version
 
     def fused(self, split: str) -> np.ndarray:
         return fusion.average([self.candidates[i].probs[split] for i in self.members], self.weights)
@@ -118,10 +122,12 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     """The search's candidate runs with their predictions; returns (candidates, clips, classes,
     refused lines, parent run id). ``seed_members``: each seed of a several-seed trial is a candidate
     of its own (``t003/seed1``) instead of the trial's seed average."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=5000)
+    experiment = client.get_experiment(experiment_id)
+    name, tags = experiment.name, experiment.tags
+    every = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=5000)
     parents = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'search'", max_results=2)
     parent_id = parents[0].info.run_id if parents else None
-    runs = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.run_name or "")
+    runs = sorted((r for r in every if r.info.status == "FINISHED"), key=lambda r: r.info.run_name or "")
     if full_budget:
         runs = [r for r in runs if r.data.tags.get("stopped_early") == "false"]
     read: list[tuple[Candidate, list[str], dict]] = []
@@ -146,7 +152,10 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
                                        candidate.model_uri, member=k), classes, one))
     if not read:
         budget = " that trained every epoch" if full_budget else ""
-        raise AscError(f"experiment {experiment_id}: no finished trial run{budget} with predictions to fuse")
+        unfinished = sum(r.info.status in ("RUNNING", "KILLED", "SCHEDULED") for r in every)
+        hint = (f" ({unfinished} trial run(s) were stopped before they finished: `python -m search resume {name}` "
+                "finishes them)" if unfinished else "")
+        raise AscError(f"experiment {name!r}: no finished trial run{budget} with predictions to fuse{hint}")
 
     # The clips every candidate must cover: those of the most candidates (ties: the first run's).
     def signature(item):
@@ -167,13 +176,12 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
         candidates.append(candidate)
     _, classes, splits = next(item for item in read if signature(item) == reference)
     if "selection" not in splits:
-        raise AscError(f"experiment {experiment_id}: the trials' predictions hold no selection clips to choose on")
+        raise AscError(f"experiment {name!r}: the trials' predictions hold no selection clips to choose on")
     # Which devices training saw (Metric B pools the others but the reference as B&C; the rest are
     # unseen): the store's training split where it can be read here, else what the search recorded,
     # else, under the validation protocol, the selection clips' (training locations: never an unseen
     # device). The evaluation split may hold unseen devices: nothing else can tell them apart.
     store = next((r.data.params.get("store") for r in runs if r.data.params.get("store")), None)
-    tags = client.get_experiment(experiment_id).tags
     if store and Path(store, "_manifest.json").is_file():
         seen = tuple(training_devices(store))
     elif tags.get(TRAIN_DEVICES_TAG):
@@ -181,7 +189,7 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     elif tags.get(SELECTED_ON_TAG) != selected_on("paper"):
         seen = tuple(sorted(set(splits["selection"][1].tolist())))
     else:
-        raise AscError(f"experiment {experiment_id}: its trials chose on the evaluation split (protocol paper), "
+        raise AscError(f"experiment {name!r}: its trials chose on the evaluation split (protocol paper), "
                        f"which may hold devices training never heard, and neither their store ({store}) can be read "
                        f"here nor does the experiment say which devices trained (tag {TRAIN_DEVICES_TAG}); fuse where "
                        "the store can be read, or set that tag (e.g. a,b,c)")
@@ -294,9 +302,11 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     metrics: dict = {}
     for i, c in enumerate(candidates):
         metrics[c.label] = {s: metrics_of(c.probs[s], clips[s]) for s in clips}
-    result = FusionResult(experiment, method, by, candidates, clips, classes, list(selection.members),
-                          list(selection.weights), metrics, notes, full_budget, protocol=protocol, note=selection.note,
-                          gap_lambda=gap_lambda)
+    # heaviest member first, in the table, the run's name and the model (ties: the order they were chosen in)
+    order = sorted(range(len(selection.members)), key=lambda k: -selection.weights[k])
+    result = FusionResult(experiment, method, by, candidates, clips, classes, [selection.members[k] for k in order],
+                          [selection.weights[k] for k in order], metrics, notes, full_budget, protocol=protocol,
+                          note=selection.note, gap_lambda=gap_lambda)
     result.metrics["fusion"] = {s: metrics_of(result.fused(s), clips[s]) for s in clips}
     # what the selection clips can tell about the candidates it ranked, as the search's table says it
     rows = sorted(({"label": c.label, "objective": objective.values(metrics[c.label]["selection"])["objective"],
@@ -358,6 +368,10 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
     missing = [m.label for m in members if not m.model_uri]
     if missing:
         raise AscError(f"fusion members without an audio model (logged by an older version?): {', '.join(missing)}")
+    view = fusions_view(any(k == "n_unseen" for m in result.metrics["fusion"].values() for k in m))
+    key = next(iter(view))
+    if key not in client.get_experiment(experiment_id).tags:  # the first fusion of the search
+        client.set_experiment_tag(experiment_id, key, view[key])
     tags = {ROLE_TAG: "fusion", SEARCH_TAG: result.experiment, SELECTED_ON_TAG: selected_on(result.protocol),
             "description": f"{result.method} by {result.by}: " + " + ".join(m.label for m in members)}
     if parent_id:
@@ -366,6 +380,7 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
     tags["mlflow.note.content"] = fusion_note(result)  # its Description in MLflow's UI
     run = client.create_run(experiment_id, run_name=name[:250], tags=run_tags(tags))
     run_id = result.run_id = run.info.run_id
+    result.experiment_id = experiment_id
     try:
         _log_params(client, run_id, {
             "method": result.method, "by": objective.label(), "candidates": len(result.candidates),
@@ -411,8 +426,14 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
         client.set_tag(run_id, MODEL_TAG, result.model_uri)
         if register:  # the names were checked before any work (check_registry_names)
             mlflow.set_registry_uri(registry_uri(uri))
-            version = mlflow.register_model(result.model_uri, register).version
+            said = io.StringIO()  # MLflow prints that it registered the model and created a version
+            with contextlib.redirect_stderr(said):
+                version = mlflow.register_model(result.model_uri, register).version
+            for line in said.getvalue().splitlines():  # the rest (a warning) is passed on
+                if line.strip() and not line.startswith(("Successfully registered model", "Created version")):
+                    print(line, file=sys.stderr)
             result.registered = f"models:/{register}/{version}"
+            result.version = int(version)
             client.update_model_version(register, version, description=f"{_headline(result)}. {_title(result)}")
             client.update_registered_model(register, description=(
                 f"Fusions registered by `python -m search fuse`; the latest from the search {result.experiment!r}. "

@@ -30,7 +30,12 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
     """The :class:`search.serving.AudioSceneModel` behind ``model_uri`` (loaded through pyfunc)."""
     local = Path(model_uri)
     if local.exists():
+        if local.is_dir() and not (local / "MLmodel").is_file():
+            raise AscError(f"model {model_uri}: a folder without an MLmodel file, so not a logged model (give the "
+                           "folder that holds MLmodel, or a models:/ or runs:/ URI)")
         model_uri = str(local.resolve())
+    elif "://" not in model_uri and not model_uri.startswith(("models:", "runs:")):
+        raise AscError(f"model {model_uri}: no such file or folder, and not a models:/ or runs:/ URI")
     elif mlflow_uri:
         check_tracking_uri(mlflow_uri, must_exist=True)
         mlflow.set_tracking_uri(mlflow_uri)
@@ -105,5 +110,5 @@ def format_prediction(result: dict, model_uri: str, split: str) -> str:
     lines = [f"{result['clips']} clips predicted in {result['seconds']:.1f} s by {model_uri}",
              f"submission: {result['file']}"]
     if result["metrics"] is not None:
-        lines += ["", device_table([(model_uri[-40:], None, {split: result["metrics"]})], [split])]
+        lines += ["", device_table([(model_uri, None, {split: result["metrics"]})], [split], clip_se=(0,))]
     return "\n".join(lines)

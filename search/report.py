@@ -23,7 +23,7 @@ from asc.enhance import ENHANCEMENTS, Enhancement, parse_composition
 from asc.device_table import WIDTH, columns, head_cells, row_cells
 from search.searcher import DUPLICATE_ATTR
 from search.space import CONDITIONAL, Space
-from search.tracking import TRIAL_TAG, percent, runs_url
+from search.tracking import RUNS_VIEW, TRIAL_TAG, percent, runs_url
 
 
 # How the clip errors are computed (asc.metrics), as every table's legend says it.
@@ -297,15 +297,16 @@ def _short(key: str) -> str:
 
 
 def _num(value, pct: bool = False, sem: float | None = None, cse: float | None = None) -> str:
+    """A figure with its standard errors: ``0.4762 +-0.057s +-0.043c`` (from the seeds, from the
+    clips; the suffix only where both are shown)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     text = f"{100 * value:.1f}" if pct else f"{value:.4f}"
+    has_cse = cse is not None and isinstance(cse, float) and math.isfinite(cse)
     if sem is not None and math.isfinite(sem):
-        text += f"+-{100 * sem:.1f}" if pct else f"+-{sem:.4f}"
-    if cse is not None and isinstance(cse, float) and math.isfinite(cse):
+        text += (f" +-{100 * sem:.1f}" if pct else f" +-{sem:.3f}" if has_cse else f" +-{sem:.4f}") + ("s" if has_cse else "")
+    if has_cse:
         text += f" +-{cse:.3f}c" if not pct else f" +-{100 * cse:.1f}c"
-    if sem is not None and math.isfinite(sem) and cse is not None:
-        text = text.replace(f"+-{sem:.4f}", f"+-{sem:.3f}s", 1)
     return text
 
 
@@ -364,11 +365,13 @@ def _log_plots(client, run_id: str, study, space: Space) -> None:
         plt.close(fig)
 
 
-def ui_command(uri: str, experiment_id: str) -> str:
+def ui_command(uri: str, experiment_id: str, view: str = RUNS_VIEW) -> str:
+    """How to see a search's trials (``view``: or its fusions) in MLflow's UI, with ``uri``'s server or a
+    local one."""
     if uri.startswith(("http://", "https://")):
-        return f"open {runs_url(uri, experiment_id)}"
+        return f"open {runs_url(uri, experiment_id, view)}"
     return (f"{shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
-            f"  then open {runs_url('http://127.0.0.1:5000', experiment_id)}")
+            f"  then open {runs_url('http://127.0.0.1:5000', experiment_id, view)}")
 
 
 

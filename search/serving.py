@@ -125,9 +125,12 @@ class AudioSceneModel(PythonModel):
         paths, names = [], []
         try:
             if _over_http() and not (isinstance(model_input, pd.DataFrame) and AUDIO in model_input.columns):
-                raise AscError(f"audio model input: this model server reads no files its clients name (no {AUDIO!r} "
-                               f"column); send each clip's bytes in an {AUDIO!r} column, or start the server with "
-                               f"{SERVE_PATHS}=1 to let clients name its files")
+                named = isinstance(model_input, pd.DataFrame) and PATH in model_input.columns
+                got = (f"columns {', '.join(map(str, model_input.columns))}" if isinstance(model_input, pd.DataFrame)
+                       else type(model_input).__name__)
+                raise AscError(f"audio model input: no {AUDIO!r} column ({got}); send each clip's bytes in an "
+                               f"{AUDIO!r} column" + (f" (this model server reads no files its clients name: start "
+                                                       f"it with {SERVE_PATHS}=1 to let them)" if named else ""))
             with tempfile.TemporaryDirectory() as tmp:
                 paths, names, devices = input_clips(model_input, Path(tmp))
                 probs = self.ensemble.predict(paths, devices=devices)

@@ -51,6 +51,8 @@ TRAIN_DEVICES_TAG = "train_devices"
 
 
 RUNS_VIEW = "trials"  # the key of the runs table every search's experiment carries (runs_view)
+FUSIONS_VIEW = "fusions"  # the key of the fusions' table, set by the first fusion (fusions_view)
+STATE_TAG = "state"  # a trial's end as the best-trials table says it: done 6/6, ASHA@2/6, diverged@3, FAILED
 _VIEW_METRICS = ("sel_metric_b", "sel_acc_bc", "sel_device_gap", "eval_metric_b", "eval_acc_bc", "eval_acc_unseen",
                  "best_epoch")
 
@@ -59,18 +61,32 @@ def runs_view(space, unseen: bool = True) -> dict[str, str]:
     """The experiment tag that makes MLflow's runs table show a search's trials the way a person
     compares them: MLflow's own shared view (the UI reads an experiment tag
     ``mlflow.sharedViewState.KEY`` when opened with ``?viewStateShareKey=KEY``, :func:`runs_url`).
-    The trials and the fusions, the search's own run left out (a trial is otherwise nested, and
-    folded, under it), best objective first, with the objective and its clips' standard error, the
-    selection and evaluation figures and the epoch ASHA let each reach as columns, after the
-    parameters the space searches. ``unseen``: whether the set has devices unseen in training
-    (their evaluation accuracy is a column then)."""
+    The trials alone (the search's run left out: a trial is otherwise nested, and folded, under it;
+    the fusions apart, :func:`fusions_view`: chosen on the clips whose objective this table ranks
+    by, they would head it), best objective first, with the objective and its clips' standard error,
+    the selection and evaluation figures and how each ended (``done 6/6``, ``ASHA@2/6``) as columns,
+    after the parameters the space searches. ``unseen``: whether the set has devices unseen in
+    training (their evaluation accuracy is a column then)."""
     objective = space.objective.metrics + ([] if space.objective.multi else ["objective_cse"])
     figures = [m for m in _VIEW_METRICS if m not in objective and (unseen or "unseen" not in m)]
-    columns = ([f"params.`{p}`" for p in space.shown] + [f"metrics.`{m}`" for m in objective + figures]
-               + ["tags.`epoch_reached`", "attributes.`Duration`"])
-    view = {"searchFilter": f"tags.{ROLE_TAG} != 'search'", "orderByKey": f"metrics.`{space.objective.metrics[0]}`",
+    columns = ([f"params.`{p}`" for p in space.shown] + [f"tags.`{STATE_TAG}`"]
+               + [f"metrics.`{m}`" for m in objective + figures] + ["attributes.`Duration`"])
+    view = {"searchFilter": f"tags.{ROLE_TAG} = 'trial'", "orderByKey": f"metrics.`{space.objective.metrics[0]}`",
             "orderByAsc": space.objective.modes[0] == "min", "selectedColumns": columns, "columnOrder": columns}
     return {f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(view)}
+
+
+def fusions_view(unseen: bool = True) -> dict[str, str]:
+    """The experiment tag of a search's fusions' table (``?viewStateShareKey=fusions``), newest first:
+    how each was chosen (method, objective, members and weights) and its figures, the evaluation
+    split's first (the selection clips chose the fusion, so its objective there flatters it)."""
+    figures = ["eval_metric_b", "eval_acc_bc", "eval_device_gap", *(["eval_acc_unseen"] if unseen else []),
+               "objective", "objective_cse", "members"]
+    columns = (["params.`method`", "params.`by`", "params.`members`", "params.`weights`"]
+               + [f"metrics.`{m}`" for m in figures] + ["attributes.`Duration`"])
+    view = {"searchFilter": f"tags.{ROLE_TAG} = 'fusion'", "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": columns, "columnOrder": columns}
+    return {f"mlflow.sharedViewState.{FUSIONS_VIEW}": json.dumps(view)}
 
 
 def ensure_runs_view(uri: str, experiment_id: str, space, unseen: bool = True,
@@ -87,10 +103,11 @@ def ensure_runs_view(uri: str, experiment_id: str, space, unseen: bool = True,
         client.set_experiment_tag(experiment_id, TRAIN_DEVICES_TAG, ",".join(train_devices))
 
 
-def runs_url(base: str, experiment_id: str) -> str:
-    """The address of a search's trials in MLflow's UI at ``base``, in :func:`runs_view`'s table and in
-    the UI's model-training workspace (MLflow 3 opens in its GenAI one otherwise)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning"
+def runs_url(base: str, experiment_id: str, view: str = RUNS_VIEW) -> str:
+    """The address of a search's trials (or, ``view=FUSIONS_VIEW``, its fusions) in MLflow's UI at
+    ``base``, in :func:`runs_view`'s (:func:`fusions_view`'s) table and in the UI's model-training
+    workspace (MLflow 3 opens in its GenAI one otherwise)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}&workflowType=machine_learning"
 
 
 def run_tags(tags: dict) -> dict:
@@ -572,6 +589,9 @@ class MlflowTracker(Callback):
         reached, epochs = int(result.get("epoch", 0)), int(result.get("epochs", 0))
         self.client.set_tag(run_id, "epoch_reached", str(reached))
         diverged = result.get("diverged")
+        # the runs table's state column: a stopped trial's FINISHED says nothing of ASHA
+        self.client.set_tag(run_id, STATE_TAG, f"diverged@{diverged}" if diverged else
+                            f"ASHA@{reached}/{epochs}" if reached < epochs else f"done {reached}/{epochs}")
         # A diverged trial ended at its last good epoch, but was not stopped by ASHA: FAILED, with why.
         self.client.set_tag(run_id, "stopped_early", str(reached < epochs and not diverged).lower())
         if diverged:
@@ -615,6 +635,7 @@ class MlflowTracker(Callback):
         run_id = self.run_id(trial)
         if trial.error_file and os.path.isfile(trial.error_file):
             self.client.set_tag(run_id, "error", Path(trial.error_file).read_text()[-4000:])
+        self.client.set_tag(run_id, STATE_TAG, "FAILED")
         self.client.set_terminated(run_id, "FAILED")
 
 

@@ -124,7 +124,9 @@ class Progress(Callback):
             print(f"{self._name(trial):<44} diverged at epoch {result['diverged']}: {result.get('diverged_reason')}",
                   flush=True)
             return
-        cells = " ".join(f"{d.upper()} {pct(result.get(f'acc_{d}'), 5)}" for d in self.devices)
+        # the devices the chosen-on clips hold (held-out training locations hold no unseen device)
+        cells = " ".join(f"{d.upper()} {pct(result.get(f'acc_{d}'), 5)}" for d in self.devices
+                         if isinstance(result.get(f"acc_{d}"), float) and math.isfinite(result[f"acc_{d}"]))
         if self.space.objective.multi:
             obj = f"B&C {pct(result.get('sel_acc_bc'), 5)} |gap| {pct(result.get('objective_abs_gap'), 5)}"
         else:

@@ -145,6 +145,8 @@ BAD_RUNS = [
     ("search", ["fuse", "--experiment", "x", "--mlflow-uri", "sqlite:///TMP/none.db"], "sqlite:///TMP/none.db: no such database"),
     ("search", ["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/none.db"],
      "sqlite:///TMP/none.db: no such database"),
+    ("search", ["predict", "TMP/nomodel", "DATA", "--out", "TMP/o.csv"], "model TMP/nomodel: no such file or folder"),
+    ("search", ["predict", "TMP", "DATA", "--out", "TMP/o.csv"], "model TMP: a folder without an MLmodel file"),
     ("search", ["run", "spaces/smoke.yaml", "--store", "STORE", "--storage", "TMP/file"], "--storage TMP/file"),
     ("search", ["resume", "nosuch", "--storage", "TMP"], "no search named 'nosuch'"),
 ]
@@ -209,7 +211,8 @@ def test_only_the_command_line_sets_its_quiet_defaults():
     and logging stay its own. ``python -m search`` sets the command line's defaults."""
     probe = ("import logging, os, sys; import search.serving, search.tuner; "
              "print(sorted(k for k in ('TUNE_WARN_THRESHOLD_S', 'MLFLOW_HTTP_REQUEST_MAX_RETRIES', "
-             "'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR') if k in os.environ), "
+             "'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'MLFLOW_LOGGING_LEVEL') "
+             "if k in os.environ), "
              "logging.getLogger('alembic.runtime.migration').level)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNE_", "MLFLOW_"))}
     out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], env=env,

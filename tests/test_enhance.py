@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,13 @@ def test_the_audio_model_refuses_unknown_devices_and_other_lengths_and_notes_uns
     soundfile.write(tmp_path / "short-a.wav", y[: len(y) // 2], sr, subtype="PCM_24")
     with pytest.raises(AscError, match=r"short-a.wav: 0.50 s gives \d+ frames; the model was trained on clips of \d+"):
         Ensemble([member]).predict([str(tmp_path / "short-a.wav")])
+    # shorter than one STFT window: the same line, and no librosa warning before it
+    soundfile.write(tmp_path / "tiny-a.wav", y[:100], sr, subtype="PCM_24")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AscError, match=r"tiny-a.wav: 0.00 s is shorter than one STFT window \(\d+ samples\); "
+                                           r"the model was trained on clips of \d+ frames"):
+            Ensemble([member]).predict([str(tmp_path / "tiny-a.wav")])
 
 
 def test_members_of_one_feature_setting_share_one_computation_of_the_features(stores, synth_set, tmp_path):

@@ -220,8 +220,10 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_
     experiment_id = json.loads((storage / "crash" / "search.json").read_text())["experiment_id"]
     shown = old.get_experiment(experiment_id).tags[view]
     old.delete_experiment_tag(experiment_id, view)
+    old.delete_experiment_tag(experiment_id, "train_devices")  # and the devices fuse reads where the store is not
     done = run(resume, timeout=600)
     assert old.get_experiment(experiment_id).tags[view] == shown
+    assert old.get_experiment(experiment_id).tags["train_devices"] == "a,b,c"
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming search 'crash'" in done.stdout and "3 trials: " in done.stdout
     assert f"(--mlflow-uri; the search ran with {recorded}, and its runs are here)" in done.stdout

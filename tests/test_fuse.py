@@ -63,10 +63,23 @@ def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "top fusion by metric_b" in out and "selection clips (%)" in out and "evaluation clips (%)" in out
-    assert "registered: models:/smoke-fusion@champion" in out
+    assert "registered: models:/smoke-fusion@champion (version 1)" in out
+    # MLflow's own lines (it registered, it validated an input example) are not on the console: ours say it
+    assert "Successfully registered" not in done.stderr and "Validating input example" not in done.stderr, done.stderr
     client, experiment, parent, trials = mlflow_runs(searched["uri"], NAME)
     fusions = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'fusion'")
     assert len(fusions) == 1
+    # the fusions have a runs table of their own, which fuse prints the address of; the trials' holds
+    # the trials alone (a fusion's objective, measured on the clips that chose it, would head it)
+    assert f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=fusions&" in out
+    for key, role in (("fusions", "fusion"), ("trials", "trial")):
+        view = json.loads(experiment.tags[f"mlflow.sharedViewState.{key}"])
+        shown = client.search_runs([experiment.experiment_id], filter_string=view["searchFilter"])
+        assert shown and {r.data.tags["role"] for r in shown} == {role}
+        for column in view["selectedColumns"]:
+            kind, name = column.split(".", 1)
+            assert kind == "attributes" or any(name.strip("`") in getattr(r.data, kind) for r in shown), column
+    assert {t.data.tags["state"] for t in trials} <= {"done 3/3", "ASHA@1/3", "ASHA@2/3"}
     fusion = fusions[0]
     assert fusion.info.status == "FINISHED"
     assert fusion.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
@@ -224,8 +237,15 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
                                                           headers={"Content-Type": "application/json"}), timeout=120)
         assert named.value.code == 400
         message = json.loads(named.value.read())["message"].strip().splitlines()[-1]
-        assert "this model server reads no files its clients name (no 'audio' column)" in message, message
+        assert "no 'audio' column (columns path)" in message and "reads no files its clients name" in message
         assert "ASC_SERVE_PATHS=1" in message
+        with pytest.raises(urllib.error.HTTPError) as wrong:  # a misnamed column is named as such
+            body = json.dumps({"dataframe_split": {"columns": ["wav"], "data": [["x"]]}})
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                                          headers={"Content-Type": "application/json"}), timeout=120)
+        assert wrong.value.code == 400
+        message = json.loads(wrong.value.read())["message"].strip().splitlines()[-1]
+        assert "no 'audio' column (columns wav)" in message and "files" not in message, message
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)

@@ -41,6 +41,9 @@ def test_the_best_trials_table_shows_the_clip_counts_and_standard_errors_and_war
     table = format_trials(rows, space, ["a", "b", "c"], 2)
     assert "selection clips: A 60, B 4, C 4 (B&C 8); +- (clips) and objective +- c: standard errors" in table
     assert "; +- s: from the seeds" in table
+    from search.report import _num  # an objective with both errors, as a search with seeds shows it
+
+    assert _num(0.55, sem=0.01, cse=0.04) == "0.5500 +-0.010s +-0.040c" and _num(0.55, sem=0.01) == "0.5500 +-0.0100"
     se_line = next(line for line in table.splitlines() if "+- (clips)" in line and "|" in line)
     # under the best trial: A's binomial standard error (45 of 60 right, Agresti-Coull) and Metric B's
     assert f"+-{100 * ((47 / 64) * (17 / 64) / 64) ** 0.5:.1f}" in se_line and f"+-{100 * best['metric_b_cse']:.1f}" in se_line

@@ -4,7 +4,7 @@
 
 Starts `mlflow ui` on loopback, opens the experiment's trials in headless Chromium (it must be
 installed: `chromium` on the PATH) at the address `search run` prints (the runs view every search
-sets up for its experiment: the trials and fusions, best first, with their figures and parameters
+sets up for its experiment: the trials, best first, with their figures and parameters
 as columns), closes the side panels, saves the PNG and stops both processes by their pids. It
 speaks to Chromium over the DevTools protocol; the few lines of WebSocket below are written by hand
 because the standard library has none and the project does not need a WebSocket package anywhere
