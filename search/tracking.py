@@ -77,14 +77,15 @@ def runs_view(space, unseen: bool = True) -> dict[str, str]:
 
 
 def fusions_view(unseen: bool = True) -> dict[str, str]:
-    """The experiment tag of a search's fusions' table (``?viewStateShareKey=fusions``), newest first:
-    how each was chosen (method, objective, members and weights) and its figures, the evaluation
-    split's first (the selection clips chose the fusion, so its objective there flatters it)."""
+    """The experiment tag of a search's fusions' table (``?viewStateShareKey=fusions``), best objective
+    first (sorted by start time, MLflow's UI would nest them under the search's run): how each was
+    chosen (method, objective, members and weights) and its figures, the evaluation split's first (the
+    selection clips chose the fusion, so its objective there flatters it)."""
     figures = ["eval_metric_b", "eval_acc_bc", "eval_device_gap", *(["eval_acc_unseen"] if unseen else []),
                "objective", "objective_cse", "members"]
     columns = (["params.`method`", "params.`by`", "params.`members`", "params.`weights`"]
                + [f"metrics.`{m}`" for m in figures] + ["attributes.`Duration`"])
-    view = {"searchFilter": f"tags.{ROLE_TAG} = 'fusion'", "orderByKey": "attributes.start_time", "orderByAsc": False,
+    view = {"searchFilter": f"tags.{ROLE_TAG} = 'fusion'", "orderByKey": "metrics.`objective`", "orderByAsc": False,
             "selectedColumns": columns, "columnOrder": columns}
     return {f"mlflow.sharedViewState.{FUSIONS_VIEW}": json.dumps(view)}
 
