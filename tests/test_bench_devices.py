@@ -90,6 +90,23 @@ def test_bench_devices_end_to_end_on_a_tiny_set(tmp_path):
     assert "reusing it" in again.stdout and "nothing to do" in again.stdout
 
 
+def test_bench_devices_can_choose_each_runs_epoch_where_a_search_does(tmp_path):
+    """--protocol validation: the epoch chosen on held-out training locations (no unseen device among
+    them), the evaluation split, unseen devices included, scored once at that epoch."""
+    out = tmp_path / "devices.json"
+    cmd = [sys.executable, "-m", "search", "bench-devices", "--workdir", str(tmp_path / "work"), "--seeds", "2",
+           "--epochs", "1", "--systems", "A2", "--segments-per-scene", "8", "--parallel-per-scene", "2",
+           "--seconds", "1", "--protocol", "validation", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best epoch by Metric A on held-out training locations (seen devices)" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["protocol"] == "validation"
+    for run in report["results"]["A2"]:  # the evaluation split's figures: every device, the unseen ones too
+        assert run["all"]["n_s1"] > 0 and run["all"]["n_s2"] > 0 and "acc_unseen" in run["all"]
+    assert {p.name for p in (tmp_path / "work" / "runs").glob("*/*")} == {"A2-seed0-validation", "A2-seed1-validation"}
+
+
 def test_dirs_feature_domain_error_is_small_beside_what_dir_changes(synth_set, fast_config):
     """--dir-error on the small set: the approximation's error per band, and the yardstick it is judged by."""
     from asc.dataset import read_development

@@ -1,6 +1,6 @@
 """The paper's directions on the default synthetic set: is there a device gap for a search to close?
 
-    python -m search bench-devices [--seeds 3] [--epochs 15] [--workdir bench-devices] [--json devices.json]
+    python -m search bench-devices [--seeds 3] [--epochs 15] [--protocol paper|validation] [--workdir bench-devices] [--json devices.json]
 
 From nothing, in one run: the default synthetic set (``asc synth``'s defaults; the seconds it took to
 write are printed), its feature store with and without spectrum correction (``prepare``, Ray tasks),
@@ -8,7 +8,8 @@ then the small CNN trained as A2 (no enhancement), A3 (mean subtraction), A6 (me
 mixup), SC (A2 on spectrum-corrected features, the DCASE2019 Task 1B winner's enhancement) and the
 DCASE 2022-2023 methods on A2: FMS (Freq-MixStyle), DIR (device impulse responses) and DIRFMS (both),
 each with every seed, the epoch selected by Metric A on the evaluation split (the paper's Table 2
-protocol). It prints mean +- standard error over the seeds, on all evaluation clips and on the
+protocol; ``--protocol validation``: on held-out training locations, which hold no unseen device, the
+evaluation split scored once at that epoch). It prints mean +- standard error over the seeds, on all evaluation clips and on the
 parallel segments alone (the same recordings on every device), beside the paper's figures, and then
 the directions the paper reports with their goals:
 
@@ -71,8 +72,11 @@ def spread(metrics: dict) -> float:
     return float(np.std(values)) if len(values) > 1 else math.nan
 
 
-def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, systems) -> dict:
-    """{system: [per-seed {"all": metrics, "parallel": metrics, "seconds": s}]}, resuming finished runs."""
+def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, systems, protocol: str = "paper") -> dict:
+    """{system: [per-seed {"all": metrics, "parallel": metrics, "seconds": s}]}, resuming finished runs.
+    ``protocol``: "paper", the epoch chosen on the evaluation split (its unseen devices included);
+    "validation", on held-out training locations (seen devices only), the evaluation split scored
+    once, at that epoch."""
     from asc.train import train  # late, as noted at the top
     from search.stores import training_devices
 
@@ -81,13 +85,15 @@ def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, syst
         system = get_system(system_id)
         store = resolve_store(str(store_root), 128, system.spectrum_correction)
         for seed in seeds:
-            ckpt = runs / Path(store).name / f"{system_id}-seed{seed}"
-            config = system_config(system_id, store, "cnn", epochs=epochs, seed=seed, checkpoint_dir=str(ckpt))
+            ckpt = runs / Path(store).name / (f"{system_id}-seed{seed}" + ("" if protocol == "paper" else f"-{protocol}"))
+            config = system_config(system_id, store, "cnn", epochs=epochs, seed=seed, checkpoint_dir=str(ckpt),
+                                   protocol=protocol)
             start = time.perf_counter()
-            result = train(config)
+            result = train(config, evaluate_best=protocol != "paper")
+            split = "" if protocol == "paper" else "test_"  # the evaluation split's predictions at the chosen epoch
             with np.load(ckpt / "best_probs.npz") as npz:
-                metrics = prediction_metrics(npz["probs"], npz["labels"], npz["devices"], npz["filenames"],
-                                             seen=training_devices(store))
+                metrics = prediction_metrics(npz[split + "probs"], npz[split + "labels"], npz[split + "devices"],
+                                             npz[split + "filenames"], seen=training_devices(store))
             for part in metrics.values():
                 part["spread"] = spread(part)
             metrics["seconds"] = time.perf_counter() - start
@@ -201,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=COUNT, default=3, help="seeds 0..K-1 per system (default %(default)s)")
     parser.add_argument("--epochs", type=COUNT, default=15, help="epochs per run (default %(default)s)")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), help="(default %(default)s)")
+    parser.add_argument("--protocol", choices=("paper", "validation"), default="paper",
+                        help="where each run's epoch is chosen: the evaluation split, as the paper's Table 2 "
+                             "(its unseen devices included), or held-out training locations, seen devices only, "
+                             "as a search chooses (default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-devices"),
                         help="set, stores and checkpoints (reused on a rerun; default %(default)s)")
     add_report_options(parser)
@@ -256,9 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(format_report(prepare(data, store, [FeatureConfig(), FeatureConfig(spectrum_correction=True)])))
     seeds = list(range(args.seeds))
-    print(f"\nsmall CNN, {args.epochs} epochs, best epoch by Metric A on the evaluation split, seeds {seeds}, "
+    where = "the evaluation split" if args.protocol == "paper" else "held-out training locations (seen devices)"
+    print(f"\nsmall CNN, {args.epochs} epochs, best epoch by Metric A on {where}, seeds {seeds}, "
           f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()}")
-    results = _train_all(store, args.workdir / "runs", seeds, args.epochs, args.systems)
+    results = _train_all(store, args.workdir / "runs", seeds, args.epochs, args.systems, args.protocol)
     evaluate = [c for c in dataset.clips if c.split == "evaluate"]
     counts = {d: sum(c.device == d for c in evaluate) for d in dataset.devices}
     print(f"\nmean +- standard error over {len(seeds)} seeds, in %; evaluation split "
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{total / 60:.1f} minutes in all" + (f"; the default set written in {synth_seconds:.1f} s" if synth_seconds else ""))
     if args.json:
         args.json.write_text(json.dumps({"results": results, "directions": checks, "seeds": seeds,
-                                             "epochs": args.epochs, "minutes": total / 60,
+                                             "epochs": args.epochs, "protocol": args.protocol, "minutes": total / 60,
                                              "synth_seconds": synth_seconds}, indent=1, default=float))
     return 0
 
