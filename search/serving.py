@@ -126,8 +126,10 @@ class AudioSceneModel(PythonModel):
         try:
             if _over_http() and not (isinstance(model_input, pd.DataFrame) and AUDIO in model_input.columns):
                 named = isinstance(model_input, pd.DataFrame) and PATH in model_input.columns
-                got = (f"columns {', '.join(map(str, model_input.columns))}" if isinstance(model_input, pd.DataFrame)
-                       else type(model_input).__name__)
+                # MLflow's schema enforcement drops the columns the signature does not name
+                got = (f"columns {', '.join(map(str, model_input.columns))}"
+                       if isinstance(model_input, pd.DataFrame) and len(model_input.columns) else
+                       f"none of the columns it takes: {AUDIO}, {PATH}, {DEVICE}")
                 raise AscError(f"audio model input: no {AUDIO!r} column ({got}); send each clip's bytes in an "
                                f"{AUDIO!r} column" + (f" (this model server reads no files its clients name: start "
                                                        f"it with {SERVE_PATHS}=1 to let them)" if named else ""))

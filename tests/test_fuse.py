@@ -245,7 +245,8 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
                                                           headers={"Content-Type": "application/json"}), timeout=120)
         assert wrong.value.code == 400
         message = json.loads(wrong.value.read())["message"].strip().splitlines()[-1]
-        assert "no 'audio' column (columns wav)" in message and "files" not in message, message
+        assert "no 'audio' column (none of the columns it takes: audio, path, device)" in message, message
+        assert "files" not in message, message
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)
