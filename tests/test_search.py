@@ -41,7 +41,7 @@ def test_smoke_search_on_local_ray_records_every_trial_and_prunes_honestly(store
     assert len(stopped_runs) == len(stopped) and all(r.info.status == "FINISHED" for r in stopped_runs)
 
     # The address printed opens MLflow's runs table on the search's own view: its filter selects
-    # the trials (and fusions: none yet), best objective first, and every column it shows is
+    # the trials alone (the fusions have a view of their own), best objective first, and every column it shows is
     # something they logged.
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
