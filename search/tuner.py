@@ -131,9 +131,10 @@ class Progress(Callback):
             obj = f"B&C {pct(result.get('sel_acc_bc'), 5)} |gap| {pct(result.get('objective_abs_gap'), 5)}"
         else:
             obj = f"objective {result.get('objective', math.nan):.3f}"
-        print(f"{self._name(trial):<44} epoch {result['epoch']:>3}/{result['epochs']:<3} {cells} "
+        # the figures in columns whatever the configuration's length: its description ends the line
+        print(f"{trial_label(trial)} epoch {result['epoch']:>3}/{result['epochs']:<3} {cells} "
               f"B&C {pct(result.get('acc_bc'), 5)} gap {pct(result.get('device_gap'), 5)} | selected epoch "
-              f"{result['best_epoch']}: {obj}", flush=True)
+              f"{result['best_epoch']:>3}: {obj} | {self.space.describe(trial.config)}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
