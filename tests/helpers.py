@@ -181,13 +181,17 @@ def ray_nodes(address: str, env: dict) -> int:
 
 
 def wait_for(predicate, seconds: float, what: str, proc=None):
+    """``predicate()`` once it is true; an AssertionError if ``proc`` (the process that should make it
+    true) ends first, with its stderr where it was kept, or when ``seconds`` pass."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the search ended before {what}: {proc.stderr.read()[-3000:]}")
+            said = proc.stderr.read()[-3000:] if proc.stderr else "(its stderr was not kept)"
+            raise AssertionError(f"{' '.join(map(str, proc.args[:3]))} ... ended (status {proc.returncode}) "
+                                 f"before {what}: {said}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 

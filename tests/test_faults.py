@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -307,7 +308,8 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
     and a search that ended sooner would never say it (the trial's own line comes from its worker's
     death, which Ray sees at once)."""
     port, mlflow_port = free_port(), free_port()
-    mark = f"worker-{tmp_path.name}"
+    # unique to this run: another test run on the machine (CI beside a developer's) kills its own node by its mark
+    mark = f"worker-{uuid.uuid4().hex}"
     faults = tmp_path / "faults"
     point, on_head = "trial=*/reported/epoch=1", "trial=*/reported/epoch=2"
     # The head notices a dead node after 5 failed health checks: at Ray's 3 s period, 15 s; 1 s here.
