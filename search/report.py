@@ -304,7 +304,8 @@ def _num(value, pct: bool = False, sem: float | None = None, cse: float | None =
     text = f"{100 * value:.1f}" if pct else f"{value:.4f}"
     has_cse = cse is not None and isinstance(cse, float) and math.isfinite(cse)
     if sem is not None and math.isfinite(sem):
-        text += (f" +-{100 * sem:.1f}" if pct else f" +-{sem:.3f}" if has_cse else f" +-{sem:.4f}") + ("s" if has_cse else "")
+        text += f" +-{100 * sem:.1f}" if pct else f" +-{sem:.3f}" if has_cse else f" +-{sem:.4f}"
+        text += "s" if has_cse else ""
     if has_cse:
         text += f" +-{cse:.3f}c" if not pct else f" +-{100 * cse:.1f}c"
     return text

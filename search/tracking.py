@@ -108,7 +108,8 @@ def runs_url(base: str, experiment_id: str, view: str = RUNS_VIEW) -> str:
     """The address of a search's trials (or, ``view=FUSIONS_VIEW``, its fusions) in MLflow's UI at
     ``base``, in :func:`runs_view`'s (:func:`fusions_view`'s) table and in the UI's model-training
     workspace (MLflow 3 opens in its GenAI one otherwise)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}&workflowType=machine_learning"
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}"
+            "&workflowType=machine_learning")
 
 
 def run_tags(tags: dict) -> dict:

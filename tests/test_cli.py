@@ -211,8 +211,8 @@ def test_only_the_command_line_sets_its_quiet_defaults():
     and logging stay its own. ``python -m search`` sets the command line's defaults."""
     probe = ("import logging, os, sys; import search.serving, search.tuner; "
              "print(sorted(k for k in ('TUNE_WARN_THRESHOLD_S', 'MLFLOW_HTTP_REQUEST_MAX_RETRIES', "
-             "'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'MLFLOW_LOGGING_LEVEL') "
-             "if k in os.environ), "
+             "'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', "
+             "'MLFLOW_LOGGING_LEVEL') if k in os.environ), "
              "logging.getLogger('alembic.runtime.migration').level)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNE_", "MLFLOW_"))}
     out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], env=env,

@@ -55,7 +55,8 @@ def test_the_seeds_mean_carries_the_clip_error_of_the_mean_not_the_mean_of_the_s
     result = train_seeds(config, [0, 1, 2], report=lambda e, m, c: reports.append(m), evaluate_best=True)
     saved = [dict(np.load(tmp_path / f"seed{s}" / "best_probs.npz")) for s in (0, 1, 2)]
     last = reports[-1]
-    for prefix, figures, per_seed in (("", last["best_metrics"], "best_metrics"), ("test_", last["best_test"], "best_test"),
+    for prefix, figures, per_seed in (("", last["best_metrics"], "best_metrics"),
+                                      ("test_", last["best_test"], "best_test"),
                                       ("", result["best"], None), ("test_", result["test"], None)):
         correct = np.mean([z[prefix + "probs"].argmax(1) == z[prefix + "labels"] for z in saved], axis=0)
         want = clip_errors(correct, saved[0][prefix + "devices"])

@@ -1,6 +1,7 @@
 """The paper's directions on the default synthetic set: is there a device gap for a search to close?
 
-    python -m search bench-devices [--seeds 3] [--epochs 15] [--protocol paper|validation] [--workdir bench-devices] [--json devices.json]
+    python -m search bench-devices [--seeds 3] [--epochs 15] [--protocol paper|validation]
+                                   [--workdir bench-devices] [--json devices.json]
 
 From nothing, in one run: the default synthetic set (``asc synth``'s defaults; the seconds it took to
 write are printed), its feature store with and without spectrum correction (``prepare``, Ray tasks),
@@ -9,9 +10,9 @@ mixup), SC (A2 on spectrum-corrected features, the DCASE2019 Task 1B winner's en
 DCASE 2022-2023 methods on A2: FMS (Freq-MixStyle), DIR (device impulse responses) and DIRFMS (both),
 each with every seed, the epoch selected by Metric A on the evaluation split (the paper's Table 2
 protocol; ``--protocol validation``: on held-out training locations, which hold no unseen device, the
-evaluation split scored once at that epoch). It prints mean +- standard error over the seeds, on all evaluation clips and on the
-parallel segments alone (the same recordings on every device), beside the paper's figures, and then
-the directions the paper reports with their goals:
+evaluation split scored once at that epoch). It prints mean +- standard error over the seeds, on all
+evaluation clips and on the parallel segments alone (the same recordings on every device), beside
+the paper's figures, and then the directions the paper reports with their goals:
 
 - A2 has a clear device gap (at least 10 points);
 - mean subtraction cuts the gap on the parallel segments to between a sixth and a half of A2's
@@ -85,7 +86,8 @@ def _train_all(store_root: Path, runs: Path, seeds: list[int], epochs: int, syst
         system = get_system(system_id)
         store = resolve_store(str(store_root), 128, system.spectrum_correction)
         for seed in seeds:
-            ckpt = runs / Path(store).name / (f"{system_id}-seed{seed}" + ("" if protocol == "paper" else f"-{protocol}"))
+            name = f"{system_id}-seed{seed}" + ("" if protocol == "paper" else f"-{protocol}")
+            ckpt = runs / Path(store).name / name
             config = system_config(system_id, store, "cnn", epochs=epochs, seed=seed, checkpoint_dir=str(ckpt),
                                    protocol=protocol)
             start = time.perf_counter()
