@@ -144,8 +144,8 @@ _ON_FEATURES = {n: d for n, d in ENHANCEMENTS.items() if d.stage != "store"}
 
 
 def parse_composition(text: str) -> tuple[str, ...]:
-    """``"median_filter+freq_mixstyle"`` -> the enhancements in their order; ``"none"`` -> ().
-    An unknown name or one named twice is an AscError naming it."""
+    """``"median_filter+freq_mixstyle"`` -> the enhancements, in their order; ``"none"`` -> ().
+    An unknown name, one named twice or names out of their order is an AscError naming it."""
     if not isinstance(text, str) or not text.strip():
         raise AscError(f"an enhancement is a name or names joined by '+', not {text!r}")
     if text.strip() == "none":
@@ -160,7 +160,11 @@ def parse_composition(text: str) -> tuple[str, ...]:
             raise AscError(f"{n!r} is not one of none, {', '.join(ENHANCEMENTS)} (or several of them joined by '+')")
     if len(set(names)) != len(names):
         raise AscError(f"{text!r} names an enhancement twice")
-    return tuple(n for n in ENHANCEMENTS if n in names)
+    ordered = tuple(n for n in ENHANCEMENTS if n in names)
+    if tuple(names) != ordered:  # written in an order they cannot run in: say the one they run in
+        raise AscError(f"{text!r}: enhancements run in one order ({', '.join(ENHANCEMENTS)}); "
+                       f"write {'+'.join(ordered)}")
+    return ordered
 
 
 def composition(names) -> str:

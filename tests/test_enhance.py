@@ -60,7 +60,11 @@ def test_every_definition_is_complete(name):
 
 
 def test_compositions_are_canonical_and_labelled_once():
-    assert parse_composition("freq_mixstyle+median_filter") == ("median_filter", "freq_mixstyle")
+    assert parse_composition("median_filter+freq_mixstyle") == ("median_filter", "freq_mixstyle")
+    with pytest.raises(AscError, match="^'freq_mixstyle\\+median_filter': enhancements run in one order "
+                                       "\\(spectrum_correction, dir, median_filter, mean_subtraction, freq_mixstyle\\); "
+                                       "write median_filter\\+freq_mixstyle$"):
+        parse_composition("freq_mixstyle+median_filter")
     assert composition(["freq_mixstyle", "dir"]) == "dir+freq_mixstyle" and parse_composition("none") == ()
     with pytest.raises(AscError, match="'median' is not one of none, spectrum_correction"):
         parse_composition("median+dir")
