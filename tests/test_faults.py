@@ -26,6 +26,7 @@ import pytest
 from mlflow import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
+from asc.enhance import Enhancement
 from asc.train import TrainConfig, train, train_seeds
 from search.bench.chaos import marked_processes
 from search.schedulers import PersistentASHA
@@ -61,28 +62,37 @@ def _fit(config: TrainConfig, seeds: int, reported: list | None = None) -> list[
 
 _REFERENCE: dict = {}
 
-# (seeds, the point the run is killed at, the epochs the resumed run reports): after a checkpoint is
-# written, half-way through an epoch, between two seeds' epochs, and with a checkpoint half written.
+# Every per-epoch draw of both augmentations (DIR's responses, Freq-MixStyle's lambdas and partners)
+# on top of mixup's: what a resumed run must draw again exactly as the uninterrupted one did.
+AUGMENTED = {"enhancement": Enhancement("gms", mean_subtraction=True, dir=(0.5, "micirp"), freq_mixstyle=(0.6, 0.4))}
+
+# (seeds, the point the run is killed at, the epochs the resumed run reports, the training's settings):
+# after a checkpoint is written, half-way through an epoch, between two seeds' epochs, and with a
+# checkpoint half written.
 KILLS = [
-    (1, "epoch_end/seed=0/epoch=2", [3]),
-    (1, "step/seed=0/epoch=2/step=2", [2, 3]),
-    (1, "checkpoint/seed=0/epoch=2", [2, 3]),
-    (2, "epoch_end/seed=1/epoch=2", [3]),
-    (2, "step/seed=1/epoch=2/step=2", [3]),  # seed 0 has checkpointed epoch 2: seed 1 catches up
-    (2, "epoch_end/seed=0/epoch=2", [3]),  # seed 0 at epoch 2, seed 1 at 1: it catches up, then both go on
-    (2, "checkpoint/seed=1/epoch=2", [3]),
-    (3, "epoch_end/seed=2/epoch=2", [3]),
-    (3, "step/seed=0/epoch=2/step=2", [2, 3]),
-    (3, "epoch_end/seed=1/epoch=2", [3]),
+    (1, "epoch_end/seed=0/epoch=2", [3], {}),
+    (1, "step/seed=0/epoch=2/step=2", [2, 3], {}),
+    (1, "checkpoint/seed=0/epoch=2", [2, 3], {}),
+    (2, "epoch_end/seed=1/epoch=2", [3], {}),
+    (2, "step/seed=1/epoch=2/step=2", [3], {}),  # seed 0 has checkpointed epoch 2: seed 1 catches up
+    (2, "epoch_end/seed=0/epoch=2", [3], {}),  # seed 0 at epoch 2, seed 1 at 1: it catches up, then both go on
+    (2, "checkpoint/seed=1/epoch=2", [3], {}),
+    (3, "epoch_end/seed=2/epoch=2", [3], {}),
+    (3, "step/seed=0/epoch=2/step=2", [2, 3], {}),
+    (3, "epoch_end/seed=1/epoch=2", [3], {}),
+    (2, "step/seed=1/epoch=2/step=2", [3], AUGMENTED),
 ]
 
 
-@pytest.mark.parametrize("seeds,point,reports", KILLS, ids=[f"{k}seed-{p.split('/')[0]}-{p.split('/')[1]}"
-                                                            for k, p, _ in KILLS])
-def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_history(small_store, tmp_path, seeds, point, reports):
-    if seeds not in _REFERENCE:
-        _REFERENCE[seeds] = _fit(lockstep_config(small_store), seeds)
-    config = lockstep_config(small_store, checkpoint_dir=str(tmp_path / "ckpt"))
+@pytest.mark.parametrize("seeds,point,reports,settings", KILLS,
+                         ids=[f"{k}seed-{p.split('/')[0]}-{p.split('/')[1]}{'-dir+fms' if kw else ''}"
+                              for k, p, _, kw in KILLS])
+def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_history(small_store, tmp_path, seeds, point, reports,
+                                                                    settings):
+    key = (seeds, bool(settings))
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _fit(lockstep_config(small_store, **settings), seeds)
+    config = lockstep_config(small_store, checkpoint_dir=str(tmp_path / "ckpt"), **settings)
     faults = tmp_path / "faults"
     child = subprocess.Popen([sys.executable, "-m", "tests.train_child", json.dumps(config.to_dict()),
                               json.dumps(list(range(seeds)))], cwd=REPO, env=armed(faults, point),
@@ -99,7 +109,7 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_history(small_store,
     reported: list = []
     resumed = _fit(config, seeds, reported)
     assert reported == reports  # it did resume from where the kill left it, not from scratch
-    for seed, (got, want) in enumerate(zip(resumed, _REFERENCE[seeds])):
+    for seed, (got, want) in enumerate(zip(resumed, _REFERENCE[key])):
         assert_same_rows(got, want, f"seed {seed}")
 
 
