@@ -145,6 +145,11 @@ BAD_RUNS = [
     ("search", ["fuse", "--experiment", "x", "--mlflow-uri", "sqlite:///TMP/none.db"], "sqlite:///TMP/none.db: no such database"),
     ("search", ["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/none.db"],
      "sqlite:///TMP/none.db: no such database"),
+    # nothing listens on port 1 of the loopback (a port below 1024 that no test binds)
+    ("search", ["fuse", "--experiment", "x", "--mlflow-uri", "http://127.0.0.1:1"],
+     "MLflow tracking server http://127.0.0.1:1: not reachable"),
+    ("search", ["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "http://127.0.0.1:1"],
+     "MLflow tracking server http://127.0.0.1:1: not reachable"),
     ("search", ["predict", "TMP/nomodel", "DATA", "--out", "TMP/o.csv"], "model TMP/nomodel: no such file or folder"),
     ("search", ["predict", "TMP", "DATA", "--out", "TMP/o.csv"], "model TMP: a folder without an MLmodel file"),
     ("search", ["run", "spaces/smoke.yaml", "--store", "STORE", "--storage", "TMP/file"], "--storage TMP/file"),
