@@ -34,6 +34,8 @@ import numpy as np
 
 from asc.errors import AscError
 
+MAX_SIZE = 100  # picks of a greedy fusion (with repeats, a member's weight): each is a pass over the candidates
+
 Score = Callable[[np.ndarray], float]
 
 

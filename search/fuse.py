@@ -50,7 +50,6 @@ from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
 MAX_BAGS = 1000  # resamples (or bagged repeats) a fusion may ask for: each is a greedy selection
-MAX_SIZE = 100  # picks of a greedy fusion (with repeats, a member's weight): each is a pass over the candidates
 BOOTSTRAP_BAGS = 40  # the default fusion's bootstrap resamples of the selection clips, unless --bags says
 GATE_BAGS = 20  # the gated fusion's bagged repeats, unless --bags says otherwise
 GATE_SPLITS = 5  # its random halvings of the selection clips (each half held back once)
@@ -264,8 +263,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if by not in SINGLE:
         raise AscError(f"--by {by!r}: fusion needs one number to maximise: one of {', '.join(SINGLE)}")
-    if size is not None and not 1 <= size <= MAX_SIZE:
-        raise AscError(f"--size {size}: must be 1 to {MAX_SIZE}")
+    if size is not None and not 1 <= size <= fusion.MAX_SIZE:
+        raise AscError(f"--size {size}: must be 1 to {fusion.MAX_SIZE}")
     if not 0 <= bags <= MAX_BAGS:
         raise AscError(f"--bags {bags}: must be 0 (the method's default) to {MAX_BAGS}")
     if bags and method in ("top", "per-enhancement"):

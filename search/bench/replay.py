@@ -717,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "space's configurations, 2 to 10)")
     parser.add_argument("--check", action="store_true",
                         help="also run one replay of the default strategy, and one of its three-seed variant, "
-                             "through the real Tune loop and compare")
+                             "through the real Tune loop and compare (exit status 1 where they differ)")
     parser.add_argument("--mlflow-uri", default=None, help="log the table and the plot to this tracking URI")
     parser.add_argument("--export", metavar="EXPERIMENT", default=None,
                         help="make the table from a recorded search's MLflow experiment (with --mlflow-uri) into "
@@ -805,15 +805,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.table}: {len(rec.params)} configurations x {rec.seeds} seeds x {rec.epochs} epochs")
             return 0
         recording = load_recording(args.table)
-        every = strategies(DEFAULT)
+        every = [DEFAULT] + [s for s in strategies(DEFAULT) if s.name != DEFAULT.name]
         if args.sweep:
             every += [s for s in sweep(DEFAULT) if s.name not in {t.name for t in every}]
         chosen = [s for s in every if not args.only or any(s.name.startswith(o) for o in args.only)]
         if not chosen:
             raise AscError(f"--only {' '.join(args.only)}: no strategy's name starts so (the strategies: "
                            f"{', '.join(s.name for s in every)})")
-        if DEFAULT not in chosen and not args.only:
-            chosen.insert(0, DEFAULT)
         if args.startup is not None:
             chosen = [replace(s, startup=args.startup) if s.sampler == "tpe" else s for s in chosen]
             print(f"TPE starts with {args.startup} random trial(s) in every TPE strategy (--startup)")
@@ -846,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, args.plot, f"{len(rows)} strategies x {args.replays} replays on {args.table.name}")
         print(f"\nplot: {args.plot}; {time.perf_counter() - start:.0f} s in all")
         # the default, and the spaces' three-seed variant (the scheduler's noise_z reads the seeds' error)
+        mismatched = 0
         for checked in (DEFAULT, replace(DEFAULT, name=f"{DEFAULT.name}, {RECOMMENDED}", seeds=3, noise_z=0.5)):
             if not args.check:
                 break
@@ -857,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"configuration and epoch reached)")
             if not same:
                 print(f"  tune: {tuned}\n  simulated: {simulated}")
+                mismatched += 1
         if args.mlflow_uri:
             import mlflow
 
@@ -869,6 +869,10 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps([{k: (v.tolist() if isinstance(v, np.ndarray) else
                                                   v.__dict__ if isinstance(v, Strategy) else v)
                                               for k, v in r.items()} for r in rows], indent=1, default=str))
+        if mismatched:
+            print(f"error: --check: {mismatched} replay(s) through ray.tune.Tuner decided otherwise than the "
+                  f"simulation (above)", file=sys.stderr)
+            return 1
         return 0
     except AscError as exc:
         print(f"error: {exc}", file=sys.stderr)
