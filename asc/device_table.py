@@ -65,10 +65,11 @@ def _plus_minus(value) -> str:
 
 
 def device_table(rows: list[tuple[str, str, dict]], splits: list[str], clip_se: tuple[int, ...] = (),
-                 titles: dict[str, str] | None = None) -> str:
+                 titles: dict[str, str] | None = None, seed_se: tuple[int, ...] = ()) -> str:
     """``rows`` of (name, weight cell or None, {split: metrics}): one line each, the splits side by side,
     each under ``titles[split]`` (default ``<split> clips (%)``); under each row of ``clip_se``
-    (indices) a line of its figures' standard errors from the clips."""
+    (indices) a line of its figures' standard errors from the clips (``_cse``), and under each of
+    ``seed_se`` one of those from the seeds (``_sem``)."""
     keys, heads = columns_of([m for _, _, by_split in rows for m in by_split.values()])
     width = max([len(name) for name, _, _ in rows] + [6]) + 2
     weighted = any(weight is not None for _, weight, _ in rows)  # a weight column only for ensembles
@@ -81,7 +82,8 @@ def device_table(rows: list[tuple[str, str, dict]], splits: list[str], clip_se: 
     for k, (name, weight, by_split) in enumerate(rows):
         lines.append(f"{name:<{width}}{weight or '':>{w}}"
                      + "".join(" |" + row_cells(by_split.get(s, {}), keys) for s in splits))
-        if k in clip_se or k - len(rows) in clip_se:
-            lines.append(f"{'  +- (clips)':<{width}}{'':>{w}}"
-                         + "".join(" |" + row_cells(by_split.get(s, {}), keys, suffix="_cse") for s in splits))
+        for indices, suffix, what in ((clip_se, "_cse", "clips"), (seed_se, "_sem", "seeds")):
+            if k in indices or k - len(rows) in indices:
+                lines.append(f"{f'  +- ({what})':<{width}}{'':>{w}}"
+                             + "".join(" |" + row_cells(by_split.get(s, {}), keys, suffix=suffix) for s in splits))
     return "\n".join(lines)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from asc import fusion
 from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
-from asc.metrics import device_metrics
+from asc.metrics import device_metrics, mean_sem
 from asc.device_table import device_table
 from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
@@ -74,6 +74,7 @@ class Candidate:
     model_uri: str | None
     probs: dict[str, np.ndarray] = field(default_factory=dict)  # split -> [clips, classes]
     member: int | None = None  # one seed of a several-seed trial: its index among the trial model's members
+    seed_probs: dict[str, list[np.ndarray]] = field(default_factory=dict)  # a seed average's seeds: split -> theirs
 
 
 @dataclass
@@ -143,6 +144,8 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
             candidate = Candidate(run.info.run_id, label, name[len(label):].strip(), _group(run.data.params),
                                   run.data.tags.get(MODEL_TAG))
             if not (seed_members and per_seed):
+                if len(per_seed) > 1:  # how far the seeds spread: the seed average's standard errors
+                    candidate.seed_probs = {s: [probs[s] for probs in per_seed.values()] for s in splits}
                 read.append((candidate, classes, splits))
                 continue
             for k, (seed, probs) in enumerate(per_seed.items()):
@@ -210,6 +213,18 @@ def metrics_of(probs: np.ndarray, clips: Clips, detail: bool = True) -> dict:
     m = device_metrics(clips.labels, probs.argmax(axis=1), clips.devices, probs.shape[1], seen=clips.seen,
                        detail=detail)
     return {k: v for k, v in m.items() if isinstance(v, float)}
+
+
+def seed_errors(candidate: Candidate, split: str, clips: Clips, objective: Objective) -> dict:
+    """A seed average's ``<figure>_sem``: the standard error of the mean of its seeds' own figures (and
+    ``objective_sem``), what the search's table shows beside a trial's objective; {} for one seed."""
+    each = [metrics_of(p, clips) for p in candidate.seed_probs.get(split, ())]
+    if len(each) < 2:
+        return {}
+    for m in each:
+        m["objective"] = objective.values(m)["objective"]
+    return {f"{k}_sem": mean_sem([m[k] for m in each])[1] for k in each[0]
+            if not k.startswith("n_") and not k.endswith("_cse")}
 
 
 def scorer(objective: Objective, clips: Clips):
@@ -300,7 +315,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     selection = choose(candidates, clips, method, objective, size, bags, seed)
     metrics: dict = {}
     for i, c in enumerate(candidates):
-        metrics[c.label] = {s: metrics_of(c.probs[s], clips[s]) for s in clips}
+        metrics[c.label] = {s: {**metrics_of(c.probs[s], clips[s]), **seed_errors(c, s, clips[s], objective)}
+                            for s in clips}
     # heaviest member first, in the table, the run's name and the model (ties: the order they were chosen in)
     order = sorted(range(len(selection.members)), key=lambda k: -selection.weights[k])
     result = FusionResult(experiment, method, by, candidates, clips, classes, [selection.members[k] for k in order],
@@ -310,6 +326,7 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
     # what the selection clips can tell about the candidates it ranked, as the search's table says it
     rows = sorted(({"label": c.label, "objective": objective.values(metrics[c.label]["selection"])["objective"],
                     "objective_cse": objective.clip_se(metrics[c.label]["selection"]),
+                    "objective_sem": metrics[c.label]["selection"].get("objective_sem"),
                     **{f"sel_{k}": v for k, v in metrics[c.label]["selection"].items() if k.startswith("n_")}}
                    for c in candidates), key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
     warning = clip_warning(rows, objective, paper=protocol == "paper")
@@ -475,8 +492,13 @@ def format_result(result: FusionResult) -> str:
     # protocol paper: the trials and the fusion chose on the evaluation split, and the table says so
     titles = ({"selection": "chosen on: evaluation split (%)", "evaluation": "evaluation split, = chosen on (%)"}
               if result.protocol == "paper" else None)
-    return (_title(result) + "\n" + device_table(rows, splits, clip_se=(0, -1), titles=titles)
-            + f"\n+- (clips): one standard error from the clips ({CLIP_SE_HOW})")
+    first = result.candidates[result.members[0]]
+    seeds = len(first.seed_probs.get("selection", ()))
+    return (_title(result) + "\n" + device_table(rows, splits, clip_se=(0, -1), seed_se=(0,) if seeds else (),
+                                                  titles=titles)
+            + f"\n+- (clips): one standard error from the clips ({CLIP_SE_HOW})"
+            + (f"\n+- (seeds): the standard error of the mean of the {seeds} seeds' own figures (each member is its "
+               "trial's seed average)" if seeds else ""))
 
 
 def _headline(result: FusionResult) -> str:

@@ -242,7 +242,7 @@ def clip_warning(ranked: list[dict], objective, z: float = 2.0, paper: bool = Fa
                 f"points ({z:g} standard errors), more than the {100 * spread:.1f} points between the trials ranked "
                 f"here: {more}, choose by metric_a (all clips), or add seeds")
     sem = best.get("objective_sem")
-    if isinstance(sem, float) and math.isfinite(sem) and sem > 0:
+    if isinstance(sem, float) and math.isfinite(sem):  # several seeds (0: they agreed on every clip)
         dominant = "the clips'" if best["objective_cse"] > sem else "the seeds'"
         line = (line + "; " if line else "") + (
             f"for {best['label']}, {dominant} standard error is the larger (clips +-{100 * best['objective_cse']:.1f}, "

@@ -357,7 +357,7 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
     runs = len(client.search_runs([experiment.experiment_id]))
     versions = len(client.search_model_versions())
     # names MLflow's registry refuses are refused before the fusion run and its model are written
-    for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"), (["--size", "101"], "--size 101"),
+    for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"), (["--size", "101"], "--size: 101 is out of range (must be 1 to 100)"),
                           (["--experiment", "nope"], "nope"), (["--register", "a/b"], "--register 'a/b'"),
                           (["--register", " "], "--register"), (["--alias", "champion"], "--register NAME"),
                           (["--register", "smoke-fusion", "--alias", "v2"], "--alias 'v2'"),

@@ -151,6 +151,17 @@ def test_search_with_seeds_reports_means_and_records_each_seed(store, tmp_path):
     import mlflow
 
     uri = f"sqlite:///{storage / 'mlflow.db'}"
+    # Fusion of the trials' seed averages: the seeds' standard errors beside the clips', and which is larger.
+    done = run([sys.executable, "-m", "search", "fuse", "--experiment", "seeded", "--mlflow-uri", uri,
+                "--method", "top", "--size", "2"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    seeds_row = next(k for k, line in enumerate(lines) if line.startswith("  +- (seeds)"))
+    assert lines[seeds_row - 1].startswith("  +- (clips)") and lines[seeds_row - 2].startswith("t00")
+    assert "+-" in lines[seeds_row].split("|")[1]  # the first member's selection figures have them
+    assert "+- (seeds): the standard error of the mean of the 2 seeds' own figures" in done.stdout
+    assert "standard error is the larger (clips +-" in done.stdout and "seeds +-" in done.stdout
+
     done = run([sys.executable, "-m", "search", "fuse", "--experiment", "seeded", "--mlflow-uri", uri,
                 "--seed-members", "--method", "top", "--size", "3", "--register", "seeded-fusion"])
     assert done.returncode == 0, done.stderr[-3000:]
