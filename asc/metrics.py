@@ -142,6 +142,17 @@ def device_accuracies(metrics: dict) -> dict[str, float]:
             and not k.endswith(SUFFIXES)}
 
 
+def pooled_gaps(selection_devices, seen_devices, reference: str = REFERENCE_DEVICE) -> tuple[list, list]:
+    """(the devices B&C pools: those seen in training but the reference, those of them missing from
+    ``selection_devices`` when some but not all are): where the second is not empty, a B&C (and a
+    Metric B) chosen on those clips is the other devices' figure alone. None at all is a case of its
+    own (no B&C), which the callers word themselves."""
+    here = set(selection_devices)
+    pooled = sorted(set(seen_devices) - {reference})
+    missing = [d for d in pooled if d not in here]
+    return pooled, (missing if len(missing) < len(pooled) else [])
+
+
 def mean_sem(values) -> tuple[float, float]:
     """Mean and standard error of the mean (sample standard deviation / sqrt(n); nan for one value)."""
     values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)

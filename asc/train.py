@@ -37,7 +37,7 @@ from asc.enhance import CachedMedianFilter, Enhancement, freq_mixstyle, median_f
 from asc.errors import AscError, writable_file, writable_folder, write_atomic
 from asc.faults import fault_point, injected
 from asc.features import FeatureConfig
-from asc.metrics import SELECTION_METRICS, clip_errors, device_metrics, mean_sem
+from asc.metrics import SELECTION_METRICS, clip_errors, device_metrics, mean_sem, pooled_gaps
 from asc.models import ModelConfig, build_model, xception_weights_file
 from asc.parallel import process_map
 from asc.responses import gains_for
@@ -334,6 +334,11 @@ def _selectable(clips: list, select: np.ndarray, config: TrainConfig, what: str)
     if config.selection == "metric_b" and (REFERENCE_DEVICE not in devices or devices == [REFERENCE_DEVICE]):
         raise AscError(f"{config.store}: selection by metric_b needs {what} clips of the reference device "
                        f"{REFERENCE_DEVICE!r} and of another device; they have devices {devices} (select by metric_a)")
+    pooled, missing = pooled_gaps(devices, {c.device for c in clips if c.split == "train"})
+    if config.selection == "metric_b" and missing:
+        raise AscError(f"{config.store}: selection by metric_b pools devices {pooled} (seen in training), but the "
+                       f"{what} clips hold none of {missing}: its B&C would be the others' alone (hold out more "
+                       "locations: validation_share, or select by metric_a)")
     return select
 
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from asc import REFERENCE_DEVICE
 from asc.errors import AscError
-from asc.metrics import device_accuracies
+from asc.metrics import device_accuracies, pooled_gaps
 
 SINGLE = ("metric_a", "metric_b", "acc_bc", "acc_unseen", "worst_device", "gap_penalized")
 OBJECTIVES = SINGLE + ("pareto",)
@@ -102,19 +101,18 @@ def summary(metrics: dict, devices: list[str]) -> dict[str, float]:
 POOLED = ("metric_b", "acc_bc", "gap_penalized", "pareto")  # acc_bc (B and C pooled) is part of each
 
 
-def check_pooled_devices(objective: str, selection_devices, seen_devices, culprit: str) -> None:
+def check_pooled_devices(objective: str, selection_devices, seen_devices, culprit: str,
+                         instead: str = "choose another objective") -> None:
     """An objective that pools the devices seen in training besides the reference (B and C) needs
     selection clips of each of them: without C, "B&C" is B alone and Metric B chooses on another
     figure than it says. One line naming ``culprit`` (a space or an experiment), the device missing
-    and what would help."""
+    and what would help (``instead``: the other way out)."""
     if objective not in POOLED:
         return
-    here = set(selection_devices)
-    pooled = sorted(set(seen_devices) - {REFERENCE_DEVICE})
-    missing = [d for d in pooled if d not in here]
-    if missing and len(missing) < len(pooled):  # none at all is refused where the selection is made
+    pooled, missing = pooled_gaps(selection_devices, seen_devices)
+    if missing:  # none at all is refused where the selection is made
         raise AscError(f"{culprit}: {objective} pools devices {', '.join(d.upper() for d in pooled)} (seen in "
                        f"training), but the selection clips hold none of device "
                        f"{', '.join(d.upper() for d in missing)}: its figure would be "
-                       f"{', '.join(d.upper() for d in pooled if d in here)}'s alone; hold out more locations for "
-                       "the selection (validation_share in the space) or choose another objective")
+                       f"{', '.join(d.upper() for d in pooled if d not in missing)}'s alone; hold out more locations "
+                       f"for the selection (validation_share in the space) or {instead}")

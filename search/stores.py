@@ -18,7 +18,7 @@ from asc.store import MANIFEST, FeatureStore, current_stores, read_manifest, sto
 from asc.train import split_indices
 from search.prepare import format_report, prepare
 from search.objectives import POOLED, check_pooled_devices
-from search.space import Space
+from search.space import PARAMS, Space
 
 
 def resolve_stores(space: Space, store_root: str, data: str | None = None, address: str | None = None) -> dict[str, str]:
@@ -61,28 +61,36 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
     return stores
 
 
+def _selections(space: Space) -> set:
+    """Every metric a trial of the space can choose its epoch by (``params.selection``)."""
+    default = space.fixed.get("selection", PARAMS["selection"].default)
+    if space.points:
+        return {p.get("selection", default) for _, p in space.points}
+    return set(space.searched["selection"].values) if "selection" in space.searched else {default}
+
+
 def _check_selection_devices(space: Space, store: str) -> None:
     """An objective on B&C needs B or C clips among the clips each protocol selects on; without
-    them every trial's objective is NaN (ASHA cannot stop such trials, Optuna records them FAIL)."""
-    if space.objective.name not in POOLED + ("acc_unseen",):
+    them every trial's objective is NaN (ASHA cannot stop such trials, Optuna records them FAIL).
+    A trial choosing its epoch by Metric B needs each of them too."""
+    by_metric_b, pooled = "metric_b" in _selections(space), space.objective.name in POOLED
+    if not (by_metric_b or pooled or space.objective.name == "acc_unseen"):
         return
     clips = FeatureStore(store).clips
     protocol = space.protocol
-    if space.objective.name == "acc_unseen":
-        config = space.train_config({**space.fixed, "protocol": protocol}, store)
-        _, select, _ = split_indices(clips, config)
-        seen = {c.device for c in clips if c.split == "train"}
-        if not {clips[i].device for i in select} - seen:
-            raise AscError(f"{space.path}: objective: acc_unseen needs clips of devices unseen in training among the "
-                           f"selection clips, but the {protocol} protocol selects on devices "
-                           f"{', '.join(sorted({clips[i].device.upper() for i in select}))} only, all seen in "
-                           f"training ({store}); the evaluation split holds them: protocol paper")
-        return
-    config = space.train_config({**space.fixed, "protocol": protocol}, store)
-    _, select, _ = split_indices(clips, config)
+    _, select, _ = split_indices(clips, space.train_config({**space.fixed, "protocol": protocol}, store))
     devices = sorted({clips[i].device for i in select})
-    check_pooled_devices(space.objective.name, devices, {c.device for c in clips if c.split == "train"},
-                         f"{space.path}: objective")
+    seen = {c.device for c in clips if c.split == "train"}
+    if by_metric_b:
+        check_pooled_devices("metric_b", devices, seen, f"{space.path}: params.selection", instead="select by metric_a")
+    if space.objective.name == "acc_unseen" and not set(devices) - seen:
+        raise AscError(f"{space.path}: objective: acc_unseen needs clips of devices unseen in training among the "
+                       f"selection clips, but the {protocol} protocol selects on devices "
+                       f"{', '.join(d.upper() for d in devices)} only, all seen in "
+                       f"training ({store}); the evaluation split holds them: protocol paper")
+    if not pooled:
+        return
+    check_pooled_devices(space.objective.name, devices, seen, f"{space.path}: objective")
     both = space.objective.name != "acc_bc"  # Metric B and what is built on it need A clips too
     if not set(devices) - {REFERENCE_DEVICE} or (both and REFERENCE_DEVICE not in devices):
         raise AscError(f"{space.path}: objective: {space.objective.name} needs clips of devices other than "

@@ -120,3 +120,19 @@ def test_an_objective_pooling_b_and_c_refuses_a_selection_without_one_of_them():
         check_pooled_devices("metric_b", ["a", "b", "s1"], ["a", "b", "c"], "s.yaml: objective")
     with pytest.raises(AscError, match="acc_bc pools devices B, C"):
         check_pooled_devices("acc_bc", ["c"], ["a", "b", "c"], "fusion of 'x' by")
+    with pytest.raises(AscError, match=r"^s.yaml: params.selection: metric_b pools .* or select by metric_a$"):
+        check_pooled_devices("metric_b", ["a", "c"], ["a", "b", "c"], "s.yaml: params.selection", "select by metric_a")
+    check_pooled_devices("metric_b", ["a"], ["a", "b", "c"], "s.yaml: objective")  # none at all: worded elsewhere
+
+
+def test_the_selections_a_space_can_choose_by(tmp_path):
+    from search.space import load_space
+    from search.stores import _selections
+
+    path = tmp_path / "s.yaml"
+    for params, want in (("{}", {"metric_a"}), ("{selection: metric_b}", {"metric_b"}),
+                         ("{selection: {choice: [metric_a, metric_b]}}", {"metric_a", "metric_b"})):
+        path.write_text(f"objective: metric_a\nparams: {params}\n")
+        assert _selections(load_space(path)) == want, params
+    path.write_text("sampler: points\nobjective: metric_a\npoints: [A2, B2]\n")
+    assert _selections(load_space(path)) == {"metric_a", "metric_b"}
