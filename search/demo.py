@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from asc.cli import COUNT, add_synth_arguments
+from asc.errors import AscError
 
 # The steps import their libraries (Ray, MLflow, Optuna, torch, scipy) when they run: `python -m search`
 # imports this module for the demo's options at every start.
@@ -82,6 +83,31 @@ def _fusion(uri: str, experiment_id: str, size: int):
     return result.registered or result.model_uri, format_result(result), False
 
 
+OPTIONS_FILE = "demo.json"  # the options the work in a workdir was made with
+
+
+def _same_options(workdir: Path, options: dict) -> None:
+    """A rerun reuses the workdir's set, search and fusion: refuse (one line) options other than those
+    they were made with, instead of showing old results as the new options'. Records them at the first run."""
+    record = workdir / OPTIONS_FILE
+    if not record.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not any(workdir.iterdir()):  # a workdir from before the options were recorded: as it is
+            record.write_text(json.dumps(options, indent=1) + "\n")
+        return
+    made = json.loads(record.read_text())
+
+    def shown(values: dict, key: str) -> str:
+        value = values.get(key)
+        if key == "set":
+            return " ".join(f"--set {v}" for v in value) or "no --set"
+        return f"--{key.replace('_', '-')} " + ("(spaces/demo.yaml's)" if value is None else str(value))
+    other = [k for k in options if made.get(k) != options[k]]
+    if other:
+        raise AscError(f"{workdir}: its demo was made with {', '.join(shown(made, k) for k in other)}, not "
+                       f"{', '.join(shown(options, k) for k in other)}; delete the folder or give another --workdir")
+
+
 def run_demo(args) -> None:
     # late, as the module says
     from asc.dataset import read_development
@@ -103,6 +129,10 @@ def run_demo(args) -> None:
     if args.num_samples is not None:
         overrides.append(f"num_samples={args.num_samples}")
     space = load_space(DEMO_SPACE, overrides)  # a wrong --set fails here, before any work
+    _same_options(workdir, {"segments_per_scene": args.segments_per_scene,
+                            "parallel_per_scene": args.parallel_per_scene, "seconds": args.seconds, "seed": args.seed,
+                            "num_samples": args.num_samples, "epochs": args.epochs, "set": list(args.set or []),
+                            "fusion_size": args.fusion_size})
 
     _step(1, f"synthetic multi-device dataset in {data}")
     if (data / "meta.csv").exists():

@@ -41,3 +41,11 @@ def test_demo_runs_the_whole_loop_and_a_rerun_reuses_its_work(tmp_path):
     assert "has finished: reusing its trials" in again and "reusing it and its model" in again
     assert "submission.csv exists and the fusion is the same: reusing it" in again
     assert again[again.index("=" * 100):again.index("files (all under")] == summary[:summary.index("files (all under")]
+
+    # other options would show the old results as theirs: one line, naming them, before any work
+    other = [a if a != "2" or cmd[k - 1] != "--epochs" else "3" for k, a in enumerate(cmd)] + ["--fusion-size", "4"]
+    third = subprocess.run(other, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 2 and third.stderr.splitlines() == [
+        f"error: {tmp_path}: its demo was made with --epochs 2, --fusion-size 6, not --epochs 3, --fusion-size 4; "
+        "delete the folder or give another --workdir"], third.stderr
+    assert "[1/5]" not in third.stdout
