@@ -92,12 +92,15 @@ def report_results(client, info: dict, space: Space, trials: list[dict], study, 
 
 
 def _rank_key(space: Space):
+    """Best first: by the objective; a Pareto search by B&C, then (a tie) by the smaller |gap|, so that a
+    trial is never listed above one that beats it on both."""
+    def finite(v, missing: float) -> float:
+        return v if isinstance(v, float) and math.isfinite(v) else missing
+
     def key(row):
         if space.objective.multi:
-            v = row.get("objective_acc_bc")
-        else:
-            v = row.get("objective")
-        return -(v if isinstance(v, float) and math.isfinite(v) else -math.inf)
+            return (-finite(row.get("objective_acc_bc"), -math.inf), finite(row.get("objective_abs_gap"), math.inf))
+        return (-finite(row.get("objective"), -math.inf),)
     return key
 
 

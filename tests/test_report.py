@@ -107,3 +107,16 @@ def test_the_search_runs_note_is_a_narrow_markdown_table_in_percent():
     assert table[0] == ("| trial | state | chosen epoch | metric_b - 0.5 * \\|gap\\| % | selection clips: Metric B % | "
                         "B&C % | gap | evaluation split: Metric B % |")
     assert table[2] == "| t001 plain lr=1e-03 | ASHA@2 | 2 | 55.0 ± 4.0, 1.0 seeds | 60.0 ± 4.3 | 57.5 | 6.8 | 59.9 |"
+
+
+def test_a_pareto_searchs_table_never_lists_a_trial_above_one_that_beats_it():
+    space = parse_space({"sampler": "nsga2", "objective": "pareto", "scheduler": "none",
+                         "params": {"model": "cnn", "epochs": 3, "lr": {"float": [0.0005, 0.003], "log": True}}}, "s.yaml")
+    rows = []
+    for label, bc, gap in (("t001", 0.225, 0.162), ("t002", 0.225, 0.055), ("t003", 0.4, 0.3)):
+        r = row(label, metrics(30, 2, 2), Objective("metric_b"))
+        r.update(objective_acc_bc=bc, objective_abs_gap=gap)
+        rows.append(r)
+    table = format_trials(rows, space, ["a", "b", "c"], 3)
+    order = [line[:4] for line in table.splitlines() if line[:4] in ("t001", "t002", "t003")]
+    assert order == ["t003", "t002", "t001"]  # B&C first; at equal B&C the smaller |gap|
