@@ -306,6 +306,8 @@ def read_dataset(root: str | Path, fold: int = 1) -> Dataset:
     reason to read it as unlabeled.
     """
     root = Path(root)
+    if root.is_file():
+        raise AscError(f"{root}: a file; give a dataset folder (one that holds audio/, and meta.csv where labelled)")
     if not root.is_dir():
         raise AscError(f"{root}: no such dataset folder")
     meta = root / "meta.csv"

@@ -111,7 +111,8 @@ def _main(tool: str, argv: list[str]) -> int:
 
 # (tool, argv with DATA, STORE, TMP placeholders, what the one line must name)
 BAD_RUNS = [
-    ("asc", ["describe", "TMP/file"], "TMP/file: no such dataset folder"),
+    ("asc", ["describe", "TMP/file"], "TMP/file: a file; give a dataset folder"),
+    ("asc", ["describe", "TMP/none"], "TMP/none: no such dataset folder"),
     ("asc", ["describe", "DATA", "--fold", "2"], "fold2_train.csv: missing"),
     ("asc", ["synth", "TMP/file"], "TMP/file: already exists"),
     ("asc", ["synth", "TMP/file/below"], "TMP/file/below: cannot write here"),
@@ -128,7 +129,7 @@ BAD_RUNS = [
                 "40000"], "shorter than hop_length 40000"),
     ("search", ["prepare", "DATA", "--store", "TMP/file", "--sample-rate", "22050", "--n-fft", "1024"],
      "TMP/file: cannot write a feature store here"),
-    ("search", ["prepare", "TMP/file", "--store", "TMP/s"], "TMP/file: no such dataset folder"),
+    ("search", ["prepare", "TMP/file", "--store", "TMP/s"], "TMP/file: a file; give a dataset folder"),
     ("asc", ["train", "--store", "STORE", "--system", "Z9", "--model", "cnn"], "Z9"),
     ("asc", ["train", "--store", "TMP", "--system", "A2", "--model", "cnn"], "no feature store here"),
     ("asc", ["train", "--store", "STORE", "--system", "A2", "--model", "cnn", "--json-out", "TMP/no/x.json"],
@@ -151,6 +152,7 @@ BAD_RUNS = [
     ("search", ["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "http://127.0.0.1:1"],
      "MLflow tracking server http://127.0.0.1:1: not reachable"),
     ("search", ["predict", "TMP/nomodel", "DATA", "--out", "TMP/o.csv"], "model TMP/nomodel: no such file or folder"),
+    ("search", ["predict", "TMP", "TMP/file", "--out", "TMP/o.csv"], "TMP/file: a file; give a dataset folder"),
     ("search", ["predict", "TMP", "DATA", "--out", "TMP/o.csv"], "model TMP: a folder without an MLmodel file"),
     ("search", ["run", "spaces/smoke.yaml", "--store", "STORE", "--storage", "TMP/file"], "--storage TMP/file"),
     ("search", ["resume", "nosuch", "--storage", "TMP"], "no search named 'nosuch'"),
