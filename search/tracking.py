@@ -149,7 +149,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
     elif parsed.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
         if not path.parent.is_dir() and (created is None or path.parent != created.resolve()):
-            raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist")
+            hint = " (give the --mlflow-uri the search ran with)" if must_exist else ""
+            raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist{hint}")
         if must_exist and not path.is_file():
             raise AscError(f"MLflow store {uri}: no such database (give the --mlflow-uri the search ran with)")
     elif parsed.scheme in ("", "file"):
