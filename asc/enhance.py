@@ -2,26 +2,30 @@
 
 An enhancement is one :class:`Definition` in :data:`ENHANCEMENTS`: its name, its settings (type,
 default, allowed values: the search space's schema is derived from them, as ``<name>_<setting>``
-parameters that exist only when the enhancement is on), the stage it acts at, and its one label.
-A configuration composes any of them (``enhancement: mean_subtraction+freq_mixstyle``); they apply in
-the order :data:`ENHANCEMENTS` lists them, which is also the order of the stages:
+parameters that exist only when the enhancement is on), the stage it acts at, the function that
+applies it, and its one label. A configuration composes any of them (``enhancement:
+mean_subtraction+freq_mixstyle``); they apply in the order :data:`ENHANCEMENTS` lists them, which is
+also the order of the stages (:data:`STAGES`):
 
 - ``store``: computed into the feature store when it is built (spectrum correction: a store of its own);
-- ``train`` before normalisation: augmentations of a training clip's features (DIR: a microphone's
-  response, on device-A clips);
+- ``features``: training only, on a training clip's stored features before normalisation (DIR: a
+  microphone's response, on device-A clips);
 - global normalisation (GMS or GMSVN with the training statistics), always;
 - ``batch``: every batch, in training, evaluation and the served model alike (median filter, mean
-  subtraction), cacheable in the store's derived caches where costly (the median filter on a CPU);
-- ``train`` on the model's input: augmentations of the batch (Freq-MixStyle), training only.
+  subtraction); a ``cached`` one is computed once per setting into the store's derived caches where
+  that is cheaper (the median filter on a CPU), or per batch on the training device;
+- ``input``: training only, on the model's input batch (Freq-MixStyle).
 
-Adding an enhancement is, here: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the
-dict is its place in the order), a field of :class:`Enhancement` of the same name (a bool without
-settings, else ``tuple | None``: the definition checks, composes, names and labels it), and its
-function; in ``asc.train``, the stage's one line (``FeatureView`` for a ``train`` step before
-normalisation, ``Training.run_epoch`` for one on the model's input), or, for a ``batch`` one, a line in
-``Enhancement.after_median`` (numpy or torch), which every path of a batch ends in, the served model's
-(``asc.inference``) included; and its tests
-(tests/test_enhance.py holds those every enhancement must pass, served-equals-trained included).
+Adding a ``batch`` or ``input`` enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its
+place in the dict is its place in the order) with its ``apply`` function, numpy or torch alike for a
+``batch`` one (:meth:`Enhancement.after_median` and :meth:`Enhancement.on_input` run it, and every
+path of a batch, the served model's in ``asc.inference`` included, ends in them); a field of
+:class:`Enhancement` of the same name (a bool without settings, else ``tuple | None``: the definition
+checks, composes, names and labels it); and its tests (tests/test_enhance.py holds those every
+enhancement must pass, served-equals-trained included). A ``features`` step also needs its draws and
+their application in ``asc.train`` (``Training.run_epoch`` draws per epoch, ``FeatureView.batch``
+applies), as DIR has: what it draws is the step's own (a response per clip), and a store of its own
+would be a ``store`` step.
 
 The functions take ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and return a
 new array of the same shape; the input is never changed.
@@ -31,14 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from asc.errors import AscError
 
 NORMALIZATIONS = ("none", "gms", "gmsvn")
-STAGES = ("store", "train", "batch")
+STAGES = ("store", "features", "batch", "input")
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,15 @@ class Definition:
 
     name: str
     short: str  # its label in tables and run names
-    stage: str  # "store", "train" or "batch"
+    stage: str  # one of STAGES
     settings: tuple[Setting, ...] = ()
     help: str = ""
-    before_normalization: bool = False  # a train-stage step on the stored features, not the model input
+    # batch: apply(x, **settings), numpy or torch; input: apply(x, rng, **settings), torch, its random draws
+    # from rng (the epoch's generator: a resumed run draws them again); store and features: None
+    apply: Callable | None = None
+    # batch: computed once per setting into the store's derived cache on a CPU; on a GPU per batch, by the
+    # step's torch twin (the median filter's: median_filter_torch, in asc.train.FeatureView.finish)
+    cached: bool = False
 
     def key(self, setting: str) -> str:
         return f"{self.name}_{setting}"
@@ -122,21 +131,23 @@ def _fmt(v) -> str:
 ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
     Definition("spectrum_correction", "spec-corr", "store",
                help="per-device STFT coefficients from parallel A/device pairs (DCASE2019 Task 1B winner)"),
-    Definition("dir", "dir", "train", (
+    Definition("dir", "dir", "features", (
         Setting("p", float, 0.4, low=0.0, high=1.0, help="share of device-A training clips given a response"),
         Setting("responses", str, "micirp", path=True,
                 help="a folder of impulse responses, or micirp: the 66 shipped")),
-        help="device impulse responses (Morocutti et al. 2023): a real microphone's response on device-A clips",
-        before_normalization=True),
+        help="device impulse responses (Morocutti et al. 2023): a real microphone's response on device-A clips"),
     Definition("median_filter", "medfilt", "batch", (
         Setting("bands", int, 7, low=1, odd=True, help="height (Mel bands); paper 7"),
         Setting("frames", int, 21, low=1, odd=True, help="width (frames); paper 21")),
-        help="x - median(x) over (bands, frames) (paper section 3.2)"),
-    Definition("mean_subtraction", "mean-sub", "batch", help="each band's mean over time removed (paper section 3.1)"),
-    Definition("freq_mixstyle", "fms", "train", (
+        help="x - median(x) over (bands, frames) (paper section 3.2)",
+        apply=lambda x, bands, frames: median_filter(x, (bands, frames)), cached=True),
+    Definition("mean_subtraction", "mean-sub", "batch", help="each band's mean over time removed (paper section 3.1)",
+               apply=lambda x: mean_subtraction(x)),
+    Definition("freq_mixstyle", "fms", "input", (
         Setting("p", float, 0.4, low=0.0, high=1.0, help="probability a batch is mixed; 0.4 (2023), 0.6 (2022)"),
         Setting("alpha", float, 0.4, low=0.0, low_open=True, help="Beta(alpha, alpha) mixing; 0.4 (2023), 0.3 (2022)")),
-        help="Freq-MixStyle (Schmid et al. 2022): per-band statistics mixed with a batch partner's"),
+        help="Freq-MixStyle (Schmid et al. 2022): per-band statistics mixed with a batch partner's",
+        apply=lambda x, rng, p, alpha: freq_mixstyle(x, p, alpha, rng)),
 )}
 # The enhancements a trial switches on (spectrum correction is a store's): each is a field of
 # Enhancement of the same name, a bool without settings, else the tuple of its settings or None.
@@ -292,10 +303,10 @@ class Enhancement:
 
     @property
     def cache_key(self) -> str | None:
-        """Name of the store-derived cache for the expensive part (the median filter), or None."""
-        if self.median_filter is None:
-            return None
-        return f"{self.normalization}-{ENHANCEMENTS['median_filter'].label(self.settings('median_filter'))}"
+        """Name of the store-derived cache of the ``cached`` steps (``gmsvn-medfilt7x21``), or None."""
+        steps = [ENHANCEMENTS[n].label(self.settings(n)) for n in self.names
+                 if ENHANCEMENTS[n].stage == "batch" and ENHANCEMENTS[n].cached]
+        return f"{self.normalization}-{'+'.join(steps)}" if steps else None
 
     def normalize(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         if self.normalization == "none":
@@ -307,18 +318,39 @@ class Enhancement:
         then median-filter and / or mean-subtract, as the paper's loader does. ``cache_dtype``: the
         median filter's output rounded to the type its cache stores (what a trial read from it)."""
         out = self.normalize(x, mean, std)
-        if self.median_filter is not None:
-            out = median_filter(out, self.median_filter)
+        if self.cache_key is not None:
+            out = self.cached(out)
             if cache_dtype is not None:
                 out = out.astype(cache_dtype).astype(np.float32)
         return self.after_median(out)
 
+    def cached(self, x: np.ndarray) -> np.ndarray:
+        """The ``cached`` batch steps (the median filter) on normalised features, in their order: what
+        the store's derived cache holds."""
+        for name in self.names:
+            d = ENHANCEMENTS[name]
+            if d.stage == "batch" and d.cached:
+                x = d.apply(x, **self.settings(name))
+        return x
+
     def after_median(self, x):
-        """The every-batch steps after the median filter, in their order (mean subtraction), on a numpy
-        array or a torch tensor. The one place they are written: :meth:`__call__`, a trial reading the
-        median filter's cache and a trial filtering on its device (``asc.train.FeatureView``) all end
-        here, so a step added here is trained and served alike."""
-        return mean_subtraction(x) if self.mean_subtraction else x
+        """The ``batch`` steps after the cached one (the median filter), in their order (mean
+        subtraction), on a numpy array or a torch tensor. :meth:`__call__`, a trial reading the median
+        filter's cache and a trial filtering on its device (``asc.train.FeatureView``) all end here, so
+        a step defined as ``batch`` is trained and served alike."""
+        for name in self.names:
+            d = ENHANCEMENTS[name]
+            if d.stage == "batch" and not d.cached:
+                x = d.apply(x, **self.settings(name))
+        return x
+
+    def on_input(self, x, rng: np.random.Generator):
+        """The ``input`` steps (Freq-MixStyle) on a training batch, in their order, each drawing from ``rng``."""
+        for name in self.names:
+            d = ENHANCEMENTS[name]
+            if d.stage == "input":
+                x = d.apply(x, rng, **self.settings(name))
+        return x
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -339,7 +371,7 @@ class CachedMedianFilter:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self.enhancement.normalize(x, np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32))
-        return median_filter(out, self.enhancement.median_filter)
+        return self.enhancement.cached(out)
 
 
 def freq_mixstyle(x, p: float, alpha: float, rng: np.random.Generator, eps: float = 1e-6):

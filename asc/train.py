@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from asc import REFERENCE_DEVICE
 from asc.cli import MAX_SEED
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
-from asc.enhance import CachedMedianFilter, Enhancement, freq_mixstyle, median_filter_torch
+from asc.enhance import CachedMedianFilter, Enhancement, median_filter_torch
 from asc.errors import AscError, writable_file, writable_folder, write_atomic
 from asc.faults import fault_point, injected
 from asc.features import FeatureConfig
@@ -566,8 +566,7 @@ class Training:
                 x = mix(x1, x2, lam)
             else:
                 lam, x, y2 = 1.0, x1, y1
-            if config.enhancement.freq_mixstyle is not None:
-                x = freq_mixstyle(x, *config.enhancement.freq_mixstyle, rng)
+            x = config.enhancement.on_input(x, rng)  # Freq-MixStyle: training only, on the model's input
             if config.channels_last:
                 x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):

@@ -35,6 +35,7 @@ from search.serving import AudioSceneModel
 def test_every_definition_is_complete(name):
     d = ENHANCEMENTS[name]
     assert d.stage in STAGES and d.short and d.help
+    assert (d.apply is not None) == (d.stage in ("batch", "input")) and (not d.cached or d.stage == "batch")
     for s in d.settings:
         assert isinstance(s.default, s.kind) and s.help
         if s.low is not None:
