@@ -1,7 +1,8 @@
 """The benchmarks: each a ``python -m search bench-*`` command that prints this project's figures beside
 a reference measured in the same run (README.md in this folder says what each measures and lists the
 figures measured so far). This module holds what they share: the contention meter, the synthetic
-set of a size, the table, the report options, the end of a run."""
+set of a size and its store (the scales), the table, the machine's line, the report options, the
+end of a run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -166,3 +169,123 @@ def add_report_options(parser: argparse.ArgumentParser, quiet_wait: float | None
                             help="seconds in all to wait for other processes to leave the CPUs before timed sections "
                                  "(default %(default)s; 0: never wait)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+
+
+# --------------------------------------------------------------------------------------------------
+# The synthetic sets and stores of the scales, the records, the machine
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of the synthetic data and of the trials for one ``--scale``."""
+
+    synth: dict  # SynthConfig fields of the overhead / memory set (clip count from --clips)
+    default_clips: int
+    features: dict  # FeatureConfig fields besides n_mels (empty: the paper's)
+    n_mels: int
+    batch_size: int
+    width: int
+    smoke_epochs: int
+    efficiency_synth: dict  # SynthConfig fields of the efficiency set
+    grid: dict = field(default_factory=dict)  # the efficiency space: param -> values
+    efficiency_epochs: int = 12
+    reduction_factor: float = 3.0
+    grace_period: int = 1
+
+
+SCALES = {
+    # 10 s, 44.1 kHz clips and the paper's 128 x 430 log-Mel features; the smoke space's CNN. The
+    # efficiency set is the demo's (SynthConfig's defaults, 1480 clips of 3 s: the set spaces/smoke.yaml is for).
+    "full": Scale(synth={"seconds": 10.0, "sample_rate": 44100, "seed": 0}, default_clips=260, features={},
+                  n_mels=128, batch_size=32, width=8, smoke_epochs=3,
+                  efficiency_synth={"seed": 0},
+                  grid={"enhancement": ["none", "mean_subtraction"], "mixup_alpha": [0.0, 0.3],
+                        "lr": [0.0003, 0.001, 0.003]}, efficiency_epochs=12),
+    # The tests' sizes: 1 s clips at 22.05 kHz, 32 Mel bands; minutes in all on 2 cores.
+    "tiny": Scale(synth={"seconds": 1.0, "sample_rate": 22050, "seed": 3}, default_clips=100,
+                  features={"sample_rate": 22050, "n_fft": 1024, "hop_length": 256, "fmax": 11025.0},
+                  n_mels=32, batch_size=8, width=8, smoke_epochs=3,
+                  efficiency_synth={"segments_per_scene": 6, "parallel_per_scene": 2, "seconds": 1.0,
+                                    "sample_rate": 22050, "seed": 3},
+                  grid={"enhancement": ["none", "mean_subtraction"], "lr": [0.001, 0.003, 0.01]},
+                  efficiency_epochs=4),
+}
+
+
+def log(message: str) -> None:
+    """A benchmark's progress line, on stderr (stdout holds its table)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def feature_config(scale: Scale):
+    from asc.features import FeatureConfig  # late: the benchmarks' --help starts without it
+
+    return FeatureConfig(n_mels=scale.n_mels, **scale.features)
+
+
+@dataclass
+class Data:
+    data: Path
+    store_root: Path
+    store: str  # the store folder
+    clips: int
+    seconds: float  # to synthesize and extract (0 when reused)
+
+
+def build_data(work: Path, synth, features) -> Data:
+    """The synthetic set and its store, in folders named after the set (reused when they exist)."""
+    from asc.dataset import read_development  # late: the benchmarks' --help starts without it
+    from asc.parallel import process_map
+    from asc.store import build_stores
+    from asc.synth import write_dataset
+
+    tag = (f"{synth.segments_per_scene}x{synth.parallel_per_scene}-{synth.seconds:g}s-{synth.sample_rate}Hz"
+           f"-seed{synth.seed}")
+    data, root = work / f"data-{tag}", work / f"store-{tag}"
+    start = time.perf_counter()
+    if (data / "meta.csv").is_file():
+        dataset = read_development(data)
+        log(f"      reusing {data} ({len(dataset)} clips)")
+    else:
+        shutil.rmtree(data, ignore_errors=True)
+        dataset = write_dataset(data, synth, progress=sys.stderr.isatty())
+        log(f"      wrote {len(dataset)} clips into {data} in {time.perf_counter() - start:.0f} s")
+    mid = time.perf_counter()
+    report = build_stores(dataset, [features], root, map_fn=process_map, shard_size=32)
+    store = (report.built + report.up_to_date)[0]
+    if report.built:
+        log(f"      built {store} in {time.perf_counter() - mid:.0f} s")
+    return Data(data, root, str(store), len(dataset), time.perf_counter() - start)
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    import yaml  # late: the benchmarks' --help starts without it
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def mlflow_trials(uri: str, name: str) -> list:
+    from mlflow.tracking import MlflowClient  # late: the benchmarks' --help starts without it
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise AscError(f"{uri}: no MLflow experiment {name!r}")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'trial'", max_results=10000)
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def machine_line() -> str:
+    import mlflow  # late: the benchmarks' --help starts without it
+    import optuna
+    import ray
+    import torch
+
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"machine: {cpu}, {os.cpu_count()} cores, {gpu}; python {sys.version.split()[0]}, torch "
+            f"{torch.__version__}, ray {ray.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}")

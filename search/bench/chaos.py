@@ -35,8 +35,8 @@ from pathlib import Path
 
 from asc.cli import ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError
-from search.bench import add_report_options, json_rows, run_benchmark, search_env_defaults, synth_for, table_lines
-from search.bench.search import SCALES, build_data, feature_config, machine_line, mlflow_trials, write_yaml
+from search.bench import SCALES, add_report_options, build_data, feature_config, json_rows, machine_line, mlflow_trials, \
+    run_benchmark, search_env_defaults, synth_for, table_lines, write_yaml
 
 # The search (Ray, MLflow, Optuna, torch) is imported late, where a search runs: `--help` starts without it.
 MARK = "ASC_BENCH_CHAOS"  # in this process's environment, so in its Ray workers': whose workers to kill

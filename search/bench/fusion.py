@@ -42,8 +42,7 @@ from tqdm import tqdm
 
 from asc.cli import ArgumentParser, COUNT
 from asc.errors import AscError
-from search.bench import add_report_options
-from search.bench.search import machine_line
+from search.bench import add_report_options, machine_line
 from search.objectives import Objective
 
 # MLflow, the fusion command's module (MLflow, torch) and matplotlib are imported late, by the part

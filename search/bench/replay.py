@@ -165,7 +165,7 @@ def export_recording(uri: str, experiment: str, out: Path, command: str) -> Reco
     """The replay table from a recorded search in MLflow (a grid, every trial its full epochs)."""
     from mlflow.tracking import MlflowClient
 
-    from search.bench.search import machine_line
+    from search.bench import machine_line
     from search.tracking import artifact_text, check_tracking_uri
     from search.warmstart import _parse
 

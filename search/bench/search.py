@@ -79,15 +79,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from asc.cli import ArgumentParser, COUNT, number
 from asc.errors import AscError
-from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, search_env_defaults, synth_for, \
-    table_lines
+from search.bench import SCALES, CpuMeter, Data, Scale, add_report_options, build_data, feature_config, json_rows, log, \
+    machine_line, mlflow_trials, run_benchmark, search_env_defaults, synth_for, table_lines, write_yaml
 
 # The rest (asc's synthetic set, features, store and training, torch, Ray, MLflow, Optuna, YAML,
 # matplotlib) is imported late, by the part that uses it: `--help` starts without it, and a memory
@@ -104,91 +103,10 @@ WITHIN = 0.01  # "within 1 point" of Metric B
 SMOKE_COMBOS = (("none", 0.0), ("mean_subtraction", 0.0), ("none", 0.3), ("mean_subtraction", 0.3))
 
 
-@dataclass(frozen=True)
-class Scale:
-    """Sizes of the synthetic data and of the trials for one ``--scale``."""
-
-    synth: dict  # SynthConfig fields of the overhead / memory set (clip count from --clips)
-    default_clips: int
-    features: dict  # FeatureConfig fields besides n_mels (empty: the paper's)
-    n_mels: int
-    batch_size: int
-    width: int
-    smoke_epochs: int
-    efficiency_synth: dict  # SynthConfig fields of the efficiency set
-    grid: dict = field(default_factory=dict)  # the efficiency space: param -> values
-    efficiency_epochs: int = 12
-    reduction_factor: float = 3.0
-    grace_period: int = 1
-
-
-SCALES = {
-    # 10 s, 44.1 kHz clips and the paper's 128 x 430 log-Mel features; the smoke space's CNN. The
-    # efficiency set is the demo's (SynthConfig's defaults, 1480 clips of 3 s: the set spaces/smoke.yaml is for).
-    "full": Scale(synth={"seconds": 10.0, "sample_rate": 44100, "seed": 0}, default_clips=260, features={},
-                  n_mels=128, batch_size=32, width=8, smoke_epochs=3,
-                  efficiency_synth={"seed": 0},
-                  grid={"enhancement": ["none", "mean_subtraction"], "mixup_alpha": [0.0, 0.3],
-                        "lr": [0.0003, 0.001, 0.003]}, efficiency_epochs=12),
-    # The tests' sizes: 1 s clips at 22.05 kHz, 32 Mel bands; minutes in all on 2 cores.
-    "tiny": Scale(synth={"seconds": 1.0, "sample_rate": 22050, "seed": 3}, default_clips=100,
-                  features={"sample_rate": 22050, "n_fft": 1024, "hop_length": 256, "fmax": 11025.0},
-                  n_mels=32, batch_size=8, width=8, smoke_epochs=3,
-                  efficiency_synth={"segments_per_scene": 6, "parallel_per_scene": 2, "seconds": 1.0,
-                                    "sample_rate": 22050, "seed": 3},
-                  grid={"enhancement": ["none", "mean_subtraction"], "lr": [0.001, 0.003, 0.01]},
-                  efficiency_epochs=4),
-}
-
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def feature_config(scale: Scale):
-    from asc.features import FeatureConfig  # late, as noted at the top
-
-    return FeatureConfig(n_mels=scale.n_mels, **scale.features)
-
-
-@dataclass
-class Data:
-    data: Path
-    store_root: Path
-    store: str  # the store folder
-    clips: int
-    seconds: float  # to synthesize and extract (0 when reused)
-
-
-def build_data(work: Path, synth, features) -> Data:
-    """The synthetic set and its store, in folders named after the set (reused when they exist)."""
-    from asc.dataset import read_development  # late, as noted at the top
-    from asc.parallel import process_map
-    from asc.store import build_stores
-    from asc.synth import write_dataset
-
-    tag = (f"{synth.segments_per_scene}x{synth.parallel_per_scene}-{synth.seconds:g}s-{synth.sample_rate}Hz"
-           f"-seed{synth.seed}")
-    data, root = work / f"data-{tag}", work / f"store-{tag}"
-    start = time.perf_counter()
-    if (data / "meta.csv").is_file():
-        dataset = read_development(data)
-        _log(f"      reusing {data} ({len(dataset)} clips)")
-    else:
-        shutil.rmtree(data, ignore_errors=True)
-        dataset = write_dataset(data, synth, progress=sys.stderr.isatty())
-        _log(f"      wrote {len(dataset)} clips into {data} in {time.perf_counter() - start:.0f} s")
-    mid = time.perf_counter()
-    report = build_stores(dataset, [features], root, map_fn=process_map, shard_size=32)
-    store = (report.built + report.up_to_date)[0]
-    if report.built:
-        _log(f"      built {store} in {time.perf_counter() - mid:.0f} s")
-    return Data(data, root, str(store), len(dataset), time.perf_counter() - start)
-
-
 def store_bytes(store: str) -> int:
     """The store's size on disk: its Arrow shard files (not the derived caches)."""
     from asc.store import MANIFEST, read_manifest  # late, as noted at the top
@@ -196,13 +114,6 @@ def store_bytes(store: str) -> int:
     manifest = read_manifest(Path(store) / MANIFEST)
     return sum((Path(store) / s["file"]).stat().st_size for s in manifest["shards"])
 
-
-def write_yaml(path: Path, doc: dict) -> Path:
-    import yaml  # late, as noted at the top
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,8 +239,8 @@ def memory_part(store: str, k: int, meter) -> dict:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for log in logs:
-            log.close()
+        for reader_log in logs:
+            reader_log.close()
 
     def delta(key_fn):
         return [key_fn(a) - key_fn(b) for a, b in zip(after, before)]
@@ -373,17 +284,6 @@ def overhead_space(scale: Scale, trials: int) -> dict:
     return doc
 
 
-def mlflow_trials(uri: str, name: str) -> list:
-    from mlflow.tracking import MlflowClient  # late, as noted at the top
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        raise AscError(f"{uri}: no MLflow experiment {name!r}")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'trial'", max_results=10000)
-    return sorted(runs, key=lambda r: r.info.start_time)
-
-
 def tune_pids(search_dir: Path) -> dict[str, set]:
     """trial id -> the worker pids in Tune's result.json rows."""
     out = {}
@@ -425,7 +325,7 @@ def overhead_part(work: Path, data: Data, scale: Scale, trials: int, cpus_per_tr
     for reuse in (True, False):
         key = "reuse" if reuse else "fresh"
         fig[key] = _search_trials(space_path, data, runs, trials, cpus_per_trial, gpus_per_trial, reuse, fig, meter)
-        _log(f"      overhead-{key}: span {fig[key]['span']:.1f} s for {trials} trials; overhead "
+        log(f"      overhead-{key}: span {fig[key]['span']:.1f} s for {trials} trials; overhead "
              f"{fig[key]['overhead']:.2f} s/trial")
     return fig
 
@@ -445,7 +345,7 @@ def _plain_trials(work: Path, data: Data, space, device: str, cpus_per_trial: fl
     plain, plain_tail, plain_epochs = {}, {}, []
     try:
         first = space.resolve({**space.fixed, **space.points[0][1]})
-        _log("      warm-up: one untimed epoch of the first point")
+        log("      warm-up: one untimed epoch of the first point")
         train(space.train_config({**first, "epochs": 1}, data.store, checkpoint_dir=str(checkpoints / "warmup"),
                                  device=device), evaluate_best=True)
         with meter.measure("plain"):
@@ -464,7 +364,7 @@ def _plain_trials(work: Path, data: Data, space, device: str, cpus_per_trial: fl
                 plain[pid] = time.perf_counter() - start
                 plain_tail[pid] = start + plain[pid] - last[0]  # after the last report: the final evaluation
                 plain_epochs += [h["seconds"] for h in result["history"]]
-                _log(f"      plain {pid} {space.describe(params)}: {plain[pid]:.1f} s")
+                log(f"      plain {pid} {space.describe(params)}: {plain[pid]:.1f} s")
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -482,7 +382,7 @@ def _search_trials(space_path: Path, data: Data, runs: Path, trials: int, cpus_p
     key = "reuse" if reuse else "fresh"
     name = f"overhead-{key}"
     plain, plain_tail = fig["plain"], fig["plain_tail"]
-    _log(f"      search {name}: {trials} trials, max_concurrent 1, reuse_actors={reuse}")
+    log(f"      search {name}: {trials} trials, max_concurrent 1, reuse_actors={reuse}")
     settings = SearchSettings(space=str(space_path), store=str(data.store_root), name=name, storage=str(runs),
                               num_samples=trials, max_concurrent=1, cpus_per_trial=cpus_per_trial,
                               gpus_per_trial=gpus_per_trial, seed=0, reuse_actors=reuse, top=trials)
@@ -606,7 +506,7 @@ def efficiency_part(work: Path, scale: Scale, scale_name: str, concurrent: int, 
                  "spaces": {k: str(v) for k, v in paths.items()}}
     for key in ("grid", "asha"):
         name = f"efficiency-{key}"
-        _log(f"      search {name}: {grid_doc['num_samples']} trials, {concurrent} at once ({paths[key]})")
+        log(f"      search {name}: {grid_doc['num_samples']} trials, {concurrent} at once ({paths[key]})")
         settings = SearchSettings(space=str(paths[key]), store=str(data.store_root), name=name, storage=str(runs),
                                   max_concurrent=concurrent, cpus_per_trial=cpus_per_trial,
                                   gpus_per_trial=gpus_per_trial, seed=0, top=5)
@@ -695,21 +595,6 @@ def rows(fig: dict, meter) -> list[dict]:
         row("efficiency, wall time first trial start to last end, s: TPE + ASHA | full grid", ef["asha"]["span"],
             ef["grid"]["span"], fmt="{:.0f}", sections=("efficiency asha", "efficiency grid"))
     return out
-
-
-def machine_line() -> str:
-    import mlflow  # late, as noted at the top
-    import optuna
-    import ray
-    import torch
-
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"machine: {cpu}, {os.cpu_count()} cores, {gpu}; python {sys.version.split()[0]}, torch "
-            f"{torch.__version__}, ray {ray.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}")
 
 
 def format_table(fig: dict, table: list[dict], meter) -> str:
@@ -848,7 +733,7 @@ def _measure(args, parts: list[str], scale: Scale, clips: int, work: Path) -> No
     def stage(text: str) -> None:
         nonlocal step
         step += 1
-        _log(f"[{step}/{steps}] {text}")
+        log(f"[{step}/{steps}] {text}")
 
     if {"memory", "overhead"} & set(parts):
         data = data_part(work, clips, scale, fig, stage)
@@ -896,9 +781,9 @@ def _clean_up(work: Path, remove: bool) -> None:
         if not any(work.iterdir()):
             work.rmdir()
         else:
-            _log(f"kept {work / 'efficiency'}")
+            log(f"kept {work / 'efficiency'}")
     else:
-        _log(f"kept {work}")
+        log(f"kept {work}")
 
 
 if __name__ == "__main__":
