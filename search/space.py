@@ -197,9 +197,11 @@ class Space:
             point = trial.suggest_categorical("point", [pid for pid, _ in self.points])
             return {k: v for k, v in self.resolve({**self.fixed, **dict(self.points)[point]}).items() if k != "point"}
         values = dict(self.fixed)
-        order = sorted(self.searched, key=lambda k: k in CONDITIONAL)  # the enhancement first
+        # what a key depends on first: the enhancement before its settings, the model before what it
+        # may ignore, pretrained before the weights
+        order = sorted(self.searched, key=lambda k: (k in CONDITIONAL or k in MODEL_SETTINGS, k == "weights"))
         for key in order:
-            if key in CONDITIONAL and CONDITIONAL[key] not in enhancement_names(values):
+            if not _used(key, values):  # Optuna never sees a parameter the configuration does not use
                 continue
             values[key] = self.searched[key].suggest(trial, key)
         return {k: v for k, v in self.resolve(values).items() if k not in trial.params}
@@ -221,12 +223,9 @@ class Space:
         if out["normalization"] == "auto":  # the paper: GMS whenever mean subtraction or the median filter is on
             out["normalization"] = "gms" if {"mean_subtraction", "median_filter"} & set(names) else "gmsvn"
         # settings the chosen model ignores take one value, so that they do not tell configurations apart
-        if out["model"] != "msxception":
-            out["pretrained"], out["weights"] = False, None
-        else:
-            out["width"] = PARAMS["width"].default
-            if not out["pretrained"]:
-                out["weights"] = None
+        for key in MODEL_SETTINGS:
+            if not _used(key, out):
+                out[key] = {"pretrained": False, "weights": None}.get(key, PARAMS[key].default)
         return out
 
     def grid(self) -> dict:
@@ -666,6 +665,23 @@ def _points(points, fixed: dict, searched: dict, fail) -> list:
     if len(set(ids)) != len(ids):
         fail("points", "two points share an id")
     return out
+
+
+MODEL_SETTINGS = ("pretrained", "weights", "width")  # used by one model only (resolve fixes them otherwise)
+
+
+def _used(key: str, values: dict) -> bool:
+    """Whether a configuration with ``values`` (so far) uses parameter ``key``: an enhancement's setting
+    only with the enhancement on, ImageNet weights only by a pretrained MSXception, width only by the cnn."""
+    def get(k):
+        return values.get(k, PARAMS[k].default)
+    if key in CONDITIONAL:
+        return CONDITIONAL[key] in enhancement_names(values)
+    if key in ("pretrained", "weights") and get("model") != "msxception":
+        return False
+    if key == "weights" and not get("pretrained"):
+        return False
+    return not (key == "width" and get("model") == "msxception")
 
 
 def enhancement_names(values: dict) -> tuple[str, ...]:

@@ -78,8 +78,19 @@ def test_normalization_auto_and_the_settings_a_model_ignores_do_not_tell_configu
     assert space.canonical({"enhancement": "mean_subtraction", "normalization": "auto"})["normalization"] == "gms"
     assert space.canonical({"enhancement": "none", "normalization": "auto"})["normalization"] == "gmsvn"
     assert all(p["pretrained"] is False for p in distinct)  # the cnn: no ImageNet weights, whatever is asked
-    trained = run_sequentially(searcher_for(space), 6)
+    searcher = searcher_for(space)
+    trained = run_sequentially(searcher, 6)
     assert len(trained) == 4 and len({space.config_key(p) for p in trained}) == 4
+    # Optuna is never asked for what the cnn ignores, so TPE does not model it
+    assert all("pretrained" not in t.params for t in searcher._ot_study.get_trials())
+    both = space_of({"model": {"choice": ["cnn", "msxception"]}, "pretrained": {"choice": [True, False]},
+                     "width": {"choice": [8, 16]}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(12):
+        trial = study.ask()
+        both.suggest(trial)
+        model = trial.params["model"]
+        assert ("pretrained" in trial.params) == (model == "msxception") and ("width" in trial.params) == (model == "cnn")
     msx = space_of({"model": "msxception", "width": {"choice": [8, 16]}})
     assert msx.config_key({"width": 8}) == msx.config_key({"width": 16})  # MSXception has no width
 
