@@ -231,6 +231,18 @@ def test_a_model_server_answers_audio_bytes_as_predict_does(searched, tmp_path):
         assert refused.value.code == 400
         message = json.loads(refused.value.read())["message"]  # MLflow's "Failed to predict ...", then ours
         assert message.strip().splitlines()[-1].startswith("Error: bad-b.wav: not a readable audio file"), message
+        import io
+
+        import soundfile as sf
+
+        y, rate = sf.read(searched["data"] / files[0])
+        other = io.BytesIO()  # the same clip at another sample rate than the model's
+        sf.write(other, y[::2], rate // 2, format="WAV")
+        with pytest.raises(urllib.error.HTTPError) as resampled:
+            post([[base64.b64encode(other.getvalue()).decode(), "half-b.wav"]])
+        assert resampled.value.code == 400
+        message = json.loads(resampled.value.read())["message"].strip().splitlines()[-1]
+        assert message.startswith(f"Error: half-b.wav: sample rate {rate // 2} Hz, expected {rate}"), message
         with pytest.raises(urllib.error.HTTPError) as named:  # the server's own files are not its clients' to read
             body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[str(searched["data"] / "audio")]]}})
             urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
