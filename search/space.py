@@ -275,8 +275,8 @@ class Space:
         (a points space: its point id)."""
         if self.sampler == "points":
             return {"point": params["point"]}
-        canonical = self.canonical(params)
-        return {k: canonical[k] for k in self.searched if k in canonical}
+        canonical = self.canonical(params)  # what suggest asks Optuna for: the searched keys it uses
+        return {k: canonical[k] for k in self.searched if k in canonical and _used(k, canonical)}
 
     def optuna_distributions(self, params: dict) -> dict:
         """Optuna's distributions of :meth:`optuna_params` (to add a finished trial to a study)."""

@@ -91,6 +91,14 @@ def test_normalization_auto_and_the_settings_a_model_ignores_do_not_tell_configu
         both.suggest(trial)
         model = trial.params["model"]
         assert ("pretrained" in trial.params) == (model == "msxception") and ("width" in trial.params) == (model == "cnn")
+    # what a warm start or an enqueued point tells Optuna holds what suggest asks, and fits its distributions
+    wide = space_of({"model": {"choice": ["cnn", "msxception"]}, "pretrained": {"choice": [True, False]},
+                     "width": {"choice": [8, 32]}})
+    assert wide.optuna_params({"model": "msxception", "pretrained": True}) == {"model": "msxception", "pretrained": True}
+    assert wide.optuna_params({"model": "cnn", "width": 32}) == {"model": "cnn", "width": 32}
+    for params in ({"model": "msxception", "pretrained": False}, {"model": "cnn", "width": 8}):
+        optuna.trial.create_trial(params=wide.optuna_params(params), distributions=wide.optuna_distributions(params),
+                                  value=0.5)
     msx = space_of({"model": "msxception", "width": {"choice": [8, 16]}})
     assert msx.config_key({"width": 8}) == msx.config_key({"width": 16})  # MSXception has no width
 
