@@ -34,8 +34,6 @@ import numpy as np
 
 from asc.errors import AscError
 
-MAX_SIZE = 100  # picks of a greedy fusion (with repeats, a member's weight): each is a pass over the candidates
-
 Score = Callable[[np.ndarray], float]
 
 

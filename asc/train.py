@@ -336,9 +336,12 @@ def _selectable(clips: list, select: np.ndarray, config: TrainConfig, what: str)
                        f"{REFERENCE_DEVICE!r} and of another device; they have devices {devices} (select by metric_a)")
     pooled, missing = pooled_gaps(devices, {c.device for c in clips if c.split == "train"})
     if config.selection == "metric_b" and missing:
-        raise AscError(f"{config.store}: selection by metric_b pools devices {pooled} (seen in training), but the "
-                       f"{what} clips hold none of {missing}: its B&C would be the others' alone (hold out more "
-                       "locations: validation_share, or select by metric_a)")
+        more = "hold out more locations (validation_share)" if config.protocol == "validation" else \
+            "an evaluation split with clips of each"
+        raise AscError(f"{config.store}: selection by metric_b pools devices {', '.join(d.upper() for d in pooled)} "
+                       f"(seen in training), but the {what} clips hold none of device "
+                       f"{', '.join(d.upper() for d in missing)}: its B&C would be the others' alone ({more}, or "
+                       "select by metric_a)")
     return select
 
 

@@ -39,9 +39,8 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
-from asc.cli import SAMPLE_RATE, ArgumentParser, COUNT, SEED, integer, number
+from asc.cli import MAX_FUSION_SIZE, SAMPLE_RATE, ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError, run_command, run_main
-from asc.fusion import MAX_SIZE
 from search.demo import add_arguments, run_demo
 
 # Each command imports what it runs on (numpy, scipy, pyarrow, Ray, MLflow, torch) when it runs, the
@@ -228,9 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "it beats the best single trial on selection clips held back from choosing it, else the "
                            "best single trial; greedy: forward selection with replacement (Caruana 2004); the top K; "
                            "or the best trial of each enhancement (the paper's A5 + A6 + A7) (default %(default)s)")
-    fuse.add_argument("--size", type=integer(1, MAX_SIZE), default=None,
+    fuse.add_argument("--size", type=integer(1, MAX_FUSION_SIZE), default=None,
                       help="bootstrap, gated, greedy: most picks, with replacement (default 10); top: members "
-                           "(default 3); at most %d" % MAX_SIZE)
+                           "(default 3); at most %d" % MAX_FUSION_SIZE)
     fuse.add_argument("--bags", type=integer(0, 1000), default=0,
                       help="bootstrap: resamples of the selection clips (0: 40); greedy: bagged repeats on random "
                            "halves of the candidates (default 0); gated: the same (0: 20); at most 1000")

@@ -34,6 +34,7 @@ from mlflow.utils.validation import _validate_model_alias_name, _validate_model_
 from tqdm import tqdm
 
 from asc import fusion
+from asc.cli import MAX_FUSION_SIZE
 from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
 from asc.metrics import device_metrics, mean_sem
@@ -278,8 +279,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if by not in SINGLE:
         raise AscError(f"--by {by!r}: fusion needs one number to maximise: one of {', '.join(SINGLE)}")
-    if size is not None and not 1 <= size <= fusion.MAX_SIZE:
-        raise AscError(f"--size {size}: must be 1 to {fusion.MAX_SIZE}")
+    if size is not None and not 1 <= size <= MAX_FUSION_SIZE:
+        raise AscError(f"--size {size}: must be 1 to {MAX_FUSION_SIZE}")
     if not 0 <= bags <= MAX_BAGS:
         raise AscError(f"--bags {bags}: must be 0 (the method's default) to {MAX_BAGS}")
     if bags and method in ("top", "per-enhancement"):

@@ -83,6 +83,11 @@ def _check_selection_devices(space: Space, store: str) -> None:
     seen = {c.device for c in clips if c.split == "train"}
     if by_metric_b:
         check_pooled_devices("metric_b", devices, seen, f"{space.path}: params.selection", instead="select by metric_a")
+        if REFERENCE_DEVICE not in devices or not set(devices) - {REFERENCE_DEVICE}:
+            raise AscError(f"{space.path}: params.selection: metric_b needs clips of device "
+                           f"{REFERENCE_DEVICE.upper()} and of another among the selection clips, but the {protocol} "
+                           f"protocol selects on {len(select)} clips of device "
+                           f"{', '.join(d.upper() for d in devices)} only ({store}); select by metric_a")
     if space.objective.name == "acc_unseen" and not set(devices) - seen:
         raise AscError(f"{space.path}: objective: acc_unseen needs clips of devices unseen in training among the "
                        f"selection clips, but the {protocol} protocol selects on devices "
