@@ -13,6 +13,7 @@ whose driver was stopped is resumed); delete the folder to start over.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -83,29 +84,40 @@ def _fusion(uri: str, experiment_id: str, size: int):
     return result.registered or result.model_uri, format_result(result), False
 
 
-OPTIONS_FILE = "demo.json"  # the options the work in a workdir was made with
+OPTIONS_FILE = "demo.json"  # what the work in a workdir was made with
 
 
-def _same_options(workdir: Path, options: dict) -> None:
-    """A rerun reuses the workdir's set, search and fusion: refuse (one line) options other than those
-    they were made with, instead of showing old results as the new options'. Records them at the first run."""
+def _made_with(args, space) -> dict:
+    """What the demo's work depends on, as the options and space keys a user sets: the set's options,
+    the search space as the options resolved it (``--epochs 6`` and demo.yaml's own 6 are one thing),
+    the fusion's size."""
+    made = {f"--{k.replace('_', '-')}": getattr(args, k)
+            for k in ("segments_per_scene", "parallel_per_scene", "seconds", "seed", "fusion_size")}
+    made.update({k: v for k, v in space.fixed.items()})
+    made.update({k: repr(d) for k, d in space.searched.items()})
+    made.update({k: getattr(space, k) for k in ("sampler", "num_samples", "max_concurrent", "seeds")})
+    made.update({f"scheduler.{k}": v for k, v in dataclasses.asdict(space.scheduler).items()})
+    return json.loads(json.dumps(made, default=str))  # as it reads back from the file
+
+
+def _same_options(workdir: Path, made: dict) -> None:
+    """A rerun reuses the workdir's set, search and fusion: refuse (one line) options that would have
+    made other work, instead of showing the old results as theirs. Recorded at the first run."""
     record = workdir / OPTIONS_FILE
     if not record.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
         if not any(workdir.iterdir()):  # a workdir from before the options were recorded: as it is
-            record.write_text(json.dumps(options, indent=1) + "\n")
+            record.write_text(json.dumps(made, indent=1) + "\n")
         return
-    made = json.loads(record.read_text())
+    before = json.loads(record.read_text())
 
     def shown(values: dict, key: str) -> str:
-        value = values.get(key)
-        if key == "set":
-            return " ".join(f"--set {v}" for v in value) or "no --set"
-        return f"--{key.replace('_', '-')} " + ("(spaces/demo.yaml's)" if value is None else str(value))
-    other = [k for k in options if made.get(k) != options[k]]
+        value = values.get(key, "(unset)")
+        return f"{key} {value}" if key.startswith("--") else f"{key}={value}"
+    other = sorted(k for k in set(made) | set(before) if made.get(k) != before.get(k))
     if other:
-        raise AscError(f"{workdir}: its demo was made with {', '.join(shown(made, k) for k in other)}, not "
-                       f"{', '.join(shown(options, k) for k in other)}; delete the folder or give another --workdir")
+        raise AscError(f"{workdir}: its demo was made with {', '.join(shown(before, k) for k in other)}, not "
+                       f"{', '.join(shown(made, k) for k in other)}; delete the folder or give another --workdir")
 
 
 def run_demo(args) -> None:
@@ -129,10 +141,7 @@ def run_demo(args) -> None:
     if args.num_samples is not None:
         overrides.append(f"num_samples={args.num_samples}")
     space = load_space(DEMO_SPACE, overrides)  # a wrong --set fails here, before any work
-    _same_options(workdir, {"segments_per_scene": args.segments_per_scene,
-                            "parallel_per_scene": args.parallel_per_scene, "seconds": args.seconds, "seed": args.seed,
-                            "num_samples": args.num_samples, "epochs": args.epochs, "set": list(args.set or []),
-                            "fusion_size": args.fusion_size})
+    _same_options(workdir, _made_with(args, space))
 
     _step(1, f"synthetic multi-device dataset in {data}")
     if (data / "meta.csv").exists():

@@ -46,6 +46,11 @@ def test_demo_runs_the_whole_loop_and_a_rerun_reuses_its_work(tmp_path):
     other = [a if a != "2" or cmd[k - 1] != "--epochs" else "3" for k, a in enumerate(cmd)] + ["--fusion-size", "4"]
     third = subprocess.run(other, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert third.returncode == 2 and third.stderr.splitlines() == [
-        f"error: {tmp_path}: its demo was made with --epochs 2, --fusion-size 6, not --epochs 3, --fusion-size 4; "
-        "delete the folder or give another --workdir"], third.stderr
+        f"error: {tmp_path}: its demo was made with --fusion-size 6, epochs=2, scheduler.max_t=2, not "
+        "--fusion-size 4, epochs=3, scheduler.max_t=3; delete the folder or give another --workdir"], third.stderr
     assert "[1/5]" not in third.stdout
+    # the same options written another way are the same demo
+    same = [a if a != "--epochs" else "--set" for a in cmd]
+    same[same.index("--set") + 1] = "epochs=2"
+    fourth = subprocess.run(same, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert fourth.returncode == 0 and "has finished: reusing its trials" in fourth.stdout, fourth.stderr[-2000:]
