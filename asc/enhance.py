@@ -128,6 +128,19 @@ def _fmt(v) -> str:
     return f"{v:.2g}" if isinstance(v, float) else str(v)
 
 
+# Each definition's apply, named (a Definition pickles with its functions), calling the functions below
+def _median_filter_step(x, bands: int, frames: int):
+    return median_filter(x, (bands, frames))
+
+
+def _mean_subtraction_step(x):
+    return mean_subtraction(x)
+
+
+def _freq_mixstyle_step(x, rng, p: float, alpha: float):
+    return freq_mixstyle(x, p, alpha, rng)
+
+
 ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
     Definition("spectrum_correction", "spec-corr", "store",
                help="per-device STFT coefficients from parallel A/device pairs (DCASE2019 Task 1B winner)"),
@@ -140,14 +153,14 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
         Setting("bands", int, 7, low=1, odd=True, help="height (Mel bands); paper 7"),
         Setting("frames", int, 21, low=1, odd=True, help="width (frames); paper 21")),
         help="x - median(x) over (bands, frames) (paper section 3.2)",
-        apply=lambda x, bands, frames: median_filter(x, (bands, frames)), cached=True),
+        apply=_median_filter_step, cached=True),
     Definition("mean_subtraction", "mean-sub", "batch", help="each band's mean over time removed (paper section 3.1)",
-               apply=lambda x: mean_subtraction(x)),
+               apply=_mean_subtraction_step),
     Definition("freq_mixstyle", "fms", "input", (
         Setting("p", float, 0.4, low=0.0, high=1.0, help="probability a batch is mixed; 0.4 (2023), 0.6 (2022)"),
         Setting("alpha", float, 0.4, low=0.0, low_open=True, help="Beta(alpha, alpha) mixing; 0.4 (2023), 0.3 (2022)")),
         help="Freq-MixStyle (Schmid et al. 2022): per-band statistics mixed with a batch partner's",
-        apply=lambda x, rng, p, alpha: freq_mixstyle(x, p, alpha, rng)),
+        apply=_freq_mixstyle_step),
 )}
 # The enhancements a trial switches on (spectrum correction is a store's): each is a field of
 # Enhancement of the same name, a bool without settings, else the tuple of its settings or None.

@@ -60,6 +60,16 @@ def test_every_definition_is_complete(name):
                     Enhancement(**{name: tuple(bad)})
 
 
+def test_the_definitions_order_is_the_order_their_stages_run_in():
+    """The dict's order is the order steps run in: stage by stage, and within the every-batch stage the
+    cached step (its cache holds the normalised features after it) before the others."""
+    import pickle
+
+    order = [(STAGES.index(d.stage), d.stage == "batch" and not d.cached) for d in ENHANCEMENTS.values()]
+    assert order == sorted(order)
+    assert pickle.loads(pickle.dumps(ENHANCEMENTS["freq_mixstyle"])) == ENHANCEMENTS["freq_mixstyle"]
+
+
 def test_compositions_are_canonical_and_labelled_once():
     assert parse_composition("median_filter+freq_mixstyle") == ("median_filter", "freq_mixstyle")
     with pytest.raises(AscError, match="^'freq_mixstyle\\+median_filter': enhancements run in one order "

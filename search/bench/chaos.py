@@ -35,8 +35,8 @@ from pathlib import Path
 
 from asc.cli import ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError
-from search.bench import SCALES, add_report_options, build_data, feature_config, json_rows, machine_line, mlflow_trials, \
-    run_benchmark, search_env_defaults, synth_for, table_lines, write_yaml
+from search.bench import SCALES, add_report_options, build_data, feature_config, json_rows, log, machine_line, \
+    mlflow_trials, run_benchmark, search_env_defaults, synth_for, table_lines, write_yaml
 
 # The search (Ray, MLflow, Optuna, torch) is imported late, where a search runs: `--help` starts without it.
 MARK = "ASC_BENCH_CHAOS"  # in this process's environment, so in its Ray workers': whose workers to kill
@@ -46,10 +46,6 @@ VOLATILE = {"timestamp", "time_this_iter_s", "time_total_s", "time_since_restore
             "config", "experiment_tag", "epoch_seconds"}
 GRID = {"enhancement": ["none", "mean_subtraction"], "mixup_alpha": [0.0, 0.3],
         "lr": [0.001, 0.003, 0.01, 0.0003, 0.03]}
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def marked_processes(key: str, value: str, titles: tuple[str, ...] = ()) -> list[int]:
@@ -261,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work / "runs", ignore_errors=True)
     return run_benchmark(lambda: _measure(args, work, mark),
-                         lambda: shutil.rmtree(work, ignore_errors=True) if temporary else _log(f"kept {work}"))
+                         lambda: shutil.rmtree(work, ignore_errors=True) if temporary else log(f"kept {work}"))
 
 
 def _measure(args, work: Path, mark: str) -> None:
@@ -271,13 +267,13 @@ def _measure(args, work: Path, mark: str) -> None:
     scale = SCALES[args.scale]
     runs = work / "runs"
     synth, count = synth_for(240, {**scale.synth, "seed": 3})
-    _log(f"[1/{2 + len(args.every)}] data: {count} synthetic clips and their store in {work}")
+    log(f"[1/{2 + len(args.every)}] data: {count} synthetic clips and their store in {work}")
     data = build_data(work, synth, feature_config(scale))
     space = write_yaml(work / "spaces" / "chaos.yaml", grid_space(scale, args.trials, args.epochs))
     searches: dict = {}
     for k, every in enumerate([None, *args.every]):
         name = "undisturbed" if every is None else f"kill-every-{every:g}s"
-        _log(f"[{2 + k}/{2 + len(args.every)}] search {name}: {args.trials} trials x {args.epochs} epochs, "
+        log(f"[{2 + k}/{2 + len(args.every)}] search {name}: {args.trials} trials x {args.epochs} epochs, "
              "two at once" + ("" if every is None else f", a random trial worker killed every {every:g} s"))
         settings = SearchSettings(space=str(space), store=str(data.store_root), name=name, storage=str(runs),
                                   max_failures=args.max_failures, top=args.trials)

@@ -37,7 +37,7 @@ import numpy as np
 from asc.cli import ArgumentParser, COUNT
 from asc.enhance import CachedMedianFilter, Enhancement
 from asc.errors import AscError
-from search.bench import CpuMeter, add_report_options, json_rows, run_benchmark, synth_for, table_lines
+from search.bench import CpuMeter, add_report_options, json_rows, log, run_benchmark, synth_for, table_lines
 
 PAPER_EPS = np.finfo(np.float32).eps
 MEDIAN_SIZE = (7, 21)
@@ -52,10 +52,6 @@ SUBDIRS = ("data", "warmup-data", "warmup-store", "store-1", "store-3")
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def machine_info() -> dict:
     import librosa  # late, as noted at the top
     import pyarrow
@@ -177,7 +173,7 @@ def _synthesize(work: Path, clips: int, fig: dict):
     from asc.synth import SynthConfig, write_dataset
 
     config, expected = synth_for(clips, {"seconds": 10.0, "seed": 0})
-    _log(f"[1/7] synthesizing {expected} clips (segments_per_scene={config.segments_per_scene}, "
+    log(f"[1/7] synthesizing {expected} clips (segments_per_scene={config.segments_per_scene}, "
          f"parallel_per_scene={config.parallel_per_scene}) into {work / 'data'}")
     start = time.perf_counter()
     dataset = write_dataset(work / "data", config)
@@ -197,7 +193,7 @@ def _references(paths: list[str], meter, fig: dict) -> np.ndarray:
     import soundfile  # late, as noted at the top
 
     n = len(paths)
-    _log("[2/7] references: decoding and the paper's per-file loop (one process)")
+    log("[2/7] references: decoding and the paper's per-file loop (one process)")
     soundfile.read(paths[0], dtype="float32")
     with meter.measure("decode"):
         start = time.perf_counter()
@@ -222,7 +218,7 @@ def _start_ray(work: Path, cpus: int, warm_clips: int, configs: list, enhancemen
     from asc.store import FeatureStore  # late, as noted at the top
     from search.prepare import init_ray, prepare, ray_map
 
-    _log(f"[3/7] starting Ray on {cpus} cpus and warming its workers up on {warm_clips} short clips")
+    log(f"[3/7] starting Ray on {cpus} cpus and warming its workers up on {warm_clips} short clips")
     start = time.perf_counter()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_ray(None, cpus)
@@ -239,7 +235,7 @@ def _prepare(work: Path, cpus: int, shard_size: int, three: list, n: int, meter,
     from asc.features import FeatureConfig  # late, as noted at the top
     from search.prepare import prepare
 
-    _log(f"[4/7] prepare: 128 Mel bands, then 64 + 128 + 256 (shard size {shard_size})")
+    log(f"[4/7] prepare: 128 Mel bands, then 64 + 128 + 256 (shard size {shard_size})")
     for key, configs, folder in (("prepare1", [FeatureConfig(n_mels=128)], "store-1"), ("prepare3", three, "store-3")):
         with meter.measure(key):
             start = time.perf_counter()
@@ -264,7 +260,7 @@ def _median_cache_ray(store, enhancement, n: int, meter, fig: dict):
 
     from search.prepare import ray_map
 
-    _log("[5/7] median filter: building the cached copy with Ray")
+    log("[5/7] median filter: building the cached copy with Ray")
     transform = CachedMedianFilter(enhancement, tuple(store.train_mean), tuple(store.train_std))
     with meter.measure("cache_build_ray"):
         start = time.perf_counter()
@@ -281,7 +277,7 @@ def _median_serial(store, filtered, transform, first: np.ndarray, first_name: st
     import scipy.signal  # late, as noted at the top
 
     n = len(order)
-    _log("[6/7] median filter: scipy.signal.medfilt2d per clip, serial cache build, epoch reads")
+    log("[6/7] median filter: scipy.signal.medfilt2d per clip, serial cache build, epoch reads")
     m = min(n, MEDFILT_REFERENCE_CLIPS)
     x = store.features(np.arange(m))
     scipy.signal.medfilt2d(x[0], MEDIAN_SIZE)
@@ -312,7 +308,7 @@ def _store_read(store_path: Path, order: np.ndarray, meter, fig: dict) -> None:
     """[7/7] 3 an epoch read from a freshly opened store against a copy of as many bytes in memory."""
     from asc.store import FeatureStore  # late, as noted at the top
 
-    _log("[7/7] store read vs an in-memory copy")
+    log("[7/7] store read vs an in-memory copy")
     fresh = FeatureStore(store_path)
     meter.wait_quiet()
     shape = (len(order), *fresh.shape)
@@ -454,7 +450,7 @@ def _measure(args, work: Path) -> None:
 def _clean_up(work: Path, keep: bool, created: bool) -> None:
     """What the benchmark wrote: kept, or removed (the whole folder if it made it)."""
     if keep:
-        _log(f"kept {work}")
+        log(f"kept {work}")
     elif created:
         shutil.rmtree(work, ignore_errors=True)
     else:
