@@ -16,16 +16,16 @@ also the order of the stages (:data:`STAGES`):
   that is cheaper (the median filter on a CPU), or per batch on the training device;
 - ``input``: training only, on the model's input batch (Freq-MixStyle).
 
-Adding a ``batch`` or ``input`` enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its
-place in the dict is its place in the order) with its ``apply`` function, numpy or torch alike for a
+Adding an enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the dict is its
+place in the order) with its ``apply`` function, numpy or torch alike for a
 ``batch`` one (:meth:`Enhancement.after_median` and :meth:`Enhancement.on_input` run it, and every
 path of a batch, the served model's in ``asc.inference`` included, ends in them); a field of
 :class:`Enhancement` of the same name (a bool without settings, else ``tuple | None``: the definition
 checks, composes, names and labels it); and its tests (tests/test_enhance.py holds those every
-enhancement must pass, served-equals-trained included). A ``features`` step also needs its draws and
-their application in ``asc.train`` (``Training.run_epoch`` draws per epoch, ``FeatureView.batch``
-applies), as DIR has: what it draws is the step's own (a response per clip), and a store of its own
-would be a ``store`` step.
+enhancement must pass, served-equals-trained included). A ``features`` step gives ``prepare`` (what
+it needs of the store's feature settings, once), ``draw`` (its picks for an epoch's clips, from the
+epoch's generator) and ``apply`` (the picks on the stored features); ``asc.train`` runs them
+(``Training.run_epoch`` draws, ``FeatureView.batch`` applies).
 
 The functions take ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and return a
 new array of the same shape; the input is never changed.
@@ -96,8 +96,14 @@ class Definition:
     settings: tuple[Setting, ...] = ()
     help: str = ""
     # batch: apply(x, **settings), numpy or torch; input: apply(x, rng, **settings), torch, its random draws
-    # from rng (the epoch's generator: a resumed run draws them again); store and features: None
+    # from rng (the epoch's generator: a resumed run draws them again); features: apply(x, picks, state),
+    # x a training clip's stored features, picks what draw picked for each (>= 0); store: None
     apply: Callable | None = None
+    # features: prepare(feature_config, **settings) -> state, once per view of a store (DIR: each
+    # response's gain per Mel band); draw(rng, stream, is_reference, state, **settings) -> per clip of
+    # the stream (indices into the view) a pick or -1, once per epoch, before the loader starts
+    prepare: Callable | None = None
+    draw: Callable | None = None
     # batch: computed once per setting into the store's derived cache on a CPU; on a GPU per batch, by the
     # step's torch twin (the median filter's: median_filter_torch, in asc.train.FeatureView.finish)
     cached: bool = False
@@ -128,7 +134,25 @@ def _fmt(v) -> str:
     return f"{v:.2g}" if isinstance(v, float) else str(v)
 
 
-# Each definition's apply, named (a Definition pickles with its functions), calling the functions below
+# Each definition's functions, named (a Definition pickles with them), calling the functions below
+def _dir_prepare(config, p: float, responses: str) -> np.ndarray:
+    from asc.responses import gains_for  # late: librosa and soundfile, for a trial with DIR only
+
+    return gains_for(responses, config)  # [responses, n_mels]
+
+
+def dir_draws(rng: np.random.Generator, stream: np.ndarray, is_reference: np.ndarray, gains: np.ndarray,
+              p: float, responses: str = "") -> np.ndarray:
+    """DIR's draw for the clips of ``stream`` (indices into the view): per clip the impulse response
+    added to its features, or -1. Only device A's clips (``is_reference``), each with probability p:
+    the other devices' clips are already recorded through another microphone."""
+    return np.where((rng.random(len(stream)) < p) & is_reference[stream], rng.integers(len(gains), size=len(stream)), -1)
+
+
+def _dir_apply(x: np.ndarray, picks: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    return x + gains[picks][:, :, None]  # a response's gain per band, on every frame (log-Mel: a sum)
+
+
 def _median_filter_step(x, bands: int, frames: int):
     return median_filter(x, (bands, frames))
 
@@ -148,7 +172,8 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
         Setting("p", float, 0.4, low=0.0, high=1.0, help="share of device-A training clips given a response"),
         Setting("responses", str, "micirp", path=True,
                 help="a folder of impulse responses, or micirp: the 66 shipped")),
-        help="device impulse responses (Morocutti et al. 2023): a real microphone's response on device-A clips"),
+        help="device impulse responses (Morocutti et al. 2023): a real microphone's response on device-A clips",
+        apply=_dir_apply, prepare=_dir_prepare, draw=dir_draws),
     Definition("median_filter", "medfilt", "batch", (
         Setting("bands", int, 7, low=1, odd=True, help="height (Mel bands); paper 7"),
         Setting("frames", int, 21, low=1, odd=True, help="width (frames); paper 21")),
@@ -356,6 +381,10 @@ class Enhancement:
             if d.stage == "batch" and not d.cached:
                 x = d.apply(x, **self.settings(name))
         return x
+
+    def feature_steps(self) -> list[tuple[Definition, dict]]:
+        """The ``features`` steps that are on (DIR), in their order, with their settings."""
+        return [(ENHANCEMENTS[n], self.settings(n)) for n in self.names if ENHANCEMENTS[n].stage == "features"]
 
     def on_input(self, x, rng: np.random.Generator):
         """The ``input`` steps (Freq-MixStyle) on a training batch, in their order, each drawing from ``rng``."""

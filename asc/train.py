@@ -40,7 +40,6 @@ from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS, clip_errors, device_metrics, mean_sem, pooled_gaps
 from asc.models import ModelConfig, build_model, xception_weights_file
 from asc.parallel import process_map
-from asc.responses import gains_for
 from asc.store import FeatureStore
 
 Report = Callable[[int, dict, str | None], None]
@@ -218,9 +217,9 @@ class FeatureView:
         self.clips = base.clips
         # the devices of the training split; the others (DCASE 2020's unseen devices) are reported apart
         self.seen_devices = sorted({c.device for c in base.clips if c.split == "train"})
-        self.gains = None  # DIR: each response's gain per Mel band, for this store's features
-        if self.enhancement.dir is not None:
-            self.gains = gains_for(self.enhancement.dir[1], FeatureConfig(**base.manifest["config"]))
+        # the features steps' states for this store's features (DIR: each response's gain per Mel band)
+        self.states = {d.name: d.prepare(FeatureConfig(**base.manifest["config"]), **settings)
+                       for d, settings in self.enhancement.feature_steps()}
         self.classes = list(base.manifest["dataset"]["scenes"])
         self.devices = list(base.manifest["dataset"]["devices"])
         lookup = {c: i for i, c in enumerate(self.classes)}
@@ -234,16 +233,23 @@ class FeatureView:
         self.__dict__.update(state)
         self._open()
 
-    def batch(self, indices: np.ndarray, responses: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and labels of ``indices``. ``responses`` (training with DIR): per row, the impulse
-        response whose gains are added to that clip's stored features before everything else (-1: none);
-        those rows are computed from the store itself, not from a cache."""
+    def batch(self, indices: np.ndarray, picks: dict[str, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of ``indices``. ``picks`` (training with a ``features`` step, DIR): per
+        step, per row what its draw picked (-1: none), applied to that clip's stored features before
+        everything else; those rows are computed from the store itself, not from a cache."""
         x = self._post(self.source.features(np.sort(indices)).astype(np.float32, copy=False))
         order = np.argsort(np.argsort(indices))  # sorted reads are sequential in the file; restore order
         x = np.ascontiguousarray(x[order])
-        if responses is not None and (responses >= 0).any():
-            rows = np.flatnonzero(responses >= 0)
-            raw = self.base.features(indices[rows]).astype(np.float32) + self.gains[responses[rows]][:, :, None]
+        hit = np.zeros(len(indices), bool)
+        for chosen in (picks or {}).values():
+            hit |= chosen >= 0
+        if hit.any():
+            rows = np.flatnonzero(hit)
+            raw = self.base.features(indices[rows]).astype(np.float32)
+            for d, _ in self.enhancement.feature_steps():
+                chosen = picks[d.name][rows]
+                on = chosen >= 0
+                raw[on] = d.apply(raw[on], chosen[on], self.states[d.name])
             x[rows] = self.enhancement.normalize(raw, self.mean, self.std) if self.device_median else \
                 self.enhancement(raw, self.mean, self.std)
         return torch.from_numpy(x), torch.from_numpy(self.labels[indices])
@@ -262,12 +268,12 @@ class FeatureView:
 
 class _Steps(torch.utils.data.Dataset):
     """One item per optimisation step: a batch from each of the (one or two) shuffled streams.
-    ``responses`` (DIR): per stream, the response index of every position (-1: none), drawn for the
-    epoch before the loader starts, so that loader workers draw nothing."""
+    ``picks`` (a ``features`` step, DIR): per stream, per step its pick for every position (-1: none),
+    drawn for the epoch before the loader starts, so that loader workers draw nothing."""
 
     def __init__(self, view: FeatureView, streams: list[np.ndarray], batch_size: int,
-                 responses: list[np.ndarray] | None = None):
-        self.view, self.streams, self.batch_size, self.responses = view, streams, batch_size, responses
+                 picks: list[dict[str, np.ndarray]] | None = None):
+        self.view, self.streams, self.batch_size, self.picks = view, streams, batch_size, picks
 
     def __len__(self):
         return len(self.streams[0]) // self.batch_size  # the paper's loader drops the last partial batch
@@ -275,7 +281,7 @@ class _Steps(torch.utils.data.Dataset):
     def __getitem__(self, step):
         rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
         return [t for k, stream in enumerate(self.streams)
-                for t in self.view.batch(stream[rows], None if self.responses is None else self.responses[k][rows])]
+                for t in self.view.batch(stream[rows], self.picks and {n: a[rows] for n, a in self.picks[k].items()})]
 
 
 def split_indices(clips: list, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -376,14 +382,6 @@ def _deterministic_cuda() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, at the first matmul
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-
-
-def dir_draws(rng: np.random.Generator, stream: np.ndarray, p: float, is_reference: np.ndarray,
-              n_responses: int) -> np.ndarray:
-    """DIR's draw for the clips of ``stream`` (indices into the view): per clip the impulse response
-    added to its features, or -1. Only device A's clips (``is_reference``), each with probability p:
-    the other devices' clips are already recorded through another microphone."""
-    return np.where((rng.random(len(stream)) < p) & is_reference[stream], rng.integers(n_responses, size=len(stream)), -1)
 
 
 def mix(x1: torch.Tensor, x2: torch.Tensor, lam: float) -> torch.Tensor:
@@ -549,12 +547,12 @@ class Training:
         streams = [rng.permutation(self.train_idx)]
         if config.mixup_alpha > 0:
             streams.append(rng.permutation(self.train_idx))
-        responses = None
-        if config.enhancement.dir is not None:  # DIR: a response for a share p of the device-A clips
-            p = config.enhancement.dir[0]
-            responses = [dir_draws(rng, st, p, self.is_reference, len(view.gains)) for st in streams]
+        # the features steps' picks (DIR: a response for a share p of the device-A clips), stream by stream
+        steps = config.enhancement.feature_steps()
+        picks = [{d.name: d.draw(rng, st, self.is_reference, view.states[d.name], **settings) for d, settings in steps}
+                 for st in streams] if steps else None
         loader = torch.utils.data.DataLoader(
-            _Steps(view, streams, config.batch_size, responses), batch_size=None, shuffle=False,
+            _Steps(view, streams, config.batch_size, picks), batch_size=None, shuffle=False,
             num_workers=config.num_workers, pin_memory=device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
         model.train()

@@ -35,7 +35,8 @@ from search.serving import AudioSceneModel
 def test_every_definition_is_complete(name):
     d = ENHANCEMENTS[name]
     assert d.stage in STAGES and d.short and d.help
-    assert (d.apply is not None) == (d.stage in ("batch", "input")) and (not d.cached or d.stage == "batch")
+    assert (d.apply is not None) == (d.stage != "store") and (not d.cached or d.stage == "batch")
+    assert (d.prepare is not None) == (d.draw is not None) == (d.stage == "features")
     for s in d.settings:
         assert isinstance(s.default, s.kind) and s.help
         if s.low is not None:
@@ -340,17 +341,18 @@ def test_the_batched_torch_median_filter_equals_scipys(size):
 
 
 def test_dir_changes_the_features_of_the_device_a_clips_it_draws_and_no_others(stores):
-    from asc.train import FeatureView, dir_draws
+    from asc.enhance import dir_draws
+    from asc.train import FeatureView
 
     plain, _ = stores
     view = FeatureView(plain, Enhancement("gmsvn", dir=(1.0, str(SHIPPED))))
     reference = np.array([c.device == "a" for c in view.clips])
     rows = np.arange(len(view.clips))
-    drawn = dir_draws(np.random.default_rng(0), rows, 1.0, reference, len(view.gains))
+    drawn = dir_draws(np.random.default_rng(0), rows, reference, view.states["dir"], 1.0)
     assert (drawn[reference] >= 0).all() and (drawn[~reference] == -1).all()  # p = 1: every A clip, no other
-    half = dir_draws(np.random.default_rng(0), rows, 0.5, reference, len(view.gains))
+    half = dir_draws(np.random.default_rng(0), rows, reference, view.states["dir"], 0.5)
     assert 0 < (half >= 0).sum() < reference.sum() and (half[~reference] == -1).all()
-    plain_x, with_dir = view.batch(rows)[0].numpy(), view.batch(rows, half)[0].numpy()
+    plain_x, with_dir = view.batch(rows)[0].numpy(), view.batch(rows, {"dir": half})[0].numpy()
     changed = np.abs(with_dir - plain_x).reshape(len(rows), -1).max(axis=1) > 1e-4
     np.testing.assert_array_equal(changed, half >= 0)  # the drawn clips changed, every other is as stored
 
