@@ -17,9 +17,9 @@ also the order of the stages (:data:`STAGES`):
 - ``input``: training only, on the model's input batch (Freq-MixStyle).
 
 Adding an enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the dict is its
-place in the order) with its ``apply`` function, numpy or torch alike for a
-``batch`` one (:meth:`Enhancement.after_median` and :meth:`Enhancement.on_input` run it, and every
-path of a batch, the served model's in ``asc.inference`` included, ends in them); a field of
+place in the order) with its ``apply`` function (numpy or torch alike for a ``batch`` step, which
+:meth:`Enhancement.after_median` runs and every path of a batch ends in, the served model's in
+``asc.inference`` included; torch for an ``input`` step, which :meth:`Enhancement.on_input` runs); a field of
 :class:`Enhancement` of the same name (a bool without settings, else ``tuple | None``: the definition
 checks, composes, names and labels it); and its tests (tests/test_enhance.py holds those every
 enhancement must pass, served-equals-trained included). A ``features`` step gives ``prepare`` (what
