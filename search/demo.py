@@ -93,7 +93,7 @@ def _made_with(args, space) -> dict:
     the fusion's size."""
     made = {f"--{k.replace('_', '-')}": getattr(args, k)
             for k in ("segments_per_scene", "parallel_per_scene", "seconds", "seed", "fusion_size")}
-    made.update({k: v for k, v in space.fixed.items()})
+    made.update(space.fixed)
     made.update({k: repr(d) for k, d in space.searched.items()})
     made.update({k: getattr(space, k) for k in ("sampler", "num_samples", "max_concurrent", "seeds")})
     made.update({f"scheduler.{k}": v for k, v in dataclasses.asdict(space.scheduler).items()})
