@@ -342,8 +342,7 @@ class Enhancement:
     @property
     def cache_key(self) -> str | None:
         """Name of the store-derived cache of the ``cached`` steps (``gmsvn-medfilt7x21``), or None."""
-        steps = [ENHANCEMENTS[n].label(self.settings(n)) for n in self.names
-                 if ENHANCEMENTS[n].stage == "batch" and ENHANCEMENTS[n].cached]
+        steps = [d.label(settings) for d, settings in self.steps("batch", cached=True)]
         return f"{self.normalization}-{'+'.join(steps)}" if steps else None
 
     def normalize(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -365,33 +364,29 @@ class Enhancement:
     def cached(self, x: np.ndarray) -> np.ndarray:
         """The ``cached`` batch steps (the median filter) on normalised features, in their order: what
         the store's derived cache holds."""
-        for name in self.names:
-            d = ENHANCEMENTS[name]
-            if d.stage == "batch" and d.cached:
-                x = d.apply(x, **self.settings(name))
+        for d, settings in self.steps("batch", cached=True):
+            x = d.apply(x, **settings)
         return x
+
+    def steps(self, stage: str, cached: bool | None = None) -> list[tuple[Definition, dict]]:
+        """The enhancements that are on at ``stage`` (those ``cached`` or not, where given), in their
+        order, each with its settings."""
+        return [(ENHANCEMENTS[n], self.settings(n)) for n in self.names if ENHANCEMENTS[n].stage == stage
+                and (cached is None or ENHANCEMENTS[n].cached == cached)]
 
     def after_median(self, x):
         """The ``batch`` steps after the cached one (the median filter), in their order (mean
         subtraction), on a numpy array or a torch tensor. :meth:`__call__`, a trial reading the median
         filter's cache and a trial filtering on its device (``asc.train.FeatureView``) all end here, so
         a step defined as ``batch`` is trained and served alike."""
-        for name in self.names:
-            d = ENHANCEMENTS[name]
-            if d.stage == "batch" and not d.cached:
-                x = d.apply(x, **self.settings(name))
+        for d, settings in self.steps("batch", cached=False):
+            x = d.apply(x, **settings)
         return x
-
-    def feature_steps(self) -> list[tuple[Definition, dict]]:
-        """The ``features`` steps that are on (DIR), in their order, with their settings."""
-        return [(ENHANCEMENTS[n], self.settings(n)) for n in self.names if ENHANCEMENTS[n].stage == "features"]
 
     def on_input(self, x, rng: np.random.Generator):
         """The ``input`` steps (Freq-MixStyle) on a training batch, in their order, each drawing from ``rng``."""
-        for name in self.names:
-            d = ENHANCEMENTS[name]
-            if d.stage == "input":
-                x = d.apply(x, rng, **self.settings(name))
+        for d, settings in self.steps("input"):
+            x = d.apply(x, rng, **settings)
         return x
 
     def to_dict(self) -> dict:

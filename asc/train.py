@@ -219,7 +219,7 @@ class FeatureView:
         self.seen_devices = sorted({c.device for c in base.clips if c.split == "train"})
         # the features steps' states for this store's features (DIR: each response's gain per Mel band)
         self.states = {d.name: d.prepare(FeatureConfig(**base.manifest["config"]), **settings)
-                       for d, settings in self.enhancement.feature_steps()}
+                       for d, settings in self.enhancement.steps("features")}
         self.classes = list(base.manifest["dataset"]["scenes"])
         self.devices = list(base.manifest["dataset"]["devices"])
         lookup = {c: i for i, c in enumerate(self.classes)}
@@ -246,7 +246,7 @@ class FeatureView:
         if hit.any():
             rows = np.flatnonzero(hit)
             raw = self.base.features(indices[rows]).astype(np.float32)
-            for d, _ in self.enhancement.feature_steps():
+            for d, _ in self.enhancement.steps("features"):
                 chosen = picks[d.name][rows]
                 on = chosen >= 0
                 raw[on] = d.apply(raw[on], chosen[on], self.states[d.name])
@@ -548,7 +548,7 @@ class Training:
         if config.mixup_alpha > 0:
             streams.append(rng.permutation(self.train_idx))
         # the features steps' picks (DIR: a response for a share p of the device-A clips), stream by stream
-        steps = config.enhancement.feature_steps()
+        steps = config.enhancement.steps("features")
         picks = [{d.name: d.draw(rng, st, self.is_reference, view.states[d.name], **settings) for d, settings in steps}
                  for st in streams] if steps else None
         loader = torch.utils.data.DataLoader(
