@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the main job on the embedded defaults",
-                               description="Run the main job on the embedded defaults. MLflow: $MLFLOW_TRACKING_URI "
-                                           "when it is set, else WORKDIR/runs/mlflow.db.")
+                               description="Run the main job on the embedded defaults. MLflow: --mlflow-uri, else "
+                                           "$MLFLOW_TRACKING_URI when it is set, else WORKDIR/runs/mlflow.db.")
     add_arguments(demo, defaults)
     demo.set_defaults(run=_demo)
 

@@ -35,14 +35,13 @@ def _step(n: int, text: str) -> None:
     print(f"\n[{n}/5] {text}", flush=True)
 
 
-def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
+def _search(space_path: Path, store: Path, storage: Path, overrides: list[str], uri: str):
     """Run the demo's search, resume it, or find it done; returns (experiment id, best-trials table)."""
     from mlflow.tracking import MlflowClient  # late, as the module says
 
-    from search.tracking import artifact_text, tracking_uri
+    from search.tracking import artifact_text
     from search.tuner import SEARCH_FILE, SearchSettings, resume_search, run_search
 
-    uri = tracking_uri(None, storage)  # $MLFLOW_TRACKING_URI when it is set, else the demo's own store
     if (storage / SEARCH_NAME / SEARCH_FILE).is_file():
         info = json.loads((storage / SEARCH_NAME / SEARCH_FILE).read_text())
         client = MlflowClient(uri)
@@ -51,15 +50,15 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str]):
             print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} has finished: reusing its trials "
                   "(delete the folder to search again)")
             table = artifact_text(client, parent.info.run_id, "best_trials.txt").rstrip()
-            return info["experiment_id"], uri, table
+            return info["experiment_id"], table
         print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} did not finish: resuming it")
-        result = resume_search(SEARCH_NAME, storage=str(storage))
+        result = resume_search(SEARCH_NAME, storage=str(storage), mlflow_uri=uri)
     else:
         settings = SearchSettings(space=str(space_path), store=str(store), name=SEARCH_NAME, storage=str(storage), mlflow_uri=uri,
                                   overrides=overrides, top=5)
         result = run_search(settings, command=f"python -m search demo (spaces/{space_path.name})")
     table = artifact_text(MlflowClient(uri), result["parent_run_id"], "best_trials.txt").rstrip()
-    return result["experiment_id"], uri, table
+    return result["experiment_id"], table
 
 
 def _fusion(uri: str, experiment_id: str, size: int):
@@ -85,14 +84,18 @@ def _fusion(uri: str, experiment_id: str, size: int):
 
 
 OPTIONS_FILE = "demo.json"  # what the work in a workdir was made with
+OWN_STORE = "WORKDIR/runs/mlflow.db"  # the tracking URI recorded when the demo keeps its own MLflow store
 
 
-def _made_with(args, space) -> dict:
+def _made_with(args, space, uri: str) -> dict:
     """What the demo's work depends on, as the options and space keys a user sets: the set's options,
-    the search space as the options resolved it (``--epochs 6`` and demo.yaml's own 6 are one thing),
-    the fusion's size."""
+    the tracking store its runs are in, the search space as the options resolved it (``--epochs 6``
+    and demo.yaml's own 6 are one thing), the fusion's size."""
+    from search.tracking import default_uri  # late, as the module says
+
     made = {f"--{k.replace('_', '-')}": getattr(args, k)
             for k in ("segments_per_scene", "parallel_per_scene", "seconds", "seed", "fusion_size")}
+    made["--mlflow-uri"] = OWN_STORE if uri == default_uri(args.workdir.resolve() / "runs") else uri
     made.update(space.fixed)
     made.update({k: repr(d) for k, d in space.searched.items()})
     made.update({k: getattr(space, k) for k in ("sampler", "num_samples", "max_concurrent", "seeds")})
@@ -110,6 +113,7 @@ def _same_options(workdir: Path, made: dict) -> None:
             record.write_text(json.dumps(made, indent=1) + "\n")
         return
     before = json.loads(record.read_text())
+    before.setdefault("--mlflow-uri", OWN_STORE)  # recorded since the option exists; before, the own store
 
     def shown(values: dict, key: str) -> str:
         value = values.get(key, "(unset)")
@@ -129,7 +133,7 @@ def run_demo(args) -> None:
     from search.prepare import format_report, prepare
     from search.report import ui_command
     from search.space import load_space
-    from search.tracking import default_uri
+    from search.tracking import check_tracking_uri, default_uri, tracking_uri
 
     start = time.perf_counter()
     workdir = args.workdir.resolve()
@@ -141,7 +145,9 @@ def run_demo(args) -> None:
     if args.num_samples is not None:
         overrides.append(f"num_samples={args.num_samples}")
     space = load_space(DEMO_SPACE, overrides)  # a wrong --set fails here, before any work
-    _same_options(workdir, _made_with(args, space))
+    uri = tracking_uri(args.mlflow_uri, storage)  # --mlflow-uri, $MLFLOW_TRACKING_URI, else the demo's own store
+    check_tracking_uri(uri, created=storage)  # an unreachable server: one line, before any work
+    _same_options(workdir, _made_with(args, space, uri))
 
     _step(1, f"synthetic multi-device dataset in {data}")
     if (data / "meta.csv").exists():
@@ -161,7 +167,7 @@ def run_demo(args) -> None:
     print(format_report(prepare(data, store, configs)))
 
     _step(3, f"search {SEARCH_NAME!r}: {space.description}")
-    experiment_id, uri, trials_table = _search(DEMO_SPACE, store, storage, overrides)
+    experiment_id, trials_table = _search(DEMO_SPACE, store, storage, overrides, uri)
 
     _step(4, "fusion of the trials by Metric B on the selection clips, registered as "
              f"{MODEL_NAME!r} in MLflow's model registry")
@@ -176,7 +182,7 @@ def run_demo(args) -> None:
                                 model_uri, "evaluate"))
 
     print(f"\n{'=' * 100}\nthe demo's search, best trials first\n{trials_table}\n\n{fusion_table}")
-    local = uri == default_uri(storage)  # else $MLFLOW_TRACKING_URI's
+    local = uri == default_uri(storage)  # else --mlflow-uri's or $MLFLOW_TRACKING_URI's
     mlflow_line = ("  runs/mlflow.db, runs/mlartifacts/   the MLflow store: every trial, the fusion, the models\n"
                    if local else "")
     print(f"\nfiles (all under {workdir}):\n"
@@ -185,7 +191,7 @@ def run_demo(args) -> None:
           f"  runs/demo/    Tune's and Optuna's state of the search (resumable)\n"
           f"{mlflow_line}"
           f"  submission.csv   the fused model's scenes for the evaluation split (Kaggle format)\n"
-          + ("" if local else f"MLflow ($MLFLOW_TRACKING_URI): {uri}: every trial, the fusion, the models\n")
+          + ("" if local else f"MLflow: {uri}: every trial, the fusion, the models\n")
           + f"predict other audio: python -m search predict {model_uri} DATA_DIR --out FILE --mlflow-uri {uri}\n"
           f"browse in MLflow: {ui_command(uri, experiment_id)}\n"
           f"demo took {time.perf_counter() - start:.0f} s")
@@ -199,3 +205,5 @@ def add_arguments(demo, defaults) -> None:
     demo.add_argument("--epochs", type=COUNT, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
     demo.add_argument("--fusion-size", type=COUNT, default=6, help="fusion: most picks (default %(default)s)")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of spaces/demo.yaml")
+    demo.add_argument("--mlflow-uri", default=None,
+                      help="tracking URI (order: --mlflow-uri, $MLFLOW_TRACKING_URI, WORKDIR/runs/mlflow.db)")

@@ -198,6 +198,22 @@ def test_commands_use_mlflow_tracking_uri_as_mlflow_users_expect(argv, culprit, 
     assert not (tmp_path / "env.db").exists() and not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.parametrize("argv, culprit", [
+    (["run", "spaces/smoke.yaml", "--store", "TMP/s", "--storage", "TMP/runs"], "TMP/gone/env.db: folder TMP/gone"),
+    (["demo", "--workdir", "TMP/demo"], "TMP/gone/env.db: folder TMP/gone"),
+    (["demo", "--workdir", "TMP/demo", "--mlflow-uri", "sqlite:///TMP/away/o.db"], "TMP/away/o.db: folder TMP/away"),
+], ids=["run", "demo", "demo option first"])
+def test_commands_that_write_use_mlflow_tracking_uri_too(argv, culprit, tmp_path, capsys, monkeypatch):
+    """``run`` and the demo track into MLFLOW_TRACKING_URI when --mlflow-uri is not given (a store
+    whose folder is missing shows which one they took): one line, before any work."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'gone' / 'env.db'}")
+    swap = lambda s: s.replace("TMP", str(tmp_path))  # noqa: E731
+    status = _main("search", [swap(a) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.splitlines()) == 1 and swap(culprit) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no search folder, no demo folder
+
+
 def _run(*args, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_worker_niceness": "0"}
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=300, **kwargs)

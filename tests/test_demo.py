@@ -54,3 +54,10 @@ def test_demo_runs_the_whole_loop_and_a_rerun_reuses_its_work(tmp_path):
     same[same.index("--set") + 1] = "epochs=2"
     fourth = subprocess.run(same, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert fourth.returncode == 0 and "has finished: reusing its trials" in fourth.stdout, fourth.stderr[-2000:]
+    # the runs are in the demo's own MLflow store: another tracking URI would not find them
+    fifth = subprocess.run(cmd + ["--mlflow-uri", f"sqlite:///{tmp_path / 'other.db'}"], cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert fifth.returncode == 2 and fifth.stderr.splitlines() == [
+        f"error: {tmp_path}: its demo was made with --mlflow-uri WORKDIR/runs/mlflow.db, not --mlflow-uri "
+        f"sqlite:///{tmp_path / 'other.db'}; delete the folder or give another --workdir"], fifth.stderr
+    assert not (tmp_path / "other.db").exists()
