@@ -336,8 +336,11 @@ class RetryingClient:
             try:
                 self._retry(getattr(self._client, name), args, kwargs, delays)
             except Exception as exc:
-                if not _transient(exc):  # e.g. a run deleted meanwhile: nothing to keep it for
+                if not _transient(exc):  # e.g. a run deleted meanwhile: it can never be written
                     self.pending.popleft()
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    print(f"warning: MLflow at {self.uri} refused a kept write ({name} to run {args[0] if args else '?'}: "
+                          f"{type(exc).__name__}: {first}); it is dropped", file=sys.stderr, flush=True)
                     continue
                 return
             self.pending.popleft()

@@ -199,6 +199,27 @@ def test_a_write_is_tried_again_while_the_server_is_unreachable_and_not_after_an
         retry_transient(lambda: (_ for _ in ()).throw(ValueError("a bug")), (0, 0))
 
 
+def test_kept_writes_are_sent_in_order_and_one_that_can_never_be_written_is_named(tmp_path, capsys):
+    """Writes kept while the server did not answer are sent, in order, when it answers; a kept write
+    that the store refuses for good (its run deleted meanwhile) is dropped with a line naming it."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import RetryingClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plain = MlflowClient(uri)
+    experiment = plain.create_experiment("kept")
+    gone, kept = (plain.create_run(experiment).info.run_id for _ in range(2))
+    plain.delete_run(gone)
+    client = RetryingClient(uri, delays=(0,))
+    client.pending.extend([("set_tag", (kept, "order", "1"), {}), ("set_tag", (gone, "order", "x"), {}),
+                           ("set_tag", (kept, "order", "2"), {})])
+    assert client.flush(delays=(0,)) == 0 and not client.pending
+    assert plain.get_run(kept).data.tags["order"] == "2"
+    err = [line for line in capsys.readouterr().err.splitlines() if " INFO mlflow" not in line]  # MLflow's own
+    assert len(err) == 1 and f"refused a kept write (set_tag to run {gone}: MlflowException" in err[0], err
+
+
 def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_line(monkeypatch, tmp_path):
     from asc.errors import AscError
     from search.tracking import RETRY_ENV, RetryingClient, check_tracking_uri, retry_delays
