@@ -70,7 +70,8 @@ def tune_results(storage: Path, name: str, raw: bool = False) -> dict[str, list[
     """trial id -> the results Tune recorded for it, one per epoch. Tune appends to result.json: a
     trial stopped after reporting an epoch but before that epoch's checkpoint was saved resumes from
     the one before and reports the epoch again; the last report of an epoch is the one that counts
-    (and the one MLflow keeps). ``raw``: every row as written."""
+    here (MLflow keeps the first: an exact resume reports the same figures again). ``raw``: every row
+    as written."""
     out = {}
     for f in (storage / name).glob("t*_*/result.json"):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]

@@ -1,5 +1,6 @@
 """A logged MSXception model works away from this repository: a fresh virtual environment built from
-the model's own requirements.txt alone loads it and predicts from audio what it predicts here.
+the model's own requirements.txt alone loads it and predicts from audio (files and their bytes) what
+it predicts here.
 
 It installs torch, torchvision, MLflow and librosa into a new environment (about 3.5 minutes and
 6.4 GB on the 2-core AMD EPYC this was measured on), so it is not in the default suite: ``.ci/run``
@@ -56,14 +57,15 @@ def test_an_msxception_model_loads_and_predicts_in_an_environment_from_its_own_r
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(folder / "requirements.txt")],
                              capture_output=True, text=True, timeout=3000)
     assert install.returncode == 0, install.stderr[-3000:]
-    script = ("import json, sys, mlflow, pandas as pd\n"
+    script = ("import json, pathlib, sys, mlflow, pandas as pd\n"  # from paths, and from the clips' bytes
               "m = mlflow.pyfunc.load_model(sys.argv[1])\n"
-              "print(json.dumps(m.predict(pd.DataFrame({'path': sys.argv[2:]})).reset_index().to_dict('list')))\n")
+              "for rows in ({'path': sys.argv[2:]}, {'audio': [pathlib.Path(p).read_bytes() for p in sys.argv[2:]]}):\n"
+              "    print(json.dumps(m.predict(pd.DataFrame(rows)).reset_index().to_dict('list')))\n")
     away = subprocess.run([str(python), "-c", script, str(folder), *clips], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
                                                        "MLFLOW_DISABLE_TELEMETRY": "true"})
     assert away.returncode == 0, away.stderr[-3000:]
-    there = json.loads(away.stdout.strip().splitlines()[-1])
     classes = [c for c in here.columns if c != "label"]
-    np.testing.assert_allclose(np.array([there[c] for c in classes]).T, here[classes].to_numpy(), atol=1e-5)
-    assert there["label"] == here["label"].tolist()
+    for there in (json.loads(line) for line in away.stdout.strip().splitlines()[-2:]):
+        np.testing.assert_allclose(np.array([there[c] for c in classes]).T, here[classes].to_numpy(), atol=1e-5)
+        assert there["label"] == here["label"].tolist()
