@@ -387,8 +387,8 @@ def distinct_line(space: Space, searcher, num_samples: int, trained: int) -> str
         parts.append(f"of the {len(distinct)} the space holds")
     if searcher.finished and trained < num_samples:
         parts.append(f"(num_samples {num_samples}: "
-                     + ("every configuration is trained" if distinct is not None else "the sampler proposed only "
-                        "configurations it knew") + ")")
+                     + ("every configuration is trained" if distinct is not None else "the sampler and "
+                        "random draws proposed only configurations it knew") + ")")
     if searcher.repeats:
         parts.append(f"; {searcher.repeats} repeated proposal(s) were told their recorded result instead of training")
     if searcher.drawn:

@@ -14,10 +14,11 @@ searcher that never spends a trial on a configuration the search already knows.
   the study is told the recorded result at no cost, as Optuna's own FAQ does for repeated parameters
   (COMPLETE with the recorded value, PRUNED with its intermediate values; FAIL for a configuration
   that diverged or is still running, whose result is not known yet), the trial is tagged
-  ``duplicate_of`` and the sampler asked again. After ``MAX_REPEATS`` repeats in a row a space whose
-  configurations can be listed gets one it has not trained, drawn at random (seeded) and enqueued;
-  when none is left the searcher is finished (Tune then ends the search, however large
-  ``num_samples`` was). Each Tune trial is therefore one distinct configuration.
+  ``duplicate_of`` and the sampler asked again. After ``MAX_REPEATS`` repeats in a row the search
+  gets a configuration it has not trained, drawn at random (seeded): from the list of the space's
+  configurations, enqueued, where it can be listed; else proposed by Optuna's RandomSampler, up to
+  ``MAX_DRAWS`` times. When none is left the searcher is finished (Tune then ends the search,
+  however large ``num_samples`` was). Each Tune trial is therefore one distinct configuration.
 - Each Optuna trial carries its Tune trial id and its configuration's key.
 - A restored searcher (``resume``) reloads the study from its database, whatever the pickled copy
   held, and the configurations it knows with it.
@@ -44,6 +45,10 @@ DUPLICATE_ATTR = "duplicate_of"  # a repeated proposal: the Tune trial (or earli
 WARM_ATTR = "warm_start_from"  # a trial taken from an earlier search: its MLflow run id
 DIVERGED_ATTR = "diverged_at_epoch"
 MAX_REPEATS = 5  # repeated proposals in a row before a configuration not yet trained is drawn
+# Random draws after that, in a space that cannot be listed, before the searcher takes the space for
+# exhausted: a draw that lands on a range (a float without a step) is new, so this many draws all
+# repeating known configurations means the ranges are nearly never reached.
+MAX_DRAWS = 50
 
 
 def startup_trials(space: Space) -> int:
@@ -118,20 +123,20 @@ class Searcher(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(TRIAL_TAG, trial_id)
             return params
         distinct = self._distinct
-        for attempt in range(MAX_REPEATS + 1):
+        for attempt in range(MAX_REPEATS + MAX_DRAWS):
             unseen = None if distinct is None else [p for key, p in distinct if key not in self._known]
             if unseen == []:
                 self.finished = True  # every configuration of the space is trained or training
                 return TuneSearcher.FINISHED
-            if attempt == MAX_REPEATS:
-                if unseen is None:
-                    break
+            drawing = attempt >= MAX_REPEATS  # the sampler kept repeating: a configuration drawn at random
+            if drawing and unseen is not None:  # one not trained, from the list (always new)
                 self._ot_study.enqueue_trial(self.space.optuna_params(self._rng.choice(unseen)))
-                self.drawn += 1
-            params = self.space.canonical(super().suggest(trial_id))
+            params = self.space.canonical(self._suggest_at_random(trial_id) if drawing and unseen is None
+                                          else super().suggest(trial_id))
             key = self.space.config_key(params)
             ot_trial = self._ot_trials[trial_id]
             if key not in self._known:
+                self.drawn += drawing
                 ot_trial.set_user_attr(TRIAL_TAG, trial_id)
                 ot_trial.set_user_attr(KEY_ATTR, key)
                 ot_trial.set_user_attr("params", params)
@@ -139,8 +144,19 @@ class Searcher(OptunaSearch):
                 self._known[key] = {"trial": trial_id, "state": "running", "params": params}
                 return params
             self._tell_repeat(self._ot_trials.pop(trial_id), self._known[key])
-        self.finished = True  # the sampler repeats itself and the space cannot be listed
+        self.finished = True  # random draws repeat known configurations too: the space is (nearly) all trained
         return TuneSearcher.FINISHED
+
+    def _suggest_at_random(self, trial_id):
+        """One proposal from Optuna's RandomSampler (seeded by the searcher's seed) in place of the
+        study's sampler: how a space that cannot be listed (a range without a step) gets a
+        configuration the sampler would not propose."""
+        sampler = self._ot_study.sampler
+        self._ot_study.sampler = optuna.samplers.RandomSampler(seed=self._rng.randrange(2 ** 32))
+        try:
+            return super().suggest(trial_id)
+        finally:
+            self._ot_study.sampler = sampler
 
     def _tell_repeat(self, ot_trial, known: dict) -> None:
         """The study hears the recorded result of a repeated proposal, at no cost."""

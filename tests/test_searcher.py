@@ -125,6 +125,19 @@ def test_a_sampler_that_keeps_repeating_is_given_a_configuration_it_has_not_trie
     assert len(trained) == 20 and len({space.config_key(p) for p in trained}) == 20
 
 
+def test_a_space_that_cannot_be_listed_is_given_random_configurations_when_the_sampler_repeats():
+    """A range without a step exists only under one enhancement: the discrete rest is soon trained,
+    TPE keeps proposing it, and random draws (which reach the range) keep the search going."""
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction", "freq_mixstyle"]},
+                      "freq_mixstyle_p": {"float": [0.2, 0.8]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
+    assert space.distinct_points() is None
+    searcher = searcher_for(space)
+    trained = run_sequentially(searcher, 30, value=lambda p: 0.9 if p["enhancement"] == "none" else 0.1)
+    assert len(trained) == 30 and len({space.config_key(p) for p in trained}) == 30
+    assert searcher.drawn > 0 and not searcher.finished
+    assert sum(p["enhancement"] == "freq_mixstyle" for p in trained) == 30 - 4  # the 4 discrete ones, once each
+
+
 def test_concurrent_proposals_are_distinct_configurations():
     space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
     searcher = searcher_for(space)
