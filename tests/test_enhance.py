@@ -157,6 +157,10 @@ def test_bad_response_folders_are_one_line(tmp_path):
     soundfile.write(tmp_path / "silent" / "z.wav", np.zeros(64), 22050)
     with pytest.raises(AscError, match=r"z.wav: a silent impulse response"):
         read_responses(str(tmp_path / "silent"), 22050)
+    (tmp_path / "slow").mkdir()
+    soundfile.write(tmp_path / "slow" / "r.wav", np.r_[1.0, 0.5, np.zeros(98)], 1)  # 1 Hz
+    with pytest.raises(AscError, match=r"r.wav: recorded at 1 Hz, below 8000 Hz"):
+        read_responses(str(tmp_path / "slow"), 22050)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "j.wav").write_text("not audio")
     with pytest.raises(AscError, match=r"j.wav: not a readable impulse response"):
