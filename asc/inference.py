@@ -204,14 +204,15 @@ class Ensemble:
                 if len(y) < config.n_fft:  # before librosa warns about it: the length is the culprit
                     trained = member.frames or frames.get(key)
                     raise AscError(f"{path}: {len(y) / config.sample_rate:.2f} s is shorter than one STFT window "
-                                   f"({config.n_fft} samples)" + (f"; the model was trained on clips of {trained} "
-                                                                 "frames: every clip must have that length"
-                                                                 if trained else ""))
+                                   f"({config.n_fft} samples)" + (f"; the model was trained on clips of "
+                                                                 f"{config.clip_seconds(trained)} ({trained} frames): "
+                                                                 "every clip must have that length" if trained else ""))
                 x = check_finite(log_mels(y, [config], member.correction(device, path))[0], y, path, config)
                 trained = member.frames or frames.setdefault(key, x.shape[-1])
                 if x.shape[-1] != trained:
                     raise AscError(f"{path}: {len(y) / config.sample_rate:.2f} s gives {x.shape[-1]} frames; the "
-                                   f"model was trained on clips of {trained} frames: every clip must have that length")
+                                   f"model was trained on clips of {config.clip_seconds(trained)} ({trained} frames): "
+                                   "every clip must have that length")
                 per_key[key].append(x)
         return {key: np.stack(xs) for key, xs in per_key.items()}
 

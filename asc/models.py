@@ -133,8 +133,9 @@ def xception_weights_file(path: str | os.PathLike | None, allow_download: bool =
                 raise AscError(f"{target}: ImageNet Xception weights missing and the download failed ({exc})") from None
         if not target.is_file():
             raise AscError(
-                f"{target}: ImageNet Xception weights not found; put {XCEPTION_WEIGHTS_FILE} there, pass its path "
-                "as weights, or train without pretraining (pretrained false)"
+                f"{target}: ImageNet Xception weights not found; put {XCEPTION_WEIGHTS_FILE} there, give its path "
+                "(asc train --weights FILE; a space's weights: FILE), let pretrainedmodels download it (asc train "
+                "--allow-download), or train without them (a space's pretrained: false; asc train --model cnn)"
             )
     return target
 

@@ -125,7 +125,7 @@ def _predict(args) -> None:
     uri = tracking_uri(args.mlflow_uri, Path(DEFAULT_STORAGE))
     result = predict(args.model_uri, args.data_dir, args.out, fmt=args.format, split=args.split, mlflow_uri=uri,
                      device=args.device)
-    print(format_prediction(result, args.model_uri, args.split))
+    print(format_prediction(result, args.model_uri))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--format", default="kaggle", choices=("kaggle", "dcase"),
                       help="kaggle: Id,Scene_label with that header; dcase: filename<TAB>scene_label, no header "
                            "(default %(default)s)")
-    pred.add_argument("--split", default="evaluate", choices=("evaluate", "train", "all"),
-                      help="labelled sets: which clips (default %(default)s)")
+    pred.add_argument("--split", default=None, choices=("evaluate", "train", "all"),
+                      help="labelled sets: which clips (default evaluate)")
     pred.add_argument("--mlflow-uri", default=None,
                       help="tracking URI for models:/ and runs:/ (order: --mlflow-uri, $MLFLOW_TRACKING_URI, "
                            "sqlite:///runs/mlflow.db)")

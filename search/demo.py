@@ -179,7 +179,7 @@ def run_demo(args) -> None:
         print(f"      {submission} exists and the fusion is the same: reusing it (delete it to predict again)")
     else:
         print(format_prediction(predict(model_uri, data, submission, fmt="kaggle", split="evaluate", mlflow_uri=uri),
-                                model_uri, "evaluate"))
+                                model_uri))
 
     print(f"\n{'=' * 100}\nthe demo's search, best trials first\n{trials_table}\n\n{fusion_table}")
     local = uri == default_uri(storage)  # else --mlflow-uri's or $MLFLOW_TRACKING_URI's

@@ -55,10 +55,11 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
     return python_model
 
 
-def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "kaggle", split: str = "evaluate",
+def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "kaggle", split: str | None = None,
             mlflow_uri: str | None = None, progress: bool | None = None, device: str | None = None) -> dict:
-    """Predict every clip of ``data_dir`` (of ``split`` on a labelled set) and write the submission.
-    Returns {"file", "clips", "metrics" (labelled sets), "seconds", "probs", "filenames"}."""
+    """Predict every clip of ``data_dir`` (of ``split`` on a labelled set: by default ``evaluate``) and
+    write the submission. Returns {"file", "clips", "split", "metrics" (labelled sets), "seconds",
+    "probs", "filenames"}."""
     if fmt not in FORMATS:
         raise AscError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -67,21 +68,30 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
     if not out.parent.is_dir():
         raise AscError(f"--out {out}: no such folder {out.parent}")
     dataset = read_dataset(data_dir)
+    notes = []
+    if dataset.labeled:
+        split = split or "evaluate"
+    elif split not in (None, "all"):
+        notes.append(f"--split {split}: {data_dir} is an unlabelled set, without splits; every clip is predicted")
     if dataset.labeled and split != "all":
         clips = dataset.split(split)
         if not clips:
             raise AscError(f"{data_dir}: no clips in the {split!r} split (use --split all for every clip)")
     else:
-        clips = list(dataset.clips)
+        split, clips = "all", list(dataset.clips)
     model = load_audio_model(model_uri, mlflow_uri)
     ensemble = model.ensemble
+    if device is not None and all(m.corrections is None for m in ensemble.members):
+        notes.append(f"--device {device}: no member of {model_uri} corrects spectra by device; it changes nothing")
+    elif device is not None and all(c.device for c in clips):
+        notes.append(f"--device {device}: every clip's file name says its device; it changes nothing")
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(clips), desc="predict", unit="clip", disable=not progress, file=sys.stderr) as bar:
         # ``device``: the recording device of the clips whose names do not say it (spectrum correction)
         probs = ensemble.predict([str(dataset.path(c)) for c in clips], devices=[c.device or device for c in clips],
                                  progress=bar.update)
-    for note in ensemble.notes:
+    for note in notes + ensemble.notes:
         print(f"note: {note}")
     seconds = time.perf_counter() - start
     predicted = [ensemble.classes[k] for k in probs.argmax(axis=1)]
@@ -92,7 +102,7 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
         print(f"note: {out.name}: dcase_util's default loader misreads a .csv file in this format (it takes the "
               "first clip for a header and then finds no file names); read it with csv_header=False and "
               "fields=['filename', 'scene_label'] (as the 2019 baseline does), or name it .txt")
-    result = {"file": str(out), "clips": len(clips), "seconds": seconds, "probs": probs,
+    result = {"file": str(out), "clips": len(clips), "split": split, "seconds": seconds, "probs": probs,
               "filenames": [c.filename for c in clips], "metrics": None}
     if dataset.labeled:
         lookup = {c: i for i, c in enumerate(ensemble.classes)}
@@ -106,9 +116,10 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
     return result
 
 
-def format_prediction(result: dict, model_uri: str, split: str) -> str:
+def format_prediction(result: dict, model_uri: str) -> str:
     lines = [f"{result['clips']} clips predicted in {result['seconds']:.1f} s by {model_uri}",
              f"submission: {result['file']}"]
     if result["metrics"] is not None:
+        split = result["split"]
         lines += ["", device_table([(model_uri, None, {split: result["metrics"]})], [split], clip_se=(0,))]
     return "\n".join(lines)

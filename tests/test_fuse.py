@@ -324,8 +324,11 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
     baseline = {"fields": ["filename", "scene_label"], "csv_header": False, "delimiter": "\t"}
     txt = tmp_path / "sub.txt"
     done = cli("predict", f"runs:/{trial}/model", str(unlabeled.parent), "--out", str(txt), "--format", "dcase",
-               "--mlflow-uri", searched["uri"])
+               "--mlflow-uri", searched["uri"], "--split", "train", "--device", "b")
     assert done.returncode == 0 and "header" not in done.stdout and txt.read_text() == out.read_text()
+    # options that change nothing here say so: no splits in an unlabelled set, no spectrum correction
+    assert f"note: --split train: {unlabeled.parent} is an unlabelled set, without splits" in done.stdout
+    assert f"note: --device b: no member of runs:/{trial}/model corrects spectra by device" in done.stdout
     for path, kwargs in ((out, baseline), (txt, baseline), (txt, {})):
         items = dcase_util.containers.MetaDataContainer().load(str(path), **kwargs)
         assert [(item.filename, item.scene_label) for item in items] == [tuple(x.split("\t")) for x in lines], kwargs

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -108,6 +109,8 @@ def _until(tools: DevTools, what: str, ready, seconds: float = 60) -> None:
 
 
 def main(uri: str, experiment: str, out: str, port: int = 5079, debug_port: int = 9339) -> None:
+    if shutil.which("chromium") is None:
+        raise SystemExit("error: chromium is not on the PATH; install it (Debian: apt install chromium) and run again")
     exp = MlflowClient(uri).get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"{uri}: no experiment {experiment!r}")
