@@ -30,7 +30,7 @@ def _synth(args) -> None:
         seed=args.seed,
     )
     start = time.perf_counter()
-    dataset = write_dataset(args.out, config, workers=args.workers, progress=sys.stderr.isatty())
+    dataset = write_dataset(args.out, config, workers=args.workers, progress=True)
     seconds = time.perf_counter() - start
     print(f"wrote {len(dataset)} clips to {args.out} in {seconds:.1f} s ({len(dataset) / seconds:.0f} clips/s)")
 

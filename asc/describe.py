@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import collections
-import sys
 
-from tqdm import tqdm
 
 from asc.dataset import Dataset, audio_info
+from asc.progress import progress as show_progress
 
 PROGRESS_MIN_FILES = 200  # below this, checking headers takes well under a second: no bar
 
@@ -48,10 +47,10 @@ def summarize(dataset: Dataset, check_audio: bool = True, progress: bool = True)
     if check_audio:
         tallies = {key: collections.Counter() for key in ("sample_rates", "channels", "seconds", "bit_depths", "subtypes")}
         clips = dataset.clips
-        bar = tqdm(clips, desc="checking audio", unit="file", file=sys.stderr,
-                   disable=not progress or len(clips) < PROGRESS_MIN_FILES)
-        for clip in bar:
+        bar = show_progress(len(clips), "checking audio", "file", progress and len(clips) >= PROGRESS_MIN_FILES)
+        for clip in clips:
             info = audio_info(dataset.path(clip))
+            bar.update()
             tallies["sample_rates"][info.sample_rate] += 1
             tallies["channels"][info.channels] += 1
             tallies["seconds"][round(info.seconds, 3)] += 1

@@ -63,7 +63,6 @@ import hashlib
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -72,12 +71,12 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 import soundfile
-from tqdm import tqdm
 
 from asc import REFERENCE_DEVICE, SCENES
 from asc.dataset import Dataset, read_development
 from asc.errors import AscError
 from asc.parallel import process_map
+from asc.progress import progress as show_progress
 
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 
@@ -748,8 +747,7 @@ def write_dataset(out: str | Path, config: SynthConfig = SynthConfig(), workers:
         raise AscError(f"{out}: cannot write here ({exc.strerror or exc})") from None
     try:
         (tmp / "audio").mkdir()
-        bar = tqdm(total=sum(len(s.devices) for s in segments), desc="synthesizing", unit="clip",
-                   file=sys.stderr, disable=not progress)
+        bar = show_progress(sum(len(s.devices) for s in segments), "synthesizing", "clip", progress)
         process_map(functools.partial(_write_segment, config=config, root=str(tmp)), segments,
                     lambda written: bar.update(len(written)), workers=workers if len(segments) >= 8 else 1)
         bar.close()

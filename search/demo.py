@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -157,7 +156,7 @@ def run_demo(args) -> None:
         config = SynthConfig(segments_per_scene=args.segments_per_scene, parallel_per_scene=args.parallel_per_scene,
                              seconds=args.seconds, seed=args.seed)
         t = time.perf_counter()
-        dataset = write_dataset(data, config, progress=sys.stderr.isatty())
+        dataset = write_dataset(data, config, progress=True)
         print(f"      {len(dataset)} clips written in {time.perf_counter() - t:.1f} s")
     print(format_summary(summarize(dataset)))
 

@@ -31,13 +31,13 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name
-from tqdm import tqdm
 
 from asc import fusion
 from asc.cli import MAX_FUSION_SIZE
 from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
 from asc.metrics import device_metrics, mean_sem
+from asc.progress import progress as show_progress
 from asc.device_table import device_table
 from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
@@ -134,7 +134,9 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     read: list[tuple[Candidate, list[str], dict]] = []
     skipped = []
     with tempfile.TemporaryDirectory() as tmp:
-        for run in tqdm(runs, desc="predictions", unit="run", disable=not progress, file=sys.stderr):
+        bar = show_progress(len(runs), "predictions", "run", progress)
+        for run in runs:
+            bar.update()
             name = run.info.run_name or run.info.run_id
             label = name.split(" ")[0]
             if not any(a.path == PREDICTIONS for a in client.list_artifacts(run.info.run_id)):
@@ -273,7 +275,7 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
 # --------------------------------------------------------------------------------------------------
 def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | None = None, method: str = METHODS[0],
          register: str | None = None, full_budget: bool = False, bags: int = 0, gap_lambda: float | None = None,
-         seed: int = 0, log: bool = True, progress: bool | None = None, seed_members: bool = False,
+         seed: int = 0, log: bool = True, progress: bool = True, seed_members: bool = False,
          protocol: str = "validation", alias: str | None = None) -> FusionResult:
     if method not in METHODS:
         raise AscError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
@@ -291,7 +293,6 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError("--by gap_penalized needs --gap-lambda (the weight of |device gap|)")
     check_registry_names(register, alias)
     objective = Objective(by, gap_lambda)
-    progress = sys.stderr.isatty() if progress is None else progress
     check_tracking_uri(mlflow_uri, must_exist=True)
     client = MlflowClient(mlflow_uri, registry_uri=registry_uri(mlflow_uri))
     exp = client.get_experiment_by_name(experiment)

@@ -8,17 +8,16 @@ default) or an unlabelled set (``audio/0.wav ...``). On a labelled set the devic
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
-from tqdm import tqdm
 
 from asc.dataset import read_dataset
 from asc.errors import AscError
+from asc.progress import progress as show_progress
 from asc.metrics import device_metrics
 from asc.submission import FORMATS, write_submission
 from asc.device_table import device_table
@@ -56,7 +55,7 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
 
 
 def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "kaggle", split: str | None = None,
-            mlflow_uri: str | None = None, progress: bool | None = None, device: str | None = None) -> dict:
+            mlflow_uri: str | None = None, progress: bool = True, device: str | None = None) -> dict:
     """Predict every clip of ``data_dir`` (of ``split`` on a labelled set: by default ``evaluate``) and
     write the submission. Returns {"file", "clips", "split", "metrics" (labelled sets), "seconds",
     "probs", "filenames"}."""
@@ -86,8 +85,7 @@ def predict(model_uri: str, data_dir: str | Path, out: str | Path, fmt: str = "k
     elif device is not None and all(c.device for c in clips):
         notes.append(f"--device {device}: every clip's file name says its device; it changes nothing")
     start = time.perf_counter()
-    progress = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=len(clips), desc="predict", unit="clip", disable=not progress, file=sys.stderr) as bar:
+    with show_progress(len(clips), "predict", "clip", progress) as bar:
         # ``device``: the recording device of the clips whose names do not say it (spectrum correction)
         probs = ensemble.predict([str(dataset.path(c)) for c in clips], devices=[c.device or device for c in clips],
                                  progress=bar.update)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import ray
-from tqdm import tqdm
 
 import asc
 from asc.dataset import read_dataset
 from asc.errors import AscError
+from asc.progress import progress as show_progress
 from asc.features import FeatureConfig
 from asc.store import MANIFEST, BuildReport, build_stores
 
@@ -145,13 +145,10 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
 
 
 def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureConfig], address: str | None = None,
-            num_cpus: int | None = None, shard_size: int = 32, progress: bool | None = None) -> BuildReport:
+            num_cpus: int | None = None, shard_size: int = 32, progress: bool = True) -> BuildReport:
     """Build (or find up to date) one store per configuration for the dataset in ``data_dir``.
 
-    ``progress``: a bar on stderr; by default only when stderr is a terminal (piped into a log, tqdm
-    writes a line per update, and an error would no longer be the one line on stderr)."""
-    if progress is None:
-        progress = sys.stderr.isatty()
+    ``progress``: a bar on a terminal, a line every half minute in a log (``asc.progress``)."""
     dataset = read_dataset(data_dir)
     map_fn = functools.partial(ray_map, address=address, num_cpus=num_cpus)
     bar = None
@@ -159,7 +156,7 @@ def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureCo
     def advance(clips: int) -> None:  # the bar appears with the first finished shard, i.e. only if there is work
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=len(dataset), desc="extracting", unit="clip", file=sys.stderr, disable=not progress)
+            bar = show_progress(len(dataset), "extracting", "clip", progress)
         bar.update(clips)
 
     try:

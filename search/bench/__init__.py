@@ -247,7 +247,7 @@ def build_data(work: Path, synth, features) -> Data:
         log(f"      reusing {data} ({len(dataset)} clips)")
     else:
         shutil.rmtree(data, ignore_errors=True)
-        dataset = write_dataset(data, synth, progress=sys.stderr.isatty())
+        dataset = write_dataset(data, synth, progress=True)
         log(f"      wrote {len(dataset)} clips into {data} in {time.perf_counter() - start:.0f} s")
     mid = time.perf_counter()
     report = build_stores(dataset, [features], root, map_fn=process_map, shard_size=32)

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         dataset = write_dataset(data, SynthConfig(segments_per_scene=args.segments_per_scene,
                                                   parallel_per_scene=args.parallel_per_scene, seconds=args.seconds),
-                                progress=sys.stderr.isatty())
+                                progress=True)
         synth_seconds = time.perf_counter() - t
         print(f"synthetic set: {len(dataset)} clips written to {data} in {synth_seconds:.1f} s")
     if args.dir_error:

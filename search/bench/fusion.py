@@ -78,7 +78,7 @@ def load_pool(mlflow_uri: str, experiment: str) -> Pool:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise AscError(f"MLflow at {mlflow_uri}: no experiment {experiment!r}")
-    candidates, clips, classes, notes, _ = load_candidates(client, exp.experiment_id, progress=sys.stderr.isatty(),
+    candidates, clips, classes, notes, _ = load_candidates(client, exp.experiment_id, progress=True,
                                                            seed_members=True)
     for note in notes:
         print(f"note: {note}")
