@@ -6,7 +6,7 @@ import collections
 
 
 from asc.dataset import Dataset, audio_info
-from asc.progress import progress as show_progress
+from asc.progress import each
 
 PROGRESS_MIN_FILES = 200  # below this, checking headers takes well under a second: no bar
 
@@ -47,10 +47,8 @@ def summarize(dataset: Dataset, check_audio: bool = True, progress: bool = True)
     if check_audio:
         tallies = {key: collections.Counter() for key in ("sample_rates", "channels", "seconds", "bit_depths", "subtypes")}
         clips = dataset.clips
-        bar = show_progress(len(clips), "checking audio", "file", progress and len(clips) >= PROGRESS_MIN_FILES)
-        for clip in clips:
+        for clip in each(clips, "checking audio", "file", progress and len(clips) >= PROGRESS_MIN_FILES):
             info = audio_info(dataset.path(clip))
-            bar.update()
             tallies["sample_rates"][info.sample_rate] += 1
             tallies["channels"][info.channels] += 1
             tallies["seconds"][round(info.seconds, 3)] += 1

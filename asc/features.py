@@ -110,11 +110,14 @@ class FeatureConfig:
         """Frames a clip of ``samples`` samples gives (librosa's centred STFT, minus the dropped one)."""
         return 1 + samples // self.hop_length - int(self.drop_last_frame)
 
-    def clip_seconds(self, frames: int) -> str:
-        """The clip lengths that give ``frames`` frames (the inverse of :meth:`frames`), as a user
-        states a length: ``2.99-3.02 s``."""
+    def clip_samples(self, frames: int) -> tuple[int, int]:
+        """The shortest and longest clip, in samples, that give ``frames`` frames (:meth:`frames`'s inverse)."""
         lo = (frames - 1 + int(self.drop_last_frame)) * self.hop_length
-        return f"{lo / self.sample_rate:.2f}-{(lo + self.hop_length - 1) / self.sample_rate:.2f} s"
+        return lo, lo + self.hop_length - 1
+
+    def clip_seconds(self, frames: int) -> str:
+        """:meth:`clip_samples` as a user states a length: ``2.99-3.02 s``."""
+        return "-".join(f"{n / self.sample_rate:.2f}" for n in self.clip_samples(frames)) + " s"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

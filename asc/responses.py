@@ -25,7 +25,7 @@ import soundfile
 from asc.errors import AscError
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "micirp"
-MIN_RATE = 8000  # Hz: a response below it cannot be resampled to the features' rate meaningfully
+MIN_RATE = 8000  # Hz: a response below it cannot be resampled to another rate meaningfully
 
 
 def response_folder(spec: str) -> Path:
@@ -35,8 +35,8 @@ def response_folder(spec: str) -> Path:
 
 def read_responses(spec: str, sample_rate: int) -> list[tuple[str, np.ndarray]]:
     """(file name, response at ``sample_rate``, unit energy) for every WAV file of the folder; one
-    AscError line for a folder that is missing or empty, or a file that is not mono audio, is at a rate
-    below ``MIN_RATE`` or otherwise cannot be resampled, or is silent."""
+    AscError line for a folder that is missing or empty, or a file that is not mono audio, would need
+    resampling from below ``MIN_RATE`` or otherwise cannot be resampled, or is silent."""
     folder = response_folder(spec)
     what = f"dir_responses {spec}"
     if not folder.is_dir():
@@ -55,7 +55,7 @@ def read_responses(spec: str, sample_rate: int) -> list[tuple[str, np.ndarray]]:
         h = h[:, 0]
         if not np.isfinite(h).all():
             raise AscError(f"{path}: holds NaN or infinite samples")
-        if sr < MIN_RATE:  # librosa would stretch it (1 Hz: to a response seconds long) without a word
+        if sr < MIN_RATE and sr != sample_rate:  # librosa would stretch it (1 Hz: to seconds) without a word
             raise AscError(f"{path}: recorded at {sr} Hz, below {MIN_RATE} Hz: not a microphone's response at an "
                            f"audio rate; give it at the features' {sample_rate} Hz or near")
         if sr != sample_rate:

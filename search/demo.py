@@ -102,6 +102,19 @@ def _made_with(args, space, uri: str) -> dict:
     return json.loads(json.dumps(made, default=str))  # as it reads back from the file
 
 
+def _recorded_store(workdir: Path) -> str | None:
+    """The tracking URI the workdir's search recorded, as :func:`_made_with` writes it (None: no search yet)."""
+    from search.tracking import default_uri  # late, as the module says
+    from search.tuner import SEARCH_FILE
+
+    storage = workdir / "runs"
+    try:
+        uri = json.loads((storage / SEARCH_NAME / SEARCH_FILE).read_text())["mlflow_uri"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return OWN_STORE if uri == default_uri(storage) else uri
+
+
 def _same_options(workdir: Path, made: dict) -> None:
     """A rerun reuses the workdir's set, search and fusion: refuse (one line) options that would have
     made other work, instead of showing the old results as theirs. Recorded at the first run."""
@@ -112,7 +125,8 @@ def _same_options(workdir: Path, made: dict) -> None:
             record.write_text(json.dumps(made, indent=1) + "\n")
         return
     before = json.loads(record.read_text())
-    before.setdefault("--mlflow-uri", OWN_STORE)  # recorded since the option exists; before, the own store
+    if "--mlflow-uri" not in before:  # a workdir from before the option: the store its search recorded
+        before["--mlflow-uri"] = _recorded_store(workdir) or made["--mlflow-uri"]
 
     def shown(values: dict, key: str) -> str:
         value = values.get(key, "(unset)")

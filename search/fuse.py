@@ -37,7 +37,7 @@ from asc.cli import MAX_FUSION_SIZE
 from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
 from asc.metrics import device_metrics, mean_sem
-from asc.progress import progress as show_progress
+from asc.progress import each
 from asc.device_table import device_table
 from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
@@ -134,9 +134,7 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     read: list[tuple[Candidate, list[str], dict]] = []
     skipped = []
     with tempfile.TemporaryDirectory() as tmp:
-        bar = show_progress(len(runs), "predictions", "run", progress)
-        for run in runs:
-            bar.update()
+        for run in each(runs, "predictions", "run", progress):
             name = run.info.run_name or run.info.run_id
             label = name.split(" ")[0]
             if not any(a.path == PREDICTIONS for a in client.list_artifacts(run.info.run_id)):

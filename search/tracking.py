@@ -300,6 +300,7 @@ class RetryingClient:
         self.pending: deque = deque()
         self._lock = threading.RLock()
         self._warned = False
+        self.refused: dict[str, int] = {}  # run id -> kept writes the store refused for good (dropped)
 
     def _retry(self, method, args, kwargs, delays):
         return retry_transient(lambda: method(*args, **kwargs), delays)
@@ -338,9 +339,13 @@ class RetryingClient:
             except Exception as exc:
                 if not _transient(exc):  # e.g. a run deleted meanwhile: it can never be written
                     self.pending.popleft()
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    print(f"warning: MLflow at {self.uri} refused a kept write ({name} to run {args[0] if args else '?'}: "
-                          f"{type(exc).__name__}: {first}); it is dropped", file=sys.stderr, flush=True)
+                    run_id = str(args[0]) if args else "?"
+                    if run_id not in self.refused:  # one line per run, however many writes it had kept
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                        print(f"warning: MLflow at {self.uri} refused a kept write ({name} to run {run_id}: "
+                              f"{type(exc).__name__}: {first}); that run's kept writes are dropped",
+                              file=sys.stderr, flush=True)
+                    self.refused[run_id] = self.refused.get(run_id, 0) + 1
                     continue
                 return
             self.pending.popleft()
@@ -350,7 +355,10 @@ class RetryingClient:
         with self._lock:
             self._flush_some(delays)
             if not self.pending and self._warned:
-                print(f"MLflow at {self.uri} answers again: every kept write is sent", file=sys.stderr, flush=True)
+                dropped = sum(self.refused.values())
+                print(f"MLflow at {self.uri} answers again: every kept write is sent"
+                      + (f", but {dropped} to {len(self.refused)} run(s) it refused (named above)" if dropped else ""),
+                      file=sys.stderr, flush=True)
                 self._warned = False
             return len(self.pending)
 

@@ -61,3 +61,25 @@ def test_demo_runs_the_whole_loop_and_a_rerun_reuses_its_work(tmp_path):
         f"error: {tmp_path}: its demo was made with --mlflow-uri WORKDIR/runs/mlflow.db, not --mlflow-uri "
         f"sqlite:///{tmp_path / 'other.db'}; delete the folder or give another --workdir"], fifth.stderr
     assert not (tmp_path / "other.db").exists()
+
+
+def test_a_workdir_from_before_the_tracking_option_is_held_to_the_store_its_search_used(tmp_path):
+    """demo.json written before --mlflow-uri was recorded: the store is the one the search itself
+    recorded (a tracking server given by MLFLOW_TRACKING_URI then), not assumed to be the workdir's."""
+    import json
+
+    import pytest
+
+    from asc.errors import AscError
+    from search.demo import OWN_STORE, SEARCH_NAME, _same_options
+    from search.tuner import SEARCH_FILE
+
+    made = {"--seed": 1, "epochs": 2}
+    (tmp_path / "demo.json").write_text(json.dumps(made))
+    (tmp_path / "runs" / SEARCH_NAME).mkdir(parents=True)
+    (tmp_path / "runs" / SEARCH_NAME / SEARCH_FILE).write_text(json.dumps({"mlflow_uri": "http://127.0.0.1:5000"}))
+    _same_options(tmp_path, {**made, "--mlflow-uri": "http://127.0.0.1:5000"})  # the same store: fine
+    with pytest.raises(AscError, match="made with --mlflow-uri http://127.0.0.1:5000, not --mlflow-uri " + OWN_STORE):
+        _same_options(tmp_path, {**made, "--mlflow-uri": OWN_STORE})
+    (tmp_path / "runs" / SEARCH_NAME / SEARCH_FILE).unlink()  # no search yet: any store
+    _same_options(tmp_path, {**made, "--mlflow-uri": OWN_STORE})

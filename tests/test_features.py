@@ -150,3 +150,14 @@ def test_reflect_padding_changes_only_the_edge_frames():
     np.testing.assert_allclose(reflect, paper, atol=1e-3)
     assert "pad_mode" not in FeatureConfig().to_dict()  # stores made before the option keep their names
     assert FeatureConfig(pad_mode="reflect").key() != FeatureConfig().key()
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_the_clip_lengths_a_frame_count_names_are_exactly_those_that_give_it(drop):
+    """What a wrong-length message tells the user: the shortest and longest clip of the trained frames."""
+    config = FeatureConfig(drop_last_frame=drop)
+    for frames in (2, 129, 431):
+        lo, hi = config.clip_samples(frames)
+        assert config.frames(lo) == config.frames(hi) == frames
+        assert config.frames(lo - 1) == frames - 1 and config.frames(hi + 1) == frames + 1
+    assert FeatureConfig().clip_seconds(FeatureConfig().frames(10 * 44100)) == "9.98-10.01 s"  # the real set

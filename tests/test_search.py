@@ -213,11 +213,13 @@ def test_kept_writes_are_sent_in_order_and_one_that_can_never_be_written_is_name
     plain.delete_run(gone)
     client = RetryingClient(uri, delays=(0,))
     client.pending.extend([("set_tag", (kept, "order", "1"), {}), ("set_tag", (gone, "order", "x"), {}),
-                           ("set_tag", (kept, "order", "2"), {})])
+                           ("set_tag", (gone, "order", "y"), {}), ("set_tag", (kept, "order", "2"), {})])
+    client._warned = True  # as when the server stopped answering
     assert client.flush(delays=(0,)) == 0 and not client.pending
-    assert plain.get_run(kept).data.tags["order"] == "2"
+    assert plain.get_run(kept).data.tags["order"] == "2" and client.refused == {gone: 2}
     err = [line for line in capsys.readouterr().err.splitlines() if " INFO mlflow" not in line]  # MLflow's own
-    assert len(err) == 1 and f"refused a kept write (set_tag to run {gone}: MlflowException" in err[0], err
+    assert len(err) == 2 and f"refused a kept write (set_tag to run {gone}: MlflowException" in err[0], err
+    assert err[1].endswith("every kept write is sent, but 2 to 1 run(s) it refused (named above)"), err
 
 
 def test_retry_waits_for_a_tracking_server_are_a_setting_and_a_bad_one_is_one_line(monkeypatch, tmp_path):

@@ -136,6 +136,9 @@ def test_a_space_that_cannot_be_listed_is_given_random_configurations_when_the_s
     assert len(trained) == 30 and len({space.config_key(p) for p in trained}) == 30
     assert searcher.drawn > 0 and not searcher.finished
     assert sum(p["enhancement"] == "freq_mixstyle" for p in trained) == 30 - 4  # the 4 discrete ones, once each
+    assert isinstance(searcher._ot_study.sampler, optuna.samplers.TPESampler)  # the space's sampler again
+    again = run_sequentially(searcher_for(space), 30, value=lambda p: 0.9 if p["enhancement"] == "none" else 0.1)
+    assert again == trained  # the draws are seeded: the same seed, the same search
 
 
 def test_concurrent_proposals_are_distinct_configurations():
