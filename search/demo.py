@@ -90,11 +90,9 @@ def _made_with(args, space, uri: str) -> dict:
     """What the demo's work depends on, as the options and space keys a user sets: the set's options,
     the tracking store its runs are in, the search space as the options resolved it (``--epochs 6``
     and demo.yaml's own 6 are one thing), the fusion's size."""
-    from search.tracking import default_uri  # late, as the module says
-
     made = {f"--{k.replace('_', '-')}": getattr(args, k)
             for k in ("segments_per_scene", "parallel_per_scene", "seconds", "seed", "fusion_size")}
-    made["--mlflow-uri"] = OWN_STORE if uri == default_uri(args.workdir.resolve() / "runs") else uri
+    made["--mlflow-uri"] = _store_label(uri, args.workdir.resolve() / "runs")
     made.update(space.fixed)
     made.update({k: repr(d) for k, d in space.searched.items()})
     made.update({k: getattr(space, k) for k in ("sampler", "num_samples", "max_concurrent", "seeds")})
@@ -102,17 +100,22 @@ def _made_with(args, space, uri: str) -> dict:
     return json.loads(json.dumps(made, default=str))  # as it reads back from the file
 
 
+def _store_label(uri: str, storage: Path) -> str:
+    """A tracking URI as demo.json records it: the demo's own store by name (the workdir may move)."""
+    from search.tracking import default_uri  # late, as the module says
+
+    return OWN_STORE if uri == default_uri(storage) else uri
+
+
 def _recorded_store(workdir: Path) -> str | None:
     """The tracking URI the workdir's search recorded, as :func:`_made_with` writes it (None: no search yet)."""
-    from search.tracking import default_uri  # late, as the module says
-    from search.tuner import SEARCH_FILE
+    from search.tuner import SEARCH_FILE  # late, as the module says
 
     storage = workdir / "runs"
     try:
-        uri = json.loads((storage / SEARCH_NAME / SEARCH_FILE).read_text())["mlflow_uri"]
+        return _store_label(json.loads((storage / SEARCH_NAME / SEARCH_FILE).read_text())["mlflow_uri"], storage)
     except (OSError, ValueError, KeyError):
         return None
-    return OWN_STORE if uri == default_uri(storage) else uri
 
 
 def _same_options(workdir: Path, made: dict) -> None:
