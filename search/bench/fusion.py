@@ -31,17 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from tqdm import tqdm
 
 from asc.cli import ArgumentParser, COUNT
 from asc.errors import AscError
+from asc.progress import progress as show_progress
 from search.bench import add_report_options, machine_line
 from search.objectives import Objective
 
@@ -152,7 +151,7 @@ def one_draw(pool: Pool, n_bc: int, trials: int, rng: np.random.Generator, seed:
 def run(pool: Pool, sizes: list[int], trials: int, draws: int, seed: int, progress: bool) -> dict:
     rng = np.random.default_rng(seed)
     results: dict[int, list[dict]] = {}
-    with tqdm(total=len(sizes) * draws, desc="draws", unit="draw", disable=not progress, file=sys.stderr) as bar:
+    with show_progress(len(sizes) * draws, "draws", "draw", progress) as bar:
         for n in sizes:
             results[n] = []
             for d in range(draws):
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     pool = load_pool(tracking_uri(args.mlflow_uri, Path("runs")), args.experiment)
     check_sizes(pool, args.sizes, args.trials)
-    results = run(pool, args.sizes, args.trials, args.draws, args.seed, sys.stderr.isatty())
+    results = run(pool, args.sizes, args.trials, args.draws, args.seed, progress=True)
     rows = summarize(results)
     print(format_table(rows, pool, args.trials, machine_line(), time.perf_counter() - start))
     if args.plot:
