@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 
-
 from asc.dataset import Dataset, audio_info
 from asc.progress import each
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from asc.dataset import read_dataset
 from asc.errors import AscError
-from asc.progress import progress as show_progress
 from asc.metrics import device_metrics
+from asc.progress import progress as show_progress
 from asc.submission import FORMATS, write_submission
 from asc.device_table import device_table
 from search.serving import AudioSceneModel, registry_uri

@@ -21,8 +21,8 @@ import ray
 import asc
 from asc.dataset import read_dataset
 from asc.errors import AscError
-from asc.progress import progress as show_progress
 from asc.features import FeatureConfig
+from asc.progress import progress as show_progress
 from asc.store import MANIFEST, BuildReport, build_stores
 
 
