@@ -317,6 +317,19 @@ class Space:
             out.setdefault(self.config_key(c), self.canonical(c))
         return list(out.values())
 
+    def weights_files(self) -> set:
+        """The ImageNet weights settings (a path, or None: pretrainedmodels' cache file) that a pretrained
+        MSXception trial of this space can load: what a search checks before its first trial."""
+        def values(key: str, point: dict) -> list:
+            if key in point:
+                return [point[key]]
+            return list(self.searched[key].values) if key in self.searched else [
+                self.fixed.get(key, PARAMS[key].default)]
+
+        points = [p for _, p in self.points] if self.sampler == "points" else [{}]
+        return {w for p in points if "msxception" in values("model", p) and True in values("pretrained", p)
+                for w in values("weights", p)}
+
     # ---- what a trial runs ----------------------------------------------------------------------
     def feature_config(self, params: dict) -> FeatureConfig:
         p = self.resolve(params)
@@ -400,9 +413,11 @@ def load_space(path: str | Path, overrides: list[str] | tuple = ()) -> Space:
     a parameter name sets ``params.KEY``, a dotted key (``scheduler.grace_period``) sets that key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise AscError(f"{path}: cannot read the space file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AscError(f"{path}: not a text file in UTF-8 (byte {exc.start}); a space is a YAML file") from None
     try:
         doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:

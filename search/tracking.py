@@ -153,15 +153,22 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
             raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist{hint}")
         if must_exist and not path.is_file():
             raise AscError(f"MLflow store {uri}: no such database (give the --mlflow-uri the search ran with)")
+        if path.is_file():  # one that is there must be a database MLflow can read (not a damaged file)
+            _try_store(uri)
     elif parsed.scheme in ("", "file"):
         raise AscError(f"MLflow tracking URI {uri!r}: use a database (sqlite:///PATH.db) or a server "
                        "(http://HOST:5000); MLflow 3 refuses new file stores")
     else:  # another database MLflow knows (postgresql://, mysql://, ...) or a scheme it does not
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as exc:  # MLflow's and the database driver's own errors, of many types
-            first = str(exc).strip().splitlines()[0].split(". See ")[0] if str(exc).strip() else type(exc).__name__
-            raise AscError(f"MLflow tracking URI {uri!r}: cannot use it ({first})") from None
+        _try_store(uri)
+
+
+def _try_store(uri: str) -> None:
+    """One read of the store, so that one MLflow cannot use is one line now, not a traceback later."""
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow's and the database driver's own errors, of many types
+        first = str(exc).strip().splitlines()[0].split(". See ")[0] if str(exc).strip() else type(exc).__name__
+        raise AscError(f"MLflow tracking URI {uri!r}: cannot use it ({first})") from None
 
 
 def default_uri(folder: Path) -> str:

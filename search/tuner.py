@@ -40,9 +40,10 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from asc.errors import AscError, creatable_folder, write_atomic
-from search.console import LOG_FILE, route_ray_messages
 from asc.device_table import pct
+from asc.errors import AscError, creatable_folder, write_atomic
+from asc.models import xception_weights_file
+from search.console import LOG_FILE, route_ray_messages
 from search.prepare import init_ray
 from search.report import distinct_line, report_results, trial_rows, ui_command
 from search.schedulers import STATE_FILE as ASHA_STATE, PersistentASHA
@@ -220,31 +221,33 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     if distinct is not None and num_samples > len(distinct):
         print(f"note: {space.path} holds {len(distinct)} distinct configuration(s): each is trained once "
               f"(num_samples {num_samples})")
+    for weights in space.weights_files():  # every trial would fail on it; the cache is the nodes' shared TORCH_HOME
+        xception_weights_file(weights)
     stores = resolve_stores(space, settings.store, settings.data, settings.address)
     store_names = {key: store_identity(path) for key, path in stores.items()}
     warm = []
     if settings.warm_start:  # read and checked before anything is written
         warm, warm_line = read_warm_start(mlflow_uri, settings.warm_start, space, store_names)
         print(warm_line)  # before anything starts: a warm start that takes nothing is seen at once
-    init_ray(settings.address)
-    _check_resources(settings)  # the last check: what the Ray cluster holds
-    try:  # the first thing written
-        storage.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AscError(f"--storage {storage}: cannot create it ({exc.strerror or exc})") from None
-    search_dir.mkdir(parents=True, exist_ok=True)
     study_dir = settings.study_dir
     shared = network_filesystem(storage)
     if study_dir is None and shared:  # SQLite's locks do not hold there; the driver's own disk does
         study_dir = LOCAL_STUDIES
-        print(f"note: --storage {storage} is on {shared}, where SQLite's locking is not safe: the Optuna study "
-              f"goes to this machine's disk, {Path(study_dir).expanduser() / name} (--study-dir chooses; resume "
-              "runs here)")
     if study_dir:
-        try:
-            (Path(study_dir).expanduser().resolve() / name).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AscError(f"--study-dir {study_dir}: cannot create it ({exc.strerror or exc})") from None
+        study_dir = creatable_folder(Path(study_dir).expanduser().resolve() / name, "--study-dir")
+    init_ray(settings.address)
+    _check_resources(settings)  # the last check: what the Ray cluster holds
+    try:  # the first thing written
+        storage.mkdir(parents=True, exist_ok=True)
+        search_dir.mkdir(parents=True, exist_ok=True)
+        if study_dir:
+            study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "--study-dir" if study_dir and exc.filename == str(study_dir) else "--storage"
+        raise AscError(f"{what} {exc.filename}: cannot create it ({exc.strerror or exc})") from None
+    if shared and settings.study_dir is None:
+        print(f"note: --storage {storage} is on {shared}, where SQLite's locking is not safe: the Optuna study "
+              f"goes to this machine's disk, {study_dir} (--study-dir chooses; resume runs here)")
     route_ray_messages(search_dir)
     (search_dir / SPACE_FILE).write_text(space.text)
     local_artifacts = None if mlflow_uri.startswith(("http://", "https://")) else storage / "mlartifacts"
@@ -258,7 +261,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
             "command": command, **options, "max_failures": settings.max_failures,
             "reuse_actors": settings.reuse_actors, "top": settings.top, "store_names": store_names,
             "warm_start": list(settings.warm_start),
-            "study_dir": str(Path(study_dir).expanduser().resolve() / name) if study_dir else None}
+            "study_dir": str(study_dir) if study_dir else None}
     write_atomic(search_dir / SEARCH_FILE, json.dumps(info, indent=1))
     tuner = _new_tuner(space, info, storage, warm)
     return _fit_and_report(tuner, space, info, search_dir)

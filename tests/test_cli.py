@@ -176,6 +176,47 @@ def test_bad_invocations_are_one_line_before_any_work(tool, argv, culprit, synth
     assert not (tmp_path / "none.db").exists()  # a command that reads does not create a store
 
 
+# `search run` refusing before Ray starts: (extra argv, --set items, what the one line must name).
+# Port 1 of the loopback: nothing listens there (below 1024, no test binds it).
+BAD_SEARCHES = [
+    (["--mlflow-uri", "http://127.0.0.1:1"], [], ["MLflow tracking server http://127.0.0.1:1: not reachable"]),
+    (["--mlflow-uri", "bogus://host/x"], [], ["MLflow tracking URI 'bogus://host/x'"]),  # a scheme MLflow lacks
+    (["--mlflow-uri", "file:///tmp/x"], [], ["MLflow tracking URI 'file:///tmp/x'"]),  # one MLflow 3 refuses
+    ([], ["n_mels=40"], ["python -m search prepare DATA_DIR", "--n-mels 40", "--sample-rate 22050"]),  # no such store
+    (["--mlflow-uri", "sqlite:///TMP/other/mlflow.db"], [], ["already has an experiment named 'x'"]),
+    (["--mlflow-uri", "sqlite:///TMP/other/art"], [], ["sqlite:///TMP/other/art': cannot use it"]),  # not a database
+    ([], ["model=msxception", "weights=TMP/none.pth"], ["TMP/none.pth: ImageNet Xception weights not found"]),
+]
+
+
+@pytest.mark.parametrize("extra, sets, culprits", BAD_SEARCHES,
+                         ids=["unreachable server", "unknown scheme", "file scheme", "no store", "name taken",
+                              "damaged database", "no weights"])
+def test_a_search_that_cannot_run_is_one_line_before_ray_starts(extra, sets, culprits, store, tmp_path, capsys,
+                                                                monkeypatch):
+    """An unreachable tracking server, a URI MLflow cannot use, a store not prepared and a name the
+    tracking store already holds: one line naming it, before Ray starts, and nothing written (not even
+    an empty --storage)."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import SHRINK, SMOKE
+
+    (tmp_path / "other").mkdir()
+    MlflowClient(f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}").create_experiment(
+        "x", artifact_location=str(tmp_path / "other" / "art"))
+    (tmp_path / "other" / "art").write_bytes(b"SQLite format 3\0" + bytes(100))  # a damaged database file
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["run", str(SMOKE), "--store", str(Path(store).parent), "--storage", str(tmp_path / "runs"), "--name", "x",
+            *[a.replace("TMP", str(tmp_path)) for a in extra]]
+    for item in [*SHRINK, *sets]:
+        argv += ["--set", item.replace("TMP", str(tmp_path))]
+    status = _main("search", argv)
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(c.replace("TMP", str(tmp_path)) in err for c in culprits), err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("argv, culprit", [
     (["fuse", "--experiment", "x"], "sqlite:///TMP/env.db: no such database"),
     (["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv"], "sqlite:///TMP/env.db: no such database"),

@@ -352,8 +352,10 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
     assert "1.wav: its log-Mel features are not finite" in done.stderr and out.read_text() == before
 
 
-def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(searched, tmp_path):
+def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(searched, tmp_path, capsys):
     import pyarrow.parquet as pq
+
+    import search.__main__
 
     client, experiment, parent, trials = mlflow_runs(searched["uri"], NAME)
     # A run of the search whose predictions miss a clip (another split, another dataset).
@@ -371,7 +373,8 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
     assert "t099" not in done.stdout.split("note: refused")[1].split("\n", 1)[1]
     runs = len(client.search_runs([experiment.experiment_id]))
     versions = len(client.search_model_versions())
-    # names MLflow's registry refuses are refused before the fusion run and its model are written
+    # names MLflow's registry refuses are refused before the fusion run and its model are written (in
+    # this process: the command's own main, as the shell runs it, without a Python start per case)
     for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"), (["--size", "101"], "--size: 101 is out of range (must be 1 to 100)"),
                           (["--experiment", "nope"], "nope"), (["--register", "a/b"], "--register 'a/b'"),
                           (["--register", " "], "--register"), (["--alias", "champion"], "--register NAME"),
@@ -380,10 +383,13 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
                           (["--bags", "1001"], "--bags"), (["--method", "top", "--bags", "5"], "--bags 5"),
                           (["--method", "top", "--size", "99"], "--size 99"),
                           (["--method", "per-enhancement", "--size", "2"], "--size 2")):
-        argv = ["fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], *args]
-        done = cli(*argv)
-        assert done.returncode != 0 and "Traceback" not in done.stderr, args
-        assert len(done.stderr.strip().splitlines()) == 1 and culprit in done.stderr, done.stderr
+        try:
+            status = search.__main__.main(["fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], *args])
+        except SystemExit as stop:  # argparse's own refusals
+            status = stop.code
+        err = capsys.readouterr().err
+        assert status != 0 and "Traceback" not in err, args
+        assert len(err.strip().splitlines()) == 1 and culprit in err, err
     assert len(client.search_runs([experiment.experiment_id])) == runs
     assert len(client.search_model_versions()) == versions
 
