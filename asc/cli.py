@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
+
+from asc.errors import AscError, writable_file
 
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 0 .. 2**32 - 1; torch and Python take those too
 
@@ -64,6 +67,24 @@ def number(minimum: float | None = None, above: float | None = None, maximum: fl
         return value
 
     parse.__name__ = "number"
+    return parse
+
+
+def output_file(*suffixes: str):
+    """An option type: a file to write at the end of a long command (a figure, a JSON report), checked
+    when the command starts: its folder exists, it is not a folder, it can be written, and it ends in
+    one of ``suffixes`` (any, when none are given). Nothing is created."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text}: expected a file ending in {' or '.join(suffixes)}")
+        try:
+            return writable_file(path, "").resolve()
+        except AscError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+    parse.__name__ = "output file"
     return parse
 
 

@@ -136,7 +136,7 @@ class FeatureConfig:
 
 
 def load_audio(path: str | Path, sample_rate: int, resample: bool = False,
-               convert: str = "prepare --resample converts it") -> np.ndarray:
+               convert: str = "prepare --resample, or a space's features: {resample: true}, converts it") -> np.ndarray:
     """Read a clip as float32 mono at ``sample_rate``.
 
     A file at another rate is an AscError naming it (and ``convert``, what would convert it) unless

@@ -53,6 +53,8 @@ def read_responses(spec: str, sample_rate: int) -> list[tuple[str, np.ndarray]]:
         if h.shape[1] != 1:
             raise AscError(f"{path}: {h.shape[1]} channels; an impulse response is mono")
         h = h[:, 0]
+        if len(h) == 0:
+            raise AscError(f"{path}: holds no samples; an impulse response is at least one")
         if not np.isfinite(h).all():
             raise AscError(f"{path}: holds NaN or infinite samples")
         if sr < MIN_RATE and sr != sample_rate:  # librosa would stretch it (1 Hz: to seconds) without a word

@@ -25,6 +25,7 @@ removed audio gives a new name and a rebuild, and an unchanged dataset gives the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -215,6 +216,7 @@ def build_stores(
         report.seconds = time.perf_counter() - start
         return report
     held: list[FileLock] = []
+    made = not root.exists()  # a refused build takes back the store root it made (below)
     try:
         todo = []
         try:
@@ -239,11 +241,29 @@ def build_stores(
         if todo:
             report.clips = len(dataset)
             report.built = _build(dataset, todo, root, fingerprint, map_fn, shard_size, progress)
+    except BaseException:
+        for lock in held:
+            lock.release()
+        held = []
+        if made:
+            _remove_if_bare(root)
+        raise
     finally:
         for lock in held:
             lock.release()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _remove_if_bare(root: Path) -> None:
+    """Remove a store root that holds no store: only its lock files and empty folders (rmdir removes
+    nothing that is not empty, so a store another build published meanwhile stays)."""
+    for lock in (root / ".locks").glob("*.lock"):
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    for folder in (root / ".staging", root / ".locks", root):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def store_damage(path: Path, manifest: dict | None = None) -> str | None:
@@ -429,7 +449,20 @@ def read_manifest(path: Path) -> dict:
         raise AscError(f"{path}: corrupt manifest ({exc})") from None
     if not isinstance(manifest, dict):
         raise AscError(f"{path}: corrupt manifest (not a JSON object)")
+    if manifest.get("format") == FORMAT_VERSION:  # another format is the reader's to name, not corruption
+        for key, kind in _MANIFEST_KEYS.items():
+            if not isinstance(manifest.get(key), kind):
+                raise AscError(f"{path}: corrupt manifest ({key}: {_KINDS[kind]} expected, not "
+                               f"{json.dumps(manifest.get(key))[:60]})")
+        shape = manifest["shape"]
+        if len(shape) != 2 or not all(isinstance(n, int) and n > 0 for n in shape):
+            raise AscError(f"{path}: corrupt manifest (shape: [n_mels, frames] expected, not {json.dumps(shape)[:60]})")
     return manifest
+
+
+# What every reader of a manifest (:func:`_manifest` writes them) takes from it
+_MANIFEST_KEYS = {"name": str, "config": dict, "dataset": dict, "counts": dict, "shape": list, "shards": list}
+_KINDS = {str: "a string", dict: "an object", list: "a list"}
 
 
 def read_table_file(path: Path) -> tuple[list[Clip], np.ndarray]:

@@ -740,6 +740,9 @@ def write_dataset(out: str | Path, config: SynthConfig = SynthConfig(), workers:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AscError(f"{out}: already exists and is not an empty folder; choose a new one")
     segments = plan(config)
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise AscError(f"{out}: cannot write here ({above} is a file)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

@@ -289,6 +289,8 @@ def fuse(experiment: str, mlflow_uri: str, by: str = "metric_b", size: int | Non
         raise AscError(f"--size {size}: --method per-enhancement takes one trial of each enhancement, whatever their number")
     if by == "gap_penalized" and gap_lambda is None:
         raise AscError("--by gap_penalized needs --gap-lambda (the weight of |device gap|)")
+    if by != "gap_penalized" and gap_lambda is not None:
+        raise AscError(f"--gap-lambda {gap_lambda:g}: only --by gap_penalized weighs the device gap (--by {by})")
     check_registry_names(register, alias)
     objective = Objective(by, gap_lambda)
     check_tracking_uri(mlflow_uri, must_exist=True)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import yaml
 
 from asc.dataset import read_dataset
+from asc.device_table import device_table
 from asc.errors import AscError
 from asc.metrics import device_metrics
 from asc.progress import progress as show_progress
 from asc.submission import FORMATS, write_submission
-from asc.device_table import device_table
 from search.serving import AudioSceneModel, registry_uri
 from search.tracking import check_tracking_uri
 
@@ -33,12 +34,20 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
             raise AscError(f"model {model_uri}: a folder without an MLmodel file, so not a logged model (give the "
                            "folder that holds MLmodel, or a models:/ or runs:/ URI)")
         model_uri = str(local.resolve())
+        if local.is_dir():  # MLflow's own message for a damaged MLmodel does not name the file
+            try:
+                yaml.safe_load((local / "MLmodel").read_text())
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise AscError(f"model {model_uri}: cannot load it ({local / 'MLmodel'}: does not read as YAML, "
+                               f"{reason})") from None
     elif "://" not in model_uri and not model_uri.startswith(("models:", "runs:")):
         raise AscError(f"model {model_uri}: no such file or folder, and not a models:/ or runs:/ URI")
     elif mlflow_uri:
         check_tracking_uri(mlflow_uri, must_exist=True)
         mlflow.set_tracking_uri(mlflow_uri)
         mlflow.set_registry_uri(registry_uri(mlflow_uri))
+    tmp = "//"  # no path: replaced below only once the copy's folder is named
     try:
         # into a folder of its own: given none, MLflow loads a local store's model in place and writes a
         # file into the store's folder (fails on a read-only shared store). The members are read into
@@ -47,6 +56,9 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
             model = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
     except Exception as exc:  # MLflow raises its own and OS errors for a wrong URI
         first = (str(exc) or type(exc).__name__).splitlines()[0]
+        # a file of the model is named where the user has it, not in the copy that is gone
+        first = first.replace(str(Path(tmp, local.name)), model_uri) if local.exists() else first.replace(
+            f"{tmp}/", "")
         raise AscError(f"model {model_uri}: cannot load it ({first[:300]})") from None
     python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
     if not isinstance(python_model, AudioSceneModel):

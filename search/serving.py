@@ -116,7 +116,11 @@ class AudioSceneModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
+        path = Path(context.artifacts["ensemble"])
+        try:
+            spec = json.loads(path.read_text())
+        except ValueError as exc:
+            raise AscError(f"{path}: not readable JSON ({exc})") from None
         self.ensemble = Ensemble([Member.load(context.artifacts[name]) for name in spec["members"]], spec["weights"])
 
     def predict(self, context, model_input, params=None):

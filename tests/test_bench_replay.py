@@ -159,3 +159,29 @@ def test_a_replay_through_the_real_tune_loop_makes_the_simulations_decisions(tmp
         tuned, simulated = tune_check(strategy, recording, seed=0, storage=tmp_path / strategy.name.replace(" ", "_"))
         assert len(tuned) == 4 and tuned == simulated, strategy
         assert any(epochs < 3 for _, epochs in tuned) or strategy.seeds > 1  # ASHA stopped something
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--json", "TMP/no/out.json"], "--json: TMP/no/out.json: no folder TMP/no to write it into"),
+    (["--json", "TMP"], "--json: TMP: expected a file ending in .json"),
+    (["--plot", "TMP/plot.xyz"], "--plot: TMP/plot.xyz: expected a file ending in .png or .pdf or .svg"),
+    (["--mlflow-uri", "sqlite:///TMP/no/m.db"], "MLflow store sqlite:///TMP/no/m.db: folder TMP/no does not exist"),
+    (["--mlflow-uri", "sqlite:///TMP/junk.db"], "MLflow tracking URI 'sqlite:///TMP/junk.db': cannot use it"),
+], ids=["json folder", "json is a folder", "plot format", "database folder", "damaged database"])
+def test_where_the_results_go_is_checked_before_any_replay(args, culprit, tmp_path, capsys, monkeypatch):
+    """The files and the MLflow store written at the end of the replays are checked when the command
+    starts: one line, no replay run, nothing written."""
+    from search.bench.replay import main
+
+    write_table(tmp_path / "good.parquet")
+    (tmp_path / "junk.db").write_bytes(b"SQLite format 3\0" + bytes(100))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        status = main(["--table", str(tmp_path / "good.parquet"), "--replays", "1", "--only", "random",
+                       *[a.replace("TMP", str(tmp_path)) for a in args]])
+    except SystemExit as stop:  # argparse's own refusals
+        status = stop.code
+    out, err = capsys.readouterr()
+    assert status == 2 and len(err.splitlines()) == 1 and culprit.replace("TMP", str(tmp_path)) in err, err
+    assert "replays" not in out + err and sorted(p.name for p in tmp_path.iterdir()) == before

@@ -352,6 +352,28 @@ def test_predict_writes_both_formats_overwrites_and_names_a_bad_clip(searched, t
     assert "1.wav: its log-Mel features are not finite" in done.stderr and out.read_text() == before
 
 
+def test_a_damaged_model_folder_is_one_line_naming_the_users_file(searched, tmp_path, capsys):
+    """A model folder (as `mlflow artifacts download` leaves it) with one file damaged: the line names
+    that file where the user has it, not in the copy predict loads from, and no submission is written."""
+    import mlflow
+
+    import search.__main__
+
+    _, _, _, trials = mlflow_runs(searched["uri"], NAME)
+    mlflow.set_tracking_uri(searched["uri"])  # models:/m-... of MLflow 3's logged models: resolved by the tracking store
+    whole = Path(mlflow.artifacts.download_artifacts(trials[0].data.tags["model_uri"], dst_path=str(tmp_path / "whole")))
+    member = next(f.name for f in (whole / "artifacts").glob("*.pt"))
+    for damaged, why in ((f"artifacts/{member}", "not a readable model member"),
+                         ("artifacts/ensemble.json", "not readable JSON"), ("MLmodel", "does not read as YAML")):
+        model = tmp_path / damaged.replace("/", "-")
+        shutil.copytree(whole, model)
+        (model / damaged).write_text("{[ damaged")
+        status = search.__main__.main(["predict", str(model), str(searched["data"]), "--out", str(tmp_path / "o.csv")])
+        err = capsys.readouterr().err
+        assert status == 2 and len(err.splitlines()) == 1 and f"{model / damaged}: {why}" in err, err
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(searched, tmp_path, capsys):
     import pyarrow.parquet as pq
 
@@ -382,7 +404,8 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
                           (["--register", "smoke-fusion", "--alias", "x" * 300], "--alias"),
                           (["--bags", "1001"], "--bags"), (["--method", "top", "--bags", "5"], "--bags 5"),
                           (["--method", "top", "--size", "99"], "--size 99"),
-                          (["--method", "per-enhancement", "--size", "2"], "--size 2")):
+                          (["--method", "per-enhancement", "--size", "2"], "--size 2"),
+                          (["--gap-lambda", "0.5"], "--gap-lambda 0.5: only --by gap_penalized")):
         try:
             status = search.__main__.main(["fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], *args])
         except SystemExit as stop:  # argparse's own refusals

@@ -510,6 +510,37 @@ def test_a_store_root_that_is_a_file_is_one_line(synth_set, fast_config, tmp_pat
         build_stores(read_development(synth_set), [fast_config], tmp_path / "root", shard_size=0)
 
 
+def test_a_refused_build_takes_back_the_store_root_it_made(synth_set, fast_config, tmp_path):
+    """A clip that does not decode stops the build in one line naming it; a store root the build made
+    for it is gone again (no empty .locks or .staging left), one that was there stays."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_set, data)
+    bad = sorted((data / "audio").glob("*.wav"))[5]
+    bad.write_bytes(b"not audio at all" * 64)
+    for root in (tmp_path / "new" / "store", tmp_path / "there"):
+        if root.name == "there":
+            root.mkdir()
+        with pytest.raises(AscError, match=f"{bad}: not a readable audio file"):
+            build_stores(read_development(data), [fast_config], root)
+        assert not (tmp_path / "new" / "store").exists() and (tmp_path / "new").is_dir()
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == [".locks", ".staging"]
+
+
+def test_a_manifest_of_the_wrong_shape_is_one_line_naming_it(synth_set, fast_config, tmp_path):
+    from asc.store import current_stores
+
+    path = Path(build_stores(read_development(synth_set), [fast_config], tmp_path).built[0])
+    manifest = json.loads((path / MANIFEST).read_text())
+    for key, value, why in (("shape", "x", "shape: a list expected, not \"x\""),
+                            ("shape", [32], "shape: \\[n_mels, frames\\] expected, not \\[32\\]"),
+                            ("name", None, "name: a string expected, not null"),
+                            ("shards", {}, "shards: a list expected")):
+        (path / MANIFEST).write_text(json.dumps({**manifest, key: value}))
+        for read in (FeatureStore, lambda p: current_stores(p.parent)):
+            with pytest.raises(AscError, match=f"{path / MANIFEST}: corrupt manifest \\({why}"):
+                read(path)
+
+
 def read_only(path: Path):
     """Make ``path`` read-only for this process, also as root (whose permission bits do not bind):
     chattr +i where the filesystem has it, else skip. Returns the undo."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from asc.cli import number
+from asc.cli import number, output_file
 from asc.errors import AscError
 
 
@@ -168,7 +168,8 @@ def add_report_options(parser: argparse.ArgumentParser, quiet_wait: float | None
         parser.add_argument("--quiet-wait", type=number(minimum=0), default=quiet_wait,
                             help="seconds in all to wait for other processes to leave the CPUs before timed sections "
                                  "(default %(default)s; 0: never wait)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--json", type=output_file(".json"), default=None,
+                        help="also write the figures to this JSON file")
 
 
 # --------------------------------------------------------------------------------------------------

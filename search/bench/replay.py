@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from asc.cli import ArgumentParser, COUNT, SEED
+from asc.cli import ArgumentParser, COUNT, SEED, output_file
 from asc.errors import AscError
 from search.bench import add_report_options
 from search.space import parse_space
@@ -709,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=SEED, default=0, help="the first replay's sampler seed (default %(default)s)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="only the strategies whose names start with these")
-    parser.add_argument("--plot", type=Path, default=Path("replay.png"), help="the regret plot (default %(default)s)")
+    parser.add_argument("--plot", type=output_file(".png", ".pdf", ".svg"), default=Path("replay.png"),
+                        help="the regret plot (default %(default)s)")
     parser.add_argument("--sweep", action="store_true",
                         help="also replay the three-seed search at grace 1-5, reduction factor 2-3, noise_z 0-2")
     parser.add_argument("--startup", type=COUNT, default=None, metavar="N",
@@ -804,6 +805,10 @@ def main(argv: list[str] | None = None) -> int:
                                    "python -m search bench-replay " + " ".join(argv or sys.argv[1:]))
             print(f"wrote {args.table}: {len(rec.params)} configurations x {rec.seeds} seeds x {rec.epochs} epochs")
             return 0
+        if args.mlflow_uri:  # where the table and plot go: checked now, not after the replays
+            from search.tracking import check_tracking_uri
+
+            check_tracking_uri(args.mlflow_uri)
         recording = load_recording(args.table)
         every = [DEFAULT] + [s for s in strategies(DEFAULT) if s.name != DEFAULT.name]
         if args.sweep:
@@ -861,8 +866,15 @@ def main(argv: list[str] | None = None) -> int:
             import mlflow
 
             mlflow.set_tracking_uri(args.mlflow_uri)
-            mlflow.set_experiment("bench-replay")
-            with mlflow.start_run(run_name=f"bench-replay {args.table.name}"):
+            experiment = mlflow.get_experiment_by_name("bench-replay")
+            if experiment is None:  # a local database keeps its artifacts beside it, as a search's does
+                local = args.mlflow_uri.startswith("sqlite:///")
+                location = (Path(args.mlflow_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" /
+                            "bench-replay").as_uri() if local else None
+                experiment_id = mlflow.create_experiment("bench-replay", artifact_location=location)
+            else:
+                experiment_id = experiment.experiment_id
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-replay {args.table.name}"):
                 mlflow.log_text(table, "replay.txt")
                 mlflow.log_artifact(str(args.plot))
         if args.json:
