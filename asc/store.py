@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from asc import REFERENCE_DEVICE
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, Clip, Dataset, audio_info, read_dataset, validation_locations
@@ -246,7 +246,7 @@ def build_stores(
             lock.release()
         held = []
         if made:
-            _remove_if_bare(root)
+            _remove_if_bare(root, [name for name, _ in named])
         raise
     finally:
         for lock in held:
@@ -255,12 +255,21 @@ def build_stores(
     return report
 
 
-def _remove_if_bare(root: Path) -> None:
-    """Remove a store root that holds no store: only its lock files and empty folders (rmdir removes
-    nothing that is not empty, so a store another build published meanwhile stays)."""
-    for lock in (root / ".locks").glob("*.lock"):
-        with contextlib.suppress(OSError):
-            lock.unlink()
+def _remove_if_bare(root: Path, names) -> None:
+    """Remove a store root this build made and published nothing into: the lock files of ``names`` (each
+    only while no other build holds it: then the root is another build's too and stays) and the empty
+    folders (rmdir removes nothing that is not empty, so a store another build published stays)."""
+    for name in names:
+        path = root / ".locks" / f"{name}.lock"
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            lock.release()
     for folder in (root / ".staging", root / ".locks", root):
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -275,8 +284,8 @@ def store_damage(path: Path, manifest: dict | None = None) -> str | None:
     if manifest is None:
         try:
             manifest = read_manifest(path / MANIFEST)
-        except AscError:
-            return f"{MANIFEST} is not readable JSON"
+        except AscError as exc:
+            return str(exc).split(": ", 1)[-1]  # what is wrong with it, without its path
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not all(isinstance(s, dict) and "file" in s and "rows" in s for s in shards):
         return f"{MANIFEST} lists no shards"
@@ -442,6 +451,10 @@ def _manifest(dataset, config, name, fingerprint, tasks, stats, seconds, folder)
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
+_MANIFEST_KEYS = {"name": str, "config": dict, "dataset": dict, "counts": dict, "shape": list, "shards": list}
+_KINDS = {str: "a string", dict: "an object", list: "a list"}
+
+
 def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(Path(path).read_text())
@@ -450,6 +463,8 @@ def read_manifest(path: Path) -> dict:
     if not isinstance(manifest, dict):
         raise AscError(f"{path}: corrupt manifest (not a JSON object)")
     if manifest.get("format") == FORMAT_VERSION:  # another format is the reader's to name, not corruption
+        # the parts every reader indexes without a check of its own (a derived cache's manifest is the
+        # store's, with its own shards: the same keys)
         for key, kind in _MANIFEST_KEYS.items():
             if not isinstance(manifest.get(key), kind):
                 raise AscError(f"{path}: corrupt manifest ({key}: {_KINDS[kind]} expected, not "
@@ -458,11 +473,6 @@ def read_manifest(path: Path) -> dict:
         if len(shape) != 2 or not all(isinstance(n, int) and n > 0 for n in shape):
             raise AscError(f"{path}: corrupt manifest (shape: [n_mels, frames] expected, not {json.dumps(shape)[:60]})")
     return manifest
-
-
-# What every reader of a manifest (:func:`_manifest` writes them) takes from it
-_MANIFEST_KEYS = {"name": str, "config": dict, "dataset": dict, "counts": dict, "shape": list, "shards": list}
-_KINDS = {str: "a string", dict: "an object", list: "a list"}
 
 
 def read_table_file(path: Path) -> tuple[list[Clip], np.ndarray]:

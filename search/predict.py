@@ -47,7 +47,7 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
         check_tracking_uri(mlflow_uri, must_exist=True)
         mlflow.set_tracking_uri(mlflow_uri)
         mlflow.set_registry_uri(registry_uri(mlflow_uri))
-    tmp = "//"  # no path: replaced below only once the copy's folder is named
+    tmp = None
     try:
         # into a folder of its own: given none, MLflow loads a local store's model in place and writes a
         # file into the store's folder (fails on a read-only shared store). The members are read into
@@ -56,9 +56,9 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
             model = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
     except Exception as exc:  # MLflow raises its own and OS errors for a wrong URI
         first = (str(exc) or type(exc).__name__).splitlines()[0]
-        # a file of the model is named where the user has it, not in the copy that is gone
-        first = first.replace(str(Path(tmp, local.name)), model_uri) if local.exists() else first.replace(
-            f"{tmp}/", "")
+        if tmp is not None:  # a file of the model named where the user has it, not in the copy that is gone
+            first = first.replace(str(Path(tmp, Path(model_uri).name)), model_uri) if local.exists() else \
+                first.replace(f"{tmp}/", "")
         raise AscError(f"model {model_uri}: cannot load it ({first[:300]})") from None
     python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
     if not isinstance(python_model, AudioSceneModel):

@@ -116,11 +116,7 @@ class AudioSceneModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        path = Path(context.artifacts["ensemble"])
-        try:
-            spec = json.loads(path.read_text())
-        except ValueError as exc:
-            raise AscError(f"{path}: not readable JSON ({exc})") from None
+        spec = read_spec(context.artifacts["ensemble"])
         self.ensemble = Ensemble([Member.load(context.artifacts[name]) for name in spec["members"]], spec["weights"])
 
     def predict(self, context, model_input, params=None):
@@ -228,6 +224,17 @@ def registry_uri(tracking_uri: str) -> str:
     return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
 
 
+def read_spec(path) -> dict:
+    """A model's ``ensemble.json``: its members' names and weights; a damaged one is an AscError naming it."""
+    try:
+        spec = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise AscError(f"{path}: not readable JSON ({exc})") from None
+    if not (isinstance(spec, dict) and isinstance(spec.get("members"), list) and isinstance(spec.get("weights"), list)):
+        raise AscError(f"{path}: not an ensemble (members and weights)")
+    return spec
+
+
 def download_members(model_uri: str, folder: Path, tracking_uri: str) -> tuple[list[Path], list[float]]:
     """The member files and weights of a logged :class:`AudioSceneModel`, downloaded into ``folder``."""
     # models:/ URIs resolve through the process's tracking and registry URIs, whatever one passes
@@ -237,5 +244,5 @@ def download_members(model_uri: str, folder: Path, tracking_uri: str) -> tuple[l
     spec_files = list(local.glob(f"artifacts/{SPEC}"))
     if not spec_files:
         raise AscError(f"{model_uri}: not an audio scene model of this project (no artifacts/{SPEC})")
-    spec = json.loads(spec_files[0].read_text())
+    spec = read_spec(spec_files[0])
     return [local / "artifacts" / f"{name}.pt" for name in spec["members"]], list(spec["weights"])

@@ -131,6 +131,11 @@ def artifact_text(client, run_id: str, path: str) -> str:
         return Path(client.download_artifacts(run_id, path, tmp)).read_text()
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` tracking URI (relative or absolute), else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False, created: Path | None = None) -> None:
     """Fail in seconds, with one line, when a tracking server does not answer (MLflow itself retries
     for minutes), or when a local store cannot be written. ``must_exist``: commands that only read
@@ -147,7 +152,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
             reason = getattr(exc, "reason", None) or exc
             raise AscError(f"MLflow tracking server {uri}: not reachable ({reason})") from None
     elif parsed.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):])
+        path = sqlite_file(uri)
         if not path.parent.is_dir() and (created is None or path.parent != created.resolve()):
             hint = " (give the --mlflow-uri the search ran with)" if must_exist else ""
             raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist{hint}")
@@ -185,7 +190,7 @@ def tracking_uri(explicit: str | None, folder: Path) -> str:
     if uri is None:
         return default_uri(Path(folder))
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # absolute, for `resume` elsewhere
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{sqlite_file(uri).resolve()}"
     return uri
 
 
@@ -223,7 +228,7 @@ def resume_tracking_uri(recorded: str, explicit: str | None, experiment_id: str,
 def check_new_experiment(uri: str, name: str) -> None:
     """A search's experiment name must be new in the tracking store: checked before anything starts
     (a local database that is not there yet holds none, and is not created to find out)."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if sqlite_file(uri) is not None and not sqlite_file(uri).is_file():
         return
     if MlflowClient(uri).get_experiment_by_name(name) is not None:
         raise AscError(f"MLflow at {uri} already has an experiment named {name!r} (another search of that name): "

@@ -221,8 +221,9 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     if distinct is not None and num_samples > len(distinct):
         print(f"note: {space.path} holds {len(distinct)} distinct configuration(s): each is trained once "
               f"(num_samples {num_samples})")
-    for weights in space.weights_files():  # every trial would fail on it; the cache is the nodes' shared TORCH_HOME
-        xception_weights_file(weights)
+    if not str(settings.address or "").startswith("ray://"):  # else the trials' machines are not this one
+        for weights in space.weights_files():  # every trial would fail on it (cluster.yaml: one TORCH_HOME for all)
+            xception_weights_file(weights)
     stores = resolve_stores(space, settings.store, settings.data, settings.address)
     store_names = {key: store_identity(path) for key, path in stores.items()}
     warm = []
@@ -237,14 +238,12 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
         study_dir = creatable_folder(Path(study_dir).expanduser().resolve() / name, "--study-dir")
     init_ray(settings.address)
     _check_resources(settings)  # the last check: what the Ray cluster holds
-    try:  # the first thing written
-        storage.mkdir(parents=True, exist_ok=True)
-        search_dir.mkdir(parents=True, exist_ok=True)
-        if study_dir:
-            study_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        what = "--study-dir" if study_dir and exc.filename == str(study_dir) else "--storage"
-        raise AscError(f"{what} {exc.filename}: cannot create it ({exc.strerror or exc})") from None
+    for what, folder in (("--storage", search_dir), ("--study-dir", study_dir)):  # the first things written
+        try:
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AscError(f"{what} {folder}: cannot create it ({exc.strerror or exc})") from None
     if shared and settings.study_dir is None:
         print(f"note: --storage {storage} is on {shared}, where SQLite's locking is not safe: the Optuna study "
               f"goes to this machine's disk, {study_dir} (--study-dir chooses; resume runs here)")

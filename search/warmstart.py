@@ -19,7 +19,6 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -29,7 +28,7 @@ from asc.dataset import VALIDATION_SHARE
 from asc.errors import AscError
 from search.searcher import KEY_ATTR, WARM_ATTR
 from search.space import PARAMS, Space
-from search.tracking import ROLE_TAG, SELECTED_ON_TAG, STORE_TAG, selected_on
+from search.tracking import ROLE_TAG, SELECTED_ON_TAG, STORE_TAG, selected_on, sqlite_file
 
 
 @dataclass
@@ -75,8 +74,8 @@ def contains(space: Space, params: dict) -> bool:
 def check_warm_start_store(uri: str, names: list[str]) -> None:
     """A local MLflow database that is not there holds no earlier search: one line, before MLflow
     would create an empty one."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise AscError(f"--warm-start {' '.join(names)}: no MLflow database at {uri[len('sqlite:///'):]} "
+    if sqlite_file(uri) is not None and not sqlite_file(uri).is_file():
+        raise AscError(f"--warm-start {' '.join(names)}: no MLflow database at {sqlite_file(uri)} "
                        "(give the --mlflow-uri the earlier search ran with)")
 
 

@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=SEED, default=0, help="the first replay's sampler seed (default %(default)s)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="only the strategies whose names start with these")
-    parser.add_argument("--plot", type=output_file(".png", ".pdf", ".svg"), default=Path("replay.png"),
+    parser.add_argument("--plot", type=output_file(".png", ".pdf", ".svg"), default="replay.png",
                         help="the regret plot (default %(default)s)")
     parser.add_argument("--sweep", action="store_true",
                         help="also replay the three-seed search at grace 1-5, reduction factor 2-3, noise_z 0-2")
@@ -806,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.table}: {len(rec.params)} configurations x {rec.seeds} seeds x {rec.epochs} epochs")
             return 0
         if args.mlflow_uri:  # where the table and plot go: checked now, not after the replays
-            from search.tracking import check_tracking_uri
+            from search.tracking import check_tracking_uri, sqlite_file  # late: mlflow (start-up time)
 
             check_tracking_uri(args.mlflow_uri)
         recording = load_recording(args.table)
@@ -868,9 +868,8 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.set_tracking_uri(args.mlflow_uri)
             experiment = mlflow.get_experiment_by_name("bench-replay")
             if experiment is None:  # a local database keeps its artifacts beside it, as a search's does
-                local = args.mlflow_uri.startswith("sqlite:///")
-                location = (Path(args.mlflow_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" /
-                            "bench-replay").as_uri() if local else None
+                database = sqlite_file(args.mlflow_uri)
+                location = (database.resolve().parent / "mlartifacts" / "bench-replay").as_uri() if database else None
                 experiment_id = mlflow.create_experiment("bench-replay", artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
