@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -28,6 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_SPACE = REPO / "spaces" / "demo.yaml"
 SEARCH_NAME = "demo"
 MODEL_NAME = "asc-demo-fusion"
+
+
+def _from_here() -> str:
+    """What a printed ``python -m search`` command needs in front to run where the user is: nothing in
+    the repository's folder (or with it on the path), else the repository on PYTHONPATH."""
+    here = Path.cwd().resolve()
+    if here == REPO or str(REPO) in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        return ""
+    return f"PYTHONPATH={REPO} "
 
 
 def _step(n: int, text: str) -> None:
@@ -207,8 +217,10 @@ def run_demo(args) -> None:
           f"  runs/demo/    Tune's and Optuna's state of the search (resumable)\n"
           f"{mlflow_line}"
           f"  submission.csv   the fused model's scenes for the evaluation split (Kaggle format)\n"
+          f"  demo.json     the options this folder was made with (a rerun with others is refused)\n"
           + ("" if local else f"MLflow: {uri}: every trial, the fusion, the models\n")
-          + f"predict other audio: python -m search predict {model_uri} DATA_DIR --out FILE --mlflow-uri {uri}\n"
+          + f"predict other audio: {_from_here()}python -m search predict {model_uri} DATA_DIR --out FILE "
+            f"--mlflow-uri {uri}\n"
           f"browse in MLflow: {ui_command(uri, experiment_id)}\n"
           f"demo took {time.perf_counter() - start:.0f} s")
 
@@ -219,7 +231,9 @@ def add_arguments(demo, defaults) -> None:
     add_synth_arguments(demo, defaults)
     demo.add_argument("--num-samples", type=COUNT, default=None, help="trials (default: spaces/demo.yaml's)")
     demo.add_argument("--epochs", type=COUNT, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
-    demo.add_argument("--fusion-size", type=COUNT, default=6, help="fusion: most picks (default %(default)s)")
+    demo.add_argument("--fusion-size", type=COUNT, default=6,
+                      help="fusion: most picks of each bootstrap resample; the pooled fusion may hold every trial "
+                           "some resample picked (default %(default)s)")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of spaces/demo.yaml")
     demo.add_argument("--mlflow-uri", default=None,
                       help="tracking URI (order: --mlflow-uri, $MLFLOW_TRACKING_URI, WORKDIR/runs/mlflow.db)")
