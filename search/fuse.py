@@ -486,9 +486,14 @@ def check_registry_names(register: str | None, alias: str | None) -> None:
 # --------------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------------
+def _cut(text: str, most: int) -> str:
+    """``text`` within ``most`` characters, a cut one ending in '...' so that a reader sees it was cut."""
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
 def format_result(result: FusionResult) -> str:
     splits = [s for s in SPLITS if s in result.clips]
-    rows = [(f"{result.candidates[i].label} {result.candidates[i].description}"[:48], f"{w:.2f}",
+    rows = [(_cut(f"{result.candidates[i].label} {result.candidates[i].description}", 64), f"{w:.2f}",
              result.metrics[result.candidates[i].label]) for i, w in zip(result.members, result.weights)]
     rows.append(("fusion", "1.00", result.metrics["fusion"]))
     # protocol paper: the trials and the fusion chose on the evaluation split, and the table says so
