@@ -4,7 +4,7 @@ The candidates are the trial runs of one search (one MLflow experiment) that log
 (``predictions.parquet``: the selection clips and the evaluation split, at the trial's chosen epoch)
 and an audio model. Every run with predictions is a candidate by default; ``full_budget`` keeps the
 trials that trained every epoch (not stopped by ASHA). Runs whose predictions cover other clips than
-the rest (another validation split, another dataset) are refused, with one line naming them.
+the rest (another validation split, another dataset) stop the fusion, in one line naming them.
 
 The ensemble is chosen on the selection clips only (``asc.fusion``; Metric B by default); the
 evaluation split is reported for it, never used to choose it. The fusion is logged as a run under the
@@ -121,7 +121,7 @@ def _group(params: dict) -> str:
 def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False,
                     seed_members: bool = False):
     """The search's candidate runs with their predictions; returns (candidates, clips, classes,
-    refused lines, parent run id). ``seed_members``: each seed of a several-seed trial is a candidate
+    notes, parent run id). Runs whose predictions cover other clips than the most runs' are refused. ``seed_members``: each seed of a several-seed trial is a candidate
     of its own (``t003/seed1``) instead of the trial's seed average."""
     experiment = client.get_experiment(experiment_id)
     name, tags = experiment.name, experiment.tags
@@ -135,14 +135,14 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     skipped = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in each(runs, "predictions", "run", progress):
-            name = run.info.run_name or run.info.run_id
-            label = name.split(" ")[0]
+            run_name = run.info.run_name or run.info.run_id
+            label = run_name.split(" ")[0]
             if not any(a.path == PREDICTIONS for a in client.list_artifacts(run.info.run_id)):
                 skipped.append(label)
                 continue
             local = client.download_artifacts(run.info.run_id, PREDICTIONS, tmp)
             classes, splits, per_seed = read_predictions(Path(local), f"run {label} ({run.info.run_id})")
-            candidate = Candidate(run.info.run_id, label, name[len(label):].strip(), _group(run.data.params),
+            candidate = Candidate(run.info.run_id, label, run_name[len(label):].strip(), _group(run.data.params),
                                   run.data.tags.get(MODEL_TAG))
             if not (seed_members and per_seed):
                 if len(per_seed) > 1:  # how far the seeds spread: the seed average's standard errors
@@ -172,7 +172,7 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     candidates, refused = [], []
     for item in read:
         if signature(item) != reference:
-            refused.append(item[0].label)
+            refused.append(item[0])
             continue
         candidate, classes, splits = item
         candidate.probs = {s: splits[s][3] for s in splits}
@@ -198,10 +198,13 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
                        "the store can be read, or set that tag (e.g. a,b,c)")
     clips = {s: Clips(splits[s][0], splits[s][1], np.array([classes.index(x) for x in splits[s][2]]), seen)
              for s in splits}
+    if refused:  # one ensemble scores its members on one set of clips: these would be scored on others
+        ids = sorted({c.run_id for c in refused})
+        raise AscError(f"experiment {name!r}: {len(refused)} run(s) predicted other clips or classes than the other "
+                       f"{len(candidates)} (another store or split): "
+                       f"{', '.join(f'{c.label} ({c.run_id})' for c in refused)}; set them aside "
+                       f"(`mlflow runs delete --run-id {ids[0]}`, undone by `mlflow runs restore`) and fuse again")
     notes = []
-    if refused:
-        notes.append(f"refused {len(refused)} run(s) whose predictions cover other clips or classes than the other "
-                     f"{len(candidates)}: {', '.join(refused)}")
     if skipped:
         notes.append(f"no predictions logged (left out): {', '.join(skipped)}")
     return candidates, clips, classes, notes, parent_id

@@ -388,13 +388,19 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
     pq.write_table(table.slice(1), tmp_path / "predictions.parquet")
     client.log_artifact(stray.info.run_id, str(tmp_path / "predictions.parquet"))
     client.set_terminated(stray.info.run_id, "FINISHED")
-    done = cli("fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--method", "per-enhancement")
-    assert done.returncode == 0, done.stderr[-3000:]
-    refused = [line for line in done.stdout.splitlines() if line.startswith("note: refused")]
-    assert len(refused) == 1 and "t099" in refused[0]
-    assert "t099" not in done.stdout.split("note: refused")[1].split("\n", 1)[1]
     runs = len(client.search_runs([experiment.experiment_id]))
     versions = len(client.search_model_versions())
+    status = search.__main__.main(["fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"]])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"experiment {NAME!r}: 1 run(s) predicted other clips" in err and f"t099 ({stray.info.run_id})" in err
+    assert f"mlflow runs delete --run-id {stray.info.run_id}" in err
+    assert len(client.search_runs([experiment.experiment_id])) == runs  # nothing written
+    # set aside as the line says (MLflow's soft delete), the rest fuse
+    client.delete_run(stray.info.run_id)
+    done = cli("fuse", "--experiment", NAME, "--mlflow-uri", searched["uri"], "--method", "per-enhancement")
+    assert done.returncode == 0 and "t099" not in done.stdout, done.stderr[-3000:]
+    runs = len(client.search_runs([experiment.experiment_id]))
     # names MLflow's registry refuses are refused before the fusion run and its model are written (in
     # this process: the command's own main, as the shell runs it, without a Python start per case)
     for args, culprit in ((["--by", "pareto"], "--by"), (["--size", "0"], "--size"), (["--size", "101"], "--size: 101 is out of range (must be 1 to 100)"),
