@@ -19,13 +19,13 @@ also the order of the stages (:data:`STAGES`):
 Adding an enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the dict is its
 place in the order) with its ``apply`` function (numpy or torch alike for a ``batch`` step, which
 :meth:`Enhancement.after_median` runs and every path of a batch ends in, the served model's in
-``asc.inference`` included; torch for an ``input`` step, which :meth:`Enhancement.on_input` runs); a field of
-:class:`Enhancement` of the same name (a bool without settings, else ``tuple | None``: the definition
-checks, composes, names and labels it); and its tests (tests/test_enhance.py holds those every
-enhancement must pass, served-equals-trained included). A ``features`` step gives ``prepare`` (what
-it needs of the store's feature settings, once), ``draw`` (its picks for an epoch's clips, from the
-epoch's generator) and ``apply`` (the picks on the stored features); ``asc.train`` runs them
-(``Training.run_epoch`` draws, ``FeatureView.batch`` applies).
+``asc.inference`` included; torch for an ``input`` step, which :meth:`Enhancement.on_input` runs);
+and its tests (tests/test_enhance.py holds those every enhancement must pass, served-equals-trained
+included). A ``features`` step gives ``prepare`` (what it needs of the store's feature settings,
+once), ``draw`` (its picks for an epoch's clips, from the epoch's generator) and ``apply`` (the picks
+on the stored features); ``asc.train`` runs them (``Training.run_epoch`` draws,
+``FeatureView.batch`` applies). Nothing else changes: :class:`Enhancement` gets a field of its name,
+the search space its parameters, the tables and run names its label.
 
 The functions take ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and return a
 new array of the same shape; the input is never changed.
@@ -187,8 +187,7 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
         help="Freq-MixStyle (Schmid et al. 2022): per-band statistics mixed with a batch partner's",
         apply=_freq_mixstyle_step),
 )}
-# The enhancements a trial switches on (spectrum correction is a store's): each is a field of
-# Enhancement of the same name, a bool without settings, else the tuple of its settings or None.
+# The enhancements a trial switches on (spectrum correction is a store's): the fields of Enhancement.
 _ON_FEATURES = {n: d for n, d in ENHANCEMENTS.items() if d.stage != "store"}
 
 
@@ -288,16 +287,10 @@ def global_normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray | None = N
     return out
 
 
-@dataclass(frozen=True)
-class Enhancement:
-    """What a trial does to the stored features before the model sees them: the normalisation and the
-    composed enhancements' settings (None: off). Spectrum correction is the store's (``FeatureConfig``)."""
+class _Enhancement:
+    """The methods of :class:`Enhancement`, whose fields are made from the definitions below it."""
 
-    normalization: str = "gmsvn"  # paper: GMSVN, or GMS whenever mean subtraction or the median filter is on
-    mean_subtraction: bool = False  # paper section 3.1
-    median_filter: tuple[int, int] | None = None  # paper section 3.2: (7, 21)
-    freq_mixstyle: tuple[float, float] | None = None  # (p, alpha); Schmid et al. 2023: (0.4, 0.4)
-    dir: tuple[float, str] | None = None  # (p, responses: "micirp" or a folder); Morocutti et al. 2023: p 0.4
+    normalization: str
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
@@ -396,6 +389,22 @@ class Enhancement:
     def from_dict(cls, d: dict) -> "Enhancement":
         """From :meth:`to_dict` (also a checkpoint's or member's from before the newer fields)."""
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+# A class made rather than written so that an enhancement is its definition alone: its switch here is
+# the field of its name, a bool without settings, else the tuple of its settings' values or None (off),
+# keyword-only (``Enhancement("gms", median_filter=(7, 21))``), checked by the definition.
+Enhancement = dataclasses.make_dataclass(
+    "Enhancement",
+    [("normalization", str, dataclasses.field(default="gmsvn"))]  # GMSVN; GMS with mean subtraction / median filter
+    + [(name, tuple | None if d.settings else bool, dataclasses.field(default=None if d.settings else False,
+                                                                       kw_only=True))
+       for name, d in _ON_FEATURES.items()],
+    bases=(_Enhancement,), frozen=True)
+Enhancement.__module__ = __name__  # where pickle (Ray's configs, a checkpoint) finds it
+Enhancement.__doc__ = """What a trial does to the stored features before the model sees them: the normalisation
+and the composed enhancements' settings (None or False: off), one field per definition of
+:data:`ENHANCEMENTS` but spectrum correction, which is the store's (``FeatureConfig``)."""
 
 
 @dataclass(frozen=True)

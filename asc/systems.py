@@ -58,7 +58,8 @@ _PAPER = {
 def _system(row: str, paper=None, spectrum_correction: bool = False, **enhancements) -> System:
     """A system from its row of _TABLE, with the enhancements of later years (``freq_mixstyle``, ``dir``)."""
     pretrained, normalization, mean_subtraction, median_filter, mixup_alpha = _TABLE[row]
-    return System(pretrained, Enhancement(normalization, mean_subtraction, median_filter, **enhancements),
+    return System(pretrained, Enhancement(normalization, mean_subtraction=mean_subtraction,
+                                              median_filter=median_filter, **enhancements),
                   mixup_alpha, paper, spectrum_correction)
 
 

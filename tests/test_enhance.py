@@ -90,7 +90,9 @@ def test_compositions_are_canonical_and_labelled_once():
     assert e.median_filter == (5, 21) and e.freq_mixstyle == (0.4, 0.4)
     assert e.label() == "medfilt5x21+fms p=0.4 alpha=0.4" and Enhancement().label(spectrum_correction=True) == "spec-corr"
     assert Enhancement.from_dict({"normalization": "gms", "mean_subtraction": True, "median_filter": None}) == \
-        Enhancement("gms", True)  # a checkpoint from before the newer fields
+        Enhancement("gms", mean_subtraction=True)  # a checkpoint from before the newer fields
+    with pytest.raises(TypeError):  # a switch by position would depend on the definitions' order
+        Enhancement("gms", True)
 
 
 # --------------------------------------------------------------------------------------------------
