@@ -276,7 +276,18 @@ class Space:
         if self.sampler == "points":
             return {"point": params["point"]}
         canonical = self.canonical(params)  # what suggest asks Optuna for: the searched keys it uses
-        return {k: canonical[k] for k in self.searched if k in canonical and _used(k, canonical)}
+        out = {}
+        for key in self.searched:
+            if key not in canonical or not _used(key, canonical):
+                continue
+            out[key] = canonical[key]
+            choices = self.searched[key].values if self.searched[key].kind == "choice" else None
+            if choices is not None and canonical[key] not in choices:
+                # a choice that resolves to another value (normalization: auto is gms or gmsvn): the
+                # one Optuna's distribution holds that trains the same (the one given, where it does)
+                same = [v for v in choices if self.resolve({**params, key: v})[key] == canonical[key]]
+                out[key] = params[key] if params.get(key) in same else same[0]
+        return out
 
     def optuna_distributions(self, params: dict) -> dict:
         """Optuna's distributions of :meth:`optuna_params` (to add a finished trial to a study)."""
