@@ -55,7 +55,7 @@ from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TA
     check_new_experiment, check_tracking_uri, close_dangling_runs, ensure_runs_view, resume_tracking_uri, save_pending, \
     send_pending, send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
 from search.trainable import run_trial
-from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start
+from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start, warm_start_experiments
 
 SEARCH_FILE = "search.json"  # what `resume` needs: settings, stores, MLflow ids
 SPACE_FILE = "space.yaml"  # the space as run (overrides applied)
@@ -212,6 +212,8 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     quiet_tune()
     check_tracking_uri(mlflow_uri, created=storage)
     check_new_experiment(mlflow_uri, name)
+    if settings.warm_start:  # what needs no store, before --data builds any
+        warm_start_experiments(mlflow_uri, settings.warm_start, space)
 
     if space.protocol == "paper":
         choosers = "the epochs, ASHA and the sampler" if space.scheduler.name == "asha" else "the epochs and the sampler"

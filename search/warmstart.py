@@ -79,12 +79,11 @@ def check_warm_start_store(uri: str, names: list[str]) -> None:
                        "(give the --mlflow-uri the earlier search ran with)")
 
 
-def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[str, str]) -> tuple[list[WarmTrial], str]:
-    """The trials the experiments ``names`` give the search, and one line saying what was taken and skipped."""
+def warm_start_experiments(uri: str, names: list[str], space: Space) -> list:
+    """The experiments ``names``, each checked to have compared its trials as this search will (objective,
+    protocol, held-out share, seeds): what needs no feature store, so it is checked before any is built."""
     client = MlflowClient(uri)
-    taken: dict[str, WarmTrial] = {}
-    skipped: Counter = Counter()
-    states: Counter = Counter()
+    found = []
     for name in names:
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -101,6 +100,18 @@ def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[
             if theirs != ours:
                 raise AscError(f"--warm-start {name}: its trials were compared by {what} {theirs or '(not recorded)'}, "
                                f"this search by {ours}: their results do not carry over")
+        found.append(exp)
+    return found
+
+
+def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[str, str]) -> tuple[list[WarmTrial], str]:
+    """The trials the experiments ``names`` give the search, and one line saying what was taken and skipped."""
+    client = MlflowClient(uri)
+    taken: dict[str, WarmTrial] = {}
+    skipped: Counter = Counter()
+    states: Counter = Counter()
+    for name, exp in zip(names, warm_start_experiments(uri, names, space)):
+        tags = exp.tags
         theirs = json.loads(tags.get("store_names") or "{}")
         if not set(theirs.values()) & set(store_names.values()):
             raise AscError(f"--warm-start {name}: its trials read other feature stores ({', '.join(sorted(theirs.values())) or 'not recorded'}) "

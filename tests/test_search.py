@@ -331,11 +331,12 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     assert len(warm) == 4 and all("warm_start_from" in t.user_attrs for t in warm)
     missing = run(search_cmd(store, storage, "third", "--warm-start", "nope", sets=sets), timeout=120)
     assert missing.returncode == 2 and "--warm-start nope: no such experiment" in missing.stderr
-    other = run(search_cmd(store, storage, "third", "--warm-start", "once",
-                           sets=[s for s in sets if s != "protocol=paper"]), timeout=120)
+    # refused before --data builds a store of its own (a new store root: nothing made there)
+    other = run(search_cmd(tmp_path / "new-stores", storage, "third", "--warm-start", "once", "--data",
+                           str(store.parent / "data"), sets=[s for s in sets if s != "protocol=paper"]), timeout=120)
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert "--warm-start once: its trials were compared by protocol paper, this search by validation" in other.stderr
-    assert not (storage / "third").exists()
+    assert not (storage / "third").exists() and not (tmp_path / "new-stores").exists()
     fresh = run(search_cmd(store, tmp_path / "fresh", "x", "--warm-start", "once", sets=sets), timeout=120)
     assert fresh.returncode == 2 and "--warm-start once: no MLflow database at" in fresh.stderr, fresh.stderr
     assert not (tmp_path / "fresh").exists()  # no empty database, no storage folder
