@@ -107,14 +107,15 @@ class Progress(Callback):
         self._nodes_checked = 0.0
 
     def on_step_begin(self, iteration, trials, **info):
-        """A node Ray marks dead is one line (looked at every few seconds: it is a GCS call)."""
+        """A node that leaves the cluster is one line (looked at every few seconds: it is a GCS call):
+        lost (its trials retry elsewhere), or removed as planned (the autoscaler's idle node)."""
         if time.monotonic() - self._nodes_checked < 3:
             return
         self._nodes_checked = time.monotonic()
-        alive = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-        for ip in sorted((self._nodes or set()) - alive):
-            print(f"node {ip} lost: Ray marked it dead; its trials retry from their last checkpoints on the "
-                  f"nodes left (Ray's report: {self.log})", flush=True)
+        nodes = {n["NodeID"]: n for n in ray.nodes()}
+        alive = {node_id for node_id, n in nodes.items() if n["Alive"]}
+        for node_id in sorted((self._nodes or set()) - alive):
+            print(node_left_line(nodes.get(node_id, {"NodeManagerAddress": node_id}), self.log), flush=True)
         self._nodes = alive
 
     def _name(self, trial) -> str:
@@ -172,6 +173,22 @@ def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
     tries = "" if max_failures < 0 else f" of {max_failures + 1}"
     outcome = "no tries left" if final else "retrying from its last checkpoint"
     return f"{what} (try {trial.num_failures}{tries}); {outcome} (Ray's report: {log})"
+
+
+# Ray's NodeDeathInfo reasons (``ray.nodes()``' DeathReason) for a node that left as planned: stopped
+# (``ray stop``), or drained by the autoscaler when idle (cluster.yaml's idle_timeout_minutes).
+PLANNED_DEATHS = {1: "stopped", 4: "idle, removed by the autoscaler"}
+
+
+def node_left_line(node: dict, log: str) -> str:
+    """What a user reads when a node leaves the search's cluster: why, and what it costs."""
+    ip = node.get("NodeManagerAddress", "?")
+    why = (node.get("DeathReasonMessage") or "").strip().splitlines()
+    if node.get("DeathReason") in PLANNED_DEATHS:
+        return f"node {ip} left the cluster ({PLANNED_DEATHS[node['DeathReason']]})"
+    preempted = " (preempted)" if node.get("DeathReason") == 3 else ""
+    return (f"node {ip} lost{preempted}: Ray marked it dead{f' ({why[0][:120]})' if why else ''}; its trials retry "
+            f"from their last checkpoints on the nodes left (Ray's report: {log})")
 
 
 def _node_alive(ip: str) -> bool:

@@ -397,6 +397,16 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
                 os.kill(pid, signal.SIGKILL)
 
 
-# --------------------------------------------------------------------------------------------------
-# A real MLflow server, on loopback (here and in tests/test_stops.py)
-# --------------------------------------------------------------------------------------------------
+
+def test_a_node_the_autoscaler_removes_is_not_called_lost():
+    """Ray's reason for a dead node decides the line: an idle node drained by the autoscaler (cluster.yaml
+    removes idle workers) or a stopped one left as planned; any other death is a lost node."""
+    from search.tuner import node_left_line
+
+    node = {"NodeManagerAddress": "10.0.0.7", "DeathReasonMessage": ""}
+    assert node_left_line({**node, "DeathReason": 4}, "ray.log") == "node 10.0.0.7 left the cluster (idle, removed by the autoscaler)"
+    assert node_left_line({**node, "DeathReason": 1}, "ray.log") == "node 10.0.0.7 left the cluster (stopped)"
+    lost = node_left_line({**node, "DeathReason": 2, "DeathReasonMessage": "health check failed\nmore"}, "ray.log")
+    assert lost == ("node 10.0.0.7 lost: Ray marked it dead (health check failed); its trials retry from their last "
+                    "checkpoints on the nodes left (Ray's report: ray.log)")
+    assert node_left_line({**node, "DeathReason": 3}, "ray.log").startswith("node 10.0.0.7 lost (preempted): ")
