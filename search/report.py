@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import statistics
 import sys
 import time
 import warnings
@@ -226,13 +227,14 @@ def clips_line(rows: list[dict], paper: bool = False) -> str:
 
 def clip_warning(ranked: list[dict], objective, z: float = 2.0, paper: bool = False) -> str:
     """One line when the clips cannot tell the trials apart: the best trial's objective is uncertain
-    by more (z clip standard errors) than the spread of the objectives it is ranked among. ``paper``:
-    the trials chose on the evaluation split (protocol paper), which is what the line names."""
+    by more (z clip standard errors) than it lies above the median of the others it is ranked among
+    (the median, so that one weak trial, stopped or diverged, does not hide the noise among the
+    rest). ``paper``: the trials chose on the evaluation split (protocol paper), which the line names."""
     valid = [r for r in ranked if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])]
     if len(valid) < 2 or not isinstance(valid[0].get("objective_cse"), float):
         return ""
     best = valid[0]
-    width, spread = z * best["objective_cse"], best["objective"] - min(r["objective"] for r in valid)
+    width, spread = z * best["objective_cse"], best["objective"] - statistics.median(r["objective"] for r in valid[1:])
     if not width > spread:
         line = ""
     else:
@@ -242,8 +244,9 @@ def clip_warning(ranked: list[dict], objective, z: float = 2.0, paper: bool = Fa
         more = "a larger evaluation split" if paper else ("more B and C clips in the held-out locations (a larger "
                                                           "validation_share in the space, or a larger set)")
         line = (f"warning: {clips} ({counts}) know {objective.label()} only within +-{100 * width:.1f} "
-                f"points ({z:g} standard errors), more than the {100 * spread:.1f} points between the trials ranked "
-                f"here: {more}, choose by metric_a (all clips), or add seeds")
+                f"points ({z:g} standard errors), more than the {100 * spread:.1f} points by which {best['label']} "
+                f"leads the median of the {len(valid) - 1} other trial(s) ranked here: {more}, choose by metric_a "
+                "(all clips), or add seeds")
     sem = best.get("objective_sem")
     if isinstance(sem, float) and math.isfinite(sem):  # several seeds (0: they agreed on every clip)
         dominant = "the clips'" if best["objective_cse"] > sem else "the seeds'"

@@ -57,6 +57,10 @@ def test_the_best_trials_table_shows_the_clip_counts_and_standard_errors_and_war
                               f"+-{200 * best['metric_b_cse']:.1f} points (2 standard errors)")
     assert 13 < 200 * best["metric_b_cse"] < 14
     assert "for t000, the clips' standard error is the larger" in warning
+    assert "by which t000 leads the median of the 1 other trial(s) ranked here" in warning
+    # a trial far behind the rest (stopped early, diverged) does not hide that the rest are within the noise
+    weak = rows + [row("t002", metrics(44, 3, 1), objective), row("t003", metrics(5, 0, 0), objective)]
+    assert "leads the median of the 3 other trial(s)" in clip_warning(weak, objective)
     paper = clip_warning(rows, objective, paper=True)  # protocol paper chose on the evaluation split
     assert paper.startswith("warning: the evaluation split's clips, which chose here (protocol paper), (A 60, B 4, C 4)")
     assert "a larger evaluation split" in paper and "held-out locations" not in paper
