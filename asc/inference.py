@@ -14,7 +14,9 @@ makes one from a training run's ``best.pt`` and its store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,22 @@ from asc.features import FeatureConfig, check_finite, load_audio, log_mels
 from asc.models import ModelConfig, build_model
 
 MEMBER_FORMAT = 1
+# What a member imports to predict (this module: torch, numpy, scipy, librosa, soundfile; an MSXception
+# network also pretrainedmodels, which imports torchvision): training records their versions with the
+# network, so that a logged model pins the versions it was trained with.
+MEMBER_PACKAGES = ("torch", "numpy", "scipy", "librosa", "soundfile", "torchvision", "pretrainedmodels")
+
+
+@functools.lru_cache(maxsize=1)
+def installed_versions() -> dict[str, str]:
+    """The installed version of each of :data:`MEMBER_PACKAGES` that is installed here."""
+    found = {}
+    for name in MEMBER_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
 _DEVICE_SUFFIX = re.compile(r"-([a-z0-9]+)\.wav$", re.IGNORECASE)
 
 
@@ -48,6 +66,7 @@ class Member:
     corrections: dict[str, np.ndarray] | None = None  # spectrum correction per device, or None
     source: dict = dataclasses.field(default_factory=dict)  # where it came from (run id, trial, store)
     frames: int | None = None  # the clips' length in frames it trained on (None: a member of an older version)
+    packages: dict = dataclasses.field(default_factory=dict)  # MEMBER_PACKAGES' versions it trained with ({}: not recorded)
 
     def __post_init__(self):
         self._model = None
@@ -60,7 +79,7 @@ class Member:
                 "std": np.asarray(self.std, np.float32),
                 "corrections": None if self.corrections is None else {d: np.asarray(c, np.float32)
                                                                       for d, c in self.corrections.items()},
-                "source": self.source, "frames": self.frames}
+                "source": self.source, "frames": self.frames, "packages": dict(self.packages)}
 
     def save(self, path: str | Path) -> Path:
         torch.save(self.to_dict(), str(path))
@@ -78,7 +97,7 @@ class Member:
         return cls(state=d["model"], model_config=ModelConfig(**d["model_config"]), classes=list(d["classes"]),
                    features=features, enhancement=Enhancement.from_dict(d["enhancement"]), mean=np.asarray(d["mean"]),
                    std=np.asarray(d["std"]), corrections=d["corrections"], source=d.get("source", {}),
-                   frames=d.get("frames"))
+                   frames=d.get("frames"), packages=d.get("packages") or {})
 
     @property
     def model(self) -> torch.nn.Module:
@@ -246,7 +265,7 @@ def member_from_checkpoint(best_file: str | Path, source: dict | None = None) ->
                   features=features, enhancement=Enhancement.from_dict(best["enhancement"]), mean=np.asarray(mean, np.float32),
                   std=np.asarray(std, np.float32), corrections=corrections,
                   source={"store": str(store), "epoch": best["epoch"], **(source or {})},
-                  frames=int(manifest["shape"][1]))
+                  frames=int(manifest["shape"][1]), packages=best.get("packages") or {})
 
 
 def audio_paths(items: str | Path | Sequence[str | Path]) -> list[str]:

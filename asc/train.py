@@ -37,6 +37,7 @@ from asc.enhance import CachedMedianFilter, Enhancement, median_filter_torch
 from asc.errors import AscError, writable_file, writable_folder, write_atomic
 from asc.faults import fault_point, injected
 from asc.features import FeatureConfig
+from asc.inference import installed_versions
 from asc.metrics import SELECTION_METRICS, clip_errors, device_metrics, mean_sem, pooled_gaps
 from asc.models import ModelConfig, build_model, xception_weights_file
 from asc.parallel import process_map
@@ -618,7 +619,9 @@ class Training:
                               "classes": view.classes, "epoch": epoch, "metrics": metrics,
                               "enhancement": dataclasses.asdict(config.enhancement), "store": config.store,
                               # what the model's input was normalised with (asc.inference rebuilds it from audio)
-                              "norm_mean": view.mean, "norm_std": view.std}, ckpt_dir / "best.pt")
+                              "norm_mean": view.mean, "norm_std": view.std,
+                              "packages": installed_versions()},  # what a logged model of it pins
+                             ckpt_dir / "best.pt")
                 _atomic_savez(ckpt_dir / "best_probs.npz", classes=np.array(view.classes),
                               **_prediction_arrays(view, self.select_idx, probs),
                               **({} if test_probs is None else _prediction_arrays(view, test_idx, test_probs, "test_")))

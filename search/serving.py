@@ -197,11 +197,18 @@ MSXCEPTION_PACKAGES = ("torchvision", "pretrainedmodels")
 
 
 def model_requirements(members) -> list[str]:
-    """The packages the members need, pinned to the versions installed here (where they were trained
-    and logged), so that an environment MLflow builds from the model's own files can load it."""
+    """The packages the members need, so that an environment MLflow builds from the model's own files
+    can load it: each pinned to the version the members were trained with (recorded in each), else,
+    for this module's own packages and members that did not record it or disagree, the version
+    installed here, where the model is logged."""
     names = list(SERVING_PACKAGES) + (list(MSXCEPTION_PACKAGES) if any(
         m.model_config.name == "msxception" for m in members) else [])
-    return [f"{name}=={version(name).split('+')[0]}" for name in names]
+    pins = []
+    for name in names:
+        trained = {m.packages.get(name) for m in members}
+        pinned = trained.pop() if len(trained) == 1 and None not in trained else version(name)
+        pins.append(f"{name}=={pinned.split('+')[0]}")  # a local build tag (+cu130) is no index's version
+    return pins
 
 
 def _input_example(member) -> pd.DataFrame:

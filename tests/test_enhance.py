@@ -254,6 +254,17 @@ def test_the_audio_model_predicts_from_audio_what_the_trial_predicted_from_the_s
         model_uri = log_audio_model(uri, run.info.run_id, [member.save(tmp_path / "member.pt")])
         got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"path": files, "device": saved["devices"]}))
         np.testing.assert_allclose(got[member.classes].to_numpy(), saved["probs"], atol=1e-5)
+        # the model pins what its members trained with, recorded in each (here: this environment)
+        from importlib.metadata import version
+
+        from search.serving import model_requirements
+
+        assert member.packages["torch"] == version("torch") and set(member.packages) >= {"numpy", "librosa", "scipy"}
+        pinned = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
+        assert f"librosa=={member.packages['librosa']}" in pinned and f"mlflow=={version('mlflow')}" in pinned
+        elsewhere = dataclasses.replace(member, packages={**member.packages, "librosa": "0.10.2"})
+        assert "librosa==0.10.2" in model_requirements([elsewhere])  # trained with another librosa
+        assert f"librosa=={version('librosa')}" in model_requirements([elsewhere, member])  # members disagree: here's
 
 
 @pytest.fixture(scope="module")
