@@ -154,10 +154,10 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
     elif parsed.scheme == "sqlite":
         path = sqlite_file(uri)
         if not path.parent.is_dir() and (created is None or path.parent != created.resolve()):
-            hint = " (give the --mlflow-uri the search ran with)" if must_exist else ""
+            hint = f" ({_where_hint(uri)})" if must_exist else ""
             raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist{hint}")
         if must_exist and not path.is_file():
-            raise AscError(f"MLflow store {uri}: no such database (give the --mlflow-uri the search ran with)")
+            raise AscError(f"MLflow store {uri}: no such database ({_where_hint(uri)})")
         if path.is_file():  # one that is there must be a database MLflow can read (not a damaged file)
             _try_store(uri)
     elif parsed.scheme in ("", "file"):
@@ -165,6 +165,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
                        "(http://HOST:5000); MLflow 3 refuses new file stores")
     else:  # another database MLflow knows (postgresql://, mysql://, ...) or a scheme it does not
         _try_store(uri)
+
+
+def _where_hint(uri: str) -> str:
+    """What to do about a tracking URI that holds no search, naming where the URI came from when it is
+    the environment's (a user who set MLFLOW_TRACKING_URI for another project gave no option)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and tracking_uri(env, Path(".")) == uri:
+        return "from MLFLOW_TRACKING_URI: give the --mlflow-uri the search ran with, or set the variable to it"
+    return "give the --mlflow-uri the search ran with"
 
 
 def _try_store(uri: str) -> None:

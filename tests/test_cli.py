@@ -218,8 +218,8 @@ def test_a_search_that_cannot_run_is_one_line_before_ray_starts(extra, sets, cul
 
 
 @pytest.mark.parametrize("argv, culprit", [
-    (["fuse", "--experiment", "x"], "sqlite:///TMP/env.db: no such database"),
-    (["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv"], "sqlite:///TMP/env.db: no such database"),
+    (["fuse", "--experiment", "x"], "sqlite:///TMP/env.db: no such database (from MLFLOW_TRACKING_URI: "),
+    (["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv"], "sqlite:///TMP/env.db: no such database (from MLFLOW"),
     (["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/real.db"],
      "models:/x/1: cannot load it (Registered Model with name=x not found)"),  # the option beats the variable
     (["predict", "models:/x@champion", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/real.db"],
