@@ -113,7 +113,7 @@ def main(uri: str, experiment: str, out: str, port: int = 5079, debug_port: int 
         raise SystemExit("error: chromium is not on the PATH; install it (Debian: apt install chromium) and run again")
     exp = MlflowClient(uri).get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"{uri}: no experiment {experiment!r}")
+        raise SystemExit(f"error: {uri}: no experiment {experiment!r}")
     work = Path(tempfile.mkdtemp())
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                            "--port", str(port)], stdout=open(work / "ui.log", "w"), stderr=subprocess.STDOUT)
@@ -149,6 +149,12 @@ def main(uri: str, experiment: str, out: str, port: int = 5079, debug_port: int 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        raise SystemExit(__doc__.split("\n\n")[1])
-    main(*sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m search.docs.mlflow_screenshot",
+                                     description="Screenshot MLflow's runs table of a search (headless Chromium).")
+    parser.add_argument("uri", help="the MLflow tracking URI the search recorded to (sqlite:///.../mlflow.db)")
+    parser.add_argument("experiment", help="the search's name (its MLflow experiment)")
+    parser.add_argument("out", help="the PNG file to write")
+    args = parser.parse_args()
+    main(args.uri, args.experiment, args.out)
