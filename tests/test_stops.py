@@ -40,6 +40,12 @@ def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_r
     try:
         wait_fault(faults, point, proc)
         proc.send_signal(signal.SIGINT)  # the driver only, as Ray's workers ignore a terminal's Ctrl-C
+        # the trial goes on only once Tune has taken the signal (its handler logs, into the search's
+        # ray.log, as it sets the flag its loop stops on): released before, a trial on a fast machine
+        # beside a slow driver could finish before the stop
+        log = storage / "ctrlc" / "ray.log"
+        wait_for(lambda: log.is_file() and "Stop signal received" in log.read_text(errors="replace"), 600,
+                 "Tune's stop line in ray.log", proc)
         release(faults, point)
         out, err = finish(proc, 300)
     finally:
