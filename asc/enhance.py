@@ -19,8 +19,9 @@ also the order of the stages (:data:`STAGES`):
 Adding an enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the dict is its
 place in the order) with its ``apply`` function (numpy or torch alike for a ``batch`` step, which
 :meth:`Enhancement.after_median` runs and every path of a batch ends in, the served model's in
-``asc.inference`` included; torch for an ``input`` step, which :meth:`Enhancement.on_input` runs);
-and its tests (tests/test_enhance.py holds those every enhancement must pass, served-equals-trained
+``asc.inference`` included; torch for an ``input`` step, which :meth:`Enhancement.on_input` runs; a
+``cached`` step also ``apply_torch``, its torch twin, which a GPU trial runs per batch instead of
+reading the cache); and its tests (tests/test_enhance.py holds those every enhancement must pass, served-equals-trained
 included). A ``features`` step gives ``prepare`` (what it needs of the store's feature settings,
 once), ``draw`` (its picks for an epoch's clips, from the epoch's generator) and ``apply`` (the picks
 on the stored features); ``asc.train`` runs them (``Training.run_epoch`` draws,
@@ -104,9 +105,11 @@ class Definition:
     # the stream (indices into the view) a pick or -1, once per epoch, before the loader starts
     prepare: Callable | None = None
     draw: Callable | None = None
-    # batch: computed once per setting into the store's derived cache on a CPU; on a GPU per batch, by the
-    # step's torch twin (the median filter's: median_filter_torch, in asc.train.FeatureView.finish)
+    # batch: computed once per setting into the store's derived cache on a CPU; on a GPU per batch, by
+    # apply_torch(x, **settings), the step's torch twin (asc.train.FeatureView.finish), which a cached
+    # step must give
     cached: bool = False
+    apply_torch: Callable | None = None
 
     def key(self, setting: str) -> str:
         return f"{self.name}_{setting}"
@@ -157,6 +160,10 @@ def _median_filter_step(x, bands: int, frames: int):
     return median_filter(x, (bands, frames))
 
 
+def _median_filter_torch_step(x, bands: int, frames: int):
+    return median_filter_torch(x, (bands, frames))
+
+
 def _mean_subtraction_step(x):
     return mean_subtraction(x)
 
@@ -178,7 +185,7 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
         Setting("bands", int, 7, low=1, odd=True, help="height (Mel bands); paper 7"),
         Setting("frames", int, 21, low=1, odd=True, help="width (frames); paper 21")),
         help="x - median(x) over (bands, frames) (paper section 3.2)",
-        apply=_median_filter_step, cached=True),
+        apply=_median_filter_step, cached=True, apply_torch=_median_filter_torch_step),
     Definition("mean_subtraction", "mean-sub", "batch", help="each band's mean over time removed (paper section 3.1)",
                apply=_mean_subtraction_step),
     Definition("freq_mixstyle", "fms", "input", (

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from asc import REFERENCE_DEVICE
 from asc.cli import MAX_SEED
 from asc.dataset import VALIDATION_SEED, VALIDATION_SHARE, validation_locations
-from asc.enhance import CachedMedianFilter, Enhancement, median_filter_torch
+from asc.enhance import CachedMedianFilter, Enhancement
 from asc.errors import AscError, writable_file, writable_folder, write_atomic
 from asc.faults import fault_point, injected
 from asc.features import FeatureConfig
@@ -188,7 +188,7 @@ class FeatureView:
         the mean subtraction after it) runs on the training device, batch by batch (:meth:`finish`),
         instead of from a cache of the whole store on disk (a GPU filters a batch in milliseconds)."""
         self.store_path, self.enhancement = store, enhancement
-        self.device_median = device_median and enhancement.median_filter is not None
+        self.device_median = device_median and bool(enhancement.steps("batch", cached=True))
         self.mean = self.std = None
         self.subset_stats = stats_rows is not None and enhancement.normalization != "none"
         if self.subset_stats:
@@ -256,14 +256,15 @@ class FeatureView:
         return torch.from_numpy(x), torch.from_numpy(self.labels[indices])
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """What is left to do on the training device (``device_median``): the median filter, then the
-        mean subtraction; nothing otherwise."""
+        """What is left to do on the training device (``device_median``): the cached steps (the median
+        filter) by their torch twins, then the other batch steps (mean subtraction); nothing otherwise."""
         if not self.device_median:
             return x
+        for d, settings in self.enhancement.steps("batch", cached=True):
+            x = d.apply_torch(x, **settings)
         # rounded to the store's type, as a cache of it holds the filter's output and as the served
         # model computes it (Enhancement.__call__'s cache_dtype): a float16 store trains as it serves
-        filtered = median_filter_torch(x, self.enhancement.median_filter)
-        filtered = filtered.to(getattr(torch, self.base.manifest["dtype"])).to(x.dtype)
+        filtered = x.to(getattr(torch, self.base.manifest["dtype"])).to(x.dtype)
         return self.enhancement.after_median(filtered)
 
 

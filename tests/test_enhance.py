@@ -37,6 +37,13 @@ def test_every_definition_is_complete(name):
     assert d.stage in STAGES and d.short and d.help
     assert (d.apply is not None) == (d.stage != "store") and (not d.cached or d.stage == "batch")
     assert (d.prepare is not None) == (d.draw is not None) == (d.stage == "features")
+    # a cached step's torch twin (what a GPU trial runs per batch) computes what its cache holds
+    assert (d.apply_torch is not None) == d.cached
+    if d.cached:
+        x = np.random.default_rng(0).normal(size=(3, 16, 40)).astype(np.float32)
+        defaults = {s.name: s.default for s in d.settings}
+        np.testing.assert_allclose(d.apply_torch(torch.from_numpy(x), **defaults).numpy(), d.apply(x, **defaults),
+                                   atol=1e-6)
     for s in d.settings:
         assert isinstance(s.default, s.kind) and s.help
         if s.low is not None:
