@@ -110,6 +110,11 @@ class Definition:
     # step must give
     cached: bool = False
     apply_torch: Callable | None = None
+    # normalization "auto" is GMS (the mean removed, no variance scaling) when a step with this on is
+    # part of the configuration, else GMSVN: the paper's rule for mean subtraction and the median filter
+    auto_gms: bool = False
+    # its settings in its label, when not named one by one (``7x21``: the median filter's window)
+    settings_label: Callable | None = None
 
     def key(self, setting: str) -> str:
         return f"{self.name}_{setting}"
@@ -126,8 +131,8 @@ class Definition:
     def label(self, values: dict) -> str:
         """``medfilt7x21``, ``fms p=0.4 alpha=0.3``: the short name and the settings' values, named in
         full (a trial's label also says ``a=`` for mixup's alpha)."""
-        if self.name == "median_filter":
-            return f"{self.short}{values['bands']}x{values['frames']}"
+        if self.settings_label is not None:
+            return f"{self.short}{self.settings_label(values)}"
         parts = [f"{s.name}={_fmt(values[s.name])}" for s in self.settings
                  if s.kind is not str or values[s.name] != s.default]
         return " ".join([self.short, *parts])
@@ -164,6 +169,10 @@ def _median_filter_torch_step(x, bands: int, frames: int):
     return median_filter_torch(x, (bands, frames))
 
 
+def _window_label(values: dict) -> str:
+    return f"{values['bands']}x{values['frames']}"
+
+
 def _mean_subtraction_step(x):
     return mean_subtraction(x)
 
@@ -185,9 +194,10 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
         Setting("bands", int, 7, low=1, odd=True, help="height (Mel bands); paper 7"),
         Setting("frames", int, 21, low=1, odd=True, help="width (frames); paper 21")),
         help="x - median(x) over (bands, frames) (paper section 3.2)",
-        apply=_median_filter_step, cached=True, apply_torch=_median_filter_torch_step),
+        apply=_median_filter_step, cached=True, apply_torch=_median_filter_torch_step, auto_gms=True,
+        settings_label=_window_label),
     Definition("mean_subtraction", "mean-sub", "batch", help="each band's mean over time removed (paper section 3.1)",
-               apply=_mean_subtraction_step),
+               apply=_mean_subtraction_step, auto_gms=True),
     Definition("freq_mixstyle", "fms", "input", (
         Setting("p", float, 0.4, low=0.0, high=1.0, help="probability a batch is mixed; 0.4 (2023), 0.6 (2022)"),
         Setting("alpha", float, 0.4, low=0.0, low_open=True, help="Beta(alpha, alpha) mixing; 0.4 (2023), 0.3 (2022)")),
@@ -220,6 +230,12 @@ def parse_composition(text: str) -> tuple[str, ...]:
         raise AscError(f"{text!r}: enhancements run in one order ({', '.join(ENHANCEMENTS)}); "
                        f"write {'+'.join(ordered)}")
     return ordered
+
+
+def auto_normalization(names) -> str:
+    """What ``normalization: auto`` is for the enhancements ``names``: GMS with a step whose definition
+    says so (``auto_gms``), else GMSVN."""
+    return "gms" if any(ENHANCEMENTS[n].auto_gms for n in names) else "gmsvn"
 
 
 def composition(names) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from asc.dataset import VALIDATION_SHARE
-from asc.enhance import ENHANCEMENTS, Enhancement, composition, parse_composition, setting_keys
+from asc.enhance import ENHANCEMENTS, Enhancement, auto_normalization, composition, parse_composition, setting_keys
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS
@@ -221,7 +221,7 @@ class Space:
             if name not in names:
                 out.pop(key)
         if out["normalization"] == "auto":  # the paper: GMS whenever mean subtraction or the median filter is on
-            out["normalization"] = "gms" if {"mean_subtraction", "median_filter"} & set(names) else "gmsvn"
+            out["normalization"] = auto_normalization(names)
         # settings the chosen model ignores take one value, so that they do not tell configurations apart
         for key in MODEL_SETTINGS:
             if not _used(key, out):
