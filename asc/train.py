@@ -251,8 +251,9 @@ class FeatureView:
                 chosen = picks[d.name][rows]
                 on = chosen >= 0
                 raw[on] = d.apply(raw[on], chosen[on], self.states[d.name])
+            # rounded as the cached rows beside them were (the cache holds the store's type)
             x[rows] = self.enhancement.normalize(raw, self.mean, self.std) if self.device_median else \
-                self.enhancement(raw, self.mean, self.std)
+                self.enhancement(raw, self.mean, self.std, cache_dtype=self.base.manifest["dtype"])
         return torch.from_numpy(x), torch.from_numpy(self.labels[indices])
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
