@@ -59,6 +59,9 @@ PARAMS: dict[str, Param] = {
     "enhancement": Param(str, "none", help="none, or enhancements joined by '+' (asc.enhance.ENHANCEMENTS): "
                                           "the paper's mean_subtraction, median_filter; spectrum_correction (1B "
                                           "winner); dir, freq_mixstyle (DCASE 2022-2023)"),
+    # each enhancement's switch, by its name: on beside those `enhancement` names (searchable on and off
+    # on its own: `freq_mixstyle: {choice: [true, false]}`)
+    **{name: Param(bool, False, help=f"{name} on, beside the enhancements `enhancement` names") for name in ENHANCEMENTS},
     # each enhancement's settings, <enhancement>_<setting>, used only when it is on (from asc.enhance)
     **{key: Param(st.kind, st.default, low=st.low, low_open=st.low_open, high=st.high, high_open=False,
                   odd=st.odd, help=f"{d.name}: {st.help}", path=st.path) for key, (d, st) in setting_keys().items()},
@@ -217,6 +220,8 @@ class Space:
         out = {k: values.get(k, p.default) for k, p in PARAMS.items()}
         names = enhancement_names(out)
         out["enhancement"] = composition(names)
+        for name in ENHANCEMENTS:  # a switch is part of the composition now
+            out.pop(name)
         for key, name in CONDITIONAL.items():
             if name not in names:
                 out.pop(key)
@@ -254,6 +259,10 @@ class Space:
         points space's point id kept for the tables. Two parameter sets that train the same thing have
         the same canonical form; it is what a trial, MLflow, the tables and Optuna hold."""
         out = self.resolve(params)
+        names = enhancement_names(out)
+        for name in ENHANCEMENTS:  # a searched switch, as the composition sets it (the tables' column)
+            if name in self.searched:
+                out[name] = name in names
         if "point" in params:
             out["point"] = params["point"]
         return out
@@ -285,7 +294,8 @@ class Space:
             if choices is not None and canonical[key] not in choices:
                 # a choice that resolves to another value (normalization: auto is gms or gmsvn): the
                 # one Optuna's distribution holds that trains the same (the one given, where it does)
-                same = [v for v in choices if self.resolve({**params, key: v})[key] == canonical[key]]
+                same = [v for v in choices
+                        if self.resolve({**self.fixed, **canonical, key: v})[key] == canonical[key]]
                 out[key] = params[key] if params.get(key) in same else same[0]
         return out
 
@@ -355,7 +365,9 @@ class Space:
             n_mels = self.searched["n_mels"].grid() if "n_mels" in self.searched else [self.resolve(self.fixed)["n_mels"]]
             enh = self.searched["enhancement"].values if "enhancement" in self.searched else [
                 self.resolve(self.fixed)["enhancement"]]
-            candidates = [{"n_mels": n, "enhancement": e} for n in n_mels for e in enh]
+            corrected = _switch_values(self.fixed, self.searched, "spectrum_correction")
+            candidates = [{"n_mels": n, "enhancement": e, "spectrum_correction": c}
+                          for n in n_mels for e in enh for c in corrected]
         unique = {self.feature_config(c).key(): self.feature_config(c) for c in candidates}
         return sorted(unique.values(), key=lambda c: (c.spectrum_correction, c.n_mels))
 
@@ -711,15 +723,23 @@ def _used(key: str, values: dict) -> bool:
 
 
 def enhancement_names(values: dict) -> tuple[str, ...]:
-    """The enhancements a parameter set turns on, in their order (``asc.enhance``)."""
-    return parse_composition(values.get("enhancement", PARAMS["enhancement"].default))
+    """The enhancements a parameter set turns on, in their order (``asc.enhance``): those its
+    ``enhancement`` names and those whose switch is on."""
+    names = set(parse_composition(values.get("enhancement", PARAMS["enhancement"].default)))
+    return tuple(n for n in ENHANCEMENTS if n in names or values.get(n) is True)
+
+
+def _switch_values(fixed: dict, searched: dict, name: str) -> list:
+    """The values an enhancement's switch takes in a (non-points) space."""
+    return list(searched[name].values) if name in searched else [fixed.get(name, PARAMS[name].default)]
 
 
 def _enhancements(fixed: dict, searched: dict) -> set:
     """Every enhancement a (non-points) trial of the space can run."""
     values = list(searched["enhancement"].values) if "enhancement" in searched else [
         fixed.get("enhancement", PARAMS["enhancement"].default)]
-    return {n for v in values for n in parse_composition(v)}
+    return {n for v in values for n in parse_composition(v)} | {
+        n for n in ENHANCEMENTS if True in _switch_values(fixed, searched, n)}
 
 
 def _check_conditional(fixed: dict, searched: dict, points: list, fail) -> None:
@@ -727,19 +747,19 @@ def _check_conditional(fixed: dict, searched: dict, points: list, fail) -> None:
     def get(p: dict, key: str):
         return p.get(key, fixed.get(key, PARAMS[key].default))
 
-    enh = ({n for _, p in points for n in parse_composition(get(p, "enhancement"))} if points
+    enh = ({n for _, p in points for n in enhancement_names({**fixed, **p})} if points
            else _enhancements(fixed, searched))
     for key, name in CONDITIONAL.items():
         if (key in fixed or key in searched) and name not in enh:
             fail(f"params.{key}", f"set, but no enhancement here is {name}")
         for i, (_, p) in enumerate(points):
-            if key in p and name not in parse_composition(get(p, "enhancement")):
+            if key in p and name not in enhancement_names({**fixed, **p}):
                 fail(f"points[{i}].{key}", f"set, but this point's enhancement is not {name}")
     # The filter's height (given, or the default) must fit the smallest Mel-band count it can meet.
     if points:
         for i, (_, p) in enumerate(points):
             b, n = get(p, "median_filter_bands"), get(p, "n_mels")
-            if "median_filter" in parse_composition(get(p, "enhancement")) and b > n:
+            if "median_filter" in enhancement_names({**fixed, **p}) and b > n:
                 where = f"points[{i}]." if "median_filter_bands" in p else "params."
                 fail(where + "median_filter_bands", f"{b} is taller than the spectrogram ({n} Mel bands)")
         return
@@ -758,8 +778,8 @@ def _check_responses(fixed: dict, searched: dict, points: list, features: dict, 
     values = ([(f"points[{i}].{key}", p[key]) for i, (_, p) in enumerate(points) if key in p]
               + ([(f"params.{key}", fixed[key])] if key in fixed else [])
               + [(f"params.{key}.choice", v) for v in (searched[key].values if key in searched else ())])
-    uses_dir = "dir" in ({n for _, p in points for n in parse_composition(p.get("enhancement", fixed.get(
-        "enhancement", "none")))} if points else _enhancements(fixed, searched))
+    uses_dir = "dir" in ({n for _, p in points for n in enhancement_names({**fixed, **p})} if points
+                         else _enhancements(fixed, searched))
     if uses_dir and not values:
         values = [(f"params.{key}", PARAMS[key].default)]
     rate = features.get("sample_rate", FeatureConfig().sample_rate)

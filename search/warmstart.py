@@ -63,7 +63,7 @@ def contains(space: Space, params: dict) -> bool:
             continue
         value = params[key]
         if dist.kind == "choice":
-            if not any(space.canonical({**params, key: v}).get(key) == value for v in dist.values):
+            if not any(space.canonical({**space.fixed, **params, key: v}).get(key) == value for v in dist.values):
                 return False
         elif not dist.low <= value <= dist.high:
             return False

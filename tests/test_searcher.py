@@ -305,3 +305,45 @@ def test_noise_z_zero_decides_as_rays_asha_and_larger_stops_fewer(tmp_path):
     pruned = {name: sum(a == TrialScheduler.STOP and epoch < 9 for (_, epoch), a in d.items())
               for name, d in stops.items()}
     assert 0 < pruned["z1"] < pruned["ray"], pruned
+
+
+def test_each_enhancement_is_searchable_on_and_off_by_its_own_switch():
+    """An enhancement's name is its switch (``freq_mixstyle: {choice: [true, false]}``), on beside what
+    ``enhancement`` names: TPE models each on its own, its settings are sampled only when it is on, and
+    a switch and a composition that train the same thing are one configuration."""
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]},
+                      "freq_mixstyle": {"choice": [True, False]}, "dir": {"choice": [True, False]},
+                      "freq_mixstyle_p": {"choice": [0.4, 0.6]}}, sampler="grid")
+    distinct = space.distinct_points()
+    # 2 x 2 x 2 compositions, Freq-MixStyle's p only where it is on: 4 without it, 4 x 2 with it
+    assert len(distinct) == 12
+    assert {p["enhancement"] for p in distinct} == {"none", "mean_subtraction", "dir", "dir+mean_subtraction",
+                                                    "freq_mixstyle", "mean_subtraction+freq_mixstyle",
+                                                    "dir+freq_mixstyle", "dir+mean_subtraction+freq_mixstyle"}
+    assert all(p["freq_mixstyle"] == ("freq_mixstyle" in p["enhancement"]) and
+               ("freq_mixstyle_p" in p) == p["freq_mixstyle"] for p in distinct)
+    # the same training written two ways is one configuration
+    assert space.config_key({"enhancement": "dir"}) == space.config_key({"dir": True})
+    config = space.train_config({"enhancement": "mean_subtraction", "dir": True, "freq_mixstyle": True}, "store")
+    assert config.enhancement.names == ("dir", "mean_subtraction", "freq_mixstyle")
+    assert config.enhancement.normalization == "gms"  # auto, with mean subtraction
+    # Optuna asks for p only with Freq-MixStyle on, and is told what a configuration holds
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(12):
+        trial = study.ask()
+        space.suggest(trial)
+        assert ("freq_mixstyle_p" in trial.params) == trial.params["freq_mixstyle"]
+    for params in distinct + [{"enhancement": "dir+freq_mixstyle"}]:
+        told = space.optuna_params(params)
+        assert told["dir"] == ("dir" in space.canonical(params)["enhancement"])
+        optuna.trial.create_trial(params=told, distributions=space.optuna_distributions(params), value=0.5)
+    trained = run_sequentially(searcher_for(space), 14)
+    assert len({space.config_key(p) for p in trained}) == len(trained) == 12
+    # a switch that may turn spectrum correction on asks for its stores too
+    corrected = space_of({"spectrum_correction": {"choice": [True, False]}})
+    assert sorted(c.spectrum_correction for c in corrected.feature_configs()) == [False, True]
+    # a setting without a switch or composition that can turn its enhancement on is refused
+    with pytest.raises(AscError, match="params.dir_p: set, but no enhancement here is dir"):
+        space_of({"dir": False, "dir_p": 0.5})
+    fixed = space_of({"dir": True, "dir_p": 0.5})
+    assert fixed.canonical(fixed.fixed)["enhancement"] == "dir" and fixed.canonical(fixed.fixed)["dir_p"] == 0.5

@@ -11,6 +11,7 @@ import optuna
 import pytest
 import yaml
 
+from asc.enhance import ENHANCEMENTS
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.systems import PAPER_SYSTEMS, SYSTEMS, selection_metric, system_config
@@ -394,9 +395,9 @@ def test_median_size_is_sampled_only_with_the_median_filter():
     for _ in range(40):
         trial = study.ask()
         constants = space.suggest(trial)
-        config = {**trial.params, **constants}
+        config = space.canonical({**trial.params, **constants})  # as the searcher gives it to Tune
         kinds.add(config["enhancement"])
-        medfilt = config["enhancement"] == "median_filter"
+        medfilt = "median_filter" in config["enhancement"]
         for key in MEDIAN_KEYS:
             assert (key in trial.params) is medfilt and (key in config) is medfilt, (key, trial.params)
         if medfilt:
@@ -404,12 +405,19 @@ def test_median_size_is_sampled_only_with_the_median_filter():
             assert config["median_filter_frames"] in range(11, 42, 2)
         # every enhancement setting but those of the enhancement that is on is dropped
         on = config["enhancement"].split("+")
-        assert set(config) == set(PARAMS) - {k for k, name in CONDITIONAL.items() if name not in on}
+        # every parameter but the settings of enhancements that are off, and the switches the space
+        # does not search (the composition in `enhancement` says which are on)
+        assert set(config) == set(PARAMS) - {k for k, name in CONDITIONAL.items() if name not in on} - {
+            n for n in ENHANCEMENTS if n not in space.searched}
+        assert all(config[n] == (n in on) for n in ENHANCEMENTS if n in space.searched)
         assert config["model"] == "msxception" and config["epochs"] == 40  # fixed keys come back as constants
         assert 1e-4 <= config["lr"] <= 3e-3 and 0 <= config["dropout"] <= 0.5
         space.train_config(config, "store")  # every sampled config is one a trial can run
         study.tell(trial, 0.5)
-    assert kinds == set(space.searched["enhancement"].values)  # every composition the space lists comes up
+    # every enhancement the space can turn on comes up, and compositions of the switches' with the rest
+    for name in {*space.searched["enhancement"].values, "dir", "freq_mixstyle"} - {"none"}:
+        assert any(name in k.split("+") for k in kinds), (name, kinds)
+    assert "none" in kinds and any(k.count("+") >= 2 for k in kinds)
 
 
 @pytest.mark.parametrize("make", [
