@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from asc import REFERENCE_DEVICE
+from asc.dataset import read_development
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.store import MANIFEST, FeatureStore, current_stores, read_manifest, store_damage
@@ -31,6 +32,8 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
     if str(store_root).startswith(("s3://", "gs://")):
         raise AscError(f"--store {store_root}: a file system folder (local or NFS), not an object store")
     if data is not None:
+        # what the clips allow is checked on the dataset's own list first: a refusal builds no store
+        _check_selection_devices(space, list(read_development(data).clips), str(data))
         print(f"preparing the {len(configs)} feature store(s) the space needs from {data}")
         print(format_report(prepare(data, store_root, configs, address=address)))
     if not Path(store_root).is_dir():
@@ -57,7 +60,8 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
                                 if group)
         raise AscError(f"{store_root}: no feature store for {what}; make them with {commands} (or pass --data DATA_DIR)")
     space.check_frames(min(FeatureStore(p).shape[1] for p in stores.values()))
-    _check_selection_devices(space, next(iter(stores.values())))
+    first = next(iter(stores.values()))
+    _check_selection_devices(space, FeatureStore(first).clips, first)
     return stores
 
 
@@ -69,14 +73,14 @@ def _selections(space: Space) -> set:
     return set(space.searched["selection"].values) if "selection" in space.searched else {default}
 
 
-def _check_selection_devices(space: Space, store: str) -> None:
+def _check_selection_devices(space: Space, clips: list, store: str) -> None:
     """An objective on B&C needs B or C clips among the clips each protocol selects on; without
     them every trial's objective is NaN (ASHA cannot stop such trials, Optuna records them FAIL).
-    A trial choosing its epoch by Metric B needs each of them too."""
+    A trial choosing its epoch by Metric B needs each of them too. ``clips``: a store's (or the
+    dataset's it is built from), ``store`` where they are, for the message."""
     by_metric_b, pooled = "metric_b" in _selections(space), space.objective.name in POOLED
     if not (by_metric_b or pooled or space.objective.name == "acc_unseen"):
         return
-    clips = FeatureStore(store).clips
     protocol = space.protocol
     _, select, _ = split_indices(clips, space.train_config({**space.fixed, "protocol": protocol}, store))
     devices = sorted({clips[i].device for i in select})

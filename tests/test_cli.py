@@ -156,6 +156,10 @@ BAD_RUNS = [
     ("search", ["predict", "TMP", "DATA", "--out", "TMP/o.csv"], "model TMP: a folder without an MLmodel file"),
     ("search", ["run", "spaces/smoke.yaml", "--store", "STORE", "--storage", "TMP/file"], "--storage TMP/file"),
     ("search", ["resume", "nosuch", "--storage", "TMP"], "no search named 'nosuch'"),
+    # what the selection clips cannot give, seen in the dataset before --data builds a store
+    ("search", ["run", "spaces/smoke.yaml", "--data", "DATA", "--store", "TMP/s", "--storage", "TMP/runs",
+                "--set", "objective=acc_unseen", "--set", "batch_size=8"],
+     "objective: acc_unseen needs clips of devices unseen in training"),
 ]
 
 
