@@ -61,7 +61,8 @@ PARAMS: dict[str, Param] = {
                                           "winner); dir, freq_mixstyle (DCASE 2022-2023)"),
     # each enhancement's switch, by its name: on beside those `enhancement` names (searchable on and off
     # on its own: `freq_mixstyle: {choice: [true, false]}`)
-    **{name: Param(bool, False, help=f"{name} on, beside the enhancements `enhancement` names") for name in ENHANCEMENTS},
+    **{name: Param(bool, False, help=f"{name} on, beside the enhancements `enhancement` names")
+       for name in ENHANCEMENTS},
     # each enhancement's settings, <enhancement>_<setting>, used only when it is on (from asc.enhance)
     **{key: Param(st.kind, st.default, low=st.low, low_open=st.low_open, high=st.high, high_open=False,
                   odd=st.odd, help=f"{d.name}: {st.help}", path=st.path) for key, (d, st) in setting_keys().items()},
