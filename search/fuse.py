@@ -199,11 +199,12 @@ def load_candidates(client, experiment_id: str, full_budget: bool = False, progr
     clips = {s: Clips(splits[s][0], splits[s][1], np.array([classes.index(x) for x in splits[s][2]]), seen)
              for s in splits}
     if refused:  # one ensemble scores its members on one set of clips: these would be scored on others
-        ids = sorted({c.run_id for c in refused})
-        raise AscError(f"experiment {name!r}: {len(refused)} run(s) predicted other clips or classes than the other "
-                       f"{len(candidates)} (another store or split): "
-                       f"{', '.join(f'{c.label} ({c.run_id})' for c in refused)}; set them aside "
-                       f"(`mlflow runs delete --run-id {ids[0]}`, undone by `mlflow runs restore`) and fuse again")
+        runs = {c.run_id: c.label.split("/")[0] for c in refused}  # a trial's seeds are one run
+        kept = len({c.run_id for c in candidates})
+        raise AscError(f"experiment {name!r}: {len(runs)} run(s) predicted other clips or classes than the other "
+                       f"{kept} (another store or split): {', '.join(f'{label} ({i})' for i, label in runs.items())}; "
+                       f"set them aside (`MLFLOW_TRACKING_URI={client.tracking_uri} mlflow runs delete --run-id ID` "
+                       "for each, undone by `mlflow runs restore`) and fuse again")
     notes = []
     if skipped:
         notes.append(f"no predictions logged (left out): {', '.join(skipped)}")

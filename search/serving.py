@@ -37,7 +37,7 @@ from mlflow.types import ColSpec, Schema
 
 import asc
 from asc.errors import AscError
-from asc.inference import Ensemble, Member, audio_paths
+from asc.inference import MEMBER_PACKAGES, Ensemble, Member, audio_paths
 
 SPEC = "ensemble.json"
 
@@ -198,17 +198,21 @@ MSXCEPTION_PACKAGES = ("torchvision", "pretrainedmodels")
 
 def model_requirements(members) -> list[str]:
     """The packages the members need, so that an environment MLflow builds from the model's own files
-    can load it: each pinned to the version the members were trained with (recorded in each), else,
-    for this module's own packages and members that did not record it or disagree, the version
-    installed here, where the model is logged."""
+    can load it, pinned to the versions the members were trained with (each records them) when every
+    member recorded the same versions of all it needs; else, all from one environment too, those
+    installed here, where the model is logged (versions from two environments may not install
+    together: torchvision pairs with one torch). This module's own packages: those installed here."""
     names = list(SERVING_PACKAGES) + (list(MSXCEPTION_PACKAGES) if any(
         m.model_config.name == "msxception" for m in members) else [])
-    pins = []
-    for name in names:
-        trained = {m.packages.get(name) for m in members}
-        pinned = trained.pop() if len(trained) == 1 and None not in trained else version(name)
-        pins.append(f"{name}=={pinned.split('+')[0]}")  # a local build tag (+cu130) is no index's version
-    return pins
+    needed = [n for n in names if n in MEMBER_PACKAGES]
+    records = {tuple(_release(m.packages.get(n)) for n in needed) for m in members}
+    trained = dict(zip(needed, records.pop())) if len(records) == 1 and None not in next(iter(records)) else {}
+    return [f"{name}=={trained.get(name) or _release(version(name))}" for name in names]
+
+
+def _release(text: str | None) -> str | None:
+    """A version without its local build tag (``2.5.1+cu124``: ``2.5.1``), which no package index has."""
+    return None if text is None else text.split("+")[0]
 
 
 def _input_example(member) -> pd.DataFrame:

@@ -208,7 +208,9 @@ class Space:
             if not _used(key, values):  # Optuna never sees a parameter the configuration does not use
                 continue
             values[key] = self.searched[key].suggest(trial, key)
-        return {k: v for k, v in self.resolve(values).items() if k not in trial.params}
+        # what Optuna holds comes back as it drew it, unless resolving changed it: the composition an
+        # enhancement's switch (fixed or drawn) joins, normalization auto
+        return {k: v for k, v in self.resolve(values).items() if k not in trial.params or trial.params[k] != v}
 
     def __call__(self, trial) -> dict:  # OptunaSearch takes a callable define-by-run space
         return self.suggest(trial)
@@ -296,7 +298,7 @@ class Space:
                 # a choice that resolves to another value (normalization: auto is gms or gmsvn): the
                 # one Optuna's distribution holds that trains the same (the one given, where it does)
                 same = [v for v in choices
-                        if self.resolve({**self.fixed, **canonical, key: v})[key] == canonical[key]]
+                        if self.canonical({**self.fixed, **canonical, key: v}).get(key) == canonical[key]]
                 out[key] = params[key] if params.get(key) in same else same[0]
         return out
 

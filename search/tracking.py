@@ -154,10 +154,10 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
     elif parsed.scheme == "sqlite":
         path = sqlite_file(uri)
         if not path.parent.is_dir() and (created is None or path.parent != created.resolve()):
-            hint = f" ({_where_hint(uri)})" if must_exist else ""
+            hint = f" ({where_hint(uri)})" if must_exist else ""
             raise AscError(f"MLflow store {uri}: folder {path.parent} does not exist{hint}")
         if must_exist and not path.is_file():
-            raise AscError(f"MLflow store {uri}: no such database ({_where_hint(uri)})")
+            raise AscError(f"MLflow store {uri}: no such database ({where_hint(uri)})")
         if path.is_file():  # one that is there must be a database MLflow can read (not a damaged file)
             _try_store(uri)
     elif parsed.scheme in ("", "file"):
@@ -167,13 +167,13 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False,
         _try_store(uri)
 
 
-def _where_hint(uri: str) -> str:
+def where_hint(uri: str, search: str = "the search") -> str:
     """What to do about a tracking URI that holds no search, naming where the URI came from when it is
     the environment's (a user who set MLFLOW_TRACKING_URI for another project gave no option)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env and tracking_uri(env, Path(".")) == uri:
-        return "from MLFLOW_TRACKING_URI: give the --mlflow-uri the search ran with, or set the variable to it"
-    return "give the --mlflow-uri the search ran with"
+        return f"from MLFLOW_TRACKING_URI: give the --mlflow-uri {search} ran with, or set the variable to it"
+    return f"give the --mlflow-uri {search} ran with"
 
 
 def _try_store(uri: str) -> None:

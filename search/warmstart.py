@@ -28,7 +28,7 @@ from asc.dataset import VALIDATION_SHARE
 from asc.errors import AscError
 from search.searcher import KEY_ATTR, WARM_ATTR
 from search.space import PARAMS, Space
-from search.tracking import ROLE_TAG, SELECTED_ON_TAG, STORE_TAG, selected_on, sqlite_file
+from search.tracking import ROLE_TAG, SELECTED_ON_TAG, STORE_TAG, selected_on, sqlite_file, where_hint
 
 
 @dataclass
@@ -76,7 +76,7 @@ def check_warm_start_store(uri: str, names: list[str]) -> None:
     would create an empty one."""
     if sqlite_file(uri) is not None and not sqlite_file(uri).is_file():
         raise AscError(f"--warm-start {' '.join(names)}: no MLflow database at {sqlite_file(uri)} "
-                       "(give the --mlflow-uri the earlier search ran with)")
+                       f"({where_hint(uri, 'the earlier search')})")
 
 
 def warm_start_experiments(uri: str, names: list[str], space: Space) -> list:

@@ -394,7 +394,7 @@ def test_fuse_refuses_runs_whose_predictions_cover_other_clips_and_bad_options(s
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert f"experiment {NAME!r}: 1 run(s) predicted other clips" in err and f"t099 ({stray.info.run_id})" in err
-    assert f"mlflow runs delete --run-id {stray.info.run_id}" in err
+    assert f"`MLFLOW_TRACKING_URI={searched['uri']} mlflow runs delete --run-id ID` for each" in err
     assert len(client.search_runs([experiment.experiment_id])) == runs  # nothing written
     # set aside as the line says (MLflow's soft delete), the rest fuse
     client.delete_run(stray.info.run_id)

@@ -339,6 +339,14 @@ def test_each_enhancement_is_searchable_on_and_off_by_its_own_switch():
         optuna.trial.create_trial(params=told, distributions=space.optuna_distributions(params), value=0.5)
     trained = run_sequentially(searcher_for(space), 14)
     assert len({space.config_key(p) for p in trained}) == len(trained) == 12
+    # a fixed switch beside a searched composition joins every trial's composition
+    joined = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "freq_mixstyle": True})
+    trained = run_sequentially(searcher_for(joined), 3)
+    assert sorted(p["enhancement"] for p in trained) == ["freq_mixstyle", "mean_subtraction+freq_mixstyle"]
+    assert all(joined.train_config(p, "s").enhancement.freq_mixstyle for p in trained)
+    # a switch searched off only, beside a composition that turns it on: Optuna is told the off it holds
+    off = space_of({"enhancement": {"choice": ["none", "dir"]}, "dir": {"choice": [False]}}, sampler="grid")
+    assert [off.optuna_params(p)["dir"] for p in off.distinct_points()] == [False, False]
     # a switch that may turn spectrum correction on asks for its stores too
     corrected = space_of({"spectrum_correction": {"choice": [True, False]}})
     assert sorted(c.spectrum_correction for c in corrected.feature_configs()) == [False, True]
