@@ -16,15 +16,15 @@ also the order of the stages (:data:`STAGES`):
   that is cheaper (the median filter on a CPU), or per batch on the training device;
 - ``input``: training only, on the model's input batch (Freq-MixStyle).
 
-Adding an enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the dict is its
-place in the order) with its ``apply`` function (numpy or torch alike for a ``batch`` step, which
-:meth:`Enhancement.after_median` runs and every path of a batch ends in, the served model's in
+Adding an enhancement is: a :class:`Definition` in :data:`ENHANCEMENTS` (its place in the dict is
+its place in the order) with its ``apply`` function (numpy or torch alike for a ``batch`` step,
+which :meth:`Enhancement.after_median` runs and every path of a batch ends in, the served model's in
 ``asc.inference`` included; torch for an ``input`` step, which :meth:`Enhancement.on_input` runs; a
 ``cached`` step also ``apply_torch``, its torch twin, which a GPU trial runs per batch instead of
-reading the cache); and its tests (tests/test_enhance.py holds those every enhancement must pass, served-equals-trained
-included). A ``features`` step gives ``prepare`` (what it needs of the store's feature settings,
-once), ``draw`` (its picks for an epoch's clips, from the epoch's generator) and ``apply`` (the picks
-on the stored features); ``asc.train`` runs them (``Training.run_epoch`` draws,
+reading the cache); and its tests (tests/test_enhance.py holds those every enhancement must pass,
+served-equals-trained included). A ``features`` step gives ``prepare`` (what it needs of the store's
+feature settings, once), ``draw`` (its picks for an epoch's clips, from the epoch's generator) and
+``apply`` (the picks on the stored features); ``asc.train`` runs them (``Training.run_epoch`` draws,
 ``FeatureView.batch`` applies). Nothing else changes: :class:`Enhancement` gets a field of its name,
 the search space its parameters, the tables and run names its label.
 

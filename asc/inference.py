@@ -66,7 +66,8 @@ class Member:
     corrections: dict[str, np.ndarray] | None = None  # spectrum correction per device, or None
     source: dict = dataclasses.field(default_factory=dict)  # where it came from (run id, trial, store)
     frames: int | None = None  # the clips' length in frames it trained on (None: a member of an older version)
-    packages: dict = dataclasses.field(default_factory=dict)  # MEMBER_PACKAGES' versions it trained with ({}: not recorded)
+    # MEMBER_PACKAGES' versions it trained with ({}: a member of an older version, which recorded none)
+    packages: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self._model = None

@@ -121,8 +121,9 @@ def _group(params: dict) -> str:
 def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False,
                     seed_members: bool = False):
     """The search's candidate runs with their predictions; returns (candidates, clips, classes,
-    notes, parent run id). Runs whose predictions cover other clips than the most runs' are refused. ``seed_members``: each seed of a several-seed trial is a candidate
-    of its own (``t003/seed1``) instead of the trial's seed average."""
+    notes, parent run id). Runs whose predictions cover other clips than the most runs' are refused,
+    in one line. ``seed_members``: each seed of a several-seed trial is a candidate of its own
+    (``t003/seed1``) instead of the trial's seed average."""
     experiment = client.get_experiment(experiment_id)
     name, tags = experiment.name, experiment.tags
     every = client.search_runs([experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=5000)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import ray
 
 import asc
-from asc.dataset import read_dataset
+from asc.dataset import Dataset, read_dataset
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.progress import progress as show_progress
@@ -144,12 +144,14 @@ def ray_map(fn: Callable, items: Sequence, on_result: Callable | None = None, ad
     return results
 
 
-def prepare(data_dir: str | Path, store: str | Path, configs: Sequence[FeatureConfig], address: str | None = None,
-            num_cpus: int | None = None, shard_size: int = 32, progress: bool = True) -> BuildReport:
-    """Build (or find up to date) one store per configuration for the dataset in ``data_dir``.
+def prepare(data_dir: str | Path | Dataset, store: str | Path, configs: Sequence[FeatureConfig],
+            address: str | None = None, num_cpus: int | None = None, shard_size: int = 32,
+            progress: bool = True) -> BuildReport:
+    """Build (or find up to date) one store per configuration for the dataset in ``data_dir`` (or the
+    dataset already read from it).
 
     ``progress``: a bar on a terminal, a line every half minute in a log (``asc.progress``)."""
-    dataset = read_dataset(data_dir)
+    dataset = data_dir if isinstance(data_dir, Dataset) else read_dataset(data_dir)
     map_fn = functools.partial(ray_map, address=address, num_cpus=num_cpus)
     bar = None
 

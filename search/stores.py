@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from asc import REFERENCE_DEVICE
-from asc.dataset import read_development
+from asc.dataset import read_dataset
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.store import MANIFEST, FeatureStore, current_stores, read_manifest, store_damage
@@ -33,9 +33,10 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
         raise AscError(f"--store {store_root}: a file system folder (local or NFS), not an object store")
     if data is not None:
         # what the clips allow is checked on the dataset's own list first: a refusal builds no store
-        _check_selection_devices(space, list(read_development(data).clips), str(data))
+        dataset = read_dataset(data)
+        _check_selection_devices(space, list(dataset.clips), str(data))
         print(f"preparing the {len(configs)} feature store(s) the space needs from {data}")
-        print(format_report(prepare(data, store_root, configs, address=address)))
+        print(format_report(prepare(dataset, store_root, configs, address=address)))
     if not Path(store_root).is_dir():
         raise AscError(f"--store {store_root}: no such folder (make the stores with `python -m search prepare "
                        "DATA_DIR --store ...`, or pass --data DATA_DIR)")

@@ -229,8 +229,9 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     quiet_tune()
     check_tracking_uri(mlflow_uri, created=storage)
     check_new_experiment(mlflow_uri, name)
+    earlier = None
     if settings.warm_start:  # what needs no store, before --data builds any
-        warm_start_experiments(mlflow_uri, settings.warm_start, space)
+        earlier = warm_start_experiments(mlflow_uri, settings.warm_start, space)
 
     if space.protocol == "paper":
         choosers = "the epochs, ASHA and the sampler" if space.scheduler.name == "asha" else "the epochs and the sampler"
@@ -247,7 +248,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     store_names = {key: store_identity(path) for key, path in stores.items()}
     warm = []
     if settings.warm_start:  # read and checked before anything is written
-        warm, warm_line = read_warm_start(mlflow_uri, settings.warm_start, space, store_names)
+        warm, warm_line = read_warm_start(mlflow_uri, settings.warm_start, space, store_names, earlier)
         print(warm_line)  # before anything starts: a warm start that takes nothing is seen at once
     study_dir = settings.study_dir
     shared = network_filesystem(storage)

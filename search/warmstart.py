@@ -104,13 +104,15 @@ def warm_start_experiments(uri: str, names: list[str], space: Space) -> list:
     return found
 
 
-def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[str, str]) -> tuple[list[WarmTrial], str]:
-    """The trials the experiments ``names`` give the search, and one line saying what was taken and skipped."""
+def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[str, str],
+                    experiments: list | None = None) -> tuple[list[WarmTrial], str]:
+    """The trials the experiments ``names`` give the search, and one line saying what was taken and
+    skipped. ``experiments``: theirs, as :func:`warm_start_experiments` found and checked them."""
     client = MlflowClient(uri)
     taken: dict[str, WarmTrial] = {}
     skipped: Counter = Counter()
     states: Counter = Counter()
-    for name, exp in zip(names, warm_start_experiments(uri, names, space)):
+    for name, exp in zip(names, experiments or warm_start_experiments(uri, names, space)):
         tags = exp.tags
         theirs = json.loads(tags.get("store_names") or "{}")
         if not set(theirs.values()) & set(store_names.values()):
