@@ -21,7 +21,9 @@ searcher that never spends a trial on a configuration the search already knows.
   however large ``num_samples`` was). Each Tune trial is therefore one distinct configuration.
 - Each Optuna trial carries its Tune trial id and its configuration's key.
 - A restored searcher (``resume``) reloads the study from its database, whatever the pickled copy
-  held, and the configurations it knows with it.
+  held, and the configurations it knows with it. A study trial still running there that Tune never
+  recorded (the driver died between asking Optuna and saving Tune's state) is closed as FAIL, marked
+  ``orphan``, and its configuration left free to be proposed again.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ KEY_ATTR = "config_key"  # the configuration's identity (Space.config_key), on e
 DUPLICATE_ATTR = "duplicate_of"  # a repeated proposal: the Tune trial (or earlier run) it repeats
 WARM_ATTR = "warm_start_from"  # a trial taken from an earlier search: its MLflow run id
 DIVERGED_ATTR = "diverged_at_epoch"
+ORPHAN_ATTR = "orphan"  # asked by a driver that died before Tune recorded the trial: never trained
 MAX_REPEATS = 5  # repeated proposals in a row before a configuration not yet trained is drawn
 # Random draws after that, in a space that cannot be listed, before the searcher takes the space for
 # exhausted: a draw that lands on a range (a float without a step) is new, so this many draws all
@@ -105,6 +108,7 @@ class Searcher(OptunaSearch):
         self.repeats = 0  # proposals that repeated a known configuration
         self.drawn = 0  # configurations drawn because the sampler kept repeating
         self.finished = False  # no configuration left to train (or the sampler only repeats)
+        self.orphans = 0  # study trials a dead driver asked and Tune never recorded (closed on restore)
         self._rng = random.Random(seed)
         ACTIVE["searcher"] = self
 
@@ -171,6 +175,14 @@ class Searcher(OptunaSearch):
             state = TrialState.PRUNED
         self._tell(ot_trial, value, state)
 
+    def _orphan(self, frozen) -> None:
+        """Close a study trial that no Tune trial will ever report (the driver that asked it died
+        before Tune saved its state): FAIL, marked ``ORPHAN_ATTR``, so that the sampler no longer
+        counts it as running and its configuration is neither trained nor refused for its sake."""
+        self.orphans += 1
+        self._ot_study._storage.set_trial_user_attr(frozen._trial_id, ORPHAN_ATTR, True)
+        self._tell(frozen.number, None, TrialState.FAIL)
+
     def _tell(self, ot_trial, value, state) -> None:
         try:
             self._ot_study.tell(ot_trial, value, state=state)
@@ -225,6 +237,14 @@ class Searcher(OptunaSearch):
     def restore(self, checkpoint_path):
         super().restore(checkpoint_path)
         ACTIVE["searcher"] = self
+        # The trials Tune resumes: those of its experiment state (`resume` reads them), which Tune saves
+        # just before this pickle, and those the pickle had proposed. A study trial still RUNNING that
+        # neither holds was asked by a driver that died before Tune saved again: no trial will ever
+        # train or report it.
+        tune_ids = None
+        if "_keys" in self.__dict__ or RESUMING.get("tune_trials") is not None:
+            tune_ids = set(self.__dict__.get("_keys", ())) | set(RESUMING.get("tune_trials") or ())
+        self.orphans = 0
         # The study's database holds every trial it had, also those asked after the pickle was saved;
         # `resume` names where it is now (the folder may have moved, or be mounted elsewhere).
         if RESUMING.get("study_dir") is not None:
@@ -236,6 +256,9 @@ class Searcher(OptunaSearch):
         for frozen in self._ot_study.get_trials(deepcopy=False):
             key = frozen.user_attrs.get(KEY_ATTR)
             tune_id = frozen.user_attrs.get(TRIAL_TAG) or frozen.user_attrs.get(WARM_ATTR)
+            if frozen.state == TrialState.RUNNING and tune_ids is not None and (key is None or tune_id not in tune_ids):
+                self._orphan(frozen)  # its configuration is not known: it may be proposed again
+                continue
             if key is None or frozen.user_attrs.get(DUPLICATE_ATTR) is not None:
                 continue
             state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",

@@ -416,6 +416,7 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
                      json.dumps({**json.loads((search_dir / SEARCH_FILE).read_text()), "mlflow_uri": uri}, indent=1))
         info["mlflow_uri"] = uri
     RESUMING["mlflow_uri"] = uri  # for the tracker, unpickled from the experiment state with the old one
+    RESUMING["tune_trials"] = saved_trial_ids(search_dir)  # for the searcher: the study's trials Tune holds
     left = send_pending(info["mlflow_uri"], search_dir)  # what a blinking server missed last time
     if left:
         print(f"warning: {left} kept MLflow write(s) still cannot reach {info['mlflow_uri']}")
@@ -429,6 +430,16 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
                                                                      info["gpus_per_trial"]),
                                resume_unfinished=True, resume_errored=False)
     return _fit_and_report(tuner, space, info, search_dir)
+
+
+def saved_trial_ids(search_dir: Path) -> set[str] | None:
+    """The trial ids in Tune's newest saved experiment state (the one ``Tuner.restore`` resumes: the
+    file names carry its time), or None where it cannot be read."""
+    states = sorted(search_dir.glob("experiment_state-*.json"))
+    try:
+        return {json.loads(state)["trial_id"] for state, _ in json.loads(states[-1].read_text())["trial_data"]}
+    except (IndexError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def study_folder(info: dict, search_dir: Path) -> Path:
@@ -490,6 +501,9 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
     searcher = ACTIVE.get("searcher")
     if searcher is not None and (searcher.repeats or searcher.finished):
         print(distinct_line(space, searcher, info["num_samples"], len(trials)))
+    if searcher is not None and getattr(searcher, "orphans", 0):
+        print(f"{searcher.orphans} Optuna trial(s) asked before the driver died, never recorded by Tune: closed "
+              "in the study as FAIL (user attribute orphan), their configurations free to be proposed again")
     print(f"browse them: {ui_command(info['mlflow_uri'], info['experiment_id'])}")
     caches = cache_line(info["stores"])
     if caches:

@@ -202,6 +202,47 @@ def test_a_restored_searcher_knows_every_configuration_of_the_study(tmp_path):
                                                                               space.distinct_points()}
 
 
+def test_a_configuration_asked_by_a_driver_that_died_before_tune_saved_is_trained_after_resume(tmp_path):
+    """The driver asks Optuna for a trial, then dies before Tune saves its state (which it saves with
+    the searcher's pickle): no trial will ever report that study trial. Resumed, the search closes it
+    as an orphan and trains its configuration; every configuration of the space is trained once."""
+    from search.searcher import ORPHAN_ATTR, RESUMING, study_storage
+
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
+
+    def searcher(folder):
+        return Searcher(space=space, metric="objective", mode="max", sampler=make_sampler(space, 0, 8),
+                        storage=study_storage(folder), study_name="s", seed=0)
+
+    def died_and_resumed(folder, tune_trials):
+        folder.mkdir()
+        first = searcher(folder)
+        trained = run_sequentially(first, 2)
+        first.save(str(folder / "searcher.pkl"))  # Tune's last save
+        lost = first.suggest("t2")  # asked; the driver dies here
+        restored = searcher(folder)
+        RESUMING.update(study_dir=folder, tune_trials=tune_trials)  # as `resume` reads Tune's experiment state
+        try:
+            restored.restore(str(folder / "searcher.pkl"))
+        finally:
+            RESUMING.clear()
+        return trained, lost, restored
+
+    # Tune's experiment state was saved (just before the searcher's pickle) with t2 in it: Tune resumes
+    # t2, so its study trial is kept running for it
+    _, _, restored = died_and_resumed(tmp_path / "saved", {"t0", "t1", "t2"})
+    assert restored.orphans == 0 and "t2" in restored._ot_trials
+
+    trained, lost, restored = died_and_resumed(tmp_path / "lost", {"t0", "t1"})  # t2 never recorded by Tune
+    assert restored.orphans == 1
+    orphan = next(t for t in restored._ot_study.get_trials() if t.user_attrs.get("tune_trial_id") == "t2")
+    assert orphan.state == TrialState.FAIL and orphan.user_attrs[ORPHAN_ATTR] is True
+    more = run_sequentially(restored, 8, prefix="r")
+    keys = [space.config_key(p) for p in trained + more]
+    assert len(more) == 2 and space.config_key(lost) in keys
+    assert sorted(keys) == sorted(space.config_key(p) for p in space.distinct_points())  # each once
+
+
 def test_one_protocol_per_search():
     with pytest.raises(AscError, match=r"s.yaml: params.protocol: one protocol per search"):
         space_of({"protocol": {"choice": ["paper", "validation"]}})
