@@ -97,6 +97,7 @@ def _range(minimum, maximum) -> str:
 
 
 MAX_FUSION_SIZE = 100  # picks of a greedy fusion (with repeats, a member's weight): each is a pass over the candidates
+MAX_FUSION_BAGS = 1000  # resamples (or bagged repeats) a fusion may ask for: each is a greedy selection
 MAX_COUNT = 2**31 - 1  # beyond any real count; larger values overflow the C libraries underneath
 COUNT = integer(1, MAX_COUNT)  # clips, epochs, trials, bands, shards: at least one
 NON_NEGATIVE = integer(0, MAX_COUNT)  # workers (0 = in this process), retries, bags

@@ -39,7 +39,7 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
-from asc.cli import MAX_FUSION_SIZE, SAMPLE_RATE, ArgumentParser, COUNT, SEED, integer, number
+from asc.cli import MAX_FUSION_BAGS, MAX_FUSION_SIZE, SAMPLE_RATE, ArgumentParser, COUNT, SEED, integer, number
 from asc.errors import AscError, run_command, run_main
 from search.demo import add_arguments, run_demo
 
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--size", type=integer(1, MAX_FUSION_SIZE), default=None,
                       help="bootstrap, gated, greedy: most picks, with replacement (default 10); top: members "
                            "(default 3); at most %d" % MAX_FUSION_SIZE)
-    fuse.add_argument("--bags", type=integer(0, 1000), default=0,
+    fuse.add_argument("--bags", type=integer(0, MAX_FUSION_BAGS), default=0,
                       help="bootstrap: resamples of the selection clips (0: 40); greedy: bagged repeats on random "
                            "halves of the candidates (default 0); gated: the same (0: 20); at most 1000")
     fuse.add_argument("--full-budget", action="store_true", help="candidates: only trials that trained every epoch")

@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from asc.cli import COUNT, add_synth_arguments
+from asc.cli import COUNT, MAX_FUSION_SIZE, add_synth_arguments, integer
 from asc.errors import AscError
 
 # The steps import their libraries (Ray, MLflow, Optuna, torch, scipy) when they run: `python -m search`
@@ -231,7 +231,7 @@ def add_arguments(demo, defaults) -> None:
     add_synth_arguments(demo, defaults)
     demo.add_argument("--num-samples", type=COUNT, default=None, help="trials (default: spaces/demo.yaml's)")
     demo.add_argument("--epochs", type=COUNT, default=None, help="epochs per trial (default: spaces/demo.yaml's)")
-    demo.add_argument("--fusion-size", type=COUNT, default=6,
+    demo.add_argument("--fusion-size", type=integer(1, MAX_FUSION_SIZE), default=6,
                       help="fusion: most picks of each bootstrap resample; the pooled fusion may hold every trial "
                            "some resample picked (default %(default)s)")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of spaces/demo.yaml")

@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name
 
 from asc import fusion
-from asc.cli import MAX_FUSION_SIZE
+from asc.cli import MAX_FUSION_BAGS as MAX_BAGS, MAX_FUSION_SIZE
 from asc.enhance import Enhancement, parse_composition
 from asc.errors import AscError
 from asc.metrics import device_metrics, mean_sem
@@ -50,7 +50,6 @@ from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, TR
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
-MAX_BAGS = 1000  # resamples (or bagged repeats) a fusion may ask for: each is a greedy selection
 BOOTSTRAP_BAGS = 40  # the default fusion's bootstrap resamples of the selection clips, unless --bags says
 GATE_BAGS = 20  # the gated fusion's bagged repeats, unless --bags says otherwise
 GATE_SPLITS = 5  # its random halvings of the selection clips (each half held back once)

@@ -97,6 +97,25 @@ def test_every_numeric_option_accepts_its_default_and_documented_bounds(name, wo
         assert getattr(args, action.dest) in (action.type(str(value)), [action.type(str(value))])
 
 
+def test_the_fusion_options_refuse_on_the_command_line_what_fuse_refuses():
+    """The demo's --fusion-size and fuse's --size and --bags stop at the bounds fuse() checks, before a
+    demo has written its set, stores and search."""
+    from asc.cli import MAX_FUSION_BAGS, MAX_FUSION_SIZE
+
+    bounded = {("search", ("demo",), "--fusion-size"): MAX_FUSION_SIZE, ("search", ("fuse",), "--size"): MAX_FUSION_SIZE,
+               ("search", ("fuse",), "--bags"): MAX_FUSION_BAGS}
+    seen = set()
+    for name, words, parser in _commands():
+        for action in parser._actions:
+            key = (name, tuple(words), action.option_strings[-1] if action.option_strings else "")
+            if key in bounded:
+                seen.add(key)
+                assert action.type(str(bounded[key])) == bounded[key]
+                with pytest.raises(argparse.ArgumentTypeError, match="out of range"):
+                    action.type(str(bounded[key] + 1))
+    assert seen == set(bounded)
+
+
 @pytest.fixture(scope="module")
 def store(synth_set, fast_config, tmp_path_factory):
     return build_stores(read_development(synth_set), [fast_config], tmp_path_factory.mktemp("store")).built[0]
