@@ -10,23 +10,28 @@ since its first trials read them (:func:`check_stores_unchanged`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from asc import REFERENCE_DEVICE
 from asc.dataset import read_dataset
 from asc.errors import AscError
 from asc.features import FeatureConfig
-from asc.store import MANIFEST, FeatureStore, current_stores, read_manifest, store_damage
+from asc.store import MANIFEST, FeatureStore, current_stores, dataset_fingerprint, read_manifest, store_damage, \
+    store_name
 from asc.train import split_indices
 from search.prepare import format_report, prepare
 from search.objectives import POOLED, check_pooled_devices
 from search.space import PARAMS, Space
 
 
-def resolve_stores(space: Space, store_root: str, data: str | None = None, address: str | None = None) -> dict[str, str]:
+def resolve_stores(space: Space, store_root: str, data: str | None = None, address: str | None = None,
+                   before_build: Callable[[dict[str, str]], None] | None = None) -> dict[str, str]:
     """feature-config key -> store folder, for every store a trial of ``space`` can ask for.
 
-    With ``data`` the stores are prepared first (over the Ray cluster at ``address``); without it a
-    missing one is an error naming the ``prepare`` command that makes it.
+    With ``data`` the stores are prepared first (over the Ray cluster at ``address``), after
+    ``before_build`` has seen the names they will have (feature-config key -> store name: a check that
+    refuses builds nothing); without it a missing one is an error naming the ``prepare`` command that
+    makes it.
     """
     configs = space.feature_configs()
     if str(store_root).startswith(("s3://", "gs://")):
@@ -35,6 +40,9 @@ def resolve_stores(space: Space, store_root: str, data: str | None = None, addre
         # what the clips allow is checked on the dataset's own list first: a refusal builds no store
         dataset = read_dataset(data)
         _check_selection_devices(space, list(dataset.clips), str(data))
+        if before_build is not None:
+            fingerprint = dataset_fingerprint(dataset)
+            before_build({config.key(): store_name(config, fingerprint) for config in configs})
         print(f"preparing the {len(configs)} feature store(s) the space needs from {data}")
         print(format_report(prepare(dataset, store_root, configs, address=address)))
     if not Path(store_root).is_dir():

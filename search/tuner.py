@@ -55,7 +55,8 @@ from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TA
     check_new_experiment, check_tracking_uri, close_dangling_runs, ensure_runs_view, resume_tracking_uri, save_pending, \
     send_pending, send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
 from search.trainable import run_trial
-from search.warmstart import apply as apply_warm_start, check_warm_start_store, read_warm_start, warm_start_experiments
+from search.warmstart import apply as apply_warm_start, check_warm_start_store, check_warm_start_stores, read_warm_start, \
+    warm_start_experiments
 
 SEARCH_FILE = "search.json"  # what `resume` needs: settings, stores, MLflow ids
 SPACE_FILE = "space.yaml"  # the space as run (overrides applied)
@@ -244,7 +245,10 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
     if not str(settings.address or "").startswith("ray://"):  # else the trials' machines are not this one
         for weights in space.weights_files():  # every trial would fail on it (cluster.yaml: one TORCH_HOME for all)
             xception_weights_file(weights)
-    stores = resolve_stores(space, settings.store, settings.data, settings.address)
+    check = None
+    if settings.warm_start:  # with --data: the stores it would build, before it builds them
+        check = lambda names: check_warm_start_stores(settings.warm_start, earlier, names)  # noqa: E731
+    stores = resolve_stores(space, settings.store, settings.data, settings.address, before_build=check)
     store_names = {key: store_identity(path) for key, path in stores.items()}
     warm = []
     if settings.warm_start:  # read and checked before anything is written

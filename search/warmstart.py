@@ -104,6 +104,17 @@ def warm_start_experiments(uri: str, names: list[str], space: Space) -> list:
     return found
 
 
+def check_warm_start_stores(names: list[str], experiments: list, store_names: dict[str, str]) -> None:
+    """Refuse an earlier search none of whose feature stores this search reads (``store_names``:
+    feature-config key -> store name, of the stores there or of those ``--data`` is about to build)."""
+    for name, exp in zip(names, experiments):
+        theirs = json.loads(exp.tags.get("store_names") or "{}")
+        if not set(theirs.values()) & set(store_names.values()):
+            raise AscError(f"--warm-start {name}: its trials read other feature stores "
+                           f"({', '.join(sorted(theirs.values())) or 'not recorded'}) than this search "
+                           f"({', '.join(sorted(store_names.values()))}): other audio or feature settings")
+
+
 def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[str, str],
                     experiments: list | None = None) -> tuple[list[WarmTrial], str]:
     """The trials the experiments ``names`` give the search, and one line saying what was taken and
@@ -112,12 +123,9 @@ def read_warm_start(uri: str, names: list[str], space: Space, store_names: dict[
     taken: dict[str, WarmTrial] = {}
     skipped: Counter = Counter()
     states: Counter = Counter()
-    for name, exp in zip(names, experiments or warm_start_experiments(uri, names, space)):
-        tags = exp.tags
-        theirs = json.loads(tags.get("store_names") or "{}")
-        if not set(theirs.values()) & set(store_names.values()):
-            raise AscError(f"--warm-start {name}: its trials read other feature stores ({', '.join(sorted(theirs.values())) or 'not recorded'}) "
-                           f"than this search ({', '.join(sorted(store_names.values()))}): other audio or feature settings")
+    experiments = experiments or warm_start_experiments(uri, names, space)
+    check_warm_start_stores(names, experiments, store_names)
+    for name, exp in zip(names, experiments):
         runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{ROLE_TAG} = 'trial'", max_results=10000)
         for run in sorted(runs, key=lambda r: r.info.start_time):
             t = run.data.tags

@@ -337,6 +337,13 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert "--warm-start once: its trials were compared by protocol paper, this search by validation" in other.stderr
     assert not (storage / "third").exists() and not (tmp_path / "new-stores").exists()
+    # other features (24 Mel bands): refused on the names of the stores --data would build, before it builds them
+    bands = run(search_cmd(tmp_path / "new-stores", storage, "third", "--warm-start", "once", "--data",
+                           str(store.parent / "data"), sets=[*sets, "n_mels=24"]), timeout=120)
+    assert bands.returncode == 2 and len(bands.stderr.strip().splitlines()) == 1, bands.stderr
+    assert "--warm-start once: its trials read other feature stores (logmel32-" in bands.stderr
+    assert "than this search (logmel24-" in bands.stderr
+    assert not (storage / "third").exists() and not (tmp_path / "new-stores").exists()
     fresh = run(search_cmd(store, tmp_path / "fresh", "x", "--warm-start", "once", sets=sets), timeout=120)
     assert fresh.returncode == 2 and "--warm-start once: no MLflow database at" in fresh.stderr, fresh.stderr
     assert not (tmp_path / "fresh").exists()  # no empty database, no storage folder
