@@ -230,10 +230,29 @@ def stores(synth_set, fast_config, tmp_path_factory):
     return (next(p for n, p in built.items() if "-sc" not in n), next(p for n, p in built.items() if "-sc" in n))
 
 
-# every enhancement alone, and the compositions the shipped spaces search (spaces/*.yaml)
-SERVED = ["none", "mean_subtraction", "median_filter", "spectrum_correction", "freq_mixstyle", "dir",
-          "dir+freq_mixstyle", "median_filter+freq_mixstyle", "mean_subtraction+freq_mixstyle",
-          "dir+mean_subtraction+freq_mixstyle", "median_filter+mean_subtraction", "bf16"]
+def shipped_compositions() -> set[str]:
+    """Every composition of enhancements a trial of a shipped space (spaces/*.yaml) can train: the
+    ``enhancement`` choices crossed with the enhancements' own switches, or the points."""
+    from itertools import product
+
+    from search.space import enhancement_names, load_space
+
+    found = set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "spaces").glob("*.yaml")):
+        space = load_space(path)
+        if space.points:
+            configs = [{**space.fixed, **point} for _, point in space.points]
+        else:
+            keys = [k for k in ("enhancement", *ENHANCEMENTS) if k in space.searched]
+            configs = [{**space.fixed, **dict(zip(keys, values))}
+                       for values in product(*(space.searched[k].values for k in keys))]
+        found |= {composition(enhancement_names(c)) for c in configs}
+    return found
+
+
+# every enhancement alone, the paper's median filter after mean subtraction, every composition the
+# shipped spaces can train (16), and bf16 training
+SERVED = sorted({"none", *ENHANCEMENTS, "median_filter+mean_subtraction"} | shipped_compositions()) + ["bf16"]
 
 
 @pytest.mark.parametrize("case", SERVED)
