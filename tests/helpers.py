@@ -120,6 +120,11 @@ def check_records(uri: str, storage: Path, name: str, n_trials: int) -> dict:
         probs = np.stack([table.column(c).to_numpy() for c in table.column_names if c.startswith("p_")], axis=1)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
         assert set(table.column("split").to_pylist()) == {"selection", "evaluation"}
+        # beside the kept epoch's selection figures, how many clips made them and their standard errors
+        chose = [d for s, d in zip(table.column("split").to_pylist(), table.column("device").to_pylist())
+                 if s == "selection"]
+        assert {d: r.data.metrics.get(f"sel_n_{d}") for d in set(chose)} == {d: chose.count(d) for d in set(chose)}
+        assert 0 < r.data.metrics["objective_cse"] < 0.5 and 0 < r.data.metrics["sel_metric_b_cse"] < 0.5
         models = client.search_logged_models([experiment.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
         assert len(models) == 1 and models[0].name == "model"
         # the model carries its own figures, those of the kept epoch(s) (MLflow's Models tab shows them)
