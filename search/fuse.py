@@ -245,9 +245,12 @@ def choose(candidates: list[Candidate], clips: dict[str, Clips], method: str, ob
            size: int | None = None, bags: int = 0, seed: int = 0):
     sel = [c.probs["selection"] for c in candidates]
     score = scorer(objective, clips["selection"])
-    if all(score(p) == -math.inf for p in sel):
-        raise AscError(f"fusion by {objective.label()}: undefined on the selection clips "
-                       f"(devices there: {', '.join(sorted(set(clips['selection'].devices.tolist())))})")
+    if all(score(p) == -math.inf for p in sel):  # e.g. Metric B on selection clips without B and C
+        devices = clips["selection"].devices.tolist()
+        counts = ", ".join(f"{d.upper()} {devices.count(d)}" for d in sorted(set(devices)))
+        raise AscError(f"fusion by {objective.label()}: undefined on the selection clips, which hold {counts} clips and "
+                       "none of the devices it needs; fuse --by metric_a, or search again with more locations held "
+                       "out for the selection (validation_share in the space)")
     clips_sel = clips["selection"]
     steps = max((size or 10) - 1, 0)  # the greedy methods: picks after the first
 

@@ -439,14 +439,15 @@ def test_bench_fusion_draws_searches_from_the_recorded_trials_and_prints_every_m
     assert bad.returncode != 0 and "--sizes 12" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_fuse_takes_the_training_devices_from_the_store_else_the_search_and_never_pools_unseen_ones(tmp_path):
+def test_fuse_takes_the_training_devices_from_the_store_else_the_search_and_refuses_selections_without_b_or_c(tmp_path):
     """Protocol paper chooses on the evaluation split, which holds devices training never heard (s1).
     Metric B pools B and C only: the devices come from the store, else the search's experiment tag;
-    with neither, fuse refuses in one line rather than count s1 as seen."""
+    with neither, fuse refuses in one line rather than count s1 as seen. Selection clips without C, or
+    without B and C, are refused by Metric B in one line with their counts, before anything is written."""
     from mlflow import MlflowClient
 
     from asc.errors import AscError
-    from search.fuse import load_candidates
+    from search.fuse import fuse, load_candidates
     from search.predictions import log_predictions, predictions_table
     from search.tracking import SELECTED_ON_TAG, TRAIN_DEVICES_TAG
 
@@ -456,20 +457,32 @@ def test_fuse_takes_the_training_devices_from_the_store_else_the_search_and_neve
     labels = rng.choice(["park", "tram"], len(devices))
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
-    def experiment(name: str, tags: dict) -> str:
+    def experiment(name: str, tags: dict, keep=np.ones(len(devices), bool)) -> str:
         eid = client.create_experiment(name, artifact_location=(tmp_path / name).as_uri(), tags=tags)
         for k in range(2):
             run = client.create_run(eid, run_name=f"t00{k} none", tags={"role": "trial"})
             client.log_param(run.info.run_id, "store", str(tmp_path / "gone"))  # not readable here
-            probs = rng.dirichlet([1, 1], len(devices))
+            probs = rng.dirichlet([1, 1], int(keep.sum()))
             log_predictions(client, run.info.run_id, predictions_table(
-                ["park", "tram"], [("selection", files, devices.tolist(), labels.tolist(), probs, {})]))
+                ["park", "tram"], [("selection", [f for f, k in zip(files, keep) if k], devices[keep].tolist(),
+                                    labels[keep].tolist(), probs, {})]))
             client.set_terminated(run.info.run_id, "FINISHED")
         return eid
 
     tagged = experiment("tagged", {SELECTED_ON_TAG: "evaluation", TRAIN_DEVICES_TAG: "a,b,c"})
     _, clips, *_ = load_candidates(client, tagged)
     assert tuple(clips["selection"].seen) == ("a", "b", "c")
+    # selection clips of device A alone: Metric B is undefined there, and fuse says so before writing
+    only_a = experiment("only-a", {SELECTED_ON_TAG: "validation", TRAIN_DEVICES_TAG: "a,b,c"}, devices == "a")
+    before = len(client.search_runs([only_a]))
+    with pytest.raises(AscError) as undefined:
+        fuse("only-a", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "A 12" in str(undefined.value) and "--by metric_a" in str(undefined.value), undefined.value
+    assert "\n" not in str(undefined.value) and len(client.search_runs([only_a])) == before
+    no_c = experiment("no-c", {SELECTED_ON_TAG: "validation", TRAIN_DEVICES_TAG: "a,b,c"}, devices != "c")
+    with pytest.raises(AscError, match="metric_b pools devices B, C .* hold none of device C") as pooled:
+        fuse("no-c", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "\n" not in str(pooled.value) and len(client.search_runs([no_c])) == 2
     untagged = experiment("untagged", {SELECTED_ON_TAG: "evaluation"})
     with pytest.raises(AscError, match=rf"protocol paper.*{TRAIN_DEVICES_TAG}") as refused:
         load_candidates(client, untagged)
