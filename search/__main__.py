@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "tracking URI): Optuna learns from them and none is trained again; they must share this "
                           "search's objective, protocol, seeds and stores")
     run.add_argument("--max-failures", type=integer(-1), default=3,
-                     help="retries of a trial whose worker died; -1 retries forever (default %(default)s)")
+                     help="retries of a trial whose worker or node died, in a row without a new epoch (a trial that "
+                          "goes on from a later checkpoint has them again); -1 retries forever (default %(default)s)")
     run.add_argument("--top", type=COUNT, default=10, help="rows of the best-trials table (default %(default)s)")
     run.set_defaults(run=_run)
 

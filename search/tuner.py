@@ -83,7 +83,7 @@ class SearchSettings:
     # cluster whose --storage is an NFS share, a folder on the head's own disk: SQLite's locking is not
     # safe on NFS, and one process (the driver, on the head) writes the study.
     study_dir: str | None = None
-    max_failures: int = 3  # retries of a trial whose worker died, each from its last checkpoint
+    max_failures: int = 3  # retries of a trial whose worker died, each from its last checkpoint, in a row without a new epoch
     # Off, as Ray Tune's own default since 2024 (ray-project/ray#42951): with reuse, a worker killed as
     # one trial ended and the next began made the next trial fail twice on the same dead cached actor
     # and end FAILED. A fresh actor per trial costs about 10 s a trial against 1.4 s with reuse, on a busy
@@ -154,6 +154,25 @@ class Progress(Callback):
               f"{fault_line(trial, self.max_failures, self.log, final=True)}", flush=True)
 
 
+class RetriesWithoutProgress(Callback):
+    """``--max-failures`` counts a trial's failures since its last new epoch, not in its whole life: a
+    long trial on preemptible nodes may be lost many times, each time going on from a later checkpoint,
+    and must not run out of tries while it makes progress. Tune counts every failure against the
+    trial's limit (``Trial.should_recover``: failures so far <= ``trial.max_failures``) and has no such
+    setting, so on each new epoch this raises the trial's own limit to its failures so far plus
+    ``max_failures`` (Tune saves the limit with the trial: a resumed search keeps it)."""
+
+    def __init__(self, max_failures: int):
+        self.max_failures = max_failures
+        self._reached: dict[str, int] = {}  # trial id -> the furthest epoch it reported
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", 0))
+        if self.max_failures >= 0 and epoch > self._reached.get(trial.trial_id, 0):
+            self._reached[trial.trial_id] = epoch
+            trial.max_failures = trial.num_failures + self.max_failures
+
+
 def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
     """What happened to a trial whose task failed, in one line: the worker or node it lost (from the
     error Tune recorded and the node its last result came from), which try this was, and where Ray's
@@ -171,9 +190,15 @@ def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
     else:
         last = [line for line in text.splitlines() if line.strip()]
         what = f"raised {last[-1].strip()[:200]}" if last else "failed"
-    tries = "" if max_failures < 0 else f" of {max_failures + 1}"
+    failures = trial.num_failures
+    if max_failures < 0:
+        count = f"failure {failures}"
+    else:  # since its last new epoch (RetriesWithoutProgress), and in all when that differs
+        in_a_row = failures - max(trial.max_failures - max_failures, 0)
+        count = (f"failure {in_a_row} of {max_failures + 1} allowed in a row without a new epoch"
+                 + (f", {failures} in all" if failures != in_a_row else ""))
     outcome = "no tries left" if final else "retrying from its last checkpoint"
-    return f"{what} (try {trial.num_failures}{tries}); {outcome} (Ray's report: {log})"
+    return f"{what} ({count}); {outcome} (Ray's report: {log})"
 
 
 # Ray's NodeDeathInfo reasons (``ray.nodes()``' DeathReason) for a node that left as planned: stopped
@@ -381,7 +406,9 @@ def _callbacks(space: Space, info: dict) -> list:
     tracker = MlflowTracker(info["mlflow_uri"], info["experiment_id"], info["parent_run_id"], info["name"], space,
                             info["stores"], info.get("store_names"))
     log = Path(info["storage"]) / info["name"] / LOG_FILE
-    return [tracker, Progress(space, store_devices(info["stores"]), info.get("max_failures", 3), str(log))]
+    max_failures = info.get("max_failures", 3)
+    return [tracker, RetriesWithoutProgress(max_failures), Progress(space, store_devices(info["stores"]), max_failures,
+                                                                    str(log))]
 
 
 def resume_search(name: str, storage: str | None = None, address: str | None = None,
@@ -518,7 +545,8 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
               f"artifact_error); `{resume}` logs them from their checkpoints", file=sys.stderr)
     failed = [t["label"] for t in trials if t["state"] == "failed"]
     if failed:  # the last line, and a non-zero exit (search.__main__): a lost trial is not a result
-        print(f"{len(failed)} trial(s) failed for good after {info.get('max_failures', 3) + 1} tries: "
+        print(f"{len(failed)} trial(s) failed for good, {info.get('max_failures', 3) + 1} failures in a row without a "
+              "new epoch: "
               f"{', '.join(sorted(failed))} (their errors: {search_dir}/t*/error.txt; Ray's: {search_dir / LOG_FILE})",
               file=sys.stderr)
     return {"trials": trials, "front": front, "experiment_id": info["experiment_id"], "parent_run_id": parent,

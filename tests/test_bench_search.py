@@ -55,7 +55,7 @@ def test_bench_chaos_times_the_work_each_kill_threw_away_from_the_killed_workers
     calm = {"records": {"p00": {"reports": [], "raw": 2, "rows": [{"epoch": 1, "time_this_iter_s": 2.0},
                                                                   {"epoch": 2, "time_this_iter_s": 4.0}]}},
             "retries": 0, "finished": 1, "trials": 1, "failed": 0, "table": "", "mlflow_runs": 1, "running": 0,
-            "seconds": 10.0}
+            "seconds": 10.0, "kept_going": 0}
     table = {r["measure"].split(",")[0]: r["this_project"] for r in rows(calm, {5.0: {**calm, "kills": kills,
                                                                                    "records": records}})}
     assert table["seconds of training the kills threw away (each up to 1 s over)"] == 4.5

@@ -159,24 +159,38 @@ def test_trial_workers_killed_anywhere_end_every_trial_where_an_uninterrupted_on
         assert_same_rows(records["results"][trial_id], reference_reports(storage, "kill", trial_id), label)
 
 
-def test_a_trial_lost_for_good_is_the_last_line_and_fails_the_search(store, tmp_path):
+def test_retries_are_counted_without_progress_and_a_trial_lost_for_good_fails_the_search(store, tmp_path):
+    """--max-failures 1: t001 loses its worker after epoch 1 and again after epoch 2, each time once
+    after a new epoch, and finishes (Tune alone would count two failures of one allowed); t002 loses
+    it at its start and again in its first epoch, twice without a new epoch: lost for good, named in
+    the search's last line, which exits 1."""
     storage, faults = tmp_path / "runs", tmp_path / "faults"
-    cmd = search_cmd(store, storage, "lost", "--num-samples", "1", "--max-failures", "0",
-                     sets=["epochs=1", "scheduler=none"])
-    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, "trial=t001/start"), stdout=subprocess.PIPE,
+    points = ["trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2", "trial=t002/start",
+              "trial=t002/step/seed=0/epoch=1/step=2"]
+    cmd = search_cmd(store, storage, "lost", "--num-samples", "2", "--max-concurrent", "1", "--max-failures", "1",
+                     sets=["epochs=3", "scheduler=none"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, *points), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        os.kill(wait_fault(faults, "trial=t001/start", proc)["pid"], signal.SIGKILL)
-        out, err = finish(proc, 300)
+        for point in points:
+            os.kill(wait_fault(faults, point, proc)["pid"], signal.SIGKILL)
+        out, err = finish(proc, 600)
     finally:
         if proc.poll() is None:
             kill_group(proc)
     assert proc.returncode == 1, err[-3000:]
-    assert "FAILED for good: lost its worker" in out and "no tries left" in out
+    lines = [line for line in out.splitlines() if "lost its worker" in line]
+    assert [line.split(" ")[0] for line in lines] == ["t001", "t001", "t002", "t002"], out
+    assert "(failure 1 of 2 allowed in a row without a new epoch); retrying" in lines[0]
+    assert "(failure 1 of 2 allowed in a row without a new epoch, 2 in all); retrying" in lines[1]
+    assert "(failure 2 of 2 allowed in a row without a new epoch); no tries left" in lines[3]
+    assert "FAILED for good: lost its worker" in lines[3]
+    assert any(line.startswith("t001") and line.endswith(" finished") for line in out.splitlines()), out
     last = err.strip().splitlines()[-1]
-    assert last.startswith("1 trial(s) failed for good after 1 tries: t001"), err[-2000:]
+    assert last.startswith("1 trial(s) failed for good, 2 failures in a row without a new epoch: t002"), err[-2000:]
     _, _, _, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "lost")
-    assert [r.info.status for r in trials] == ["FAILED"]
+    status = {r.info.run_name.split(" ")[0]: (r.info.status, r.data.tags.get("retries")) for r in trials}
+    assert status == {"t001": ("FINISHED", "2"), "t002": ("FAILED", "1")}, status  # retries: its second loss was the end
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,7 +386,7 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
         faults_seen = [line for line in out.splitlines() if "lost its" in line or line.startswith("node ")]
         assert len(faults_seen) == 2, out  # the trial's line and the node's
         assert any(line.startswith("node 127.0.0.3 lost: Ray marked it dead") for line in faults_seen), faults_seen
-        assert any(" on 127.0.0.3 (try 1 of 4); retrying from its last checkpoint" in line for line in faults_seen)
+        assert any(" on 127.0.0.3 (failure 1 of 4 allowed in a row without a new epoch); retrying from its last checkpoint" in line for line in faults_seen)
         # and none of Ray's own messages about the dead node or its worker on the console
         assert not any(text in out + err for text in ("marked dead", "worker died", "Traceback")), (out + err)[-3000:]
         records = check_records(uri, tmp_path / "runs", "cluster", 2)

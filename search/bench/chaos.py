@@ -8,8 +8,10 @@ Each search is a real one (``search.tuner.run_search``: Ray Tune, Optuna, MLflow
 ``--max-failures`` (3) unless told otherwise.
 
 Reported per N, beside the undisturbed search: kills; retries (Tune's failures per trial); trials
-finished and lost for good; trial-epochs trained (each result Tune received, re-trained epochs
-included) and how many of them were recomputed; the work the kills threw away (from each killed
+finished and lost for good (``--max-failures`` counts failures in a row without a new epoch), and
+how many finished trials were retried more often in all than that (Tune's own count would have lost
+them); trial-epochs trained (each result Tune received, re-trained epochs included) and how many of
+them were recomputed; the work the kills threw away (from each killed
 worker's last report to the kill, in seconds and in undisturbed epochs; kills that came before a
 worker's first report lost its start and restore too, counted apart); and how many configurations
 ended with results identical to the undisturbed search's (every epoch's figures, exactly), and
@@ -187,7 +189,11 @@ def run_chaos_search(settings, every: float | None, mark: str, seed: int) -> dic
     table = format_trials(result["trials"], space, store_devices(info["stores"]), len(result["trials"]))
     runs = mlflow_trials(info["mlflow_uri"], settings.name)
     retries = sum(int(r.data.tags.get("retries", 0)) for r in runs)
-    return {"seconds": seconds, "kills": killer.kills if killer else [], "retries": retries,
+    # finished after more failures in all than --max-failures allows in a row: Tune's own count of a
+    # trial's failures (in its whole life) would have ended them
+    kept = sum(r.info.status == "FINISHED" and int(r.data.tags.get("retries", 0)) > settings.max_failures >= 0
+               for r in runs)
+    return {"seconds": seconds, "kills": killer.kills if killer else [], "retries": retries, "kept_going": kept,
             "finished": sum(t["state"] != "failed" for t in result["trials"]), "failed": len(result["failed"]),
             "trials": len(result["trials"]), "records": trial_records(search_dir), "table": table,
             "mlflow_runs": len(runs), "running": sum(r.info.status == "RUNNING" for r in runs)}
@@ -215,6 +221,8 @@ def rows(calm: dict, chaos: dict[float, dict]) -> list[dict]:
         row(f"trials finished, {tag}", c["finished"], calm["finished"], f"= {calm['trials']}",
             "yes" if c["finished"] == calm["trials"] else "NO")
         row(f"trials lost for good, {tag}", c["failed"], calm["failed"], "0", "yes" if c["failed"] == 0 else "NO")
+        row(f"of those finished, retried more often in all than --max-failures (Tune's own count would have lost "
+            f"them), {tag}", c["kept_going"], calm["kept_going"])
         row(f"trial-epochs trained, {tag}", epochs, calm_epochs)
         row(f"trial-epochs reported twice (recomputed after a kill), {tag}", recomputed, 0)
         row(f"seconds of training the kills threw away (each up to 1 s over), {tag}", lost, 0.0)
