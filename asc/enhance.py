@@ -25,8 +25,10 @@ reading the cache); and its tests (tests/test_enhance.py holds those every enhan
 served-equals-trained included). A ``features`` step gives ``prepare`` (what it needs of the store's
 feature settings, once), ``draw`` (its picks for an epoch's clips, from the epoch's generator) and
 ``apply`` (the picks on the stored features); ``asc.train`` runs them (``Training.run_epoch`` draws,
-``FeatureView.batch`` applies). Nothing else changes: :class:`Enhancement` gets a field of its name,
-the search space its parameters, the tables and run names its label.
+``FeatureView.batch`` applies). A setting that must fit the spectrogram says so (``at_most``), one
+that names something to read gives its reader (``read``): the search space checks them. Nothing
+else changes: :class:`Enhancement` gets a field of its name, the search space its parameters, the
+tables and run names its label.
 
 The functions take ``x : np.ndarray [shape=(..., n_mels, frames)]`` (one clip or a batch) and return a
 new array of the same shape; the input is never changed.
@@ -59,6 +61,12 @@ class Setting:
     odd: bool = False  # median-filter sizes
     help: str = ""
     path: bool = False  # a file or folder (other than the default): a search resolves it where it is read
+    # the spectrogram's size it must fit within: "n_mels" (its height) or "frames" (its width); a search
+    # checks it against its Mel-band counts when read and against its stores' frames before it starts
+    at_most: str | None = None
+    # a setting that names something to read (a folder of responses): read(value, sample_rate) reads and
+    # checks it (an AscError naming what is wrong), which a search does before anything runs
+    read: Callable | None = None
 
     def check(self, value, enhancement: str):
         """``value`` as this setting's kind, within its bounds; else an AscError naming it."""
@@ -143,6 +151,12 @@ def _fmt(v) -> str:
 
 
 # Each definition's functions, named (a Definition pickles with them), calling the functions below
+def _dir_read(responses: str, sample_rate: int):
+    from asc.responses import read_responses  # late: librosa and soundfile, for a trial with DIR only
+
+    return read_responses(responses, sample_rate)
+
+
 def _dir_prepare(config, p: float, responses: str) -> np.ndarray:
     from asc.responses import gains_for  # late: librosa and soundfile, for a trial with DIR only
 
@@ -186,13 +200,13 @@ ENHANCEMENTS: dict[str, Definition] = {d.name: d for d in (
                help="per-device STFT coefficients from parallel A/device pairs (DCASE2019 Task 1B winner)"),
     Definition("dir", "dir", "features", (
         Setting("p", float, 0.4, low=0.0, high=1.0, help="share of device-A training clips given a response"),
-        Setting("responses", str, "micirp", path=True,
+        Setting("responses", str, "micirp", path=True, read=_dir_read,
                 help="a folder of impulse responses, or micirp: the 66 shipped")),
         help="device impulse responses (Morocutti et al. 2023): a real microphone's response on device-A clips",
         apply=_dir_apply, prepare=_dir_prepare, draw=dir_draws),
     Definition("median_filter", "medfilt", "batch", (
-        Setting("bands", int, 7, low=1, odd=True, help="height (Mel bands); paper 7"),
-        Setting("frames", int, 21, low=1, odd=True, help="width (frames); paper 21")),
+        Setting("bands", int, 7, low=1, odd=True, at_most="n_mels", help="height (Mel bands); paper 7"),
+        Setting("frames", int, 21, low=1, odd=True, at_most="frames", help="width (frames); paper 21")),
         help="x - median(x) over (bands, frames) (paper section 3.2)",
         apply=_median_filter_step, cached=True, apply_torch=_median_filter_torch_step, auto_gms=True,
         settings_label=_window_label),

@@ -26,7 +26,6 @@ from asc.enhance import ENHANCEMENTS, Enhancement, auto_normalization, compositi
 from asc.errors import AscError
 from asc.features import FeatureConfig
 from asc.metrics import SELECTION_METRICS
-from asc.responses import read_responses
 from asc.systems import SYSTEMS, selection_metric
 from search.objectives import OBJECTIVES, Objective
 
@@ -400,21 +399,23 @@ class Space:
         return self.resolve(self.fixed)["epochs"]
 
     def check_frames(self, frames: int) -> None:
-        """The median filter must fit the spectrogram: at most ``frames`` wide (its height is checked
-        against the Mel-band counts when the space is read)."""
-        key = "median_filter_frames"
-        if self.points:  # per point: its own width, the fixed one, or the default
-            values = [(f"points[{i}].{key}" if key in p else f"params.{key}",
-                       self.resolve({**self.fixed, **p}).get(key)) for i, (_, p) in enumerate(self.points)]
-        elif "median_filter" in _enhancements(self.fixed, self.searched):
-            widths = self.searched[key].extremes() if key in self.searched else [self.resolve({
-                **self.fixed, "enhancement": "median_filter"})[key]]
-            values = [(f"params.{key}", v) for v in widths]
-        else:
-            values = []
-        for where, v in values:
-            if v is not None and v > frames:
-                raise AscError(f"{self.path}: {where}: {v} is wider than the spectrogram ({frames} frames)")
+        """Every enhancement setting that must fit the spectrogram's width (``Setting.at_most``: the
+        median filter's) is at most ``frames`` wide; their heights are checked against the Mel-band
+        counts when the space is read."""
+        for key, (definition, setting) in setting_keys().items():
+            if setting.at_most != "frames":
+                continue
+            if self.points:  # per point: its own value, the fixed one, or the default
+                values = [(f"points[{i}].{key}" if key in p else f"params.{key}",
+                           self.resolve({**self.fixed, **p}).get(key)) for i, (_, p) in enumerate(self.points)]
+            elif definition.name in _enhancements(self.fixed, self.searched):
+                values = [(f"params.{key}", v) for v in (self.searched[key].extremes() if key in self.searched else
+                                                         [self.resolve({**self.fixed, definition.name: True})[key]])]
+            else:
+                values = []
+            for where, v in values:
+                if v is not None and v > frames:
+                    raise AscError(f"{self.path}: {where}: {v} is {_too_big(setting, frames)}")
 
     def describe(self, params: dict) -> str:
         """A short name a person scanning a runs table reads: ``mean-sub a=0.3 128mel``."""
@@ -559,7 +560,7 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
         FeatureConfig(**features)
     except (AscError, TypeError) as exc:
         fail("features", str(exc))
-    _check_responses(fixed, searched, points, features, fail)
+    _check_resources(fixed, searched, points, features, fail)
 
     ints = {}
     for key, default, low in (("num_samples", len(points) if points else 10, 1), ("max_concurrent", 2, 1),
@@ -758,39 +759,48 @@ def _check_conditional(fixed: dict, searched: dict, points: list, fail) -> None:
         for i, (_, p) in enumerate(points):
             if key in p and name not in enhancement_names({**fixed, **p}):
                 fail(f"points[{i}].{key}", f"set, but this point's enhancement is not {name}")
-    # The filter's height (given, or the default) must fit the smallest Mel-band count it can meet.
-    if points:
-        for i, (_, p) in enumerate(points):
-            b, n = get(p, "median_filter_bands"), get(p, "n_mels")
-            if "median_filter" in enhancement_names({**fixed, **p}) and b > n:
-                where = f"points[{i}]." if "median_filter_bands" in p else "params."
-                fail(where + "median_filter_bands", f"{b} is taller than the spectrogram ({n} Mel bands)")
-        return
-    if "median_filter" not in enh:
-        return
-    n_mels = min(searched["n_mels"].extremes() if "n_mels" in searched else [get({}, "n_mels")])
-    bands = max(searched["median_filter_bands"].extremes() if "median_filter_bands" in searched else [
-        get({}, "median_filter_bands")])
-    if bands > n_mels:
-        fail("params.median_filter_bands", f"{bands} is taller than the spectrogram ({n_mels} Mel bands)")
+    # A height (the median filter's: given, or the default) must fit the smallest Mel-band count it can meet.
+    for key, (definition, setting) in setting_keys().items():
+        if setting.at_most != "n_mels":
+            continue
+        if points:
+            for i, (_, p) in enumerate(points):
+                v, n = get(p, key), get(p, "n_mels")
+                if definition.name in enhancement_names({**fixed, **p}) and v > n:
+                    fail((f"points[{i}]." if key in p else "params.") + key, f"{v} is {_too_big(setting, n)}")
+        elif definition.name in enh:
+            n_mels = min(searched["n_mels"].extremes() if "n_mels" in searched else [get({}, "n_mels")])
+            v = max(searched[key].extremes() if key in searched else [get({}, key)])
+            if v > n_mels:
+                fail(f"params.{key}", f"{v} is {_too_big(setting, n_mels)}")
 
 
-def _check_responses(fixed: dict, searched: dict, points: list, features: dict, fail) -> None:
-    """DIR's response folders are read (and checked) before anything runs."""
-    key = "dir_responses"
-    values = ([(f"points[{i}].{key}", p[key]) for i, (_, p) in enumerate(points) if key in p]
-              + ([(f"params.{key}", fixed[key])] if key in fixed else [])
-              + [(f"params.{key}.choice", v) for v in (searched[key].values if key in searched else ())])
-    uses_dir = "dir" in ({n for _, p in points for n in enhancement_names({**fixed, **p})} if points
-                         else _enhancements(fixed, searched))
-    if uses_dir and not values:
-        values = [(f"params.{key}", PARAMS[key].default)]
+def _too_big(setting, size: int) -> str:
+    """What a setting larger than the spectrogram's dimension it must fit (``Setting.at_most``) is."""
+    return (f"taller than the spectrogram ({size} Mel bands)" if setting.at_most == "n_mels" else
+            f"wider than the spectrogram ({size} frames)")
+
+
+def _check_resources(fixed: dict, searched: dict, points: list, features: dict, fail) -> None:
+    """What an enhancement setting names and reads (``Setting.read``: DIR's response folders) is read
+    and checked before anything runs: every value the space gives it, else its default where the
+    enhancement can run."""
     rate = features.get("sample_rate", FeatureConfig().sample_rate)
-    for where, spec in values:
-        try:
-            read_responses(spec, rate)
-        except AscError as exc:
-            fail(where, str(exc))
+    enh = ({n for _, p in points for n in enhancement_names({**fixed, **p})} if points
+           else _enhancements(fixed, searched))
+    for key, (definition, setting) in setting_keys().items():
+        if setting.read is None:
+            continue
+        values = ([(f"points[{i}].{key}", p[key]) for i, (_, p) in enumerate(points) if key in p]
+                  + ([(f"params.{key}", fixed[key])] if key in fixed else [])
+                  + [(f"params.{key}.choice", v) for v in (searched[key].values if key in searched else ())])
+        if definition.name in enh and not values:
+            values = [(f"params.{key}", PARAMS[key].default)]
+        for where, spec in values:
+            try:
+                setting.read(spec, rate)
+            except AscError as exc:
+                fail(where, str(exc))
 
 
 def _scheduler(spec, fail) -> Scheduler:

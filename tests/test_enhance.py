@@ -48,6 +48,9 @@ def test_every_definition_is_complete(name):
                                    atol=1e-6)
     for s in d.settings:
         assert isinstance(s.default, s.kind) and s.help
+        assert s.at_most in (None, "n_mels", "frames") and (s.at_most is None or s.kind is int)
+        if s.read is not None:  # what it names is read by its definition's reader, the default included
+            assert s.kind is str and s.read(s.default, 22050) is not None
         if s.low is not None:
             assert s.default > s.low or (s.default == s.low and not s.low_open)
         if s.high is not None:
