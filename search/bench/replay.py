@@ -56,6 +56,7 @@ import yaml
 
 from asc.cli import ArgumentParser, COUNT, SEED, output_file
 from asc.errors import AscError
+from asc.parallel import process_map
 from search.bench import add_report_options
 from search.space import parse_space
 
@@ -806,38 +807,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.table}: {len(rec.params)} configurations x {rec.seeds} seeds x {rec.epochs} epochs")
             return 0
         if args.mlflow_uri:  # where the table and plot go: checked now, not after the replays
-            from search.tracking import check_tracking_uri, sqlite_file  # late: mlflow (start-up time)
+            from search.tracking import check_tracking_uri  # late: mlflow (start-up time)
 
             check_tracking_uri(args.mlflow_uri)
         recording = load_recording(args.table)
-        every = [DEFAULT] + [s for s in strategies(DEFAULT) if s.name != DEFAULT.name]
-        if args.sweep:
-            every += [s for s in sweep(DEFAULT) if s.name not in {t.name for t in every}]
-        chosen = [s for s in every if not args.only or any(s.name.startswith(o) for o in args.only)]
-        if not chosen:
-            raise AscError(f"--only {' '.join(args.only)}: no strategy's name starts so (the strategies: "
-                           f"{', '.join(s.name for s in every)})")
-        if args.startup is not None:
-            chosen = [replace(s, startup=args.startup) if s.sampler == "tpe" else s for s in chosen]
-            print(f"TPE starts with {args.startup} random trial(s) in every TPE strategy (--startup)")
-        rows = []
         start = time.perf_counter()
-        from asc.parallel import process_map
-
-        tasks = [(str(args.table), strategy, args.seed + r) for strategy in chosen for r in range(args.replays)]
-        done = [0]
-
-        def progress(_):
-            done[0] += 1
-            if done[0] % args.replays == 0:
-                print(f"  {done[0]} of {len(tasks)} replays, {time.perf_counter() - start:.0f} s", file=sys.stderr,
-                      flush=True)
-
-        traces = process_map(_replay_task, tasks, progress)
-        for k, strategy in enumerate(chosen):
-            row = summarize(strategy.name, strategy, traces[k * args.replays:(k + 1) * args.replays], recording)
-            row["default"] = strategy.name == DEFAULT.name
-            rows.append(row)
+        rows = _replay_all(args, _chosen(args), recording, start)
         table = format_table(rows, recording, DEFAULT.name)
         met = goals(rows)
         if met:
@@ -848,34 +823,9 @@ def main(argv: list[str] | None = None) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(rows, args.plot, f"{len(rows)} strategies x {args.replays} replays on {args.table.name}")
         print(f"\nplot: {args.plot}; {time.perf_counter() - start:.0f} s in all")
-        # the default, and the spaces' three-seed variant (the scheduler's noise_z reads the seeds' error)
-        mismatched = 0
-        for checked in (DEFAULT, replace(DEFAULT, name=f"{DEFAULT.name}, {RECOMMENDED}", seeds=3, noise_z=0.5)):
-            if not args.check:
-                break
-            with tempfile.TemporaryDirectory() as tmp:
-                tuned, simulated = tune_check(replace(checked, concurrency=1), recording, args.seed, Path(tmp))
-            same = tuned == simulated
-            print(f"check: one replay of {checked.name} through ray.tune.Tuner made "
-                  f"{'the same' if same else 'OTHER'} decisions as the simulation ({len(tuned)} trials: "
-                  f"configuration and epoch reached)")
-            if not same:
-                print(f"  tune: {tuned}\n  simulated: {simulated}")
-                mismatched += 1
+        mismatched = _check_with_tune(recording, args.seed) if args.check else 0
         if args.mlflow_uri:
-            import mlflow
-
-            mlflow.set_tracking_uri(args.mlflow_uri)
-            experiment = mlflow.get_experiment_by_name("bench-replay")
-            if experiment is None:  # a local database keeps its artifacts beside it, as a search's does
-                database = sqlite_file(args.mlflow_uri)
-                location = (database.resolve().parent / "mlartifacts" / "bench-replay").as_uri() if database else None
-                experiment_id = mlflow.create_experiment("bench-replay", artifact_location=location)
-            else:
-                experiment_id = experiment.experiment_id
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-replay {args.table.name}"):
-                mlflow.log_text(table, "replay.txt")
-                mlflow.log_artifact(str(args.plot))
+            _log_to_mlflow(args.mlflow_uri, table, args.plot, args.table.name)
         if args.json:
             args.json.write_text(json.dumps([{k: (v.tolist() if isinstance(v, np.ndarray) else
                                                   v.__dict__ if isinstance(v, Strategy) else v)
@@ -888,6 +838,78 @@ def main(argv: list[str] | None = None) -> int:
     except AscError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _chosen(args) -> list[Strategy]:
+    """The strategies ``--only``, ``--sweep`` and ``--startup`` ask for, the default first."""
+    every = [DEFAULT] + [s for s in strategies(DEFAULT) if s.name != DEFAULT.name]
+    if args.sweep:
+        every += [s for s in sweep(DEFAULT) if s.name not in {t.name for t in every}]
+    chosen = [s for s in every if not args.only or any(s.name.startswith(o) for o in args.only)]
+    if not chosen:
+        raise AscError(f"--only {' '.join(args.only)}: no strategy's name starts so (the strategies: "
+                       f"{', '.join(s.name for s in every)})")
+    if args.startup is not None:
+        chosen = [replace(s, startup=args.startup) if s.sampler == "tpe" else s for s in chosen]
+        print(f"TPE starts with {args.startup} random trial(s) in every TPE strategy (--startup)")
+    return chosen
+
+
+def _replay_all(args, chosen: list[Strategy], recording, start: float) -> list[dict]:
+    """``--replays`` replays of each strategy, over the machine's cores; one summary row each."""
+    tasks = [(str(args.table), strategy, args.seed + r) for strategy in chosen for r in range(args.replays)]
+    done = [0]
+
+    def progress(_):
+        done[0] += 1
+        if done[0] % args.replays == 0:
+            print(f"  {done[0]} of {len(tasks)} replays, {time.perf_counter() - start:.0f} s", file=sys.stderr,
+                  flush=True)
+
+    traces = process_map(_replay_task, tasks, progress)
+    rows = []
+    for k, strategy in enumerate(chosen):
+        row = summarize(strategy.name, strategy, traces[k * args.replays:(k + 1) * args.replays], recording)
+        row["default"] = strategy.name == DEFAULT.name
+        rows.append(row)
+    return rows
+
+
+def _check_with_tune(recording, seed: int) -> int:
+    """One replay of the default, and of the spaces' three-seed variant (the scheduler's noise_z reads
+    the seeds' error), through ray.tune.Tuner against the simulation; how many decided otherwise."""
+    mismatched = 0
+    for checked in (DEFAULT, replace(DEFAULT, name=f"{DEFAULT.name}, {RECOMMENDED}", seeds=3, noise_z=0.5)):
+        with tempfile.TemporaryDirectory() as tmp:
+            tuned, simulated = tune_check(replace(checked, concurrency=1), recording, seed, Path(tmp))
+        same = tuned == simulated
+        print(f"check: one replay of {checked.name} through ray.tune.Tuner made "
+              f"{'the same' if same else 'OTHER'} decisions as the simulation ({len(tuned)} trials: "
+              f"configuration and epoch reached)")
+        if not same:
+            print(f"  tune: {tuned}\n  simulated: {simulated}")
+            mismatched += 1
+    return mismatched
+
+
+def _log_to_mlflow(uri: str, table: str, plot_path: Path, table_name: str) -> None:
+    """The table and the plot as a run of the experiment ``bench-replay`` (a local database keeps its
+    artifacts beside it, as a search's does)."""
+    import mlflow  # late: start-up time
+
+    from search.tracking import sqlite_file
+
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name("bench-replay")
+    if experiment is None:
+        database = sqlite_file(uri)
+        location = (database.resolve().parent / "mlartifacts" / "bench-replay").as_uri() if database else None
+        experiment_id = mlflow.create_experiment("bench-replay", artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-replay {table_name}"):
+        mlflow.log_text(table, "replay.txt")
+        mlflow.log_artifact(str(plot_path))
 
 
 if __name__ == "__main__":
