@@ -33,6 +33,24 @@ def test_no_text_points_outside_the_repository():
     assert not hits, "references to documents outside the repository:\n" + "\n".join(hits)
 
 
+# A path into the repository's own folders, as text and comments name files (`search/tuner.py:9`).
+REPO_PATH = re.compile(r"(?<![\w./-])((?:asc|search|spaces|tests|\.ci)/[\w./-]*\w)")
+PLACEHOLDER = re.compile(r"(^|/)x\.\w+$|[A-Z]{3,}")  # spaces/x.yaml, runs/NAME: examples, not files
+
+
+def test_every_repository_path_a_text_names_exists():
+    """A file or folder named by its path from the repository's root (in a comment, a docstring, a
+    page) is there: a file that moved or went leaves no reference behind."""
+    missing = []
+    for path in tracked_text_files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for target in REPO_PATH.findall(line):
+                target = target.rstrip(".")
+                if not PLACEHOLDER.search(target) and not (REPO / target).exists():
+                    missing.append(f"{path.relative_to(REPO)}:{number}: {target}")
+    assert not missing, "paths the repository lacks:\n" + "\n".join(missing)
+
+
 LINK = re.compile(r"\]\(([^)\s#]+)(#[^)]*)?\)")
 
 
