@@ -237,13 +237,13 @@ class Searcher(OptunaSearch):
     def restore(self, checkpoint_path):
         super().restore(checkpoint_path)
         ACTIVE["searcher"] = self
-        # The trials Tune resumes: those of its experiment state (`resume` reads them), which Tune saves
-        # just before this pickle, and those the pickle had proposed. A study trial still RUNNING that
-        # neither holds was asked by a driver that died before Tune saved again: no trial will ever
-        # train or report it.
-        tune_ids = None
-        if "_keys" in self.__dict__ or RESUMING.get("tune_trials") is not None:
-            tune_ids = set(self.__dict__.get("_keys", ())) | set(RESUMING.get("tune_trials") or ())
+        # The trials Tune resumes: those of the experiment state it restores (`resume` reads them; it is
+        # saved together with this pickle, just before it), else those the pickle had proposed. A study
+        # trial still RUNNING that Tune does not hold was asked by a driver that died before Tune saved
+        # again: no trial will ever train or report it.
+        tune_ids = RESUMING.get("tune_trials")
+        if tune_ids is None:
+            tune_ids = set(self.__dict__.get("_keys", ()))
         self.orphans = 0
         # The study's database holds every trial it had, also those asked after the pickle was saved;
         # `resume` names where it is now (the folder may have moved, or be mounted elsewhere).
@@ -256,7 +256,7 @@ class Searcher(OptunaSearch):
         for frozen in self._ot_study.get_trials(deepcopy=False):
             key = frozen.user_attrs.get(KEY_ATTR)
             tune_id = frozen.user_attrs.get(TRIAL_TAG) or frozen.user_attrs.get(WARM_ATTR)
-            if frozen.state == TrialState.RUNNING and tune_ids is not None and (key is None or tune_id not in tune_ids):
+            if frozen.state == TrialState.RUNNING and tune_id not in tune_ids:
                 self._orphan(frozen)  # its configuration is not known: it may be proposed again
                 continue
             if key is None or frozen.user_attrs.get(DUPLICATE_ATTR) is not None:

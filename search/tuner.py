@@ -192,11 +192,11 @@ def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
         what = f"raised {last[-1].strip()[:200]}" if last else "failed"
     failures = trial.num_failures
     if max_failures < 0:
-        count = f"failure {failures}"
+        count = f"failure {failures}, retried forever"
     else:  # since its last new epoch (RetriesWithoutProgress), and in all when that differs
         in_a_row = failures - max(trial.max_failures - max_failures, 0)
-        count = (f"failure {in_a_row} of {max_failures + 1} allowed in a row without a new epoch"
-                 + (f", {failures} in all" if failures != in_a_row else ""))
+        count = (f"failure {in_a_row} in a row without a new epoch, {max_failures} "
+                 f"retr{'y' if max_failures == 1 else 'ies'} allowed" + (f", {failures} in all" if failures != in_a_row else ""))
     outcome = "no tries left" if final else "retrying from its last checkpoint"
     return f"{what} ({count}); {outcome} (Ray's report: {log})"
 
@@ -545,8 +545,9 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
               f"artifact_error); `{resume}` logs them from their checkpoints", file=sys.stderr)
     failed = [t["label"] for t in trials if t["state"] == "failed"]
     if failed:  # the last line, and a non-zero exit (search.__main__): a lost trial is not a result
-        print(f"{len(failed)} trial(s) failed for good, {info.get('max_failures', 3) + 1} failures in a row without a "
-              "new epoch: "
+        most = info.get("max_failures", 3)
+        print(f"{len(failed)} trial(s) failed for good"
+              + (f", {most + 1} failures in a row without a new epoch" if most >= 0 else "") + ": "
               f"{', '.join(sorted(failed))} (their errors: {search_dir}/t*/error.txt; Ray's: {search_dir / LOG_FILE})",
               file=sys.stderr)
     return {"trials": trials, "front": front, "experiment_id": info["experiment_id"], "parent_run_id": parent,

@@ -30,6 +30,7 @@ from asc.enhance import Enhancement
 from asc.train import TrainConfig, train, train_seeds
 from search.bench.chaos import marked_processes
 from search.schedulers import PersistentASHA
+from search.tuner import saved_trial_ids
 from tests.helpers import (ENV, REPO, armed, assert_same_rows, check_records, check_study, ctrl_c_as_in_a_terminal,
                            finish, free_port, kill_group, label_ids, listening, lockstep_config, mlflow_runs,
                            one_thread, ray_nodes, reference_reports, release, run, search_cmd, tune_epochs,
@@ -181,9 +182,9 @@ def test_retries_are_counted_without_progress_and_a_trial_lost_for_good_fails_th
     assert proc.returncode == 1, err[-3000:]
     lines = [line for line in out.splitlines() if "lost its worker" in line]
     assert [line.split(" ")[0] for line in lines] == ["t001", "t001", "t002", "t002"], out
-    assert "(failure 1 of 2 allowed in a row without a new epoch); retrying" in lines[0]
-    assert "(failure 1 of 2 allowed in a row without a new epoch, 2 in all); retrying" in lines[1]
-    assert "(failure 2 of 2 allowed in a row without a new epoch); no tries left" in lines[3]
+    assert "(failure 1 in a row without a new epoch, 1 retry allowed); retrying" in lines[0]
+    assert "(failure 1 in a row without a new epoch, 1 retry allowed, 2 in all); retrying" in lines[1]
+    assert "(failure 2 in a row without a new epoch, 1 retry allowed); no tries left" in lines[3]
     assert "FAILED for good: lost its worker" in lines[3]
     assert any(line.startswith("t001") and line.endswith(" finished") for line in out.splitlines()), out
     last = err.strip().splitlines()[-1]
@@ -221,6 +222,7 @@ def test_killed_driver_then_resume_finishes_the_search_with_the_study_and_ashas_
         with contextlib.suppress(ProcessLookupError):
             os.kill(paused["pid"], signal.SIGKILL)  # it dies with its raylet anyway
     ids = label_ids(storage, "crash")
+    assert {ids["t001"], ids["t002"]} <= saved_trial_ids(storage / "crash")  # what resume tells the searcher
     results_before = tune_results(storage, "crash", raw=True)
     assert [r["epoch"] for r in results_before[ids["t001"]]] == [1, 2, 3, 4]
 
@@ -386,7 +388,7 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
         faults_seen = [line for line in out.splitlines() if "lost its" in line or line.startswith("node ")]
         assert len(faults_seen) == 2, out  # the trial's line and the node's
         assert any(line.startswith("node 127.0.0.3 lost: Ray marked it dead") for line in faults_seen), faults_seen
-        assert any(" on 127.0.0.3 (failure 1 of 4 allowed in a row without a new epoch); retrying from its last checkpoint" in line for line in faults_seen)
+        assert any(" on 127.0.0.3 (failure 1 in a row without a new epoch, 3 retries allowed); retrying from its last checkpoint" in line for line in faults_seen)
         # and none of Ray's own messages about the dead node or its worker on the console
         assert not any(text in out + err for text in ("marked dead", "worker died", "Traceback")), (out + err)[-3000:]
         records = check_records(uri, tmp_path / "runs", "cluster", 2)

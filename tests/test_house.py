@@ -35,7 +35,7 @@ def test_no_text_points_outside_the_repository():
 
 # A path into the repository's own folders, as text and comments name files (`search/tuner.py:9`).
 REPO_PATH = re.compile(r"(?<![\w./-])((?:asc|search|spaces|tests|\.ci)/[\w./-]*\w)")
-PLACEHOLDER = re.compile(r"(^|/)x\.\w+$|[A-Z]{3,}")  # spaces/x.yaml, runs/NAME: examples, not files
+PLACEHOLDER = re.compile(r"(^|/)x\.\w+$|(^|/)[A-Z_]{3,}(/|$)")  # spaces/x.yaml, runs/NAME: examples, not files
 
 
 def test_every_repository_path_a_text_names_exists():
