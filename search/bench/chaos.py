@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import random
@@ -117,19 +118,32 @@ def grid_space(scale, trials: int, epochs: int) -> dict:
 
 def trial_records(search_dir: Path) -> dict[str, dict]:
     """point id -> {"rows": the last result of every epoch, "raw": results received, "reports": (worker
-    pid, Tune's whole-second timestamp) of each}."""
+    pid, Tune's whole-second timestamp) of each}. Read from each trial's ``progress.csv``, where Tune
+    appends every result: its ``result.json`` can lose the lines before a restore (seen once in a
+    search with 19 kills: a trial's file held its last epoch alone, its ``progress.csv`` all six)."""
     out = {}
     for folder in search_dir.glob("t*_*"):
-        f = folder / "result.json"
-        if not f.is_file():
+        f, params = folder / "progress.csv", folder / "params.json"
+        if not f.is_file() or not params.is_file():
             continue
-        raw = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        with f.open(newline="") as handle:
+            raw = [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
         if not raw:
             continue
         rows = sorted({r["epoch"]: r for r in raw}.values(), key=lambda r: r["epoch"])
-        out[raw[0]["config"]["point"]] = {"rows": rows, "raw": len(raw),
-                                          "reports": [(r.get("pid"), r.get("timestamp")) for r in raw]}
+        out[json.loads(params.read_text())["point"]] = {"rows": rows, "raw": len(raw),
+                                                        "reports": [(r.get("pid"), r.get("timestamp")) for r in raw]}
     return out
+
+
+def _value(text: str):
+    """A ``progress.csv`` cell as the number Tune wrote (repr round-trips a float exactly), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def kill_costs(kills: list[tuple[float, int]], records: dict[str, dict]) -> tuple[float, int]:
