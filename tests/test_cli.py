@@ -246,14 +246,18 @@ def test_a_search_that_cannot_run_is_one_line_before_ray_starts(extra, sets, cul
     (["predict", "models:/x/1", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/real.db"],
      "models:/x/1: cannot load it (Registered Model with name=x not found)"),  # the option beats the variable
     (["predict", "models:/x@champion", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/real.db"],
-     "models:/x@champion: cannot load it"),
-], ids=["fuse", "predict", "option first", "no such alias"])
+     "models:/x@champion: cannot load it (Registered Model with name=x not found)"),
+    # a registered model without that alias
+    (["predict", "models:/y@champion", "DATA", "--out", "TMP/o.csv", "--mlflow-uri", "sqlite:///TMP/real.db"],
+     "models:/y@champion: cannot load it (Registered model alias champion not found.)"),
+], ids=["fuse", "predict", "option first", "no such model", "no such alias"])
 def test_commands_use_mlflow_tracking_uri_as_mlflow_users_expect(argv, culprit, synth_set, tmp_path, capsys, monkeypatch):
     """MLFLOW_TRACKING_URI when --mlflow-uri is not given; the option when it is; a model or alias the
     store does not hold is one line, and no submission file is written."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(f"sqlite:///{tmp_path / 'real.db'}").search_experiments()  # an empty store
+    real = f"sqlite:///{tmp_path / 'real.db'}"
+    MlflowClient(real, registry_uri=real).create_registered_model("y")  # a store with one model, no alias
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     swap = lambda s: s.replace("DATA", str(synth_set)).replace("TMP", str(tmp_path))  # noqa: E731
     status = _main("search", [swap(a) for a in argv])
