@@ -12,6 +12,7 @@ instead of opening a second one.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import json
 import math
@@ -675,22 +676,40 @@ class MlflowTracker(Callback):
 
 
 def recorded_results(trial) -> list[dict]:
-    """The results Tune recorded for ``trial`` (its ``result.json``), one per epoch (the last report
-    of an epoch counts: a trial resumed from the checkpoint before it reports it again, equal), in
-    order; none where the file is not there or not readable."""
-    for folder in (trial.path, trial.local_path):
-        path = Path(folder or "") / "result.json"
-        if folder and path.is_file():
-            break
-    else:
+    """The results Tune recorded for ``trial``, one per epoch (the last report of an epoch counts: a
+    trial resumed from the checkpoint before it reports it again, equal), in order; none where nothing
+    is readable. From its ``result.json``, and its ``progress.csv`` for the epochs that file lacks: on
+    a restore Tune copies the trial's files back from its storage, and a ``result.json`` was seen to
+    lose its lines before the restore so (its ``progress.csv`` kept them)."""
+    folder = next((Path(f) for f in (trial.path, trial.local_path) if f and (Path(f) / "result.json").is_file()), None)
+    if folder is None:
         return []
     rows = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in (folder / "result.json").read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):  # a line cut short by the driver's death
             row = json.loads(line)
             if isinstance(row, dict) and isinstance(row.get("epoch"), (int, float)):
                 rows[int(row["epoch"])] = row
+    for row in progress_rows(folder / "progress.csv"):
+        if isinstance(row.get("epoch"), int) and row["epoch"] not in rows:
+            rows[row["epoch"]] = {k: v for k, v in row.items() if "/" not in k}  # nested figures: not these
     return [rows[e] for e in sorted(rows)]
+
+
+def progress_rows(path: Path) -> list[dict]:
+    """Every row of a Tune ``progress.csv`` (a result each), its cells as the numbers Tune wrote (a
+    float's repr reads back exactly), else as text; none where the file is missing or unreadable."""
+    def value(text: str):
+        for kind in (int, float):
+            with contextlib.suppress(ValueError):
+                return kind(text)
+        return text
+
+    try:
+        with path.open(newline="") as handle:
+            return [{k: value(v) for k, v in row.items() if k is not None} for row in csv.DictReader(handle)]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
 
 
 def percent(figures: dict, key: str, errors: tuple = (("_cse", ""),)) -> str:

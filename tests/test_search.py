@@ -361,3 +361,27 @@ def test_a_model_left_half_logged_by_a_dead_driver_is_dropped_before_the_run_log
     assert drop_earlier_models(client, run.info.run_id) == 1
     assert not client.search_logged_models([experiment], filter_string=f"source_run_id = '{run.info.run_id}'")
     assert [m.model_id for m in client.search_logged_models([experiment])] == [kept.model_id]
+
+
+def test_the_results_tune_recorded_are_read_whole_where_its_result_json_lost_lines(tmp_path):
+    """A trial's results as Tune recorded them (what `resume` logs for epochs a dead driver held):
+    from its result.json, and from its progress.csv for the epochs result.json lost on a restore;
+    nested figures, which progress.csv flattens, only from result.json."""
+    import csv
+    from types import SimpleNamespace
+
+    from search.tracking import recorded_results
+
+    results = [{"epoch": e, "epochs": 3, "objective": 0.1 * e + 1 / 3, "loss": 2.0 - e, "seeds": {"0": e}}
+               for e in (1, 2, 3)]
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results[2:]))  # epochs 1-2 lost
+    with (tmp_path / "progress.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["epoch", "epochs", "objective", "loss", "seeds/0"])
+        writer.writeheader()
+        for r in results:
+            writer.writerow({**{k: v for k, v in r.items() if k != "seeds"}, "seeds/0": r["seeds"]["0"]})
+    rows = recorded_results(SimpleNamespace(path=str(tmp_path), local_path=None))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["objective"] for r in rows] == [r["objective"] for r in results]  # exactly: repr reads back
+    assert rows[2] == results[2] and "seeds/0" not in rows[0]
+    assert recorded_results(SimpleNamespace(path=str(tmp_path / "none"), local_path=None)) == []

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import random
@@ -121,29 +120,18 @@ def trial_records(search_dir: Path) -> dict[str, dict]:
     pid, Tune's whole-second timestamp) of each}. Read from each trial's ``progress.csv``, where Tune
     appends every result: its ``result.json`` can lose the lines before a restore (seen once in a
     search with 19 kills: a trial's file held its last epoch alone, its ``progress.csv`` all six)."""
+    from search.tracking import progress_rows  # late, as noted at the top
+
     out = {}
     for folder in search_dir.glob("t*_*"):
-        f, params = folder / "progress.csv", folder / "params.json"
-        if not f.is_file() or not params.is_file():
-            continue
-        with f.open(newline="") as handle:
-            raw = [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        params = folder / "params.json"
+        raw = progress_rows(folder / "progress.csv") if params.is_file() else []
         if not raw:
             continue
         rows = sorted({r["epoch"]: r for r in raw}.values(), key=lambda r: r["epoch"])
         out[json.loads(params.read_text())["point"]] = {"rows": rows, "raw": len(raw),
                                                         "reports": [(r.get("pid"), r.get("timestamp")) for r in raw]}
     return out
-
-
-def _value(text: str):
-    """A ``progress.csv`` cell as the number Tune wrote (repr round-trips a float exactly), else the text."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def kill_costs(kills: list[tuple[float, int]], records: dict[str, dict]) -> tuple[float, int]:
