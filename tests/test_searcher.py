@@ -4,6 +4,7 @@ diverged trial told as such, ASHA's state across a restart, one protocol per sea
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import optuna
@@ -396,3 +397,44 @@ def test_each_enhancement_is_searchable_on_and_off_by_its_own_switch():
         space_of({"dir": False, "dir_p": 0.5})
     fixed = space_of({"dir": True, "dir_p": 0.5})
     assert fixed.canonical(fixed.fixed)["enhancement"] == "dir" and fixed.canonical(fixed.fixed)["dir_p"] == 0.5
+
+
+def test_a_warm_start_takes_each_finished_configuration_once_and_counts_what_it_skips(tmp_path):
+    """An earlier search's runs, read from a real MLflow store: a finished trial on the same store is
+    taken; one on another store, one unfinished, one outside the new space and a repeat of a taken
+    configuration are skipped, each counted under its reason."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import ROLE_TAG, STORE_TAG
+    from search.warmstart import read_warm_start
+
+    space = space_of({"enhancement": {"choice": ["none", "mean_subtraction"]}, "mixup_alpha": {"choice": [0.0, 0.3]}})
+    store = {space.feature_config(space.resolve(space.fixed)).key(): "logmel128-0123456789abcdef"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    eid = client.create_experiment("earlier", artifact_location=(tmp_path / "artifacts").as_uri(), tags={
+        "objective": space.objective.label(), "protocol": space.protocol, "seeds": str(space.seeds),
+        "validation_share": f"{space.validation_share:g}", "store_names": json.dumps(store)})
+
+    def trial(enhancement: str, alpha: float, store_name: str, status: str = "FINISHED") -> None:
+        run = client.create_run(eid, tags={ROLE_TAG: "trial", STORE_TAG: store_name})
+        config = space.resolve({**space.fixed, "enhancement": enhancement, "mixup_alpha": alpha})
+        for key, value in config.items():  # every parameter of the trial's configuration, as a search logs them
+            client.log_param(run.info.run_id, key, str(value))
+        for epoch in (1, 2, 3):
+            client.log_metric(run.info.run_id, "objective", 0.1 * epoch + alpha, step=epoch)
+        client.set_terminated(run.info.run_id, status)
+
+    name = store[next(iter(store))]
+    trial("none", 0.3, name)  # taken
+    trial("none", 0.3, name)  # the same configuration again
+    trial("mean_subtraction", 0.0, "logmel128-another")  # read another store
+    trial("mean_subtraction", 0.3, name, status="KILLED")  # its driver died
+    trial("median_filter", 0.0, name)  # not in the new space
+    taken, line = read_warm_start(uri, ["earlier"], space, store)
+    assert [(w.params["enhancement"], w.params["mixup_alpha"], w.state, w.value) for w in taken] == [
+        ("none", 0.3, "complete", pytest.approx(0.6))]
+    assert taken[0].intermediate == {1: pytest.approx(0.4), 2: pytest.approx(0.5), 3: pytest.approx(0.6)}
+    assert line == ("warm start from 'earlier': 1 trial(s) taken (1 complete); 4 skipped (1 a configuration taken "
+                    "already, 1 another store, 1 unfinished or failed, 1 outside this space); none of them is "
+                    "trained again")
