@@ -55,8 +55,8 @@ from search.tracking import ACTIVE as TRACKERS, PENDING_FILE, RESUMING, TRIAL_TA
     check_new_experiment, check_tracking_uri, close_dangling_runs, ensure_runs_view, resume_tracking_uri, save_pending, \
     send_pending, send_unlogged, tracking_uri, start_search, trial_label, unlogged_trials
 from search.trainable import run_trial
-from search.warmstart import apply as apply_warm_start, check_warm_start_store, check_warm_start_stores, read_warm_start, \
-    warm_start_experiments
+from search.warmstart import apply as apply_warm_start, check_warm_start_store, check_warm_start_stores, \
+    read_warm_start, warm_start_experiments
 
 SEARCH_FILE = "search.json"  # what `resume` needs: settings, stores, MLflow ids
 SPACE_FILE = "space.yaml"  # the space as run (overrides applied)
@@ -83,7 +83,7 @@ class SearchSettings:
     # cluster whose --storage is an NFS share, a folder on the head's own disk: SQLite's locking is not
     # safe on NFS, and one process (the driver, on the head) writes the study.
     study_dir: str | None = None
-    max_failures: int = 3  # retries of a trial whose worker died, each from its last checkpoint, in a row without a new epoch
+    max_failures: int = 3  # retries of a lost trial (from its last checkpoint), in a row without a new epoch
     # Off, as Ray Tune's own default since 2024 (ray-project/ray#42951): with reuse, a worker killed as
     # one trial ended and the next began made the next trial fail twice on the same dead cached actor
     # and end FAILED. A fresh actor per trial costs about 10 s a trial against 1.4 s with reuse, on a busy
@@ -196,7 +196,8 @@ def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
     else:  # since its last new epoch (RetriesWithoutProgress), and in all when that differs
         in_a_row = failures - max(trial.max_failures - max_failures, 0)
         count = (f"failure {in_a_row} in a row without a new epoch, {max_failures} "
-                 f"retr{'y' if max_failures == 1 else 'ies'} allowed" + (f", {failures} in all" if failures != in_a_row else ""))
+                 f"retr{'y' if max_failures == 1 else 'ies'} allowed"
+                 + (f", {failures} in all" if failures != in_a_row else ""))
     outcome = "no tries left" if final else "retrying from its last checkpoint"
     return f"{what} ({count}); {outcome} (Ray's report: {log})"
 

@@ -388,7 +388,8 @@ def test_a_two_node_search_with_a_real_mlflow_server_survives_the_loss_of_its_wo
         faults_seen = [line for line in out.splitlines() if "lost its" in line or line.startswith("node ")]
         assert len(faults_seen) == 2, out  # the trial's line and the node's
         assert any(line.startswith("node 127.0.0.3 lost: Ray marked it dead") for line in faults_seen), faults_seen
-        assert any(" on 127.0.0.3 (failure 1 in a row without a new epoch, 3 retries allowed); retrying from its last checkpoint" in line for line in faults_seen)
+        assert any(" on 127.0.0.3 (failure 1 in a row without a new epoch, 3 retries allowed); retrying from its "
+                   "last checkpoint" in line for line in faults_seen)
         # and none of Ray's own messages about the dead node or its worker on the console
         assert not any(text in out + err for text in ("marked dead", "worker died", "Traceback")), (out + err)[-3000:]
         records = check_records(uri, tmp_path / "runs", "cluster", 2)
