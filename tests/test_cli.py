@@ -209,12 +209,19 @@ BAD_SEARCHES = [
     (["--mlflow-uri", "sqlite:///TMP/other/mlflow.db"], [], ["already has an experiment named 'x'"]),
     (["--mlflow-uri", "sqlite:///TMP/other/art"], [], ["sqlite:///TMP/other/art': cannot use it"]),  # not a database
     ([], ["model=msxception", "weights=TMP/none.pth"], ["TMP/none.pth: ImageNet Xception weights not found"]),
+    # the enhancements' own settings, from their definitions
+    ([], ["enhancement=dir", "dir_responses=TMP/none"], ["params.dir_responses", "TMP/none: no such folder"]),
+    ([], ["enhancement=freq_mixstyle", "freq_mixstyle_p=1.5"], ["params.freq_mixstyle_p: 1.5 must be <= 1"]),
+    ([], ["enhancement=freq_mixstyle", "freq_mixstyle_alpha=0"], ["params.freq_mixstyle_alpha: 0.0 must be > 0"]),
+    ([], ["enhancement=nosuch"], ["params.enhancement: 'nosuch' is not one of"]),
+    ([], ["enhancement=freq_mixstyle+mean_subtraction"], ["write mean_subtraction+freq_mixstyle"]),
 ]
 
 
 @pytest.mark.parametrize("extra, sets, culprits", BAD_SEARCHES,
                          ids=["unreachable server", "unknown scheme", "file scheme", "no store", "name taken",
-                              "damaged database", "no weights"])
+                              "damaged database", "no weights", "no responses", "fms p", "fms alpha",
+                              "no such enhancement", "order"])
 def test_a_search_that_cannot_run_is_one_line_before_ray_starts(extra, sets, culprits, store, tmp_path, capsys,
                                                                 monkeypatch):
     """An unreachable tracking server, a URI MLflow cannot use, a store not prepared and a name the
