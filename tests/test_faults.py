@@ -2,7 +2,8 @@
 one, two and three seeds; a search whose trial workers are killed at a trial's start, mid-epoch,
 during a checkpoint, after a report and at its end ends with every trial where an uninterrupted
 trial ends; a killed driver resumes; Ctrl-C stops a search and a prepare cleanly; a lost worker node
-of a two-node cluster costs nothing; a trial lost for good makes the search say so and fail.
+of a two-node cluster costs nothing; retries are counted in a row without a new epoch, and a trial
+lost for good makes the search say so and fail.
 
 Every kill lands at a named fault point (``asc.faults``): the code under test publishes a marker file
 there and pauses, and the test kills once the marker is there. No sleep stands in for an event, so
