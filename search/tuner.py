@@ -100,12 +100,30 @@ def _searcher_class():
 # Progress
 # --------------------------------------------------------------------------------------------------
 class Progress(Callback):
-    """One line per trial-epoch (readable in a terminal and in a CI log alike)."""
+    """One line per trial-epoch (readable in a terminal and in a CI log alike), one per fault, and
+    the retries a trial has left.
+
+    ``--max-failures`` counts a trial's failures since its last new epoch, not in its whole life: a
+    long trial on preemptible nodes may be lost many times, each time going on from a later checkpoint,
+    and must not run out of tries while it makes progress. Tune counts every failure against the
+    trial's limit (``Trial.should_recover``: failures so far <= ``trial.max_failures``) and has no such
+    setting, so on each new epoch this raises the trial's own limit to its failures so far plus
+    ``max_failures`` (Tune saves the limit with the trial: a resumed search keeps it). It is done here,
+    in the callback a search has always had, so that a search saved by an earlier version (whose
+    callbacks Tune unpickles on resume) counts so too."""
 
     def __init__(self, space: Space, devices: list[str], max_failures: int = 0, log: str = ""):
         self.space, self.devices, self.max_failures, self.log = space, devices, max_failures, log
         self._nodes: set | None = None
         self._nodes_checked = 0.0
+        self._reached: dict[str, int] = {}  # trial id -> the furthest epoch it reported
+
+    def _retry_limit(self, trial, result: dict) -> None:
+        reached = self.__dict__.setdefault("_reached", {})  # a Progress pickled by an earlier version has none
+        epoch = int(result.get("epoch", 0))
+        if self.max_failures >= 0 and epoch > reached.get(trial.trial_id, 0):
+            reached[trial.trial_id] = epoch
+            trial.max_failures = trial.num_failures + self.max_failures
 
     def on_step_begin(self, iteration, trials, **info):
         """A node that leaves the cluster is one line (looked at every few seconds: it is a GCS call):
@@ -123,6 +141,7 @@ class Progress(Callback):
         return f"{trial_label(trial)} {self.space.describe(trial.config)}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._retry_limit(trial, result)
         if result.get("diverged"):
             print(f"{self._name(trial):<44} diverged at epoch {result['diverged']}: {result.get('diverged_reason')}",
                   flush=True)
@@ -154,25 +173,6 @@ class Progress(Callback):
               f"{fault_line(trial, self.max_failures, self.log, final=True)}", flush=True)
 
 
-class RetriesWithoutProgress(Callback):
-    """``--max-failures`` counts a trial's failures since its last new epoch, not in its whole life: a
-    long trial on preemptible nodes may be lost many times, each time going on from a later checkpoint,
-    and must not run out of tries while it makes progress. Tune counts every failure against the
-    trial's limit (``Trial.should_recover``: failures so far <= ``trial.max_failures``) and has no such
-    setting, so on each new epoch this raises the trial's own limit to its failures so far plus
-    ``max_failures`` (Tune saves the limit with the trial: a resumed search keeps it)."""
-
-    def __init__(self, max_failures: int):
-        self.max_failures = max_failures
-        self._reached: dict[str, int] = {}  # trial id -> the furthest epoch it reported
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        epoch = int(result.get("epoch", 0))
-        if self.max_failures >= 0 and epoch > self._reached.get(trial.trial_id, 0):
-            self._reached[trial.trial_id] = epoch
-            trial.max_failures = trial.num_failures + self.max_failures
-
-
 def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
     """What happened to a trial whose task failed, in one line: the worker or node it lost (from the
     error Tune recorded and the node its last result came from), which try this was, and where Ray's
@@ -193,7 +193,7 @@ def fault_line(trial, max_failures: int, log: str, final: bool) -> str:
     failures = trial.num_failures
     if max_failures < 0:
         count = f"failure {failures}, retried forever"
-    else:  # since its last new epoch (RetriesWithoutProgress), and in all when that differs
+    else:  # since its last new epoch (Progress._retry_limit), and in all when that differs
         in_a_row = failures - max(trial.max_failures - max_failures, 0)
         count = (f"failure {in_a_row} in a row without a new epoch, {max_failures} "
                  f"retr{'y' if max_failures == 1 else 'ies'} allowed"
@@ -407,9 +407,7 @@ def _callbacks(space: Space, info: dict) -> list:
     tracker = MlflowTracker(info["mlflow_uri"], info["experiment_id"], info["parent_run_id"], info["name"], space,
                             info["stores"], info.get("store_names"))
     log = Path(info["storage"]) / info["name"] / LOG_FILE
-    max_failures = info.get("max_failures", 3)
-    return [tracker, RetriesWithoutProgress(max_failures), Progress(space, store_devices(info["stores"]), max_failures,
-                                                                    str(log))]
+    return [tracker, Progress(space, store_devices(info["stores"]), info.get("max_failures", 3), str(log))]
 
 
 def resume_search(name: str, storage: str | None = None, address: str | None = None,
