@@ -528,8 +528,7 @@ def parse_space(doc: dict, path: str = "<space>", text: str = "") -> Space:
                  "different clips cannot be ranked against each other")
     share = next(iter({p.get("validation_share", fixed.get("validation_share", VALIDATION_SHARE)) for _, p in points}
                       or {fixed.get("validation_share", VALIDATION_SHARE)}))
-    if share != VALIDATION_SHARE and "spectrum_correction" in (
-            {n for _, p in points for n in enhancement_names({**fixed, **p})} if points else _enhancements(fixed, searched)):
+    if share != VALIDATION_SHARE and "spectrum_correction" in _enhancements(fixed, searched, points):
         fail("params.validation_share", f"{share:g} with spectrum_correction: its stores are fitted without the "
              f"locations of validation_share {VALIDATION_SHARE:g} (`prepare`), and would have seen some of these")
 
@@ -738,8 +737,10 @@ def _switch_values(fixed: dict, searched: dict, name: str) -> list:
     return list(searched[name].values) if name in searched else [fixed.get(name, PARAMS[name].default)]
 
 
-def _enhancements(fixed: dict, searched: dict) -> set:
-    """Every enhancement a (non-points) trial of the space can run."""
+def _enhancements(fixed: dict, searched: dict, points: list = ()) -> set:
+    """Every enhancement a trial of the space can run: of its points, else of its choices."""
+    if points:
+        return {n for _, p in points for n in enhancement_names({**fixed, **p})}
     values = list(searched["enhancement"].values) if "enhancement" in searched else [
         fixed.get("enhancement", PARAMS["enhancement"].default)]
     return {n for v in values for n in parse_composition(v)} | {
@@ -751,8 +752,7 @@ def _check_conditional(fixed: dict, searched: dict, points: list, fail) -> None:
     def get(p: dict, key: str):
         return p.get(key, fixed.get(key, PARAMS[key].default))
 
-    enh = ({n for _, p in points for n in enhancement_names({**fixed, **p})} if points
-           else _enhancements(fixed, searched))
+    enh = _enhancements(fixed, searched, points)
     for key, name in CONDITIONAL.items():
         if (key in fixed or key in searched) and name not in enh:
             fail(f"params.{key}", f"set, but no enhancement here is {name}")
@@ -786,8 +786,7 @@ def _check_resources(fixed: dict, searched: dict, points: list, features: dict, 
     and checked before anything runs: every value the space gives it, else its default where the
     enhancement can run."""
     rate = features.get("sample_rate", FeatureConfig().sample_rate)
-    enh = ({n for _, p in points for n in enhancement_names({**fixed, **p})} if points
-           else _enhancements(fixed, searched))
+    enh = _enhancements(fixed, searched, points)
     for key, (definition, setting) in setting_keys().items():
         if setting.read is None:
             continue
