@@ -369,6 +369,13 @@ class _Enhancement:
         return "+".join(ENHANCEMENTS[n].label(self.settings(n) if ENHANCEMENTS[n].settings else {})
                         for n in ENHANCEMENTS if n in names) or "plain"
 
+    @classmethod
+    def label_of(cls, names, values: dict) -> str:
+        """The one label of the enhancements ``names`` with their settings' ``values`` (defaults for
+        those missing), the store's (spectrum correction) included: ``spec-corr+medfilt5x21``."""
+        names = tuple(names)
+        return cls.compose(names, values).label("spectrum_correction" in names)
+
     @property
     def cache_key(self) -> str | None:
         """Name of the store-derived cache of the ``cached`` steps (``gmsvn-medfilt7x21``), or None."""

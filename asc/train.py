@@ -577,7 +577,7 @@ class Training:
                 logits = model(x)
             loss = mixup_loss(logits.float(), y1, y2, lam)
             value = loss.item()
-            if injected("nan_loss", lr=f"{config.lr:g}", epoch=epoch):  # a test's divergence (asc.faults)
+            if injected("nan_loss", lr=f"{config.lr:g}", enh=config.enhancement.label(), epoch=epoch):  # a test's divergence (asc.faults)
                 value = math.nan
             if not math.isfinite(value):  # before the step: the last checkpoint stays the last good epoch
                 kept = (f"the checkpoint of epoch {epoch - 1} is kept" if self.ckpt_dir is not None and epoch > 1

@@ -113,8 +113,7 @@ def _group(params: dict) -> str:
         return params.get("point") or "?"
     names = parse_composition(params["enhancement"])
     values = {k: _parse(k, v) for k, v in params.items() if k in CONDITIONAL}
-    return Enhancement.compose([n for n in names if n != "spectrum_correction"], values).label(
-        "spectrum_correction" in names)
+    return Enhancement.label_of(names, values)
 
 
 def load_candidates(client, experiment_id: str, full_budget: bool = False, progress: bool = False,

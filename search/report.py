@@ -94,14 +94,18 @@ def report_results(client, info: dict, space: Space, trials: list[dict], study, 
 
 def _rank_key(space: Space):
     """Best first: by the objective; a Pareto search by B&C, then (a tie) by the smaller |gap|, so that a
-    trial is never listed above one that beats it on both."""
+    trial is never listed above one that beats it on both. Trials that diverged or failed come after
+    every trial that ended well (MLflow marks them FAILED and ``fuse`` leaves them out), whatever their
+    last good epoch scored."""
     def finite(v, missing: float) -> float:
         return v if isinstance(v, float) and math.isfinite(v) else missing
 
     def key(row):
+        broken = row.get("state") in ("diverged", "failed")
         if space.objective.multi:
-            return (-finite(row.get("objective_acc_bc"), -math.inf), finite(row.get("objective_abs_gap"), math.inf))
-        return (-finite(row.get("objective"), -math.inf),)
+            return (broken, -finite(row.get("objective_acc_bc"), -math.inf),
+                    finite(row.get("objective_abs_gap"), math.inf))
+        return (broken, -finite(row.get("objective"), -math.inf))
     return key
 
 
@@ -243,10 +247,11 @@ def clip_warning(ranked: list[dict], objective, z: float = 2.0, paper: bool = Fa
         clips = "the evaluation split's clips, which chose here (protocol paper)," if paper else "the selection clips"
         more = "a larger evaluation split" if paper else ("more B and C clips in the held-out locations (a larger "
                                                           "validation_share in the space, or a larger set)")
+        helps = [more] + (["choose by metric_a (all clips)"] if objective.label() != "metric_a" else [])
         line = (f"warning: {clips} ({counts}) know {objective.label()} only within +-{100 * width:.1f} "
                 f"points ({z:g} standard errors), more than the {100 * spread:.1f} points by which {best['label']} "
-                f"leads the median of the {len(valid) - 1} other trial(s) ranked here: {more}, choose by metric_a "
-                "(all clips), or add seeds")
+                f"leads the median of the {len(valid) - 1} other trial(s) ranked here: {', '.join(helps)}, "
+                "or add seeds")
     sem = best.get("objective_sem")
     if isinstance(sem, float) and math.isfinite(sem):  # several seeds (0: they agreed on every clip)
         dominant = "the clips'" if best["objective_cse"] > sem else "the seeds'"
@@ -286,7 +291,7 @@ def _params_cell(row: dict, keys: list[str]) -> str:
         cells.append(f"{_short(k)}={v:.3g}" if isinstance(v, float) else f"{_short(k)}={v}")
     # an enhancement's settings that the space fixes (or defaults): its one label says them
     if any(k in params and k not in keys for k in CONDITIONAL) and "enhancement" in params:
-        cells.append(f"({Enhancement.compose(parse_composition(params['enhancement']), params).label()})")
+        cells.append(f"({Enhancement.label_of(parse_composition(params['enhancement']), params)})")
     return " ".join(cells) or row["describe"]
 
 

@@ -421,8 +421,7 @@ class Space:
         """A short name a person scanning a runs table reads: ``mean-sub a=0.3 128mel``."""
         p = self.resolve(params)
         names = enhancement_names(p)
-        enh = Enhancement.compose([n for n in names if n != "spectrum_correction"], p).label(
-            "spectrum_correction" in names)
+        enh = Enhancement.label_of(names, p)
         parts = [params["point"]] if "point" in params else []
         parts += [enh, f"a={p['mixup_alpha']:.2g}", f"{p['n_mels']}mel"]
         if "lr" in self.searched:

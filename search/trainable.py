@@ -13,6 +13,7 @@ the same epoch's figures on the evaluation split (``eval_*``, reported beside, n
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 
@@ -128,9 +129,15 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
         # The trial ends at its last reported epoch, marked diverged: one more result without a
         # checkpoint, which the driver reads (its state, MLflow's run, Optuna's FAIL). A retry from the
         # checkpoint would draw the same batches and diverge again.
+        # A trial that diverged before reporting in this process (at its first epoch, or at the first
+        # after a retry restored its checkpoint) has no last result here: Tune refuses a result without
+        # the objective (its strict metric check, an error in the driver), so the objective is NaN,
+        # which nothing records (MLflow has that epoch or none, Optuna hears only finite values, ASHA
+        # skips a diverged result).
         reason = str(exc) if space.seeds == 1 else f"seed {exc.seed}: {exc}"
-        tune.report({**(last or {"epoch": 0, "epochs": train_config.epochs}), "diverged": exc.epoch,
-                     "diverged_reason": reason})
+        ended = last or {"epoch": exc.epoch - 1, "epochs": train_config.epochs,
+                         **{name: math.nan for name in space.objective.metrics}}
+        tune.report({**ended, "diverged": exc.epoch, "diverged_reason": reason})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fault_point("end")

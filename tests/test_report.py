@@ -58,6 +58,10 @@ def test_the_best_trials_table_shows_the_clip_counts_and_standard_errors_and_war
     assert 13 < 200 * best["metric_b_cse"] < 14
     assert "for t000, the clips' standard error is the larger" in warning
     assert "by which t000 leads the median of the 1 other trial(s) ranked here" in warning
+    assert "validation_share in the space, or a larger set), choose by metric_a (all clips), or add seeds; " in warning
+    by_a = Objective("metric_a")  # already choosing on all clips: not advised again
+    a_rows = [row("t000", metrics(45, 3, 2), by_a), row("t001", metrics(44, 2, 2), by_a)]
+    assert clip_warning(a_rows, by_a).endswith("a larger set), or add seeds")
     # a trial far behind the rest (stopped early, diverged) does not hide that the rest are within the noise
     weak = rows + [row("t002", metrics(44, 3, 1), objective), row("t003", metrics(5, 0, 0), objective)]
     assert "leads the median of the 3 other trial(s)" in clip_warning(weak, objective)
@@ -124,3 +128,20 @@ def test_a_pareto_searchs_table_never_lists_a_trial_above_one_that_beats_it():
     table = format_trials(rows, space, ["a", "b", "c"], 3)
     order = [line[:4] for line in table.splitlines() if line[:4] in ("t001", "t002", "t003")]
     assert order == ["t003", "t002", "t001"]  # B&C first; at equal B&C the smaller |gap|
+
+
+def test_a_trial_that_diverged_is_ranked_after_those_that_ended_well_and_a_fixed_setting_keeps_spec_corr():
+    space = parse_space({"sampler": "tpe", "objective": "metric_b", "scheduler": "none",
+                         "params": {"model": "cnn", "epochs": 3, "enhancement": "spectrum_correction+median_filter",
+                                    "median_filter_bands": 5, "lr": {"float": [0.0005, 0.003], "log": True}}}, "s.yaml")
+    objective = space.objective
+    rows = [row("t000", metrics(30, 2, 2), objective), row("t001", metrics(50, 4, 4), objective),
+            row("t002", metrics(40, 3, 3), objective)]
+    rows[1].update(state="diverged", diverged=3, epoch=2)  # the best last good epoch, but it diverged
+    for r in rows:
+        r["params"].update(enhancement="spectrum_correction+median_filter", median_filter_bands=5)
+    table = format_trials(rows, space, ["a", "b", "c"], 3)
+    order = [line[:4] for line in table.splitlines() if line[:4] in ("t000", "t001", "t002")]
+    assert order == ["t002", "t000", "t001"]
+    assert "(spec-corr+medfilt5x21)" in table and "diverged@3" in table
+    assert markdown_trials(rows, space, 1).splitlines()[2].startswith("| t002 ")

@@ -285,8 +285,9 @@ def test_searcher_tells_optuna_pruned_with_intermediate_values_also_for_a_grid(t
 
 def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_start_trains_none(store, tmp_path):
     """TPE with eight samples over four configurations trains four; two of them diverge (a non-finite
-    loss injected at epoch 2) and are told as such everywhere; the search chooses on the evaluation
-    split (protocol paper) and says so; a second search warm-started from the first trains nothing."""
+    loss injected at epoch 2, and at epoch 1, before the trial reported anything) and are told as such
+    everywhere, ranked after the trials that ended well; the search chooses on the evaluation split
+    (protocol paper) and says so; a second search warm-started from the first trains nothing."""
     from optuna.trial import TrialState
 
     from asc.faults import INJECT_ENV
@@ -294,26 +295,31 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     storage = tmp_path / "runs"
     sets = ["epochs=2", "scheduler=none", "protocol=paper", "mixup_alpha=0.0",
             "enhancement={choice: [none, mean_subtraction]}", "lr={choice: [0.001, 0.003]}"]
-    env = {**ENV, INJECT_ENV: "trial=*/nan_loss/lr=0.003/epoch=2"}
+    env = {**ENV, INJECT_ENV: "trial=*/nan_loss/lr=0.003/enh=plain/epoch=1,trial=*/nan_loss/lr=0.003/enh=mean-sub/epoch=2"}
     done = run(search_cmd(store, storage, "once", "--num-samples", "8", "--max-concurrent", "1", sets=sets), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "holds 4 distinct configuration(s): each is trained once (num_samples 8)" in out
     assert "4 trials: 2 finished, 0 stopped by ASHA, 2 diverged, 0 failed" in out
     assert "4 distinct configuration(s) trained of the 4 the space holds" in out
-    assert out.count("diverged at epoch 2: ") == 4  # the result line and the end line of each
+    # the result line and the end line of each
+    assert out.count("diverged at epoch 2: ") == 2 and out.count("diverged at epoch 1: ") == 2
+    rows = [line.split() for line in out[out.index("best 4 of 4 trials"):].splitlines() if line.startswith("t0")]
+    states = [next(w for w in row if w == "done" or w.startswith("diverged@")) for row in rows]
+    assert states[:2] == ["done", "done"] and sorted(states[2:]) == ["diverged@1", "diverged@2"], states
     assert "chosen on: evaluation split" in out and "protocol paper" in out
     assert "note: protocol paper: the epochs and the sampler choose on the evaluation split" in out
     client, experiment, parent, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "once")
     assert len(trials) == 4 and parent[0].data.tags["selected_on"] == "evaluation"
-    diverged = [r for r in trials if r.data.tags.get("diverged_at_epoch") == "2"]
+    diverged = [r for r in trials if r.data.tags.get("diverged_at_epoch") in ("1", "2")]
     assert len(diverged) == 2 and all(r.info.status == "FAILED" and r.data.params["lr"] == "0.003" for r in diverged)
+    assert sorted(r.data.tags["epoch_reached"] for r in diverged) == ["0", "1"]
     assert all(r.data.tags["stopped_early"] == "false" and r.data.tags["selected_on"] == "evaluation" for r in trials)
     assert len({r.data.tags["config_key"] for r in trials}) == 4
     told = study(storage, "once").get_trials()
     real = [t for t in told if "duplicate_of" not in t.user_attrs]
     assert sorted(t.state.name for t in real) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
-    assert all(t.user_attrs.get("diverged_at_epoch") == 2 for t in real if t.state == TrialState.FAIL)
+    assert sorted(t.user_attrs.get("diverged_at_epoch") for t in real if t.state == TrialState.FAIL) == [1, 2]
 
     refused = run([sys.executable, "-m", "search", "fuse", "--experiment", "once", "--mlflow-uri",
                    f"sqlite:///{storage / 'mlflow.db'}"], timeout=120)
