@@ -76,7 +76,8 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     same number of torch threads (it decides the order of floating-point sums): the trial uses the
     CPUs Ray assigned it, wherever it runs. A checkpoint that cannot resume it (truncated, another
     version, configuration or seed count) is named in one line and the trial starts again from its
-    first epoch, which computes the same result."""
+    first epoch, which computes the same result where the checkpoint was only truncated (``resume``
+    refuses a whole search under other code: ``search.tuner.check_code_unchanged``)."""
     params = dict(config)
     store = stores[space.feature_config(params).key()]
     trial_dir = Path(tune.get_context().get_trial_dir())

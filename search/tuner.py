@@ -34,6 +34,7 @@ from pathlib import Path
 
 import optuna
 import ray
+import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
@@ -43,6 +44,7 @@ from ray.tune.search import ConcurrencyLimiter
 from asc.device_table import pct
 from asc.errors import AscError, creatable_folder, write_atomic
 from asc.models import xception_weights_file
+from asc.train import code_version
 from search.console import LOG_FILE, route_ray_messages
 from search.prepare import init_ray
 from search.report import distinct_line, report_results, trial_rows, ui_command
@@ -309,6 +311,7 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
             "experiment_id": experiment_id, "parent_run_id": parent_run, "address": settings.address,
             "command": command, **options, "max_failures": settings.max_failures,
             "reuse_actors": settings.reuse_actors, "top": settings.top, "store_names": store_names,
+            **trained_with(),
             "warm_start": list(settings.warm_start),
             "study_dir": str(study_dir) if study_dir else None}
     write_atomic(search_dir / SEARCH_FILE, json.dumps(info, indent=1))
@@ -439,6 +442,7 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
                        "with another --name")
     check_stores_unchanged(info, search_dir / SEARCH_FILE)
+    check_code_unchanged(info, search_dir / SEARCH_FILE)
     if uri_line:
         print(uri_line)
     if uri != info["mlflow_uri"]:  # the same store at a new address: the search's runs go on there
@@ -460,6 +464,28 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
                                                                      info["gpus_per_trial"]),
                                resume_unfinished=True, resume_errored=False)
     return _fit_and_report(tuner, space, info, search_dir)
+
+
+def trained_with() -> dict:
+    """What a trial's results depend on beyond its configuration and store: the ``asc`` package's source
+    (its fingerprint, as every checkpoint holds it) and torch's version (its kernels may sum in another
+    order)."""
+    return {"asc_code": code_version(), "torch": torch.__version__}
+
+
+def check_code_unchanged(info: dict, info_file: Path) -> None:
+    """Refuse to resume a search under other training code than it ran with. Its unfinished trials
+    could not continue from their checkpoints (written by that code); they would start again from their
+    first epoch under this code, while MLflow, Optuna and ASHA keep the epochs the earlier code
+    reported: one record of two versions' results. (A search saved before this was recorded: not
+    checked.)"""
+    now = trained_with()
+    differs = [f"{what} {info[key]} then, {now[key]} now" for key, what in (("asc_code", "asc source"), ("torch", "torch"))
+               if key in info and info[key] != now[key]]
+    if differs:
+        raise AscError(f"{info_file}: the search ran with other training code ({'; '.join(differs)}); resuming "
+                       "would mix two versions' results in its trials' records. Resume with the code it ran with, "
+                       f"or start a new search (--warm-start {info['name']} takes its finished trials)")
 
 
 def saved_trial_ids(search_dir: Path) -> set[str] | None:

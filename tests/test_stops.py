@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+from asc.train import code_version
+
 from tests.helpers import (ENV, REPO, armed, assert_same_rows, check_records, check_study, ctrl_c_as_in_a_terminal,
                            finish, free_port, kill_group, label_ids, mlflow_runs, mlflow_server, reference_reports,
                            release, run, search_cmd, tune_epochs, wait_fault, wait_for, wait_http)
@@ -62,6 +64,15 @@ def test_ctrl_c_stops_a_search_resumably_and_resume_refuses_a_changed_store_or_r
     assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
     assert f"{folder}: the feature store this search's trials read is gone" in gone.stderr
     folder.with_name("elsewhere").rename(folder)
+    # other training code than it ran with (an upgrade between the stop and the resume): refused
+    info_file = storage / "ctrlc" / "search.json"
+    kept = info_file.read_text()
+    info_file.write_text(json.dumps({**json.loads(kept), "asc_code": "0123456789ab"}))
+    other = run([sys.executable, "-m", "search", "resume", "ctrlc", "--storage", str(storage)], timeout=120)
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+    assert (f"{info_file}: the search ran with other training code (asc source 0123456789ab then, "
+            f"{code_version()} now); resuming would mix") in other.stderr and "--warm-start ctrlc" in other.stderr
+    info_file.write_text(kept)
 
     t001 = label_ids(storage, "ctrlc")["t001"]
     checkpoints = list((storage / "ctrlc").glob(f"t001_{t001}/checkpoint_*/last.pt"))
