@@ -46,7 +46,7 @@ from search.serving import download_members, log_audio_model, registry_uri
 from search.space import CONDITIONAL
 from search.stores import training_devices
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, TRAIN_DEVICES_TAG, _clean, _log_params, \
-    check_tracking_uri, confusion_figure, fusions_view, percent, run_tags, selected_on
+    check_tracking_uri, confusion_figure, figures_line, fusions_view, percent, run_tags, selected_on
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
@@ -458,7 +458,8 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
                     print(line, file=sys.stderr)
             result.registered = f"models:/{register}/{version}"
             result.version = int(version)
-            client.update_model_version(register, version, description=f"{_headline(result)}. {_title(result)}")
+            client.update_model_version(register, version,
+                                         description=f"{_headline(result)}. {_title(result)}. {_figures(result)}.")
             client.update_registered_model(register, description=(
                 f"Fusions registered by `python -m search fuse`; the latest from the search {result.experiment!r}. "
                 "Each version's description says what it fused and how well it scores; it takes audio bytes "
@@ -532,7 +533,15 @@ def fusion_note(result: FusionResult) -> str:
         mb = {s: result.metrics[c.label].get(s, {}).get("metric_b", math.nan) for s in ("selection", "evaluation")}
         rows.append(f"| {c.label} {c.description} | {w:.2f} | "
                     + " | ".join(percent(mb, s, ()) for s in mb) + " |")
-    return f"{_headline(result)} (± one standard error from the clips).\n\n{_title(result)}.\n\n" + "\n".join(rows)
+    return (f"{_headline(result)} (± one standard error from the clips).\n\n{_title(result)}.\n\n"
+            f"{_figures(result)}.\n\n" + "\n".join(rows))
+
+
+def _figures(result: FusionResult) -> str:
+    """The fusion's every figure on the clips that chose it, each with its standard error from them."""
+    chose = "The evaluation split, which chose it" if result.protocol == "paper" else "The selection clips"
+    return (f"{chose} (%, the gap in points, ± one standard error from the clips): "
+            + figures_line(result.metrics["fusion"]["selection"]))
 
 
 def _title(result: FusionResult) -> str:

@@ -633,7 +633,9 @@ class MlflowTracker(Callback):
         if diverged:
             self.client.set_tag(run_id, "diverged_at_epoch", str(diverged))
             self.client.set_tag(run_id, "diverged_reason", str(result.get("diverged_reason", ""))[:4000])
-        self.client.set_tag(run_id, "mlflow.note.content", trial_note(result, (trial.config or {}).get("protocol")))
+        self.client.set_tag(run_id, "mlflow.note.content", trial_note(result, (trial.config or {}).get("protocol"),
+                                                                       None if self.space.objective.multi else
+                                                                       self.space.objective.label()))
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
         self._pending.append(self._executor.submit(self._finish, run_id, trial.checkpoint, trial_label(trial),
@@ -724,9 +726,21 @@ def percent(figures: dict, key: str, errors: tuple = (("_cse", ""),)) -> str:
     return f"{100 * figures[key]:.1f}" + (f" ± {', '.join(ses)}" if ses else "")
 
 
-def trial_note(result: dict, protocol: str | None = None) -> str:
+# The figures a selection is judged by, in the order the tables show them (the gaps in points)
+FIGURES = (("acc_a", "A"), ("acc_b", "B"), ("acc_c", "C"), ("acc_bc", "B&C"), ("device_gap", "gap"),
+           ("acc_unseen", "unseen"), ("metric_a", "Metric A"), ("metric_b", "Metric B"))
+
+
+def figures_line(figures: dict, prefix: str = "") -> str:
+    """``A 62.1 ± 3.4, B 50.0 ± 12.5, ..., Metric B 56.0 ± 6.3``: every figure ``figures`` holds (under
+    ``prefix``: ``sel_``), in percent, each with its standard error from the clips."""
+    return ", ".join(f"{name} {percent(figures, prefix + key)}" for key, name in FIGURES if prefix + key in figures)
+
+
+def trial_note(result: dict, protocol: str | None = None, objective: str | None = None) -> str:
     """A finished trial's run note (its Description in MLflow's UI): how far it ran, the epoch it kept,
-    and the figures that chose it, in percent with their standard errors from the clips."""
+    and the figures that chose it, in percent with their standard errors from the clips (``objective``:
+    its label, shown beside them unless it is one of them)."""
     def pct(key):
         return percent(result, key)
 
@@ -736,10 +750,12 @@ def trial_note(result: dict, protocol: str | None = None) -> str:
     else:
         ran = f"Ran {reached} of {epochs} epochs" + (" (stopped by ASHA)" if reached < epochs else "")
     where = "the evaluation split (protocol paper)" if protocol == "paper" else "the selection clips"
-    return (f"{ran}; kept epoch {result.get('best_epoch') or '-'}, chosen on {where}: Metric B {pct('sel_metric_b')} %, "
-            f"B&C {pct('sel_acc_bc')} %, device gap {pct('sel_device_gap')} points (± one standard error from the "
-            f"clips). Evaluation split at that epoch: Metric B {pct('eval_metric_b')} %. Every figure per epoch: "
-            "Model metrics; the kept epoch's: the `sel_*` and `eval_*` metrics.")
+    objective = (f"; the objective, {objective}, {pct('objective')}" if objective not in (None, "metric_b")
+                 and "objective" in result else "")
+    return (f"{ran}; kept epoch {result.get('best_epoch') or '-'}, chosen on {where} (%, the gap in points, ± one "
+            f"standard error from the clips): {figures_line(result, 'sel_')}{objective}. Evaluation split at that "
+            f"epoch: Metric B {pct('eval_metric_b')} %. Every figure per epoch: Model metrics; the kept epoch's: the "
+            "`sel_*` and `eval_*` metrics.")
 
 
 def trial_label(trial_or_name) -> str:

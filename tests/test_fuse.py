@@ -108,6 +108,11 @@ def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(
     mb = f"{100 * fusion.data.metrics['sel_metric_b']:.1f} ± {100 * fusion.data.metrics['sel_metric_b_cse']:.1f}"
     headline = f"Metric B {mb} % on the selection clips that chose it"
     assert versions[0].description.startswith(headline)
+    # and every figure the clips chose on, each with its standard error from them
+    a = f"A {100 * fusion.data.metrics['sel_acc_a']:.1f} ± {100 * fusion.data.metrics['sel_acc_a_cse']:.1f}"
+    gap = f"gap {100 * fusion.data.metrics['sel_device_gap']:.1f} ± {100 * fusion.data.metrics['sel_device_gap_cse']:.1f}"
+    assert f"The selection clips (%, the gap in points, ± one standard error from the clips): {a}, B " in \
+        versions[0].description and gap in versions[0].description
     # by Metric B, its objective and that objective's clip standard error are those figures (the runs view's columns)
     assert fusion.data.metrics["objective"] == fusion.data.metrics["sel_metric_b"]
     assert fusion.data.metrics["objective_cse"] == pytest.approx(fusion.data.metrics["sel_metric_b_cse"])
@@ -115,7 +120,12 @@ def test_fuse_logs_and_registers_a_fusion_whose_figures_are_the_members_average(
     assert note.startswith(headline) and note.count("\n| t0") == 2 and "| 0.50 |" in note
     assert "audio bytes" in client.get_registered_model("smoke-fusion").description
     trial_notes = [t.data.tags.get("mlflow.note.content", "") for t in trials]
-    assert all(n.startswith(("Ran ", "Diverged")) and "chosen on the selection clips: Metric B" in n for n in trial_notes)
+    assert all(n.startswith(("Ran ", "Diverged")) for n in trial_notes), trial_notes
+    for t, n in zip(trials, trial_notes):
+        m = t.data.metrics
+        assert (f"chosen on the selection clips (%, the gap in points, ± one standard error from the clips): A "
+                f"{100 * m['sel_acc_a']:.1f} ± {100 * m['sel_acc_a_cse']:.1f}, B ") in n, n
+        assert f"Metric B {100 * m['sel_metric_b']:.1f} ± {100 * m['sel_metric_b_cse']:.1f}" in n, n
     searched["members"] = member_ids
 
 

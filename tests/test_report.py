@@ -145,3 +145,18 @@ def test_a_trial_that_diverged_is_ranked_after_those_that_ended_well_and_a_fixed
     assert order == ["t002", "t000", "t001"]
     assert "(spec-corr+medfilt5x21)" in table and "diverged@3" in table
     assert markdown_trials(rows, space, 1).splitlines()[2].startswith("| t002 ")
+
+
+def test_a_trials_note_gives_every_figure_that_chose_it_with_the_clips_error_and_an_objective_not_among_them():
+    from search.tracking import trial_note
+
+    m = metrics(45, 3, 2)
+    result = {"epoch": 3, "epochs": 3, "best_epoch": 2, **{f"sel_{k}": v for k, v in m.items()},
+              "eval_metric_b": 0.5, "objective": 0.4, "objective_cse": 0.05}
+    note = trial_note(result, "validation", "gap_penalized")
+    shown = ", ".join(f"{name} {100 * m[k]:.1f} ± {100 * m[k + '_cse']:.1f}" for k, name in (
+        ("acc_a", "A"), ("acc_b", "B"), ("acc_c", "C"), ("acc_bc", "B&C"), ("device_gap", "gap"),
+        ("metric_a", "Metric A"), ("metric_b", "Metric B")))
+    assert note.startswith(f"Ran 3 of 3 epochs; kept epoch 2, chosen on the selection clips (%, the gap in points, "
+                           f"± one standard error from the clips): {shown}; the objective, gap_penalized, 40.0 ± 5.0.")
+    assert "the objective" not in trial_note(result, "validation", "metric_b")
