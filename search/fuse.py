@@ -42,7 +42,7 @@ from asc.device_table import device_table
 from search.objectives import SINGLE, Objective, check_pooled_devices
 from search.predictions import FILE as PREDICTIONS, SPLITS, log_predictions, predictions_table, read_predictions
 from search.report import CLIP_SE_HOW, clip_warning
-from search.serving import download_members, log_audio_model, registry_uri
+from search.serving import download_members, log_audio_model, mlflow_uris, registry_uri
 from search.space import CONDITIONAL
 from search.stores import training_devices
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, TRAIN_DEVICES_TAG, _clean, _log_params, \
@@ -449,9 +449,8 @@ def log_fusion(client, uri: str, experiment_id: str, parent_id: str | None, resu
                 "search": result.experiment, "method": result.method, "by": result.by})
         client.set_tag(run_id, MODEL_TAG, result.model_uri)
         if register:  # the names were checked before any work (check_registry_names)
-            mlflow.set_registry_uri(registry_uri(uri))
             said = io.StringIO()  # MLflow prints that it registered the model and created a version
-            with contextlib.redirect_stderr(said):
+            with contextlib.redirect_stderr(said), mlflow_uris(uri):
                 version = mlflow.register_model(result.model_uri, register).version
             for line in said.getvalue().splitlines():  # the rest (a warning) is passed on
                 if line.strip() and not line.startswith(("Successfully registered model", "Created version")):

@@ -8,6 +8,7 @@ default) or an unlabelled set (``audio/0.wav ...``). On a labelled set the devic
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from asc.errors import AscError
 from asc.metrics import device_metrics
 from asc.progress import progress as show_progress
 from asc.submission import FORMATS, write_submission
-from search.serving import AudioSceneModel, registry_uri
+from search.serving import AudioSceneModel, mlflow_uris
 from search.tracking import check_tracking_uri
 
 
@@ -45,14 +46,12 @@ def load_audio_model(model_uri: str, mlflow_uri: str | None = None):
         raise AscError(f"model {model_uri}: no such file or folder, and not a models:/ or runs:/ URI")
     elif mlflow_uri:
         check_tracking_uri(mlflow_uri, must_exist=True)
-        mlflow.set_tracking_uri(mlflow_uri)
-        mlflow.set_registry_uri(registry_uri(mlflow_uri))
     tmp = None
     try:
         # into a folder of its own: given none, MLflow loads a local store's model in place and writes a
         # file into the store's folder (fails on a read-only shared store). The members are read into
         # memory as the model loads, so the copy goes when it has.
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, mlflow_uris(mlflow_uri) if mlflow_uri else contextlib.nullcontext():
             model = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
     except Exception as exc:  # MLflow raises its own and OS errors for a wrong URI
         first = (str(exc) or type(exc).__name__).splitlines()[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import os
@@ -176,8 +177,7 @@ def log_audio_model(uri: str, run_id: str, member_files: Sequence[Path], weights
         for name, file in zip(names, member_files):  # MLflow keeps the file names: make them the members'
             artifacts[name] = str(Path(tmp) / f"{name}.pt")
             shutil.copyfile(file, artifacts[name])
-        mlflow.set_tracking_uri(uri)
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        with mlflow_uris(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("audio_model.py")), artifacts=artifacts,
                 code_paths=[os.path.dirname(asc.__file__), os.path.dirname(os.path.abspath(__file__))],
@@ -235,6 +235,34 @@ def registry_uri(tracking_uri: str) -> str:
     return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
 
 
+@contextlib.contextmanager
+def mlflow_uris(tracking_uri: str):
+    """MLflow's process-wide tracking and registry URIs set to ``tracking_uri``'s while the block runs,
+    then put back as they were: ``models:/`` URIs, ``mlflow.register_model`` and ``pyfunc.log_model``
+    resolve only through them, and a call into this package (from a notebook, a service) should leave
+    its caller's MLflow settings, and the environment MLflow copies them into, as it found them."""
+    # MLflow offers setters and getters only (a getter resolves the default, so it cannot say "unset"):
+    # its two module globals are read to put back exactly what was there.
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    environ = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri(tracking_uri))
+    try:
+        yield
+    finally:
+        if tracking_utils._tracking_uri != saved[0]:
+            mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for key, value in environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def read_spec(path) -> dict:
     """A model's ``ensemble.json``: its members' names and weights; a damaged one is an AscError naming it."""
     try:
@@ -248,10 +276,10 @@ def read_spec(path) -> dict:
 
 def download_members(model_uri: str, folder: Path, tracking_uri: str) -> tuple[list[Path], list[float]]:
     """The member files and weights of a logged :class:`AudioSceneModel`, downloaded into ``folder``."""
-    # models:/ URIs resolve through the process's tracking and registry URIs, whatever one passes
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(registry_uri(tracking_uri))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
+    # models:/<model id> URIs resolve through the process's tracking URI, whatever one passes (MLflow's
+    # ModelsArtifactRepository asks a client of the default store)
+    with mlflow_uris(tracking_uri):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
     spec_files = list(local.glob(f"artifacts/{SPEC}"))
     if not spec_files:
         raise AscError(f"{model_uri}: not an audio scene model of this project (no artifacts/{SPEC})")

@@ -169,6 +169,22 @@ def test_registered_model_predicts_from_audio_what_its_members_averaged_from_the
                                        "path": files[:2]}))
     assert sent.index.tolist() == files[:2]
     np.testing.assert_allclose(sent[classes].to_numpy(), expected[:2], atol=1e-5)
+    # Loaded through this package from another store than the process's: found there, and the caller's
+    # MLflow settings (and the environment MLflow copies them into) are left as they were.
+    import os
+
+    from search.predict import load_audio_model
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(other)
+    mlflow.set_registry_uri(other)
+    os.environ.pop("MLFLOW_REGISTRY_URI")  # which MLflow's setter wrote, and which would be where models:/ look
+    loaded = load_audio_model("models:/smoke-fusion/1", searched["uri"])
+    assert len(loaded.ensemble.members) == len(searched["members"])
+    assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == os.environ["MLFLOW_TRACKING_URI"] == other
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    mlflow.set_tracking_uri(searched["uri"])
+    mlflow.set_registry_uri(searched["uri"])
     info = mlflow.models.get_model_info("models:/smoke-fusion/1")
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["audio", "path", "device"]
     assert info.signature.outputs.input_names()[-1] == "label"
