@@ -144,8 +144,8 @@ def format_trials(rows: list[dict], space: Space, devices: list[str], top: int, 
     lines.append("-" * len(head))
     for r in shown:
         state = _state(r)
-        sel = row_cells(r, cols, "sel_", width=5)
-        ev = row_cells(r, cols, "eval_", width=5)
+        sel = row_cells(r, cols, "sel_")
+        ev = row_cells(r, cols, "eval_")
         objs = "".join(f"{_num(r.get(c), pct=space.objective.multi, sem=r.get(c + '_sem') if seeds else None, cse=r.get(c + '_cse')):>{obj_width}}"
                        for c in obj_cols)
         lines.append(f"{r['label']:<6}{_params_cell(r, searched):<{width_params + 2}}{state:<12}"
