@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -50,10 +49,6 @@ from asc.parallel import serial_map
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"  # "_" prefixes: pyarrow.dataset skips them when reading the folder
-# The disk the derived caches beside one store may take, in GB (unset: no bound): before a new cache is
-# built, the least recently used ones go until it fits (a search passes its --cache-budget this way)
-CACHE_BUDGET_ENV = "ASC_CACHE_BUDGET_GB"
-USED_FILE = ".used"  # in a cache folder, touched whenever a run opens the cache: which was used least recently
 META_COLUMNS = ("filename", "scene", "city", "location", "segment", "device", "split", "group")
 
 
@@ -317,11 +312,9 @@ def _intact(path: Path) -> bool:
     return (path / MANIFEST).is_file() and store_damage(path) is None
 
 
-def _discard(path: Path, staging: Path, why: str = "damaged") -> None:
-    """Take a store or cache out of view at once (a rename), then delete it."""
-    # swept with the stale ones if rmtree fails; hidden ('.') where it lies among the published ones
-    hidden = "." if Path(staging).resolve() == path.parent.resolve() else ""
-    aside = staging / f"{hidden}{path.name}-{why}-{uuid.uuid4().hex[:8]}"
+def _discard(path: Path, staging: Path) -> None:
+    """Take a damaged store out of view at once (a rename), then delete it."""
+    aside = staging / f"{path.name}-damaged-{uuid.uuid4().hex[:8]}"  # swept with the stale ones if rmtree fails
     os.rename(path, aside)
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -595,9 +588,7 @@ class FeatureStore:
         """
         target = self.path / "_derived" / name
         if _intact(target):  # the usual case, and the only one a read-only store allows
-            opened = _open_cache(target)
-            if opened is not None:
-                return opened
+            return FeatureStore(target)
         folder = self.path / "_derived"
         try:
             folder.mkdir(exist_ok=True)
@@ -610,11 +601,6 @@ class FeatureStore:
             if not _intact(target):
                 if target.exists():  # damaged (e.g. a truncated shard): rebuilt under the same name
                     _discard(target, folder)
-                budget = cache_budget()
-                if budget is not None:
-                    for line in make_room(folder, sum(_shard_bytes(self.path, s) for s in self.manifest["shards"]),
-                                          budget):
-                        print(line, flush=True)
                 staging = folder / f".{name}-{uuid.uuid4().hex[:8]}"
                 staging.mkdir()
                 try:
@@ -630,80 +616,7 @@ class FeatureStore:
                     raise
         finally:
             lock.release()
-        _touch(target / USED_FILE)
         return FeatureStore(target)
-
-
-def cache_budget() -> float | None:
-    """``ASC_CACHE_BUDGET_GB`` in bytes, or None where it is unset; anything but a number > 0 is an
-    AscError naming it."""
-    text = os.environ.get(CACHE_BUDGET_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        gb = float(text)
-    except ValueError:
-        gb = math.nan
-    if not gb > 0 or math.isinf(gb):
-        raise AscError(f"{CACHE_BUDGET_ENV}={text!r}: the caches' disk budget is a number of GB > 0")
-    return gb * 1e9
-
-
-def caches(folder: Path) -> list[tuple[Path, int, float]]:
-    """The published caches in a store's ``_derived`` folder: (folder, bytes, when last used), least
-    recently used first (a cache that never recorded a use: when it was published)."""
-    found = []
-    for cache in (c for c in folder.iterdir() if c.is_dir() and not c.name.startswith(".")) if folder.is_dir() else ():
-        try:
-            size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
-            used = max((cache / f).stat().st_mtime for f in (USED_FILE, MANIFEST) if (cache / f).exists())
-        except (OSError, ValueError):  # going away as we look (another process evicting it)
-            continue
-        found.append((cache, size, used))
-    return sorted(found, key=lambda c: c[2])
-
-
-def make_room(folder: Path, needed: int, budget: float) -> list[str]:
-    """Remove the least recently used caches of ``folder`` until they and ``needed`` more bytes fit in
-    ``budget`` bytes; one line for each removed. A cache larger than the budget alone is still built
-    (the line says so): a trial that needs it cannot run without it. Called under the folder's build
-    lock; a run reading a removed cache keeps its open files (memory maps outlive the name), and one
-    that opens it later builds it again."""
-    lines, present = [], caches(folder)
-    used = sum(size for _, size, _ in present)
-    for cache, size, last in present:
-        if used + needed <= budget:
-            break
-        _discard(cache, folder, "evicted")
-        used -= size
-        lines.append(f"cache budget {budget / 1e9:g} GB ({CACHE_BUDGET_ENV}): removed the least recently used cache "
-                     f"{cache.name} ({size / 1e9:.2f} GB, last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(last))})"
-                     f" from {folder}")
-    if used + needed > budget:
-        lines.append(f"cache budget {budget / 1e9:g} GB ({CACHE_BUDGET_ENV}): the new cache ({needed / 1e9:.2f} GB) "
-                     f"does not fit beside {used / 1e9:.2f} GB of others; built anyway, as the trial needs it")
-    return lines
-
-
-def _shard_bytes(path: Path, shard: dict) -> int:
-    """A shard's size from the manifest, else from the file."""
-    return int(shard.get("bytes") or (path / shard["file"]).stat().st_size)
-
-
-def _touch(path: Path) -> None:
-    """Record a use (best effort: a read-only store records none)."""
-    with contextlib.suppress(OSError):
-        path.touch()
-
-
-def _open_cache(target: Path) -> "FeatureStore | None":
-    """A published cache, its use recorded; None where another process removed it as we opened it."""
-    try:
-        opened = FeatureStore(target)
-    except (AscError, OSError):
-        return None
-    _touch(target / USED_FILE)
-    return opened
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def _run(args) -> None:
                               address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage, seed=args.seed,
                               overrides=(args.set or []) + ([f"seeds={args.seeds}"] if args.seeds is not None else []),
                               max_failures=args.max_failures, top=args.top, warm_start=args.warm_start or [],
-                              study_dir=args.study_dir, cache_budget_gb=args.cache_budget)
+                              study_dir=args.study_dir)
     result = run_search(settings, command=" ".join(["python -m search"] + [shlex.quote(a) for a in sys.argv[1:]]))
     return 1 if result["failed"] else 0  # trials lost for good: the search is incomplete
 
@@ -200,9 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="retries of a trial whose worker or node died, in a row without a new epoch (a trial that "
                           "goes on from a later checkpoint has them again); -1 retries forever (default %(default)s)")
     run.add_argument("--top", type=COUNT, default=10, help="rows of the best-trials table (default %(default)s)")
-    run.add_argument("--cache-budget", type=number(above=0), default=None, metavar="GB",
-                     help="disk the median-filter caches beside each store may take (built by CPU trials, one "
-                          "store-sized copy per setting): the least recently used go to make room (default: no bound)")
     run.set_defaults(run=_run)
 
     resume = commands.add_parser("resume", help="continue a search whose driver died, and send what MLflow missed",

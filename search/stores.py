@@ -166,10 +166,10 @@ def store_devices(stores: dict) -> list[str]:
     return list(read_manifest(Path(next(iter(stores.values()))) / MANIFEST)["dataset"]["devices"])
 
 
-def cache_line(stores: dict, budget_gb: float | None = None) -> str | None:
+def cache_line(stores: dict) -> str | None:
     """One line on the disk the trials' caches take beside the stores (the median filter's on CPU
-    nodes: a store-sized copy per setting trained), and the search's bound on it (``--cache-budget``),
-    or None where there are none (or they are on another machine's disk)."""
+    nodes: a store-sized copy per setting trained), or None where there are none (or they are on
+    another machine's disk)."""
     count, size, folders = 0, 0, []
     for path in dict.fromkeys(stores.values()):
         folder = Path(path) / "_derived"
@@ -180,10 +180,8 @@ def cache_line(stores: dict, budget_gb: float | None = None) -> str | None:
             folders.append(str(folder))
     if not count:
         return None
-    bound = (f"at most {budget_gb:g} GB beside each store (--cache-budget)" if budget_gb else
-             "--cache-budget GB bounds them")
-    return (f"caches: {count} median-filter cache(s), {size / 1e9:.2f} GB in {', '.join(folders)} ({bound}); a "
-            "trial that needs one rebuilds it, so they may be deleted while no search reads the store")
+    return (f"caches: {count} median-filter cache(s), {size / 1e9:.2f} GB in {', '.join(folders)}; a trial that "
+            "needs one rebuilds it, so they may be deleted while no search reads the store")
 
 
 def training_devices(stores: dict | str | Path) -> list[str]:

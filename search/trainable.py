@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from ray import tune
 from asc.faults import fault_point, set_fault_context
 from asc.metrics import mean_sem
 from asc.parallel import limit_cpus
-from asc.store import CACHE_BUDGET_ENV
 from asc.train import CheckpointMismatch, Diverged, train, train_seeds
 from search.console import say
 from search.objectives import Objective
@@ -68,10 +66,9 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
     return result
 
 
-def run_trial(config: dict, space: Space, stores: dict[str, str], cache_budget_gb: float | None = None) -> None:
+def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     """Tune function trainable. ``config``: the trial's parameters; ``stores``: feature-config key ->
-    store folder, resolved by the driver before any trial starts; ``cache_budget_gb``: the search's
-    ``--cache-budget``, for the caches this trial builds beside its store (``asc.store``).
+    store folder, resolved by the driver before any trial starts.
 
     A restarted trial (its worker or node was lost, or the search resumed) continues from the Tune
     checkpoint of its last reported epoch: every seed's model, optimiser, scheduler, random states and
@@ -83,8 +80,6 @@ def run_trial(config: dict, space: Space, stores: dict[str, str], cache_budget_g
     refuses a whole search under other code: ``search.tuner.check_code_unchanged``)."""
     params = dict(config)
     store = stores[space.feature_config(params).key()]
-    if cache_budget_gb is not None:  # read where a cache is built: this process or its loader workers
-        os.environ[CACHE_BUDGET_ENV] = repr(float(cache_budget_gb))
     trial_dir = Path(tune.get_context().get_trial_dir())
     label = trial_dir.name.split("_")[0]  # t007 (search.tuner.trial_dirname)
     set_fault_context(f"trial={label}")  # a test's fault points name the trial (asc.faults)

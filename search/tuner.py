@@ -92,7 +92,6 @@ class SearchSettings:
     # 2-core machine (python -m search bench-search; search/bench/README.md).
     reuse_actors: bool = False
     top: int = 10  # rows of the best-trials table
-    cache_budget_gb: float | None = None  # the median-filter caches' disk beside each store (asc.store)
 
 
 def _searcher_class():
@@ -230,10 +229,8 @@ def _node_alive(ip: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Run and resume
 # --------------------------------------------------------------------------------------------------
-def _trainable(info: dict, space: Space):
-    return tune.with_resources(tune.with_parameters(run_trial, space=space, stores=info["stores"],
-                                                    cache_budget_gb=info.get("cache_budget_gb")),
-                               {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]})
+def _trainable(space: Space, stores: dict, cpus: float, gpus: float):
+    return tune.with_resources(tune.with_parameters(run_trial, space=space, stores=stores), {"cpu": cpus, "gpu": gpus})
 
 
 def run_search(settings: SearchSettings, command: str = "") -> dict:
@@ -314,7 +311,6 @@ def run_search(settings: SearchSettings, command: str = "") -> dict:
             "experiment_id": experiment_id, "parent_run_id": parent_run, "address": settings.address,
             "command": command, **options, "max_failures": settings.max_failures,
             "reuse_actors": settings.reuse_actors, "top": settings.top, "store_names": store_names,
-            "cache_budget_gb": settings.cache_budget_gb,
             **trained_with(),
             "warm_start": list(settings.warm_start),
             "study_dir": str(study_dir) if study_dir else None}
@@ -395,7 +391,7 @@ def _new_tuner(space: Space, info: dict, storage: Path, warm: list = ()):
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
-        _trainable(info, space),
+        _trainable(space, info["stores"], info["cpus_per_trial"], info["gpus_per_trial"]),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=info["num_samples"],
                                     reuse_actors=info["reuse_actors"], trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
@@ -464,7 +460,8 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     init_ray(address or info.get("address"))
     route_ray_messages(search_dir)
     print(f"resuming search {name!r} from {search_dir}")
-    tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(info, space),
+    tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(space, info["stores"], info["cpus_per_trial"],
+                                                                     info["gpus_per_trial"]),
                                resume_unfinished=True, resume_errored=False)
     return _fit_and_report(tuner, space, info, search_dir)
 
@@ -564,7 +561,7 @@ def _fit_and_report(tuner, space: Space, info: dict, search_dir: Path) -> dict:
         print(f"{searcher.orphans} Optuna trial(s) asked before the driver died, never recorded by Tune: closed "
               "in the study as FAIL (user attribute orphan), their configurations free to be proposed again")
     print(f"browse them: {ui_command(info['mlflow_uri'], info['experiment_id'])}")
-    caches = cache_line(info["stores"], info.get("cache_budget_gb"))
+    caches = cache_line(info["stores"])
     if caches:
         print(caches)
     unlogged = [record["label"] for _, record in unlogged_trials(search_dir)]

@@ -91,8 +91,7 @@ def test_every_numeric_option_accepts_its_default_and_documented_bounds(name, wo
     option = action.option_strings[-1]
     values = [action.default[0] if isinstance(action.default, list) else action.default]
     values += {"--workers": ["0"], "--max-failures": ["-1"], "--fmin": ["0"], "--seed": ["0", str(2**32 - 1)],
-               "--bags": ["0"], "--parallel-per-scene": ["0"], "--gpus-per-trial": ["0.25"],
-               "--cache-budget": ["0.5"]}.get(option, [])
+               "--bags": ["0"], "--parallel-per-scene": ["0"], "--gpus-per-trial": ["0.25"]}.get(option, [])
     for value in [v for v in values if v is not None]:
         args = top.parse_args(words + _filler(parser, action) + [option, str(value)])
         assert getattr(args, action.dest) in (action.type(str(value)), [action.type(str(value))])

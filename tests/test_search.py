@@ -231,20 +231,13 @@ def test_an_objective_the_selection_clips_cannot_measure_is_refused_before_ray_s
 
 
 def test_pareto_search_prints_and_records_its_front(store, tmp_path):
-    """... with median-filter trials on CPU, whose caches beside the store stay within --cache-budget
-    (here smaller than one: each trial builds its own, the others removed to make room)."""
     storage = tmp_path / "runs"
     cmd = [sys.executable, "-m", "search", "run", str(REPO / "spaces" / "pareto.yaml"), "--store", str(store),
-           "--storage", str(storage), "--num-samples", "3", "--max-concurrent", "1", "--cache-budget", "1e-9"]
-    for item in [*SHRINK, "model=cnn", "epochs=1", "enhancement=median_filter", "median_filter_bands={choice: [3, 5]}",
-                 "median_filter_frames=3", "num_workers=2"]:
+           "--storage", str(storage), "--num-samples", "3", "--max-concurrent", "1"]
+    for item in [*SHRINK, "model=cnn", "epochs=1", "enhancement={choice: [none, mean_subtraction]}", "num_workers=2"]:
         cmd += ["--set", item]
     done = run(cmd)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "caches: 1 median-filter cache(s), " in done.stdout and "(at most 1e-09 GB beside each store (--cache-budget))" \
-        in done.stdout
-    log = (storage / "pareto" / "ray.log").read_text()
-    assert "cache budget 1e-09 GB (ASC_CACHE_BUDGET_GB): the new cache (" in log  # said by the trial that built it
     assert "ASHA is off: it is single-objective" in done.stdout and "Pareto front:" in done.stdout
     # loader processes within the CPUs Ray gave the trial (one, by default): the trainer's own
     assert "t001: num_workers 2 -> 0: the trial has 1 CPU(s)" in done.stdout

@@ -178,47 +178,6 @@ def test_median_filter_trains_from_the_store_cache(small_store):
     assert y.tolist() == [view.classes.index(store.clips[i].scene) for i in idx]
 
 
-def test_a_cache_budget_removes_the_least_recently_used_caches_to_make_room(small_store, tmp_path, monkeypatch, capsys):
-    """ASC_CACHE_BUDGET_GB (a search's --cache-budget): before a cache is built, the least recently
-    opened ones go until it fits; a run that has one open keeps reading it, one that opens it later
-    builds it again; a cache larger than the budget is built all the same, saying so."""
-    import os
-
-    from asc.store import CACHE_BUDGET_ENV, USED_FILE, cache_budget, caches
-
-    copy = tmp_path / "store"
-    shutil.copytree(small_store, copy, ignore=shutil.ignore_patterns("_derived"))
-    store, folder = FeatureStore(str(copy)), copy / "_derived"
-    size = sum(f.stat().st_size for f in copy.glob("*.arrow"))
-    monkeypatch.setenv(CACHE_BUDGET_ENV, repr(2.5 * size / 1e9))  # room for two caches, not three
-    one, two = store.derived("one", np.negative), store.derived("two", np.negative)
-    for name, when in (("one", 1_000_000), ("two", 2_000_000)):  # two used after one ...
-        os.utime(folder / name / USED_FILE, (when, when))
-        os.utime(folder / name / "_manifest.json", (when, when))
-    store.derived("one", np.negative)  # ... until one is opened again
-    expected_two = np.asarray(two.features([0, 5])).copy()
-    capsys.readouterr()
-    store.derived("three", np.negative)
-    said = capsys.readouterr().out.strip().splitlines()
-    assert len(said) == 1 and said[0].startswith(f"cache budget {2.5 * size / 1e9:g} GB ({CACHE_BUDGET_ENV}): removed "
-                                                 "the least recently used cache two (") and str(folder) in said[0]
-    assert [c.name for c, _, _ in caches(folder)] == ["one", "three"]
-    assert not [p for p in folder.iterdir() if "two" in p.name and p.name != ".two.lock"]  # nothing of it left
-    np.testing.assert_array_equal(two.features([0, 5]), expected_two)  # a run that had it open reads on
-    assert store.derived("two", np.negative).features([0]).shape == expected_two[:1].shape  # built again
-    assert len(caches(folder)) == 2  # ... in place of the least recently used (one)
-    monkeypatch.setenv(CACHE_BUDGET_ENV, repr(0.5 * size / 1e9))  # smaller than one cache
-    capsys.readouterr()
-    store.derived("four", np.negative)
-    said = capsys.readouterr().out.strip().splitlines()
-    assert len(said) == 3 and "built anyway, as the trial needs it" in said[-1]
-    assert [c.name for c, _, _ in caches(folder)] == ["four"]
-    for bad in ("0", "-1", "lots", "inf"):
-        monkeypatch.setenv(CACHE_BUDGET_ENV, bad)
-        with pytest.raises(AscError, match=f"^{CACHE_BUDGET_ENV}='{bad}': the caches' disk budget is a number of GB > 0$"):
-            cache_budget()
-
-
 def test_cli_trains_a_paper_system_and_writes_json(small_store, tmp_path):
     out = tmp_path / "a6.json"
     run = subprocess.run([sys.executable, "-m", "asc", "train", "--store", str(Path(small_store).parent),
