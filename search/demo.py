@@ -61,7 +61,8 @@ def _search(space_path: Path, store: Path, storage: Path, overrides: list[str], 
             table = artifact_text(client, parent.info.run_id, "best_trials.txt").rstrip()
             return info["experiment_id"], table
         print(f"      search {SEARCH_NAME!r} in {storage / SEARCH_NAME} did not finish: resuming it")
-        result = resume_search(SEARCH_NAME, storage=str(storage), mlflow_uri=uri)
+        result = resume_search(SEARCH_NAME, storage=str(storage), mlflow_uri=uri,
+                               instead=f"run the demo in another --workdir than {storage.parent}")
     else:
         settings = SearchSettings(space=str(space_path), store=str(store), name=SEARCH_NAME, storage=str(storage), mlflow_uri=uri,
                                   overrides=overrides, top=5)

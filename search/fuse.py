@@ -46,7 +46,7 @@ from search.serving import download_members, log_audio_model, mlflow_uris, regis
 from search.space import CONDITIONAL
 from search.stores import training_devices
 from search.tracking import MODEL_TAG, ROLE_TAG, SEARCH_TAG, SELECTED_ON_TAG, TRAIN_DEVICES_TAG, _clean, _log_params, \
-    check_tracking_uri, confusion_figure, figures_line, fusions_view, percent, run_tags, selected_on
+    FIGURES, check_tracking_uri, confusion_figure, figures_line, fusions_view, percent, run_tags, selected_on
 from search.warmstart import _parse
 
 METHODS = ("bootstrap", "gated", "greedy", "top", "per-enhancement")  # the default first
@@ -539,8 +539,12 @@ def fusion_note(result: FusionResult) -> str:
 def _figures(result: FusionResult) -> str:
     """The fusion's every figure on the clips that chose it, each with its standard error from them."""
     chose = "The evaluation split, which chose it" if result.protocol == "paper" else "The selection clips"
-    return (f"{chose} (%, the gap in points, ± one standard error from the clips): "
-            + figures_line(result.metrics["fusion"]["selection"]))
+    sel = result.metrics["fusion"]["selection"]
+    objective = Objective(result.by, result.gap_lambda)
+    value = {"objective": objective.values(sel)["objective"], "objective_cse": objective.clip_se(sel)}
+    chosen_by = (f"; the objective, {objective.label()}, {percent(value, 'objective')}"
+                 if result.by not in dict(FIGURES) else "")
+    return (f"{chose} (%, the gap in points, ± one standard error from the clips): {figures_line(sel)}{chosen_by}")
 
 
 def _title(result: FusionResult) -> str:

@@ -750,7 +750,7 @@ def trial_note(result: dict, protocol: str | None = None, objective: str | None 
     else:
         ran = f"Ran {reached} of {epochs} epochs" + (" (stopped by ASHA)" if reached < epochs else "")
     where = "the evaluation split (protocol paper)" if protocol == "paper" else "the selection clips"
-    objective = (f"; the objective, {objective}, {pct('objective')}" if objective not in (None, "metric_b")
+    objective = (f"; the objective, {objective}, {pct('objective')}" if objective not in (None, *dict(FIGURES))
                  and "objective" in result else "")
     return (f"{ran}; kept epoch {result.get('best_epoch') or '-'}, chosen on {where} (%, the gap in points, ± one "
             f"standard error from the clips): {figures_line(result, 'sel_')}{objective}. Evaluation split at that "

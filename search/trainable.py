@@ -12,7 +12,9 @@ the same epoch's figures on the evaluation split (``eval_*``, reported beside, n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import shutil
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from asc.errors import write_atomic
 from asc.faults import fault_point, set_fault_context
 from asc.metrics import mean_sem
 from asc.parallel import limit_cpus
@@ -66,6 +69,9 @@ def flatten_report(metrics: dict, epochs: int, objective: Objective) -> dict:
     return result
 
 
+RESULT_FILE = "tune_result.json"  # in a trial's checkpoint: the result reported with it
+
+
 def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
     """Tune function trainable. ``config``: the trial's parameters; ``stores``: feature-config key ->
     store folder, resolved by the driver before any trial starts.
@@ -98,12 +104,17 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
         say(f"{label}: num_workers {train_config.num_workers} -> {cpus - 1}: the trial has {cpus} CPU(s)")
         train_config = dataclasses.replace(train_config, num_workers=cpus - 1)
 
+    # The last result reported, kept in the checkpoint too: a trial that diverges at the first epoch
+    # after a retry restored it ends on the figures of the epoch it was restored at.
     last: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        last.update(json.loads((work / RESULT_FILE).read_text()))
 
     def report(epoch: int, metrics: dict, ckpt_dir: str | None) -> None:
         result = flatten_report(metrics, train_config.epochs, space.objective)
         last.clear()
         last.update(result)
+        write_atomic(Path(ckpt_dir) / RESULT_FILE, json.dumps(result))
         # Tune copies the folder into the trial's storage now, so the next epoch may overwrite it.
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
         fault_point("reported", epoch=epoch)
@@ -125,6 +136,7 @@ def run_trial(config: dict, space: Space, stores: dict[str, str]) -> None:
             say(f"{label}: its checkpoint {shown}: {exc.reason}; the trial starts again from its first epoch")
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
+            last.clear()
             fit()
     except Diverged as exc:
         # The trial ends at its last reported epoch, marked diverged: one more result without a

@@ -22,6 +22,7 @@ Wiring, and the libraries' traps it avoids:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -414,9 +415,10 @@ def _callbacks(space: Space, info: dict) -> list:
 
 
 def resume_search(name: str, storage: str | None = None, address: str | None = None,
-                  mlflow_uri: str | None = None) -> dict:
+                  mlflow_uri: str | None = None, instead: str | None = None) -> dict:
     """Continue the search ``name`` whose driver died (or was stopped). ``mlflow_uri``: the store it
-    ran with, at the address it has now (:func:`~search.tracking.resume_tracking_uri`)."""
+    ran with, at the address it has now (:func:`~search.tracking.resume_tracking_uri`); ``instead``:
+    what a refusal under other code advises besides that code (:func:`check_code_unchanged`)."""
     storage_path = Path(storage or DEFAULT_STORAGE).resolve()
     search_dir = storage_path / name
     if not (search_dir / SEARCH_FILE).is_file():
@@ -442,7 +444,7 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
         raise AscError(f"{search_dir}: Tune saved no experiment state before the driver stopped; start it again "
                        "with another --name")
     check_stores_unchanged(info, search_dir / SEARCH_FILE)
-    check_code_unchanged(info, search_dir / SEARCH_FILE)
+    check_code_unchanged(info, search_dir / SEARCH_FILE, instead)
     if uri_line:
         print(uri_line)
     if uri != info["mlflow_uri"]:  # the same store at a new address: the search's runs go on there
@@ -466,26 +468,36 @@ def resume_search(name: str, storage: str | None = None, address: str | None = N
     return _fit_and_report(tuner, space, info, search_dir)
 
 
+# The search's modules that decide what a trial trains and reports (the space's mapping of parameters
+# to a training configuration, the objectives, the trainable's results)
+TRIAL_MODULES = ("space.py", "objectives.py", "trainable.py")
+
+
 def trained_with() -> dict:
     """What a trial's results depend on beyond its configuration and store: the ``asc`` package's source
-    (its fingerprint, as every checkpoint holds it) and torch's version (its kernels may sum in another
-    order)."""
-    return {"asc_code": code_version(), "torch": torch.__version__}
+    (its fingerprint, as every checkpoint holds it), the search's modules that make a trial's results,
+    and torch's version (its kernels may sum in another order)."""
+    digest = hashlib.sha256()
+    for name in TRIAL_MODULES:
+        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+    return {"asc_code": code_version(), "search_code": digest.hexdigest()[:12], "torch": torch.__version__}
 
 
-def check_code_unchanged(info: dict, info_file: Path) -> None:
+def check_code_unchanged(info: dict, info_file: Path, instead: str | None = None) -> None:
     """Refuse to resume a search under other training code than it ran with. Its unfinished trials
     could not continue from their checkpoints (written by that code); they would start again from their
     first epoch under this code, while MLflow, Optuna and ASHA keep the epochs the earlier code
     reported: one record of two versions' results. (A search saved before this was recorded: not
-    checked.)"""
+    checked.) ``instead``: what to do other than resuming with that code (default: a new search)."""
     now = trained_with()
-    differs = [f"{what} {info[key]} then, {now[key]} now" for key, what in (("asc_code", "asc source"), ("torch", "torch"))
-               if key in info and info[key] != now[key]]
+    differs = [f"{what} {info[key]} then, {now[key]} now" for key, what in (
+        ("asc_code", "asc source"), ("search_code", "search's trial modules"), ("torch", "torch"))
+        if key in info and info[key] != now[key]]
+    new_search = f"start a new search (--warm-start {info['name']} takes its finished trials)"
     if differs:
         raise AscError(f"{info_file}: the search ran with other training code ({'; '.join(differs)}); resuming "
                        "would mix two versions' results in its trials' records. Resume with the code it ran with, "
-                       f"or start a new search (--warm-start {info['name']} takes its finished trials)")
+                       f"or {instead or new_search}")
 
 
 def saved_trial_ids(search_dir: Path) -> set[str] | None:

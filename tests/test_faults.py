@@ -163,15 +163,19 @@ def test_trial_workers_killed_anywhere_end_every_trial_where_an_uninterrupted_on
 
 def test_retries_are_counted_without_progress_and_a_trial_lost_for_good_fails_the_search(store, tmp_path):
     """--max-failures 1: t001 loses its worker after epoch 1 and again after epoch 2, each time once
-    after a new epoch, and finishes (Tune alone would count two failures of one allowed); t002 loses
-    it at its start and again in its first epoch, twice without a new epoch: lost for good, named in
-    the search's last line, which exits 1."""
+    after a new epoch, and is not lost (Tune alone would count two failures of one allowed): it
+    diverges at epoch 3, the first its last retry runs, and ends on the figures of epoch 2, restored
+    with its checkpoint; t002 loses it at its start and again in its first epoch, twice without a new
+    epoch: lost for good, named in the search's last line, which exits 1."""
+    from asc.faults import INJECT_ENV
+
     storage, faults = tmp_path / "runs", tmp_path / "faults"
     points = ["trial=t001/reported/epoch=1", "trial=t001/reported/epoch=2", "trial=t002/start",
               "trial=t002/step/seed=0/epoch=1/step=2"]
     cmd = search_cmd(store, storage, "lost", "--num-samples", "2", "--max-concurrent", "1", "--max-failures", "1",
                      sets=["epochs=3", "scheduler=none"])
-    proc = subprocess.Popen(cmd, cwd=REPO, env=armed(faults, *points), stdout=subprocess.PIPE,
+    env = {**armed(faults, *points), INJECT_ENV: "trial=t001/nan_loss/*/epoch=3"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for point in points:
@@ -187,12 +191,19 @@ def test_retries_are_counted_without_progress_and_a_trial_lost_for_good_fails_th
     assert "(failure 1 in a row without a new epoch, 1 retry allowed, 2 in all); retrying" in lines[1]
     assert "(failure 2 in a row without a new epoch, 1 retry allowed); no tries left" in lines[3]
     assert "FAILED for good: lost its worker" in lines[3]
-    assert any(line.startswith("t001") and line.endswith(" finished") for line in out.splitlines()), out
+    assert any(line.startswith("t001") and "diverged at epoch 3: " in line for line in out.splitlines()), out
     last = err.strip().splitlines()[-1]
     assert last.startswith("1 trial(s) failed for good, 2 failures in a row without a new epoch: t002"), err[-2000:]
     _, _, _, trials = mlflow_runs(f"sqlite:///{storage / 'mlflow.db'}", "lost")
     status = {r.info.run_name.split(" ")[0]: (r.info.status, r.data.tags.get("retries")) for r in trials}
-    assert status == {"t001": ("FINISHED", "2"), "t002": ("FAILED", "1")}, status  # retries: its second loss was the end
+    assert status == {"t001": ("FAILED", "2"), "t002": ("FAILED", "1")}, status  # retries: its second loss was the end
+    (t001,) = [r for r in trials if r.info.run_name.startswith("t001")]
+    assert t001.data.tags["diverged_at_epoch"] == "3" and t001.data.tags["epoch_reached"] == "2"
+    # its figures: epoch 2's, as the checkpoint the retry restored holds them
+    m = t001.data.metrics
+    assert f"Metric B {100 * m['sel_metric_b']:.1f} ± " in t001.data.tags["mlflow.note.content"]
+    row = next(line for line in out[out.index("trials by metric_b"):].splitlines() if line.startswith("t001"))
+    assert "diverged@3" in row and f"{100 * m['sel_metric_b']:.1f}" in row, row
 
 
 # --------------------------------------------------------------------------------------------------

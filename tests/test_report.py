@@ -159,4 +159,21 @@ def test_a_trials_note_gives_every_figure_that_chose_it_with_the_clips_error_and
         ("metric_a", "Metric A"), ("metric_b", "Metric B")))
     assert note.startswith(f"Ran 3 of 3 epochs; kept epoch 2, chosen on the selection clips (%, the gap in points, "
                            f"± one standard error from the clips): {shown}; the objective, gap_penalized, 40.0 ± 5.0.")
-    assert "the objective" not in trial_note(result, "validation", "metric_b")
+    for among in ("metric_b", "metric_a", "acc_bc", "acc_unseen"):  # one of the figures already: not twice
+        assert "the objective" not in trial_note(result, "validation", among)
+
+
+def test_a_fusions_figures_name_its_objective_where_it_is_not_one_of_them():
+    from search.fuse import FusionResult, _figures
+
+    m = metrics(45, 3, 2)
+    result = FusionResult("s", "bootstrap", "gap_penalized", [], {}, [], [], [], {"fusion": {"selection": m}}, [],
+                          gap_lambda=0.5)
+    value = m["metric_b"] - 0.5 * abs(m["device_gap"])
+    se = Objective("gap_penalized", 0.5).clip_se(m)
+    text = _figures(result)
+    assert text.startswith(f"The selection clips (%, the gap in points, ± one standard error from the clips): A "
+                           f"{100 * m['acc_a']:.1f} ± {100 * m['acc_a_cse']:.1f}, B ")
+    assert text.endswith(f"; the objective, metric_b - 0.5 * |gap|, {100 * value:.1f} ± {100 * se:.1f}")
+    result.by, result.gap_lambda = "metric_b", None
+    assert "the objective" not in _figures(result)
