@@ -158,7 +158,7 @@ def test_a_replay_through_the_real_tune_loop_makes_the_simulations_decisions(tmp
     for strategy in (replace(DEFAULT, grace=2), replace(DEFAULT, grace=2, seeds=2, noise_z=0.5)):
         tuned, simulated = tune_check(strategy, recording, seed=0, storage=tmp_path / strategy.name.replace(" ", "_"))
         assert len(tuned) == 4 and tuned == simulated, strategy
-        assert any(epochs < 3 for _, epochs in tuned) or strategy.seeds > 1  # ASHA stopped something
+        assert any(epochs < 3 for _, epochs in tuned), (strategy, tuned)  # ASHA stopped something
 
 
 @pytest.mark.parametrize("args, culprit", [
