@@ -14,7 +14,9 @@ TEXT = (".py", ".md", ".yaml", ".yml", ".txt", ".toml", ".cfg", ".sh", ".ini")
 # Each names a document or folder that lives beside the repository, never in it. Built from parts so
 # that this file does not match itself.
 OUTSIDE = [re.escape(".." + "/shared"), r"\b" + "DESIGN" + r"\.md\b", r"\b" + "STYLE" + r"\.md\b",
-           r"\bshared/" + r"tools\b", r"\bshared/" + r"reference\b"]
+           r"\bshared/" + r"tools\b", r"\bshared/" + r"reference\b",
+           # the tracker the project's work came from (an upstream issue is cited by its repository: owner/name#N)
+           r"(?i:\bissue)" + r" \d+\b"]
 
 
 def tracked_text_files() -> list[Path]:

@@ -337,6 +337,7 @@ def test_each_configuration_trains_once_divergence_is_its_own_state_and_a_warm_s
     assert len(warm) == 4 and all("warm_start_from" in t.user_attrs for t in warm)
     missing = run(search_cmd(store, storage, "third", "--warm-start", "nope", sets=sets), timeout=120)
     assert missing.returncode == 2 and "--warm-start nope: no such experiment" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (storage / "third").exists()
     # refused before --data builds a store of its own (a new store root: nothing made there)
     other = run(search_cmd(tmp_path / "new-stores", storage, "third", "--warm-start", "once", "--data",
                            str(store.parent / "data"), sets=[s for s in sets if s != "protocol=paper"]), timeout=120)

@@ -1,4 +1,4 @@
-"""Several seeds per configuration (issue 11): trained in lockstep, each seed computes what a separate
+"""Several seeds per configuration: trained in lockstep, each seed computes what a separate
 `train` with that seed computes; means and standard errors by hand; a resumed several-seed run ends
 where an uninterrupted one does; a search with --seeds reports and records them."""
 
