@@ -343,7 +343,8 @@ class _Enhancement:
     @classmethod
     def compose(cls, names, values: dict, normalization: str = "gmsvn") -> "Enhancement":
         """From enhancement names and their settings' values (``{"median_filter_bands": 7, ...}``,
-        defaults for those missing)."""
+        defaults for those missing). A ``store`` step among the names (spectrum correction) is the
+        store's, not this composition's: left out."""
         names = set(names)
         fields = {}
         for name, d in _ON_FEATURES.items():

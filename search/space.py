@@ -384,7 +384,7 @@ class Space:
         model = ModelConfig(name=p["model"], pretrained=p["pretrained"],
                             weights=p["weights"], dropout=p["dropout"], width=p["width"])
         return TrainConfig(store=store, model=model,
-                           enhancement=Enhancement.compose([n for n in names if n != "spectrum_correction"], p, norm),
+                           enhancement=Enhancement.compose(names, p, norm),
                            mixup_alpha=p["mixup_alpha"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
                            lr_factor=p["lr_factor"], lr_patience=p["lr_patience"], selection=p["selection"],
                            protocol=p["protocol"], validation_share=p["validation_share"], seed=p["seed"],
