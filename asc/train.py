@@ -56,9 +56,14 @@ def code_version() -> str:
     """A fingerprint of the ``asc`` package's source: what a run computes is this code's, so a
     checkpoint written by other code (an upgrade between a search and its resume, a node with another
     checkout) is refused rather than resumed into a result neither version would give."""
+    return source_fingerprint(sorted(Path(__file__).parent.glob("*.py")))
+
+
+def source_fingerprint(paths) -> str:
+    """Twelve hex digits of the files ``paths``, their names and contents, in the order given."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in paths:
+        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -22,7 +22,6 @@ Wiring, and the libraries' traps it avoids:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -45,7 +44,7 @@ from ray.tune.search import ConcurrencyLimiter
 from asc.device_table import pct
 from asc.errors import AscError, creatable_folder, write_atomic
 from asc.models import xception_weights_file
-from asc.train import code_version
+from asc.train import code_version, source_fingerprint
 from search.console import LOG_FILE, route_ray_messages
 from search.prepare import init_ray
 from search.report import distinct_line, report_results, trial_rows, ui_command
@@ -477,10 +476,8 @@ def trained_with() -> dict:
     """What a trial's results depend on beyond its configuration and store: the ``asc`` package's source
     (its fingerprint, as every checkpoint holds it), the search's modules that make a trial's results,
     and torch's version (its kernels may sum in another order)."""
-    digest = hashlib.sha256()
-    for name in TRIAL_MODULES:
-        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
-    return {"asc_code": code_version(), "search_code": digest.hexdigest()[:12], "torch": torch.__version__}
+    search_code = source_fingerprint(Path(__file__).parent / name for name in TRIAL_MODULES)
+    return {"asc_code": code_version(), "search_code": search_code, "torch": torch.__version__}
 
 
 def check_code_unchanged(info: dict, info_file: Path, instead: str | None = None) -> None:
