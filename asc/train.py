@@ -565,6 +565,7 @@ class Training:
             persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
         model.train()
         total_loss, steps, waited = 0.0, 0, 0.0
+        enh_label = config.enhancement.label()  # names a test's injected divergence (below)
         fetch_start = time.perf_counter()
         for batch in loader:
             waited += time.perf_counter() - fetch_start
@@ -582,7 +583,7 @@ class Training:
                 logits = model(x)
             loss = mixup_loss(logits.float(), y1, y2, lam)
             value = loss.item()
-            if injected("nan_loss", lr=f"{config.lr:g}", enh=config.enhancement.label(), epoch=epoch):  # a test's divergence (asc.faults)
+            if injected("nan_loss", lr=f"{config.lr:g}", enh=enh_label, epoch=epoch):  # a test's divergence (asc.faults)
                 value = math.nan
             if not math.isfinite(value):  # before the step: the last checkpoint stays the last good epoch
                 kept = (f"the checkpoint of epoch {epoch - 1} is kept" if self.ckpt_dir is not None and epoch > 1
